@@ -1,0 +1,1 @@
+//! `attest` module (placeholder: filled in by its issue).

@@ -1,0 +1,1 @@
+//! `ca` module (placeholder: filled in by its issue).

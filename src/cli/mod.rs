@@ -1,0 +1,16 @@
+//! Command-line front ends. Each file owns one subcommand group of the `tessera` binary and
+//! turns library errors into one-line messages and exit codes; no business logic lives here.
+
+pub mod attest;
+pub mod bench;
+pub mod ca;
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `warn`). Secrets are never logged.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

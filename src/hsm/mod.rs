@@ -1,0 +1,1 @@
+//! `hsm` module (placeholder: filled in by its issue).

@@ -1,0 +1,8 @@
+//! Tessera: provisions hardware tokens. See `docs/ARCHITECTURE.md` for the code map.
+#![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod ca;
+pub mod cli;
+pub mod hsm;
+pub mod vpiv;

@@ -1,0 +1,40 @@
+//! The `tessera` command. Each subcommand group lives in `tessera::cli::<group>`.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use tessera::cli;
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Hardware-token provisioning: HSM-backed CA, attested YubiKey enrollment")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Certificate authority: ceremony, chain, issuance from a CSR.
+    Ca(cli::ca::CaArgs),
+    /// Verify a YubiKey PIV attestation and decide by policy.
+    Attest(cli::attest::AttestArgs),
+    /// Measure HSM signing and certificate issuance rates.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    cli::init_tracing();
+    let args = Cli::parse();
+    let result = match args.command {
+        Command::Ca(a) => cli::ca::run(a),
+        Command::Attest(a) => cli::attest::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! `vpiv` module (placeholder: filled in by its issue).

@@ -1,0 +1,6 @@
+//! The one small harness that integration tests use to start real parts (SoftHSM2 tokens,
+//! pcscd + vpcd + tessera-vpiv cards). Each test file includes it with `mod harness;`.
+#![allow(dead_code)]
+
+pub mod softhsm;
+pub mod vpcd;

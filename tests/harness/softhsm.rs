@@ -1,0 +1,1 @@
+//! Throwaway SoftHSM2 tokens for tests (filled in by the foundation issue).

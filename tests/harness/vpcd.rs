@@ -1,0 +1,1 @@
+//! pcscd + vpcd readers and tessera-vpiv cards for tests (filled in by the virtual-card issue).
