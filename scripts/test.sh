@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every Tessera test on a fresh Debian machine (as root): installs what is missing, builds,
+# and runs the unit and integration tests against real parts — SoftHSM2 tokens, a private pcscd
+# with vpcd readers and tessera-vpiv cards, PostgreSQL on 127.0.0.1:5432 and SQLite — then the
+# fuzz targets for a short, bounded time. CI (.ci/run) runs exactly this command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: installing cargo-nextest from crates.io" >&2
+  cargo install --locked cargo-nextest
+fi
+
+# Every test runs inside one private pcscd (its own mount namespace) so that card tests never
+# meet a system pcscd; tests that need no reader simply ignore it.
+scripts/with-pcscd.sh -- cargo nextest run --no-fail-fast --failure-output final "$@"
