@@ -1,0 +1,296 @@
+//! Attestation policy: which verified attestations are allowed, with every reason a denied one
+//! fails. Read from TOML (see config/attestation-policy.toml and docs/attestation.md).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::facts::{FirmwareVersion, FormFactor, KeyAlgorithm, PinPolicy, Slot, TouchPolicy};
+use super::verify::VerifiedAttestation;
+
+/// Firmware range of YSA-2017-01 (ROCA, Infineon RSA key generation): 4.2.6 to 4.3.4.
+pub const YSA_2017_01_FIRST: FirmwareVersion = FirmwareVersion::new(4, 2, 6);
+pub const YSA_2017_01_LAST: FirmwareVersion = FirmwareVersion::new(4, 3, 4);
+/// YSA-2024-03 (EUCLEAK, ECDSA side channel) affects firmware before 5.7.0.
+pub const YSA_2024_03_FIXED: FirmwareVersion = FirmwareVersion::new(5, 7, 0);
+
+/// Why reading a policy failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("attestation policy: {0}")]
+    Toml(String),
+    #[error("attestation policy: [slots] key {key:?} is not a PIV key slot (9a, 9c, 9d, 9e, 82 … 95)")]
+    UnknownSlot { key: String },
+}
+
+/// Which advisories block keys. Both on by default.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advisories {
+    /// YSA-2017-01 (ROCA): RSA keys generated on firmware 4.2.6–4.3.4 are weak.
+    #[serde(rename = "ysa-2017-01", default = "yes")]
+    pub ysa_2017_01: bool,
+    /// YSA-2024-03 (EUCLEAK): ECDSA keys on firmware before 5.7.0.
+    #[serde(rename = "ysa-2024-03", default = "yes")]
+    pub ysa_2024_03: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Advisories {
+    fn default() -> Self {
+        Advisories { ysa_2017_01: true, ysa_2024_03: true }
+    }
+}
+
+/// Rules for one slot. Unset fields fall back to the global ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRule {
+    /// Allowed key algorithms in this slot; empty = any.
+    #[serde(default)]
+    pub algorithms: Vec<KeyAlgorithm>,
+    pub minimum_pin_policy: Option<PinPolicy>,
+    pub minimum_touch_policy: Option<TouchPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    minimum_firmware: Option<FirmwareVersion>,
+    minimum_pin_policy: Option<PinPolicy>,
+    minimum_touch_policy: Option<TouchPolicy>,
+    allowed_form_factors: Option<Vec<FormFactor>>,
+    minimum_rsa_bits: Option<u32>,
+    #[serde(default)]
+    require_fips: bool,
+    #[serde(default)]
+    advisories: Advisories,
+    slots: Option<BTreeMap<String, SlotRule>>,
+}
+
+/// An attestation policy. `Policy::default()` allows every verified attestation except those
+/// hit by an advisory, and RSA keys under 2048 bits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub minimum_firmware: Option<FirmwareVersion>,
+    pub minimum_pin_policy: Option<PinPolicy>,
+    pub minimum_touch_policy: Option<TouchPolicy>,
+    /// `None` = any form factor.
+    pub allowed_form_factors: Option<Vec<FormFactor>>,
+    pub minimum_rsa_bits: u32,
+    pub require_fips: bool,
+    pub advisories: Advisories,
+    /// `None` = every slot with any algorithm; otherwise only the listed slots.
+    pub slots: Option<BTreeMap<Slot, SlotRule>>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            minimum_firmware: None,
+            minimum_pin_policy: None,
+            minimum_touch_policy: None,
+            allowed_form_factors: None,
+            minimum_rsa_bits: 2048,
+            require_fips: false,
+            advisories: Advisories::default(),
+            slots: None,
+        }
+    }
+}
+
+/// One reason a policy denies an attestation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    SlotNotAllowed { slot: Slot },
+    AlgorithmNotAllowed { slot: Slot, algorithm: KeyAlgorithm },
+    PinPolicyBelowMinimum { found: PinPolicy, minimum: PinPolicy },
+    TouchPolicyBelowMinimum { found: TouchPolicy, minimum: TouchPolicy },
+    FormFactorNotAllowed { found: FormFactor },
+    FirmwareBelowMinimum { found: FirmwareVersion, minimum: FirmwareVersion },
+    RsaKeyBelowMinimum { bits: u32, minimum: u32 },
+    FipsRequired,
+    AdvisoryYsa2017_01 { firmware: FirmwareVersion },
+    AdvisoryYsa2024_03 { firmware: FirmwareVersion },
+}
+
+impl DenyReason {
+    /// Stable reason code, documented in docs/attestation.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::SlotNotAllowed { .. } => "slot-not-allowed",
+            DenyReason::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
+            DenyReason::PinPolicyBelowMinimum { .. } => "pin-policy-below-minimum",
+            DenyReason::TouchPolicyBelowMinimum { .. } => "touch-policy-below-minimum",
+            DenyReason::FormFactorNotAllowed { .. } => "form-factor-not-allowed",
+            DenyReason::FirmwareBelowMinimum { .. } => "firmware-below-minimum",
+            DenyReason::RsaKeyBelowMinimum { .. } => "rsa-key-below-minimum",
+            DenyReason::FipsRequired => "fips-required",
+            DenyReason::AdvisoryYsa2017_01 { .. } => "advisory-ysa-2017-01",
+            DenyReason::AdvisoryYsa2024_03 { .. } => "advisory-ysa-2024-03",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::SlotNotAllowed { slot } => write!(f, "slot {slot} is not allowed by the policy"),
+            DenyReason::AlgorithmNotAllowed { slot, algorithm } => {
+                write!(f, "{algorithm} keys are not allowed in slot {slot}")
+            }
+            DenyReason::PinPolicyBelowMinimum { found, minimum } => {
+                write!(f, "PIN policy {found} is weaker than the required {minimum}")
+            }
+            DenyReason::TouchPolicyBelowMinimum { found, minimum } => {
+                write!(f, "touch policy {found} is weaker than the required {minimum}")
+            }
+            DenyReason::FormFactorNotAllowed { found } => {
+                write!(f, "form factor {found} is not allowed")
+            }
+            DenyReason::FirmwareBelowMinimum { found, minimum } => {
+                write!(f, "firmware {found} is older than the required {minimum}")
+            }
+            DenyReason::RsaKeyBelowMinimum { bits, minimum } => {
+                write!(f, "RSA key of {bits} bits is below the required {minimum}")
+            }
+            DenyReason::FipsRequired => f.write_str("a FIPS model is required"),
+            DenyReason::AdvisoryYsa2017_01 { firmware } => write!(
+                f,
+                "RSA key generated on firmware {firmware} (4.2.6 to 4.3.4) is weak: YSA-2017-01 (ROCA)"
+            ),
+            DenyReason::AdvisoryYsa2024_03 { firmware } => write!(
+                f,
+                "ECDSA key on firmware {firmware} (before 5.7.0) is exposed to YSA-2024-03 (EUCLEAK)"
+            ),
+        }
+    }
+}
+
+/// The policy's verdict: allowed when there is no reason to deny.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    reasons: Vec<DenyReason>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.reasons.is_empty()
+    }
+    /// Every reason that applies, in a fixed order.
+    pub fn reasons(&self) -> &[DenyReason] {
+        &self.reasons
+    }
+    pub fn reason_codes(&self) -> Vec<&'static str> {
+        self.reasons.iter().map(DenyReason::code).collect()
+    }
+}
+
+impl Policy {
+    /// Parses a policy file. Unknown keys are errors naming the key.
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Toml(one_line(&e.to_string())))?;
+        let slots = match file.slots {
+            None => None,
+            Some(map) => {
+                let mut slots = BTreeMap::new();
+                for (key, rule) in map {
+                    let slot = key
+                        .to_ascii_lowercase()
+                        .parse::<Slot>()
+                        .map_err(|_| PolicyError::UnknownSlot { key: key.clone() })?;
+                    slots.insert(slot, rule);
+                }
+                Some(slots)
+            }
+        };
+        let defaults = Policy::default();
+        Ok(Policy {
+            minimum_firmware: file.minimum_firmware,
+            minimum_pin_policy: file.minimum_pin_policy,
+            minimum_touch_policy: file.minimum_touch_policy,
+            allowed_form_factors: file.allowed_form_factors,
+            minimum_rsa_bits: file.minimum_rsa_bits.unwrap_or(defaults.minimum_rsa_bits),
+            require_fips: file.require_fips,
+            advisories: file.advisories,
+            slots,
+        })
+    }
+
+    /// Decides, collecting every reason that applies.
+    pub fn evaluate(&self, attestation: &VerifiedAttestation) -> Decision {
+        let mut reasons = Vec::new();
+        let slot = attestation.slot();
+        let algorithm = attestation.key_algorithm();
+        let firmware = attestation.firmware();
+
+        let slot_rule = match &self.slots {
+            None => None,
+            Some(slots) => match slots.get(&slot) {
+                None => {
+                    reasons.push(DenyReason::SlotNotAllowed { slot });
+                    None
+                }
+                Some(rule) => Some(rule),
+            },
+        };
+        if let Some(rule) = slot_rule {
+            if !rule.algorithms.is_empty() && !rule.algorithms.contains(&algorithm) {
+                reasons.push(DenyReason::AlgorithmNotAllowed { slot, algorithm });
+            }
+        }
+        if let Some(bits) = algorithm.rsa_bits() {
+            if bits < self.minimum_rsa_bits {
+                reasons.push(DenyReason::RsaKeyBelowMinimum { bits, minimum: self.minimum_rsa_bits });
+            }
+        }
+        let minimum_pin = slot_rule.and_then(|r| r.minimum_pin_policy).or(self.minimum_pin_policy);
+        if let Some(minimum) = minimum_pin {
+            let found = attestation.pin_policy();
+            if found.strength() < minimum.strength() {
+                reasons.push(DenyReason::PinPolicyBelowMinimum { found, minimum });
+            }
+        }
+        let minimum_touch =
+            slot_rule.and_then(|r| r.minimum_touch_policy).or(self.minimum_touch_policy);
+        if let Some(minimum) = minimum_touch {
+            let found = attestation.touch_policy();
+            if found.strength() < minimum.strength() {
+                reasons.push(DenyReason::TouchPolicyBelowMinimum { found, minimum });
+            }
+        }
+        if let Some(allowed) = &self.allowed_form_factors {
+            let found = attestation.form_factor();
+            if !allowed.contains(&found) {
+                reasons.push(DenyReason::FormFactorNotAllowed { found });
+            }
+        }
+        if let Some(minimum) = self.minimum_firmware {
+            if firmware < minimum {
+                reasons.push(DenyReason::FirmwareBelowMinimum { found: firmware, minimum });
+            }
+        }
+        if self.require_fips && !attestation.fips() {
+            reasons.push(DenyReason::FipsRequired);
+        }
+        if self.advisories.ysa_2017_01
+            && algorithm.rsa_bits().is_some()
+            && (YSA_2017_01_FIRST..=YSA_2017_01_LAST).contains(&firmware)
+        {
+            reasons.push(DenyReason::AdvisoryYsa2017_01 { firmware });
+        }
+        if self.advisories.ysa_2024_03 && algorithm.is_ecdsa() && firmware < YSA_2024_03_FIXED {
+            reasons.push(DenyReason::AdvisoryYsa2024_03 { firmware });
+        }
+        Decision { reasons }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
