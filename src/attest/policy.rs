@@ -294,3 +294,267 @@ impl Policy {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::verify::tests::for_policy_tests;
+
+    const EXAMPLE: &str =
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/attestation-policy.toml"));
+
+    fn slot(s: &str) -> Slot {
+        s.parse().unwrap()
+    }
+
+    /// A token that passes the example policy: 5.7.4, 9a, p256, PIN once, touch never, USB-C.
+    fn good() -> (FirmwareVersion, PinPolicy, TouchPolicy, Option<u8>, bool, Slot, KeyAlgorithm) {
+        (
+            FirmwareVersion::new(5, 7, 4),
+            PinPolicy::Once,
+            TouchPolicy::Never,
+            Some(0x03),
+            false,
+            slot("9a"),
+            KeyAlgorithm::P256,
+        )
+    }
+
+    fn decide(
+        policy: &Policy,
+        facts: (FirmwareVersion, PinPolicy, TouchPolicy, Option<u8>, bool, Slot, KeyAlgorithm),
+    ) -> Vec<&'static str> {
+        let (fw, pin, touch, ff, fips, s, alg) = facts;
+        policy.evaluate(&for_policy_tests(fw, pin, touch, ff, fips, s, alg)).reason_codes()
+    }
+
+    fn example() -> Policy {
+        Policy::from_toml(EXAMPLE).unwrap()
+    }
+
+    #[test]
+    fn example_policy_parses() {
+        let p = example();
+        assert_eq!(p.minimum_firmware, Some(FirmwareVersion::new(5, 2, 0)));
+        assert_eq!(p.slots.as_ref().unwrap().len(), 3);
+        assert!(p.advisories.ysa_2017_01 && p.advisories.ysa_2024_03);
+    }
+
+    #[test]
+    fn good_token_is_allowed() {
+        let d = example().evaluate(&{
+            let (fw, pin, touch, ff, fips, s, alg) = good();
+            for_policy_tests(fw, pin, touch, ff, fips, s, alg)
+        });
+        assert!(d.allowed());
+        assert!(d.reasons().is_empty());
+    }
+
+    #[test]
+    fn slot_not_listed_is_denied() {
+        let mut f = good();
+        f.5 = slot("9e");
+        assert_eq!(decide(&example(), f), ["slot-not-allowed"]);
+    }
+
+    #[test]
+    fn algorithm_not_allowed_in_slot() {
+        let mut f = good();
+        f.6 = KeyAlgorithm::Ed25519;
+        assert_eq!(decide(&example(), f), ["algorithm-not-allowed"]);
+        f.5 = slot("9c");
+        f.1 = PinPolicy::Always;
+        assert!(decide(&example(), f).is_empty());
+    }
+
+    #[test]
+    fn pin_policy_matrix() {
+        let policy = example(); // global minimum once, 9c minimum always
+        for (pin, slot_name, denied) in [
+            (PinPolicy::Never, "9a", true),
+            (PinPolicy::Once, "9a", false),
+            (PinPolicy::MatchOnce, "9a", false),
+            (PinPolicy::Always, "9a", false),
+            (PinPolicy::MatchAlways, "9a", false),
+            (PinPolicy::Once, "9c", true),
+            (PinPolicy::MatchOnce, "9c", true),
+            (PinPolicy::Always, "9c", false),
+            (PinPolicy::MatchAlways, "9c", false),
+        ] {
+            let mut f = good();
+            f.1 = pin;
+            f.5 = slot(slot_name);
+            let codes = decide(&policy, f);
+            assert_eq!(codes == ["pin-policy-below-minimum"], denied, "{pin} in {slot_name}: {codes:?}");
+            assert!(denied || codes.is_empty());
+        }
+    }
+
+    #[test]
+    fn touch_policy_matrix() {
+        let policy = Policy::from_toml("minimum_touch_policy = \"cached\"").unwrap();
+        for (touch, denied) in
+            [(TouchPolicy::Never, true), (TouchPolicy::Cached, false), (TouchPolicy::Always, false)]
+        {
+            let mut f = good();
+            f.2 = touch;
+            let codes = decide(&policy, f);
+            assert_eq!(!codes.is_empty(), denied, "{touch}");
+            if denied {
+                assert_eq!(codes, ["touch-policy-below-minimum"]);
+            }
+        }
+        let always = Policy::from_toml("minimum_touch_policy = \"always\"").unwrap();
+        let mut f = good();
+        f.2 = TouchPolicy::Cached;
+        assert_eq!(decide(&always, f), ["touch-policy-below-minimum"]);
+    }
+
+    #[test]
+    fn form_factor_matrix() {
+        let policy = example();
+        for (code, denied) in [(Some(0x01), false), (Some(0x83), false), (Some(0x06), true), (None, true), (Some(0x0d), true)] {
+            let mut f = good();
+            f.3 = code;
+            let codes = decide(&policy, f);
+            assert_eq!(codes == ["form-factor-not-allowed"], denied, "{code:?}: {codes:?}");
+            assert!(denied || codes.is_empty());
+        }
+    }
+
+    #[test]
+    fn firmware_minimum() {
+        let mut f = good();
+        f.0 = FirmwareVersion::new(5, 1, 9);
+        f.6 = KeyAlgorithm::Rsa2048;
+        assert_eq!(decide(&example(), f), ["firmware-below-minimum"]);
+        f.0 = FirmwareVersion::new(5, 2, 0);
+        assert!(decide(&example(), f).is_empty());
+    }
+
+    #[test]
+    fn rsa_below_minimum() {
+        let mut f = good();
+        f.6 = KeyAlgorithm::Rsa1024;
+        let p = Policy::default();
+        assert_eq!(decide(&p, f), ["rsa-key-below-minimum"]);
+        let d = p.evaluate(&for_policy_tests(f.0, f.1, f.2, f.3, f.4, f.5, f.6));
+        assert_eq!(d.reasons()[0].to_string(), "RSA key of 1024 bits is below the required 2048");
+        let strict = Policy::from_toml("minimum_rsa_bits = 3072").unwrap();
+        f.6 = KeyAlgorithm::Rsa2048;
+        assert_eq!(decide(&strict, f), ["rsa-key-below-minimum"]);
+        f.6 = KeyAlgorithm::Rsa3072;
+        assert!(decide(&strict, f).is_empty());
+    }
+
+    #[test]
+    fn fips_required() {
+        let p = Policy::from_toml("require_fips = true").unwrap();
+        let mut f = good();
+        assert_eq!(decide(&p, f), ["fips-required"]);
+        f.4 = true;
+        assert!(decide(&p, f).is_empty());
+    }
+
+    #[test]
+    fn roca_advisory_matrix() {
+        let on = Policy::default();
+        let off = Policy::from_toml("[advisories]\nysa-2017-01 = false").unwrap();
+        for (fw, alg, hit) in [
+            (FirmwareVersion::new(4, 2, 5), KeyAlgorithm::Rsa2048, false),
+            (FirmwareVersion::new(4, 2, 6), KeyAlgorithm::Rsa2048, true),
+            (FirmwareVersion::new(4, 3, 4), KeyAlgorithm::Rsa2048, true),
+            (FirmwareVersion::new(4, 3, 4), KeyAlgorithm::Rsa4096, true),
+            (FirmwareVersion::new(4, 3, 5), KeyAlgorithm::Rsa2048, false),
+            (FirmwareVersion::new(4, 3, 4), KeyAlgorithm::P256, false),
+        ] {
+            let mut f = good();
+            f.0 = fw;
+            f.6 = alg;
+            let codes = decide(&on, f);
+            assert_eq!(codes.contains(&"advisory-ysa-2017-01"), hit, "{fw} {alg}: {codes:?}");
+            assert!(!decide(&off, f).contains(&"advisory-ysa-2017-01"));
+        }
+    }
+
+    #[test]
+    fn eucleak_advisory_matrix() {
+        let on = Policy::default();
+        let off = Policy::from_toml("[advisories]\nysa-2024-03 = false").unwrap();
+        for (fw, alg, hit) in [
+            (FirmwareVersion::new(5, 4, 3), KeyAlgorithm::P256, true),
+            (FirmwareVersion::new(5, 6, 9), KeyAlgorithm::P384, true),
+            (FirmwareVersion::new(5, 7, 0), KeyAlgorithm::P256, false),
+            (FirmwareVersion::new(5, 4, 3), KeyAlgorithm::Rsa2048, false),
+            (FirmwareVersion::new(5, 7, 4), KeyAlgorithm::Ed25519, false),
+        ] {
+            let mut f = good();
+            f.0 = fw;
+            f.6 = alg;
+            assert_eq!(decide(&on, f) == ["advisory-ysa-2024-03"], hit, "{fw} {alg}");
+            assert!(decide(&off, f).is_empty(), "{fw} {alg}");
+        }
+    }
+
+    #[test]
+    fn every_applicable_reason_is_listed_in_order() {
+        let mut p = example();
+        p.require_fips = true;
+        let f = (
+            FirmwareVersion::new(4, 3, 1),
+            PinPolicy::Never,
+            TouchPolicy::Never,
+            None,
+            false,
+            slot("9c"),
+            KeyAlgorithm::Rsa1024,
+        );
+        let strict_touch = Policy { minimum_touch_policy: Some(TouchPolicy::Always), ..p };
+        assert_eq!(
+            decide(&strict_touch, f),
+            [
+                "algorithm-not-allowed",
+                "rsa-key-below-minimum",
+                "pin-policy-below-minimum",
+                "touch-policy-below-minimum",
+                "form-factor-not-allowed",
+                "firmware-below-minimum",
+                "fips-required",
+                "advisory-ysa-2017-01",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Policy::from_toml("minimum_pin = \"once\"").unwrap_err();
+        assert!(err.to_string().contains("minimum_pin"), "{err}");
+        let err = Policy::from_toml("[advisories]\nysa-2099-01 = true").unwrap_err();
+        assert!(err.to_string().contains("ysa-2099-01"), "{err}");
+        let err = Policy::from_toml("[slots.9a]\nalgorithm = [\"p256\"]").unwrap_err();
+        assert!(err.to_string().contains("algorithm"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let err = Policy::from_toml("minimum_pin_policy = \"sometimes\"").unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+        let err = Policy::from_toml("minimum_firmware = \"5.7\"").unwrap_err();
+        assert!(err.to_string().contains("5.7"), "{err}");
+        let err = Policy::from_toml("[slots.9b]\nalgorithms = []").unwrap_err();
+        assert_eq!(err, PolicyError::UnknownSlot { key: "9b".into() });
+        let err = Policy::from_toml("[slots.9a]\nalgorithms = [\"rsa512\"]").unwrap_err();
+        assert!(err.to_string().contains("rsa512"), "{err}");
+    }
+
+    #[test]
+    fn the_real_fw543_sample_is_denied_for_eucleak_by_default() {
+        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/attestation/samples/fw5.4.3-p256-9a/");
+        let input = crate::attest::AttestationInput::new(
+            std::fs::read(format!("{base}slot.pem")).unwrap(),
+            std::fs::read(format!("{base}device.pem")).unwrap(),
+        );
+        let v = crate::attest::verify(&input, &crate::attest::TrustAnchors::yubico().unwrap()).unwrap();
+        assert_eq!(Policy::default().evaluate(&v).reason_codes(), ["advisory-ysa-2024-03"]);
+    }
+}

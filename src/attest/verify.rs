@@ -343,4 +343,4 @@ fn check_issuer_may_sign(cert: &ParsedCertificate, role: &CertificateRole) -> Re
 
 #[cfg(test)]
 #[path = "verify_tests.rs"]
-mod tests;
+pub(crate) mod tests;
