@@ -193,8 +193,16 @@ impl Decision {
 impl Policy {
     /// Parses a policy file. Unknown keys are errors naming the key.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile =
-            toml::from_str(text).map_err(|e| PolicyError::Toml(one_line(&e.to_string())))?;
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|span| {
+                text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+            });
+            let message = one_line(e.message());
+            PolicyError::Toml(match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            })
+        })?;
         let slots = match file.slots {
             None => None,
             Some(map) => {
@@ -527,8 +535,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let err = Policy::from_toml("minimum_pin = \"once\"").unwrap_err();
-        assert!(err.to_string().contains("minimum_pin"), "{err}");
+        let err = Policy::from_toml("minimum_rsa_bits = 2048\nminimum_pin = \"once\"").unwrap_err();
+        assert!(
+            err.to_string().starts_with("attestation policy: line 2: unknown field `minimum_pin`"),
+            "{err}"
+        );
         let err = Policy::from_toml("[advisories]\nysa-2099-01 = true").unwrap_err();
         assert!(err.to_string().contains("ysa-2099-01"), "{err}");
         let err = Policy::from_toml("[slots.9a]\nalgorithm = [\"p256\"]").unwrap_err();

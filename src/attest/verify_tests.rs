@@ -568,6 +568,108 @@ fn intermediate_input_errors_name_the_intermediate() {
     assert!(err.to_string().starts_with("intermediate certificate #1:"), "{err}");
 }
 
+/// Deterministic xorshift64, so a failure reproduces.
+struct Mutator(u64);
+
+impl Mutator {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = input.to_vec();
+        for _ in 0..1 + self.below(3) {
+            match self.below(6) {
+                0 => {
+                    let at = self.below(out.len());
+                    if let Some(b) = out.get_mut(at) {
+                        *b ^= 1 << self.below(8);
+                    }
+                }
+                1 => {
+                    let at = self.below(out.len());
+                    if let Some(b) = out.get_mut(at) {
+                        *b = self.next() as u8;
+                    }
+                }
+                2 => {
+                    let keep = self.below(out.len());
+                    out.truncate(keep);
+                }
+                3 => {
+                    let at = self.below(out.len() + 1);
+                    out.insert(at.min(out.len()), self.next() as u8);
+                }
+                4 => {
+                    let at = self.below(out.len());
+                    if at < out.len() {
+                        out.remove(at);
+                    }
+                }
+                _ => {
+                    // Length-byte edits: the most interesting for DER.
+                    let at = self.below(out.len());
+                    if let Some(b) = out.get_mut(at) {
+                        *b = [0x00, 0x7f, 0x80, 0x81, 0x82, 0x84, 0xff][self.below(7)];
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn mutated_real_samples_never_panic() {
+    let trust = yubico();
+    let names = [
+        "fw5.2.4-p384-slot93-device-cert-without-basicconstraints",
+        "fw5.2.6-p256-9c-pin-always-touch-always",
+        "fw5.4.3-p256-9a",
+        "fw5.4.3-p384-9c-fips",
+        "fw5.7.4-p384-slot82-new-pki",
+        "mismatched-device",
+    ];
+    let mut mutator = Mutator(0x5eed_1234_abcd_ef01);
+    let mut codes = std::collections::BTreeMap::<&'static str, usize>::new();
+    let mut runs = 0;
+    for name in names {
+        let slot = sample(name, "slot");
+        let device = sample(name, "device");
+        let forms = [slot.clone(), der_of(&slot)];
+        for base in &forms {
+            for _ in 0..1000 {
+                let mutated = mutator.mutate(base);
+                let input = AttestationInput::new(mutated.clone(), device.clone());
+                let code = verify(&input, &trust).map(|_| "ok").unwrap_or_else(|e| e.code());
+                if code == "ok" {
+                    // Only changes outside the signed certificate (PEM whitespace, text) may pass.
+                    assert_eq!(der_of(&mutated), der_of(&slot), "{name}: a changed certificate verified");
+                }
+                *codes.entry(code).or_default() += 1;
+                runs += 1;
+            }
+        }
+        for _ in 0..1000 {
+            let input = AttestationInput::new(slot.clone(), mutator.mutate(&device))
+                .with_intermediate(mutator.mutate(&device));
+            let code = verify(&input, &trust).map(|_| "ok").unwrap_or_else(|e| e.code());
+            *codes.entry(code).or_default() += 1;
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 6 * 3000);
+    // The loop reached both the parser and the signature checks.
+    for expected in ["input-malformed", "input-pem-invalid", "slot-signature-invalid"] {
+        assert!(codes.contains_key(expected), "no {expected} among {codes:?}");
+    }
+}
+
 /// Only for policy tests: a verified attestation with chosen facts.
 pub(crate) fn for_policy_tests(
     firmware: FirmwareVersion,
