@@ -11,21 +11,35 @@ use assert_cmd::Command;
 use forge::{ForgedPki, SlotSpec};
 use serde_json::Value;
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/attestation/samples");
-const EXAMPLE_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/attestation-policy.toml");
+const SAMPLES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/attestation/samples"
+);
+const EXAMPLE_POLICY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/attestation-policy.toml"
+);
 
 /// slot and device certificate paths of a sample folder (PEM or DER).
 fn sample_paths(name: &str) -> (PathBuf, PathBuf) {
     let dir = Path::new(SAMPLES).join(name);
     let pick = |stem: &str| {
         let pem = dir.join(format!("{stem}.pem"));
-        if pem.exists() { pem } else { dir.join(format!("{stem}.der")) }
+        if pem.exists() {
+            pem
+        } else {
+            dir.join(format!("{stem}.der"))
+        }
     };
     (pick("slot"), pick("device"))
 }
 
 fn tessera(args: &[&str]) -> Output {
-    Command::cargo_bin("tessera").unwrap().args(args).output().unwrap()
+    Command::cargo_bin("tessera")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn verify_json(slot: &Path, device: &Path, extra: &[&str]) -> (i32, Value) {
@@ -69,7 +83,8 @@ fn every_real_sample_gives_the_facts_its_source_states() {
     for entry in std::fs::read_dir(SAMPLES).unwrap() {
         let dir = entry.unwrap().path();
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
-        let facts: Value = serde_json::from_slice(&std::fs::read(dir.join("facts.json")).unwrap()).unwrap();
+        let facts: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("facts.json")).unwrap()).unwrap();
         let (slot, device) = sample_paths(&name);
         let (code, json) = verify_json(&slot, &device, &["--policy", policy.to_str().unwrap()]);
         seen += 1;
@@ -77,18 +92,32 @@ fn every_real_sample_gives_the_facts_its_source_states() {
             assert_eq!(code, 1, "{json}");
             assert_eq!(json["valid"], false);
             assert_eq!(json["allowed"], false);
-            assert_eq!(json["reasons"], serde_json::json!(["slot-signature-invalid"]));
+            assert_eq!(
+                json["reasons"],
+                serde_json::json!(["slot-signature-invalid"])
+            );
             continue;
         }
         assert_eq!(code, 0, "{name}: {json}");
         assert_eq!(json["valid"], true, "{name}");
         assert_eq!(json["allowed"], true, "{name}");
         assert_eq!(json["reasons"], serde_json::json!([]), "{name}");
-        for key in ["serial", "firmware", "pin_policy", "touch_policy", "slot", "key_algorithm", "public_key_sha256"] {
+        for key in [
+            "serial",
+            "firmware",
+            "pin_policy",
+            "touch_policy",
+            "slot",
+            "key_algorithm",
+            "public_key_sha256",
+        ] {
             assert_eq!(json[key], facts[key], "{name}: {key}");
         }
         if facts.get("form_factor_byte").is_some() {
-            assert_eq!(json["form_factor_code"], facts["form_factor_byte"], "{name}");
+            assert_eq!(
+                json["form_factor_code"], facts["form_factor_byte"],
+                "{name}"
+            );
             assert_eq!(json["fips"], facts["device_fips"], "{name}");
             assert_eq!(json["cspn"], facts["device_cspn"], "{name}");
         } else {
@@ -124,8 +153,14 @@ fn example_policy_gives_every_reason() {
     let (slot, device) = sample_paths("fw5.7.4-p384-slot82-new-pki");
     let (code, json) = verify_json(&slot, &device, &["--policy", EXAMPLE_POLICY]);
     assert_eq!(code, 1);
-    assert_eq!(json["reasons"], serde_json::json!(["slot-not-allowed", "pin-policy-below-minimum"]));
-    assert_eq!(json["messages"][1], "PIN policy never is weaker than the required once");
+    assert_eq!(
+        json["reasons"],
+        serde_json::json!(["slot-not-allowed", "pin-policy-below-minimum"])
+    );
+    assert_eq!(
+        json["messages"][1],
+        "PIN policy never is weaker than the required once"
+    );
 }
 
 #[test]
@@ -135,7 +170,10 @@ fn expected_serial_mismatch_is_refused() {
     assert_eq!(code, 1);
     assert_eq!(json["valid"], false);
     assert_eq!(json["reasons"], serde_json::json!(["serial-mismatch"]));
-    assert_eq!(json["messages"][0], "attested serial 33162554 is not the expected serial 33162555");
+    assert_eq!(
+        json["messages"][0],
+        "attested serial 33162554 is not the expected serial 33162555"
+    );
 }
 
 #[test]
@@ -156,16 +194,34 @@ fn forged_chain_is_trusted_only_under_its_root_given_with_roots() {
         let (code, json) = verify_json(&slot, &device, &["--roots", roots_arg.to_str().unwrap()]);
         assert_eq!(code, 0, "{json}");
         assert_eq!(json["serial"], 12345678);
-        assert_eq!(json["trust_anchor"], "CN=Tessera Forged Test Root (NOT Yubico)");
+        assert_eq!(
+            json["trust_anchor"],
+            "CN=Tessera Forged Test Root (NOT Yubico)"
+        );
     }
 
     // --roots replaces the Yubico roots; --add-roots keeps them.
     let (real_slot, real_device) = sample_paths("fw5.7.4-p384-slot82-new-pki");
-    let (code, json) = verify_json(&real_slot, &real_device, &["--roots", root_file.to_str().unwrap()]);
-    assert_eq!((code, json["reasons"].clone()), (1, serde_json::json!(["unknown-root"])));
-    let (code, _) = verify_json(&real_slot, &real_device, &["--add-roots", root_file.to_str().unwrap()]);
+    let (code, json) = verify_json(
+        &real_slot,
+        &real_device,
+        &["--roots", root_file.to_str().unwrap()],
+    );
+    assert_eq!(
+        (code, json["reasons"].clone()),
+        (1, serde_json::json!(["unknown-root"]))
+    );
+    let (code, _) = verify_json(
+        &real_slot,
+        &real_device,
+        &["--add-roots", root_file.to_str().unwrap()],
+    );
     assert_eq!(code, 0);
-    let (code, _) = verify_json(&slot, &device, &["--add-roots", root_file.to_str().unwrap()]);
+    let (code, _) = verify_json(
+        &slot,
+        &device,
+        &["--add-roots", root_file.to_str().unwrap()],
+    );
     assert_eq!(code, 0);
 }
 
@@ -173,12 +229,19 @@ fn forged_chain_is_trusted_only_under_its_root_given_with_roots() {
 fn slot_certificate_re_signed_by_another_key_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = ForgedPki::new();
-    let slot = write(tmp.path(), "slot.der", &pki.slot_signed_by(&SlotSpec::typical(), &forge::fresh_p256_key()));
+    let slot = write(
+        tmp.path(),
+        "slot.der",
+        &pki.slot_signed_by(&SlotSpec::typical(), &forge::fresh_p256_key()),
+    );
     let device = write(tmp.path(), "device.der", &pki.device_der);
     let root = write(tmp.path(), "root.der", &pki.root_der);
     let (code, json) = verify_json(&slot, &device, &["--roots", root.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert_eq!(json["reasons"], serde_json::json!(["slot-signature-invalid"]));
+    assert_eq!(
+        json["reasons"],
+        serde_json::json!(["slot-signature-invalid"])
+    );
 }
 
 #[test]
@@ -196,7 +259,10 @@ fn rsa_key_below_policy_is_denied() {
     assert_eq!(code, 1);
     assert_eq!(json["valid"], true);
     assert_eq!(json["key_algorithm"], "rsa1024");
-    assert_eq!(json["reasons"], serde_json::json!(["rsa-key-below-minimum"]));
+    assert_eq!(
+        json["reasons"],
+        serde_json::json!(["rsa-key-below-minimum"])
+    );
 }
 
 #[test]
@@ -204,14 +270,21 @@ fn unknown_critical_extension_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = ForgedPki::new();
     let mut spec = SlotSpec::typical();
-    spec.extra_extensions.push((vec![1, 2, 3, 4, 5], vec![0x05, 0x00], true));
+    spec.extra_extensions
+        .push((vec![1, 2, 3, 4, 5], vec![0x05, 0x00], true));
     let slot = write(tmp.path(), "slot.der", &pki.slot(&spec));
     let device = write(tmp.path(), "device.der", &pki.device_der);
     let root = write(tmp.path(), "root.pem", pki.root_pem.as_bytes());
     let (code, json) = verify_json(&slot, &device, &["--roots", root.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert_eq!(json["reasons"], serde_json::json!(["unsupported-critical-extension"]));
-    assert!(json["messages"][0].as_str().unwrap().contains("1.2.3.4.5"), "{json}");
+    assert_eq!(
+        json["reasons"],
+        serde_json::json!(["unsupported-critical-extension"])
+    );
+    assert!(
+        json["messages"][0].as_str().unwrap().contains("1.2.3.4.5"),
+        "{json}"
+    );
 }
 
 #[test]
@@ -220,15 +293,30 @@ fn unreadable_inputs_exit_2_with_their_reason() {
     let (slot, device) = sample_paths("fw5.4.3-p256-9a");
     let slot_pem = std::fs::read_to_string(&slot).unwrap();
     let slot_der = {
-        let body: String = slot_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let body: String = slot_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
         base64_decode(&body)
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.pem", Vec::new(), "input-empty"),
         ("huge.der", vec![0x30; 64 * 1024 + 1], "input-too-large"),
-        ("truncated.der", slot_der[..slot_der.len() / 2].to_vec(), "input-malformed"),
-        ("text.txt", b"not a certificate at all".to_vec(), "input-malformed"),
-        ("garbage.pem", slot_pem.replacen("MIIC", "M@IC", 1).into_bytes(), "input-pem-invalid"),
+        (
+            "truncated.der",
+            slot_der[..slot_der.len() / 2].to_vec(),
+            "input-malformed",
+        ),
+        (
+            "text.txt",
+            b"not a certificate at all".to_vec(),
+            "input-malformed",
+        ),
+        (
+            "garbage.pem",
+            slot_pem.replacen("MIIC", "M@IC", 1).into_bytes(),
+            "input-pem-invalid",
+        ),
     ];
     for (file, bytes, reason) in cases {
         let bad = write(tmp.path(), file, &bytes);
@@ -238,24 +326,43 @@ fn unreadable_inputs_exit_2_with_their_reason() {
         assert_eq!(json["valid"], false);
         // The device certificate position reports the same way.
         let (code, json) = verify_json(&slot, &bad, &[]);
-        assert_eq!((code, json["reasons"][0].as_str().unwrap()), (2, reason), "{file} as device");
+        assert_eq!(
+            (code, json["reasons"][0].as_str().unwrap()),
+            (2, reason),
+            "{file} as device"
+        );
     }
     let missing = tmp.path().join("missing.pem");
     let (code, json) = verify_json(&missing, &device, &[]);
     assert_eq!(code, 2);
     assert_eq!(json["reasons"], serde_json::json!(["input-unreadable"]));
-    assert!(json["messages"][0].as_str().unwrap().contains("missing.pem"));
+    assert!(
+        json["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("missing.pem")
+    );
 }
 
 #[test]
 fn policy_with_unknown_key_exits_2_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let policy = write(tmp.path(), "policy.toml", b"minimum_pin_policy = \"once\"\nrequire_touch = true\n");
+    let policy = write(
+        tmp.path(),
+        "policy.toml",
+        b"minimum_pin_policy = \"once\"\nrequire_touch = true\n",
+    );
     let (slot, device) = sample_paths("fw5.4.3-p256-9a");
     let (code, json) = verify_json(&slot, &device, &["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert_eq!(json["reasons"], serde_json::json!(["policy-invalid"]));
-    assert!(json["messages"][0].as_str().unwrap().contains("require_touch"), "{json}");
+    assert!(
+        json["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("require_touch"),
+        "{json}"
+    );
 }
 
 #[test]
@@ -264,38 +371,67 @@ fn roots_directory_without_certificates_exits_2() {
     let (slot, device) = sample_paths("fw5.4.3-p256-9a");
     let (code, json) = verify_json(&slot, &device, &["--roots", tmp.path().to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(json["messages"][0].as_str().unwrap().contains("has no .pem, .crt, .cer or .der file"));
+    assert!(
+        json["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("has no .pem, .crt, .cer or .der file")
+    );
 }
 
 #[test]
 fn human_output_names_the_decision_and_reasons() {
     let (slot, device) = sample_paths("fw5.4.3-p256-9a");
     let out = tessera(&[
-        "attest", "verify", "--attestation", slot.to_str().unwrap(),
-        "--intermediate", device.to_str().unwrap(),
+        "attest",
+        "verify",
+        "--attestation",
+        slot.to_str().unwrap(),
+        "--intermediate",
+        device.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("attestation:  VALID, chain to CN=Yubico PIV Root CA Serial 263751"), "{text}");
-    assert!(text.contains("decision:     DENIED\n  advisory-ysa-2024-03: "), "{text}");
+    assert!(
+        text.contains("attestation:  VALID, chain to CN=Yubico PIV Root CA Serial 263751"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision:     DENIED\n  advisory-ysa-2024-03: "),
+        "{text}"
+    );
     assert!(text.contains("serial:       15732500"), "{text}");
 
     let (slot, device) = sample_paths("mismatched-device");
     let out = tessera(&[
-        "attest", "verify", "--attestation", slot.to_str().unwrap(),
-        "--intermediate", device.to_str().unwrap(),
+        "attest",
+        "verify",
+        "--attestation",
+        slot.to_str().unwrap(),
+        "--intermediate",
+        device.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("attestation: INVALID (slot-signature-invalid)"), "{text}");
+    assert!(
+        text.starts_with("attestation: INVALID (slot-signature-invalid)"),
+        "{text}"
+    );
 
     let out = tessera(&[
-        "attest", "verify", "--attestation", "/nonexistent/slot.pem",
-        "--intermediate", device.to_str().unwrap(),
+        "attest",
+        "verify",
+        "--attestation",
+        "/nonexistent/slot.pem",
+        "--intermediate",
+        device.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("error: cannot read /nonexistent/slot.pem"), "{err}");
+    assert!(
+        err.starts_with("error: cannot read /nonexistent/slot.pem"),
+        "{err}"
+    );
 }
 
 /// Standard base64 without padding checks (test input only).

@@ -28,7 +28,11 @@ impl ParsedCertificate {
         };
         let certificate = Certificate::from_der(der).map_err(malformed)?;
         let tbs_der = raw_tbs(der).map_err(malformed)?;
-        Ok(ParsedCertificate { certificate, der: der.to_vec(), tbs_der })
+        Ok(ParsedCertificate {
+            certificate,
+            der: der.to_vec(),
+            tbs_der,
+        })
     }
 
     pub(crate) fn sha256_hex(&self) -> String {
@@ -96,7 +100,10 @@ pub(crate) fn decode_one_certificate(
 ) -> Result<ParsedCertificate, AttestError> {
     let mut all = decode_certificates(bytes, role)?;
     if all.len() != 1 {
-        return Err(AttestError::CertificateCount { role: role.clone(), found: all.len() });
+        return Err(AttestError::CertificateCount {
+            role: role.clone(),
+            found: all.len(),
+        });
     }
     Ok(all.remove(0))
 }
@@ -105,7 +112,10 @@ fn decode_pem_blocks(
     bytes: &[u8],
     role: &CertificateRole,
 ) -> Result<Vec<ParsedCertificate>, AttestError> {
-    let invalid = |detail: String| AttestError::InvalidPem { role: role.clone(), detail };
+    let invalid = |detail: String| AttestError::InvalidPem {
+        role: role.clone(),
+        detail,
+    };
     let mut certificates = Vec::new();
     let mut rest = bytes;
     loop {
@@ -116,7 +126,9 @@ fn decode_pem_blocks(
         check_outside_text(&rest[..begin]).map_err(invalid)?;
         let block_start = &rest[begin..];
         let Some(end) = find(block_start, b"-----END ") else {
-            return Err(invalid("a BEGIN line has no matching END line (truncated?)".into()));
+            return Err(invalid(
+                "a BEGIN line has no matching END line (truncated?)".into(),
+            ));
         };
         let after_end = &block_start[end + b"-----END ".len()..];
         let Some(close) = find(after_end, b"-----") else {
@@ -124,10 +136,11 @@ fn decode_pem_blocks(
         };
         let block_len = end + b"-----END ".len() + close + b"-----".len();
         let block = &block_start[..block_len];
-        let (label, der) =
-            der::pem::decode_vec(block).map_err(|e| invalid(format!("{e}")))?;
+        let (label, der) = der::pem::decode_vec(block).map_err(|e| invalid(format!("{e}")))?;
         if label != "CERTIFICATE" {
-            return Err(invalid(format!("a block is labelled {label:?}, expected \"CERTIFICATE\"")));
+            return Err(invalid(format!(
+                "a block is labelled {label:?}, expected \"CERTIFICATE\""
+            )));
         }
         certificates.push(ParsedCertificate::from_der(&der, role)?);
         rest = &block_start[block_len..];
@@ -140,14 +153,20 @@ fn decode_pem_blocks(
 
 /// Text outside PEM blocks is allowed (RFC 7468 §2), binary bytes are not.
 fn check_outside_text(bytes: &[u8]) -> Result<(), String> {
-    match bytes.iter().position(|b| !(b.is_ascii_graphic() || b.is_ascii_whitespace())) {
+    match bytes
+        .iter()
+        .position(|b| !(b.is_ascii_graphic() || b.is_ascii_whitespace()))
+    {
         None => Ok(()),
         Some(_) => Err("binary bytes outside the PEM blocks".into()),
     }
 }
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
     &bytes[start..]
 }
 
@@ -167,7 +186,10 @@ mod tests {
         let pem = decode_one_certificate(SLOT_PEM, &CertificateRole::Slot).unwrap();
         let der = decode_one_certificate(&pem.der, &CertificateRole::Slot).unwrap();
         assert_eq!(pem.der, der.der);
-        assert_eq!(pem.tbs_der, pem.certificate.tbs_certificate().to_der().unwrap());
+        assert_eq!(
+            pem.tbs_der,
+            pem.certificate.tbs_certificate().to_der().unwrap()
+        );
     }
 
     #[test]
@@ -189,7 +211,9 @@ mod tests {
 
     #[test]
     fn wrong_pem_label_is_refused() {
-        let text = String::from_utf8(SLOT_PEM.to_vec()).unwrap().replace("CERTIFICATE", "PRIVATE KEY");
+        let text = String::from_utf8(SLOT_PEM.to_vec())
+            .unwrap()
+            .replace("CERTIFICATE", "PRIVATE KEY");
         let err = decode_one_certificate(text.as_bytes(), &CertificateRole::Slot).unwrap_err();
         assert_eq!(err.code(), "input-pem-invalid");
         assert!(err.to_string().contains("\"PRIVATE KEY\""), "{err}");
@@ -208,14 +232,27 @@ mod tests {
     fn two_certificates_where_one_is_expected() {
         let mut input = SLOT_PEM.to_vec();
         input.extend_from_slice(SLOT_PEM);
-        assert_eq!(decode_certificates(&input, &CertificateRole::Intermediate(0)).unwrap().len(), 2);
+        assert_eq!(
+            decode_certificates(&input, &CertificateRole::Intermediate(0))
+                .unwrap()
+                .len(),
+            2
+        );
         let err = decode_one_certificate(&input, &CertificateRole::Slot).unwrap_err();
-        assert_eq!(err, AttestError::CertificateCount { role: CertificateRole::Slot, found: 2 });
+        assert_eq!(
+            err,
+            AttestError::CertificateCount {
+                role: CertificateRole::Slot,
+                found: 2
+            }
+        );
     }
 
     #[test]
     fn trailing_bytes_after_der_are_refused() {
-        let mut der = decode_one_certificate(SLOT_PEM, &CertificateRole::Slot).unwrap().der;
+        let mut der = decode_one_certificate(SLOT_PEM, &CertificateRole::Slot)
+            .unwrap()
+            .der;
         der.push(0);
         let err = decode_one_certificate(&der, &CertificateRole::Slot).unwrap_err();
         assert_eq!(err.code(), "input-malformed");

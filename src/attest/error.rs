@@ -77,18 +77,34 @@ pub enum AttestError {
         "{role}: {size} bytes is more than the {limit}-byte limit for certificate input; \
          give the attestation certificate itself, not an archive or a log"
     )]
-    InputTooLarge { role: CertificateRole, size: usize, limit: usize },
+    InputTooLarge {
+        role: CertificateRole,
+        size: usize,
+        limit: usize,
+    },
 
-    #[error("{role}: invalid PEM ({detail}); give one or more -----BEGIN CERTIFICATE----- blocks or DER")]
-    InvalidPem { role: CertificateRole, detail: String },
+    #[error(
+        "{role}: invalid PEM ({detail}); give one or more -----BEGIN CERTIFICATE----- blocks or DER"
+    )]
+    InvalidPem {
+        role: CertificateRole,
+        detail: String,
+    },
 
-    #[error("{role}: not a DER X.509 certificate ({detail}); is the file truncated or of another kind?")]
-    MalformedCertificate { role: CertificateRole, detail: String },
+    #[error(
+        "{role}: not a DER X.509 certificate ({detail}); is the file truncated or of another kind?"
+    )]
+    MalformedCertificate {
+        role: CertificateRole,
+        detail: String,
+    },
 
     #[error("{role}: expected exactly one certificate, found {found}")]
     CertificateCount { role: CertificateRole, found: usize },
 
-    #[error("{role}: critical extension {oid} is not understood by Tessera; refusing the certificate")]
+    #[error(
+        "{role}: critical extension {oid} is not understood by Tessera; refusing the certificate"
+    )]
     UnsupportedCriticalExtension { role: CertificateRole, oid: String },
 
     #[error("{role}: extension {oid} appears more than once")]
@@ -98,15 +114,23 @@ pub enum AttestError {
     MissingExtension { extension: YubicoExtension },
 
     #[error("{role}: malformed {extension}: {detail}")]
-    MalformedExtension { role: CertificateRole, extension: YubicoExtension, detail: String },
+    MalformedExtension {
+        role: CertificateRole,
+        extension: YubicoExtension,
+        detail: String,
+    },
 
-    #[error("slot attestation certificate subject {subject:?} does not name a PIV key slot (expected \"YubiKey PIV Attestation 9a\" style)")]
+    #[error(
+        "slot attestation certificate subject {subject:?} does not name a PIV key slot (expected \"YubiKey PIV Attestation 9a\" style)"
+    )]
     UnknownSlot { subject: String },
 
     #[error("slot attestation certificate carries an unsupported public key: {detail}")]
     UnsupportedKeyAlgorithm { detail: String },
 
-    #[error("{role}: signature algorithm {oid} is not supported (RSA PKCS#1 v1.5 with SHA-256/384/512, ECDSA P-256/P-384 with SHA-256/384/512)")]
+    #[error(
+        "{role}: signature algorithm {oid} is not supported (RSA PKCS#1 v1.5 with SHA-256/384/512, ECDSA P-256/P-384 with SHA-256/384/512)"
+    )]
     UnsupportedSignatureAlgorithm { role: CertificateRole, oid: String },
 
     #[error("{role}: the signature algorithm inside the signed part differs from the outer one")]
@@ -118,17 +142,27 @@ pub enum AttestError {
     )]
     SlotSignatureInvalid,
 
-    #[error("{role}: signature does not verify under issuer {issuer:?}; the certificate was altered or forged")]
-    ChainSignatureInvalid { role: CertificateRole, issuer: String },
+    #[error(
+        "{role}: signature does not verify under issuer {issuer:?}; the certificate was altered or forged"
+    )]
+    ChainSignatureInvalid {
+        role: CertificateRole,
+        issuer: String,
+    },
 
-    #[error("{role}: used as an issuer but its basicConstraints or keyUsage forbid signing certificates")]
+    #[error(
+        "{role}: used as an issuer but its basicConstraints or keyUsage forbid signing certificates"
+    )]
     IssuerNotCa { role: CertificateRole },
 
     #[error(
         "{role}: issuer {issuer:?} is neither a configured trust anchor nor a known intermediate; \
          add the root with --roots (or TrustAnchors) if it should be trusted"
     )]
-    UnknownRoot { role: CertificateRole, issuer: String },
+    UnknownRoot {
+        role: CertificateRole,
+        issuer: String,
+    },
 
     #[error("the chain is longer than {limit} certificates")]
     ChainTooLong { limit: usize },
@@ -139,13 +173,22 @@ pub enum AttestError {
     #[error(
         "the attested public key (SHA-256 {attested_sha256}) is not the presented key (SHA-256 {presented_sha256})"
     )]
-    PublicKeyMismatch { attested_sha256: String, presented_sha256: String },
+    PublicKeyMismatch {
+        attested_sha256: String,
+        presented_sha256: String,
+    },
 
     #[error("presented public key is not a valid SubjectPublicKeyInfo: {detail}")]
     MalformedPresentedKey { detail: String },
 
-    #[error("bundled trust certificate {name} has SHA-256 {actual}, pinned {expected}; the build is corrupt")]
-    TrustBundlePinMismatch { name: String, expected: String, actual: String },
+    #[error(
+        "bundled trust certificate {name} has SHA-256 {actual}, pinned {expected}; the build is corrupt"
+    )]
+    TrustBundlePinMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
 
     #[error("no trust anchors configured; give at least one root")]
     NoTrustAnchors,

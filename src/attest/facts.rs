@@ -6,20 +6,26 @@ use std::str::FromStr;
 
 use const_oid::ObjectIdentifier;
 use der::asn1::UintRef;
-use p256::elliptic_curve::sec1::ToSec1Point;
 use der::{Decode, Encode};
+use p256::elliptic_curve::sec1::ToSec1Point;
 use serde::{Deserialize, Serialize};
 use spki::SubjectPublicKeyInfoOwned;
 
 use super::certificate::ParsedCertificate;
 use super::error::{AttestError, CertificateRole, YubicoExtension};
 
-pub(crate) const OID_FIRMWARE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.3");
-pub(crate) const OID_SERIAL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.7");
-pub(crate) const OID_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.8");
-pub(crate) const OID_FORM_FACTOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.9");
-pub(crate) const OID_FIPS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.10");
-pub(crate) const OID_CSPN: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.11");
+pub(crate) const OID_FIRMWARE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.3");
+pub(crate) const OID_SERIAL: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.7");
+pub(crate) const OID_POLICY: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.8");
+pub(crate) const OID_FORM_FACTOR: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.9");
+pub(crate) const OID_FIPS: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.10");
+pub(crate) const OID_CSPN: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.11");
 
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -38,7 +44,11 @@ pub struct FirmwareVersion {
 
 impl FirmwareVersion {
     pub const fn new(major: u8, minor: u8, patch: u8) -> Self {
-        FirmwareVersion { major, minor, patch }
+        FirmwareVersion {
+            major,
+            minor,
+            patch,
+        }
     }
 }
 
@@ -57,7 +67,11 @@ impl FromStr for FirmwareVersion {
             return Err(bad());
         }
         let n = |p: &str| p.parse::<u8>().map_err(|_| bad());
-        Ok(FirmwareVersion::new(n(parts[0])?, n(parts[1])?, n(parts[2])?))
+        Ok(FirmwareVersion::new(
+            n(parts[0])?,
+            n(parts[1])?,
+            n(parts[2])?,
+        ))
     }
 }
 
@@ -225,7 +239,10 @@ impl FromStr for Slot {
         if s.len() != 2 {
             return Err(bad());
         }
-        u8::from_str_radix(s, 16).ok().and_then(Slot::new).ok_or_else(bad)
+        u8::from_str_radix(s, 16)
+            .ok()
+            .and_then(Slot::new)
+            .ok_or_else(bad)
     }
 }
 
@@ -314,10 +331,7 @@ pub(crate) struct SlotFacts {
     pub(crate) key_algorithm: KeyAlgorithm,
 }
 
-fn extension_value<'a>(
-    cert: &'a ParsedCertificate,
-    oid: ObjectIdentifier,
-) -> Option<&'a [u8]> {
+fn extension_value(cert: &ParsedCertificate, oid: ObjectIdentifier) -> Option<&[u8]> {
     cert.certificate
         .tbs_certificate()
         .extensions()
@@ -335,8 +349,9 @@ pub(crate) fn read_slot_facts(slot: &ParsedCertificate) -> Result<SlotFacts, Att
         extension,
         detail,
     };
-    let firmware = extension_value(slot, OID_FIRMWARE)
-        .ok_or(AttestError::MissingExtension { extension: YubicoExtension::Firmware })?;
+    let firmware = extension_value(slot, OID_FIRMWARE).ok_or(AttestError::MissingExtension {
+        extension: YubicoExtension::Firmware,
+    })?;
     let firmware = match firmware {
         [major, minor, patch] => FirmwareVersion::new(*major, *minor, *patch),
         other => {
@@ -347,25 +362,36 @@ pub(crate) fn read_slot_facts(slot: &ParsedCertificate) -> Result<SlotFacts, Att
         }
     };
 
-    let serial = extension_value(slot, OID_SERIAL)
-        .ok_or(AttestError::MissingExtension { extension: YubicoExtension::Serial })?;
+    let serial = extension_value(slot, OID_SERIAL).ok_or(AttestError::MissingExtension {
+        extension: YubicoExtension::Serial,
+    })?;
     let serial = decode_serial(serial).map_err(|d| malformed(YubicoExtension::Serial, d))?;
 
-    let policy = extension_value(slot, OID_POLICY)
-        .ok_or(AttestError::MissingExtension { extension: YubicoExtension::Policy })?;
+    let policy = extension_value(slot, OID_POLICY).ok_or(AttestError::MissingExtension {
+        extension: YubicoExtension::Policy,
+    })?;
     let (pin_policy, touch_policy) = match policy {
         [pin, touch] => (
             PinPolicy::from_byte(*pin).ok_or_else(|| {
-                malformed(YubicoExtension::Policy, format!("unknown PIN policy byte 0x{pin:02x}"))
+                malformed(
+                    YubicoExtension::Policy,
+                    format!("unknown PIN policy byte 0x{pin:02x}"),
+                )
             })?,
             TouchPolicy::from_byte(*touch).ok_or_else(|| {
-                malformed(YubicoExtension::Policy, format!("unknown touch policy byte 0x{touch:02x}"))
+                malformed(
+                    YubicoExtension::Policy,
+                    format!("unknown touch policy byte 0x{touch:02x}"),
+                )
             })?,
         ),
         other => {
             return Err(malformed(
                 YubicoExtension::Policy,
-                format!("{} bytes, expected 2 (PIN policy, touch policy)", other.len()),
+                format!(
+                    "{} bytes, expected 2 (PIN policy, touch policy)",
+                    other.len()
+                ),
             ));
         }
     };
@@ -382,8 +408,13 @@ pub(crate) fn read_slot_facts(slot: &ParsedCertificate) -> Result<SlotFacts, Att
     };
 
     let slot_id = slot_from_subject(slot)?;
-    let key_algorithm =
-        key_algorithm(&slot.certificate.tbs_certificate().subject_public_key_info().clone())?;
+    let key_algorithm = key_algorithm(
+        &slot
+            .certificate
+            .tbs_certificate()
+            .subject_public_key_info()
+            .clone(),
+    )?;
 
     Ok(SlotFacts {
         firmware,
@@ -409,10 +440,16 @@ fn decode_serial(value: &[u8]) -> Result<u32, String> {
 /// The slot comes from the subject CN, "YubiKey PIV Attestation 9a": the last word, in hex.
 fn slot_from_subject(slot: &ParsedCertificate) -> Result<Slot, AttestError> {
     let subject = slot.certificate.tbs_certificate().subject();
-    let unknown = || AttestError::UnknownSlot { subject: subject.to_string() };
+    let unknown = || AttestError::UnknownSlot {
+        subject: subject.to_string(),
+    };
     let cn = subject.common_name().ok().flatten().ok_or_else(unknown)?;
     let cn = cn.value();
-    let last = cn.rsplit(' ').next().unwrap_or_default().to_ascii_lowercase();
+    let last = cn
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     last.parse::<Slot>().map_err(|_| unknown())
 }
 
@@ -476,7 +513,10 @@ pub(crate) fn key_algorithm(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyAlgor
 /// A canonical encoding of a public key for equality: EC points uncompressed, everything else
 /// as its SubjectPublicKeyInfo DER.
 pub(crate) fn canonical_public_key(spki: &SubjectPublicKeyInfoOwned) -> Result<Vec<u8>, String> {
-    let bits = spki.subject_public_key.as_bytes().ok_or("public key bit string has unused bits")?;
+    let bits = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key bit string has unused bits")?;
     if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
         let curve = spki
             .algorithm
@@ -506,16 +546,30 @@ mod tests {
     #[test]
     fn firmware_orders_and_parses() {
         assert!(FirmwareVersion::new(5, 7, 0) > FirmwareVersion::new(5, 4, 3));
-        assert_eq!("5.7.4".parse::<FirmwareVersion>().unwrap().to_string(), "5.7.4");
+        assert_eq!(
+            "5.7.4".parse::<FirmwareVersion>().unwrap().to_string(),
+            "5.7.4"
+        );
         assert!("5.7".parse::<FirmwareVersion>().is_err());
         assert!("5.7.x".parse::<FirmwareVersion>().is_err());
     }
 
     #[test]
     fn serial_decodes_as_der_integer() {
-        assert_eq!(decode_serial(&[0x02, 0x04, 0x00, 0xF0, 0x0F, 0x14]), Ok(15732500));
-        assert!(decode_serial(&[0x04, 0x01, 0x00]).unwrap_err().contains("not a DER INTEGER"));
-        assert!(decode_serial(&[0x02, 0x05, 0x01, 0, 0, 0, 0]).unwrap_err().contains("too large"));
+        assert_eq!(
+            decode_serial(&[0x02, 0x04, 0x00, 0xF0, 0x0F, 0x14]),
+            Ok(15732500)
+        );
+        assert!(
+            decode_serial(&[0x04, 0x01, 0x00])
+                .unwrap_err()
+                .contains("not a DER INTEGER")
+        );
+        assert!(
+            decode_serial(&[0x02, 0x05, 0x01, 0, 0, 0, 0])
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

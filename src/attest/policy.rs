@@ -20,7 +20,9 @@ pub const YSA_2024_03_FIXED: FirmwareVersion = FirmwareVersion::new(5, 7, 0);
 pub enum PolicyError {
     #[error("attestation policy: {0}")]
     Toml(String),
-    #[error("attestation policy: [slots] key {key:?} is not a PIV key slot (9a, 9c, 9d, 9e, 82 … 95)")]
+    #[error(
+        "attestation policy: [slots] key {key:?} is not a PIV key slot (9a, 9c, 9d, 9e, 82 … 95)"
+    )]
     UnknownSlot { key: String },
 }
 
@@ -42,7 +44,10 @@ fn yes() -> bool {
 
 impl Default for Advisories {
     fn default() -> Self {
-        Advisories { ysa_2017_01: true, ysa_2024_03: true }
+        Advisories {
+            ysa_2017_01: true,
+            ysa_2024_03: true,
+        }
     }
 }
 
@@ -106,16 +111,39 @@ impl Default for Policy {
 /// One reason a policy denies an attestation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DenyReason {
-    SlotNotAllowed { slot: Slot },
-    AlgorithmNotAllowed { slot: Slot, algorithm: KeyAlgorithm },
-    PinPolicyBelowMinimum { found: PinPolicy, minimum: PinPolicy },
-    TouchPolicyBelowMinimum { found: TouchPolicy, minimum: TouchPolicy },
-    FormFactorNotAllowed { found: FormFactor },
-    FirmwareBelowMinimum { found: FirmwareVersion, minimum: FirmwareVersion },
-    RsaKeyBelowMinimum { bits: u32, minimum: u32 },
+    SlotNotAllowed {
+        slot: Slot,
+    },
+    AlgorithmNotAllowed {
+        slot: Slot,
+        algorithm: KeyAlgorithm,
+    },
+    PinPolicyBelowMinimum {
+        found: PinPolicy,
+        minimum: PinPolicy,
+    },
+    TouchPolicyBelowMinimum {
+        found: TouchPolicy,
+        minimum: TouchPolicy,
+    },
+    FormFactorNotAllowed {
+        found: FormFactor,
+    },
+    FirmwareBelowMinimum {
+        found: FirmwareVersion,
+        minimum: FirmwareVersion,
+    },
+    RsaKeyBelowMinimum {
+        bits: u32,
+        minimum: u32,
+    },
     FipsRequired,
-    AdvisoryYsa2017_01 { firmware: FirmwareVersion },
-    AdvisoryYsa2024_03 { firmware: FirmwareVersion },
+    AdvisoryYsa2017_01 {
+        firmware: FirmwareVersion,
+    },
+    AdvisoryYsa2024_03 {
+        firmware: FirmwareVersion,
+    },
 }
 
 impl DenyReason {
@@ -139,15 +167,23 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DenyReason::SlotNotAllowed { slot } => write!(f, "slot {slot} is not allowed by the policy"),
+            DenyReason::SlotNotAllowed { slot } => {
+                write!(f, "slot {slot} is not allowed by the policy")
+            }
             DenyReason::AlgorithmNotAllowed { slot, algorithm } => {
                 write!(f, "{algorithm} keys are not allowed in slot {slot}")
             }
             DenyReason::PinPolicyBelowMinimum { found, minimum } => {
-                write!(f, "PIN policy {found} is weaker than the required {minimum}")
+                write!(
+                    f,
+                    "PIN policy {found} is weaker than the required {minimum}"
+                )
             }
             DenyReason::TouchPolicyBelowMinimum { found, minimum } => {
-                write!(f, "touch policy {found} is weaker than the required {minimum}")
+                write!(
+                    f,
+                    "touch policy {found} is weaker than the required {minimum}"
+                )
             }
             DenyReason::FormFactorNotAllowed { found } => {
                 write!(f, "form factor {found} is not allowed")
@@ -195,7 +231,11 @@ impl Policy {
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|span| {
-                text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+                text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
             });
             let message = one_line(e.message());
             PolicyError::Toml(match line {
@@ -247,25 +287,32 @@ impl Policy {
                 Some(rule) => Some(rule),
             },
         };
-        if let Some(rule) = slot_rule {
-            if !rule.algorithms.is_empty() && !rule.algorithms.contains(&algorithm) {
-                reasons.push(DenyReason::AlgorithmNotAllowed { slot, algorithm });
-            }
+        if let Some(rule) = slot_rule
+            && !rule.algorithms.is_empty()
+            && !rule.algorithms.contains(&algorithm)
+        {
+            reasons.push(DenyReason::AlgorithmNotAllowed { slot, algorithm });
         }
-        if let Some(bits) = algorithm.rsa_bits() {
-            if bits < self.minimum_rsa_bits {
-                reasons.push(DenyReason::RsaKeyBelowMinimum { bits, minimum: self.minimum_rsa_bits });
-            }
+        if let Some(bits) = algorithm.rsa_bits()
+            && bits < self.minimum_rsa_bits
+        {
+            reasons.push(DenyReason::RsaKeyBelowMinimum {
+                bits,
+                minimum: self.minimum_rsa_bits,
+            });
         }
-        let minimum_pin = slot_rule.and_then(|r| r.minimum_pin_policy).or(self.minimum_pin_policy);
+        let minimum_pin = slot_rule
+            .and_then(|r| r.minimum_pin_policy)
+            .or(self.minimum_pin_policy);
         if let Some(minimum) = minimum_pin {
             let found = attestation.pin_policy();
             if found.strength() < minimum.strength() {
                 reasons.push(DenyReason::PinPolicyBelowMinimum { found, minimum });
             }
         }
-        let minimum_touch =
-            slot_rule.and_then(|r| r.minimum_touch_policy).or(self.minimum_touch_policy);
+        let minimum_touch = slot_rule
+            .and_then(|r| r.minimum_touch_policy)
+            .or(self.minimum_touch_policy);
         if let Some(minimum) = minimum_touch {
             let found = attestation.touch_policy();
             if found.strength() < minimum.strength() {
@@ -278,10 +325,13 @@ impl Policy {
                 reasons.push(DenyReason::FormFactorNotAllowed { found });
             }
         }
-        if let Some(minimum) = self.minimum_firmware {
-            if firmware < minimum {
-                reasons.push(DenyReason::FirmwareBelowMinimum { found: firmware, minimum });
-            }
+        if let Some(minimum) = self.minimum_firmware
+            && firmware < minimum
+        {
+            reasons.push(DenyReason::FirmwareBelowMinimum {
+                found: firmware,
+                minimum,
+            });
         }
         if self.require_fips && !attestation.fips() {
             reasons.push(DenyReason::FipsRequired);
@@ -308,15 +358,25 @@ mod tests {
     use super::*;
     use crate::attest::verify::tests::for_policy_tests;
 
-    const EXAMPLE: &str =
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/attestation-policy.toml"));
+    const EXAMPLE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/attestation-policy.toml"
+    ));
 
     fn slot(s: &str) -> Slot {
         s.parse().unwrap()
     }
 
     /// A token that passes the example policy: 5.7.4, 9a, p256, PIN once, touch never, USB-C.
-    fn good() -> (FirmwareVersion, PinPolicy, TouchPolicy, Option<u8>, bool, Slot, KeyAlgorithm) {
+    fn good() -> (
+        FirmwareVersion,
+        PinPolicy,
+        TouchPolicy,
+        Option<u8>,
+        bool,
+        Slot,
+        KeyAlgorithm,
+    ) {
         (
             FirmwareVersion::new(5, 7, 4),
             PinPolicy::Once,
@@ -330,10 +390,20 @@ mod tests {
 
     fn decide(
         policy: &Policy,
-        facts: (FirmwareVersion, PinPolicy, TouchPolicy, Option<u8>, bool, Slot, KeyAlgorithm),
+        facts: (
+            FirmwareVersion,
+            PinPolicy,
+            TouchPolicy,
+            Option<u8>,
+            bool,
+            Slot,
+            KeyAlgorithm,
+        ),
     ) -> Vec<&'static str> {
         let (fw, pin, touch, ff, fips, s, alg) = facts;
-        policy.evaluate(&for_policy_tests(fw, pin, touch, ff, fips, s, alg)).reason_codes()
+        policy
+            .evaluate(&for_policy_tests(fw, pin, touch, ff, fips, s, alg))
+            .reason_codes()
     }
 
     fn example() -> Policy {
@@ -393,7 +463,11 @@ mod tests {
             f.1 = pin;
             f.5 = slot(slot_name);
             let codes = decide(&policy, f);
-            assert_eq!(codes == ["pin-policy-below-minimum"], denied, "{pin} in {slot_name}: {codes:?}");
+            assert_eq!(
+                codes == ["pin-policy-below-minimum"],
+                denied,
+                "{pin} in {slot_name}: {codes:?}"
+            );
             assert!(denied || codes.is_empty());
         }
     }
@@ -401,9 +475,11 @@ mod tests {
     #[test]
     fn touch_policy_matrix() {
         let policy = Policy::from_toml("minimum_touch_policy = \"cached\"").unwrap();
-        for (touch, denied) in
-            [(TouchPolicy::Never, true), (TouchPolicy::Cached, false), (TouchPolicy::Always, false)]
-        {
+        for (touch, denied) in [
+            (TouchPolicy::Never, true),
+            (TouchPolicy::Cached, false),
+            (TouchPolicy::Always, false),
+        ] {
             let mut f = good();
             f.2 = touch;
             let codes = decide(&policy, f);
@@ -421,11 +497,21 @@ mod tests {
     #[test]
     fn form_factor_matrix() {
         let policy = example();
-        for (code, denied) in [(Some(0x01), false), (Some(0x83), false), (Some(0x06), true), (None, true), (Some(0x0d), true)] {
+        for (code, denied) in [
+            (Some(0x01), false),
+            (Some(0x83), false),
+            (Some(0x06), true),
+            (None, true),
+            (Some(0x0d), true),
+        ] {
             let mut f = good();
             f.3 = code;
             let codes = decide(&policy, f);
-            assert_eq!(codes == ["form-factor-not-allowed"], denied, "{code:?}: {codes:?}");
+            assert_eq!(
+                codes == ["form-factor-not-allowed"],
+                denied,
+                "{code:?}: {codes:?}"
+            );
             assert!(denied || codes.is_empty());
         }
     }
@@ -447,7 +533,10 @@ mod tests {
         let p = Policy::default();
         assert_eq!(decide(&p, f), ["rsa-key-below-minimum"]);
         let d = p.evaluate(&for_policy_tests(f.0, f.1, f.2, f.3, f.4, f.5, f.6));
-        assert_eq!(d.reasons()[0].to_string(), "RSA key of 1024 bits is below the required 2048");
+        assert_eq!(
+            d.reasons()[0].to_string(),
+            "RSA key of 1024 bits is below the required 2048"
+        );
         let strict = Policy::from_toml("minimum_rsa_bits = 3072").unwrap();
         f.6 = KeyAlgorithm::Rsa2048;
         assert_eq!(decide(&strict, f), ["rsa-key-below-minimum"]);
@@ -480,7 +569,11 @@ mod tests {
             f.0 = fw;
             f.6 = alg;
             let codes = decide(&on, f);
-            assert_eq!(codes.contains(&"advisory-ysa-2017-01"), hit, "{fw} {alg}: {codes:?}");
+            assert_eq!(
+                codes.contains(&"advisory-ysa-2017-01"),
+                hit,
+                "{fw} {alg}: {codes:?}"
+            );
             assert!(!decide(&off, f).contains(&"advisory-ysa-2017-01"));
         }
     }
@@ -499,7 +592,11 @@ mod tests {
             let mut f = good();
             f.0 = fw;
             f.6 = alg;
-            assert_eq!(decide(&on, f) == ["advisory-ysa-2024-03"], hit, "{fw} {alg}");
+            assert_eq!(
+                decide(&on, f) == ["advisory-ysa-2024-03"],
+                hit,
+                "{fw} {alg}"
+            );
             assert!(decide(&off, f).is_empty(), "{fw} {alg}");
         }
     }
@@ -517,7 +614,10 @@ mod tests {
             slot("9c"),
             KeyAlgorithm::Rsa1024,
         );
-        let strict_touch = Policy { minimum_touch_policy: Some(TouchPolicy::Always), ..p };
+        let strict_touch = Policy {
+            minimum_touch_policy: Some(TouchPolicy::Always),
+            ..p
+        };
         assert_eq!(
             decide(&strict_touch, f),
             [
@@ -537,7 +637,8 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let err = Policy::from_toml("minimum_rsa_bits = 2048\nminimum_pin = \"once\"").unwrap_err();
         assert!(
-            err.to_string().starts_with("attestation policy: line 2: unknown field `minimum_pin`"),
+            err.to_string()
+                .starts_with("attestation policy: line 2: unknown field `minimum_pin`"),
             "{err}"
         );
         let err = Policy::from_toml("[advisories]\nysa-2099-01 = true").unwrap_err();
@@ -560,12 +661,19 @@ mod tests {
 
     #[test]
     fn the_real_fw543_sample_is_denied_for_eucleak_by_default() {
-        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/attestation/samples/fw5.4.3-p256-9a/");
+        let base = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/attestation/samples/fw5.4.3-p256-9a/"
+        );
         let input = crate::attest::AttestationInput::new(
             std::fs::read(format!("{base}slot.pem")).unwrap(),
             std::fs::read(format!("{base}device.pem")).unwrap(),
         );
-        let v = crate::attest::verify(&input, &crate::attest::TrustAnchors::yubico().unwrap()).unwrap();
-        assert_eq!(Policy::default().evaluate(&v).reason_codes(), ["advisory-ysa-2024-03"]);
+        let v =
+            crate::attest::verify(&input, &crate::attest::TrustAnchors::yubico().unwrap()).unwrap();
+        assert_eq!(
+            Policy::default().evaluate(&v).reason_codes(),
+            ["advisory-ysa-2024-03"]
+        );
     }
 }

@@ -48,10 +48,12 @@ pub(crate) fn check_signature_algorithm(
     if outer.to_der().ok() != inner.to_der().ok() {
         return Err(AttestError::SignatureAlgorithmMismatch { role: role.clone() });
     }
-    scheme(outer.oid).map(|_| ()).ok_or_else(|| AttestError::UnsupportedSignatureAlgorithm {
-        role: role.clone(),
-        oid: outer.oid.to_string(),
-    })
+    scheme(outer.oid)
+        .map(|_| ())
+        .ok_or_else(|| AttestError::UnsupportedSignatureAlgorithm {
+            role: role.clone(),
+            oid: outer.oid.to_string(),
+        })
 }
 
 fn scheme(oid: ObjectIdentifier) -> Option<(bool, Hash)> {
@@ -75,14 +77,21 @@ pub(crate) fn verify_link(child: &ParsedCertificate, issuer: &ParsedCertificate)
     let Some(signature) = child.certificate.signature().as_bytes() else {
         return LinkCheck::NotSigned;
     };
-    let spki = issuer.certificate.tbs_certificate().subject_public_key_info();
+    let spki = issuer
+        .certificate
+        .tbs_certificate()
+        .subject_public_key_info();
     let message = child.tbs_der.as_slice();
     let ok = if is_rsa {
         verify_rsa(spki, hash, message, signature)
     } else {
         verify_ecdsa(spki, hash, message, signature)
     };
-    if ok { LinkCheck::Signed } else { LinkCheck::NotSigned }
+    if ok {
+        LinkCheck::Signed
+    } else {
+        LinkCheck::NotSigned
+    }
 }
 
 fn verify_rsa(
@@ -91,22 +100,28 @@ fn verify_rsa(
     message: &[u8],
     signature: &[u8],
 ) -> bool {
-    let Ok(spki_der) = spki.to_der() else { return false };
+    let Ok(spki_der) = spki.to_der() else {
+        return false;
+    };
     let Ok(spki_ref) = spki::SubjectPublicKeyInfoRef::try_from(spki_der.as_slice()) else {
         return false;
     };
-    let Ok(key) = rsa::RsaPublicKey::try_from(spki_ref) else { return false };
-    let Ok(signature) = rsa::pkcs1v15::Signature::try_from(signature) else { return false };
+    let Ok(key) = rsa::RsaPublicKey::try_from(spki_ref) else {
+        return false;
+    };
+    let Ok(signature) = rsa::pkcs1v15::Signature::try_from(signature) else {
+        return false;
+    };
     match hash {
-        Hash::Sha256 => {
-            rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key).verify(message, &signature).is_ok()
-        }
-        Hash::Sha384 => {
-            rsa::pkcs1v15::VerifyingKey::<Sha384>::new(key).verify(message, &signature).is_ok()
-        }
-        Hash::Sha512 => {
-            rsa::pkcs1v15::VerifyingKey::<Sha512>::new(key).verify(message, &signature).is_ok()
-        }
+        Hash::Sha256 => rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
+            .verify(message, &signature)
+            .is_ok(),
+        Hash::Sha384 => rsa::pkcs1v15::VerifyingKey::<Sha384>::new(key)
+            .verify(message, &signature)
+            .is_ok(),
+        Hash::Sha512 => rsa::pkcs1v15::VerifyingKey::<Sha512>::new(key)
+            .verify(message, &signature)
+            .is_ok(),
     }
 }
 
@@ -119,24 +134,37 @@ fn verify_ecdsa(
     if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
         return false;
     }
-    let Some(curve) =
-        spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+    let Some(curve) = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
     else {
         return false;
     };
-    let Some(point) = spki.subject_public_key.as_bytes() else { return false };
+    let Some(point) = spki.subject_public_key.as_bytes() else {
+        return false;
+    };
     let digest: Vec<u8> = match hash {
         Hash::Sha256 => Sha256::digest(message).to_vec(),
         Hash::Sha384 => Sha384::digest(message).to_vec(),
         Hash::Sha512 => Sha512::digest(message).to_vec(),
     };
     if curve == OID_P256 {
-        let Ok(key) = p256::ecdsa::VerifyingKey::from_sec1_bytes(point) else { return false };
-        let Ok(sig) = p256::ecdsa::DerSignature::from_bytes(signature) else { return false };
+        let Ok(key) = p256::ecdsa::VerifyingKey::from_sec1_bytes(point) else {
+            return false;
+        };
+        let Ok(sig) = p256::ecdsa::DerSignature::from_bytes(signature) else {
+            return false;
+        };
         key.verify_prehash(&digest, &sig).is_ok()
     } else if curve == OID_P384 {
-        let Ok(key) = p384::ecdsa::VerifyingKey::from_sec1_bytes(point) else { return false };
-        let Ok(sig) = p384::ecdsa::DerSignature::from_bytes(signature) else { return false };
+        let Ok(key) = p384::ecdsa::VerifyingKey::from_sec1_bytes(point) else {
+            return false;
+        };
+        let Ok(sig) = p384::ecdsa::DerSignature::from_bytes(signature) else {
+            return false;
+        };
         key.verify_prehash(&digest, &sig).is_ok()
     } else {
         false

@@ -89,12 +89,18 @@ pub struct TrustAnchors {
 impl TrustAnchors {
     /// Yubico's roots and published intermediates, as shipped with Tessera.
     pub fn yubico() -> Result<TrustAnchors, AttestError> {
-        TrustAnchors::builder().with_yubico_roots()?.with_yubico_intermediates()?.build()
+        TrustAnchors::builder()
+            .with_yubico_roots()?
+            .with_yubico_intermediates()?
+            .build()
     }
 
     /// An empty builder: add the Yubico bundle, your own roots, or both.
     pub fn builder() -> TrustAnchorsBuilder {
-        TrustAnchorsBuilder { anchors: Vec::new(), intermediates: Vec::new() }
+        TrustAnchorsBuilder {
+            anchors: Vec::new(),
+            intermediates: Vec::new(),
+        }
     }
 
     /// Subjects (RFC 4514) and sources of the anchors, for display.
@@ -123,7 +129,8 @@ impl TrustAnchorsBuilder {
 
     /// Adds Yubico's published intermediates (needed for firmware 5.7.4 and later).
     pub fn with_yubico_intermediates(mut self) -> Result<Self, AttestError> {
-        self.intermediates.extend(load_pinned(YUBICO_INTERMEDIATES)?);
+        self.intermediates
+            .extend(load_pinned(YUBICO_INTERMEDIATES)?);
         Ok(self)
     }
 
@@ -131,7 +138,10 @@ impl TrustAnchorsBuilder {
     pub fn with_anchors(mut self, bytes: &[u8], source: &str) -> Result<Self, AttestError> {
         let role = CertificateRole::Trusted(source.to_string());
         for certificate in decode_certificates(bytes, &role)? {
-            self.anchors.push(TrustedCertificate { certificate, source: source.to_string() });
+            self.anchors.push(TrustedCertificate {
+                certificate,
+                source: source.to_string(),
+            });
         }
         Ok(self)
     }
@@ -140,7 +150,10 @@ impl TrustAnchorsBuilder {
     pub fn with_intermediates(mut self, bytes: &[u8], source: &str) -> Result<Self, AttestError> {
         let role = CertificateRole::Trusted(source.to_string());
         for certificate in decode_certificates(bytes, &role)? {
-            self.intermediates.push(TrustedCertificate { certificate, source: source.to_string() });
+            self.intermediates.push(TrustedCertificate {
+                certificate,
+                source: source.to_string(),
+            });
         }
         Ok(self)
     }
@@ -150,7 +163,10 @@ impl TrustAnchorsBuilder {
         if self.anchors.is_empty() {
             return Err(AttestError::NoTrustAnchors);
         }
-        Ok(TrustAnchors { anchors: self.anchors, intermediates: self.intermediates })
+        Ok(TrustAnchors {
+            anchors: self.anchors,
+            intermediates: self.intermediates,
+        })
     }
 }
 
@@ -165,7 +181,10 @@ pub(crate) fn load_pinned(
             let role = CertificateRole::Trusted(source.clone());
             let mut certs = decode_certificates(entry.pem, &role)?;
             if certs.len() != 1 {
-                return Err(AttestError::CertificateCount { role, found: certs.len() });
+                return Err(AttestError::CertificateCount {
+                    role,
+                    found: certs.len(),
+                });
             }
             let certificate = certs.remove(0);
             let actual = certificate.sha256_hex();
@@ -176,7 +195,10 @@ pub(crate) fn load_pinned(
                     actual,
                 });
             }
-            Ok(TrustedCertificate { certificate, source })
+            Ok(TrustedCertificate {
+                certificate,
+                source,
+            })
         })
         .collect()
 }
@@ -191,7 +213,10 @@ mod tests {
         assert_eq!(trust.anchors.len(), 3);
         assert_eq!(trust.intermediates.len(), 5);
         let names = trust.anchor_descriptions().join("\n");
-        assert!(names.contains("CN=Yubico PIV Root CA Serial 263751"), "{names}");
+        assert!(
+            names.contains("CN=Yubico PIV Root CA Serial 263751"),
+            "{names}"
+        );
         assert!(names.contains("CN=Yubico Attestation Root 1"), "{names}");
     }
 
@@ -213,14 +238,21 @@ mod tests {
 
     #[test]
     fn a_bundled_file_swapped_for_another_certificate_is_refused() {
-        let swapped = PinnedCertificate { pem: YUBICO_ROOTS[1].pem, ..YUBICO_ROOTS[0] };
+        let swapped = PinnedCertificate {
+            pem: YUBICO_ROOTS[1].pem,
+            ..YUBICO_ROOTS[0]
+        };
         let err = load_pinned(&[swapped]).unwrap_err();
         assert_eq!(err.code(), "trust-bundle-pin-mismatch");
     }
 
     #[test]
     fn no_anchors_is_an_error() {
-        let err = TrustAnchors::builder().with_yubico_intermediates().unwrap().build().unwrap_err();
+        let err = TrustAnchors::builder()
+            .with_yubico_intermediates()
+            .unwrap()
+            .build()
+            .unwrap_err();
         assert_eq!(err, AttestError::NoTrustAnchors);
     }
 }

@@ -42,7 +42,10 @@ pub struct AttestationInput {
 }
 
 impl AttestationInput {
-    pub fn new(slot_certificate: impl Into<Vec<u8>>, device_certificate: impl Into<Vec<u8>>) -> Self {
+    pub fn new(
+        slot_certificate: impl Into<Vec<u8>>,
+        device_certificate: impl Into<Vec<u8>>,
+    ) -> Self {
         AttestationInput {
             slot_certificate: slot_certificate.into(),
             device_certificate: device_certificate.into(),
@@ -94,7 +97,8 @@ impl VerifiedAttestation {
         self.touch_policy
     }
     pub fn form_factor(&self) -> FormFactor {
-        self.form_factor_code.map_or(FormFactor::Unspecified, FormFactor::from_code)
+        self.form_factor_code
+            .map_or(FormFactor::Unspecified, FormFactor::from_code)
     }
     /// The raw form-factor byte (.3.9), when present; 0x80 marks a FIPS model.
     pub fn form_factor_code(&self) -> Option<u8> {
@@ -131,17 +135,27 @@ impl VerifiedAttestation {
     }
     /// The trust anchor the chain ended at.
     pub fn anchor_subject(&self) -> &str {
-        self.chain_subjects.last().map(String::as_str).unwrap_or_default()
+        self.chain_subjects
+            .last()
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     /// Does the presented public key (SubjectPublicKeyInfo DER, e.g. from a CSR or from the
     /// key that signed the enrollment nonce) equal the attested one? EC points compare equal
     /// whether compressed or not.
     pub fn require_public_key(&self, presented_spki_der: &[u8]) -> Result<(), AttestError> {
-        let presented = SubjectPublicKeyInfoOwned::from_der(presented_spki_der)
-            .map_err(|e| AttestError::MalformedPresentedKey { detail: e.to_string() })?;
-        let attested = SubjectPublicKeyInfoOwned::from_der(&self.public_key_spki_der)
-            .map_err(|e| AttestError::MalformedPresentedKey { detail: e.to_string() })?;
+        let presented = SubjectPublicKeyInfoOwned::from_der(presented_spki_der).map_err(|e| {
+            AttestError::MalformedPresentedKey {
+                detail: e.to_string(),
+            }
+        })?;
+        let attested =
+            SubjectPublicKeyInfoOwned::from_der(&self.public_key_spki_der).map_err(|e| {
+                AttestError::MalformedPresentedKey {
+                    detail: e.to_string(),
+                }
+            })?;
         let presented_canonical = facts::canonical_public_key(&presented)
             .map_err(|detail| AttestError::MalformedPresentedKey { detail })?;
         let attested_canonical = facts::canonical_public_key(&attested)
@@ -189,10 +203,13 @@ pub fn verify(
     chain_subjects.push(anchor);
 
     let facts = facts::read_slot_facts(&slot)?;
-    if let Some(expected) = input.expected_serial {
-        if expected != facts.serial {
-            return Err(AttestError::SerialMismatch { expected, found: facts.serial });
-        }
+    if let Some(expected) = input.expected_serial
+        && expected != facts.serial
+    {
+        return Err(AttestError::SerialMismatch {
+            expected,
+            found: facts.serial,
+        });
     }
     let spki_der = slot
         .certificate
@@ -231,7 +248,12 @@ fn walk_to_anchor(
     // Candidate issuers above the device: caller's intermediates, then bundled ones.
     let mut candidates: Vec<(CertificateRole, &ParsedCertificate)> =
         given.iter().map(|(role, c)| (role.clone(), c)).collect();
-    candidates.extend(trust.intermediates.iter().map(|t| (t.role(), &t.certificate)));
+    candidates.extend(
+        trust
+            .intermediates
+            .iter()
+            .map(|t| (t.role(), &t.certificate)),
+    );
 
     let mut current: (CertificateRole, &ParsedCertificate) = (CertificateRole::Device, device);
     let mut used: HashSet<Vec<u8>> = HashSet::new();
@@ -246,16 +268,20 @@ fn walk_to_anchor(
         let mut name_matched = false;
         // Anchors first: trust is by key, the name only orders the search.
         let mut anchors: Vec<_> = trust.anchors.iter().collect();
-        anchors.sort_by_key(|a| a.certificate.certificate.tbs_certificate().subject() != issuer_name);
+        anchors
+            .sort_by_key(|a| a.certificate.certificate.tbs_certificate().subject() != issuer_name);
         for anchor in anchors {
-            name_matched |= anchor.certificate.certificate.tbs_certificate().subject() == issuer_name;
+            name_matched |=
+                anchor.certificate.certificate.tbs_certificate().subject() == issuer_name;
             if verify_link(cert, &anchor.certificate) == LinkCheck::Signed {
                 return Ok(anchor.certificate.subject_string());
             }
         }
         let mut next = None;
-        let mut ordered: Vec<&(CertificateRole, &ParsedCertificate)> =
-            candidates.iter().filter(|(_, c)| !used.contains(&c.der)).collect();
+        let mut ordered: Vec<&(CertificateRole, &ParsedCertificate)> = candidates
+            .iter()
+            .filter(|(_, c)| !used.contains(&c.der))
+            .collect();
         ordered.sort_by_key(|(_, c)| c.certificate.tbs_certificate().subject() != issuer_name);
         for candidate in ordered {
             name_matched |= candidate.1.certificate.tbs_certificate().subject() == issuer_name;
@@ -271,7 +297,10 @@ fn walk_to_anchor(
                     issuer: cert.issuer_string(),
                 }
             } else {
-                AttestError::UnknownRoot { role: role.clone(), issuer: cert.issuer_string() }
+                AttestError::UnknownRoot {
+                    role: role.clone(),
+                    issuer: cert.issuer_string(),
+                }
             });
         };
         check_certificate(next.1, &next.0)?;
@@ -280,14 +309,21 @@ fn walk_to_anchor(
         chain_subjects.push(next.1.subject_string());
         current = next;
     }
-    Err(AttestError::ChainTooLong { limit: MAX_CHAIN_ABOVE_DEVICE })
+    Err(AttestError::ChainTooLong {
+        limit: MAX_CHAIN_ABOVE_DEVICE,
+    })
 }
 
 /// Per-certificate checks that do not depend on the issuer: signature algorithm fields,
 /// no duplicate extensions, no critical extension we do not understand.
 fn check_certificate(cert: &ParsedCertificate, role: &CertificateRole) -> Result<(), AttestError> {
     check_signature_algorithm(cert, role)?;
-    let extensions = cert.certificate.tbs_certificate().extensions().map(Vec::as_slice).unwrap_or(&[]);
+    let extensions = cert
+        .certificate
+        .tbs_certificate()
+        .extensions()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let mut seen = HashSet::new();
     for extension in extensions {
         if !seen.insert(extension.extn_id) {
@@ -318,7 +354,10 @@ fn understood(oid: ObjectIdentifier) -> bool {
 
 /// An issuer may lack basicConstraints and keyUsage (device certificates of some firmware),
 /// but if it has them they must allow signing certificates. pathLenConstraint is not applied.
-fn check_issuer_may_sign(cert: &ParsedCertificate, role: &CertificateRole) -> Result<(), AttestError> {
+fn check_issuer_may_sign(
+    cert: &ParsedCertificate,
+    role: &CertificateRole,
+) -> Result<(), AttestError> {
     let tbs = cert.certificate.tbs_certificate();
     let not_ca = || AttestError::IssuerNotCa { role: role.clone() };
     match tbs.get_extension::<BasicConstraints>() {

@@ -8,7 +8,10 @@ use rcgen::PublicKeyData;
 mod forge;
 use forge::{ForgedPki, SlotSpec};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/attestation/samples");
+const SAMPLES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/attestation/samples"
+);
 
 fn sample(name: &str, stem: &str) -> Vec<u8> {
     let dir = std::path::Path::new(SAMPLES).join(name);
@@ -26,11 +29,17 @@ fn yubico() -> TrustAnchors {
 }
 
 fn forged_trust(pki: &ForgedPki) -> TrustAnchors {
-    TrustAnchors::builder().with_anchors(&pki.root_der, "forged-root.der").unwrap().build().unwrap()
+    TrustAnchors::builder()
+        .with_anchors(&pki.root_der, "forged-root.der")
+        .unwrap()
+        .build()
+        .unwrap()
 }
 
 fn der_of(pem_or_der: &[u8]) -> Vec<u8> {
-    super::decode_one_certificate(pem_or_der, &CertificateRole::Slot).unwrap().der
+    super::decode_one_certificate(pem_or_der, &CertificateRole::Slot)
+        .unwrap()
+        .der
 }
 
 /// Finds `needle` inside `haystack`, once only (so a test edits exactly what it means to).
@@ -41,7 +50,12 @@ fn position_once(haystack: &[u8], needle: &[u8]) -> usize {
         .filter(|(_, w)| *w == needle)
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(hits.len(), 1, "needle {needle:02x?} found {} times", hits.len());
+    assert_eq!(
+        hits.len(),
+        1,
+        "needle {needle:02x?} found {} times",
+        hits.len()
+    );
     hits[0]
 }
 
@@ -60,15 +74,27 @@ fn every_real_sample_matches_its_facts_json() {
             continue;
         }
         let v = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(u64::from(v.serial()), facts["serial"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            u64::from(v.serial()),
+            facts["serial"].as_u64().unwrap(),
+            "{name}"
+        );
         assert_eq!(v.firmware().to_string(), facts["firmware"], "{name}");
         assert_eq!(v.pin_policy().as_str(), facts["pin_policy"], "{name}");
         assert_eq!(v.touch_policy().as_str(), facts["touch_policy"], "{name}");
         assert_eq!(v.slot().to_string(), facts["slot"], "{name}");
         assert_eq!(v.key_algorithm().as_str(), facts["key_algorithm"], "{name}");
-        assert_eq!(v.public_key_sha256_hex(), facts["public_key_sha256"], "{name}");
+        assert_eq!(
+            v.public_key_sha256_hex(),
+            facts["public_key_sha256"],
+            "{name}"
+        );
         if let Some(byte) = facts["form_factor_byte"].as_str() {
-            assert_eq!(format!("0x{:02x}", v.form_factor_code().unwrap()), byte, "{name}");
+            assert_eq!(
+                format!("0x{:02x}", v.form_factor_code().unwrap()),
+                byte,
+                "{name}"
+            );
         } else {
             assert_eq!(facts["form_factor"], "usb-c-nano (0x04)");
             assert_eq!(v.form_factor(), FormFactor::UsbCNano);
@@ -102,7 +128,11 @@ fn new_pki_chain_uses_the_bundled_piv_attestation_b_1() {
 
 #[test]
 fn new_pki_chain_without_the_bundled_intermediates_has_an_unknown_root() {
-    let roots_only = TrustAnchors::builder().with_yubico_roots().unwrap().build().unwrap();
+    let roots_only = TrustAnchors::builder()
+        .with_yubico_roots()
+        .unwrap()
+        .build()
+        .unwrap();
     let err = verify(&sample_input("fw5.7.4-p384-slot82-new-pki"), &roots_only).unwrap_err();
     assert_eq!(
         err,
@@ -116,12 +146,21 @@ fn new_pki_chain_without_the_bundled_intermediates_has_an_unknown_root() {
 
 #[test]
 fn new_pki_chain_with_intermediates_given_by_the_caller() {
-    let roots_only = TrustAnchors::builder().with_yubico_roots().unwrap().build().unwrap();
+    let roots_only = TrustAnchors::builder()
+        .with_yubico_roots()
+        .unwrap()
+        .build()
+        .unwrap();
     let trust_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/trust/yubico/");
     let input = sample_input("fw5.7.4-p384-slot82-new-pki")
-        .with_intermediate(std::fs::read(format!("{trust_dir}yubico-piv-attestation-b-1.pem")).unwrap())
         .with_intermediate(
-            std::fs::read(format!("{trust_dir}yubico-attestation-intermediate-b-1.pem")).unwrap(),
+            std::fs::read(format!("{trust_dir}yubico-piv-attestation-b-1.pem")).unwrap(),
+        )
+        .with_intermediate(
+            std::fs::read(format!(
+                "{trust_dir}yubico-attestation-intermediate-b-1.pem"
+            ))
+            .unwrap(),
         );
     let v = verify(&input, &roots_only).unwrap();
     assert_eq!(v.anchor_subject(), "CN=Yubico Attestation Root 1");
@@ -132,15 +171,22 @@ fn superseded_pathlen_zero_root_still_verifies_when_configured() {
     let old_root = include_bytes!(
         "../../tests/data/attestation/roots-superseded/yubico-piv-root-ca-serial-263751-pre2018-pathlen0.pem"
     );
-    let trust = TrustAnchors::builder().with_anchors(old_root, "old-root.pem").unwrap().build().unwrap();
+    let trust = TrustAnchors::builder()
+        .with_anchors(old_root, "old-root.pem")
+        .unwrap()
+        .build()
+        .unwrap();
     let v = verify(&sample_input("fw5.4.3-p256-9a"), &trust).unwrap();
     assert_eq!(v.serial(), 15732500);
 }
 
 #[test]
 fn device_certificate_without_basic_constraints_is_accepted() {
-    let v = verify(&sample_input("fw5.2.4-p384-slot93-device-cert-without-basicconstraints"), &yubico())
-        .unwrap();
+    let v = verify(
+        &sample_input("fw5.2.4-p384-slot93-device-cert-without-basicconstraints"),
+        &yubico(),
+    )
+    .unwrap();
     assert_eq!(v.serial(), 11778047);
 }
 
@@ -163,7 +209,10 @@ fn unknown_root_forged_chain_against_yubico() {
     let input = AttestationInput::new(pki.slot(&SlotSpec::typical()), pki.device_der.clone());
     let err = verify(&input, &yubico()).unwrap_err();
     assert_eq!(err.code(), "unknown-root");
-    assert!(err.to_string().contains("Tessera Forged Test Root"), "{err}");
+    assert!(
+        err.to_string().contains("Tessera Forged Test Root"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -176,7 +225,10 @@ fn forged_chain_under_a_configured_test_root_verifies() {
     assert_eq!(v.firmware(), FirmwareVersion::new(5, 7, 4));
     assert_eq!(v.slot().to_string(), "9a");
     assert_eq!(v.form_factor(), FormFactor::UsbCKeychain);
-    assert_eq!(v.anchor_subject(), "CN=Tessera Forged Test Root (NOT Yubico)");
+    assert_eq!(
+        v.anchor_subject(),
+        "CN=Tessera Forged Test Root (NOT Yubico)"
+    );
 }
 
 #[test]
@@ -191,7 +243,12 @@ fn device_that_says_it_is_not_a_ca_is_refused() {
     let pki = ForgedPki::build(0, rcgen::IsCa::ExplicitNoCa);
     let input = AttestationInput::new(pki.slot(&SlotSpec::typical()), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
-    assert_eq!(err, AttestError::IssuerNotCa { role: CertificateRole::Device });
+    assert_eq!(
+        err,
+        AttestError::IssuerNotCa {
+            role: CertificateRole::Device
+        }
+    );
 }
 
 #[test]
@@ -202,7 +259,10 @@ fn slot_certificate_re_signed_by_another_key_is_refused() {
         pki.slot_signed_by(&SlotSpec::typical(), &other),
         pki.device_der.clone(),
     );
-    assert_eq!(verify(&input, &forged_trust(&pki)).unwrap_err(), AttestError::SlotSignatureInvalid);
+    assert_eq!(
+        verify(&input, &forged_trust(&pki)).unwrap_err(),
+        AttestError::SlotSignatureInvalid
+    );
 }
 
 #[test]
@@ -228,7 +288,10 @@ fn intermediate_from_another_device_is_refused() {
         sample("fw5.4.3-p256-9a", "slot"),
         sample("fw5.4.3-p384-9c-fips", "device"),
     );
-    assert_eq!(verify(&input, &yubico()).unwrap_err(), AttestError::SlotSignatureInvalid);
+    assert_eq!(
+        verify(&input, &yubico()).unwrap_err(),
+        AttestError::SlotSignatureInvalid
+    );
 }
 
 #[test]
@@ -238,7 +301,10 @@ fn slot_extension_altered_after_signing_breaks_the_signature() {
     let at = position_once(&slot, &[0x04, 0x03, 0x05, 0x04, 0x03]);
     slot[at + 3] = 0x07;
     let input = AttestationInput::new(slot, sample("fw5.4.3-p256-9a", "device"));
-    assert_eq!(verify(&input, &yubico()).unwrap_err(), AttestError::SlotSignatureInvalid);
+    assert_eq!(
+        verify(&input, &yubico()).unwrap_err(),
+        AttestError::SlotSignatureInvalid
+    );
 }
 
 #[test]
@@ -247,8 +313,14 @@ fn policy_extension_altered_after_signing_breaks_the_signature() {
     // Policy 03 03 (always, always) -> 01 01 (never, never).
     let at = position_once(&slot, &[0x04, 0x02, 0x03, 0x02]);
     slot[at + 2] = 0x01;
-    let input = AttestationInput::new(slot, sample("fw5.2.6-p256-9c-pin-always-touch-always", "device"));
-    assert_eq!(verify(&input, &yubico()).unwrap_err(), AttestError::SlotSignatureInvalid);
+    let input = AttestationInput::new(
+        slot,
+        sample("fw5.2.6-p256-9c-pin-always-touch-always", "device"),
+    );
+    assert_eq!(
+        verify(&input, &yubico()).unwrap_err(),
+        AttestError::SlotSignatureInvalid
+    );
 }
 
 #[test]
@@ -272,27 +344,46 @@ fn device_extension_altered_after_signing_breaks_the_chain() {
 #[test]
 fn missing_serial_extension_is_refused() {
     let pki = ForgedPki::new();
-    let spec = SlotSpec { serial: None, ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        serial: None,
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
-    assert_eq!(err, AttestError::MissingExtension { extension: YubicoExtension::Serial });
+    assert_eq!(
+        err,
+        AttestError::MissingExtension {
+            extension: YubicoExtension::Serial
+        }
+    );
     assert_eq!(err.code(), "missing-serial-extension");
 }
 
 #[test]
 fn missing_policy_extension_is_refused() {
     let pki = ForgedPki::new();
-    let spec = SlotSpec { policy: None, ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        policy: None,
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
-    assert_eq!(err, AttestError::MissingExtension { extension: YubicoExtension::Policy });
+    assert_eq!(
+        err,
+        AttestError::MissingExtension {
+            extension: YubicoExtension::Policy
+        }
+    );
     assert_eq!(err.code(), "missing-policy-extension");
 }
 
 #[test]
 fn missing_firmware_extension_is_refused() {
     let pki = ForgedPki::new();
-    let spec = SlotSpec { firmware: None, ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        firmware: None,
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
     assert_eq!(err.code(), "missing-firmware-extension");
@@ -301,7 +392,10 @@ fn missing_firmware_extension_is_refused() {
 #[test]
 fn missing_form_factor_is_allowed_and_unspecified() {
     let pki = ForgedPki::new();
-    let spec = SlotSpec { form_factor: None, ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        form_factor: None,
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let v = verify(&input, &forged_trust(&pki)).unwrap();
     assert_eq!(v.form_factor(), FormFactor::Unspecified);
@@ -313,10 +407,34 @@ fn malformed_extensions_are_refused_with_details() {
     let pki = ForgedPki::new();
     let trust = forged_trust(&pki);
     let cases: [(SlotSpec, &str); 4] = [
-        (SlotSpec { policy: Some(vec![2, 1, 0]), ..SlotSpec::typical() }, "3 bytes, expected 2"),
-        (SlotSpec { policy: Some(vec![9, 1]), ..SlotSpec::typical() }, "unknown PIN policy byte 0x09"),
-        (SlotSpec { firmware: Some(vec![5, 7]), ..SlotSpec::typical() }, "2 bytes, expected 3"),
-        (SlotSpec { serial: Some(vec![0x04, 0x01, 0x05]), ..SlotSpec::typical() }, "not a DER INTEGER"),
+        (
+            SlotSpec {
+                policy: Some(vec![2, 1, 0]),
+                ..SlotSpec::typical()
+            },
+            "3 bytes, expected 2",
+        ),
+        (
+            SlotSpec {
+                policy: Some(vec![9, 1]),
+                ..SlotSpec::typical()
+            },
+            "unknown PIN policy byte 0x09",
+        ),
+        (
+            SlotSpec {
+                firmware: Some(vec![5, 7]),
+                ..SlotSpec::typical()
+            },
+            "2 bytes, expected 3",
+        ),
+        (
+            SlotSpec {
+                serial: Some(vec![0x04, 0x01, 0x05]),
+                ..SlotSpec::typical()
+            },
+            "not a DER INTEGER",
+        ),
     ];
     for (spec, detail) in cases {
         let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
@@ -330,7 +448,8 @@ fn malformed_extensions_are_refused_with_details() {
 fn unknown_critical_extension_is_refused() {
     let pki = ForgedPki::new();
     let mut spec = SlotSpec::typical();
-    spec.extra_extensions.push((vec![1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00], true));
+    spec.extra_extensions
+        .push((vec![1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00], true));
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
     assert_eq!(
@@ -346,7 +465,8 @@ fn unknown_critical_extension_is_refused() {
 fn unknown_non_critical_extension_is_ignored() {
     let pki = ForgedPki::new();
     let mut spec = SlotSpec::typical();
-    spec.extra_extensions.push((vec![1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00], false));
+    spec.extra_extensions
+        .push((vec![1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00], false));
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     assert!(verify(&input, &forged_trust(&pki)).is_ok());
 }
@@ -355,7 +475,8 @@ fn unknown_non_critical_extension_is_ignored() {
 fn duplicate_extension_is_refused() {
     let pki = ForgedPki::new();
     let mut spec = SlotSpec::typical();
-    spec.extra_extensions.push((forge::yubico_oid(7), forge::der_integer(1), false));
+    spec.extra_extensions
+        .push((forge::yubico_oid(7), forge::der_integer(1), false));
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
     assert_eq!(
@@ -370,17 +491,28 @@ fn duplicate_extension_is_refused() {
 #[test]
 fn subject_that_names_no_slot_is_refused() {
     let pki = ForgedPki::new();
-    let spec = SlotSpec { common_name: "YubiKey PIV Attestation f9".into(), ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        common_name: "YubiKey PIV Attestation f9".into(),
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
-    assert_eq!(err, AttestError::UnknownSlot { subject: "CN=YubiKey PIV Attestation f9".into() });
+    assert_eq!(
+        err,
+        AttestError::UnknownSlot {
+            subject: "CN=YubiKey PIV Attestation f9".into()
+        }
+    );
 }
 
 #[test]
 fn rsa_slot_keys_are_read_with_their_size() {
     let pki = ForgedPki::new();
     let spki = include_bytes!("../../tests/data/attestation/keys/rsa1024-spki.der").to_vec();
-    let spec = SlotSpec { subject_spki_der: Some(spki), ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        subject_spki_der: Some(spki),
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let v = verify(&input, &forged_trust(&pki)).unwrap();
     assert_eq!(v.key_algorithm(), KeyAlgorithm::Rsa1024);
@@ -390,12 +522,17 @@ fn rsa_slot_keys_are_read_with_their_size() {
 fn rsa_slot_key_of_odd_size_is_unsupported() {
     let pki = ForgedPki::new();
     let spki = include_bytes!("../../tests/data/attestation/keys/rsa1536-spki.der").to_vec();
-    let spec = SlotSpec { subject_spki_der: Some(spki), ..SlotSpec::typical() };
+    let spec = SlotSpec {
+        subject_spki_der: Some(spki),
+        ..SlotSpec::typical()
+    };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
     assert_eq!(
         err,
-        AttestError::UnsupportedKeyAlgorithm { detail: "RSA modulus of 1536 bits".into() }
+        AttestError::UnsupportedKeyAlgorithm {
+            detail: "RSA modulus of 1536 bits".into()
+        }
     );
 }
 
@@ -403,9 +540,21 @@ fn rsa_slot_key_of_odd_size_is_unsupported() {
 fn expected_serial_mismatch_is_refused() {
     let input = sample_input("fw5.4.3-p256-9a").expecting_serial(15732501);
     let err = verify(&input, &yubico()).unwrap_err();
-    assert_eq!(err, AttestError::SerialMismatch { expected: 15732501, found: 15732500 });
+    assert_eq!(
+        err,
+        AttestError::SerialMismatch {
+            expected: 15732501,
+            found: 15732500
+        }
+    );
     assert_eq!(err.code(), "serial-mismatch");
-    assert!(verify(&sample_input("fw5.4.3-p256-9a").expecting_serial(15732500), &yubico()).is_ok());
+    assert!(
+        verify(
+            &sample_input("fw5.4.3-p256-9a").expecting_serial(15732500),
+            &yubico()
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -413,13 +562,24 @@ fn presented_key_must_be_the_attested_key() {
     let v = verify(&sample_input("fw5.4.3-p256-9a"), &yubico()).unwrap();
     assert!(v.require_public_key(v.public_key_spki_der()).is_ok());
     let other = forge::fresh_p256_key();
-    let err = v.require_public_key(&other.subject_public_key_info()).unwrap_err();
+    let err = v
+        .require_public_key(&other.subject_public_key_info())
+        .unwrap_err();
     assert_eq!(err.code(), "public-key-mismatch");
-    assert!(err.to_string().contains(&v.public_key_sha256_hex()), "{err}");
+    assert!(
+        err.to_string().contains(&v.public_key_sha256_hex()),
+        "{err}"
+    );
     // The key from another real sample (same algorithm) is refused too.
-    let other_sample = verify(&sample_input("fw5.2.6-p256-9c-pin-always-touch-always"), &yubico()).unwrap();
+    let other_sample = verify(
+        &sample_input("fw5.2.6-p256-9c-pin-always-touch-always"),
+        &yubico(),
+    )
+    .unwrap();
     assert_eq!(
-        v.require_public_key(other_sample.public_key_spki_der()).unwrap_err().code(),
+        v.require_public_key(other_sample.public_key_spki_der())
+            .unwrap_err()
+            .code(),
         "public-key-mismatch"
     );
 }
@@ -430,14 +590,19 @@ fn presented_key_compressed_point_equals_the_attested_key() {
     use spki::EncodePublicKey;
     let v = verify(&sample_input("fw5.4.3-p256-9a"), &yubico()).unwrap();
     let spki = SubjectPublicKeyInfoOwned::from_der(v.public_key_spki_der()).unwrap();
-    let key = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.as_bytes().unwrap()).unwrap();
+    let key =
+        p256::PublicKey::from_sec1_bytes(spki.subject_public_key.as_bytes().unwrap()).unwrap();
     let compressed = key.to_sec1_point(true);
     let mut compressed_spki = spki.clone();
-    compressed_spki.subject_public_key = der::asn1::BitString::from_bytes(compressed.as_bytes()).unwrap();
+    compressed_spki.subject_public_key =
+        der::asn1::BitString::from_bytes(compressed.as_bytes()).unwrap();
     let compressed_der = compressed_spki.to_der().unwrap();
     assert_ne!(compressed_der, v.public_key_spki_der());
     assert!(v.require_public_key(&compressed_der).is_ok());
-    assert!(v.require_public_key(key.to_public_key_der().unwrap().as_bytes()).is_ok());
+    assert!(
+        v.require_public_key(key.to_public_key_der().unwrap().as_bytes())
+            .is_ok()
+    );
 }
 
 #[test]
@@ -455,15 +620,24 @@ fn inner_and_outer_signature_algorithms_must_agree() {
     slot[first + 8] = 0x0c; // inner one only: sha384WithRSAEncryption
     let input = AttestationInput::new(slot, sample("fw5.4.3-p256-9a", "device"));
     let err = verify(&input, &yubico()).unwrap_err();
-    assert_eq!(err, AttestError::SignatureAlgorithmMismatch { role: CertificateRole::Slot });
+    assert_eq!(
+        err,
+        AttestError::SignatureAlgorithmMismatch {
+            role: CertificateRole::Slot
+        }
+    );
 }
 
 #[test]
 fn unsupported_signature_algorithm_is_named() {
     let mut slot = der_of(&sample("fw5.4.3-p256-9a", "slot"));
     let sha256_with_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
-    let hits: Vec<usize> =
-        slot.windows(9).enumerate().filter(|(_, w)| *w == sha256_with_rsa).map(|(i, _)| i).collect();
+    let hits: Vec<usize> = slot
+        .windows(9)
+        .enumerate()
+        .filter(|(_, w)| *w == sha256_with_rsa)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(hits.len(), 2);
     for at in hits {
         slot[at + 8] = 0x05; // sha1WithRSAEncryption, inner and outer
@@ -501,7 +675,12 @@ fn chain_longer_than_the_limit_is_refused() {
         input = input.with_intermediate(der.clone());
     }
     let err = verify(&input, &forged_trust(&pki)).unwrap_err();
-    assert_eq!(err, AttestError::ChainTooLong { limit: MAX_CHAIN_ABOVE_DEVICE });
+    assert_eq!(
+        err,
+        AttestError::ChainTooLong {
+            limit: MAX_CHAIN_ABOVE_DEVICE
+        }
+    );
 }
 
 #[test]
@@ -509,12 +688,16 @@ fn empty_input_is_refused() {
     let input = AttestationInput::new(Vec::new(), sample("fw5.4.3-p256-9a", "device"));
     assert_eq!(
         verify(&input, &yubico()).unwrap_err(),
-        AttestError::EmptyInput { role: CertificateRole::Slot }
+        AttestError::EmptyInput {
+            role: CertificateRole::Slot
+        }
     );
     let input = AttestationInput::new(sample("fw5.4.3-p256-9a", "slot"), b"  \n".to_vec());
     assert_eq!(
         verify(&input, &yubico()).unwrap_err(),
-        AttestError::EmptyInput { role: CertificateRole::Device }
+        AttestError::EmptyInput {
+            role: CertificateRole::Device
+        }
     );
 }
 
@@ -536,18 +719,37 @@ fn huge_input_is_refused_before_parsing() {
 #[test]
 fn truncated_der_is_refused() {
     let slot = der_of(&sample("fw5.4.3-p256-9a", "slot"));
-    let input = AttestationInput::new(slot[..slot.len() - 10].to_vec(), sample("fw5.4.3-p256-9a", "device"));
+    let input = AttestationInput::new(
+        slot[..slot.len() - 10].to_vec(),
+        sample("fw5.4.3-p256-9a", "device"),
+    );
     let err = verify(&input, &yubico()).unwrap_err();
     assert_eq!(err.code(), "input-malformed");
-    assert!(err.to_string().starts_with("slot attestation certificate: not a DER X.509 certificate"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("slot attestation certificate: not a DER X.509 certificate"),
+        "{err}"
+    );
 }
 
 #[test]
 fn non_der_binary_is_refused() {
-    let input = AttestationInput::new(vec![0x30, 0x03, 0x02, 0x01, 0x01], sample("fw5.4.3-p256-9a", "device"));
-    assert_eq!(verify(&input, &yubico()).unwrap_err().code(), "input-malformed");
-    let input = AttestationInput::new(vec![0xde, 0xad, 0xbe, 0xef], sample("fw5.4.3-p256-9a", "device"));
-    assert_eq!(verify(&input, &yubico()).unwrap_err().code(), "input-malformed");
+    let input = AttestationInput::new(
+        vec![0x30, 0x03, 0x02, 0x01, 0x01],
+        sample("fw5.4.3-p256-9a", "device"),
+    );
+    assert_eq!(
+        verify(&input, &yubico()).unwrap_err().code(),
+        "input-malformed"
+    );
+    let input = AttestationInput::new(
+        vec![0xde, 0xad, 0xbe, 0xef],
+        sample("fw5.4.3-p256-9a", "device"),
+    );
+    assert_eq!(
+        verify(&input, &yubico()).unwrap_err().code(),
+        "input-malformed"
+    );
 }
 
 #[test]
@@ -557,7 +759,11 @@ fn pem_with_garbage_in_the_base64_is_refused() {
     let input = AttestationInput::new(garbled.into_bytes(), sample("fw5.4.3-p256-9a", "device"));
     let err = verify(&input, &yubico()).unwrap_err();
     assert_eq!(err.code(), "input-pem-invalid");
-    assert!(err.to_string().starts_with("slot attestation certificate: invalid PEM"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("slot attestation certificate: invalid PEM"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -565,7 +771,10 @@ fn intermediate_input_errors_name_the_intermediate() {
     let input = sample_input("fw5.4.3-p256-9a").with_intermediate(b"garbage".to_vec());
     let err = verify(&input, &yubico()).unwrap_err();
     assert_eq!(err.code(), "input-malformed");
-    assert!(err.to_string().starts_with("intermediate certificate #1:"), "{err}");
+    assert!(
+        err.to_string().starts_with("intermediate certificate #1:"),
+        "{err}"
+    );
 }
 
 /// Deterministic xorshift64, so a failure reproduces.
@@ -646,10 +855,16 @@ fn mutated_real_samples_never_panic() {
             for _ in 0..1000 {
                 let mutated = mutator.mutate(base);
                 let input = AttestationInput::new(mutated.clone(), device.clone());
-                let code = verify(&input, &trust).map(|_| "ok").unwrap_or_else(|e| e.code());
+                let code = verify(&input, &trust)
+                    .map(|_| "ok")
+                    .unwrap_or_else(|e| e.code());
                 if code == "ok" {
                     // Only changes outside the signed certificate (PEM whitespace, text) may pass.
-                    assert_eq!(der_of(&mutated), der_of(&slot), "{name}: a changed certificate verified");
+                    assert_eq!(
+                        der_of(&mutated),
+                        der_of(&slot),
+                        "{name}: a changed certificate verified"
+                    );
                 }
                 *codes.entry(code).or_default() += 1;
                 runs += 1;
@@ -658,15 +873,24 @@ fn mutated_real_samples_never_panic() {
         for _ in 0..1000 {
             let input = AttestationInput::new(slot.clone(), mutator.mutate(&device))
                 .with_intermediate(mutator.mutate(&device));
-            let code = verify(&input, &trust).map(|_| "ok").unwrap_or_else(|e| e.code());
+            let code = verify(&input, &trust)
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.code());
             *codes.entry(code).or_default() += 1;
             runs += 1;
         }
     }
     assert_eq!(runs, 6 * 3000);
     // The loop reached both the parser and the signature checks.
-    for expected in ["input-malformed", "input-pem-invalid", "slot-signature-invalid"] {
-        assert!(codes.contains_key(expected), "no {expected} among {codes:?}");
+    for expected in [
+        "input-malformed",
+        "input-pem-invalid",
+        "slot-signature-invalid",
+    ] {
+        assert!(
+            codes.contains_key(expected),
+            "no {expected} among {codes:?}"
+        );
     }
 }
 

@@ -4,11 +4,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use serde::Serialize;
 use crate::attest::{
     self, AttestError, AttestationInput, MAX_CERTIFICATE_INPUT_BYTES, Policy, TrustAnchors,
     VerifiedAttestation,
 };
+use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct AttestArgs {
@@ -64,7 +64,10 @@ struct Unreadable {
 
 impl From<AttestError> for Unreadable {
     fn from(e: AttestError) -> Self {
-        Unreadable { code: e.code(), message: e.to_string() }
+        Unreadable {
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -158,7 +161,11 @@ fn certificate_files(path: &Path) -> Result<Vec<PathBuf>, Unreadable> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).map_err(unreadable)? {
         let file = entry.map_err(unreadable)?.path();
-        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+        let ext = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if file.is_file() && matches!(ext.as_str(), "pem" | "crt" | "cer" | "der") {
             files.push(file);
         }
@@ -184,7 +191,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, Unreadable> {
     };
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let mut bytes = Vec::new();
-    file.take(MAX_CERTIFICATE_INPUT_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(unreadable)?;
+    file.take(MAX_CERTIFICATE_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
     if bytes.len() > MAX_CERTIFICATE_INPUT_BYTES {
         return Err(Unreadable {
             code: "input-too-large",
@@ -284,7 +293,10 @@ fn print_human(v: &VerifiedAttestation, decision: &attest::Decision) {
     println!("firmware:     {}", v.firmware());
     println!("slot:         {}", v.slot());
     println!("key:          {}", v.key_algorithm());
-    println!("key SHA-256:  {} (SubjectPublicKeyInfo DER)", v.public_key_sha256_hex());
+    println!(
+        "key SHA-256:  {} (SubjectPublicKeyInfo DER)",
+        v.public_key_sha256_hex()
+    );
     println!("PIN policy:   {}", v.pin_policy());
     println!("touch policy: {}", v.touch_policy());
     match v.form_factor_code() {

@@ -4,9 +4,8 @@
 #![allow(dead_code)]
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
-    SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, SubjectPublicKeyInfo,
 };
 
 pub const YUBICO_ARC: [u64; 9] = [1, 3, 6, 1, 4, 1, 41482, 3, 0];
@@ -102,7 +101,9 @@ impl ForgedPki {
             let mut params = CertificateParams::default();
             params.distinguished_name = name(&format!("Forged Intermediate {n}"));
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let cert = params.signed_by(&key, &Issuer::from_params(&issuer_params, &issuer_key)).unwrap();
+            let cert = params
+                .signed_by(&key, &Issuer::from_params(&issuer_params, &issuer_key))
+                .unwrap();
             intermediates_der.push(cert.der().to_vec());
             issuer_params = params;
             issuer_key = key;
@@ -112,10 +113,16 @@ impl ForgedPki {
         let mut device_params = CertificateParams::default();
         device_params.distinguished_name = name("YubiKey PIV Attestation");
         device_params.is_ca = device_ca;
-        device_params.custom_extensions =
-            vec![CustomExtension::from_oid_content(&yubico_oid(3), vec![5, 7, 4])];
-        let device =
-            device_params.signed_by(&device_key, &Issuer::from_params(&issuer_params, &issuer_key)).unwrap();
+        device_params.custom_extensions = vec![CustomExtension::from_oid_content(
+            &yubico_oid(3),
+            vec![5, 7, 4],
+        )];
+        let device = device_params
+            .signed_by(
+                &device_key,
+                &Issuer::from_params(&issuer_params, &issuer_key),
+            )
+            .unwrap();
         ForgedPki {
             root_der: root.der().to_vec(),
             root_pem: root.pem(),
@@ -143,9 +150,17 @@ pub fn forge_slot(spec: &SlotSpec, issuer_params: &CertificateParams, key: &KeyP
     let mut params = CertificateParams::default();
     params.distinguished_name = name(&spec.common_name);
     let mut extensions = Vec::new();
-    for (n, value) in [(3, &spec.firmware), (7, &spec.serial), (8, &spec.policy), (9, &spec.form_factor)] {
+    for (n, value) in [
+        (3, &spec.firmware),
+        (7, &spec.serial),
+        (8, &spec.policy),
+        (9, &spec.form_factor),
+    ] {
         if let Some(value) = value {
-            extensions.push(CustomExtension::from_oid_content(&yubico_oid(n), value.clone()));
+            extensions.push(CustomExtension::from_oid_content(
+                &yubico_oid(n),
+                value.clone(),
+            ));
         }
     }
     for (oid, value, critical) in &spec.extra_extensions {
