@@ -99,6 +99,9 @@ pub enum AttestError {
         detail: String,
     },
 
+    #[error("{count} further intermediate certificates given; at most {limit} are accepted")]
+    TooManyIntermediates { count: usize, limit: usize },
+
     #[error("{role}: expected exactly one certificate, found {found}")]
     CertificateCount { role: CertificateRole, found: usize },
 
@@ -164,7 +167,7 @@ pub enum AttestError {
         issuer: String,
     },
 
-    #[error("the chain is longer than {limit} certificates")]
+    #[error("more than {limit} intermediates between the device certificate and the root")]
     ChainTooLong { limit: usize },
 
     #[error("attested serial {found} is not the expected serial {expected}")]
@@ -203,6 +206,7 @@ impl AttestError {
             AttestError::InvalidPem { .. } => "input-pem-invalid",
             AttestError::MalformedCertificate { .. } => "input-malformed",
             AttestError::CertificateCount { .. } => "input-certificate-count",
+            AttestError::TooManyIntermediates { .. } => "input-too-many-certificates",
             AttestError::UnsupportedCriticalExtension { .. } => "unsupported-critical-extension",
             AttestError::DuplicateExtension { .. } => "duplicate-extension",
             AttestError::MissingExtension { extension } => match extension {
@@ -239,6 +243,7 @@ impl AttestError {
                 | AttestError::InvalidPem { .. }
                 | AttestError::MalformedCertificate { .. }
                 | AttestError::CertificateCount { .. }
+                | AttestError::TooManyIntermediates { .. }
                 | AttestError::MalformedPresentedKey { .. }
                 | AttestError::TrustBundlePinMismatch { .. }
                 | AttestError::NoTrustAnchors

@@ -27,7 +27,9 @@ pub use error::{AttestError, CertificateRole, YubicoExtension};
 pub use facts::{FirmwareVersion, FormFactor, KeyAlgorithm, PinPolicy, Slot, TouchPolicy};
 pub use policy::{Advisories, Decision, DenyReason, Policy, PolicyError, SlotRule};
 pub use trust::{TrustAnchors, TrustAnchorsBuilder};
-pub use verify::{AttestationInput, MAX_CHAIN_ABOVE_DEVICE, VerifiedAttestation, verify};
+pub use verify::{
+    AttestationInput, MAX_CHAIN_ABOVE_DEVICE, MAX_GIVEN_INTERMEDIATES, VerifiedAttestation, verify,
+};
 
 /// Decodes certificate bytes (PEM bundle or one DER certificate) the way [`verify`] does and
 /// returns how many certificates they hold. For fuzzing and for checking files early.

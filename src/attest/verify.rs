@@ -18,7 +18,11 @@ use super::facts::{
 use super::signature::{LinkCheck, check_signature_algorithm, verify_link};
 use super::trust::TrustAnchors;
 
-/// Longest chain accepted above the device certificate (Yubico's new PKI uses three).
+/// Most further intermediates a caller may give (bounds the work of path building).
+pub const MAX_GIVEN_INTERMEDIATES: usize = 8;
+
+/// Most intermediates accepted between the device certificate and the root (Yubico's new PKI
+/// uses three).
 pub const MAX_CHAIN_ABOVE_DEVICE: usize = 6;
 
 const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
@@ -187,6 +191,12 @@ pub fn verify(
         for certificate in decode_certificates(bytes, &role)? {
             given.push((role.clone(), certificate));
         }
+    }
+    if given.len() > MAX_GIVEN_INTERMEDIATES {
+        return Err(AttestError::TooManyIntermediates {
+            count: given.len(),
+            limit: MAX_GIVEN_INTERMEDIATES,
+        });
     }
 
     check_certificate(&slot, &CertificateRole::Slot)?;

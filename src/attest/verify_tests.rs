@@ -665,6 +665,20 @@ fn forged_chain_with_given_intermediates_verifies() {
 }
 
 #[test]
+fn chain_at_the_length_limit_verifies() {
+    let pki = ForgedPki::build(
+        MAX_CHAIN_ABOVE_DEVICE,
+        rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained),
+    );
+    let mut input = AttestationInput::new(pki.slot(&SlotSpec::typical()), pki.device_der.clone());
+    for der in &pki.intermediates_der {
+        input = input.with_intermediate(der.clone());
+    }
+    let v = verify(&input, &forged_trust(&pki)).unwrap();
+    assert_eq!(v.chain_subjects().len(), MAX_CHAIN_ABOVE_DEVICE + 3);
+}
+
+#[test]
 fn chain_longer_than_the_limit_is_refused() {
     let pki = ForgedPki::build(
         MAX_CHAIN_ABOVE_DEVICE + 1,
@@ -681,6 +695,25 @@ fn chain_longer_than_the_limit_is_refused() {
             limit: MAX_CHAIN_ABOVE_DEVICE
         }
     );
+}
+
+#[test]
+fn too_many_intermediates_are_refused() {
+    let device = sample("fw5.4.3-p256-9a", "device");
+    let mut bundle = Vec::new();
+    for _ in 0..=MAX_GIVEN_INTERMEDIATES {
+        bundle.extend_from_slice(&device);
+    }
+    let input = sample_input("fw5.4.3-p256-9a").with_intermediate(bundle);
+    let err = verify(&input, &yubico()).unwrap_err();
+    assert_eq!(
+        err,
+        AttestError::TooManyIntermediates {
+            count: MAX_GIVEN_INTERMEDIATES + 1,
+            limit: MAX_GIVEN_INTERMEDIATES
+        }
+    );
+    assert_eq!(err.code(), "input-too-many-certificates");
 }
 
 #[test]
