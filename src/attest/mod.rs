@@ -28,7 +28,8 @@ pub use facts::{FirmwareVersion, FormFactor, KeyAlgorithm, PinPolicy, Slot, Touc
 pub use policy::{Advisories, Decision, DenyReason, Policy, PolicyError, SlotRule};
 pub use trust::{TrustAnchors, TrustAnchorsBuilder};
 pub use verify::{
-    AttestationInput, MAX_CHAIN_ABOVE_DEVICE, MAX_GIVEN_INTERMEDIATES, VerifiedAttestation, verify,
+    AttestationFacts, AttestationInput, MAX_CHAIN_ABOVE_DEVICE, MAX_GIVEN_INTERMEDIATES,
+    VerifiedAttestation, verify,
 };
 
 /// Decodes certificate bytes (PEM bundle or one DER certificate) the way [`verify`] does and

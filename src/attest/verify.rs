@@ -67,6 +67,27 @@ impl AttestationInput {
     }
 }
 
+/// The facts of a [`VerifiedAttestation`] as plain data, for storing with an enrollment or
+/// printing. Having one proves nothing; only a `VerifiedAttestation` does.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttestationFacts {
+    pub serial: u32,
+    pub firmware: FirmwareVersion,
+    pub pin_policy: PinPolicy,
+    pub touch_policy: TouchPolicy,
+    pub form_factor: FormFactor,
+    /// Raw form-factor byte as "0x83", when present.
+    pub form_factor_code: Option<String>,
+    pub fips: bool,
+    pub cspn: bool,
+    pub slot: Slot,
+    pub key_algorithm: KeyAlgorithm,
+    /// Hex SHA-256 of the attested SubjectPublicKeyInfo DER.
+    pub public_key_sha256: String,
+    pub trust_anchor: String,
+    pub chain: Vec<String>,
+}
+
 /// An attestation whose chain verified up to a trust anchor, with the facts it states.
 /// Only [`verify`] makes one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +164,25 @@ impl VerifiedAttestation {
             .last()
             .map(String::as_str)
             .unwrap_or_default()
+    }
+
+    /// The facts as plain, serializable data.
+    pub fn facts(&self) -> AttestationFacts {
+        AttestationFacts {
+            serial: self.serial,
+            firmware: self.firmware,
+            pin_policy: self.pin_policy,
+            touch_policy: self.touch_policy,
+            form_factor: self.form_factor(),
+            form_factor_code: self.form_factor_code.map(|c| format!("0x{c:02x}")),
+            fips: self.fips,
+            cspn: self.cspn,
+            slot: self.slot,
+            key_algorithm: self.key_algorithm,
+            public_key_sha256: self.public_key_sha256_hex(),
+            trust_anchor: self.anchor_subject().to_string(),
+            chain: self.chain_subjects.clone(),
+        }
     }
 
     /// Does the presented public key (SubjectPublicKeyInfo DER, e.g. from a CSR or from the

@@ -112,6 +112,34 @@ fn every_real_sample_matches_its_facts_json() {
 }
 
 #[test]
+fn facts_serialize_with_the_documented_names() {
+    let v = verify(&sample_input("fw5.4.3-p384-9c-fips"), &yubico()).unwrap();
+    let json = serde_json::to_value(v.facts()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "serial": 25515003,
+            "firmware": "5.4.3",
+            "pin_policy": "always",
+            "touch_policy": "never",
+            "form_factor": "usb-c-keychain",
+            "form_factor_code": "0x83",
+            "fips": true,
+            "cspn": false,
+            "slot": "9c",
+            "key_algorithm": "p384",
+            "public_key_sha256": "52079f962c35d9153d0c7260c67461edf199dc208256d707eda2b78400edde5e",
+            "trust_anchor": "CN=Yubico PIV Root CA Serial 263751",
+            "chain": [
+                "CN=YubiKey PIV Attestation 9c",
+                "CN=Yubico PIV Attestation",
+                "CN=Yubico PIV Root CA Serial 263751"
+            ]
+        })
+    );
+}
+
+#[test]
 fn new_pki_chain_uses_the_bundled_piv_attestation_b_1() {
     let v = verify(&sample_input("fw5.7.4-p384-slot82-new-pki"), &yubico()).unwrap();
     assert_eq!(
