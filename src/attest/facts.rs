@@ -427,14 +427,34 @@ pub(crate) fn read_slot_facts(slot: &ParsedCertificate) -> Result<SlotFacts, Att
     })
 }
 
-/// The serial is a DER INTEGER (02 04 00 F0 0F 14 = 15732500) in every real sample.
+/// The serial is a DER INTEGER (02 04 00 F0 0F 14 = 15732500) in every real sample. Leading
+/// zero bytes beyond the minimal encoding are tolerated: the value is signed by the token, and
+/// refusing a genuine token over an encoding detail would help no one.
 fn decode_serial(value: &[u8]) -> Result<u32, String> {
-    let int = UintRef::from_der(value).map_err(|e| format!("not a DER INTEGER ({e})"))?;
-    let bytes = int.as_bytes();
-    if bytes.len() > 4 {
-        return Err(format!("{} bytes is too large for a serial", bytes.len()));
+    let not_integer = || format!("not a DER INTEGER ({})", hex::encode(value));
+    let [0x02, len, content @ ..] = value else {
+        return Err(not_integer());
+    };
+    if usize::from(*len) != content.len() || content.is_empty() {
+        return Err(not_integer());
     }
-    Ok(bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+    if content[0] & 0x80 != 0 {
+        return Err("negative serial".into());
+    }
+    let start = content
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(content.len());
+    let significant = &content[start..];
+    if significant.len() > 4 {
+        return Err(format!(
+            "{} bytes is too large for a serial",
+            significant.len()
+        ));
+    }
+    Ok(significant
+        .iter()
+        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
 }
 
 /// The slot comes from the subject CN, "YubiKey PIV Attestation 9a": the last word, in hex.
@@ -560,16 +580,21 @@ mod tests {
             decode_serial(&[0x02, 0x04, 0x00, 0xF0, 0x0F, 0x14]),
             Ok(15732500)
         );
-        assert!(
-            decode_serial(&[0x04, 0x01, 0x00])
-                .unwrap_err()
-                .contains("not a DER INTEGER")
+        assert_eq!(decode_serial(&[0x02, 0x03, 0x12, 0x34, 0x56]), Ok(0x123456));
+        // Non-minimal leading zeros are tolerated.
+        assert_eq!(
+            decode_serial(&[0x02, 0x04, 0x00, 0x01, 0x23, 0x45]),
+            Ok(0x12345)
         );
-        assert!(
-            decode_serial(&[0x02, 0x05, 0x01, 0, 0, 0, 0])
-                .unwrap_err()
-                .contains("too large")
+        let err = |bytes: &[u8]| decode_serial(bytes).unwrap_err();
+        assert!(err(&[0x04, 0x01, 0x00]).contains("not a DER INTEGER"));
+        assert!(err(&[0x02, 0x03, 0x01]).contains("not a DER INTEGER"));
+        assert!(err(&[0x02, 0x00]).contains("not a DER INTEGER"));
+        assert_eq!(
+            err(&[0x02, 0x05, 0x01, 0, 0, 0, 0]),
+            "5 bytes is too large for a serial"
         );
+        assert_eq!(err(&[0x02, 0x01, 0x80]), "negative serial");
     }
 
     #[test]
