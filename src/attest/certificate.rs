@@ -153,12 +153,13 @@ fn decode_pem_blocks(
 
 /// Text outside PEM blocks is allowed (RFC 7468 §2), binary bytes are not.
 fn check_outside_text(bytes: &[u8]) -> Result<(), String> {
-    match bytes
-        .iter()
-        .position(|b| !(b.is_ascii_graphic() || b.is_ascii_whitespace()))
-    {
-        None => Ok(()),
-        Some(_) => Err("binary bytes outside the PEM blocks".into()),
+    let is_text = std::str::from_utf8(bytes)
+        .map(|text| !text.chars().any(|c| c.is_control() && !c.is_whitespace()))
+        .unwrap_or(false);
+    if is_text {
+        Ok(())
+    } else {
+        Err("binary bytes outside the PEM blocks".into())
     }
 }
 
@@ -198,6 +199,17 @@ mod tests {
         input.extend_from_slice(SLOT_PEM);
         input.extend_from_slice(b"\ntrailing note\n");
         assert!(decode_one_certificate(&input, &CertificateRole::Slot).is_ok());
+    }
+
+    #[test]
+    fn crlf_line_endings_and_utf8_notes_are_accepted() {
+        let text = String::from_utf8(SLOT_PEM.to_vec())
+            .unwrap()
+            .replace('\n', "\r\n");
+        let input = format!("Attestierung für Slot 9a\r\n{text}");
+        let crlf = decode_one_certificate(input.as_bytes(), &CertificateRole::Slot).unwrap();
+        let lf = decode_one_certificate(SLOT_PEM, &CertificateRole::Slot).unwrap();
+        assert_eq!(crlf.der, lf.der);
     }
 
     #[test]
