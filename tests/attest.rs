@@ -366,6 +366,40 @@ fn policy_with_unknown_key_exits_2_naming_the_key() {
 }
 
 #[test]
+fn unreadable_roots_or_policy_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (slot, device) = sample_paths("fw5.4.3-p256-9a");
+    let bad_root = write(
+        tmp.path(),
+        "root.pem",
+        b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    let (code, json) = verify_json(&slot, &device, &["--roots", bad_root.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(json["reasons"], serde_json::json!(["input-pem-invalid"]));
+    let message = json["messages"][0].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "trusted certificate {}: invalid PEM",
+            bad_root.display()
+        )),
+        "{message}"
+    );
+
+    let missing = tmp.path().join("policy.toml");
+    let (code, json) = verify_json(&slot, &device, &["--policy", missing.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(json["reasons"], serde_json::json!(["policy-unreadable"]));
+    assert!(
+        json["messages"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read policy"),
+        "{json}"
+    );
+}
+
+#[test]
 fn roots_directory_without_certificates_exits_2() {
     let tmp = tempfile::tempdir().unwrap();
     let (slot, device) = sample_paths("fw5.4.3-p256-9a");
