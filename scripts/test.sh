@@ -16,3 +16,24 @@ fi
 # Every test runs inside one private pcscd (its own mount namespace) so that card tests never
 # meet a system pcscd; tests that need no reader simply ignore it.
 scripts/with-pcscd.sh -- cargo nextest run --no-fail-fast --failure-output final "$@"
+
+# The parsers that face untrusted bytes (attestation certificates, card APDUs) get a short,
+# bounded coverage-guided fuzz run on the stable toolchain (`-s none`: no sanitizer, which
+# would need nightly). A crash fails the run and leaves the input under fuzz/artifacts/.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "test: installing cargo-fuzz from crates.io" >&2
+  cargo install --locked cargo-fuzz
+fi
+fuzz_seconds="${TESSERA_FUZZ_SECONDS:-20}"
+(
+  cd fuzz
+  for target in attest_parse vpiv_apdu; do
+    mkdir -p "corpus/$target"
+    seeds=()
+    [[ -d "seeds/$target" ]] && seeds=("seeds/$target")
+    echo "test: fuzzing $target for ${fuzz_seconds}s" >&2
+    cargo +stable fuzz run -s none "$target" "corpus/$target" "${seeds[@]}" -- \
+      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 12
+  done
+)
+echo "fuzz: 2 passed, 0 failed"
