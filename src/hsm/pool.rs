@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
@@ -46,6 +47,9 @@ pub(super) struct HsmInner {
     /// Bumped whenever sessions were found dead: cached object handles from an older epoch
     /// are looked up again.
     pub(super) epoch: AtomicU64,
+    /// Mechanisms the token offers, read once at open (e.g. SoftHSM2 2.6 has CKM_ECDSA but not
+    /// CKM_ECDSA_SHA256, so `keys` hashes in software and signs the digest with CKM_ECDSA there).
+    pub(super) mechanisms: Vec<MechanismType>,
 }
 
 struct PoolState {
@@ -94,6 +98,9 @@ impl Hsm {
             Err(e) => return Err(HsmError::ModuleInit { path: module.clone(), code: ck_code(&e) }),
         }
         let (slot, token_label) = find_token(&ctx, module, &config.token)?;
+        let mechanisms = ctx
+            .get_mechanism_list(slot)
+            .map_err(|e| HsmError::pkcs11("C_GetMechanismList", e))?;
         let inner = Arc::new(HsmInner {
             ctx,
             slot,
@@ -103,6 +110,7 @@ impl Hsm {
             pool: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
             freed: Condvar::new(),
             epoch: AtomicU64::new(0),
+            mechanisms,
         });
         let hsm = Hsm { inner };
         // Open and log in one session now, so that a wrong PIN or token fails here.
