@@ -14,7 +14,7 @@ use cryptoki::session::Session;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-use super::error::{rv_of, HsmError};
+use super::error::{ck_code, rv_of, HsmError};
 use super::pool::{Hsm, OpFailure};
 use super::uri::Pkcs11Uri;
 
@@ -455,6 +455,8 @@ impl Hsm {
             let params = GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
             match session.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
                 Ok(plain) => Ok(Zeroizing::new(plain)),
+                // A wrong tag is CKR_ENCRYPTED_DATA_INVALID in the standard; SoftHSM2 2.6
+                // reports CKR_GENERAL_ERROR (or CKR_FUNCTION_FAILED) for it.
                 Err(e)
                     if matches!(
                         rv_of(&e),
@@ -463,12 +465,14 @@ impl Hsm {
                                 | RvError::EncryptedDataLenRange
                                 | RvError::DataInvalid
                                 | RvError::DataLenRange
+                                | RvError::GeneralError
+                                | RvError::FunctionFailed
                         )
                     ) =>
                 {
                     Err(HsmError::WrappedSecretRejected {
                         label: wrapping_key_label.to_string(),
-                        reason: "authentication tag does not match".into(),
+                        reason: format!("C_Decrypt returned {}: the authentication tag does not match", ck_code(&e)),
                     }
                     .into())
                 }

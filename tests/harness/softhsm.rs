@@ -68,6 +68,18 @@ impl SoftHsmToken {
         path
     }
 
+    /// Runs OpenSC's pkcs11-tool with this token's SOFTHSM2_CONF, without logging in.
+    pub fn pkcs11_tool_without_login(&self, args: &[&str]) -> Output {
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", SOFTHSM_MODULE])
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.softhsm2_conf)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run pkcs11-tool: {e}; {INSTALL_HINT}"));
+        assert!(out.status.success(), "pkcs11-tool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
     /// Runs OpenSC's pkcs11-tool on this token, logged in; the PIN goes through `env:`.
     pub fn pkcs11_tool(&self, args: &[&str]) -> Output {
         let out = Command::new("pkcs11-tool")
