@@ -56,7 +56,8 @@ pub(super) struct HsmInner {
 }
 
 struct PoolState {
-    idle: Vec<Session>,
+    /// Idle sessions with the recovery epoch they were opened in.
+    idle: Vec<(u64, Session)>,
     open: usize,
 }
 
@@ -118,7 +119,7 @@ impl Hsm {
         });
         let hsm = Hsm { inner };
         // Open and log in one session now, so that a wrong PIN or token fails here.
-        let first = hsm.borrow("open")?;
+        let first = hsm.borrow("open", 0)?;
         drop(first);
         Ok(hsm)
     }
@@ -153,7 +154,10 @@ impl Hsm {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let guard = self.borrow(operation)?;
+            // The retry only takes sessions opened after the failure was seen: sessions other
+            // callers give back later were opened before it and are most likely dead too.
+            let min_epoch = if attempt == 1 { 0 } else { self.inner.epoch.load(Ordering::SeqCst) };
+            let guard = self.borrow(operation, min_epoch)?;
             let Some(session) = guard.session.as_ref() else {
                 return Err(HsmError::SessionLost { operation, code: "no session".into() });
             };
@@ -180,19 +184,25 @@ impl Hsm {
         }
     }
 
-    fn borrow(&self, operation: &'static str) -> Result<PooledSession<'_>, HsmError> {
+    fn borrow(&self, operation: &'static str, min_epoch: u64) -> Result<PooledSession<'_>, HsmError> {
         let inner = &*self.inner;
         let deadline = Instant::now() + POOL_WAIT;
         let mut state = inner.lock();
         loop {
-            if let Some(s) = state.idle.pop() {
-                return Ok(PooledSession { inner, session: Some(s) });
+            while let Some((epoch, s)) = state.idle.pop() {
+                if epoch >= min_epoch {
+                    return Ok(PooledSession { inner, epoch, session: Some(s) });
+                }
+                state.open -= 1;
+                let _call = inner_read(&inner.calls);
+                drop(s);
             }
             if state.open < inner.size {
                 state.open += 1;
                 drop(state);
+                let epoch = inner.epoch.load(Ordering::SeqCst);
                 return match inner.open_session(operation) {
-                    Ok(s) => Ok(PooledSession { inner, session: Some(s) }),
+                    Ok(s) => Ok(PooledSession { inner, epoch, session: Some(s) }),
                     Err(e) => {
                         inner.lock().open -= 1;
                         inner.freed.notify_one();
@@ -222,7 +232,7 @@ impl HsmInner {
     fn drop_idle(&self) {
         let dead: Vec<Session> = {
             let mut state = self.lock();
-            let dead = std::mem::take(&mut state.idle);
+            let dead: Vec<Session> = std::mem::take(&mut state.idle).into_iter().map(|(_, s)| s).collect();
             state.open -= dead.len();
             dead
         };
@@ -277,6 +287,7 @@ fn login_failure(e: CkError, token: &str) -> Result<(), OpFailure> {
 /// A session borrowed from the pool; given back on drop.
 struct PooledSession<'a> {
     inner: &'a HsmInner,
+    epoch: u64,
     session: Option<Session>,
 }
 
@@ -295,7 +306,7 @@ impl PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            self.inner.lock().idle.push(s);
+            self.inner.lock().idle.push((self.epoch, s));
             self.inner.freed.notify_one();
         }
     }
