@@ -153,3 +153,84 @@ impl PinSource {
         Ok(pin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<HsmConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hsm.toml");
+        std::fs::write(&path, text).unwrap();
+        HsmConfig::load(&path).map_err(|e| e.to_string().replace(&path.display().to_string(), "CFG"))
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-config/softhsm2.toml");
+        let c = HsmConfig::load(&path).unwrap();
+        assert_eq!(c.module, Path::new("/usr/lib/softhsm/libsofthsm2.so"));
+        assert_eq!(c.token, TokenSelector::Label("tessera".into()));
+        assert_eq!(c.pin, PinSource::Env("TESSERA_HSM_PIN".into()));
+        assert_eq!(c.pool_size, 4);
+        assert_eq!(c.key_uri("root").unwrap(), "pkcs11:token=tessera;object=tessera-root;type=private");
+    }
+
+    #[test]
+    fn relative_pin_file_is_beside_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hsm.toml");
+        std::fs::write(&path, "module = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"pin\"\n").unwrap();
+        assert_eq!(HsmConfig::load(&path).unwrap().pin, PinSource::File(dir.path().join("pin")));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_reason() {
+        let base = "module = \"/m.so\"\n";
+        let msg = |r: &str| format!("HSM config CFG is invalid: {r}; see hsm-config/softhsm2.toml for the format");
+        assert_eq!(load(&format!("{base}pin_env = \"P\"")).unwrap_err(), msg("set token_label or token_serial"));
+        assert_eq!(
+            load(&format!("{base}token_label = \"a\"\ntoken_serial = \"1\"\npin_env = \"P\"")).unwrap_err(),
+            msg("set only one of token_label and token_serial")
+        );
+        assert_eq!(
+            load(&format!("{base}token_label = \"a\"")).unwrap_err(),
+            msg("set pin_env or pin_file (the PIN is never in the config or on the command line)")
+        );
+        assert_eq!(
+            load(&format!("{base}token_label = \"a\"\npin_env = \"P\"\npin_file = \"f\"")).unwrap_err(),
+            msg("set only one of pin_env and pin_file")
+        );
+        assert_eq!(
+            load(&format!("{base}token_label = \"a\"\npin_env = \"P\"\npool_size = 0")).unwrap_err(),
+            msg("pool_size must be between 1 and 256, not 0")
+        );
+        let e = load(&format!("{base}token_label = \"a\"\npin = \"1234\"")).unwrap_err();
+        assert!(e.starts_with("HSM config CFG is invalid: unknown field `pin`"), "{e}");
+        assert_eq!(
+            load(&format!("{base}token_label = \"a\"\npin_env = \"P\"\n[keys]\nroot = \"label=x\"")).unwrap_err(),
+            msg("key `root`: invalid pkcs11: URI `label=x`: it does not start with pkcs11:; write it as pkcs11:token=LABEL;object=KEY;type=private (RFC 7512)")
+        );
+        let e = HsmConfig::load(Path::new("/nonexistent/hsm.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read HSM config /nonexistent/hsm.toml: "), "{e}");
+        assert!(e.ends_with("; check the path given to --hsm-config or TESSERA_HSM_CONFIG"), "{e}");
+    }
+
+    #[test]
+    fn pin_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pin");
+        std::fs::write(&file, "1234\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(PinSource::File(file.clone()).read().unwrap().as_str(), "1234");
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(
+            PinSource::File(file.clone()).read().unwrap_err().to_string(),
+            format!("HSM PIN from file {} is empty; put the token's user PIN there", file.display())
+        );
+        let missing = dir.path().join("absent");
+        let e = PinSource::File(missing.clone()).read().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("HSM PIN file {} cannot be read: ", missing.display())), "{e}");
+    }
+}
