@@ -28,7 +28,10 @@ impl SoftHsmToken {
             Path::new(SOFTHSM_MODULE).exists(),
             "SoftHSM2 module {SOFTHSM_MODULE} is missing; {INSTALL_HINT}"
         );
-        let dir = tempfile::Builder::new().prefix("tessera-softhsm-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-softhsm-")
+            .tempdir()
+            .expect("temp dir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm/new-token.sh");
         let out = Command::new(&script)
             .arg(dir.path())
@@ -42,13 +45,21 @@ impl SoftHsmToken {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.starts_with("export SOFTHSM2_CONF="), "unexpected output: {stdout}");
+        assert!(
+            stdout.starts_with("export SOFTHSM2_CONF="),
+            "unexpected output: {stdout}"
+        );
         let softhsm2_conf = dir.path().join("softhsm2.conf");
         let config_path = dir.path().join("hsm.toml");
         // SAFETY: nextest runs each test in its own process; this happens before any thread
         // that reads the environment (the PKCS#11 module) is started.
         unsafe { std::env::set_var("SOFTHSM2_CONF", &softhsm2_conf) };
-        SoftHsmToken { dir, label: label.to_string(), softhsm2_conf, config_path }
+        SoftHsmToken {
+            dir,
+            label: label.to_string(),
+            softhsm2_conf,
+            config_path,
+        }
     }
 
     /// The user PIN (for driving pkcs11-tool through its environment, never argv).
@@ -76,7 +87,11 @@ impl SoftHsmToken {
             .env("SOFTHSM2_CONF", &self.softhsm2_conf)
             .output()
             .unwrap_or_else(|e| panic!("cannot run pkcs11-tool: {e}; {INSTALL_HINT}"));
-        assert!(out.status.success(), "pkcs11-tool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
