@@ -148,6 +148,11 @@ impl Hsm {
         f()
     }
 
+    /// Sessions the pool has open right now (idle or borrowed); never more than `pool_size`.
+    pub fn open_sessions(&self) -> usize {
+        self.inner.lock().open
+    }
+
     /// The label of the token this handle works on.
     pub fn token_label(&self) -> &str {
         &self.inner.token_label
