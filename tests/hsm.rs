@@ -762,3 +762,42 @@ fn many_tokio_tasks_share_a_small_pool() {
     let open = hsm.open_sessions();
     assert!((1..=2).contains(&open), "{open} sessions open");
 }
+
+#[test]
+fn a_caller_that_finds_no_free_session_gets_a_retryable_timeout() {
+    let token = SoftHsmToken::create("busy");
+    let pin_file = token.dir.path().join("user-pin");
+    let path = token.write_config(
+        "one.toml",
+        format!(
+            "module = \"{SOFTHSM_MODULE}\"\ntoken_label = \"busy\"\npin_file = \"{}\"\npool_size = 1\npool_wait_seconds = 1\n",
+            pin_file.display()
+        ),
+    );
+    let hsm = Hsm::open(&HsmConfig::load(&path).unwrap()).unwrap();
+    let key = hsm.generate_key_pair("k", KeySpec::EcP256).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // While no call may run, two signers compete for the one session: the one that gets it
+    // waits for the pause to end, the other one finds no free session and gives up.
+    let first = hsm.with_no_call_in_flight(|| {
+        for _ in 0..2 {
+            let (key, tx) = (key.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(key.sign(SignatureScheme::EcdsaSha256, MESSAGE));
+            });
+        }
+        rx.recv().unwrap()
+    });
+    let err = first.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no HSM session became free within 1 s for C_Sign; raise pool_size in the HSM config or retry later"
+    );
+    assert!(err.is_retryable());
+    // The other signer goes on once the pause is over.
+    let sig = rx
+        .recv()
+        .unwrap()
+        .expect("the signer holding the session succeeds");
+    verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
+}

@@ -12,6 +12,8 @@ use super::uri::Pkcs11Uri;
 
 const DEFAULT_POOL_SIZE: usize = 4;
 const MAX_POOL_SIZE: usize = 256;
+const DEFAULT_POOL_WAIT_SECONDS: u64 = 30;
+const MAX_POOL_WAIT_SECONDS: u64 = 600;
 
 /// Which token of the module to open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct HsmConfig {
     pub token: TokenSelector,
     pub pin: PinSource,
     pub pool_size: usize,
+    /// How long a caller waits for a free session before `HsmError::PoolTimeout`.
+    pub pool_wait: std::time::Duration,
     pub keys: BTreeMap<String, String>,
 }
 
@@ -48,6 +52,7 @@ struct ConfigFile {
     pin_env: Option<String>,
     pin_file: Option<PathBuf>,
     pool_size: Option<usize>,
+    pool_wait_seconds: Option<u64>,
     #[serde(default)]
     keys: BTreeMap<String, String>,
 }
@@ -102,6 +107,13 @@ impl HsmConfig {
                 "pool_size must be between 1 and {MAX_POOL_SIZE}, not {pool_size}"
             )));
         }
+        let wait = file.pool_wait_seconds.unwrap_or(DEFAULT_POOL_WAIT_SECONDS);
+        if wait == 0 || wait > MAX_POOL_WAIT_SECONDS {
+            return Err(invalid(format!(
+                "pool_wait_seconds must be between 1 and {MAX_POOL_WAIT_SECONDS}, not {wait}"
+            )));
+        }
+        let pool_wait = std::time::Duration::from_secs(wait);
         for (name, uri) in &file.keys {
             Pkcs11Uri::parse(uri).map_err(|e| invalid(format!("key `{name}`: {e}")))?;
         }
@@ -110,6 +122,7 @@ impl HsmConfig {
             token,
             pin,
             pool_size,
+            pool_wait,
             keys: file.keys,
         })
     }
@@ -201,6 +214,7 @@ mod tests {
         assert_eq!(c.token, TokenSelector::Label("tessera".into()));
         assert_eq!(c.pin, PinSource::Env("TESSERA_HSM_PIN".into()));
         assert_eq!(c.pool_size, 4);
+        assert_eq!(c.pool_wait.as_secs(), 30);
         assert_eq!(
             c.key_uri("root").unwrap(),
             "pkcs11:token=tessera;object=tessera-root;type=private"
@@ -256,6 +270,13 @@ mod tests {
             ))
             .unwrap_err(),
             msg("pool_size must be between 1 and 256, not 0")
+        );
+        assert_eq!(
+            load(&format!(
+                "{base}token_label = \"a\"\npin_env = \"P\"\npool_wait_seconds = 0"
+            ))
+            .unwrap_err(),
+            msg("pool_wait_seconds must be between 1 and 600, not 0")
         );
         let e = load(&format!("{base}token_label = \"a\"\npin = \"1234\"")).unwrap_err();
         assert!(

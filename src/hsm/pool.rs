@@ -27,9 +27,6 @@ use cryptoki::types::AuthPin;
 use super::config::{HsmConfig, PinSource, TokenSelector};
 use super::error::{HsmError, ck_code, is_session_fatal, is_stale_handle, rv_of};
 
-/// How long a caller waits for a free session before getting `HsmError::PoolTimeout`.
-const POOL_WAIT: Duration = Duration::from_secs(30);
-
 /// A handle on one token of one PKCS#11 module. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct Hsm {
@@ -42,6 +39,7 @@ pub(super) struct HsmInner {
     pub(super) token_label: String,
     pin: PinSource,
     size: usize,
+    wait: Duration,
     pool: Mutex<PoolState>,
     freed: Condvar,
     /// Bumped whenever sessions were found dead: cached object handles from an older epoch
@@ -116,6 +114,7 @@ impl Hsm {
             token_label,
             pin: config.pin.clone(),
             size: config.pool_size,
+            wait: config.pool_wait,
             pool: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
@@ -213,7 +212,7 @@ impl Hsm {
         min_epoch: u64,
     ) -> Result<PooledSession<'_>, HsmError> {
         let inner = &*self.inner;
-        let deadline = Instant::now() + POOL_WAIT;
+        let deadline = Instant::now() + inner.wait;
         let mut state = inner.lock();
         loop {
             while let Some((epoch, s)) = state.idle.pop() {
@@ -249,7 +248,7 @@ impl Hsm {
             if now >= deadline {
                 return Err(HsmError::PoolTimeout {
                     operation,
-                    seconds: POOL_WAIT.as_secs(),
+                    seconds: inner.wait.as_secs(),
                 });
             }
             state = inner
