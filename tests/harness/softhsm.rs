@@ -24,6 +24,12 @@ pub struct SoftHsmToken {
 impl SoftHsmToken {
     /// Makes a token labelled `label` and points this process's SOFTHSM2_CONF at it.
     pub fn create(label: &str) -> SoftHsmToken {
+        static CREATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        assert!(
+            !CREATED.swap(true, std::sync::atomic::Ordering::SeqCst),
+            "a second SoftHSM2 token in one test process: SoftHSM2 reads SOFTHSM2_CONF once per \
+             process, so run the tests with `cargo nextest run` (one process per test)"
+        );
         assert!(
             Path::new(SOFTHSM_MODULE).exists(),
             "SoftHSM2 module {SOFTHSM_MODULE} is missing; {INSTALL_HINT}"
