@@ -801,3 +801,22 @@ fn a_caller_that_finds_no_free_session_gets_a_retryable_timeout() {
         .expect("the signer holding the session succeeds");
     verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
 }
+
+#[test]
+fn a_module_that_fails_to_initialise_is_named() {
+    // No token made here: SoftHSM2 is pointed at a configuration file that does not exist.
+    // SAFETY: one process per test (nextest); no other thread reads the environment yet.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", "/nonexistent/softhsm2.conf") };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hsm.toml");
+    std::fs::write(
+        &path,
+        format!("module = \"{SOFTHSM_MODULE}\"\ntoken_label = \"t\"\npin_env = \"TESSERA_TEST_PIN_NEVER_SET\"\n"),
+    )
+    .unwrap();
+    let err = Hsm::open(&HsmConfig::load(&path).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "PKCS#11 module /usr/lib/softhsm/libsofthsm2.so failed to initialise (CKR_GENERAL_ERROR); check that it is the right module for this HSM and its own configuration (SOFTHSM2_CONF for SoftHSM2)"
+    );
+}

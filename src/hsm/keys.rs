@@ -410,6 +410,16 @@ impl Hsm {
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::Id(id.clone()),
             ])?;
+            // Several public keys with this CKA_ID (e.g. an empty one): prefer the same label.
+            let public = if public.len() > 1 {
+                session.find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Id(id.clone()),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])?
+            } else {
+                public
+            };
             let Some(&public) = public.first() else {
                 return Err(HsmError::PublicKeyMissing {
                     uri: uri.to_string(),
