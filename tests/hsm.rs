@@ -461,15 +461,20 @@ fn open_errors_name_the_problem() {
             &pin_line,
         ),
     );
-    assert!(
-        missing.starts_with("no token labelled `absent` in PKCS#11 module /usr/lib/softhsm/libsofthsm2.so (tokens present: `errors` serial "),
-        "{missing}"
+    assert_eq!(
+        missing,
+        format!(
+            "no token labelled `absent` in PKCS#11 module /usr/lib/softhsm/libsofthsm2.so (tokens present: `errors` serial {}); check token_label/token_serial in the HSM config (SoftHSM2: SOFTHSM2_CONF)",
+            token.serial()
+        )
+    );
+    let by_serial = open(
+        "noserial.toml",
+        config_text(&token, SOFTHSM_MODULE, "token_serial = \"0000\"", &pin_line),
     );
     assert!(
-        missing.ends_with(
-            "); check token_label/token_serial in the HSM config (SoftHSM2: SOFTHSM2_CONF)"
-        ),
-        "{missing}"
+        by_serial.starts_with("no token with serial 0000 in PKCS#11 module"),
+        "{by_serial}"
     );
 
     // Wrong PIN (in a 0600 file).
@@ -550,13 +555,7 @@ fn open_errors_name_the_problem() {
 #[test]
 fn pin_from_environment_and_token_by_serial() {
     let token = SoftHsmToken::create("by-serial");
-    let out = token.pkcs11_tool_without_login(&["-T"]);
-    let listing = String::from_utf8_lossy(&out.stdout).to_string();
-    let serial = listing
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("serial num"))
-        .map(|s| s.trim_start_matches([' ', ':']).trim().to_string())
-        .unwrap_or_else(|| panic!("no serial in {listing}"));
+    let serial = token.serial();
     // SAFETY: one process per test (nextest); no other thread reads the environment yet.
     unsafe { std::env::set_var("TESSERA_TEST_PIN", token.user_pin()) };
     let path = token.write_config(

@@ -85,6 +85,17 @@ impl SoftHsmToken {
         path
     }
 
+    /// The token's serial number, as `pkcs11-tool -T` lists it.
+    pub fn serial(&self) -> String {
+        let out = self.pkcs11_tool_without_login(&["-T"]);
+        let listing = String::from_utf8_lossy(&out.stdout).to_string();
+        listing
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("serial num"))
+            .map(|s| s.trim_start_matches([' ', ':']).trim().to_string())
+            .unwrap_or_else(|| panic!("no serial in pkcs11-tool -T output: {listing}"))
+    }
+
     /// Runs OpenSC's pkcs11-tool with this token's SOFTHSM2_CONF, without logging in.
     pub fn pkcs11_tool_without_login(&self, args: &[&str]) -> Output {
         let out = Command::new("pkcs11-tool")
