@@ -1,0 +1,105 @@
+//! Certificate policy OIDs and the certificatePolicies extension (RFC 5280 4.2.1.4).
+//!
+//! Tessera's own OIDs live under a UUID arc (X.667, `2.25.<uuid as integer>`), which needs no
+//! registration. Arcs wider than 64 bits are why this module encodes OIDs itself.
+
+/// Tessera's arc: `2.25.` + UUID 9c995b66-4f35-4d35-b79c-14aaec23e01f as an integer.
+pub const TESSERA_ARC: &str = "2.25.208155842566862967014583006257905655839";
+/// Policy: the subject key was generated on a hardware token whose attestation Tessera verified.
+pub const KEY_ATTESTED_ON_HARDWARE: &str = "2.25.208155842566862967014583006257905655839.1.1";
+/// Policy: the subject key was NOT attested (certified from a plain CSR under a profile that
+/// explicitly allows it).
+pub const KEY_NOT_ATTESTED: &str = "2.25.208155842566862967014583006257905655839.1.2";
+/// anyPolicy (RFC 5280), carried by the issuing CA certificate.
+pub const ANY_POLICY: &str = "2.5.29.32.0";
+
+/// certificatePolicies extension OID as rcgen wants it.
+pub const CERTIFICATE_POLICIES_EXTENSION: &[u64] = &[2, 5, 29, 32];
+
+/// DER of an OBJECT IDENTIFIER (tag, length, content) from its dotted form.
+pub fn encode(dotted: &str) -> Result<Vec<u8>, String> {
+    let arcs = dotted
+        .split('.')
+        .map(|a| a.parse::<u128>().map_err(|_| format!("arc \"{a}\" is not a number")))
+        .collect::<Result<Vec<u128>, String>>()?;
+    if arcs.len() < 2 {
+        return Err("an OID has at least two arcs".into());
+    }
+    if arcs[0] > 2 || (arcs[0] < 2 && arcs[1] > 39) {
+        return Err("the first two arcs are out of range".into());
+    }
+    let first = arcs[0]
+        .checked_mul(40)
+        .and_then(|v| v.checked_add(arcs[1]))
+        .ok_or("the second arc is too large")?;
+    let mut content = Vec::new();
+    for arc in std::iter::once(first).chain(arcs[2..].iter().copied()) {
+        let mut groups = vec![(arc & 0x7f) as u8];
+        let mut rest = arc >> 7;
+        while rest > 0 {
+            groups.push((rest & 0x7f) as u8 | 0x80);
+            rest >>= 7;
+        }
+        content.extend(groups.iter().rev());
+    }
+    let mut der = vec![0x06];
+    push_length(&mut der, content.len());
+    der.extend(content);
+    Ok(der)
+}
+
+fn push_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend(&bytes[skip..]);
+    }
+}
+
+fn sequence(content: &[u8]) -> Vec<u8> {
+    let mut der = vec![0x30];
+    push_length(&mut der, content.len());
+    der.extend(content);
+    der
+}
+
+/// The DER value of a certificatePolicies extension: one PolicyInformation (without
+/// qualifiers) per OID, in order.
+pub fn certificate_policies(oids: &[&str]) -> Result<Vec<u8>, String> {
+    let mut infos = Vec::new();
+    for oid in oids {
+        infos.extend(sequence(&encode(oid)?));
+    }
+    Ok(sequence(&infos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_small_and_uuid_arcs() {
+        // 2.5.29.32.0 (anyPolicy)
+        assert_eq!(encode(ANY_POLICY).unwrap(), vec![0x06, 0x04, 0x55, 0x1d, 0x20, 0x00]);
+        // 1.2.840.113549 (RSADSI)
+        assert_eq!(
+            encode("1.2.840.113549").unwrap(),
+            vec![0x06, 0x06, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]
+        );
+        // 2.25.x: first subidentifier 2*40+25 = 105 = 0x69, then the 128-bit arc in 19 groups.
+        let der = encode(TESSERA_ARC).unwrap();
+        assert_eq!(der[2], 0x69);
+        assert_eq!(der.len(), 2 + 1 + 19);
+        assert!(encode("3.1").is_err());
+        assert!(encode("1").is_err());
+    }
+
+    #[test]
+    fn policies_extension_is_a_sequence_of_policy_information() {
+        let der = certificate_policies(&[ANY_POLICY]).unwrap();
+        assert_eq!(der, vec![0x30, 0x08, 0x30, 0x06, 0x06, 0x04, 0x55, 0x1d, 0x20, 0x00]);
+    }
+}
