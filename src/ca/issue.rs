@@ -118,13 +118,15 @@ impl IssuingCa {
         let profile = request.profile;
         let public_key = SubjectPublicKey::from_spki_der(request.public_key_der)?;
         let provenance_policy = match request.provenance {
-            KeyProvenance::HardwareAttested => policy_oid::KEY_ATTESTED_ON_HARDWARE,
-            KeyProvenance::Unattested if profile.allow_unattested_keys => policy_oid::KEY_NOT_ATTESTED,
-            KeyProvenance::Unattested => {
-                return Err(CaError::ProfileRequiresAttestation {
-                    profile: profile.name.clone(),
-                });
-            }
+            KeyProvenance::HardwareAttested => profile.attested_key_policy.as_str(),
+            KeyProvenance::Unattested => match &profile.unattested_key_policy {
+                Some(policy) if profile.allow_unattested_keys => policy.as_str(),
+                _ => {
+                    return Err(CaError::ProfileRequiresAttestation {
+                        profile: profile.name.clone(),
+                    });
+                }
+            },
         };
         let subject = request.subject;
         if subject.common_name.trim().is_empty() {

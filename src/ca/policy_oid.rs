@@ -1,15 +1,8 @@
 //! Certificate policy OIDs and the certificatePolicies extension (RFC 5280 4.2.1.4).
 //!
-//! Tessera's own OIDs live under a UUID arc (X.667, `2.25.<uuid as integer>`), which needs no
-//! registration. Arcs wider than 64 bits are why this module encodes OIDs itself.
+//! Profiles name their own policy OIDs (an organization's arc); every arc must fit in 32 bits,
+//! because common X.509 parsers (pyasn1 in pkilint, older Go) reject wider arcs.
 
-/// Tessera's arc: `2.25.` + UUID 9c995b66-4f35-4d35-b79c-14aaec23e01f as an integer.
-pub const TESSERA_ARC: &str = "2.25.208155842566862967014583006257905655839";
-/// Policy: the subject key was generated on a hardware token whose attestation Tessera verified.
-pub const KEY_ATTESTED_ON_HARDWARE: &str = "2.25.208155842566862967014583006257905655839.1.1";
-/// Policy: the subject key was NOT attested (certified from a plain CSR under a profile that
-/// explicitly allows it).
-pub const KEY_NOT_ATTESTED: &str = "2.25.208155842566862967014583006257905655839.1.2";
 /// anyPolicy (RFC 5280), carried by the issuing CA certificate.
 pub const ANY_POLICY: &str = "2.5.29.32.0";
 
@@ -20,8 +13,14 @@ pub const CERTIFICATE_POLICIES_EXTENSION: &[u64] = &[2, 5, 29, 32];
 pub fn encode(dotted: &str) -> Result<Vec<u8>, String> {
     let arcs = dotted
         .split('.')
-        .map(|a| a.parse::<u128>().map_err(|_| format!("arc \"{a}\" is not a number")))
-        .collect::<Result<Vec<u128>, String>>()?;
+        .map(|a| {
+            let arc = a.parse::<u128>().map_err(|_| format!("arc \"{a}\" is not a number"))?;
+            if arc > u128::from(u32::MAX) {
+                return Err(format!("arc {arc} is wider than 32 bits, which many X.509 parsers reject"));
+            }
+            Ok(arc as u64)
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
     if arcs.len() < 2 {
         return Err("an OID has at least two arcs".into());
     }
@@ -32,9 +31,9 @@ pub fn encode(dotted: &str) -> Result<Vec<u8>, String> {
         .checked_mul(40)
         .and_then(|v| v.checked_add(arcs[1]))
         .ok_or("the second arc is too large")?;
-    let mut content = Vec::new();
+    let mut content: Vec<u8> = Vec::new();
     for arc in std::iter::once(first).chain(arcs[2..].iter().copied()) {
-        let mut groups = vec![(arc & 0x7f) as u8];
+        let mut groups: Vec<u8> = vec![(arc & 0x7f) as u8];
         let mut rest = arc >> 7;
         while rest > 0 {
             groups.push((rest & 0x7f) as u8 | 0x80);
@@ -89,10 +88,15 @@ mod tests {
             encode("1.2.840.113549").unwrap(),
             vec![0x06, 0x06, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]
         );
-        // 2.25.x: first subidentifier 2*40+25 = 105 = 0x69, then the 128-bit arc in 19 groups.
-        let der = encode(TESSERA_ARC).unwrap();
-        assert_eq!(der[2], 0x69);
-        assert_eq!(der.len(), 2 + 1 + 19);
+        // 2.25.x (a UUID OID) has a 128-bit arc: refused.
+        assert_eq!(
+            encode("2.25.208155842566862967014583006257905655839").unwrap_err(),
+            "arc 208155842566862967014583006257905655839 is wider than 32 bits, which many X.509 parsers reject"
+        );
+        assert_eq!(
+            encode("1.3.4294967296").unwrap_err(),
+            "arc 4294967296 is wider than 32 bits, which many X.509 parsers reject"
+        );
         assert!(encode("3.1").is_err());
         assert!(encode("1").is_err());
     }

@@ -25,6 +25,8 @@ struct ProfileFile {
     extended_key_usage: Vec<String>,
     #[serde(default)]
     certificate_policies: Vec<String>,
+    attested_key_policy: String,
+    unattested_key_policy: Option<String>,
     allow_unattested_keys: bool,
     #[serde(default)]
     require_email: bool,
@@ -40,6 +42,10 @@ pub struct Profile {
     pub extended_key_usage: Vec<ExtendedKeyUsagePurpose>,
     /// Dotted OIDs, each checked to encode.
     pub certificate_policies: Vec<String>,
+    /// Policy OID added when the key's hardware attestation was verified.
+    pub attested_key_policy: String,
+    /// Policy OID added when the key was not attested (set iff `allow_unattested_keys`).
+    pub unattested_key_policy: Option<String>,
     pub allow_unattested_keys: bool,
     pub require_email: bool,
 }
@@ -78,9 +84,25 @@ impl Profile {
                     .ok_or_else(|| invalid(format!("unknown extended_key_usage \"{u}\"")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for oid in &file.certificate_policies {
+        for oid in file
+            .certificate_policies
+            .iter()
+            .chain(std::iter::once(&file.attested_key_policy))
+            .chain(file.unattested_key_policy.iter())
+        {
             policy_oid::encode(oid)
                 .map_err(|reason| invalid(format!("certificate policy \"{oid}\": {reason}")))?;
+        }
+        match (file.allow_unattested_keys, &file.unattested_key_policy) {
+            (true, None) => {
+                return Err(invalid(
+                    "allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates".into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(invalid("unattested_key_policy is set but allow_unattested_keys = false".into()));
+            }
+            _ => {}
         }
         Ok(Profile {
             name: name.to_string(),
@@ -89,6 +111,8 @@ impl Profile {
             key_usage,
             extended_key_usage,
             certificate_policies: file.certificate_policies,
+            attested_key_policy: file.attested_key_policy,
+            unattested_key_policy: file.unattested_key_policy,
             allow_unattested_keys: file.allow_unattested_keys,
             require_email: file.require_email,
         })
@@ -222,7 +246,7 @@ mod tests {
 
     #[test]
     fn bad_profiles_are_refused_with_the_reason() {
-        let base = "description = \"x\"\nvalidity_days = 30\nextended_key_usage = []\nallow_unattested_keys = false\n";
+        let base = "description = \"x\"\nvalidity_days = 30\nextended_key_usage = []\nallow_unattested_keys = false\nattested_key_policy = \"1.2.3\"\n";
         let err = Profile::from_toml("p", &format!("{base}key_usage = [\"key_cert_sign\"]\n"), "p.toml")
             .unwrap_err();
         assert_eq!(err.to_string(), "certificate profile p.toml is invalid: unknown key_usage \"key_cert_sign\"");
@@ -238,13 +262,23 @@ mod tests {
         );
         let err = Profile::from_toml(
             "p",
-            "description = \"x\"\nvalidity_days = 0\nkey_usage = [\"digital_signature\"]\nextended_key_usage = []\nallow_unattested_keys = false\n",
+            &format!("{base}key_usage = [\"digital_signature\"]\n").replace("= 30", "= 0"),
             "p.toml",
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
             "certificate profile p.toml is invalid: validity_days = 0 is outside 1..=1826"
+        );
+        let err = Profile::from_toml(
+            "p",
+            &format!("{base}key_usage = [\"digital_signature\"]\n").replace("allow_unattested_keys = false", "allow_unattested_keys = true"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates"
         );
     }
 }
