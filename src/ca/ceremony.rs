@@ -272,6 +272,16 @@ fn run_ceremony(
     })
 }
 
+/// A self-signed CA certificate (keyCertSign, cRLSign, pathLen 0) for `key`, valid from now for
+/// `validity_days`: for `tessera bench` and tests that need an issuer without a full ceremony.
+pub fn self_signed_ca_certificate(key: &HsmKey, common_name: &str, validity_days: u32) -> Result<Vec<u8>, CaError> {
+    let signer = HsmSigningKey::new(key.clone())?;
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let params = ca_params(common_name, None, now, validity_days, Some(0))?;
+    let cert = params.self_signed(&signer).map_err(HsmSigningKey::take_error)?;
+    Ok(cert.der().to_vec())
+}
+
 /// A CA read back from its data directory (no HSM needed).
 #[derive(Clone, Debug)]
 pub struct StoredCa {
