@@ -111,6 +111,12 @@ impl Hsm {
         Ok(hsm)
     }
 
+    /// How many times a dead session or stale handle was detected and the pool rebuilt
+    /// (for metrics and tests).
+    pub fn recoveries(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
+    }
+
     /// The label of the token this handle works on.
     pub fn token_label(&self) -> &str {
         &self.inner.token_label
@@ -222,17 +228,19 @@ impl HsmInner {
         drop(pin);
         match session.login(UserType::User, Some(&auth)) {
             Ok(()) => Ok(()),
-            Err(e) => match rv_of(&e) {
-                Some(RvError::UserAlreadyLoggedIn) => Ok(()),
-                Some(RvError::PinIncorrect) => {
-                    Err(HsmError::PinIncorrect { token: self.token_label.clone() }.into())
-                }
-                Some(RvError::PinLocked) => {
-                    Err(HsmError::PinLocked { token: self.token_label.clone() }.into())
-                }
-                _ => Err(OpFailure::Ck(e)),
-            },
+            Err(e) => login_failure(e, &self.token_label),
         }
+    }
+}
+
+/// Classifies a failed C_Login: an already-present login is success; a wrong or locked PIN
+/// becomes its own error; anything else stays a PKCS#11 error (maybe a dead session).
+fn login_failure(e: CkError, token: &str) -> Result<(), OpFailure> {
+    match rv_of(&e) {
+        Some(RvError::UserAlreadyLoggedIn) => Ok(()),
+        Some(RvError::PinIncorrect) => Err(HsmError::PinIncorrect { token: token.to_string() }.into()),
+        Some(RvError::PinLocked) => Err(HsmError::PinLocked { token: token.to_string() }.into()),
+        _ => Err(OpFailure::Ck(e)),
     }
 }
 
@@ -299,4 +307,35 @@ fn find_token(ctx: &Pkcs11, module: &PathBuf, want: &TokenSelector) -> Result<(S
     };
     let present = if present.is_empty() { "none".to_string() } else { present.join(", ") };
     Err(HsmError::TokenNotFound { token, path: module.clone(), present })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::context::Function;
+
+    fn message(r: Result<(), OpFailure>) -> String {
+        match r {
+            Err(OpFailure::Hsm(e)) => e.to_string(),
+            Err(OpFailure::Ck(e)) => format!("ck: {e}"),
+            Ok(()) => "ok".into(),
+        }
+    }
+
+    // SoftHSM2 never locks a user PIN (it only sets "user PIN count low"), so CKR_PIN_LOCKED is
+    // checked here on the classification alone.
+    #[test]
+    fn login_failures_are_classified() {
+        let err = |rv| CkError::Pkcs11(rv, Function::Login);
+        assert_eq!(
+            message(login_failure(err(RvError::PinLocked), "ca")),
+            "HSM user PIN of token ca is locked (CKR_PIN_LOCKED); the security officer must unlock it (softhsm2-util/pkcs11-tool --init-pin)"
+        );
+        assert_eq!(
+            message(login_failure(err(RvError::PinIncorrect), "ca")),
+            "HSM login to token ca failed: wrong user PIN (CKR_PIN_INCORRECT); fix the PIN source in the HSM config before the token locks"
+        );
+        assert_eq!(message(login_failure(err(RvError::UserAlreadyLoggedIn), "ca")), "ok");
+        assert!(message(login_failure(err(RvError::DeviceRemoved), "ca")).starts_with("ck: "));
+    }
 }
