@@ -136,7 +136,7 @@ impl CeremonyLedger<'_> {
     fn write_new_file(&mut self, path: PathBuf, contents: &[u8]) -> Result<(), CaError> {
         let io = |source| CaError::Io {
             path: path.clone(),
-            source,
+            error: source,
         };
         // create_new: never overwrite, even if a file appeared since the first check.
         let mut file = std::fs::OpenOptions::new()
@@ -254,7 +254,7 @@ fn run_ceremony(
     if !data_dir.exists() {
         std::fs::create_dir_all(data_dir).map_err(|source| CaError::Io {
             path: data_dir.to_path_buf(),
-            source,
+            error: source,
         })?;
         ledger.created_dir = Some(data_dir.to_path_buf());
     }
@@ -320,7 +320,7 @@ impl StoredCa {
 fn read_file(path: &Path) -> Result<Vec<u8>, CaError> {
     std::fs::read(path).map_err(|source| CaError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 /// Every way the CA refuses or fails; each message is one line naming the problem and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("{0}")]
+    #[error(transparent)]
     Hsm(#[from] HsmError),
     #[error("unknown certificate profile \"{name}\"; known profiles: {known}")]
     UnknownProfile { name: String, known: String },
@@ -69,10 +69,6 @@ pub enum CaError {
     CaRecordInvalid { path: PathBuf, reason: String },
     #[error("ca init: {0}")]
     InitParameter(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }

@@ -176,7 +176,7 @@ impl ProfileSet {
     pub fn load_dir(dir: &Path) -> Result<ProfileSet, CaError> {
         let io = |source| CaError::Io {
             path: dir.to_path_buf(),
-            source,
+            error: source,
         };
         let mut profiles = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -189,7 +189,7 @@ impl ProfileSet {
             };
             let text = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             let profile = Profile::from_toml(name, &text, &path.display().to_string())?;
             profiles.insert(name.to_string(), profile);
