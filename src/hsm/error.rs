@@ -106,8 +106,6 @@ pub(crate) fn is_session_fatal(err: &CkError) -> bool {
                 | RvError::TokenNotRecognized
                 | RvError::UserNotLoggedIn
                 | RvError::CryptokiNotInitialized
-                | RvError::GeneralError
-                | RvError::FunctionFailed
         )
     )
 }

@@ -11,9 +11,10 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use sha2::Digest;
 use zeroize::Zeroizing;
 
-use super::error::{rv_of, HsmError};
+use super::error::{ck_code, rv_of, HsmError};
 use super::pool::{Hsm, OpFailure};
 use super::uri::Pkcs11Uri;
 
@@ -158,19 +159,34 @@ impl HsmKey {
         if !scheme.fits(spec) {
             return Err(HsmError::SchemeMismatch { scheme, spec });
         }
-        let mechanism = match scheme {
-            SignatureScheme::EcdsaSha256 => Mechanism::EcdsaSha256,
-            SignatureScheme::EcdsaSha384 => Mechanism::EcdsaSha384,
-            SignatureScheme::RsaPkcs1Sha256 => Mechanism::Sha256RsaPkcs,
-            SignatureScheme::RsaPssSha256 => Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
-                hash_alg: MechanismType::SHA256,
-                mgf: PkcsMgfType::MGF1_SHA256,
-                s_len: 32.into(),
-            }),
+        // ECDSA: hash-and-sign in the token when it offers CKM_ECDSA_SHA256/384, otherwise
+        // hash here and sign the digest with CKM_ECDSA (SoftHSM2 2.6). Same signature either way.
+        let offered = |m: MechanismType| self.inner.hsm.inner.mechanisms.contains(&m);
+        let digest: Vec<u8>;
+        let (mechanism, input): (Mechanism, &[u8]) = match scheme {
+            SignatureScheme::EcdsaSha256 if offered(MechanismType::ECDSA_SHA256) => (Mechanism::EcdsaSha256, message),
+            SignatureScheme::EcdsaSha384 if offered(MechanismType::ECDSA_SHA384) => (Mechanism::EcdsaSha384, message),
+            SignatureScheme::EcdsaSha256 => {
+                digest = sha2::Sha256::digest(message).to_vec();
+                (Mechanism::Ecdsa, &digest)
+            }
+            SignatureScheme::EcdsaSha384 => {
+                digest = sha2::Sha384::digest(message).to_vec();
+                (Mechanism::Ecdsa, &digest)
+            }
+            SignatureScheme::RsaPkcs1Sha256 => (Mechanism::Sha256RsaPkcs, message),
+            SignatureScheme::RsaPssSha256 => (
+                Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+                    hash_alg: MechanismType::SHA256,
+                    mgf: PkcsMgfType::MGF1_SHA256,
+                    s_len: 32.into(),
+                }),
+                message,
+            ),
         };
         let raw = self.inner.hsm.run("C_Sign", |session| {
             let handle = self.private_handle(session)?;
-            Ok(session.sign(&mechanism, handle, message)?)
+            Ok(session.sign(&mechanism, handle, input)?)
         })?;
         match spec {
             KeySpec::EcP256 => ecdsa_p256_der(&raw),
@@ -439,6 +455,8 @@ impl Hsm {
             let params = GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
             match session.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
                 Ok(plain) => Ok(Zeroizing::new(plain)),
+                // A wrong tag is CKR_ENCRYPTED_DATA_INVALID in the standard; SoftHSM2 2.6
+                // reports CKR_GENERAL_ERROR (or CKR_FUNCTION_FAILED) for it.
                 Err(e)
                     if matches!(
                         rv_of(&e),
@@ -447,12 +465,14 @@ impl Hsm {
                                 | RvError::EncryptedDataLenRange
                                 | RvError::DataInvalid
                                 | RvError::DataLenRange
+                                | RvError::GeneralError
+                                | RvError::FunctionFailed
                         )
                     ) =>
                 {
                     Err(HsmError::WrappedSecretRejected {
                         label: wrapping_key_label.to_string(),
-                        reason: "authentication tag does not match".into(),
+                        reason: format!("C_Decrypt returned {}: the authentication tag does not match", ck_code(&e)),
                     }
                     .into())
                 }

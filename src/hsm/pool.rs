@@ -14,12 +14,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
@@ -46,6 +47,12 @@ pub(super) struct HsmInner {
     /// Bumped whenever sessions were found dead: cached object handles from an older epoch
     /// are looked up again.
     pub(super) epoch: AtomicU64,
+    /// Mechanisms the token offers, read once at open (e.g. SoftHSM2 2.6 has CKM_ECDSA but not
+    /// CKM_ECDSA_SHA256, so `keys` hashes in software and signs the digest with CKM_ECDSA there).
+    pub(super) mechanisms: Vec<MechanismType>,
+    /// Held shared during every PKCS#11 call on a session; held exclusively by
+    /// `with_no_call_in_flight` (see there).
+    calls: RwLock<()>,
 }
 
 struct PoolState {
@@ -94,6 +101,9 @@ impl Hsm {
             Err(e) => return Err(HsmError::ModuleInit { path: module.clone(), code: ck_code(&e) }),
         }
         let (slot, token_label) = find_token(&ctx, module, &config.token)?;
+        let mechanisms = ctx
+            .get_mechanism_list(slot)
+            .map_err(|e| HsmError::pkcs11("C_GetMechanismList", e))?;
         let inner = Arc::new(HsmInner {
             ctx,
             slot,
@@ -103,6 +113,8 @@ impl Hsm {
             pool: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
             freed: Condvar::new(),
             epoch: AtomicU64::new(0),
+            mechanisms,
+            calls: RwLock::new(()),
         });
         let hsm = Hsm { inner };
         // Open and log in one session now, so that a wrong PIN or token fails here.
@@ -115,6 +127,16 @@ impl Hsm {
     /// (for metrics and tests).
     pub fn recoveries(&self) -> u64 {
         self.inner.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` while no PKCS#11 call of this `Hsm` is in flight (calls wait until it returns).
+    /// For tests that kill sessions from outside, e.g. with C_CloseAllSessions through a second
+    /// handle: SoftHSM2 2.6 frees a session's memory in C_CloseAllSessions even while another
+    /// thread is inside C_Sign on it (and then crashes), which real device loss does not do.
+    #[doc(hidden)]
+    pub fn with_no_call_in_flight<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _exclusive = self.inner.calls.write().unwrap_or_else(|p| p.into_inner());
+        f()
     }
 
     /// The label of the token this handle works on.
@@ -132,8 +154,14 @@ impl Hsm {
         loop {
             attempt += 1;
             let guard = self.borrow(operation)?;
-            let session = guard.session.as_ref().expect("a borrowed session is present");
-            match op(session) {
+            let Some(session) = guard.session.as_ref() else {
+                return Err(HsmError::SessionLost { operation, code: "no session".into() });
+            };
+            let result = {
+                let _call = inner_read(&self.inner.calls);
+                op(session)
+            };
+            match result {
                 Ok(v) => return Ok(v),
                 Err(OpFailure::Hsm(e)) => return Err(e),
                 Err(OpFailure::Ck(e)) if is_session_fatal(&e) || is_stale_handle(&e) => {
@@ -198,12 +226,14 @@ impl HsmInner {
             state.open -= dead.len();
             dead
         };
-        // Closing a dead handle fails harmlessly; done outside the lock.
+        // Closing a dead handle fails harmlessly; done outside the pool lock.
+        let _call = inner_read(&self.calls);
         drop(dead);
         self.freed.notify_all();
     }
 
     fn open_session(&self, operation: &'static str) -> Result<Session, HsmError> {
+        let _call = inner_read(&self.calls);
         let lost = |e: CkError| {
             if is_session_fatal(&e) {
                 HsmError::SessionLost { operation, code: ck_code(&e) }
@@ -254,7 +284,9 @@ impl PooledSession<'_> {
     /// Drops a dead session instead of giving it back.
     fn discard(mut self) {
         let dead = self.session.take();
+        let call = inner_read(&self.inner.calls);
         drop(dead);
+        drop(call);
         self.inner.lock().open -= 1;
         self.inner.freed.notify_one();
     }
@@ -267,6 +299,10 @@ impl Drop for PooledSession<'_> {
             self.inner.freed.notify_one();
         }
     }
+}
+
+fn inner_read(lock: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn load_module(module: &PathBuf) -> Result<Pkcs11, HsmError> {
