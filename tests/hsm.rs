@@ -5,10 +5,10 @@ mod harness;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use harness::softhsm::{SoftHsmToken, SOFTHSM_MODULE};
+use harness::softhsm::{SOFTHSM_MODULE, SoftHsmToken};
 use tessera::hsm::{Hsm, HsmConfig, HsmError, HsmKey, KeySpec, SignatureScheme};
 
 const MESSAGE: &[u8] = b"to be signed inside the HSM";
@@ -47,20 +47,28 @@ fn verify_rustcrypto(key: &HsmKey, scheme: SignatureScheme, message: &[u8], sig:
             let pk = rsa::RsaPublicKey::from_public_key_der(der).unwrap();
             let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk);
             let sig = rsa::pkcs1v15::Signature::try_from(sig).unwrap();
-            vk.verify(message, &sig).expect("RSA PKCS#1 v1.5 signature verifies");
+            vk.verify(message, &sig)
+                .expect("RSA PKCS#1 v1.5 signature verifies");
         }
         SignatureScheme::RsaPssSha256 => {
             let pk = rsa::RsaPublicKey::from_public_key_der(der).unwrap();
             let vk = rsa::pss::VerifyingKey::<sha2::Sha256>::new(pk);
             let sig = rsa::pss::Signature::try_from(sig).unwrap();
-            vk.verify(message, &sig).expect("RSA-PSS signature verifies");
+            vk.verify(message, &sig)
+                .expect("RSA-PSS signature verifies");
         }
         other => panic!("no verifier for {other:?} with {:?}", key.spec()),
     }
 }
 
 /// Verifies with `openssl dgst -verify`; returns openssl's output line.
-fn verify_openssl(dir: &Path, key: &HsmKey, scheme: SignatureScheme, message: &[u8], sig: &[u8]) -> String {
+fn verify_openssl(
+    dir: &Path,
+    key: &HsmKey,
+    scheme: SignatureScheme,
+    message: &[u8],
+    sig: &[u8],
+) -> String {
     let der = dir.join("pub.der");
     let pem = dir.join("pub.pem");
     let msg = dir.join("msg");
@@ -75,16 +83,36 @@ fn verify_openssl(dir: &Path, key: &HsmKey, scheme: SignatureScheme, message: &[
         .arg(&pem)
         .output()
         .expect("openssl (scripts/install-deps.sh installs it)");
-    assert!(conv.status.success(), "openssl pkey: {}", String::from_utf8_lossy(&conv.stderr));
-    let digest = if scheme == SignatureScheme::EcdsaSha384 { "-sha384" } else { "-sha256" };
+    assert!(
+        conv.status.success(),
+        "openssl pkey: {}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
+    let digest = if scheme == SignatureScheme::EcdsaSha384 {
+        "-sha384"
+    } else {
+        "-sha256"
+    };
     let mut cmd = Command::new("openssl");
-    cmd.args(["dgst", digest, "-verify"]).arg(&pem).arg("-signature").arg(&sig_path);
+    cmd.args(["dgst", digest, "-verify"])
+        .arg(&pem)
+        .arg("-signature")
+        .arg(&sig_path);
     if scheme == SignatureScheme::RsaPssSha256 {
-        cmd.args(["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]);
+        cmd.args([
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+        ]);
     }
     let out = cmd.arg(&msg).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(out.status.success(), "openssl dgst: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl dgst: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
@@ -106,7 +134,13 @@ fn private_key_blocks(listing: &str) -> Vec<(String, String)> {
 #[test]
 fn generated_keys_of_every_spec_are_sensitive_and_never_extractable() {
     let (token, hsm) = token_and_hsm("keygen");
-    let specs = [KeySpec::EcP256, KeySpec::EcP384, KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096];
+    let specs = [
+        KeySpec::EcP256,
+        KeySpec::EcP384,
+        KeySpec::Rsa2048,
+        KeySpec::Rsa3072,
+        KeySpec::Rsa4096,
+    ];
     for spec in specs {
         let label = format!("key-{spec}");
         let key = hsm.generate_key_pair(&label, spec).unwrap();
@@ -124,7 +158,11 @@ fn generated_keys_of_every_spec_are_sensitive_and_never_extractable() {
     let out = token.pkcs11_tool(&["-O"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     let blocks = private_key_blocks(&listing);
-    assert_eq!(blocks.len(), specs.len(), "pkcs11-tool -O listed:\n{listing}");
+    assert_eq!(
+        blocks.len(),
+        specs.len(),
+        "pkcs11-tool -O listed:\n{listing}"
+    );
     for (label, block) in &blocks {
         let access = block
             .lines()
@@ -135,27 +173,54 @@ fn generated_keys_of_every_spec_are_sensitive_and_never_extractable() {
             access, "sensitive, always sensitive, never extractable, local",
             "key {label}:\n{block}"
         );
-        let usage = block.lines().find_map(|l| l.trim().strip_prefix("Usage:")).unwrap().trim();
+        let usage = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Usage:"))
+            .unwrap()
+            .trim();
         assert_eq!(usage, "sign", "key {label}:\n{block}");
     }
     let mut labels: Vec<&str> = blocks.iter().map(|(l, _)| l.as_str()).collect();
     labels.sort();
-    assert_eq!(labels, ["key-p256", "key-p384", "key-rsa2048", "key-rsa3072", "key-rsa4096"]);
+    assert_eq!(
+        labels,
+        [
+            "key-p256",
+            "key-p384",
+            "key-rsa2048",
+            "key-rsa3072",
+            "key-rsa4096"
+        ]
+    );
 }
 
 #[test]
 fn ecdsa_signatures_verify_with_openssl_and_rustcrypto() {
     let (token, hsm) = token_and_hsm("ecdsa");
-    for (spec, scheme) in [(KeySpec::EcP256, SignatureScheme::EcdsaSha256), (KeySpec::EcP384, SignatureScheme::EcdsaSha384)] {
+    for (spec, scheme) in [
+        (KeySpec::EcP256, SignatureScheme::EcdsaSha256),
+        (KeySpec::EcP384, SignatureScheme::EcdsaSha384),
+    ] {
         let key = hsm.generate_key_pair(&format!("ec-{spec}"), spec).unwrap();
         let sig = key.sign(scheme, MESSAGE).unwrap();
         assert_eq!(sig[0], 0x30, "DER SEQUENCE");
         verify_rustcrypto(&key, scheme, MESSAGE, &sig);
-        assert_eq!(verify_openssl(token.dir.path(), &key, scheme, MESSAGE, &sig), "Verified OK");
+        assert_eq!(
+            verify_openssl(token.dir.path(), &key, scheme, MESSAGE, &sig),
+            "Verified OK"
+        );
         // A different message does not verify.
         let other = key.sign(scheme, b"another message").unwrap();
         let text = Command::new("openssl")
-            .args(["dgst", if spec == KeySpec::EcP384 { "-sha384" } else { "-sha256" }, "-verify"])
+            .args([
+                "dgst",
+                if spec == KeySpec::EcP384 {
+                    "-sha384"
+                } else {
+                    "-sha256"
+                },
+                "-verify",
+            ])
             .arg(token.dir.path().join("pub.pem"))
             .arg("-signature")
             .arg({
@@ -166,7 +231,10 @@ fn ecdsa_signatures_verify_with_openssl_and_rustcrypto() {
             .arg(token.dir.path().join("msg"))
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&text.stdout).trim(), "Verification failure");
+        assert_eq!(
+            String::from_utf8_lossy(&text.stdout).trim(),
+            "Verification failure"
+        );
     }
 }
 
@@ -174,11 +242,17 @@ fn ecdsa_signatures_verify_with_openssl_and_rustcrypto() {
 fn rsa_pkcs1_and_pss_signatures_verify_with_openssl_and_rustcrypto() {
     let (token, hsm) = token_and_hsm("rsa");
     let key = hsm.generate_key_pair("rsa", KeySpec::Rsa2048).unwrap();
-    for scheme in [SignatureScheme::RsaPkcs1Sha256, SignatureScheme::RsaPssSha256] {
+    for scheme in [
+        SignatureScheme::RsaPkcs1Sha256,
+        SignatureScheme::RsaPssSha256,
+    ] {
         let sig = key.sign(scheme, MESSAGE).unwrap();
         assert_eq!(sig.len(), 256);
         verify_rustcrypto(&key, scheme, MESSAGE, &sig);
-        assert_eq!(verify_openssl(token.dir.path(), &key, scheme, MESSAGE, &sig), "Verified OK");
+        assert_eq!(
+            verify_openssl(token.dir.path(), &key, scheme, MESSAGE, &sig),
+            "Verified OK"
+        );
     }
     let err = key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap_err();
     assert_eq!(
@@ -191,13 +265,27 @@ fn rsa_pkcs1_and_pss_signatures_verify_with_openssl_and_rustcrypto() {
 fn key_uris_find_exactly_one_key() {
     let (token, hsm) = token_and_hsm("uris");
     let key = hsm.generate_key_pair("root", KeySpec::EcP256).unwrap();
-    assert!(key.uri().starts_with("pkcs11:token=uris;object=root;id=%"), "{}", key.uri());
+    assert!(
+        key.uri().starts_with("pkcs11:token=uris;object=root;id=%"),
+        "{}",
+        key.uri()
+    );
     assert!(key.uri().ends_with(";type=private"));
     // By label alone, by label + id, by the full URI.
-    for uri in ["pkcs11:object=root".to_string(), "pkcs11:token=uris;object=root;type=private".into(), key.uri()] {
-        assert_eq!(hsm.find_key(&uri).unwrap().public_key_der(), key.public_key_der(), "{uri}");
+    for uri in [
+        "pkcs11:object=root".to_string(),
+        "pkcs11:token=uris;object=root;type=private".into(),
+        key.uri(),
+    ] {
+        assert_eq!(
+            hsm.find_key(&uri).unwrap().public_key_der(),
+            key.public_key_der(),
+            "{uri}"
+        );
     }
-    let none = hsm.find_key("pkcs11:token=uris;object=missing;type=private").unwrap_err();
+    let none = hsm
+        .find_key("pkcs11:token=uris;object=missing;type=private")
+        .unwrap_err();
     assert_eq!(
         none.to_string(),
         "no private key matches pkcs11:token=uris;object=missing;type=private; check the URI (list keys with pkcs11-tool -O) or run `tessera ca init`"
@@ -205,7 +293,15 @@ fn key_uris_find_exactly_one_key() {
     assert!(matches!(none, HsmError::KeyNotFound { .. }));
     // Two key pairs with one label, made behind Tessera's back with pkcs11-tool.
     for id in ["01", "02"] {
-        token.pkcs11_tool(&["--keypairgen", "--key-type", "EC:prime256v1", "--label", "dup", "--id", id]);
+        token.pkcs11_tool(&[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "dup",
+            "--id",
+            id,
+        ]);
     }
     let several = hsm.find_key("pkcs11:object=dup;type=private").unwrap_err();
     assert_eq!(
@@ -214,7 +310,9 @@ fn key_uris_find_exactly_one_key() {
     );
     assert!(matches!(several, HsmError::KeyAmbiguous { count: 2, .. }));
     // With the id, it is one again, and it signs.
-    let one = hsm.find_key("pkcs11:object=dup;id=%02;type=private").unwrap();
+    let one = hsm
+        .find_key("pkcs11:object=dup;id=%02;type=private")
+        .unwrap();
     let sig = one.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
     verify_rustcrypto(&one, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
 
@@ -242,7 +340,10 @@ fn generating_over_an_existing_label_is_refused_and_destroy_removes_both_halves(
     hsm.destroy_key_pair(&key).unwrap();
     let listing = String::from_utf8_lossy(&token.pkcs11_tool(&["-O"]).stdout).to_string();
     assert!(!listing.contains("label:      ca"), "{listing}");
-    assert!(matches!(hsm.find_key("pkcs11:object=ca").unwrap_err(), HsmError::KeyNotFound { .. }));
+    assert!(matches!(
+        hsm.find_key("pkcs11:object=ca").unwrap_err(),
+        HsmError::KeyNotFound { .. }
+    ));
     // The label is free again.
     hsm.generate_key_pair("ca", KeySpec::EcP256).unwrap();
 }
@@ -257,29 +358,52 @@ fn wrapped_secrets_round_trip_and_tampering_is_refused() {
     assert!(!wrapped.windows(secret.len()).any(|w| w == secret));
     let again = hsm.wrap_secret("secrets", secret).unwrap();
     assert_ne!(wrapped, again, "a fresh IV each time");
-    assert_eq!(hsm.unwrap_secret("secrets", &wrapped).unwrap().as_slice(), secret);
+    assert_eq!(
+        hsm.unwrap_secret("secrets", &wrapped).unwrap().as_slice(),
+        secret
+    );
 
     let refused = "wrapped secret refused by key `secrets` (C_Decrypt returned CKR_GENERAL_ERROR: the authentication tag does not match); the blob is damaged, was tampered with, or was wrapped by another key";
     for i in [0, 12, wrapped.len() - 1] {
         let mut tampered = wrapped.clone();
         tampered[i] ^= 0x01;
-        assert_eq!(hsm.unwrap_secret("secrets", &tampered).unwrap_err().to_string(), refused, "byte {i}");
+        assert_eq!(
+            hsm.unwrap_secret("secrets", &tampered)
+                .unwrap_err()
+                .to_string(),
+            refused,
+            "byte {i}"
+        );
     }
     assert_eq!(
-        hsm.unwrap_secret("secrets", &wrapped[..20]).unwrap_err().to_string(),
+        hsm.unwrap_secret("secrets", &wrapped[..20])
+            .unwrap_err()
+            .to_string(),
         "wrapped secret refused by key `secrets` (20 bytes is too short for IV and tag); the blob is damaged, was tampered with, or was wrapped by another key"
     );
     // Another key cannot open it.
     hsm.generate_wrapping_key("other").unwrap();
-    assert_eq!(hsm.unwrap_secret("other", &wrapped).unwrap_err().to_string(), refused.replace("`secrets`", "`other`"));
+    assert_eq!(
+        hsm.unwrap_secret("other", &wrapped)
+            .unwrap_err()
+            .to_string(),
+        refused.replace("`secrets`", "`other`")
+    );
     assert_eq!(
         hsm.wrap_secret("absent", secret).unwrap_err().to_string(),
         "no AES wrapping key labelled `absent` on token wrap; create it with generate_wrapping_key"
     );
     // The wrapping key is sensitive and never extractable too.
-    let listing = String::from_utf8_lossy(&token.pkcs11_tool(&["-O", "--type", "secrkey"]).stdout).to_string();
-    assert!(listing.contains("Secret Key Object; AES length 32"), "{listing}");
-    assert!(listing.contains("Access:     sensitive, always sensitive, never extractable, local"), "{listing}");
+    let listing = String::from_utf8_lossy(&token.pkcs11_tool(&["-O", "--type", "secrkey"]).stdout)
+        .to_string();
+    assert!(
+        listing.contains("Secret Key Object; AES length 32"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("Access:     sensitive, always sensitive, never extractable, local"),
+        "{listing}"
+    );
 }
 
 fn config_text(token: &SoftHsmToken, module: &str, token_line: &str, pin_line: &str) -> String {
@@ -294,34 +418,79 @@ fn open_errors_name_the_problem() {
     let pin_line = format!("pin_file = \"{}\"", pin_file.display());
     let open = |name: &str, text: String| -> String {
         let path = token.write_config(name, &text);
-        Hsm::open(&HsmConfig::load(&path).unwrap()).unwrap_err().to_string()
+        Hsm::open(&HsmConfig::load(&path).unwrap())
+            .unwrap_err()
+            .to_string()
     };
 
     assert_eq!(
-        open("nomodule.toml", config_text(&token, "/nonexistent/libpkcs11.so", "token_label = \"errors\"", &pin_line)),
+        open(
+            "nomodule.toml",
+            config_text(
+                &token,
+                "/nonexistent/libpkcs11.so",
+                "token_label = \"errors\"",
+                &pin_line
+            )
+        ),
         "cannot load PKCS#11 module /nonexistent/libpkcs11.so: no such file; check `module` in the HSM config (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so, installed by scripts/install-deps.sh)"
     );
-    let not_pkcs11 = ["/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/aarch64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("zlib (a shared library that is not a PKCS#11 module)");
+    let not_pkcs11 = [
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/aarch64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("zlib (a shared library that is not a PKCS#11 module)");
     assert_eq!(
-        open("wrongmodule.toml", config_text(&token, not_pkcs11, "token_label = \"errors\"", &pin_line)),
-        format!("cannot load PKCS#11 module {not_pkcs11}: it has no C_GetFunctionList, so it is not a PKCS#11 module; check `module` in the HSM config (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so, installed by scripts/install-deps.sh)")
+        open(
+            "wrongmodule.toml",
+            config_text(&token, not_pkcs11, "token_label = \"errors\"", &pin_line)
+        ),
+        format!(
+            "cannot load PKCS#11 module {not_pkcs11}: it has no C_GetFunctionList, so it is not a PKCS#11 module; check `module` in the HSM config (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so, installed by scripts/install-deps.sh)"
+        )
     );
-    let missing = open("notoken.toml", config_text(&token, SOFTHSM_MODULE, "token_label = \"absent\"", &pin_line));
+    let missing = open(
+        "notoken.toml",
+        config_text(
+            &token,
+            SOFTHSM_MODULE,
+            "token_label = \"absent\"",
+            &pin_line,
+        ),
+    );
+    assert_eq!(
+        missing,
+        format!(
+            "no token labelled `absent` in PKCS#11 module /usr/lib/softhsm/libsofthsm2.so (tokens present: `errors` serial {}); check token_label/token_serial in the HSM config (SoftHSM2: SOFTHSM2_CONF)",
+            token.serial()
+        )
+    );
+    let by_serial = open(
+        "noserial.toml",
+        config_text(&token, SOFTHSM_MODULE, "token_serial = \"0000\"", &pin_line),
+    );
     assert!(
-        missing.starts_with("no token labelled `absent` in PKCS#11 module /usr/lib/softhsm/libsofthsm2.so (tokens present: `errors` serial "),
-        "{missing}"
+        by_serial.starts_with("no token with serial 0000 in PKCS#11 module"),
+        "{by_serial}"
     );
-    assert!(missing.ends_with("); check token_label/token_serial in the HSM config (SoftHSM2: SOFTHSM2_CONF)"), "{missing}");
 
     // Wrong PIN (in a 0600 file).
     let wrong = token.dir.path().join("wrong-pin");
     std::fs::write(&wrong, "not-the-pin\n").unwrap();
     set_mode(&wrong, 0o600);
     assert_eq!(
-        open("wrongpin.toml", config_text(&token, SOFTHSM_MODULE, "token_label = \"errors\"", &format!("pin_file = \"{}\"", wrong.display()))),
+        open(
+            "wrongpin.toml",
+            config_text(
+                &token,
+                SOFTHSM_MODULE,
+                "token_label = \"errors\"",
+                &format!("pin_file = \"{}\"", wrong.display())
+            )
+        ),
         "HSM login to token errors failed: wrong user PIN (CKR_PIN_INCORRECT); fix the PIN source in the HSM config before the token locks"
     );
     // A PIN file others can read is refused before it is read.
@@ -330,20 +499,55 @@ fn open_errors_name_the_problem() {
     set_mode(&loose, 0o644);
     let loose_s = loose.display().to_string();
     assert_eq!(
-        open("loose.toml", config_text(&token, SOFTHSM_MODULE, "token_label = \"errors\"", &format!("pin_file = \"{loose_s}\""))),
+        open(
+            "loose.toml",
+            config_text(
+                &token,
+                SOFTHSM_MODULE,
+                "token_label = \"errors\"",
+                &format!("pin_file = \"{loose_s}\"")
+            )
+        ),
         format!("HSM PIN file {loose_s} has mode 0644; it must be 0600 (chmod 600 {loose_s})")
     );
     set_mode(&loose, 0o640);
     assert_eq!(
-        open("loose2.toml", config_text(&token, SOFTHSM_MODULE, "token_label = \"errors\"", &format!("pin_file = \"{loose_s}\""))),
+        open(
+            "loose2.toml",
+            config_text(
+                &token,
+                SOFTHSM_MODULE,
+                "token_label = \"errors\"",
+                &format!("pin_file = \"{loose_s}\"")
+            )
+        ),
         format!("HSM PIN file {loose_s} has mode 0640; it must be 0600 (chmod 600 {loose_s})")
     );
     set_mode(&loose, 0o400);
-    Hsm::open(&HsmConfig::load(&token.write_config("strict.toml", config_text(&token, SOFTHSM_MODULE, "token_label = \"errors\"", &format!("pin_file = \"{loose_s}\"")))).unwrap())
-        .expect("mode 0400 is stricter than 0600 and accepted");
+    Hsm::open(
+        &HsmConfig::load(&token.write_config(
+            "strict.toml",
+            config_text(
+                &token,
+                SOFTHSM_MODULE,
+                "token_label = \"errors\"",
+                &format!("pin_file = \"{loose_s}\""),
+            ),
+        ))
+        .unwrap(),
+    )
+    .expect("mode 0400 is stricter than 0600 and accepted");
     // PIN from an environment variable that is not set.
     assert_eq!(
-        open("noenv.toml", config_text(&token, SOFTHSM_MODULE, "token_label = \"errors\"", "pin_env = \"TESSERA_TEST_PIN_NEVER_SET\"")),
+        open(
+            "noenv.toml",
+            config_text(
+                &token,
+                SOFTHSM_MODULE,
+                "token_label = \"errors\"",
+                "pin_env = \"TESSERA_TEST_PIN_NEVER_SET\""
+            )
+        ),
         "HSM PIN environment variable TESSERA_TEST_PIN_NEVER_SET is not set; export it or use pin_file in the HSM config"
     );
 }
@@ -351,13 +555,7 @@ fn open_errors_name_the_problem() {
 #[test]
 fn pin_from_environment_and_token_by_serial() {
     let token = SoftHsmToken::create("by-serial");
-    let out = token.pkcs11_tool_without_login(&["-T"]);
-    let listing = String::from_utf8_lossy(&out.stdout).to_string();
-    let serial = listing
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("serial num"))
-        .map(|s| s.trim_start_matches([' ', ':']).trim().to_string())
-        .unwrap_or_else(|| panic!("no serial in {listing}"));
+    let serial = token.serial();
     // SAFETY: one process per test (nextest); no other thread reads the environment yet.
     unsafe { std::env::set_var("TESSERA_TEST_PIN", token.user_pin()) };
     let path = token.write_config(
@@ -393,7 +591,9 @@ impl SessionKiller {
     fn new(token_label: &str) -> SessionKiller {
         let ctx = cryptoki::context::Pkcs11::new(SOFTHSM_MODULE).unwrap();
         // Already initialised by the Hsm in this process: CKR_CRYPTOKI_ALREADY_INITIALIZED is fine.
-        let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(cryptoki::context::CInitializeFlags::OS_LOCKING_OK));
+        let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(
+            cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+        ));
         let slot = ctx
             .get_slots_with_initialized_token()
             .unwrap()
@@ -402,7 +602,10 @@ impl SessionKiller {
             .expect("the test token");
         // SAFETY: loads the same module again (dlopen returns the already loaded copy).
         let lib = unsafe { cryptoki_sys::Pkcs11::new(SOFTHSM_MODULE) }.unwrap();
-        SessionKiller { lib, slot: slot.id() as cryptoki_sys::CK_SLOT_ID }
+        SessionKiller {
+            lib,
+            slot: slot.id() as cryptoki_sys::CK_SLOT_ID,
+        }
     }
 
     /// C_CloseAllSessions on the token, between two PKCS#11 calls of `hsm` (never during one:
@@ -426,7 +629,10 @@ fn signing_recovers_after_all_sessions_are_closed() {
     // The pooled session is dead and the login gone; the next call reopens, logs in, retries.
     let sig = key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
     verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
-    assert!(hsm.recoveries() >= 1, "the dead session was noticed and replaced");
+    assert!(
+        hsm.recoveries() >= 1,
+        "the dead session was noticed and replaced"
+    );
     // Wrapping keys and lookups work again too.
     hsm.generate_wrapping_key("w").unwrap();
     killer.close_all_sessions(&hsm);
@@ -447,7 +653,8 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
     let retryable = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (key, stop, signed, retryable) = (key.clone(), stop.clone(), signed.clone(), retryable.clone());
+            let (key, stop, signed, retryable) =
+                (key.clone(), stop.clone(), signed.clone(), retryable.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match key.sign(SignatureScheme::EcdsaSha256, MESSAGE) {
@@ -456,7 +663,11 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
                             signed.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(e) if e.is_retryable() => {
-                            assert!(e.to_string().starts_with("HSM session lost during C_Sign (CKR_"), "{e}");
+                            assert!(
+                                e.to_string()
+                                    .starts_with("HSM session lost during C_Sign (CKR_"),
+                                "{e}"
+                            );
                             retryable.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(e) => panic!("non-retryable error under session loss: {e}"),
@@ -464,7 +675,9 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
                 }
                 // After the storm every signature succeeds and verifies.
                 for _ in 0..20 {
-                    let sig = key.sign(SignatureScheme::EcdsaSha256, MESSAGE).expect("signing after recovery");
+                    let sig = key
+                        .sign(SignatureScheme::EcdsaSha256, MESSAGE)
+                        .expect("signing after recovery");
                     verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
                 }
             })
@@ -475,7 +688,9 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
         let before = signed.load(Ordering::SeqCst);
         let failed_before = retryable.load(Ordering::SeqCst);
         killer.close_all_sessions(&hsm);
-        while signed.load(Ordering::SeqCst) < before + 2 && retryable.load(Ordering::SeqCst) == failed_before {
+        while signed.load(Ordering::SeqCst) < before + 2
+            && retryable.load(Ordering::SeqCst) == failed_before
+        {
             std::thread::yield_now();
             if workers.iter().all(|w| w.is_finished()) {
                 break;
@@ -486,7 +701,11 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
     for w in workers {
         w.join().expect("no signing thread panicked");
     }
-    assert!(hsm.recoveries() >= 100, "sessions were replaced: {}", hsm.recoveries());
+    assert!(
+        hsm.recoveries() >= 100,
+        "sessions were replaced: {}",
+        hsm.recoveries()
+    );
     eprintln!(
         "signed {} times, {} retryable errors, {} recoveries",
         signed.load(Ordering::SeqCst),
@@ -495,4 +714,108 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
     );
     // One more signature from this thread, after all of it.
     key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
+}
+
+#[test]
+fn many_tokio_tasks_share_a_small_pool() {
+    let token = SoftHsmToken::create("tokio");
+    let pin_file = token.dir.path().join("user-pin");
+    let path = token.write_config(
+        "small.toml",
+        format!(
+            "module = \"{SOFTHSM_MODULE}\"\ntoken_label = \"tokio\"\npin_file = \"{}\"\npool_size = 2\n",
+            pin_file.display()
+        ),
+    );
+    let hsm = Hsm::open(&HsmConfig::load(&path).unwrap()).unwrap();
+    let key = hsm.generate_key_pair("k", KeySpec::EcP256).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || {
+                    let message = format!("message {i}");
+                    let sig = key.sign(SignatureScheme::EcdsaSha256, message.as_bytes());
+                    (message, sig)
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.expect("task did not panic"));
+        }
+        results
+    });
+    assert_eq!(results.len(), 32);
+    for (message, sig) in results {
+        let sig = sig.expect("every task signs");
+        verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, message.as_bytes(), &sig);
+    }
+    // The pool never opened more than pool_size sessions (SoftHSM2 does not report its
+    // session count, so the pool's own count is checked).
+    let open = hsm.open_sessions();
+    assert!((1..=2).contains(&open), "{open} sessions open");
+}
+
+#[test]
+fn a_caller_that_finds_no_free_session_gets_a_retryable_timeout() {
+    let token = SoftHsmToken::create("busy");
+    let pin_file = token.dir.path().join("user-pin");
+    let path = token.write_config(
+        "one.toml",
+        format!(
+            "module = \"{SOFTHSM_MODULE}\"\ntoken_label = \"busy\"\npin_file = \"{}\"\npool_size = 1\npool_wait_seconds = 1\n",
+            pin_file.display()
+        ),
+    );
+    let hsm = Hsm::open(&HsmConfig::load(&path).unwrap()).unwrap();
+    let key = hsm.generate_key_pair("k", KeySpec::EcP256).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // While no call may run, two signers compete for the one session: the one that gets it
+    // waits for the pause to end, the other one finds no free session and gives up.
+    let first = hsm.with_no_call_in_flight(|| {
+        for _ in 0..2 {
+            let (key, tx) = (key.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(key.sign(SignatureScheme::EcdsaSha256, MESSAGE));
+            });
+        }
+        rx.recv().unwrap()
+    });
+    let err = first.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no HSM session became free within 1 s for C_Sign; raise pool_size in the HSM config or retry later"
+    );
+    assert!(err.is_retryable());
+    // The other signer goes on once the pause is over.
+    let sig = rx
+        .recv()
+        .unwrap()
+        .expect("the signer holding the session succeeds");
+    verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
+}
+
+#[test]
+fn a_module_that_fails_to_initialise_is_named() {
+    // No token made here: SoftHSM2 is pointed at a configuration file that does not exist.
+    // SAFETY: one process per test (nextest); no other thread reads the environment yet.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", "/nonexistent/softhsm2.conf") };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hsm.toml");
+    std::fs::write(
+        &path,
+        format!("module = \"{SOFTHSM_MODULE}\"\ntoken_label = \"t\"\npin_env = \"TESSERA_TEST_PIN_NEVER_SET\"\n"),
+    )
+    .unwrap();
+    let err = Hsm::open(&HsmConfig::load(&path).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "PKCS#11 module /usr/lib/softhsm/libsofthsm2.so failed to initialise (CKR_GENERAL_ERROR); check that it is the right module for this HSM and its own configuration (SOFTHSM2_CONF for SoftHSM2)"
+    );
 }

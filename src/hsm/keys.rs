@@ -5,16 +5,16 @@ use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-use super::error::{ck_code, rv_of, HsmError};
+use super::error::{HsmError, ck_code, rv_of};
 use super::pool::{Hsm, OpFailure};
 use super::uri::Pkcs11Uri;
 
@@ -72,7 +72,11 @@ impl FromStr for KeySpec {
             "rsa2048" => KeySpec::Rsa2048,
             "rsa3072" => KeySpec::Rsa3072,
             "rsa4096" => KeySpec::Rsa4096,
-            other => return Err(HsmError::KeySpecUnknown { given: other.to_string() }),
+            other => {
+                return Err(HsmError::KeySpecUnknown {
+                    given: other.to_string(),
+                });
+            }
         })
     }
 }
@@ -123,7 +127,10 @@ struct KeyInner {
 
 impl std::fmt::Debug for HsmKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HsmKey").field("uri", &self.uri()).field("spec", &self.inner.spec).finish()
+        f.debug_struct("HsmKey")
+            .field("uri", &self.uri())
+            .field("spec", &self.inner.spec)
+            .finish()
     }
 }
 
@@ -164,8 +171,12 @@ impl HsmKey {
         let offered = |m: MechanismType| self.inner.hsm.inner.mechanisms.contains(&m);
         let digest: Vec<u8>;
         let (mechanism, input): (Mechanism, &[u8]) = match scheme {
-            SignatureScheme::EcdsaSha256 if offered(MechanismType::ECDSA_SHA256) => (Mechanism::EcdsaSha256, message),
-            SignatureScheme::EcdsaSha384 if offered(MechanismType::ECDSA_SHA384) => (Mechanism::EcdsaSha384, message),
+            SignatureScheme::EcdsaSha256 if offered(MechanismType::ECDSA_SHA256) => {
+                (Mechanism::EcdsaSha256, message)
+            }
+            SignatureScheme::EcdsaSha384 if offered(MechanismType::ECDSA_SHA384) => {
+                (Mechanism::EcdsaSha384, message)
+            }
             SignatureScheme::EcdsaSha256 => {
                 digest = sha2::Sha256::digest(message).to_vec();
                 (Mechanism::Ecdsa, &digest)
@@ -199,10 +210,10 @@ impl HsmKey {
     fn private_handle(&self, session: &Session) -> Result<ObjectHandle, OpFailure> {
         let epoch = self.inner.hsm.inner.epoch.load(Ordering::SeqCst);
         let mut cached = self.inner.handle.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((e, h)) = *cached {
-            if e == epoch {
-                return Ok(h);
-            }
+        if let Some((e, h)) = *cached
+            && e == epoch
+        {
+            return Ok(h);
         }
         let found = session.find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -215,13 +226,20 @@ impl HsmKey {
                 Ok(*h)
             }
             [] => Err(HsmError::KeyNotFound { uri: self.uri() }.into()),
-            several => Err(HsmError::KeyAmbiguous { uri: self.uri(), count: several.len() }.into()),
+            several => Err(HsmError::KeyAmbiguous {
+                uri: self.uri(),
+                count: several.len(),
+            }
+            .into()),
         }
     }
 }
 
 fn ecdsa_malformed(raw: &[u8], e: impl std::fmt::Display) -> HsmError {
-    HsmError::Malformed { what: "ECDSA signature", reason: format!("{} bytes of r||s: {e}", raw.len()) }
+    HsmError::Malformed {
+        what: "ECDSA signature",
+        reason: format!("{} bytes of r||s: {e}", raw.len()),
+    }
 }
 
 fn ecdsa_p256_der(raw: &[u8]) -> Result<Vec<u8>, HsmError> {
@@ -251,12 +269,18 @@ impl Hsm {
             ];
             let mechanism = match spec {
                 KeySpec::EcP256 | KeySpec::EcP384 => {
-                    let params = if spec == KeySpec::EcP256 { P256_PARAMS } else { P384_PARAMS };
+                    let params = if spec == KeySpec::EcP256 {
+                        P256_PARAMS
+                    } else {
+                        P384_PARAMS
+                    };
                     public.push(Attribute::EcParams(params.to_vec()));
                     Mechanism::EccKeyPairGen
                 }
                 _ => {
-                    public.push(Attribute::ModulusBits(spec.rsa_bits().unwrap_or(2048).into()));
+                    public.push(Attribute::ModulusBits(
+                        spec.rsa_bits().unwrap_or(2048).into(),
+                    ));
                     public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
                     Mechanism::RsaPkcsKeyPairGen
                 }
@@ -285,22 +309,22 @@ impl Hsm {
     /// must be `private`), with its public half.
     pub fn find_key(&self, uri: &str) -> Result<HsmKey, HsmError> {
         let parsed = Pkcs11Uri::parse(uri)?;
-        if let Some(t) = &parsed.token {
-            if t != self.token_label() {
-                return Err(HsmError::UriWrongToken {
-                    uri: uri.to_string(),
-                    uri_token: t.clone(),
-                    token: self.token_label().to_string(),
-                });
-            }
+        if let Some(t) = &parsed.token
+            && t != self.token_label()
+        {
+            return Err(HsmError::UriWrongToken {
+                uri: uri.to_string(),
+                uri_token: t.clone(),
+                token: self.token_label().to_string(),
+            });
         }
-        if let Some(t) = &parsed.object_type {
-            if t != "private" {
-                return Err(HsmError::UriInvalid {
-                    uri: uri.to_string(),
-                    reason: format!("type={t} does not name a private key"),
-                });
-            }
+        if let Some(t) = &parsed.object_type
+            && t != "private"
+        {
+            return Err(HsmError::UriInvalid {
+                uri: uri.to_string(),
+                reason: format!("type={t} does not name a private key"),
+            });
         }
         let (label, id, spec, public_der) = self.run("C_FindObjects", |session| {
             let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
@@ -313,14 +337,27 @@ impl Hsm {
             let found = session.find_objects(&template)?;
             let private = match found.as_slice() {
                 [h] => *h,
-                [] => return Err(HsmError::KeyNotFound { uri: uri.to_string() }.into()),
+                [] => {
+                    return Err(HsmError::KeyNotFound {
+                        uri: uri.to_string(),
+                    }
+                    .into());
+                }
                 several => {
-                    return Err(HsmError::KeyAmbiguous { uri: uri.to_string(), count: several.len() }.into());
+                    return Err(HsmError::KeyAmbiguous {
+                        uri: uri.to_string(),
+                        count: several.len(),
+                    }
+                    .into());
                 }
             };
             let attrs = session.get_attributes(
                 private,
-                &[AttributeType::Label, AttributeType::Id, AttributeType::KeyType],
+                &[
+                    AttributeType::Label,
+                    AttributeType::Id,
+                    AttributeType::KeyType,
+                ],
             )?;
             let (mut label, mut id, mut key_type) = (String::new(), Vec::new(), None);
             for a in attrs {
@@ -332,7 +369,8 @@ impl Hsm {
                 }
             }
             let spec = if key_type == Some(KeyType::EC) {
-                let params = single_bytes(session.get_attributes(private, &[AttributeType::EcParams])?);
+                let params =
+                    single_bytes(session.get_attributes(private, &[AttributeType::EcParams])?);
                 match params.as_deref() {
                     Some(P256_PARAMS) => KeySpec::EcP256,
                     Some(P384_PARAMS) => KeySpec::EcP384,
@@ -345,8 +383,9 @@ impl Hsm {
                     }
                 }
             } else if key_type == Some(KeyType::RSA) {
-                let modulus = single_bytes(session.get_attributes(private, &[AttributeType::Modulus])?)
-                    .unwrap_or_default();
+                let modulus =
+                    single_bytes(session.get_attributes(private, &[AttributeType::Modulus])?)
+                        .unwrap_or_default();
                 let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
                 match bits {
                     2048 => KeySpec::Rsa2048,
@@ -371,8 +410,21 @@ impl Hsm {
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::Id(id.clone()),
             ])?;
+            // Several public keys with this CKA_ID (e.g. an empty one): prefer the same label.
+            let public = if public.len() > 1 {
+                session.find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Id(id.clone()),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])?
+            } else {
+                public
+            };
             let Some(&public) = public.first() else {
-                return Err(HsmError::PublicKeyMissing { uri: uri.to_string() }.into());
+                return Err(HsmError::PublicKeyMissing {
+                    uri: uri.to_string(),
+                }
+                .into());
             };
             let der = public_key_der(session, public, spec, uri)?;
             Ok((label, id, spec, der))
@@ -420,13 +472,18 @@ impl Hsm {
 
     /// Encrypts `secret` with CKM_AES_GCM under the named AES key. The blob is
     /// IV (12 random bytes from the HSM) ‖ ciphertext ‖ 16-byte tag, with fixed associated data.
-    pub fn wrap_secret(&self, wrapping_key_label: &str, secret: &[u8]) -> Result<Vec<u8>, HsmError> {
+    pub fn wrap_secret(
+        &self,
+        wrapping_key_label: &str,
+        secret: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
         self.run("C_Encrypt", |session| {
             let key = self.wrapping_key(session, wrapping_key_label)?;
             let mut iv = [0u8; GCM_IV_LEN];
             session.generate_random_slice(&mut iv)?;
             let mut iv_param = iv;
-            let params = GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
+            let params =
+                GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
             let ciphertext = session.encrypt(&Mechanism::AesGcm(params), key, secret)?;
             let mut out = Vec::with_capacity(GCM_IV_LEN + ciphertext.len());
             out.extend_from_slice(&iv);
@@ -452,7 +509,8 @@ impl Hsm {
             let key = self.wrapping_key(session, wrapping_key_label)?;
             let mut iv_param = [0u8; GCM_IV_LEN];
             iv_param.copy_from_slice(iv);
-            let params = GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
+            let params =
+                GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
             match session.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
                 Ok(plain) => Ok(Zeroizing::new(plain)),
                 // A wrong tag is CKR_ENCRYPTED_DATA_INVALID in the standard; SoftHSM2 2.6
@@ -472,7 +530,10 @@ impl Hsm {
                 {
                     Err(HsmError::WrappedSecretRejected {
                         label: wrapping_key_label.to_string(),
-                        reason: format!("C_Decrypt returned {}: the authentication tag does not match", ck_code(&e)),
+                        reason: format!(
+                            "C_Decrypt returned {}: the authentication tag does not match",
+                            ck_code(&e)
+                        ),
                     }
                     .into())
                 }
@@ -510,7 +571,10 @@ impl Hsm {
         if existing.is_empty() {
             Ok(())
         } else {
-            Err(HsmError::LabelExists { label: label.to_string(), token: self.token_label().to_string() })
+            Err(HsmError::LabelExists {
+                label: label.to_string(),
+                token: self.token_label().to_string(),
+            })
         }
     }
 
@@ -530,7 +594,10 @@ impl Hsm {
 
 fn single_bytes(attrs: Vec<Attribute>) -> Option<Vec<u8>> {
     attrs.into_iter().find_map(|a| match a {
-        Attribute::EcParams(v) | Attribute::EcPoint(v) | Attribute::Modulus(v) | Attribute::PublicExponent(v) => Some(v),
+        Attribute::EcParams(v)
+        | Attribute::EcPoint(v)
+        | Attribute::Modulus(v)
+        | Attribute::PublicExponent(v) => Some(v),
         _ => None,
     })
 }
@@ -543,7 +610,12 @@ fn public_key_der(
     name: &str,
 ) -> Result<Vec<u8>, OpFailure> {
     use spki::EncodePublicKey;
-    let malformed = |reason: String| OpFailure::Hsm(HsmError::Malformed { what: "public key", reason: format!("{name}: {reason}") });
+    let malformed = |reason: String| {
+        OpFailure::Hsm(HsmError::Malformed {
+            what: "public key",
+            reason: format!("{name}: {reason}"),
+        })
+    };
     if spec.is_ec() {
         let point = single_bytes(session.get_attributes(public, &[AttributeType::EcPoint])?)
             .ok_or_else(|| malformed("no CKA_EC_POINT".into()))?;
@@ -556,9 +628,15 @@ fn public_key_der(
                 .map_err(|e| malformed(e.to_string()))?
                 .to_public_key_der(),
         };
-        Ok(der.map_err(|e| malformed(e.to_string()))?.as_bytes().to_vec())
+        Ok(der
+            .map_err(|e| malformed(e.to_string()))?
+            .as_bytes()
+            .to_vec())
     } else {
-        let attrs = session.get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+        let attrs = session.get_attributes(
+            public,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )?;
         let (mut n, mut e) = (None, None);
         for a in attrs {
             match a {
@@ -567,13 +645,19 @@ fn public_key_der(
                 _ => {}
             }
         }
-        let (n, e) = n.zip(e).ok_or_else(|| malformed("no modulus/exponent".into()))?;
+        let (n, e) = n
+            .zip(e)
+            .ok_or_else(|| malformed("no modulus/exponent".into()))?;
         let key = rsa::RsaPublicKey::new(
             rsa::BoxedUint::from_be_slice_vartime(&n),
             rsa::BoxedUint::from_be_slice_vartime(&e),
         )
         .map_err(|err| malformed(err.to_string()))?;
-        Ok(key.to_public_key_der().map_err(|err| malformed(err.to_string()))?.as_bytes().to_vec())
+        Ok(key
+            .to_public_key_der()
+            .map_err(|err| malformed(err.to_string()))?
+            .as_bytes()
+            .to_vec())
     }
 }
 

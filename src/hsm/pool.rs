@@ -12,23 +12,20 @@
 //! once; if that fails too the caller gets the retryable `HsmError::SessionLost`. Waiting for a
 //! free session is bounded, so nothing hangs.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::mechanism::MechanismType;
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 use super::config::{HsmConfig, PinSource, TokenSelector};
-use super::error::{ck_code, is_session_fatal, is_stale_handle, rv_of, HsmError};
-
-/// How long a caller waits for a free session before getting `HsmError::PoolTimeout`.
-const POOL_WAIT: Duration = Duration::from_secs(30);
+use super::error::{HsmError, ck_code, is_session_fatal, is_stale_handle, rv_of};
 
 /// A handle on one token of one PKCS#11 module. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
@@ -42,6 +39,7 @@ pub(super) struct HsmInner {
     pub(super) token_label: String,
     pin: PinSource,
     size: usize,
+    wait: Duration,
     pool: Mutex<PoolState>,
     freed: Condvar,
     /// Bumped whenever sessions were found dead: cached object handles from an older epoch
@@ -56,7 +54,8 @@ pub(super) struct HsmInner {
 }
 
 struct PoolState {
-    idle: Vec<Session>,
+    /// Idle sessions with the recovery epoch they were opened in.
+    idle: Vec<(u64, Session)>,
     open: usize,
 }
 
@@ -98,7 +97,12 @@ impl Hsm {
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {}
             Err(e) if rv_of(&e) == Some(RvError::CryptokiAlreadyInitialized) => {}
-            Err(e) => return Err(HsmError::ModuleInit { path: module.clone(), code: ck_code(&e) }),
+            Err(e) => {
+                return Err(HsmError::ModuleInit {
+                    path: module.clone(),
+                    code: ck_code(&e),
+                });
+            }
         }
         let (slot, token_label) = find_token(&ctx, module, &config.token)?;
         let mechanisms = ctx
@@ -110,7 +114,11 @@ impl Hsm {
             token_label,
             pin: config.pin.clone(),
             size: config.pool_size,
-            pool: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+            wait: config.pool_wait,
+            pool: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
             freed: Condvar::new(),
             epoch: AtomicU64::new(0),
             mechanisms,
@@ -118,7 +126,7 @@ impl Hsm {
         });
         let hsm = Hsm { inner };
         // Open and log in one session now, so that a wrong PIN or token fails here.
-        let first = hsm.borrow("open")?;
+        let first = hsm.borrow("open", 0)?;
         drop(first);
         Ok(hsm)
     }
@@ -139,6 +147,11 @@ impl Hsm {
         f()
     }
 
+    /// Sessions the pool has open right now (idle or borrowed); never more than `pool_size`.
+    pub fn open_sessions(&self) -> usize {
+        self.inner.lock().open
+    }
+
     /// The label of the token this handle works on.
     pub fn token_label(&self) -> &str {
         &self.inner.token_label
@@ -153,9 +166,19 @@ impl Hsm {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let guard = self.borrow(operation)?;
+            // The retry only takes sessions opened after the failure was seen: sessions other
+            // callers give back later were opened before it and are most likely dead too.
+            let min_epoch = if attempt == 1 {
+                0
+            } else {
+                self.inner.epoch.load(Ordering::SeqCst)
+            };
+            let guard = self.borrow(operation, min_epoch)?;
             let Some(session) = guard.session.as_ref() else {
-                return Err(HsmError::SessionLost { operation, code: "no session".into() });
+                return Err(HsmError::SessionLost {
+                    operation,
+                    code: "no session".into(),
+                });
             };
             let result = {
                 let _call = inner_read(&self.inner.calls);
@@ -171,7 +194,10 @@ impl Hsm {
                         self.inner.drop_idle();
                     }
                     if attempt >= 2 {
-                        return Err(HsmError::SessionLost { operation, code: ck_code(&e) });
+                        return Err(HsmError::SessionLost {
+                            operation,
+                            code: ck_code(&e),
+                        });
                     }
                     tracing::warn!(operation, code = %ck_code(&e), "HSM session lost; reopening and retrying once");
                 }
@@ -180,19 +206,37 @@ impl Hsm {
         }
     }
 
-    fn borrow(&self, operation: &'static str) -> Result<PooledSession<'_>, HsmError> {
+    fn borrow(
+        &self,
+        operation: &'static str,
+        min_epoch: u64,
+    ) -> Result<PooledSession<'_>, HsmError> {
         let inner = &*self.inner;
-        let deadline = Instant::now() + POOL_WAIT;
+        let deadline = Instant::now() + inner.wait;
         let mut state = inner.lock();
         loop {
-            if let Some(s) = state.idle.pop() {
-                return Ok(PooledSession { inner, session: Some(s) });
+            while let Some((epoch, s)) = state.idle.pop() {
+                if epoch >= min_epoch {
+                    return Ok(PooledSession {
+                        inner,
+                        epoch,
+                        session: Some(s),
+                    });
+                }
+                state.open -= 1;
+                let _call = inner_read(&inner.calls);
+                drop(s);
             }
             if state.open < inner.size {
                 state.open += 1;
                 drop(state);
+                let epoch = inner.epoch.load(Ordering::SeqCst);
                 return match inner.open_session(operation) {
-                    Ok(s) => Ok(PooledSession { inner, session: Some(s) }),
+                    Ok(s) => Ok(PooledSession {
+                        inner,
+                        epoch,
+                        session: Some(s),
+                    }),
                     Err(e) => {
                         inner.lock().open -= 1;
                         inner.freed.notify_one();
@@ -202,7 +246,10 @@ impl Hsm {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(HsmError::PoolTimeout { operation, seconds: POOL_WAIT.as_secs() });
+                return Err(HsmError::PoolTimeout {
+                    operation,
+                    seconds: inner.wait.as_secs(),
+                });
             }
             state = inner
                 .freed
@@ -222,7 +269,10 @@ impl HsmInner {
     fn drop_idle(&self) {
         let dead: Vec<Session> = {
             let mut state = self.lock();
-            let dead = std::mem::take(&mut state.idle);
+            let dead: Vec<Session> = std::mem::take(&mut state.idle)
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
             state.open -= dead.len();
             dead
         };
@@ -236,7 +286,10 @@ impl HsmInner {
         let _call = inner_read(&self.calls);
         let lost = |e: CkError| {
             if is_session_fatal(&e) {
-                HsmError::SessionLost { operation, code: ck_code(&e) }
+                HsmError::SessionLost {
+                    operation,
+                    code: ck_code(&e),
+                }
             } else {
                 HsmError::pkcs11("C_OpenSession", e)
             }
@@ -268,8 +321,14 @@ impl HsmInner {
 fn login_failure(e: CkError, token: &str) -> Result<(), OpFailure> {
     match rv_of(&e) {
         Some(RvError::UserAlreadyLoggedIn) => Ok(()),
-        Some(RvError::PinIncorrect) => Err(HsmError::PinIncorrect { token: token.to_string() }.into()),
-        Some(RvError::PinLocked) => Err(HsmError::PinLocked { token: token.to_string() }.into()),
+        Some(RvError::PinIncorrect) => Err(HsmError::PinIncorrect {
+            token: token.to_string(),
+        }
+        .into()),
+        Some(RvError::PinLocked) => Err(HsmError::PinLocked {
+            token: token.to_string(),
+        }
+        .into()),
         _ => Err(OpFailure::Ck(e)),
     }
 }
@@ -277,6 +336,7 @@ fn login_failure(e: CkError, token: &str) -> Result<(), OpFailure> {
 /// A session borrowed from the pool; given back on drop.
 struct PooledSession<'a> {
     inner: &'a HsmInner,
+    epoch: u64,
     session: Option<Session>,
 }
 
@@ -295,7 +355,7 @@ impl PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            self.inner.lock().idle.push(s);
+            self.inner.lock().idle.push((self.epoch, s));
             self.inner.freed.notify_one();
         }
     }
@@ -305,27 +365,41 @@ fn inner_read(lock: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn load_module(module: &PathBuf) -> Result<Pkcs11, HsmError> {
+fn load_module(module: &Path) -> Result<Pkcs11, HsmError> {
     if !module.exists() {
-        return Err(HsmError::ModuleLoad { path: module.clone(), reason: "no such file".into() });
+        return Err(HsmError::ModuleLoad {
+            path: module.to_path_buf(),
+            reason: "no such file".into(),
+        });
     }
     Pkcs11::new(module).map_err(|e| {
         let reason = match e {
-            CkError::MissingSymbol(sym) => format!("it has no {sym}, so it is not a PKCS#11 module"),
+            CkError::MissingSymbol(sym) => {
+                format!("it has no {sym}, so it is not a PKCS#11 module")
+            }
             CkError::LibraryLoading(e) => e.to_string().replace('\n', " "),
             other => other.to_string(),
         };
-        HsmError::ModuleLoad { path: module.clone(), reason }
+        HsmError::ModuleLoad {
+            path: module.to_path_buf(),
+            reason,
+        }
     })
 }
 
-fn find_token(ctx: &Pkcs11, module: &PathBuf, want: &TokenSelector) -> Result<(Slot, String), HsmError> {
+fn find_token(
+    ctx: &Pkcs11,
+    module: &Path,
+    want: &TokenSelector,
+) -> Result<(Slot, String), HsmError> {
     let slots = ctx
         .get_slots_with_initialized_token()
         .map_err(|e| HsmError::pkcs11("C_GetSlotList", e))?;
     let mut present = Vec::new();
     for slot in slots {
-        let Ok(info) = ctx.get_token_info(slot) else { continue };
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
         let label = info.label().trim_end().to_string();
         let serial = info.serial_number().trim_end().to_string();
         let hit = match want {
@@ -341,8 +415,16 @@ fn find_token(ctx: &Pkcs11, module: &PathBuf, want: &TokenSelector) -> Result<(S
         TokenSelector::Label(l) => format!("labelled `{l}`"),
         TokenSelector::Serial(s) => format!("with serial {s}"),
     };
-    let present = if present.is_empty() { "none".to_string() } else { present.join(", ") };
-    Err(HsmError::TokenNotFound { token, path: module.clone(), present })
+    let present = if present.is_empty() {
+        "none".to_string()
+    } else {
+        present.join(", ")
+    };
+    Err(HsmError::TokenNotFound {
+        token,
+        path: module.to_path_buf(),
+        present,
+    })
 }
 
 #[cfg(test)]
@@ -371,7 +453,10 @@ mod tests {
             message(login_failure(err(RvError::PinIncorrect), "ca")),
             "HSM login to token ca failed: wrong user PIN (CKR_PIN_INCORRECT); fix the PIN source in the HSM config before the token locks"
         );
-        assert_eq!(message(login_failure(err(RvError::UserAlreadyLoggedIn), "ca")), "ok");
+        assert_eq!(
+            message(login_failure(err(RvError::UserAlreadyLoggedIn), "ca")),
+            "ok"
+        );
         assert!(message(login_failure(err(RvError::DeviceRemoved), "ca")).starts_with("ck: "));
     }
 }

@@ -18,7 +18,10 @@ pub struct Pkcs11Uri {
 
 impl Pkcs11Uri {
     pub fn parse(uri: &str) -> Result<Pkcs11Uri, HsmError> {
-        let invalid = |reason: &str| HsmError::UriInvalid { uri: uri.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| HsmError::UriInvalid {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
         let rest = uri
             .strip_prefix("pkcs11:")
             .ok_or_else(|| invalid("it does not start with pkcs11:"))?;
@@ -26,33 +29,49 @@ impl Pkcs11Uri {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
-        if let Some(q) = query {
-            if q.split('&').any(|a| a.starts_with("pin-value=") || a.starts_with("pin-source=")) {
-                return Err(invalid("a PIN must not be part of a key URI; set pin_env or pin_file in the HSM config"));
-            }
+        if let Some(q) = query
+            && q.split('&')
+                .any(|a| a.starts_with("pin-value=") || a.starts_with("pin-source="))
+        {
+            return Err(invalid(
+                "a PIN must not be part of a key URI; set pin_env or pin_file in the HSM config",
+            ));
         }
         let mut out = Pkcs11Uri::default();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
             let (name, value) = attr
                 .split_once('=')
                 .ok_or_else(|| invalid(&format!("attribute `{attr}` has no value")))?;
-            let value = percent_decode(value).ok_or_else(|| invalid(&format!("bad %-escape in `{attr}`")))?;
-            let text = || String::from_utf8(value.clone()).map_err(|_| invalid(&format!("`{name}` is not UTF-8")));
+            let value = percent_decode(value)
+                .ok_or_else(|| invalid(&format!("bad %-escape in `{attr}`")))?;
+            let text = || {
+                String::from_utf8(value.clone())
+                    .map_err(|_| invalid(&format!("`{name}` is not UTF-8")))
+            };
             match name {
                 "token" => out.token = Some(text()?),
                 "object" => out.object = Some(text()?),
                 "id" => out.id = Some(value),
                 "type" => {
                     let t = text()?;
-                    if !matches!(t.as_str(), "private" | "public" | "secret-key" | "cert" | "data") {
+                    if !matches!(
+                        t.as_str(),
+                        "private" | "public" | "secret-key" | "cert" | "data"
+                    ) {
                         return Err(invalid(&format!("unknown type `{t}`")));
                     }
                     out.object_type = Some(t);
                 }
                 // Other RFC 7512 path attributes narrow the module/slot; the config already does.
-                "manufacturer" | "model" | "serial" | "library-description"
-                | "library-manufacturer" | "library-version" | "slot-description"
-                | "slot-manufacturer" | "slot-id" => {}
+                "manufacturer"
+                | "model"
+                | "serial"
+                | "library-description"
+                | "library-manufacturer"
+                | "library-version"
+                | "slot-description"
+                | "slot-manufacturer"
+                | "slot-id" => {}
                 other => return Err(invalid(&format!("unknown attribute `{other}`"))),
             }
         }
@@ -120,19 +139,28 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let u = Pkcs11Uri::parse("pkcs11:token=my%20tok;object=root-ca;id=%01%ab;type=private").unwrap();
+        let u = Pkcs11Uri::parse("pkcs11:token=my%20tok;object=root-ca;id=%01%ab;type=private")
+            .unwrap();
         assert_eq!(u.token.as_deref(), Some("my tok"));
         assert_eq!(u.object.as_deref(), Some("root-ca"));
         assert_eq!(u.id.as_deref(), Some(&[1u8, 0xab][..]));
-        assert_eq!(u.to_uri_string(), "pkcs11:token=my%20tok;object=root-ca;id=%01%AB;type=private");
+        assert_eq!(
+            u.to_uri_string(),
+            "pkcs11:token=my%20tok;object=root-ca;id=%01%AB;type=private"
+        );
     }
 
     #[test]
     fn refuses_pin_and_garbage() {
-        let e = Pkcs11Uri::parse("pkcs11:object=a?pin-value=1234").unwrap_err().to_string();
+        let e = Pkcs11Uri::parse("pkcs11:object=a?pin-value=1234")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a PIN must not be part of a key URI"), "{e}");
         let e = Pkcs11Uri::parse("file:///x").unwrap_err().to_string();
-        assert_eq!(e, "invalid pkcs11: URI `file:///x`: it does not start with pkcs11:; write it as pkcs11:token=LABEL;object=KEY;type=private (RFC 7512)");
+        assert_eq!(
+            e,
+            "invalid pkcs11: URI `file:///x`: it does not start with pkcs11:; write it as pkcs11:token=LABEL;object=KEY;type=private (RFC 7512)"
+        );
         assert!(Pkcs11Uri::parse("pkcs11:token=x").is_err());
         assert!(Pkcs11Uri::parse("pkcs11:object=%zz").is_err());
     }

@@ -24,11 +24,20 @@ pub struct SoftHsmToken {
 impl SoftHsmToken {
     /// Makes a token labelled `label` and points this process's SOFTHSM2_CONF at it.
     pub fn create(label: &str) -> SoftHsmToken {
+        static CREATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        assert!(
+            !CREATED.swap(true, std::sync::atomic::Ordering::SeqCst),
+            "a second SoftHSM2 token in one test process: SoftHSM2 reads SOFTHSM2_CONF once per \
+             process, so run the tests with `cargo nextest run` (one process per test)"
+        );
         assert!(
             Path::new(SOFTHSM_MODULE).exists(),
             "SoftHSM2 module {SOFTHSM_MODULE} is missing; {INSTALL_HINT}"
         );
-        let dir = tempfile::Builder::new().prefix("tessera-softhsm-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-softhsm-")
+            .tempdir()
+            .expect("temp dir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm/new-token.sh");
         let out = Command::new(&script)
             .arg(dir.path())
@@ -42,13 +51,21 @@ impl SoftHsmToken {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.starts_with("export SOFTHSM2_CONF="), "unexpected output: {stdout}");
+        assert!(
+            stdout.starts_with("export SOFTHSM2_CONF="),
+            "unexpected output: {stdout}"
+        );
         let softhsm2_conf = dir.path().join("softhsm2.conf");
         let config_path = dir.path().join("hsm.toml");
         // SAFETY: nextest runs each test in its own process; this happens before any thread
         // that reads the environment (the PKCS#11 module) is started.
         unsafe { std::env::set_var("SOFTHSM2_CONF", &softhsm2_conf) };
-        SoftHsmToken { dir, label: label.to_string(), softhsm2_conf, config_path }
+        SoftHsmToken {
+            dir,
+            label: label.to_string(),
+            softhsm2_conf,
+            config_path,
+        }
     }
 
     /// The user PIN (for driving pkcs11-tool through its environment, never argv).
@@ -68,6 +85,17 @@ impl SoftHsmToken {
         path
     }
 
+    /// The token's serial number, as `pkcs11-tool -T` lists it.
+    pub fn serial(&self) -> String {
+        let out = self.pkcs11_tool_without_login(&["-T"]);
+        let listing = String::from_utf8_lossy(&out.stdout).to_string();
+        listing
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("serial num"))
+            .map(|s| s.trim_start_matches([' ', ':']).trim().to_string())
+            .unwrap_or_else(|| panic!("no serial in pkcs11-tool -T output: {listing}"))
+    }
+
     /// Runs OpenSC's pkcs11-tool with this token's SOFTHSM2_CONF, without logging in.
     pub fn pkcs11_tool_without_login(&self, args: &[&str]) -> Output {
         let out = Command::new("pkcs11-tool")
@@ -76,7 +104,11 @@ impl SoftHsmToken {
             .env("SOFTHSM2_CONF", &self.softhsm2_conf)
             .output()
             .unwrap_or_else(|e| panic!("cannot run pkcs11-tool: {e}; {INSTALL_HINT}"));
-        assert!(out.status.success(), "pkcs11-tool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
