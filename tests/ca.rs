@@ -526,3 +526,44 @@ fn ceremony_with_rsa_keys_and_path_lengths() {
     pkilint(&dir.join("ca/issuing.pem"));
     pkilint(&dir.join("leaf.pem"));
 }
+
+#[test]
+fn bench_prints_the_table_and_ratios_and_leaves_no_keys() {
+    let token = SoftHsmToken::create("ca-bench");
+    let out = tessera(&token, &["bench", "--count", "20", "--rsa-count", "2", "--rounds", "1"]);
+    assert_ok(&out, "tessera bench");
+    let table = stdout(&out);
+    for (operation, count) in [
+        ("C_Sign ECDSA P-256 (SHA-256)", 20),
+        ("C_Sign RSA-2048 PKCS#1 v1.5 (SHA-256)", 2),
+        ("issue certificate (P-256 CA, tls-client)", 20),
+    ] {
+        for threads in [1, 2] {
+            let line = table
+                .lines()
+                .find(|l| {
+                    l.starts_with(operation)
+                        && l[operation.len()..].split_whitespace().take(2).collect::<Vec<_>>()
+                            == vec![threads.to_string(), (count * threads).to_string()]
+                })
+                .unwrap_or_else(|| panic!("no line for {operation} x{threads}:\n{table}"));
+            assert_eq!(line.split_whitespace().count(), operation.split_whitespace().count() + 4, "{line}");
+        }
+    }
+    assert!(table.contains("issuance / raw P-256 signing, 1 thread(s): "), "{table}");
+    assert!(table.contains("issuance / raw P-256 signing, 2 thread(s): "), "{table}");
+    let objects = token_objects(&token);
+    assert!(!objects.contains("tessera-bench"), "bench keys left in the token:\n{objects}");
+}
+
+#[test]
+fn bench_refuses_counts_beyond_its_bound() {
+    let token = SoftHsmToken::create("ca-bench-bound");
+    let out = tessera(&token, &["bench", "--count", "100001"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid value '100001' for '--count <COUNT>': 100001 is not in 1..=100000"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -281,4 +281,23 @@ mod tests {
             "certificate profile p.toml is invalid: allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates"
         );
     }
+
+    #[test]
+    fn a_profile_directory_replaces_the_built_in_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ProfileSet::load_dir(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("certificate profile {} is invalid: the directory holds no *.toml profile", dir.path().display())
+        );
+        std::fs::write(
+            dir.path().join("vpn.toml"),
+            include_str!("../../profiles/tls-client.toml").replace("validity_days = 365", "validity_days = 30"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("README"), "not a profile").unwrap();
+        let set = ProfileSet::load_dir(dir.path()).unwrap();
+        assert_eq!(set.names(), vec!["vpn"]);
+        assert_eq!(set.get("vpn").unwrap().validity_days, 30);
+    }
 }
