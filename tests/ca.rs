@@ -567,3 +567,47 @@ fn bench_refuses_counts_beyond_its_bound() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_to_be_signed_certificate_is_recorded_before_the_hsm_signs() {
+    let token = SoftHsmToken::create("ca-record");
+    let data_dir = init_ca(&token);
+    let hsm = Hsm::open(&token.config()).expect("open HSM");
+    let issuing = StoredCa::load(&data_dir).unwrap().issuing_ca(&hsm).unwrap();
+    let key = hsm.generate_key_pair("subject", KeySpec::EcP256).unwrap();
+    let profiles = ProfileSet::built_in();
+    let subject = SubjectParams::new("Alice");
+    let serial = SerialNumber::random().unwrap();
+    let request = IssuanceRequest {
+        subject: &subject,
+        public_key_der: key.public_key_der(),
+        profile: profiles.get("tls-client").unwrap(),
+        serial: &serial,
+        provenance: KeyProvenance::HardwareAttested,
+    };
+    let mut recorded = None;
+    let issued = issuing
+        .issue_recorded(&request, |serial, tbs| {
+            recorded = Some((serial.clone(), tbs.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    let (recorded_serial, recorded_tbs) = recorded.expect("recorder called");
+    assert_eq!(recorded_serial, serial);
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.der).unwrap();
+    assert_eq!(cert.tbs_certificate.as_ref(), recorded_tbs.as_slice());
+    assert_eq!(cert.raw_serial(), serial.as_bytes());
+    // The hand-assembled certificate verifies with OpenSSL.
+    let dir = token.dir.path();
+    std::fs::write(dir.join("leaf.pem"), issued.to_pem()).unwrap();
+    let out = openssl(&["verify", "-CAfile", "ca/root.pem", "-untrusted", "ca/issuing.pem", "leaf.pem"], dir);
+    assert_eq!(stdout(&out), "leaf.pem: OK\n");
+
+    let err = issuing
+        .issue_recorded(&request, |_, _| Err("database is read-only".into()))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the certificate was not signed: recording it before signing failed: database is read-only"
+    );
+}

@@ -4,7 +4,8 @@
 use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
 use super::profile::Profile;
 use super::serial::SerialNumber;
-use super::signer::{HsmSigningKey, SubjectPublicKey};
+use super::der_encoding;
+use super::signer::{CapturingSigner, HsmSigningKey, SubjectPublicKey};
 use super::CaError;
 use crate::hsm::HsmKey;
 use rcgen::{PublicKeyData, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, SanType};
@@ -80,7 +81,7 @@ pub fn certificate_pem(der: &[u8]) -> String {
 pub struct IssuingCa {
     certificate_der: Vec<u8>,
     not_after: OffsetDateTime,
-    issuer: Issuer<'static, HsmSigningKey>,
+    issuer: Issuer<'static, CapturingSigner>,
 }
 
 impl IssuingCa {
@@ -96,7 +97,7 @@ impl IssuingCa {
             });
         }
         let not_after = cert.validity().not_after.to_datetime();
-        let issuer = Issuer::from_ca_cert_der(&certificate_der.clone().into(), signer)
+        let issuer = Issuer::from_ca_cert_der(&certificate_der.clone().into(), CapturingSigner::new(signer))
             .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
         Ok(IssuingCa {
             certificate_der,
@@ -110,11 +111,25 @@ impl IssuingCa {
     }
 
     pub fn key(&self) -> &HsmKey {
-        self.issuer.key().hsm_key()
+        self.issuer.key().signing_key().hsm_key()
     }
 
     /// Builds, signs (one HSM signature) and returns the certificate.
     pub fn issue(&self, request: &IssuanceRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        self.issue_recorded(request, |_, _| Ok(()))
+    }
+
+    /// Like [`IssuingCa::issue`], but first hands the serial and the exact tbsCertificate DER
+    /// to `record_to_be_signed` (the server stores them); the HSM signs only if that succeeds,
+    /// so no signed certificate can exist that the store does not know.
+    pub fn issue_recorded<F>(
+        &self,
+        request: &IssuanceRequest<'_>,
+        record_to_be_signed: F,
+    ) -> Result<IssuedCertificate, CaError>
+    where
+        F: FnOnce(&SerialNumber, &[u8]) -> Result<(), String>,
+    {
         let profile = request.profile;
         let public_key = SubjectPublicKey::from_spki_der(request.public_key_der)?;
         let provenance_policy = match request.provenance {
@@ -181,11 +196,21 @@ impl IssuingCa {
             .custom_extensions
             .push(CustomExtension::from_oid_content(CERTIFICATE_POLICIES_EXTENSION, policies_der));
 
-        let certificate = params
+        // rcgen encodes; the capturing signer hands back the tbsCertificate instead of signing.
+        let _ = CapturingSigner::take_captured();
+        params
             .signed_by(&public_key, &self.issuer)
-            .map_err(HsmSigningKey::take_error)?;
+            .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;
+        let to_be_signed = CapturingSigner::take_captured()
+            .ok_or_else(|| CaError::CertificateEncoding("rcgen produced no tbsCertificate".into()))?;
+        record_to_be_signed(request.serial, &to_be_signed).map_err(CaError::RecordBeforeSigning)?;
+        let signing_key = self.issuer.key().signing_key();
+        let signature = signing_key.sign_in_hsm(&to_be_signed)?;
+        let mut content = to_be_signed;
+        content.extend_from_slice(signing_key.signature_algorithm_identifier());
+        content.extend(der_encoding::bit_string(&signature));
         Ok(IssuedCertificate {
-            der: certificate.der().to_vec(),
+            der: der_encoding::sequence(&content),
             serial: request.serial.clone(),
             not_before: now,
             not_after,

@@ -7,6 +7,7 @@
 
 pub mod ceremony;
 pub mod csr;
+mod der_encoding;
 pub mod issue;
 pub mod policy_oid;
 pub mod profile;
@@ -67,6 +68,8 @@ pub enum CaError {
     NoCa { dir: PathBuf },
     #[error("{path} is invalid: {reason}")]
     CaRecordInvalid { path: PathBuf, reason: String },
+    #[error("the certificate was not signed: recording it before signing failed: {0}")]
+    RecordBeforeSigning(String),
     #[error("ca init: {0}")]
     InitParameter(String),
     #[error("{path}: {error}")]

@@ -3,6 +3,8 @@
 //! Profiles name their own policy OIDs (an organization's arc); every arc must fit in 32 bits,
 //! because common X.509 parsers (pyasn1 in pkilint, older Go) reject wider arcs.
 
+use super::der_encoding::{sequence, tagged};
+
 /// anyPolicy (RFC 5280), carried by the issuing CA certificate.
 pub const ANY_POLICY: &str = "2.5.29.32.0";
 
@@ -41,28 +43,7 @@ pub fn encode(dotted: &str) -> Result<Vec<u8>, String> {
         }
         content.extend(groups.iter().rev());
     }
-    let mut der = vec![0x06];
-    push_length(&mut der, content.len());
-    der.extend(content);
-    Ok(der)
-}
-
-fn push_length(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend(&bytes[skip..]);
-    }
-}
-
-fn sequence(content: &[u8]) -> Vec<u8> {
-    let mut der = vec![0x30];
-    push_length(&mut der, content.len());
-    der.extend(content);
-    der
+    Ok(tagged(0x06, &content))
 }
 
 /// The DER value of a certificatePolicies extension: one PolicyInformation (without

@@ -10,6 +10,8 @@ use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 thread_local! {
+    /// The to-be-signed bytes rcgen handed to [`CapturingSigner`] on this thread.
+    static CAPTURED_TO_BE_SIGNED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
     /// rcgen's `SigningKey::sign` can only return `rcgen::Error::RemoteKeyError`; the HSM's own
     /// error (which says what to check) is parked here by the thread that signed, and picked up
     /// by the same thread right after rcgen returns.
@@ -81,6 +83,68 @@ impl SigningKey for HsmSigningKey {
             LAST_SIGNING_ERROR.with(|slot| *slot.borrow_mut() = Some(e));
             rcgen::Error::RemoteKeyError
         })
+    }
+}
+
+/// The issuing CA key as rcgen sees it during issuance: it does not sign, it hands the
+/// tbsCertificate bytes back (on the calling thread) so the CA can record them, sign them in the
+/// HSM, and assemble the certificate itself. This is what lets the caller store the
+/// to-be-signed certificate before the HSM signs.
+#[derive(Clone)]
+pub struct CapturingSigner {
+    inner: HsmSigningKey,
+}
+
+impl CapturingSigner {
+    pub fn new(inner: HsmSigningKey) -> CapturingSigner {
+        CapturingSigner { inner }
+    }
+
+    pub fn signing_key(&self) -> &HsmSigningKey {
+        &self.inner
+    }
+
+    /// The tbsCertificate captured by the last rcgen call on this thread.
+    pub fn take_captured() -> Option<Vec<u8>> {
+        CAPTURED_TO_BE_SIGNED.with(|slot| slot.borrow_mut().take())
+    }
+}
+
+impl PublicKeyData for CapturingSigner {
+    fn der_bytes(&self) -> &[u8] {
+        self.inner.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.inner.algorithm()
+    }
+}
+
+impl SigningKey for CapturingSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        CAPTURED_TO_BE_SIGNED.with(|slot| *slot.borrow_mut() = Some(msg.to_vec()));
+        Ok(Vec::new())
+    }
+}
+
+impl HsmSigningKey {
+    /// Signs `message` in the HSM with the scheme matching the key.
+    pub fn sign_in_hsm(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.key.sign(self.scheme, message)
+    }
+
+    /// DER AlgorithmIdentifier of the signatures this key makes (RFC 5758 / RFC 4055).
+    pub fn signature_algorithm_identifier(&self) -> &'static [u8] {
+        match self.scheme {
+            // SEQUENCE { ecdsa-with-SHA256 }
+            SignatureScheme::EcdsaSha256 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
+            // SEQUENCE { ecdsa-with-SHA384 }
+            SignatureScheme::EcdsaSha384 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+            // SEQUENCE { sha256WithRSAEncryption, NULL }; PSS is never chosen by algorithm_for
+            SignatureScheme::RsaPkcs1Sha256 | SignatureScheme::RsaPssSha256 => &[
+                0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+            ],
+        }
     }
 }
 
