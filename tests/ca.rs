@@ -36,12 +36,22 @@ fn stderr(out: &Output) -> String {
 }
 
 fn assert_ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed ({}): {}{}", out.status, stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
 }
 
 /// Asserts a failed run whose stderr is exactly `error: MESSAGE` (one line).
 fn assert_refused(out: &Output, message: &str) {
-    assert!(!out.status.success(), "expected a refusal, got success: {}", stdout(out));
+    assert!(
+        !out.status.success(),
+        "expected a refusal, got success: {}",
+        stdout(out)
+    );
     assert_eq!(stderr(out), format!("error: {message}\n"));
 }
 
@@ -62,7 +72,10 @@ fn openssl(args: &[&str], dir: &Path) -> Output {
 /// `tessera ca init` with the default (P-384 root, P-256 issuing) keys into DIR/ca.
 fn init_ca(token: &SoftHsmToken) -> PathBuf {
     let data_dir = token.dir.path().join("ca");
-    let out = tessera(token, &["ca", "init", "--data-dir", data_dir.to_str().unwrap()]);
+    let out = tessera(
+        token,
+        &["ca", "init", "--data-dir", data_dir.to_str().unwrap()],
+    );
     assert_ok(&out, "ca init");
     data_dir
 }
@@ -88,10 +101,20 @@ fn openssl_csr(dir: &Path, name: &str, key_args: &[&str]) -> PathBuf {
 }
 
 fn p256_csr(dir: &Path, name: &str) -> PathBuf {
-    openssl_csr(dir, name, &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+    openssl_csr(
+        dir,
+        name,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    )
 }
 
-fn sign_csr(token: &SoftHsmToken, data_dir: &Path, profile: &str, csr: &Path, out: &Path) -> Output {
+fn sign_csr(
+    token: &SoftHsmToken,
+    data_dir: &Path,
+    profile: &str,
+    csr: &Path,
+    out: &Path,
+) -> Output {
     tessera(
         token,
         &[
@@ -121,9 +144,21 @@ fn serial_of(der: &[u8]) -> Vec<u8> {
 
 fn assert_good_serial(serial: &[u8]) {
     // DER INTEGER contents: positive (top bit clear), no leading zero octet, at least 64 bits.
-    assert!(serial.len() >= 8, "serial {} is shorter than 64 bits", hex::encode(serial));
-    assert!(serial[0] & 0x80 == 0, "serial {} is negative", hex::encode(serial));
-    assert!(serial[0] != 0, "serial {} has a leading zero octet", hex::encode(serial));
+    assert!(
+        serial.len() >= 8,
+        "serial {} is shorter than 64 bits",
+        hex::encode(serial)
+    );
+    assert!(
+        serial[0] & 0x80 == 0,
+        "serial {} is negative",
+        hex::encode(serial)
+    );
+    assert!(
+        serial[0] != 0,
+        "serial {} has a leading zero octet",
+        hex::encode(serial)
+    );
 }
 
 #[test]
@@ -131,7 +166,10 @@ fn chain_and_issued_certificate_verify_with_openssl() {
     let token = SoftHsmToken::create("ca-verify");
     let data_dir = init_ca(&token);
     for file in ["ca.toml", "root.pem", "issuing.pem", "chain.pem"] {
-        assert!(data_dir.join(file).is_file(), "{file} missing after ca init");
+        assert!(
+            data_dir.join(file).is_file(),
+            "{file} missing after ca init"
+        );
     }
     let dir = token.dir.path();
     let out = openssl(&["verify", "-CAfile", "ca/root.pem", "ca/issuing.pem"], dir);
@@ -141,9 +179,22 @@ fn chain_and_issued_certificate_verify_with_openssl() {
     let leaf = dir.join("leaf.pem");
     let out = sign_csr(&token, &data_dir, "tls-client", &csr, &leaf);
     assert_ok(&out, "ca sign-csr");
-    assert!(stdout(&out).starts_with("issued certificate serial "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("issued certificate serial "),
+        "{}",
+        stdout(&out)
+    );
     let out = openssl(
-        &["verify", "-CAfile", "ca/root.pem", "-untrusted", "ca/issuing.pem", "-purpose", "sslclient", "leaf.pem"],
+        &[
+            "verify",
+            "-CAfile",
+            "ca/root.pem",
+            "-untrusted",
+            "ca/issuing.pem",
+            "-purpose",
+            "sslclient",
+            "leaf.pem",
+        ],
         dir,
     );
     assert_eq!(stdout(&out), "leaf.pem: OK\n");
@@ -154,11 +205,22 @@ fn chain_and_issued_certificate_verify_with_openssl() {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
     std::fs::write(dir.join("tbs.der"), cert.tbs_certificate.as_ref()).unwrap();
     std::fs::write(dir.join("sig.der"), cert.signature_value.data.as_ref()).unwrap();
-    assert_eq!(cert.signature_algorithm.algorithm.to_id_string(), "1.2.840.10045.4.3.2");
+    assert_eq!(
+        cert.signature_algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.4.3.2"
+    );
     let out = openssl(&["x509", "-in", "ca/issuing.pem", "-noout", "-pubkey"], dir);
     std::fs::write(dir.join("issuing-pub.pem"), &out.stdout).unwrap();
     let out = openssl(
-        &["dgst", "-sha256", "-verify", "issuing-pub.pem", "-signature", "sig.der", "tbs.der"],
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "issuing-pub.pem",
+            "-signature",
+            "sig.der",
+            "tbs.der",
+        ],
         dir,
     );
     assert_eq!(stdout(&out), "Verified OK\n");
@@ -169,31 +231,66 @@ fn chain_and_issued_certificate_verify_with_openssl() {
     std::fs::write(dir.join("tbs-bad.der"), &tbs).unwrap();
     let out = run_tool(
         "openssl",
-        &["dgst", "-sha256", "-verify", "issuing-pub.pem", "-signature", "sig.der", "tbs-bad.der"],
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "issuing-pub.pem",
+            "-signature",
+            "sig.der",
+            "tbs-bad.der",
+        ],
         dir,
     );
     assert!(!out.status.success());
 
     // The leaf carries the profile's settings.
-    let text = stdout(&openssl(&["x509", "-in", "leaf.pem", "-noout", "-text"], dir));
+    let text = stdout(&openssl(
+        &["x509", "-in", "leaf.pem", "-noout", "-text"],
+        dir,
+    ));
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("email:alice@example.org"), "{text}");
     assert!(text.contains("Policy: 1.3.6.1.4.1.32473.1.2.1"), "{text}");
-    assert!(text.contains("Policy: 1.3.6.1.4.1.32473.1.1.2"), "unattested marker missing: {text}");
+    assert!(
+        text.contains("Policy: 1.3.6.1.4.1.32473.1.1.2"),
+        "unattested marker missing: {text}"
+    );
 
     // `ca show` prints both certificates and the key URIs from ca.toml.
-    let out = tessera(&token, &["ca", "show", "--data-dir", data_dir.to_str().unwrap()]);
+    let out = tessera(
+        &token,
+        &["ca", "show", "--data-dir", data_dir.to_str().unwrap()],
+    );
     assert_ok(&out, "ca show");
     let shown = stdout(&out);
     let record: ca::CaRecord =
         toml::from_str(&std::fs::read_to_string(data_dir.join("ca.toml")).unwrap()).unwrap();
     assert!(shown.contains("subject:    CN=Tessera Root CA"), "{shown}");
-    assert!(shown.contains("subject:    CN=Tessera Issuing CA"), "{shown}");
-    assert!(shown.contains(&format!("key:        {}", record.root_key)), "{shown}");
-    assert!(shown.contains(&format!("key:        {}", record.issuing_key)), "{shown}");
-    assert!(record.root_key.starts_with("pkcs11:token=ca-verify;object=tessera-root;"), "{}", record.root_key);
+    assert!(
+        shown.contains("subject:    CN=Tessera Issuing CA"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("key:        {}", record.root_key)),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("key:        {}", record.issuing_key)),
+        "{shown}"
+    );
+    assert!(
+        record
+            .root_key
+            .starts_with("pkcs11:token=ca-verify;object=tessera-root;"),
+        "{}",
+        record.root_key
+    );
     let root_serial = hex::encode_upper(serial_of(&pem_to_der(&data_dir.join("root.pem"))));
-    assert!(shown.contains(&format!("serial:     {root_serial}")), "{shown}");
+    assert!(
+        shown.contains(&format!("serial:     {root_serial}")),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -208,7 +305,10 @@ fn serials_are_positive_random_and_distinct() {
     let csr = p256_csr(dir, "alice");
     for i in 0..4 {
         let leaf = dir.join(format!("leaf{i}.pem"));
-        assert_ok(&sign_csr(&token, &data_dir, "tls-client", &csr, &leaf), "ca sign-csr");
+        assert_ok(
+            &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+            "ca sign-csr",
+        );
         serials.push(serial_of(&pem_to_der(&leaf)));
     }
     for serial in &serials {
@@ -217,7 +317,11 @@ fn serials_are_positive_random_and_distinct() {
     let mut unique = serials.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), serials.len(), "repeated serial among {serials:?}");
+    assert_eq!(
+        unique.len(),
+        serials.len(),
+        "repeated serial among {serials:?}"
+    );
 }
 
 fn pkilint(path: &Path) {
@@ -225,7 +329,9 @@ fn pkilint(path: &Path) {
         .args(["lint", "-s", "ERROR"])
         .arg(path)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run lint_pkix_cert (PyPI pkilint): {e}; {INSTALL_HINT}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run lint_pkix_cert (PyPI pkilint): {e}; {INSTALL_HINT}")
+        });
     let report = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         out.status.success() && report.trim().is_empty(),
@@ -244,7 +350,9 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
     let hsm = Hsm::open(&token.config()).expect("open HSM");
     let issuing = StoredCa::load(&data_dir).unwrap().issuing_ca(&hsm).unwrap();
     let subject_key = hsm.generate_key_pair("subject", KeySpec::EcP256).unwrap();
-    let rsa_subject_key = hsm.generate_key_pair("rsa-subject", KeySpec::Rsa2048).unwrap();
+    let rsa_subject_key = hsm
+        .generate_key_pair("rsa-subject", KeySpec::Rsa2048)
+        .unwrap();
     let mut subject = SubjectParams::new("Alice Example");
     subject.organization = Some("Example Org".into());
     subject.emails.push("alice@example.org".into());
@@ -268,7 +376,10 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
                         provenance: provenance.clone(),
                     })
                     .unwrap_or_else(|e| panic!("profile {}: {e}", profile.name));
-                let path = token.dir.path().join(format!("{}-{linted}.pem", profile.name));
+                let path = token
+                    .dir
+                    .path()
+                    .join(format!("{}-{linted}.pem", profile.name));
                 std::fs::write(&path, issued.to_pem()).unwrap();
                 pkilint(&path);
                 linted += 1;
@@ -283,7 +394,10 @@ fn init_twice_refuses_to_overwrite() {
     let token = SoftHsmToken::create("ca-twice");
     let data_dir = init_ca(&token);
     let before = std::fs::read(data_dir.join("root.pem")).unwrap();
-    let out = tessera(&token, &["ca", "init", "--data-dir", data_dir.to_str().unwrap()]);
+    let out = tessera(
+        &token,
+        &["ca", "init", "--data-dir", data_dir.to_str().unwrap()],
+    );
     assert_refused(
         &out,
         &format!(
@@ -303,16 +417,30 @@ fn failed_init_leaves_no_keys_and_no_files() {
     let token = SoftHsmToken::create("ca-rollback");
     // A key already holds the issuing key's label: the ceremony makes the root key, then fails
     // on the issuing key, and must destroy the root key it made.
-    token.pkcs11_tool(&["--keypairgen", "--key-type", "EC:prime256v1", "--label", "tessera-issuing", "--id", "01"]);
+    token.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "tessera-issuing",
+        "--id",
+        "01",
+    ]);
     let before = token_objects(&token);
     let data_dir = token.dir.path().join("ca");
-    let out = tessera(&token, &["ca", "init", "--data-dir", data_dir.to_str().unwrap()]);
+    let out = tessera(
+        &token,
+        &["ca", "init", "--data-dir", data_dir.to_str().unwrap()],
+    );
     assert_refused(
         &out,
         "a key labelled `tessera-issuing` already exists on token ca-rollback; choose another label or destroy the old key first",
     );
     let after = token_objects(&token);
-    assert!(!after.contains("tessera-root"), "root key left behind:\n{after}");
+    assert!(
+        !after.contains("tessera-root"),
+        "root key left behind:\n{after}"
+    );
     assert_eq!(after, before, "token objects changed by a failed ceremony");
     assert!(!data_dir.exists(), "data directory left behind");
 
@@ -322,9 +450,22 @@ fn failed_init_leaves_no_keys_and_no_files() {
     std::fs::write(&not_a_dir, b"").unwrap();
     let out = tessera(
         &token,
-        &["ca", "init", "--data-dir", not_a_dir.to_str().unwrap(), "--issuing-key-label", "issuing-2"],
+        &[
+            "ca",
+            "init",
+            "--data-dir",
+            not_a_dir.to_str().unwrap(),
+            "--issuing-key-label",
+            "issuing-2",
+        ],
     );
-    assert_refused(&out, &format!("{}/root.pem: Not a directory (os error 20)", not_a_dir.display()));
+    assert_refused(
+        &out,
+        &format!(
+            "{}/root.pem: Not a directory (os error 20)",
+            not_a_dir.display()
+        ),
+    );
     assert_eq!(std::fs::read(&not_a_dir).unwrap(), b"");
     assert_eq!(token_objects(&token), before);
 }
@@ -353,11 +494,20 @@ fn init_refuses_an_issuing_validity_beyond_the_root() {
     assert!(!data_dir.exists());
     let out = tessera(
         &token,
-        &["ca", "init", "--data-dir", data_dir.to_str().unwrap(), "--issuing-algorithm", "ed25519"],
+        &[
+            "ca",
+            "init",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--issuing-algorithm",
+            "ed25519",
+        ],
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("unknown key spec `ed25519`; use one of p256, p384, rsa2048, rsa3072, rsa4096"),
+        stderr(&out).contains(
+            "unknown key spec `ed25519`; use one of p256, p384, rsa2048, rsa3072, rsa4096"
+        ),
         "{}",
         stderr(&out)
     );
@@ -370,21 +520,44 @@ fn csr_with_a_bad_signature_is_refused() {
     let data_dir = init_ca(&token);
     let dir = token.dir.path();
     let csr = p256_csr(dir, "alice");
-    openssl(&["req", "-in", "alice.csr", "-outform", "DER", "-out", "alice.der"], dir);
+    openssl(
+        &[
+            "req",
+            "-in",
+            "alice.csr",
+            "-outform",
+            "DER",
+            "-out",
+            "alice.der",
+        ],
+        dir,
+    );
     // Change the subject (CN=alice → CN=alicf) after signing: the signature no longer covers it.
     let mut der = std::fs::read(dir.join("alice.der")).unwrap();
-    let at = der.windows(5).position(|w| w == b"alice").expect("CN in the request");
+    let at = der
+        .windows(5)
+        .position(|w| w == b"alice")
+        .expect("CN in the request");
     der[at + 4] = b'f';
     let tampered = dir.join("tampered.der");
     std::fs::write(&tampered, &der).unwrap();
-    let out = sign_csr(&token, &data_dir, "tls-client", &tampered, &dir.join("leaf.pem"));
+    let out = sign_csr(
+        &token,
+        &data_dir,
+        "tls-client",
+        &tampered,
+        &dir.join("leaf.pem"),
+    );
     assert_refused(
         &out,
         "CSR signature does not verify: the request was altered or not signed by its own key; make a new CSR",
     );
     assert!(!dir.join("leaf.pem").exists());
     // The untouched request (PEM) is accepted.
-    assert_ok(&sign_csr(&token, &data_dir, "tls-client", &csr, &dir.join("leaf.pem")), "ca sign-csr");
+    assert_ok(
+        &sign_csr(&token, &data_dir, "tls-client", &csr, &dir.join("leaf.pem")),
+        "ca sign-csr",
+    );
 }
 
 #[test]
@@ -397,9 +570,19 @@ fn csr_with_an_unsupported_key_is_refused_by_name() {
         &sign_csr(&token, &data_dir, "tls-client", &ed, &dir.join("leaf.pem")),
         "unsupported key algorithm Ed25519; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys",
     );
-    let p521 = openssl_csr(dir, "p521", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"]);
+    let p521 = openssl_csr(
+        dir,
+        "p521",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"],
+    );
     assert_refused(
-        &sign_csr(&token, &data_dir, "tls-client", &p521, &dir.join("leaf.pem")),
+        &sign_csr(
+            &token,
+            &data_dir,
+            "tls-client",
+            &p521,
+            &dir.join("leaf.pem"),
+        ),
         "unsupported key algorithm EC P-521; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys",
     );
     assert!(!dir.join("leaf.pem").exists());
@@ -441,21 +624,50 @@ fn sign_csr_refusals_name_the_problem() {
         stderr(&out)
     );
     openssl(
-        &["req", "-new", "-key", "alice.key", "-subj", "/O=No Name", "-out", "nocn.csr"],
+        &[
+            "req",
+            "-new",
+            "-key",
+            "alice.key",
+            "-subj",
+            "/O=No Name",
+            "-out",
+            "nocn.csr",
+        ],
         dir,
     );
     assert_refused(
-        &sign_csr(&token, &data_dir, "tls-client", &dir.join("nocn.csr"), &leaf),
+        &sign_csr(
+            &token,
+            &data_dir,
+            "tls-client",
+            &dir.join("nocn.csr"),
+            &leaf,
+        ),
         "CSR subject has no commonName; make the request with a CN",
     );
     assert!(!leaf.exists());
-    assert_ok(&sign_csr(&token, &data_dir, "tls-client", &csr, &leaf), "ca sign-csr");
-    assert_refused(
+    assert_ok(
         &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
-        &format!("{} already exists; refusing to overwrite it, choose another --out", leaf.display()),
+        "ca sign-csr",
     );
     assert_refused(
-        &tessera(&token, &["ca", "show", "--data-dir", missing.join("nothing").to_str().unwrap()]),
+        &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+        &format!(
+            "{} already exists; refusing to overwrite it, choose another --out",
+            leaf.display()
+        ),
+    );
+    assert_refused(
+        &tessera(
+            &token,
+            &[
+                "ca",
+                "show",
+                "--data-dir",
+                missing.join("nothing").to_str().unwrap(),
+            ],
+        ),
         &format!(
             "no CA in {} (ca.toml not found); run `tessera ca init` first or point --data-dir at the CA",
             missing.join("nothing").display()
@@ -511,16 +723,38 @@ fn ceremony_with_rsa_keys_and_path_lengths() {
     .unwrap();
     assert!(made.record.issuing_key.contains("object=rsa-issuing"));
     let dir = token.dir.path();
-    let text = stdout(&openssl(&["x509", "-in", "ca/issuing.pem", "-noout", "-text"], dir));
+    let text = stdout(&openssl(
+        &["x509", "-in", "ca/issuing.pem", "-noout", "-text"],
+        dir,
+    ));
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
     assert!(text.contains("sha256WithRSAEncryption"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
-    let text = stdout(&openssl(&["x509", "-in", "ca/root.pem", "-noout", "-text"], dir));
+    let text = stdout(&openssl(
+        &["x509", "-in", "ca/root.pem", "-noout", "-text"],
+        dir,
+    ));
     assert!(text.contains("CA:TRUE, pathlen:1"), "{text}");
-    assert!(text.contains("Issuer: O = Example Org, CN = RSA Root"), "{text}");
+    assert!(
+        text.contains("Issuer: O = Example Org, CN = RSA Root"),
+        "{text}"
+    );
     let csr = p256_csr(dir, "alice");
-    assert_ok(&sign_csr(&token, &data_dir, "tls-client", &csr, &dir.join("leaf.pem")), "ca sign-csr");
-    let out = openssl(&["verify", "-CAfile", "ca/root.pem", "-untrusted", "ca/issuing.pem", "leaf.pem"], dir);
+    assert_ok(
+        &sign_csr(&token, &data_dir, "tls-client", &csr, &dir.join("leaf.pem")),
+        "ca sign-csr",
+    );
+    let out = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "ca/root.pem",
+            "-untrusted",
+            "ca/issuing.pem",
+            "leaf.pem",
+        ],
+        dir,
+    );
     assert_eq!(stdout(&out), "leaf.pem: OK\n");
     pkilint(&dir.join("ca/root.pem"));
     pkilint(&dir.join("ca/issuing.pem"));
@@ -530,7 +764,18 @@ fn ceremony_with_rsa_keys_and_path_lengths() {
 #[test]
 fn bench_prints_the_table_and_ratios_and_leaves_no_keys() {
     let token = SoftHsmToken::create("ca-bench");
-    let out = tessera(&token, &["bench", "--count", "20", "--rsa-count", "2", "--rounds", "1"]);
+    let out = tessera(
+        &token,
+        &[
+            "bench",
+            "--count",
+            "20",
+            "--rsa-count",
+            "2",
+            "--rounds",
+            "1",
+        ],
+    );
     assert_ok(&out, "tessera bench");
     let table = stdout(&out);
     for (operation, count) in [
@@ -543,17 +788,33 @@ fn bench_prints_the_table_and_ratios_and_leaves_no_keys() {
                 .lines()
                 .find(|l| {
                     l.starts_with(operation)
-                        && l[operation.len()..].split_whitespace().take(2).collect::<Vec<_>>()
+                        && l[operation.len()..]
+                            .split_whitespace()
+                            .take(2)
+                            .collect::<Vec<_>>()
                             == vec![threads.to_string(), (count * threads).to_string()]
                 })
                 .unwrap_or_else(|| panic!("no line for {operation} x{threads}:\n{table}"));
-            assert_eq!(line.split_whitespace().count(), operation.split_whitespace().count() + 4, "{line}");
+            assert_eq!(
+                line.split_whitespace().count(),
+                operation.split_whitespace().count() + 4,
+                "{line}"
+            );
         }
     }
-    assert!(table.contains("issuance / raw P-256 signing, 1 thread(s): "), "{table}");
-    assert!(table.contains("issuance / raw P-256 signing, 2 thread(s): "), "{table}");
+    assert!(
+        table.contains("issuance / raw P-256 signing, 1 thread(s): "),
+        "{table}"
+    );
+    assert!(
+        table.contains("issuance / raw P-256 signing, 2 thread(s): "),
+        "{table}"
+    );
     let objects = token_objects(&token);
-    assert!(!objects.contains("tessera-bench"), "bench keys left in the token:\n{objects}");
+    assert!(
+        !objects.contains("tessera-bench"),
+        "bench keys left in the token:\n{objects}"
+    );
 }
 
 #[test]
@@ -562,7 +823,8 @@ fn bench_refuses_counts_beyond_its_bound() {
     let out = tessera(&token, &["bench", "--count", "100001"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("invalid value '100001' for '--count <COUNT>': 100001 is not in 1..=100000"),
+        stderr(&out)
+            .contains("invalid value '100001' for '--count <COUNT>': 100001 is not in 1..=100000"),
         "{}",
         stderr(&out)
     );
@@ -600,7 +862,17 @@ fn the_to_be_signed_certificate_is_recorded_before_the_hsm_signs() {
     // The hand-assembled certificate verifies with OpenSSL.
     let dir = token.dir.path();
     std::fs::write(dir.join("leaf.pem"), issued.to_pem()).unwrap();
-    let out = openssl(&["verify", "-CAfile", "ca/root.pem", "-untrusted", "ca/issuing.pem", "leaf.pem"], dir);
+    let out = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "ca/root.pem",
+            "-untrusted",
+            "ca/issuing.pem",
+            "leaf.pem",
+        ],
+        dir,
+    );
     assert_eq!(stdout(&out), "leaf.pem: OK\n");
 
     let err = issuing

@@ -3,11 +3,11 @@
 //! data directory. All or nothing: on any failure the keys it generated are destroyed and the
 //! files it wrote are removed. Also reads an existing CA back (`ca show`, issuance).
 
+use super::CaError;
 use super::issue::{IssuingCa, certificate_pem};
 use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
 use super::serial::SerialNumber;
 use super::signer::HsmSigningKey;
-use super::CaError;
 use crate::hsm::{Hsm, HsmKey, KeySpec};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer,
@@ -24,7 +24,12 @@ pub const ROOT_CERTIFICATE_FILE: &str = "root.pem";
 pub const ISSUING_CERTIFICATE_FILE: &str = "issuing.pem";
 /// issuing then root, for servers that send the chain.
 pub const CHAIN_FILE: &str = "chain.pem";
-const CA_FILES: [&str; 4] = [CA_RECORD_FILE, ROOT_CERTIFICATE_FILE, ISSUING_CERTIFICATE_FILE, CHAIN_FILE];
+const CA_FILES: [&str; 4] = [
+    CA_RECORD_FILE,
+    ROOT_CERTIFICATE_FILE,
+    ISSUING_CERTIFICATE_FILE,
+    CHAIN_FILE,
+];
 
 /// `ca.toml`: where the CA's keys are. The certificates sit beside it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,7 +157,11 @@ impl CeremonyLedger<'_> {
 }
 
 /// Runs the ceremony. Nothing is left behind on failure.
-pub fn init_ca(hsm: &Hsm, data_dir: &Path, params: &CaInitParams) -> Result<InitializedCa, CaError> {
+pub fn init_ca(
+    hsm: &Hsm,
+    data_dir: &Path,
+    params: &CaInitParams,
+) -> Result<InitializedCa, CaError> {
     params.check()?;
     ensure_no_ca(data_dir)?;
     let mut ledger = CeremonyLedger {
@@ -205,7 +214,9 @@ fn run_ceremony(
     data_dir: &Path,
     params: &CaInitParams,
 ) -> Result<InitializedCa, CaError> {
-    let root_key = ledger.hsm.generate_key_pair(&params.root_key_label, params.root_key_spec)?;
+    let root_key = ledger
+        .hsm
+        .generate_key_pair(&params.root_key_label, params.root_key_spec)?;
     ledger.keys.push(root_key.clone());
     let issuing_key = ledger
         .hsm
@@ -214,10 +225,18 @@ fn run_ceremony(
 
     let root_signer = HsmSigningKey::new(root_key.clone())?;
     let issuing_signer = HsmSigningKey::new(issuing_key.clone())?;
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
     let org = params.organization.as_deref();
 
-    let root_params = ca_params(&params.root_common_name, org, now, params.root_validity_days, params.root_path_len)?;
+    let root_params = ca_params(
+        &params.root_common_name,
+        org,
+        now,
+        params.root_validity_days,
+        params.root_path_len,
+    )?;
     let root_cert = root_params
         .self_signed(&root_signer)
         .map_err(HsmSigningKey::take_error)?;
@@ -229,10 +248,14 @@ fn run_ceremony(
         params.issuing_validity_days,
         Some(params.issuing_path_len),
     )?;
-    let any_policy = policy_oid::certificate_policies(&[policy_oid::ANY_POLICY]).map_err(CaError::CertificateEncoding)?;
+    let any_policy = policy_oid::certificate_policies(&[policy_oid::ANY_POLICY])
+        .map_err(CaError::CertificateEncoding)?;
     issuing_params
         .custom_extensions
-        .push(CustomExtension::from_oid_content(CERTIFICATE_POLICIES_EXTENSION, any_policy));
+        .push(CustomExtension::from_oid_content(
+            CERTIFICATE_POLICIES_EXTENSION,
+            any_policy,
+        ));
     let root_issuer = Issuer::from_params(&root_params, &root_signer);
     let issuing_cert = issuing_params
         .signed_by(&issuing_signer, &root_issuer)
@@ -261,8 +284,14 @@ fn run_ceremony(
     let root_pem = certificate_pem(&root_der);
     let issuing_pem = certificate_pem(&issuing_der);
     ledger.write_new_file(data_dir.join(ROOT_CERTIFICATE_FILE), root_pem.as_bytes())?;
-    ledger.write_new_file(data_dir.join(ISSUING_CERTIFICATE_FILE), issuing_pem.as_bytes())?;
-    ledger.write_new_file(data_dir.join(CHAIN_FILE), format!("{issuing_pem}{root_pem}").as_bytes())?;
+    ledger.write_new_file(
+        data_dir.join(ISSUING_CERTIFICATE_FILE),
+        issuing_pem.as_bytes(),
+    )?;
+    ledger.write_new_file(
+        data_dir.join(CHAIN_FILE),
+        format!("{issuing_pem}{root_pem}").as_bytes(),
+    )?;
     // ca.toml last: its presence means a complete CA.
     ledger.write_new_file(data_dir.join(CA_RECORD_FILE), record_toml.as_bytes())?;
     Ok(InitializedCa {
@@ -274,11 +303,19 @@ fn run_ceremony(
 
 /// A self-signed CA certificate (keyCertSign, cRLSign, pathLen 0) for `key`, valid from now for
 /// `validity_days`: for `tessera bench` and tests that need an issuer without a full ceremony.
-pub fn self_signed_ca_certificate(key: &HsmKey, common_name: &str, validity_days: u32) -> Result<Vec<u8>, CaError> {
+pub fn self_signed_ca_certificate(
+    key: &HsmKey,
+    common_name: &str,
+    validity_days: u32,
+) -> Result<Vec<u8>, CaError> {
     let signer = HsmSigningKey::new(key.clone())?;
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
     let params = ca_params(common_name, None, now, validity_days, Some(0))?;
-    let cert = params.self_signed(&signer).map_err(HsmSigningKey::take_error)?;
+    let cert = params
+        .self_signed(&signer)
+        .map_err(HsmSigningKey::take_error)?;
     Ok(cert.der().to_vec())
 }
 
@@ -299,9 +336,11 @@ impl StoredCa {
             });
         }
         let text = read_file(&record_path)?;
-        let record: CaRecord = toml::from_str(&String::from_utf8_lossy(&text)).map_err(|e| CaError::CaRecordInvalid {
-            path: record_path.clone(),
-            reason: e.message().replace('\n', " "),
+        let record: CaRecord = toml::from_str(&String::from_utf8_lossy(&text)).map_err(|e| {
+            CaError::CaRecordInvalid {
+                path: record_path.clone(),
+                reason: e.message().replace('\n', " "),
+            }
         })?;
         Ok(StoredCa {
             record,
@@ -326,10 +365,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, CaError> {
 
 fn read_certificate_pem(path: &Path) -> Result<Vec<u8>, CaError> {
     let text = read_file(path)?;
-    let (label, der) = der::pem::decode_vec(text.trim_ascii()).map_err(|e| CaError::CaRecordInvalid {
-        path: path.to_path_buf(),
-        reason: format!("not a PEM certificate: {e}"),
-    })?;
+    let (label, der) =
+        der::pem::decode_vec(text.trim_ascii()).map_err(|e| CaError::CaRecordInvalid {
+            path: path.to_path_buf(),
+            reason: format!("not a PEM certificate: {e}"),
+        })?;
     if label != "CERTIFICATE" {
         return Err(CaError::CaRecordInvalid {
             path: path.to_path_buf(),

@@ -35,14 +35,17 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     let (rest, csr) = X509CertificationRequest::from_der(&der)
         .map_err(|e| CaError::CsrUnreadable(format!("not a PKCS#10 request: {e}")))?;
     if !rest.is_empty() {
-        return Err(CaError::CsrUnreadable("trailing bytes after the request".into()));
+        return Err(CaError::CsrUnreadable(
+            "trailing bytes after the request".into(),
+        ));
     }
     let info = &csr.certification_request_info;
     let public_key_der = info.subject_pki.raw.to_vec();
     // The key algorithm first: a request with a key we do not certify is refused by name even
     // when its signature could not be checked.
     let public_key = SubjectPublicKey::from_spki_der(&public_key_der)?;
-    csr.verify_signature().map_err(|_| CaError::CsrSignatureInvalid)?;
+    csr.verify_signature()
+        .map_err(|_| CaError::CsrSignatureInvalid)?;
 
     let common_name = info
         .subject

@@ -1,14 +1,17 @@
 //! Issuance: subject names + the subject's public key + a profile + a serial chosen before
 //! signing → a DER certificate signed by the issuing CA key in the HSM.
 
+use super::CaError;
+use super::der_encoding;
 use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
 use super::profile::Profile;
 use super::serial::SerialNumber;
-use super::der_encoding;
 use super::signer::{CapturingSigner, HsmSigningKey, SubjectPublicKey};
-use super::CaError;
 use crate::hsm::HsmKey;
-use rcgen::{PublicKeyData, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, SanType};
+use rcgen::{
+    CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, PublicKeyData,
+    SanType,
+};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 
@@ -91,14 +94,24 @@ impl IssuingCa {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&certificate_der)
             .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
         let signer = HsmSigningKey::new(key)?;
-        if cert.tbs_certificate.subject_pki.subject_public_key.data.as_ref() != signer.der_bytes() {
+        if cert
+            .tbs_certificate
+            .subject_pki
+            .subject_public_key
+            .data
+            .as_ref()
+            != signer.der_bytes()
+        {
             return Err(CaError::CaKeyMismatch {
                 key_uri: signer.hsm_key().uri(),
             });
         }
         let not_after = cert.validity().not_after.to_datetime();
-        let issuer = Issuer::from_ca_cert_der(&certificate_der.clone().into(), CapturingSigner::new(signer))
-            .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(
+            &certificate_der.clone().into(),
+            CapturingSigner::new(signer),
+        )
+        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
         Ok(IssuingCa {
             certificate_der,
             not_after,
@@ -175,8 +188,11 @@ impl IssuingCa {
             params.subject_alt_names.push(SanType::DnsName(name));
         }
 
-        let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
-        let not_after = (now + Duration::days(i64::from(profile.validity_days))).min(self.not_after);
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
+        let not_after =
+            (now + Duration::days(i64::from(profile.validity_days))).min(self.not_after);
         if not_after <= now {
             return Err(CaError::IssuingCaExpired);
         }
@@ -189,20 +205,29 @@ impl IssuingCa {
         params.key_usages = profile.key_usage.clone();
         params.extended_key_usages = profile.extended_key_usage.clone();
 
-        let mut policies: Vec<&str> = profile.certificate_policies.iter().map(String::as_str).collect();
+        let mut policies: Vec<&str> = profile
+            .certificate_policies
+            .iter()
+            .map(String::as_str)
+            .collect();
         policies.push(provenance_policy);
-        let policies_der = policy_oid::certificate_policies(&policies).map_err(CaError::CertificateEncoding)?;
+        let policies_der =
+            policy_oid::certificate_policies(&policies).map_err(CaError::CertificateEncoding)?;
         params
             .custom_extensions
-            .push(CustomExtension::from_oid_content(CERTIFICATE_POLICIES_EXTENSION, policies_der));
+            .push(CustomExtension::from_oid_content(
+                CERTIFICATE_POLICIES_EXTENSION,
+                policies_der,
+            ));
 
         // rcgen encodes; the capturing signer hands back the tbsCertificate instead of signing.
         let _ = CapturingSigner::take_captured();
         params
             .signed_by(&public_key, &self.issuer)
             .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;
-        let to_be_signed = CapturingSigner::take_captured()
-            .ok_or_else(|| CaError::CertificateEncoding("rcgen produced no tbsCertificate".into()))?;
+        let to_be_signed = CapturingSigner::take_captured().ok_or_else(|| {
+            CaError::CertificateEncoding("rcgen produced no tbsCertificate".into())
+        })?;
         record_to_be_signed(request.serial, &to_be_signed).map_err(CaError::RecordBeforeSigning)?;
         let signing_key = self.issuer.key().signing_key();
         let signature = signing_key.sign_in_hsm(&to_be_signed)?;

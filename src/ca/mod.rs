@@ -36,17 +36,23 @@ pub enum CaError {
         "profile {profile} certifies only hardware-attested keys and this key has no attestation; use a profile with allow_unattested_keys = true"
     )]
     ProfileRequiresAttestation { profile: String },
-    #[error("profile {profile} needs an email address for the subject; add an rfc822Name subjectAltName to the request")]
+    #[error(
+        "profile {profile} needs an email address for the subject; add an rfc822Name subjectAltName to the request"
+    )]
     ProfileRequiresEmail { profile: String },
     #[error("subject is invalid: {0}")]
     SubjectInvalid(String),
     #[error("CSR cannot be read: {0}; give a PKCS#10 request in PEM or DER")]
     CsrUnreadable(String),
-    #[error("CSR signature does not verify: the request was altered or not signed by its own key; make a new CSR")]
+    #[error(
+        "CSR signature does not verify: the request was altered or not signed by its own key; make a new CSR"
+    )]
     CsrSignatureInvalid,
     #[error("CSR subject has no commonName; make the request with a CN")]
     CsrWithoutCommonName,
-    #[error("unsupported key algorithm {0}; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys")]
+    #[error(
+        "unsupported key algorithm {0}; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys"
+    )]
     UnsupportedKeyAlgorithm(String),
     #[error("public key cannot be read: {0}")]
     PublicKeyUnreadable(String),
@@ -58,13 +64,19 @@ pub enum CaError {
     CertificateEncoding(String),
     #[error("the CA certificate cannot be read: {0}")]
     CaCertificateUnreadable(String),
-    #[error("the HSM key {key_uri} does not match the issuing CA certificate; check issuing_key in ca.toml")]
+    #[error(
+        "the HSM key {key_uri} does not match the issuing CA certificate; check issuing_key in ca.toml"
+    )]
     CaKeyMismatch { key_uri: String },
     #[error("the issuing CA certificate has expired; run a new CA ceremony")]
     IssuingCaExpired,
-    #[error("a CA already exists ({path} is present); refusing to overwrite it, use another --data-dir")]
+    #[error(
+        "a CA already exists ({path} is present); refusing to overwrite it, use another --data-dir"
+    )]
     CaExists { path: PathBuf },
-    #[error("no CA in {dir} (ca.toml not found); run `tessera ca init` first or point --data-dir at the CA")]
+    #[error(
+        "no CA in {dir} (ca.toml not found); run `tessera ca init` first or point --data-dir at the CA"
+    )]
     NoCa { dir: PathBuf },
     #[error("{path} is invalid: {reason}")]
     CaRecordInvalid { path: PathBuf, reason: String },
@@ -73,5 +85,8 @@ pub enum CaError {
     #[error("ca init: {0}")]
     InitParameter(String),
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }

@@ -16,9 +16,13 @@ pub fn encode(dotted: &str) -> Result<Vec<u8>, String> {
     let arcs = dotted
         .split('.')
         .map(|a| {
-            let arc = a.parse::<u128>().map_err(|_| format!("arc \"{a}\" is not a number"))?;
+            let arc = a
+                .parse::<u128>()
+                .map_err(|_| format!("arc \"{a}\" is not a number"))?;
             if arc > u128::from(u32::MAX) {
-                return Err(format!("arc {arc} is wider than 32 bits, which many X.509 parsers reject"));
+                return Err(format!(
+                    "arc {arc} is wider than 32 bits, which many X.509 parsers reject"
+                ));
             }
             Ok(arc as u64)
         })
@@ -63,7 +67,10 @@ mod tests {
     #[test]
     fn encodes_small_and_uuid_arcs() {
         // 2.5.29.32.0 (anyPolicy)
-        assert_eq!(encode(ANY_POLICY).unwrap(), vec![0x06, 0x04, 0x55, 0x1d, 0x20, 0x00]);
+        assert_eq!(
+            encode(ANY_POLICY).unwrap(),
+            vec![0x06, 0x04, 0x55, 0x1d, 0x20, 0x00]
+        );
         // 1.2.840.113549 (RSADSI)
         assert_eq!(
             encode("1.2.840.113549").unwrap(),
@@ -85,6 +92,9 @@ mod tests {
     #[test]
     fn policies_extension_is_a_sequence_of_policy_information() {
         let der = certificate_policies(&[ANY_POLICY]).unwrap();
-        assert_eq!(der, vec![0x30, 0x08, 0x30, 0x06, 0x06, 0x04, 0x55, 0x1d, 0x20, 0x00]);
+        assert_eq!(
+            der,
+            vec![0x30, 0x08, 0x30, 0x06, 0x06, 0x04, 0x55, 0x1d, 0x20, 0x00]
+        );
     }
 }

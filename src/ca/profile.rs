@@ -11,7 +11,10 @@ use std::path::Path;
 
 /// The profiles shipped in `profiles/`, compiled in so the binary works from any directory.
 const BUILT_IN_PROFILES: &[(&str, &str)] = &[
-    ("smime-signing", include_str!("../../profiles/smime-signing.toml")),
+    (
+        "smime-signing",
+        include_str!("../../profiles/smime-signing.toml"),
+    ),
     ("tls-client", include_str!("../../profiles/tls-client.toml")),
 ];
 
@@ -74,7 +77,9 @@ impl Profile {
         let key_usage = file
             .key_usage
             .iter()
-            .map(|u| parse_key_usage(u).ok_or_else(|| invalid(format!("unknown key_usage \"{u}\""))))
+            .map(|u| {
+                parse_key_usage(u).ok_or_else(|| invalid(format!("unknown key_usage \"{u}\"")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let extended_key_usage = file
             .extended_key_usage
@@ -100,7 +105,9 @@ impl Profile {
                 ));
             }
             (false, Some(_)) => {
-                return Err(invalid("unattested_key_policy is set but allow_unattested_keys = false".into()));
+                return Err(invalid(
+                    "unattested_key_policy is set but allow_unattested_keys = false".into(),
+                ));
             }
             _ => {}
         }
@@ -204,10 +211,12 @@ impl ProfileSet {
     }
 
     pub fn get(&self, name: &str) -> Result<&Profile, CaError> {
-        self.profiles.get(name).ok_or_else(|| CaError::UnknownProfile {
-            name: name.to_string(),
-            known: self.names().join(", "),
-        })
+        self.profiles
+            .get(name)
+            .ok_or_else(|| CaError::UnknownProfile {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
     }
 
     pub fn names(&self) -> Vec<&str> {
@@ -228,7 +237,10 @@ mod tests {
         let set = ProfileSet::built_in();
         assert_eq!(set.names(), vec!["smime-signing", "tls-client"]);
         let tls = set.get("tls-client").unwrap();
-        assert_eq!(tls.extended_key_usage, vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        assert_eq!(
+            tls.extended_key_usage,
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        );
         assert!(tls.allow_unattested_keys);
         let smime = set.get("smime-signing").unwrap();
         assert!(!smime.allow_unattested_keys);
@@ -247,12 +259,21 @@ mod tests {
     #[test]
     fn bad_profiles_are_refused_with_the_reason() {
         let base = "description = \"x\"\nvalidity_days = 30\nextended_key_usage = []\nallow_unattested_keys = false\nattested_key_policy = \"1.2.3\"\n";
-        let err = Profile::from_toml("p", &format!("{base}key_usage = [\"key_cert_sign\"]\n"), "p.toml")
-            .unwrap_err();
-        assert_eq!(err.to_string(), "certificate profile p.toml is invalid: unknown key_usage \"key_cert_sign\"");
         let err = Profile::from_toml(
             "p",
-            &format!("{base}key_usage = [\"digital_signature\"]\ncertificate_policies = [\"1.x\"]\n"),
+            &format!("{base}key_usage = [\"key_cert_sign\"]\n"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: unknown key_usage \"key_cert_sign\""
+        );
+        let err = Profile::from_toml(
+            "p",
+            &format!(
+                "{base}key_usage = [\"digital_signature\"]\ncertificate_policies = [\"1.x\"]\n"
+            ),
             "p.toml",
         )
         .unwrap_err();
@@ -272,7 +293,10 @@ mod tests {
         );
         let err = Profile::from_toml(
             "p",
-            &format!("{base}key_usage = [\"digital_signature\"]\n").replace("allow_unattested_keys = false", "allow_unattested_keys = true"),
+            &format!("{base}key_usage = [\"digital_signature\"]\n").replace(
+                "allow_unattested_keys = false",
+                "allow_unattested_keys = true",
+            ),
             "p.toml",
         )
         .unwrap_err();
@@ -288,11 +312,15 @@ mod tests {
         let err = ProfileSet::load_dir(dir.path()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("certificate profile {} is invalid: the directory holds no *.toml profile", dir.path().display())
+            format!(
+                "certificate profile {} is invalid: the directory holds no *.toml profile",
+                dir.path().display()
+            )
         );
         std::fs::write(
             dir.path().join("vpn.toml"),
-            include_str!("../../profiles/tls-client.toml").replace("validity_days = 365", "validity_days = 30"),
+            include_str!("../../profiles/tls-client.toml")
+                .replace("validity_days = 365", "validity_days = 30"),
         )
         .unwrap();
         std::fs::write(dir.path().join("README"), "not a profile").unwrap();

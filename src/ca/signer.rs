@@ -137,12 +137,17 @@ impl HsmSigningKey {
     pub fn signature_algorithm_identifier(&self) -> &'static [u8] {
         match self.scheme {
             // SEQUENCE { ecdsa-with-SHA256 }
-            SignatureScheme::EcdsaSha256 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
+            SignatureScheme::EcdsaSha256 => &[
+                0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+            ],
             // SEQUENCE { ecdsa-with-SHA384 }
-            SignatureScheme::EcdsaSha384 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+            SignatureScheme::EcdsaSha384 => &[
+                0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+            ],
             // SEQUENCE { sha256WithRSAEncryption, NULL }; PSS is never chosen by algorithm_for
             SignatureScheme::RsaPkcs1Sha256 | SignatureScheme::RsaPssSha256 => &[
-                0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+                0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
+                0x00,
             ],
         }
     }
@@ -167,10 +172,13 @@ impl SubjectPublicKey {
         let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
             .map_err(|e| CaError::PublicKeyUnreadable(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(CaError::PublicKeyUnreadable("trailing bytes after the SubjectPublicKeyInfo".into()));
+            return Err(CaError::PublicKeyUnreadable(
+                "trailing bytes after the SubjectPublicKeyInfo".into(),
+            ));
         }
         let alg_oid = spki.algorithm.algorithm.to_id_string();
-        let (algorithm, description): (&'static SignatureAlgorithm, String) = match alg_oid.as_str() {
+        let (algorithm, description): (&'static SignatureAlgorithm, String) = match alg_oid.as_str()
+        {
             OID_EC_PUBLIC_KEY => {
                 let curve = spki
                     .algorithm
@@ -179,18 +187,36 @@ impl SubjectPublicKey {
                     .and_then(|p| p.as_oid().ok())
                     .map(|oid| oid.to_id_string());
                 match curve.as_deref() {
-                    Some("1.2.840.10045.3.1.7") => (&rcgen::PKCS_ECDSA_P256_SHA256, "EC P-256".into()),
+                    Some("1.2.840.10045.3.1.7") => {
+                        (&rcgen::PKCS_ECDSA_P256_SHA256, "EC P-256".into())
+                    }
                     Some("1.3.132.0.34") => (&rcgen::PKCS_ECDSA_P384_SHA384, "EC P-384".into()),
-                    Some("1.3.132.0.35") => return Err(CaError::UnsupportedKeyAlgorithm("EC P-521".into())),
-                    Some("1.3.132.0.10") => return Err(CaError::UnsupportedKeyAlgorithm("EC secp256k1".into())),
-                    Some(other) => return Err(CaError::UnsupportedKeyAlgorithm(format!("EC curve {other}"))),
-                    None => return Err(CaError::UnsupportedKeyAlgorithm("EC with explicit curve parameters".into())),
+                    Some("1.3.132.0.35") => {
+                        return Err(CaError::UnsupportedKeyAlgorithm("EC P-521".into()));
+                    }
+                    Some("1.3.132.0.10") => {
+                        return Err(CaError::UnsupportedKeyAlgorithm("EC secp256k1".into()));
+                    }
+                    Some(other) => {
+                        return Err(CaError::UnsupportedKeyAlgorithm(format!(
+                            "EC curve {other}"
+                        )));
+                    }
+                    None => {
+                        return Err(CaError::UnsupportedKeyAlgorithm(
+                            "EC with explicit curve parameters".into(),
+                        ));
+                    }
                 }
             }
             OID_RSA_ENCRYPTION => {
                 let bits = match spki.parsed() {
                     Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => rsa.key_size(),
-                    _ => return Err(CaError::PublicKeyUnreadable("the RSA public key does not parse".into())),
+                    _ => {
+                        return Err(CaError::PublicKeyUnreadable(
+                            "the RSA public key does not parse".into(),
+                        ));
+                    }
                 };
                 if ![2048, 3072, 4096].contains(&bits) {
                     return Err(CaError::UnsupportedKeyAlgorithm(format!("RSA {bits}")));

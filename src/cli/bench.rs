@@ -49,7 +49,12 @@ impl Measurement {
 }
 
 /// Runs `op` `count` times on each of `threads` threads at once; returns the wall time.
-fn measure<F>(operation: &'static str, threads: usize, count: u32, op: F) -> anyhow::Result<Measurement>
+fn measure<F>(
+    operation: &'static str,
+    threads: usize,
+    count: u32,
+    op: F,
+) -> anyhow::Result<Measurement>
 where
     F: Fn(u32) -> anyhow::Result<()> + Sync,
 {
@@ -65,9 +70,10 @@ where
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().map_err(|_| anyhow::anyhow!("a bench thread panicked"))?)
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a bench thread panicked"))?
+        })
     })?;
     Ok(Measurement {
         operation,
@@ -147,9 +153,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .flat_map(|&t| {
             [
-                ("C_Sign ECDSA P-256 (SHA-256)", t, args.count, &sign_p256 as Op<'_>),
-                ("issue certificate (P-256 CA, tls-client)", t, args.count, &issue as Op<'_>),
-                ("C_Sign RSA-2048 PKCS#1 v1.5 (SHA-256)", t, args.rsa_count, &sign_rsa as Op<'_>),
+                (
+                    "C_Sign ECDSA P-256 (SHA-256)",
+                    t,
+                    args.count,
+                    &sign_p256 as Op<'_>,
+                ),
+                (
+                    "issue certificate (P-256 CA, tls-client)",
+                    t,
+                    args.count,
+                    &issue as Op<'_>,
+                ),
+                (
+                    "C_Sign RSA-2048 PKCS#1 v1.5 (SHA-256)",
+                    t,
+                    args.rsa_count,
+                    &sign_rsa as Op<'_>,
+                ),
             ]
         })
         .collect();
@@ -173,7 +194,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         hsm.token_label(),
         args.rounds
     );
-    println!("{:<42} {:>7} {:>8} {:>9} {:>11}", "operation", "threads", "count", "seconds", "per second");
+    println!(
+        "{:<42} {:>7} {:>8} {:>9} {:>11}",
+        "operation", "threads", "count", "seconds", "per second"
+    );
     for m in &table {
         println!(
             "{:<42} {:>7} {:>8} {:>9.3} {:>11.0}",
@@ -193,7 +217,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or(f64::NAN)
         };
         let ratio = rate("issue certificate") / rate("C_Sign ECDSA P-256");
-        println!("issuance / raw P-256 signing, {threads} thread(s): {:.0}%", ratio * 100.0);
+        println!(
+            "issuance / raw P-256 signing, {threads} thread(s): {:.0}%",
+            ratio * 100.0
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

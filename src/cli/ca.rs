@@ -1,12 +1,12 @@
 //! `tessera ca init | show | sign-csr`: the CA ceremony, the chain, and issuance from a CSR.
-use anyhow::Context;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use crate::ca::{
     self, CaInitParams, IssuanceRequest, KeyProvenance, ProfileSet, SerialNumber, StoredCa,
     ceremony::summarize_certificate,
 };
 use crate::hsm::{Hsm, HsmConfig, KeySpec};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct CaArgs {
@@ -163,13 +163,16 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
                 None => ProfileSet::built_in(),
             };
             let profile = profiles.get(&profile)?;
-            let csr_bytes =
-                std::fs::read(&csr).with_context(|| format!("cannot read the CSR {}", csr.display()))?;
+            let csr_bytes = std::fs::read(&csr)
+                .with_context(|| format!("cannot read the CSR {}", csr.display()))?;
             let request = ca::parse_and_verify_csr(&csr_bytes)?;
             if let Some(out) = &out
                 && out.exists()
             {
-                anyhow::bail!("{} already exists; refusing to overwrite it, choose another --out", out.display());
+                anyhow::bail!(
+                    "{} already exists; refusing to overwrite it, choose another --out",
+                    out.display()
+                );
             }
             let stored = StoredCa::load(&data.data_dir)?;
             let hsm = open_hsm(&hsm.hsm_config)?;
@@ -185,7 +188,8 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             let pem = issued.to_pem();
             match out {
                 Some(path) => {
-                    std::fs::write(&path, &pem).with_context(|| format!("cannot write {}", path.display()))?;
+                    std::fs::write(&path, &pem)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                     println!(
                         "issued certificate serial {} for CN={} ({}, profile {}, valid until {}) to {}",
                         issued.serial,
