@@ -883,3 +883,128 @@ fn the_to_be_signed_certificate_is_recorded_before_the_hsm_signs() {
         "the certificate was not signed: recording it before signing failed: database is read-only"
     );
 }
+
+#[test]
+fn a_damaged_ca_directory_is_refused_by_name() {
+    let token = SoftHsmToken::create("ca-damaged");
+    let data_dir = init_ca(&token);
+    let dir = token.dir.path();
+    let csr = p256_csr(dir, "alice");
+    let leaf = dir.join("leaf.pem");
+    let missing_csr = dir.join("missing.csr");
+    assert_refused(
+        &sign_csr(&token, &data_dir, "tls-client", &missing_csr, &leaf),
+        &format!(
+            "cannot read the CSR {}: No such file or directory (os error 2)",
+            missing_csr.display()
+        ),
+    );
+
+    // ca.toml naming the root key as the issuing key: the key does not match issuing.pem.
+    let record_path = data_dir.join("ca.toml");
+    let original = std::fs::read_to_string(&record_path).unwrap();
+    let record: ca::CaRecord = toml::from_str(&original).unwrap();
+    std::fs::write(
+        &record_path,
+        toml::to_string(&ca::CaRecord {
+            root_key: record.root_key.clone(),
+            issuing_key: record.root_key.clone(),
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    assert_refused(
+        &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+        &format!(
+            "the HSM key {} does not match the issuing CA certificate; check issuing_key in ca.toml",
+            record.root_key
+        ),
+    );
+    std::fs::write(&record_path, "issuing_key = 1\n").unwrap();
+    assert_refused(
+        &tessera(
+            &token,
+            &["ca", "show", "--data-dir", data_dir.to_str().unwrap()],
+        ),
+        &format!(
+            "{} is invalid: invalid type: integer `1`, expected a string",
+            record_path.display()
+        ),
+    );
+    std::fs::write(&record_path, &original).unwrap();
+    std::fs::write(data_dir.join("issuing.pem"), "garbage").unwrap();
+    let out = tessera(
+        &token,
+        &["ca", "show", "--data-dir", data_dir.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "error: {} is invalid: not a PEM certificate: ",
+            data_dir.join("issuing.pem").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!leaf.exists());
+}
+
+#[test]
+fn init_parameter_refusals() {
+    let token = SoftHsmToken::create("ca-init-params");
+    let data_dir = token.dir.path().join("ca");
+    let d = data_dir.to_str().unwrap();
+    for (flags, message) in [
+        (
+            vec!["--root-cn", "Same", "--issuing-cn", "Same"],
+            "ca init: the root and issuing CAs need different common names",
+        ),
+        (
+            vec!["--root-key-label", "k", "--issuing-key-label", "k"],
+            "ca init: the root and issuing keys need different labels",
+        ),
+        (
+            vec!["--root-path-len", "0"],
+            "ca init: the root path length (0) must exceed the issuing CA's (0)",
+        ),
+        (
+            vec!["--issuing-validity-days", "0"],
+            "ca init: validity must be at least one day",
+        ),
+        (
+            vec!["--root-cn", " "],
+            "ca init: the root and issuing common names must not be empty",
+        ),
+    ] {
+        let mut args = vec!["ca", "init", "--data-dir", d];
+        args.extend(flags);
+        assert_refused(&tessera(&token, &args), message);
+    }
+    assert!(!data_dir.exists());
+    assert!(!token_objects(&token).contains("Private Key Object"));
+}
+
+#[test]
+fn a_subject_email_that_is_not_ascii_is_refused() {
+    let token = SoftHsmToken::create("ca-subject");
+    let data_dir = init_ca(&token);
+    let hsm = Hsm::open(&token.config()).expect("open HSM");
+    let issuing = StoredCa::load(&data_dir).unwrap().issuing_ca(&hsm).unwrap();
+    let key = hsm.generate_key_pair("subject", KeySpec::EcP256).unwrap();
+    let profiles = ProfileSet::built_in();
+    let mut subject = SubjectParams::new("Zoë");
+    subject.emails.push("zoë@example.org".into());
+    let err = issuing
+        .issue(&IssuanceRequest {
+            subject: &subject,
+            public_key_der: key.public_key_der(),
+            profile: profiles.get("tls-client").unwrap(),
+            serial: &SerialNumber::random().unwrap(),
+            provenance: KeyProvenance::HardwareAttested,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "subject is invalid: email \"zoë@example.org\" is not ASCII"
+    );
+}
