@@ -1008,3 +1008,63 @@ fn a_subject_email_that_is_not_ascii_is_refused() {
         "subject is invalid: email \"zoë@example.org\" is not ASCII"
     );
 }
+
+#[test]
+fn concurrent_issuance_from_one_issuing_ca_gives_correct_certificates() {
+    let token = SoftHsmToken::create("ca-concurrent");
+    let data_dir = init_ca(&token);
+    let hsm = Hsm::open(&token.config()).expect("open HSM");
+    let issuing = StoredCa::load(&data_dir).unwrap().issuing_ca(&hsm).unwrap();
+    let key = hsm.generate_key_pair("subject", KeySpec::EcP256).unwrap();
+    let profiles = ProfileSet::built_in();
+    let profile = profiles.get("tls-client").unwrap();
+    let issued: Vec<(String, Vec<u8>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let (issuing, key) = (&issuing, &key);
+                scope.spawn(move || {
+                    (0..5)
+                        .map(|i| {
+                            let cn = format!("user {t}-{i}");
+                            let cert = issuing
+                                .issue(&IssuanceRequest {
+                                    subject: &SubjectParams::new(cn.clone()),
+                                    public_key_der: key.public_key_der(),
+                                    profile,
+                                    serial: &SerialNumber::random().unwrap(),
+                                    provenance: KeyProvenance::HardwareAttested,
+                                })
+                                .unwrap();
+                            (cn, cert.der)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(issued.len(), 20);
+    let dir = token.dir.path();
+    let mut files = Vec::new();
+    for (n, (cn, der)) in issued.iter().enumerate() {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+        assert_eq!(cert.subject().to_string(), format!("CN={cn}"));
+        let name = format!("leaf{n}.pem");
+        std::fs::write(dir.join(&name), tessera::ca::issue::certificate_pem(der)).unwrap();
+        files.push(name);
+    }
+    let mut args = vec![
+        "verify",
+        "-CAfile",
+        "ca/root.pem",
+        "-untrusted",
+        "ca/issuing.pem",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let out = openssl(&args, dir);
+    let expected: String = files.iter().map(|f| format!("{f}: OK\n")).collect();
+    assert_eq!(stdout(&out), expected);
+}
