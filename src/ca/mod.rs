@@ -1,1 +1,92 @@
-//! `ca` module (placeholder: filled in by its issue).
+//! The certificate authority: profiles, serial numbers, issuance with rcgen using the HSM as
+//! remote signer, CSR checking, and the CA ceremony. It never talks to tokens and never sees a
+//! PKCS#11 handle: every private-key operation goes through `crate::hsm::HsmKey::sign`.
+//!
+//! Start reading at [`issue::IssuingCa::issue`] (one certificate) and
+//! [`ceremony::init_ca`] (the ceremony).
+
+pub mod ceremony;
+pub mod csr;
+mod der_encoding;
+pub mod issue;
+pub mod policy_oid;
+pub mod profile;
+pub mod serial;
+pub mod signer;
+
+pub use ceremony::{CaInitParams, CaRecord, StoredCa, init_ca};
+pub use csr::{VerifiedCsr, parse_and_verify_csr};
+pub use issue::{IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams};
+pub use profile::{Profile, ProfileSet};
+pub use serial::SerialNumber;
+
+use crate::hsm::HsmError;
+use std::path::PathBuf;
+
+/// Every way the CA refuses or fails; each message is one line naming the problem and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error("unknown certificate profile \"{name}\"; known profiles: {known}")]
+    UnknownProfile { name: String, known: String },
+    #[error("certificate profile {origin} is invalid: {reason}")]
+    ProfileInvalid { origin: String, reason: String },
+    #[error(
+        "profile {profile} certifies only hardware-attested keys and this key has no attestation; use a profile with allow_unattested_keys = true"
+    )]
+    ProfileRequiresAttestation { profile: String },
+    #[error(
+        "profile {profile} needs an email address for the subject; add an rfc822Name subjectAltName to the request"
+    )]
+    ProfileRequiresEmail { profile: String },
+    #[error("subject is invalid: {0}")]
+    SubjectInvalid(String),
+    #[error("CSR cannot be read: {0}; give a PKCS#10 request in PEM or DER")]
+    CsrUnreadable(String),
+    #[error(
+        "CSR signature does not verify: the request was altered or not signed by its own key; make a new CSR"
+    )]
+    CsrSignatureInvalid,
+    #[error("CSR subject has no commonName; make the request with a CN")]
+    CsrWithoutCommonName,
+    #[error(
+        "unsupported key algorithm {0}; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys"
+    )]
+    UnsupportedKeyAlgorithm(String),
+    #[error("public key cannot be read: {0}")]
+    PublicKeyUnreadable(String),
+    #[error("{0}")]
+    HsmPublicKey(String),
+    #[error("the operating system's random generator failed: {0}")]
+    Entropy(String),
+    #[error("building the certificate failed: {0}")]
+    CertificateEncoding(String),
+    #[error("the CA certificate cannot be read: {0}")]
+    CaCertificateUnreadable(String),
+    #[error(
+        "the HSM key {key_uri} does not match the issuing CA certificate; check issuing_key in ca.toml"
+    )]
+    CaKeyMismatch { key_uri: String },
+    #[error("the issuing CA certificate has expired; run a new CA ceremony")]
+    IssuingCaExpired,
+    #[error(
+        "a CA already exists ({path} is present); refusing to overwrite it, use another --data-dir"
+    )]
+    CaExists { path: PathBuf },
+    #[error(
+        "no CA in {dir} (ca.toml not found); run `tessera ca init` first or point --data-dir at the CA"
+    )]
+    NoCa { dir: PathBuf },
+    #[error("{path} is invalid: {reason}")]
+    CaRecordInvalid { path: PathBuf, reason: String },
+    #[error("the certificate was not signed: recording it before signing failed: {0}")]
+    RecordBeforeSigning(String),
+    #[error("ca init: {0}")]
+    InitParameter(String),
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}

@@ -1,9 +1,229 @@
-//! `tessera ca` (placeholder: filled in by its issue).
+//! `tessera ca init | show | sign-csr`: the CA ceremony, the chain, and issuance from a CSR.
+use crate::ca::{
+    self, CaInitParams, IssuanceRequest, KeyProvenance, ProfileSet, SerialNumber, StoredCa,
+    ceremony::summarize_certificate,
+};
+use crate::hsm::{Hsm, HsmConfig, KeySpec};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
-pub struct CaArgs {}
+pub struct CaArgs {
+    #[command(subcommand)]
+    command: CaCommand,
+}
 
-pub fn run(_args: CaArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("tessera ca is not built yet")
+/// Where the CA's public files (ca.toml, root.pem, issuing.pem, chain.pem) live.
+#[derive(clap::Args)]
+struct DataDirArg {
+    /// Directory of the CA's public files.
+    #[arg(long, env = "TESSERA_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+/// The HSM config (module, token, PIN source).
+#[derive(clap::Args)]
+struct HsmConfigArg {
+    /// HSM configuration file (see hsm-config/softhsm2.toml).
+    #[arg(long, env = "TESSERA_HSM_CONFIG", value_name = "FILE")]
+    hsm_config: PathBuf,
+}
+
+#[derive(clap::Subcommand)]
+enum CaCommand {
+    /// CA ceremony: root and issuing keys in the HSM, root and issuing certificates, chain files.
+    Init {
+        #[command(flatten)]
+        hsm: HsmConfigArg,
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Common name of the root CA.
+        #[arg(long, default_value = "Tessera Root CA")]
+        root_cn: String,
+        /// Common name of the issuing CA.
+        #[arg(long, default_value = "Tessera Issuing CA")]
+        issuing_cn: String,
+        /// Organization (O) of both CA names.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Root key algorithm: p256, p384, rsa2048, rsa3072, rsa4096.
+        #[arg(long, default_value = "p384", value_parser = parse_key_spec)]
+        root_algorithm: KeySpec,
+        /// Issuing key algorithm: p256, p384, rsa2048, rsa3072, rsa4096.
+        #[arg(long, default_value = "p256", value_parser = parse_key_spec)]
+        issuing_algorithm: KeySpec,
+        /// Root certificate validity in days.
+        #[arg(long, default_value_t = 7305)]
+        root_validity_days: u32,
+        /// Issuing certificate validity in days (at most the root's).
+        #[arg(long, default_value_t = 1826)]
+        issuing_validity_days: u32,
+        /// pathLenConstraint of the issuing CA (0: it certifies end entities only).
+        #[arg(long, default_value_t = 0)]
+        path_len: u8,
+        /// pathLenConstraint of the root (default: none).
+        #[arg(long)]
+        root_path_len: Option<u8>,
+        /// HSM label (CKA_LABEL) of the root key.
+        #[arg(long, default_value = "tessera-root")]
+        root_key_label: String,
+        /// HSM label (CKA_LABEL) of the issuing key.
+        #[arg(long, default_value = "tessera-issuing")]
+        issuing_key_label: String,
+    },
+    /// Prints the chain (subjects, serials, validity) and the HSM key URIs.
+    Show {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Issues a certificate for a PKCS#10 request (PEM or DER) under a profile.
+    SignCsr {
+        #[command(flatten)]
+        hsm: HsmConfigArg,
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Certificate profile name (tls-client, smime-signing, …).
+        #[arg(long)]
+        profile: String,
+        /// The request file.
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        /// Where to write the certificate (PEM); stdout when absent.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Directory of profile TOML files replacing the built-in ones.
+        #[arg(long, env = "TESSERA_PROFILES_DIR", value_name = "DIR")]
+        profiles_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_key_spec(s: &str) -> Result<KeySpec, String> {
+    s.parse::<KeySpec>().map_err(|e| e.to_string())
+}
+
+fn open_hsm(config: &Path) -> anyhow::Result<Hsm> {
+    let config = HsmConfig::load(config)?;
+    Ok(Hsm::open(&config)?)
+}
+
+pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        CaCommand::Init {
+            hsm,
+            data,
+            root_cn,
+            issuing_cn,
+            organization,
+            root_algorithm,
+            issuing_algorithm,
+            root_validity_days,
+            issuing_validity_days,
+            path_len,
+            root_path_len,
+            root_key_label,
+            issuing_key_label,
+        } => {
+            let params = CaInitParams {
+                root_common_name: root_cn,
+                issuing_common_name: issuing_cn,
+                organization,
+                root_key_spec: root_algorithm,
+                issuing_key_spec: issuing_algorithm,
+                root_validity_days,
+                issuing_validity_days,
+                root_path_len,
+                issuing_path_len: path_len,
+                root_key_label,
+                issuing_key_label,
+            };
+            // Refuse before touching the HSM when a CA is already there.
+            ca::ceremony::ensure_no_ca(&data.data_dir)?;
+            let hsm = open_hsm(&hsm.hsm_config)?;
+            let made = ca::init_ca(&hsm, &data.data_dir, &params)?;
+            println!("CA created in {}", data.data_dir.display());
+            print_chain(&made.root_der, &made.issuing_der, &made.record)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::Show { data } => {
+            let stored = StoredCa::load(&data.data_dir)?;
+            print_chain(&stored.root_der, &stored.issuing_der, &stored.record)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::SignCsr {
+            hsm,
+            data,
+            profile,
+            csr,
+            out,
+            profiles_dir,
+        } => {
+            let profiles = match &profiles_dir {
+                Some(dir) => ProfileSet::load_dir(dir)?,
+                None => ProfileSet::built_in(),
+            };
+            let profile = profiles.get(&profile)?;
+            let csr_bytes = std::fs::read(&csr)
+                .with_context(|| format!("cannot read the CSR {}", csr.display()))?;
+            let request = ca::parse_and_verify_csr(&csr_bytes)?;
+            if let Some(out) = &out
+                && out.exists()
+            {
+                anyhow::bail!(
+                    "{} already exists; refusing to overwrite it, choose another --out",
+                    out.display()
+                );
+            }
+            let stored = StoredCa::load(&data.data_dir)?;
+            let hsm = open_hsm(&hsm.hsm_config)?;
+            let issuing = stored.issuing_ca(&hsm)?;
+            let serial = SerialNumber::random()?;
+            let issued = issuing.issue(&IssuanceRequest {
+                subject: &request.subject,
+                public_key_der: &request.public_key_der,
+                profile,
+                serial: &serial,
+                provenance: KeyProvenance::Unattested,
+            })?;
+            let pem = issued.to_pem();
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &pem)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!(
+                        "issued certificate serial {} for CN={} ({}, profile {}, valid until {}) to {}",
+                        issued.serial,
+                        request.subject.common_name,
+                        request.public_key.description,
+                        profile.name,
+                        issued
+                            .not_after
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                        path.display()
+                    );
+                }
+                None => print!("{pem}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_chain(root_der: &[u8], issuing_der: &[u8], record: &ca::CaRecord) -> anyhow::Result<()> {
+    for (role, der, uri) in [
+        ("root", root_der, &record.root_key),
+        ("issuing", issuing_der, &record.issuing_key),
+    ] {
+        let s = summarize_certificate(der)?;
+        println!("{role} CA");
+        println!("  subject:    {}", s.subject);
+        println!("  issuer:     {}", s.issuer);
+        println!("  serial:     {}", s.serial_hex);
+        println!("  not before: {}", s.not_before);
+        println!("  not after:  {}", s.not_after);
+        println!("  signature:  {}", s.signature_algorithm);
+        println!("  key:        {uri}");
+    }
+    Ok(())
 }

@@ -1,0 +1,244 @@
+//! Issuance: subject names + the subject's public key + a profile + a serial chosen before
+//! signing → a DER certificate signed by the issuing CA key in the HSM.
+
+use super::CaError;
+use super::der_encoding;
+use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
+use super::profile::Profile;
+use super::serial::SerialNumber;
+use super::signer::{CapturingSigner, HsmSigningKey, SubjectPublicKey};
+use crate::hsm::HsmKey;
+use rcgen::{
+    CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, PublicKeyData,
+    SanType,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::FromDer;
+
+/// Who the certificate is for. The server fills this from the directory; `ca sign-csr` from the
+/// request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectParams {
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub emails: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+impl SubjectParams {
+    pub fn new(common_name: impl Into<String>) -> SubjectParams {
+        SubjectParams {
+            common_name: common_name.into(),
+            organization: None,
+            emails: Vec::new(),
+            dns_names: Vec::new(),
+        }
+    }
+}
+
+/// Where the subject key came from; decides whether a profile may certify it, and which
+/// provenance policy OID the certificate carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyProvenance {
+    /// Generated on a hardware token whose attestation was verified (by `attest`).
+    HardwareAttested,
+    /// No attestation: a plain CSR. Only profiles with `allow_unattested_keys = true` accept it.
+    Unattested,
+}
+
+/// Everything one issuance needs. The serial is chosen (and, in the server, reserved in the
+/// store) before the HSM signs.
+#[derive(Clone, Debug)]
+pub struct IssuanceRequest<'a> {
+    pub subject: &'a SubjectParams,
+    /// SubjectPublicKeyInfo, DER.
+    pub public_key_der: &'a [u8],
+    pub profile: &'a Profile,
+    pub serial: &'a SerialNumber,
+    pub provenance: KeyProvenance,
+}
+
+/// A signed certificate.
+#[derive(Clone, Debug)]
+pub struct IssuedCertificate {
+    pub der: Vec<u8>,
+    pub serial: SerialNumber,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl IssuedCertificate {
+    pub fn to_pem(&self) -> String {
+        certificate_pem(&self.der)
+    }
+}
+
+/// PEM ("CERTIFICATE") of a DER certificate, LF line endings.
+pub fn certificate_pem(der: &[u8]) -> String {
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
+        .expect("PEM encoding of an in-memory buffer cannot fail")
+}
+
+/// The issuing CA: its certificate and its key in the HSM. Built once, then shared by every
+/// issuance (Send + Sync; each `issue` call signs once in the HSM).
+pub struct IssuingCa {
+    certificate_der: Vec<u8>,
+    not_after: OffsetDateTime,
+    issuer: Issuer<'static, CapturingSigner>,
+}
+
+impl IssuingCa {
+    /// `certificate_der` must be the certificate of `key`; a mismatch is refused (it would make
+    /// every issued certificate unverifiable).
+    pub fn new(certificate_der: Vec<u8>, key: HsmKey) -> Result<IssuingCa, CaError> {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&certificate_der)
+            .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+        let signer = HsmSigningKey::new(key)?;
+        if cert
+            .tbs_certificate
+            .subject_pki
+            .subject_public_key
+            .data
+            .as_ref()
+            != signer.der_bytes()
+        {
+            return Err(CaError::CaKeyMismatch {
+                key_uri: signer.hsm_key().uri(),
+            });
+        }
+        let not_after = cert.validity().not_after.to_datetime();
+        let issuer = Issuer::from_ca_cert_der(
+            &certificate_der.clone().into(),
+            CapturingSigner::new(signer),
+        )
+        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+        Ok(IssuingCa {
+            certificate_der,
+            not_after,
+            issuer,
+        })
+    }
+
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.certificate_der
+    }
+
+    pub fn key(&self) -> &HsmKey {
+        self.issuer.key().signing_key().hsm_key()
+    }
+
+    /// Builds, signs (one HSM signature) and returns the certificate.
+    pub fn issue(&self, request: &IssuanceRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        self.issue_recorded(request, |_, _| Ok(()))
+    }
+
+    /// Like [`IssuingCa::issue`], but first hands the serial and the exact tbsCertificate DER
+    /// to `record_to_be_signed` (the server stores them); the HSM signs only if that succeeds,
+    /// so no signed certificate can exist that the store does not know.
+    pub fn issue_recorded<F>(
+        &self,
+        request: &IssuanceRequest<'_>,
+        record_to_be_signed: F,
+    ) -> Result<IssuedCertificate, CaError>
+    where
+        F: FnOnce(&SerialNumber, &[u8]) -> Result<(), String>,
+    {
+        let profile = request.profile;
+        let public_key = SubjectPublicKey::from_spki_der(request.public_key_der)?;
+        let provenance_policy = match request.provenance {
+            KeyProvenance::HardwareAttested => profile.attested_key_policy.as_str(),
+            KeyProvenance::Unattested => match &profile.unattested_key_policy {
+                Some(policy) if profile.allow_unattested_keys => policy.as_str(),
+                _ => {
+                    return Err(CaError::ProfileRequiresAttestation {
+                        profile: profile.name.clone(),
+                    });
+                }
+            },
+        };
+        let subject = request.subject;
+        if subject.common_name.trim().is_empty() {
+            return Err(CaError::SubjectInvalid("the common name is empty".into()));
+        }
+        if profile.require_email && subject.emails.is_empty() {
+            return Err(CaError::ProfileRequiresEmail {
+                profile: profile.name.clone(),
+            });
+        }
+
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(org) = &subject.organization {
+            dn.push(DnType::OrganizationName, org.as_str());
+        }
+        dn.push(DnType::CommonName, subject.common_name.as_str());
+        params.distinguished_name = dn;
+        for email in &subject.emails {
+            let name = email
+                .as_str()
+                .try_into()
+                .map_err(|_| CaError::SubjectInvalid(format!("email \"{email}\" is not ASCII")))?;
+            params.subject_alt_names.push(SanType::Rfc822Name(name));
+        }
+        for dns in &subject.dns_names {
+            let name = dns
+                .as_str()
+                .try_into()
+                .map_err(|_| CaError::SubjectInvalid(format!("DNS name \"{dns}\" is not ASCII")))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
+        let not_after =
+            (now + Duration::days(i64::from(profile.validity_days))).min(self.not_after);
+        if not_after <= now {
+            return Err(CaError::IssuingCaExpired);
+        }
+        params.not_before = now;
+        params.not_after = not_after;
+        params.serial_number = Some(request.serial.into());
+        // ExplicitNoCa writes basicConstraints (cA false) and the subject key identifier.
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = profile.key_usage.clone();
+        params.extended_key_usages = profile.extended_key_usage.clone();
+
+        let mut policies: Vec<&str> = profile
+            .certificate_policies
+            .iter()
+            .map(String::as_str)
+            .collect();
+        policies.push(provenance_policy);
+        let policies_der =
+            policy_oid::certificate_policies(&policies).map_err(CaError::CertificateEncoding)?;
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                CERTIFICATE_POLICIES_EXTENSION,
+                policies_der,
+            ));
+
+        // rcgen encodes; the capturing signer hands back the tbsCertificate instead of signing.
+        let _ = CapturingSigner::take_captured();
+        params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;
+        let to_be_signed = CapturingSigner::take_captured().ok_or_else(|| {
+            CaError::CertificateEncoding("rcgen produced no tbsCertificate".into())
+        })?;
+        record_to_be_signed(request.serial, &to_be_signed).map_err(CaError::RecordBeforeSigning)?;
+        let signing_key = self.issuer.key().signing_key();
+        let signature = signing_key.sign_in_hsm(&to_be_signed)?;
+        let mut content = to_be_signed;
+        content.extend_from_slice(signing_key.signature_algorithm_identifier());
+        content.extend(der_encoding::bit_string(&signature));
+        Ok(IssuedCertificate {
+            der: der_encoding::sequence(&content),
+            serial: request.serial.clone(),
+            not_before: now,
+            not_after,
+        })
+    }
+}

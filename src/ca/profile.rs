@@ -1,0 +1,331 @@
+//! End-entity certificate profiles: TOML files (one per profile, named after the file) that set
+//! key usage, extended key usage, validity, certificate policies and whether keys without a
+//! verified hardware attestation may be certified. The profiles shipped in `profiles/` are built
+//! into the binary; a directory of TOML files can replace them.
+
+use super::{CaError, policy_oid};
+use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The profiles shipped in `profiles/`, compiled in so the binary works from any directory.
+const BUILT_IN_PROFILES: &[(&str, &str)] = &[
+    (
+        "smime-signing",
+        include_str!("../../profiles/smime-signing.toml"),
+    ),
+    ("tls-client", include_str!("../../profiles/tls-client.toml")),
+];
+
+/// The on-disk form of a profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    description: String,
+    validity_days: u32,
+    key_usage: Vec<String>,
+    extended_key_usage: Vec<String>,
+    #[serde(default)]
+    certificate_policies: Vec<String>,
+    attested_key_policy: String,
+    unattested_key_policy: Option<String>,
+    allow_unattested_keys: bool,
+    #[serde(default)]
+    require_email: bool,
+}
+
+/// A checked end-entity profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub validity_days: u32,
+    pub key_usage: Vec<KeyUsagePurpose>,
+    pub extended_key_usage: Vec<ExtendedKeyUsagePurpose>,
+    /// Dotted OIDs, each checked to encode.
+    pub certificate_policies: Vec<String>,
+    /// Policy OID added when the key's hardware attestation was verified.
+    pub attested_key_policy: String,
+    /// Policy OID added when the key was not attested (set iff `allow_unattested_keys`).
+    pub unattested_key_policy: Option<String>,
+    pub allow_unattested_keys: bool,
+    pub require_email: bool,
+}
+
+/// Longest end-entity validity a profile may ask for (about 5 years).
+const MAX_VALIDITY_DAYS: u32 = 1826;
+
+impl Profile {
+    /// Parses and checks one profile's TOML text. `source` names where it came from in errors.
+    pub fn from_toml(name: &str, text: &str, source: &str) -> Result<Profile, CaError> {
+        let invalid = |reason: String| CaError::ProfileInvalid {
+            origin: source.to_string(),
+            reason,
+        };
+        let file: ProfileFile =
+            toml::from_str(text).map_err(|e| invalid(e.message().replace('\n', " ")))?;
+        if file.validity_days == 0 || file.validity_days > MAX_VALIDITY_DAYS {
+            return Err(invalid(format!(
+                "validity_days = {} is outside 1..={MAX_VALIDITY_DAYS}",
+                file.validity_days
+            )));
+        }
+        if file.key_usage.is_empty() {
+            return Err(invalid("key_usage is empty".into()));
+        }
+        let key_usage = file
+            .key_usage
+            .iter()
+            .map(|u| {
+                parse_key_usage(u).ok_or_else(|| invalid(format!("unknown key_usage \"{u}\"")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let extended_key_usage = file
+            .extended_key_usage
+            .iter()
+            .map(|u| {
+                parse_extended_key_usage(u)
+                    .ok_or_else(|| invalid(format!("unknown extended_key_usage \"{u}\"")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for oid in file
+            .certificate_policies
+            .iter()
+            .chain(std::iter::once(&file.attested_key_policy))
+            .chain(file.unattested_key_policy.iter())
+        {
+            policy_oid::encode(oid)
+                .map_err(|reason| invalid(format!("certificate policy \"{oid}\": {reason}")))?;
+        }
+        match (file.allow_unattested_keys, &file.unattested_key_policy) {
+            (true, None) => {
+                return Err(invalid(
+                    "allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates".into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(invalid(
+                    "unattested_key_policy is set but allow_unattested_keys = false".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Profile {
+            name: name.to_string(),
+            description: file.description,
+            validity_days: file.validity_days,
+            key_usage,
+            extended_key_usage,
+            certificate_policies: file.certificate_policies,
+            attested_key_policy: file.attested_key_policy,
+            unattested_key_policy: file.unattested_key_policy,
+            allow_unattested_keys: file.allow_unattested_keys,
+            require_email: file.require_email,
+        })
+    }
+}
+
+fn parse_key_usage(name: &str) -> Option<KeyUsagePurpose> {
+    Some(match name {
+        "digital_signature" => KeyUsagePurpose::DigitalSignature,
+        "content_commitment" | "non_repudiation" => KeyUsagePurpose::ContentCommitment,
+        "key_encipherment" => KeyUsagePurpose::KeyEncipherment,
+        "data_encipherment" => KeyUsagePurpose::DataEncipherment,
+        "key_agreement" => KeyUsagePurpose::KeyAgreement,
+        // keyCertSign / cRLSign belong to CA certificates, which profiles do not make.
+        _ => return None,
+    })
+}
+
+fn parse_extended_key_usage(name: &str) -> Option<ExtendedKeyUsagePurpose> {
+    Some(match name {
+        "client_auth" => ExtendedKeyUsagePurpose::ClientAuth,
+        "server_auth" => ExtendedKeyUsagePurpose::ServerAuth,
+        "email_protection" => ExtendedKeyUsagePurpose::EmailProtection,
+        "code_signing" => ExtendedKeyUsagePurpose::CodeSigning,
+        // Microsoft smart-card logon (szOID_KP_SMARTCARD_LOGON)
+        "smartcard_logon" => ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 2]),
+        dotted => {
+            let arcs = dotted
+                .split('.')
+                .map(|a| a.parse::<u64>().ok())
+                .collect::<Option<Vec<u64>>>()?;
+            if arcs.len() < 2 || arcs[0] > 2 {
+                return None;
+            }
+            ExtendedKeyUsagePurpose::Other(arcs)
+        }
+    })
+}
+
+/// The set of profiles a CA issues under, by name.
+#[derive(Clone, Debug)]
+pub struct ProfileSet {
+    profiles: BTreeMap<String, Profile>,
+}
+
+impl ProfileSet {
+    /// The profiles shipped with Tessera (`profiles/*.toml`, compiled in).
+    pub fn built_in() -> ProfileSet {
+        let profiles = BUILT_IN_PROFILES
+            .iter()
+            .map(|(name, text)| {
+                let profile = Profile::from_toml(name, text, &format!("built-in profile {name}"))
+                    .expect("shipped profiles are checked by unit tests");
+                (name.to_string(), profile)
+            })
+            .collect();
+        ProfileSet { profiles }
+    }
+
+    /// Every `*.toml` file in `dir`, each a profile named after its file.
+    pub fn load_dir(dir: &Path) -> Result<ProfileSet, CaError> {
+        let io = |source| CaError::Io {
+            path: dir.to_path_buf(),
+            error: source,
+        };
+        let mut profiles = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
+                path: path.clone(),
+                error: source,
+            })?;
+            let profile = Profile::from_toml(name, &text, &path.display().to_string())?;
+            profiles.insert(name.to_string(), profile);
+        }
+        if profiles.is_empty() {
+            return Err(CaError::ProfileInvalid {
+                origin: dir.display().to_string(),
+                reason: "the directory holds no *.toml profile".into(),
+            });
+        }
+        Ok(ProfileSet { profiles })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Profile, CaError> {
+        self.profiles
+            .get(name)
+            .ok_or_else(|| CaError::UnknownProfile {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.profiles.keys().map(String::as_str).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_parse() {
+        let set = ProfileSet::built_in();
+        assert_eq!(set.names(), vec!["smime-signing", "tls-client"]);
+        let tls = set.get("tls-client").unwrap();
+        assert_eq!(
+            tls.extended_key_usage,
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        );
+        assert!(tls.allow_unattested_keys);
+        let smime = set.get("smime-signing").unwrap();
+        assert!(!smime.allow_unattested_keys);
+        assert!(smime.require_email);
+    }
+
+    #[test]
+    fn unknown_profile_names_the_known_ones() {
+        let err = ProfileSet::built_in().get("server").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown certificate profile \"server\"; known profiles: smime-signing, tls-client"
+        );
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_with_the_reason() {
+        let base = "description = \"x\"\nvalidity_days = 30\nextended_key_usage = []\nallow_unattested_keys = false\nattested_key_policy = \"1.2.3\"\n";
+        let err = Profile::from_toml(
+            "p",
+            &format!("{base}key_usage = [\"key_cert_sign\"]\n"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: unknown key_usage \"key_cert_sign\""
+        );
+        let err = Profile::from_toml(
+            "p",
+            &format!(
+                "{base}key_usage = [\"digital_signature\"]\ncertificate_policies = [\"1.x\"]\n"
+            ),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: certificate policy \"1.x\": arc \"x\" is not a number"
+        );
+        let err = Profile::from_toml(
+            "p",
+            &format!("{base}key_usage = [\"digital_signature\"]\n").replace("= 30", "= 0"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: validity_days = 0 is outside 1..=1826"
+        );
+        let err = Profile::from_toml(
+            "p",
+            &format!("{base}key_usage = [\"digital_signature\"]\n").replace(
+                "allow_unattested_keys = false",
+                "allow_unattested_keys = true",
+            ),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates"
+        );
+    }
+
+    #[test]
+    fn a_profile_directory_replaces_the_built_in_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ProfileSet::load_dir(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "certificate profile {} is invalid: the directory holds no *.toml profile",
+                dir.path().display()
+            )
+        );
+        std::fs::write(
+            dir.path().join("vpn.toml"),
+            include_str!("../../profiles/tls-client.toml")
+                .replace("validity_days = 365", "validity_days = 30"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("README"), "not a profile").unwrap();
+        let set = ProfileSet::load_dir(dir.path()).unwrap();
+        assert_eq!(set.names(), vec!["vpn"]);
+        assert_eq!(set.get("vpn").unwrap().validity_days, 30);
+    }
+}
