@@ -88,25 +88,31 @@ mount -t tmpfs -o mode=0755,size=1m tessera-pcscd /run/pcscd
 run_dir="$(mktemp -d "${TMPDIR:-/tmp}/tessera-pcscd.XXXXXX")"
 conf_dir="$run_dir/reader.conf.d"
 lock_dir="$run_dir/locks"
-mkdir -p "$conf_dir" "$lock_dir"
+driver_dir="$run_dir/drivers"
+vpcd_driver=/usr/lib/pcsc/drivers/serial/libifdvpcd.so
+mkdir -p "$conf_dir" "$lock_dir" "$driver_dir"
 log="$run_dir/pcscd.log"
 
 # One vpcd entry offers two readers: slot 00 on CHANNELID, slot 01 on CHANNELID+1. pcscd names them
 # FRIENDLYNAME + " 00 00" / " 00 01" and does not number entries with equal names, so each entry
 # carries its first port in its name. "Yubico YubiKey" + the interface list makes ykman and
 # yubico-piv-tool take the reader for a USB YubiKey 5, as they do with a real one.
+# The vpcd driver keeps its connections in one static array indexed by slot only, so two entries
+# that load the same library share (and fight over) the same two connections. Each entry therefore
+# loads its own copy of the library: pcscd and the dynamic loader treat a copy as another driver.
 entries=$(((readers + 1) / 2))
 span=$((2 * entries)) # ports pcscd opens (an odd count still opens the entry's second port)
 
 write_config() { # $1 = base port; fills ports[] and names[]
   local base=$1 i port name
-  rm -f "$conf_dir"/vpcd-*
+  rm -f "$conf_dir"/vpcd-* "$driver_dir"/*
   ports=(); names=()
   for ((i = 0; i < readers; i += 2)); do
     port=$((base + i))
     name="Yubico YubiKey OTP+FIDO+CCID vpcd $port"
-    printf 'FRIENDLYNAME "%s"\nDEVICENAME   /dev/null:0x%04X\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x%04X\n' \
-      "$name" "$port" "$port" >"$conf_dir/vpcd-$port"
+    cp "$vpcd_driver" "$driver_dir/libifdvpcd-$port.so"
+    printf 'FRIENDLYNAME "%s"\nDEVICENAME   /dev/null:0x%04X\nLIBPATH      %s\nCHANNELID    0x%04X\n' \
+      "$name" "$port" "$driver_dir/libifdvpcd-$port.so" "$port" >"$conf_dir/vpcd-$port"
     ports+=("$port"); names+=("$name 00 00")
     if ((i + 1 < readers)); then
       ports+=("$((port + 1))"); names+=("$name 00 01")

@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -106,8 +106,9 @@ pub struct VirtualCard {
     reader: Reader,
     options: CardOptions,
     dir: tempfile::TempDir,
-    // Held for the card's lifetime: the exclusive lock on this reader's lock file.
-    _claim: File,
+    // Held for the card's lifetime: the exclusive lock on this reader's lock file, which also
+    // records the card's process id.
+    claim: File,
 }
 
 impl VirtualCard {
@@ -119,7 +120,7 @@ impl VirtualCard {
             .prefix("tessera-vpiv-")
             .tempdir()
             .expect("cannot create a temporary directory for the card's state");
-        let mut card = VirtualCard { child: None, reader, options, dir, _claim: claim };
+        let mut card = VirtualCard { child: None, reader, options, dir, claim };
         card.insert();
         card
     }
@@ -172,30 +173,47 @@ impl VirtualCard {
             .arg(&self.options.firmware)
             .arg("--serial")
             .arg(self.options.serial.to_string())
-            .arg("--export-attestation-root")
+            .arg("--export-root")
             .arg(self.attestation_root());
         if let Some(form_factor) = &self.options.form_factor {
             command.arg("--form-factor").arg(form_factor);
         }
         command.args(&self.options.extra_args);
-        command.env("RUST_LOG", std::env::var("TESSERA_VPIV_LOG").unwrap_or_else(|_| "debug".into()));
+        // Every APDU with its status word goes to the card's log (secrets redacted by the card).
+        if std::env::var_os("TESSERA_VPIV_LOG").is_none() {
+            command.env("TESSERA_VPIV_LOG", "debug");
+        }
         command
     }
 
     /// Pulls the card out: kills the process and waits until pcscd sees the reader empty.
     /// The state file stays, so [`VirtualCard::insert`] puts the same card back.
     pub fn pull(&mut self) {
+        if let Err(problem) = self.kill_and_wait_until_gone() {
+            panic!("{problem}");
+        }
+    }
+
+    /// Kills the card process and waits until pcscd reports the reader empty. pcscd notices a
+    /// vanished card only at its next presence poll; until then the reader still says "present",
+    /// and whoever claims the reader next would mistake that for its own card.
+    fn kill_and_wait_until_gone(&mut self) -> Result<(), String> {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            record_card_pid(&self.claim, None);
         }
         wait_for_reader(&self.reader.name, false, || None)
-            .unwrap_or_else(|e| panic!("reader {:?} still shows a card after the card was killed: {e}", self.reader.name));
+            .map_err(|e| format!("reader {:?} still shows a card after the card was killed: {e}", self.reader.name))
     }
 
     /// Starts the card process (again) on this reader and waits until pcscd sees it.
     pub fn insert(&mut self) {
         assert!(self.child.is_none(), "the card is already inserted");
+        // A card left behind by a test that died without cleaning up must be gone first.
+        if let Err(problem) = wait_for_reader(&self.reader.name, false, || None) {
+            panic!("reader {:?} is claimed but not empty: {problem}", self.reader.name);
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -208,6 +226,7 @@ impl VirtualCard {
             .stderr(log)
             .spawn()
             .expect("cannot start tessera-vpiv (is it built? cargo builds it for integration tests)");
+        record_card_pid(&self.claim, Some(child.id()));
         self.child = Some(child);
         let child = self.child.as_mut().expect("just set");
         let waited = wait_for_reader(&self.reader.name, true, || child.try_wait().ok().flatten());
@@ -236,12 +255,13 @@ impl VirtualCard {
 
 impl Drop for VirtualCard {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // The reader is released (the lock file closed) only after this, when it is empty again.
+        let gone = self.kill_and_wait_until_gone();
         if thread::panicking() {
             eprintln!("--- log of the card on {:?} ---\n{}", self.reader.name, self.log());
+        }
+        if let Err(problem) = gone {
+            eprintln!("{problem}");
         }
     }
 }
@@ -257,10 +277,12 @@ fn claim_reader() -> (Reader, File) {
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
+                .read(true)
                 .write(true)
                 .open(&path)
                 .unwrap_or_else(|e| panic!("cannot open the reader lock {}: {e}; {RUN_UNDER_HARNESS}", path.display()));
             if file.try_lock().is_ok() {
+                reap_orphan_card(&file, reader.port);
                 return (reader.clone(), file);
             }
         }
@@ -271,6 +293,31 @@ fn claim_reader() -> (Reader, File) {
             CLAIM_DEADLINE
         );
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The lock file holds the process id of the card started by its last owner. A test killed from
+/// outside (a timeout) cannot stop its card, which then stays in the reader; the next owner ends
+/// that card, after checking that the process is still a `tessera-vpiv` on this port.
+fn reap_orphan_card(lock: &File, port: u16) {
+    let mut recorded = String::new();
+    let _ = (&*lock).read_to_string(&mut recorded);
+    let Ok(pid) = recorded.trim().parse::<u32>() else { return };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_our_card = args.first().is_some_and(|a| a.ends_with(b"tessera-vpiv"))
+        && args.windows(2).any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
+    if is_our_card {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+}
+
+/// Records the running card's process id in the reader's lock file (see [`reap_orphan_card`]).
+fn record_card_pid(lock: &File, pid: Option<u32>) {
+    let _ = lock.set_len(0);
+    let _ = (&*lock).seek(SeekFrom::Start(0));
+    if let Some(pid) = pid {
+        let _ = (&*lock).write_all(pid.to_string().as_bytes());
     }
 }
 
