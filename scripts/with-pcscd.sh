@@ -10,6 +10,7 @@
 #   TESSERA_VPCD_READERS   the readers' PC/SC names in the same order, separated by ';'
 #   TESSERA_VPCD_LOCK_DIR  a directory for per-port lock files (tests claim a reader with flock)
 #   TESSERA_PCSCD_LOG      pcscd's log file
+#   OPENSC_CONF            (unless already set) OpenSC's default config with room for all N readers
 # The script exits with CMD's exit code; pcscd is stopped and the namespace vanishes with it.
 #
 # --readers N        number of readers (1..16, default 8)
@@ -24,7 +25,7 @@
 # `scripts/with-pcscd.sh -- bash` gives an interactive shell with the readers.
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 readers=8
 base_port=
@@ -190,6 +191,15 @@ if ((!ready)); then
   fi
   [[ -s "$log" ]] && { echo "with-pcscd: last pcscd log:" >&2; cat "$log" >&2; }
   exit 1
+fi
+
+# OpenSC's PKCS#11 module gives each reader 4 virtual slots and stops at 16, so it would show only
+# 4 of our readers. Unless the caller brings its own OPENSC_CONF, use Debian's default config plus
+# room for every reader.
+if [[ -z "${OPENSC_CONF:-}" ]]; then
+  export OPENSC_CONF="$run_dir/opensc.conf"
+  printf 'app default {\n\tframework pkcs15 {\n\t}\n}\napp opensc-pkcs11 {\n\tpkcs11 {\n\t\tmax_virtual_slots = %d;\n\t}\n}\n' \
+    $((4 * readers + 4)) >"$OPENSC_CONF"
 fi
 
 export TESSERA_VPCD_PORTS TESSERA_VPCD_READERS TESSERA_VPCD_LOCK_DIR="$lock_dir" TESSERA_PCSCD_LOG="$log"

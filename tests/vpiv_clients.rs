@@ -614,7 +614,10 @@ fn pkcs11_sign_and_verify(card: &VirtualCard, mechanism: &str, extra: &[&str]) {
 fn pkcs11_tool_lists_the_9a_key_and_certificate_and_signs_with_ecdsa() {
     let card = card_5_4(11_223_365);
     ykman_key_and_certificate(&card, "ECCP256", "CN=tessera pkcs11");
-    pkcs11_tool(&card, &["--list-objects"], None)
+    // Without login only the public objects show; OpenSC marks PIV private keys private.
+    let public_only = pkcs11_tool(&card, &["--list-objects"], None).success();
+    assert!(!public_only.stdout.contains("Private Key Object"), "{public_only}");
+    pkcs11_tool(&card, &["--login", "--pin", "env:TESSERA_TEST_PIN", "--list-objects"], Some(DEFAULT_PIN))
         .success()
         .mentions("Private Key Object; EC")
         .mentions("Certificate Object; type = X.509 cert")
@@ -627,7 +630,9 @@ fn pkcs11_tool_lists_the_9a_key_and_certificate_and_signs_with_ecdsa() {
 fn pkcs11_tool_signs_with_an_rsa2048_key() {
     let card = card_5_4(11_223_366);
     ykman_key_and_certificate(&card, "RSA2048", "CN=tessera pkcs11");
-    pkcs11_tool(&card, &["--list-objects"], None).success().mentions("Private Key Object; RSA");
+    pkcs11_tool(&card, &["--login", "--pin", "env:TESSERA_TEST_PIN", "--list-objects"], Some(DEFAULT_PIN))
+        .success()
+        .mentions("Private Key Object; RSA");
     pkcs11_sign_and_verify(&card, "SHA256-RSA-PKCS", &[]);
 }
 
