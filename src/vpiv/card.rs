@@ -11,11 +11,13 @@ use super::state::CardState;
 
 /// ATR of a YubiKey 5 NFC over USB: ykman needs F in the high nibble of the second byte.
 pub const YUBIKEY5_ATR: [u8; 23] = [
-    0x3B, 0xFD, 0x13, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x15, 0x80, 0x73, 0xC0, 0x21, 0xC0, 0x57,
-    0x59, 0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
+    0x3B, 0xFD, 0x13, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x15, 0x80, 0x73, 0xC0, 0x21, 0xC0, 0x57, 0x59,
+    0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
 ];
 
-pub const PIV_AID: [u8; 11] = [0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00];
+pub const PIV_AID: [u8; 11] = [
+    0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00,
+];
 pub const MANAGEMENT_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x05, 0x27, 0x47, 0x11, 0x17];
 
 /// Largest command a chain may build (bigger than any PIV object or key import).
@@ -84,7 +86,11 @@ pub(super) struct Session {
 pub fn loggable_command(raw: &[u8]) -> String {
     let secret = matches!(raw.get(1), Some(0x20 | 0x24 | 0x2C | 0xFE | 0xFF));
     if secret && raw.len() > 5 {
-        format!("{} [redacted {} bytes]", hex::encode_upper(&raw[..5]), raw.len() - 5)
+        format!(
+            "{} [redacted {} bytes]",
+            hex::encode_upper(&raw[..5]),
+            raw.len() - 5
+        )
     } else {
         hex::encode_upper(raw)
     }
@@ -108,7 +114,10 @@ impl VirtualCard {
             state,
             state_path,
             faults,
-            session: Session { selected: Some(Applet::Piv), ..Session::default() },
+            session: Session {
+                selected: Some(Applet::Piv),
+                ..Session::default()
+            },
             apdu_count: 0,
             last_touch: None,
             dirty: false,
@@ -125,24 +134,41 @@ impl VirtualCard {
 
     /// Power off / on / reset: the security state and buffers go; the PIV applet is selected.
     pub fn power_cycle(&mut self) {
-        self.session = Session { selected: Some(Applet::Piv), ..Session::default() };
+        self.session = Session {
+            selected: Some(Applet::Piv),
+            ..Session::default()
+        };
     }
 
     /// Handles one command APDU (raw bytes) and returns the response bytes (data + SW) or
     /// the order to disconnect. Never panics, whatever the bytes.
     pub fn process(&mut self, raw: &[u8]) -> CardReply {
         self.apdu_count += 1;
-        if self.faults.disconnect_after.is_some_and(|n| self.apdu_count > n) {
-            tracing::warn!(count = self.apdu_count, "fault: card pulled after the configured APDU count");
+        if self
+            .faults
+            .disconnect_after
+            .is_some_and(|n| self.apdu_count > n)
+        {
+            tracing::warn!(
+                count = self.apdu_count,
+                "fault: card pulled after the configured APDU count"
+            );
             return CardReply::Disconnect;
         }
         if let Some(&ins) = raw.get(1) {
             if self.faults.disconnect_at_ins == Some(ins) {
-                tracing::warn!(ins = format_args!("{ins:02X}"), "fault: card pulled at instruction");
+                tracing::warn!(
+                    ins = format_args!("{ins:02X}"),
+                    "fault: card pulled at instruction"
+                );
                 return CardReply::Disconnect;
             }
             if let Some(&sw) = self.faults.status_by_ins.get(&ins) {
-                tracing::warn!(ins = format_args!("{ins:02X}"), sw = format_args!("{sw:04X}"), "fault: forced status");
+                tracing::warn!(
+                    ins = format_args!("{ins:02X}"),
+                    sw = format_args!("{sw:04X}"),
+                    "fault: forced status"
+                );
                 return CardReply::Response(sw.to_be_bytes().to_vec());
             }
         }
@@ -188,11 +214,11 @@ impl VirtualCard {
         };
         if self.dirty {
             self.dirty = false;
-            if let Some(path) = &self.state_path {
-                if let Err(e) = self.state.save(path) {
-                    tracing::error!(error = %e, "state not saved");
-                    return StatusWord(0x6581).into();
-                }
+            if let Some(path) = &self.state_path
+                && let Err(e) = self.state.save(path)
+            {
+                tracing::error!(error = %e, "state not saved");
+                return StatusWord(0x6581).into();
             }
         }
         match result {
@@ -234,7 +260,10 @@ impl VirtualCard {
                     return Err(StatusWord::NOT_ENOUGH_MEMORY);
                 }
                 chain.data.extend_from_slice(&apdu.data);
-                Ok(Some(CommandApdu { data: chain.data, ..apdu }))
+                Ok(Some(CommandApdu {
+                    data: chain.data,
+                    ..apdu
+                }))
             }
             None => Ok(Some(apdu)),
         }
@@ -252,7 +281,11 @@ impl VirtualCard {
             return ResponseApdu::ok(data);
         }
         let rest = data.split_off(limit);
-        let announced = if rest.len() >= 256 { 0 } else { rest.len() as u16 };
+        let announced = if rest.len() >= 256 {
+            0
+        } else {
+            rest.len() as u16
+        };
         let sw = StatusWord(0x6100 | announced);
         self.session.pending_response = rest;
         ResponseApdu { data, sw }
@@ -266,7 +299,11 @@ impl VirtualCard {
             return StatusWord::CONDITIONS_NOT_SATISFIED.into();
         }
         let pending = std::mem::take(&mut self.session.pending_response);
-        let fake = CommandApdu { ne: apdu.ne, extended: apdu.extended, ..apdu.clone() };
+        let fake = CommandApdu {
+            ne: apdu.ne,
+            extended: apdu.extended,
+            ..apdu.clone()
+        };
         self.limit_response(pending, &fake)
     }
 
@@ -282,11 +319,17 @@ impl VirtualCard {
             }
             // Application property template: PIX of the PIV applet and its authority.
             let mut aid_tlv = super::tlv::encode(0x4F, &PIV_AID[5..9]);
-            aid_tlv.extend(super::tlv::encode(0x79, &super::tlv::encode(0x4F, &PIV_AID[..5])));
+            aid_tlv.extend(super::tlv::encode(
+                0x79,
+                &super::tlv::encode(0x4F, &PIV_AID[..5]),
+            ));
             return Ok(super::tlv::encode(0x61, &aid_tlv));
         }
         if aid == MANAGEMENT_AID {
-            self.session = Session { selected: Some(Applet::Management), ..Session::default() };
+            self.session = Session {
+                selected: Some(Applet::Management),
+                ..Session::default()
+            };
             let f = self.state.facts.firmware;
             return Ok(format!("{}.{}.{}", f[0], f[1], f[2]).into_bytes());
         }
@@ -296,7 +339,9 @@ impl VirtualCard {
     /// Whether touch arrives for an operation with `policy` (auto-confirmed unless refused).
     pub(super) fn touch(&mut self, cached: bool) -> Result<(), StatusWord> {
         if cached
-            && self.last_touch.is_some_and(|t| t.elapsed().as_secs() < TOUCH_CACHE_SECONDS)
+            && self
+                .last_touch
+                .is_some_and(|t| t.elapsed().as_secs() < TOUCH_CACHE_SECONDS)
         {
             return Ok(());
         }

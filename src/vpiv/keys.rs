@@ -1,8 +1,8 @@
 //! Private keys held in PIV slots: generation, import, the card's public-key encodings,
 //! signing (ECDSA over a given hash, raw RSA, Ed25519) and ECDH.
 
-use p256::elliptic_curve::sec1::ToSec1Point;
 use p256::elliptic_curve::Generate;
+use p256::elliptic_curve::sec1::ToSec1Point;
 use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use signature::hazmat::PrehashSigner;
@@ -127,14 +127,23 @@ impl SlotPrivateKey {
 
     /// Imports from IMPORT KEY's TLVs: RSA 01 p, 02 q (03–05 CRT values are recomputed and
     /// must match), EC 06 private scalar, Ed25519 07 seed.
-    pub fn import(algorithm: KeyAlgorithm, tlvs: &[tlv::Tlv<'_>]) -> Result<Self, KeyError> {
+    pub fn import<'a>(algorithm: KeyAlgorithm, tlvs: &[tlv::Tlv<'a>]) -> Result<Self, KeyError> {
         let get = |t: u16| tlv::find(tlvs, t).ok_or(KeyError::BadInput);
+        let exact = |v: &'a [u8], n: usize| {
+            if v.len() == n {
+                Ok(v)
+            } else {
+                Err(KeyError::BadInput)
+            }
+        };
         Ok(match algorithm {
             KeyAlgorithm::EccP256 => Self::EccP256(
-                p256::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?,
+                p256::SecretKey::from_slice(exact(get(0x06)?, 32)?)
+                    .map_err(|_| KeyError::BadInput)?,
             ),
             KeyAlgorithm::EccP384 => Self::EccP384(
-                p384::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?,
+                p384::SecretKey::from_slice(exact(get(0x06)?, 48)?)
+                    .map_err(|_| KeyError::BadInput)?,
             ),
             KeyAlgorithm::Ed25519 => {
                 let seed: [u8; 32] = get(0x07)?.try_into().map_err(|_| KeyError::BadInput)?;
@@ -186,7 +195,8 @@ impl SlotPrivateKey {
             Self::Ed25519(k) => k.verifying_key().to_public_key_der(),
             Self::Rsa(k) => k.to_public_key().to_public_key_der(),
         };
-        doc.map(|d| d.as_bytes().to_vec()).map_err(|_| KeyError::InvalidKey)
+        doc.map(|d| d.as_bytes().to_vec())
+            .map_err(|_| KeyError::InvalidKey)
     }
 
     /// GENERAL AUTHENTICATE with tag 81: ECDSA over a hash (left-padded to the field size,
@@ -203,14 +213,16 @@ impl SlotPrivateKey {
         match self {
             Self::EccP256(k) => {
                 let sk = p256::ecdsa::SigningKey::from(k);
-                let sig: p256::ecdsa::Signature =
-                    sk.sign_prehash(&field_pad(input, 32)?).map_err(|_| KeyError::BadInput)?;
+                let sig: p256::ecdsa::Signature = sk
+                    .sign_prehash(&field_pad(input, 32)?)
+                    .map_err(|_| KeyError::BadInput)?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             Self::EccP384(k) => {
                 let sk = p384::ecdsa::SigningKey::from(k);
-                let sig: p384::ecdsa::Signature =
-                    sk.sign_prehash(&field_pad(input, 48)?).map_err(|_| KeyError::BadInput)?;
+                let sig: p384::ecdsa::Signature = sk
+                    .sign_prehash(&field_pad(input, 48)?)
+                    .map_err(|_| KeyError::BadInput)?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             Self::Ed25519(k) => {
@@ -223,8 +235,8 @@ impl SlotPrivateKey {
                     return Err(KeyError::BadInput);
                 }
                 let prec = k.n().as_ref().bits_precision();
-                let c = rsa::BoxedUint::from_be_slice(input, prec)
-                    .map_err(|_| KeyError::BadInput)?;
+                let c =
+                    rsa::BoxedUint::from_be_slice(input, prec).map_err(|_| KeyError::BadInput)?;
                 let m = rsa::hazmat::rsa_decrypt_and_check(k.as_ref(), Some(&mut rand::rng()), &c)
                     .map_err(|_| KeyError::BadInput)?;
                 let bytes = m.to_be_bytes();
@@ -263,7 +275,11 @@ impl SlotPrivateKey {
             Self::Ed25519(k) => Zeroizing::new(k.to_bytes().to_vec()),
             Self::Rsa(k) => {
                 use rsa::pkcs8::EncodePrivateKey;
-                Zeroizing::new(k.to_pkcs8_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default())
+                Zeroizing::new(
+                    k.to_pkcs8_der()
+                        .map(|d| d.as_bytes().to_vec())
+                        .unwrap_or_default(),
+                )
             }
         }
     }
@@ -300,7 +316,9 @@ mod tests {
         let key = SlotPrivateKey::generate(KeyAlgorithm::EccP256).unwrap();
         let hash = [0x5Au8; 32];
         let der = key.sign(&hash).unwrap();
-        let SlotPrivateKey::EccP256(sk) = &key else { unreachable!() };
+        let SlotPrivateKey::EccP256(sk) = &key else {
+            unreachable!()
+        };
         let vk = p256::ecdsa::VerifyingKey::from(sk.public_key());
         let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
         vk.verify_prehash(&hash, &sig).unwrap();
@@ -311,14 +329,24 @@ mod tests {
     fn ecdh_agrees_between_two_keys() {
         let a = SlotPrivateKey::generate(KeyAlgorithm::EccP384).unwrap();
         let b = SlotPrivateKey::generate(KeyAlgorithm::EccP384).unwrap();
-        let point = |k: &SlotPrivateKey| tlv::parse_one(&k.public_key_tlvs()).unwrap().0.value.to_vec();
+        let point = |k: &SlotPrivateKey| {
+            tlv::parse_one(&k.public_key_tlvs())
+                .unwrap()
+                .0
+                .value
+                .to_vec()
+        };
         assert_eq!(a.ecdh(&point(&b)).unwrap(), b.ecdh(&point(&a)).unwrap());
         assert_eq!(a.ecdh(&[4, 1, 2]), Err(KeyError::BadInput));
     }
 
     #[test]
     fn stored_form_round_trips() {
-        for alg in [KeyAlgorithm::EccP256, KeyAlgorithm::EccP384, KeyAlgorithm::Ed25519] {
+        for alg in [
+            KeyAlgorithm::EccP256,
+            KeyAlgorithm::EccP384,
+            KeyAlgorithm::Ed25519,
+        ] {
             let k = SlotPrivateKey::generate(alg).unwrap();
             let back = SlotPrivateKey::from_stored(alg, &k.to_stored()).unwrap();
             assert_eq!(back.public_key_tlvs(), k.public_key_tlvs());

@@ -22,10 +22,18 @@ pub const ATTESTATION_OBJECT: u32 = 0x5F_FF01;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("state file {path} is not a tessera-vpiv state: {reason}; move it away to start a new card")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is not a tessera-vpiv state: {reason}; move it away to start a new card"
+    )]
     Corrupt { path: PathBuf, reason: String },
     #[error("attestation: {0}")]
     Attestation(#[from] attestation::AttestationError),
@@ -78,7 +86,11 @@ pub struct ReferenceData {
 
 impl std::fmt::Debug for ReferenceData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReferenceData([redacted], {}/{})", self.retries_left, self.retries_total)
+        write!(
+            f,
+            "ReferenceData([redacted], {}/{})",
+            self.retries_left, self.retries_total
+        )
     }
 }
 
@@ -180,21 +192,33 @@ impl CardState {
     }
 
     pub fn load(path: &Path) -> Result<Self, StateError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| StateError::Read { path: path.to_owned(), source })?;
-        let corrupt = |reason: String| StateError::Corrupt { path: path.to_owned(), reason };
-        let stored: StoredState = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| StateError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let stored: StoredState =
+            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         stored.into_state().map_err(corrupt)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         use std::io::Write;
-        let write_err = |source| StateError::Write { path: path.to_owned(), source };
+        let write_err = |source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        };
         let json = Zeroizing::new(
             serde_json::to_string_pretty(&StoredState::from_state(self))
                 .map_err(|e| write_err(std::io::Error::other(e)))?,
         );
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
@@ -295,7 +319,11 @@ impl StoredState {
                     )
                 })
                 .collect(),
-            objects: s.objects.iter().map(|(t, v)| (format!("{t:06x}"), hex::encode(v))).collect(),
+            objects: s
+                .objects
+                .iter()
+                .map(|(t, v)| (format!("{t:06x}"), hex::encode(v)))
+                .collect(),
             attestation_key_pkcs8: s
                 .attestation_key
                 .to_pkcs8_der()
@@ -331,7 +359,12 @@ impl StoredState {
                 .map_err(|e| format!("slot {slot:02x}: {e}"))?;
             slots.insert(
                 slot,
-                SlotKey { key, pin_policy: k.pin_policy, touch_policy: k.touch_policy, origin: k.origin },
+                SlotKey {
+                    key,
+                    pin_policy: k.pin_policy,
+                    touch_policy: k.touch_policy,
+                    origin: k.origin,
+                },
             );
         }
         let mut objects = BTreeMap::new();
@@ -340,8 +373,8 @@ impl StoredState {
             objects.insert(tag, unhex("object", v)?);
         }
         let ak = Zeroizing::new(unhex("attestation key", &self.attestation_key_pkcs8)?);
-        let attestation_key = rsa::RsaPrivateKey::from_pkcs8_der(&ak)
-            .map_err(|e| format!("attestation key: {e}"))?;
+        let attestation_key =
+            rsa::RsaPrivateKey::from_pkcs8_der(&ak).map_err(|e| format!("attestation key: {e}"))?;
         Ok(CardState {
             facts: DeviceFacts {
                 firmware,

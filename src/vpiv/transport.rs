@@ -16,10 +16,19 @@ const GET_ATR: u8 = 4;
 /// Why the card stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("no vpcd reader answered at {address} within {seconds} s: {source}; is pcscd with the vpcd driver running (scripts/with-pcscd.sh)?")]
-    Connect { address: String, seconds: u64, source: std::io::Error },
+    #[error(
+        "no vpcd reader answered at {address} within {seconds} s: {source}; is pcscd with the vpcd driver running (scripts/with-pcscd.sh)?"
+    )]
+    Connect {
+        address: String,
+        seconds: u64,
+        source: std::io::Error,
+    },
     #[error("connection to vpcd at {address} failed: {source}")]
-    Io { address: String, source: std::io::Error },
+    Io {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// How a session with the reader ended.
@@ -58,7 +67,10 @@ pub fn serve<S: Read + Write>(
     card: &mut VirtualCard,
     address: &str,
 ) -> Result<SessionEnd, TransportError> {
-    let io = |source| TransportError::Io { address: address.to_owned(), source };
+    let io = |source| TransportError::Io {
+        address: address.to_owned(),
+        source,
+    };
     loop {
         let mut len = [0u8; 2];
         match stream.read_exact(&mut len) {
