@@ -136,7 +136,7 @@ pub fn unpad8(block: &[u8]) -> &[u8] {
 }
 
 /// The card's lasting state.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CardState {
     pub facts: DeviceFacts,
     pub pin: ReferenceData,
