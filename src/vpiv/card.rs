@@ -320,10 +320,11 @@ impl VirtualCard {
         }
         let aid = apdu.data.as_slice();
         let is_prefix_of = |full: &[u8]| aid.len() >= 5 && full.starts_with(aid);
+        // Like a YubiKey (and unlike SP 800-73-4 3.1.1), every SELECT, even of the PIV AID
+        // again or of an AID the card lacks, resets the PIV security status (PIN verified,
+        // management key authenticated); OpenSC knows this of YubiKeys.
         if is_prefix_of(&PIV_AID) {
-            if self.session.selected != Some(Applet::Piv) {
-                self.power_cycle();
-            }
+            self.power_cycle();
             // Application property template: PIX of the PIV applet and its authority.
             let mut aid_tlv = super::tlv::encode(0x4F, &PIV_AID[5..9]);
             aid_tlv.extend(super::tlv::encode(
@@ -340,6 +341,11 @@ impl VirtualCard {
             let f = self.state.facts.firmware;
             return Ok(format!("{}.{}.{}", f[0], f[1], f[2]).into_bytes());
         }
+        let selected = self.session.selected;
+        self.session = Session {
+            selected,
+            ..Session::default()
+        };
         Err(StatusWord::FILE_NOT_FOUND)
     }
 

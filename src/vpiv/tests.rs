@@ -1049,3 +1049,34 @@ fn random_apdus_never_panic() {
 fn status_word_helper() {
     assert_eq!(StatusWord::verify_failed(20), StatusWord(0x63CF));
 }
+
+#[test]
+fn any_select_resets_the_security_status_as_on_a_yubikey() {
+    let mut card = new_card([5, 4, 3]);
+    send(&mut card, 0x20, 0, 0x80, &pin_block(b"123456"));
+    assert_eq!(send(&mut card, 0x20, 0, 0x80, &[]).1, 0x9000);
+    assert_eq!(send(&mut card, 0xA4, 4, 0, &hexb("A000000308")).1, 0x9000);
+    assert_eq!(
+        send(&mut card, 0x20, 0, 0x80, &[]).1,
+        0x63C3,
+        "PIV selected again"
+    );
+    send(&mut card, 0x20, 0, 0x80, &pin_block(b"123456"));
+    authenticate(&mut card, &default_key([5, 4, 3]));
+    assert_eq!(send(&mut card, 0xA4, 4, 0, &hexb("D27600012401")).1, 0x6A82);
+    assert_eq!(
+        send(&mut card, 0x20, 0, 0x80, &[]).1,
+        0x63C3,
+        "unknown AID selected"
+    );
+    assert_eq!(
+        generate(&mut card, 0x9A, 0x11, 0, 0).1,
+        0x6982,
+        "management key forgotten too"
+    );
+    assert_eq!(
+        send(&mut card, 0xFD, 0, 0, &[]).1,
+        0x9000,
+        "PIV stays selected"
+    );
+}
