@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use tessera::cli;
 
 #[derive(Parser)]
-#[command(
-    name = "tessera",
-    version,
-    about = "Hardware-token provisioning: HSM-backed CA, attested YubiKey enrollment"
-)]
+#[command(name = "tessera", version, about = "Hardware-token provisioning: HSM-backed CA, attested YubiKey enrollment")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
