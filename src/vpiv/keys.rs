@@ -20,6 +20,7 @@ pub enum KeyAlgorithm {
     EccP256,
     EccP384,
     Ed25519,
+    X25519,
 }
 
 impl KeyAlgorithm {
@@ -32,6 +33,7 @@ impl KeyAlgorithm {
             0x11 => Self::EccP256,
             0x14 => Self::EccP384,
             0xE0 => Self::Ed25519,
+            0xE1 => Self::X25519,
             _ => return None,
         })
     }
@@ -45,6 +47,7 @@ impl KeyAlgorithm {
             Self::EccP256 => 0x11,
             Self::EccP384 => 0x14,
             Self::Ed25519 => 0xE0,
+            Self::X25519 => 0xE1,
         }
     }
 
@@ -61,7 +64,7 @@ impl KeyAlgorithm {
     /// Whether firmware `version` offers this algorithm (RSA 3072/4096 and Ed25519 from 5.7).
     pub fn supported_by(self, version: [u8; 3]) -> bool {
         match self {
-            Self::Rsa3072 | Self::Rsa4096 | Self::Ed25519 => version >= [5, 7, 0],
+            Self::Rsa3072 | Self::Rsa4096 | Self::Ed25519 | Self::X25519 => version >= [5, 7, 0],
             _ => true,
         }
     }
@@ -85,6 +88,7 @@ pub enum SlotPrivateKey {
     EccP384(p384::SecretKey),
     Rsa(Box<rsa::RsaPrivateKey>),
     Ed25519(Box<ed25519_dalek::SigningKey>),
+    X25519(Zeroizing<[u8; 32]>),
 }
 
 impl std::fmt::Debug for SlotPrivateKey {
@@ -102,6 +106,12 @@ impl SlotPrivateKey {
             KeyAlgorithm::Ed25519 => {
                 Self::Ed25519(Box::new(ed25519_dalek::SigningKey::generate(&mut rng)))
             }
+            KeyAlgorithm::X25519 => {
+                use rand::RngExt;
+                let mut k = Zeroizing::new([0u8; 32]);
+                rng.fill(&mut k[..]);
+                Self::X25519(k)
+            }
             rsa_alg => {
                 let bits = rsa_alg.rsa_bits().ok_or(KeyError::WrongKeyType)?;
                 Self::Rsa(Box::new(
@@ -116,6 +126,7 @@ impl SlotPrivateKey {
             Self::EccP256(_) => KeyAlgorithm::EccP256,
             Self::EccP384(_) => KeyAlgorithm::EccP384,
             Self::Ed25519(_) => KeyAlgorithm::Ed25519,
+            Self::X25519(_) => KeyAlgorithm::X25519,
             Self::Rsa(k) => match k.size() * 8 {
                 1024 => KeyAlgorithm::Rsa1024,
                 3072 => KeyAlgorithm::Rsa3072,
@@ -149,6 +160,10 @@ impl SlotPrivateKey {
                 let seed: [u8; 32] = get(0x07)?.try_into().map_err(|_| KeyError::BadInput)?;
                 Self::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
             }
+            KeyAlgorithm::X25519 => {
+                let k: [u8; 32] = get(0x08)?.try_into().map_err(|_| KeyError::BadInput)?;
+                Self::X25519(Zeroizing::new(k))
+            }
             rsa_alg => {
                 let bits = rsa_alg.rsa_bits().ok_or(KeyError::WrongKeyType)?;
                 let (p, q) = (get(0x01)?, get(0x02)?);
@@ -178,6 +193,7 @@ impl SlotPrivateKey {
             Self::EccP256(k) => tlv::encode(0x86, k.public_key().to_sec1_point(false).as_bytes()),
             Self::EccP384(k) => tlv::encode(0x86, k.public_key().to_sec1_point(false).as_bytes()),
             Self::Ed25519(k) => tlv::encode(0x86, k.verifying_key().as_bytes()),
+            Self::X25519(k) => tlv::encode(0x86, &x25519_public(k)),
             Self::Rsa(k) => {
                 let mut out = tlv::encode(0x81, &k.n().as_ref().to_be_bytes_trimmed_vartime());
                 out.extend(tlv::encode(0x82, &k.e().to_be_bytes_trimmed_vartime()));
@@ -194,6 +210,14 @@ impl SlotPrivateKey {
             Self::EccP384(k) => k.public_key().to_public_key_der(),
             Self::Ed25519(k) => k.verifying_key().to_public_key_der(),
             Self::Rsa(k) => k.to_public_key().to_public_key_der(),
+            Self::X25519(k) => {
+                // SEQUENCE { SEQUENCE { OID 1.3.101.110 }, BIT STRING 00 || key }
+                let mut spki = vec![
+                    0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x6E, 0x03, 0x21, 0x00,
+                ];
+                spki.extend_from_slice(&x25519_public(k));
+                return Ok(spki);
+            }
         };
         doc.map(|d| d.as_bytes().to_vec())
             .map_err(|_| KeyError::InvalidKey)
@@ -245,6 +269,7 @@ impl SlotPrivateKey {
                 out[size - src.len()..].copy_from_slice(src);
                 Ok(out.to_vec())
             }
+            Self::X25519(_) => Err(KeyError::WrongKeyType),
         }
     }
 
@@ -263,6 +288,14 @@ impl SlotPrivateKey {
         match self {
             Self::EccP256(k) => ecdh!(p256, k, 32),
             Self::EccP384(k) => ecdh!(p384, k, 48),
+            Self::X25519(k) => {
+                let peer: [u8; 32] = peer_point.try_into().map_err(|_| KeyError::BadInput)?;
+                let shared = x25519_dalek::x25519(**k, peer);
+                if shared == [0u8; 32] {
+                    return Err(KeyError::BadInput);
+                }
+                Ok(shared.to_vec())
+            }
             _ => Err(KeyError::WrongKeyType),
         }
     }
@@ -273,6 +306,7 @@ impl SlotPrivateKey {
             Self::EccP256(k) => Zeroizing::new(k.to_bytes().to_vec()),
             Self::EccP384(k) => Zeroizing::new(k.to_bytes().to_vec()),
             Self::Ed25519(k) => Zeroizing::new(k.to_bytes().to_vec()),
+            Self::X25519(k) => Zeroizing::new(k.to_vec()),
             Self::Rsa(k) => {
                 use rsa::pkcs8::EncodePrivateKey;
                 Zeroizing::new(
@@ -296,6 +330,10 @@ impl SlotPrivateKey {
                 let seed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidKey)?;
                 Self::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
             }
+            KeyAlgorithm::X25519 => {
+                let k: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidKey)?;
+                Self::X25519(Zeroizing::new(k))
+            }
             _ => {
                 use rsa::pkcs8::DecodePrivateKey;
                 Self::Rsa(Box::new(
@@ -304,6 +342,10 @@ impl SlotPrivateKey {
             }
         })
     }
+}
+
+fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+    x25519_dalek::x25519(*secret, x25519_dalek::X25519_BASEPOINT_BYTES)
 }
 
 #[cfg(test)]
@@ -338,6 +380,23 @@ mod tests {
         };
         assert_eq!(a.ecdh(&point(&b)).unwrap(), b.ecdh(&point(&a)).unwrap());
         assert_eq!(a.ecdh(&[4, 1, 2]), Err(KeyError::BadInput));
+    }
+
+    #[test]
+    fn x25519_agrees_and_does_not_sign() {
+        let a = SlotPrivateKey::generate(KeyAlgorithm::X25519).unwrap();
+        let b = SlotPrivateKey::generate(KeyAlgorithm::X25519).unwrap();
+        let point = |k: &SlotPrivateKey| {
+            tlv::parse_one(&k.public_key_tlvs())
+                .unwrap()
+                .0
+                .value
+                .to_vec()
+        };
+        assert_eq!(a.ecdh(&point(&b)).unwrap(), b.ecdh(&point(&a)).unwrap());
+        assert_eq!(a.sign(&[1; 32]), Err(KeyError::WrongKeyType));
+        assert_eq!(a.ecdh(&[0; 32]), Err(KeyError::BadInput), "low-order point");
+        assert_eq!(a.public_key_spki_der().unwrap().len(), 44);
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl VirtualCard {
                 .map(|_| self.state.facts.firmware.to_vec()),
             0xFE => self.import_key(apdu),
             0xFF => self.set_management_key(apdu),
+            0xF6 if self.state.facts.firmware >= [5, 7, 0] => self.move_key(apdu),
             _ => Err(StatusWord::INS_NOT_SUPPORTED),
         }
     }
@@ -472,6 +473,25 @@ impl VirtualCard {
                     origin: KeyOrigin::Imported,
                 },
             );
+        }
+        self.dirty = true;
+        Ok(Vec::new())
+    }
+
+    /// MOVE KEY (5.7): P1 destination slot (FF: delete), P2 source slot.
+    fn move_key(&mut self, apdu: &CommandApdu) -> PivResult {
+        if !is_key_slot(apdu.p2) || !(apdu.p1 == 0xFF || is_key_slot(apdu.p1)) || apdu.p1 == apdu.p2
+        {
+            return Err(StatusWord::INCORRECT_P1P2);
+        }
+        self.require_management()?;
+        let key = self
+            .state
+            .slots
+            .remove(&apdu.p2)
+            .ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
+        if apdu.p1 != 0xFF {
+            self.state.slots.insert(apdu.p1, key);
         }
         self.dirty = true;
         Ok(Vec::new())

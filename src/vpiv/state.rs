@@ -221,7 +221,12 @@ impl CardState {
             .unwrap_or(Path::new("."));
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
+        // owner-only: the file holds every private key, PIN and management key in clear
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(write_err)?;
         file.write_all(json.as_bytes()).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
         drop(file);

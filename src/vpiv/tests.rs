@@ -913,6 +913,14 @@ fn state_file_round_trips_keys_objects_and_counters() {
     let root = TestRoot::generate().unwrap();
     let state = CardState::factory(facts([5, 7, 4]), &root).unwrap();
     state.save(&path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
     let mut card = VirtualCard::new(
         CardState::load(&path).unwrap(),
         Some(path.clone()),
@@ -1079,4 +1087,64 @@ fn any_select_resets_the_security_status_as_on_a_yubikey() {
         0x9000,
         "PIV stays selected"
     );
+}
+
+#[test]
+fn move_and_delete_keys_on_5_7() {
+    let mut card = new_card([5, 7, 4]);
+    assert_eq!(send(&mut card, 0xF6, 0x82, 0x9A, &[]).1, 0x6982);
+    authenticate(&mut card, &default_key([5, 7, 4]));
+    assert_eq!(
+        send(&mut card, 0xF6, 0x82, 0x9A, &[]).1,
+        0x6A88,
+        "nothing to move"
+    );
+    let (generated, _) = generate(&mut card, 0x9A, 0x11, 0, 0);
+    assert_eq!(send(&mut card, 0xF6, 0x82, 0x9A, &[]).1, 0x9000);
+    assert_eq!(send(&mut card, 0xF7, 0, 0x9A, &[]).1, 0x6A88);
+    let meta = send(&mut card, 0xF7, 0, 0x82, &[]).0;
+    assert_eq!(
+        tlv::find(&tlv::parse_all(&meta).unwrap(), 0x04).unwrap(),
+        &generated[3..]
+    );
+    assert_eq!(send(&mut card, 0xF6, 0xFF, 0x82, &[]).1, 0x9000);
+    assert_eq!(send(&mut card, 0xF7, 0, 0x82, &[]).1, 0x6A88);
+    assert_eq!(send(&mut card, 0xF6, 0x9B, 0x82, &[]).1, 0x6A86);
+    let mut old = new_card([5, 4, 3]);
+    assert_eq!(send(&mut old, 0xF6, 0x82, 0x9A, &[]).1, 0x6D00);
+}
+
+#[test]
+fn x25519_key_agreement_on_5_7() {
+    let mut card = new_card([5, 7, 4]);
+    authenticate(&mut card, &default_key([5, 7, 4]));
+    let (generated, sw) = generate(&mut card, 0x9D, 0xE1, 1, 0);
+    assert_eq!(
+        (sw, &generated[..5]),
+        (0x9000, &[0x7F, 0x49, 0x22, 0x86, 0x20][..])
+    );
+    let card_public: [u8; 32] = generated[5..].try_into().unwrap();
+    let peer_secret = [0x24u8; 32];
+    let peer_public = x25519_dalek::x25519(peer_secret, x25519_dalek::X25519_BASEPOINT_BYTES);
+    let mut inner = vec![0x82, 0x00];
+    inner.extend(tlv::encode(0x85, &peer_public));
+    let (resp, sw) = send(&mut card, 0x87, 0xE1, 0x9D, &tlv::encode(0x7C, &inner));
+    assert_eq!(sw, 0x9000);
+    assert_eq!(
+        &resp[4..],
+        &x25519_dalek::x25519(peer_secret, card_public)[..]
+    );
+    assert_eq!(
+        send(&mut card, 0x87, 0xE1, 0x9D, &sign_request(&[1; 32])).1,
+        0x6A80,
+        "X25519 cannot sign"
+    );
+    assert_eq!(
+        send_all(&mut card, 0xF9, 0x9D, 0, &[]).1,
+        0x9000,
+        "X25519 keys are attested"
+    );
+    let mut old = new_card([5, 4, 3]);
+    authenticate(&mut old, &default_key([5, 4, 3]));
+    assert_eq!(generate(&mut old, 0x9D, 0xE1, 0, 0).1, 0x6A80);
 }
