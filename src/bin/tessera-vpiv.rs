@@ -125,7 +125,12 @@ fn new_card_state(args: &Args) -> anyhow::Result<CardState> {
         None => [5, 4, 3],
     };
     if firmware < [5, 0, 0] {
-        bail!("--firmware {firmware:?}: only YubiKey 5 firmware (5.x.y) is emulated");
+        bail!(
+            "--firmware {}.{}.{}: only YubiKey 5 firmware (5.x.y) is emulated",
+            firmware[0],
+            firmware[1],
+            firmware[2]
+        );
     }
     let facts = DeviceFacts {
         firmware,
@@ -198,7 +203,18 @@ fn check_flags_match(args: &Args, state: &CardState, path: &std::path::Path) -> 
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // one line: the error and its causes
+            eprintln!("tessera-vpiv: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

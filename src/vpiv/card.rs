@@ -22,6 +22,8 @@ pub const MANAGEMENT_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x05, 0x27, 0x47, 0x11, 0
 
 /// Largest command a chain may build (bigger than any PIV object or key import).
 const MAX_CHAINED_COMMAND: usize = 16 * 1024;
+/// Largest response data in one frame: a vpcd frame length is 16 bits and carries the SW too.
+const MAX_EXTENDED_RESPONSE: usize = 0xFFFF - 2;
 /// How long a "cached" touch lasts.
 pub const TOUCH_CACHE_SECONDS: u64 = 15;
 
@@ -279,8 +281,8 @@ impl VirtualCard {
     /// Sends at most what the command allows; the rest waits for GET RESPONSE (61xx).
     fn limit_response(&mut self, mut data: Vec<u8>, apdu: &CommandApdu) -> ResponseApdu {
         let limit = match (apdu.extended, apdu.ne) {
-            (true, 0) => 65536,
-            (true, n) => n,
+            (true, 0) => MAX_EXTENDED_RESPONSE,
+            (true, n) => n.min(MAX_EXTENDED_RESPONSE),
             (false, 0) => 256,
             (false, n) => n,
         };

@@ -21,21 +21,21 @@ pub const ATTESTATION_OBJECT: u32 = 0x5F_FF01;
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read state file {path}: {source}")]
+    #[error("cannot read state file {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("cannot write state file {path}: {source}")]
+    #[error("cannot write state file {path}: {reason}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error(
         "state file {path} is not a tessera-vpiv state: {reason}; move it away to start a new card"
     )]
     Corrupt { path: PathBuf, reason: String },
-    #[error("attestation: {0}")]
+    #[error(transparent)]
     Attestation(#[from] attestation::AttestationError),
 }
 
@@ -192,9 +192,9 @@ impl CardState {
     }
 
     pub fn load(path: &Path) -> Result<Self, StateError> {
-        let text = std::fs::read_to_string(path).map_err(|source| StateError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| StateError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         let corrupt = |reason: String| StateError::Corrupt {
             path: path.to_owned(),
@@ -207,9 +207,9 @@ impl CardState {
 
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         use std::io::Write;
-        let write_err = |source| StateError::Write {
+        let write_err = |reason| StateError::Write {
             path: path.to_owned(),
-            source,
+            reason,
         };
         let json = Zeroizing::new(
             serde_json::to_string_pretty(&StoredState::from_state(self))

@@ -1148,3 +1148,76 @@ fn x25519_key_agreement_on_5_7() {
     authenticate(&mut old, &default_key([5, 4, 3]));
     assert_eq!(generate(&mut old, 0x9D, 0xE1, 0, 0).1, 0x6A80);
 }
+
+#[test]
+fn attestation_under_a_given_p256_root_verifies_with_openssl() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .expect("openssl is missing: run scripts/install-deps.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "root.key",
+    ]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "root.key",
+        "-subj",
+        "/CN=Given Root",
+        "-days",
+        "30",
+        "-out",
+        "root.pem",
+    ]);
+    let root = TestRoot::from_files(
+        &std::fs::read(dir.path().join("root.pem")).unwrap(),
+        &std::fs::read_to_string(dir.path().join("root.key")).unwrap(),
+    )
+    .unwrap();
+    let state = CardState::factory(facts([5, 4, 3]), &root).unwrap();
+    let mut card = VirtualCard::new(state, None, FaultPlan::default());
+    authenticate(&mut card, &default_key([5, 4, 3]));
+    generate(&mut card, 0x9C, 0x14, 0, 0);
+    let (slot, _) = send_all(&mut card, 0xF9, 0x9C, 0, &[]);
+    let pem = super::attestation::certificate_pem;
+    std::fs::write(
+        dir.path().join("f9.pem"),
+        pem(&card.state().device_certificate().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("slot.pem"), pem(&slot)).unwrap();
+    assert_eq!(
+        run(&[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "f9.pem",
+            "slot.pem"
+        ]),
+        "slot.pem: OK"
+    );
+    assert!(
+        run(&["x509", "-in", "f9.pem", "-noout", "-text"])
+            .contains("Signature Algorithm: ecdsa-with-SHA256")
+    );
+}
