@@ -328,7 +328,7 @@ impl VirtualCard {
         if is_prefix_of(&PIV_AID) {
             self.power_cycle();
             // Application property template: PIX of the PIV applet and its authority.
-            let mut aid_tlv = super::tlv::encode(0x4F, &PIV_AID[5..9]);
+            let mut aid_tlv = super::tlv::encode(0x4F, &PIV_AID[5..]);
             aid_tlv.extend(super::tlv::encode(
                 0x79,
                 &super::tlv::encode(0x4F, &PIV_AID[..5]),

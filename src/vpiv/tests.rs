@@ -136,7 +136,7 @@ fn select_answers_piv_management_and_refuses_other_aids() {
     assert_eq!(
         (hex::encode_upper(&data), sw),
         (
-            "610F4F0400001000790 74F05A000000308".replace(' ', ""),
+            "61114F06000010000100790 74F05A000000308".replace(' ', ""),
             0x9000
         )
     );
