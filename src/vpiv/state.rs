@@ -285,6 +285,20 @@ struct StoredSlotKey {
 
 const STATE_FORMAT: u32 = 1;
 
+/// The hex strings of secrets are wiped when the JSON form is dropped.
+impl Drop for StoredState {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.pin.value.zeroize();
+        self.puk.value.zeroize();
+        self.management_key.key.zeroize();
+        self.attestation_key_pkcs8.zeroize();
+        for slot in self.slots.values_mut() {
+            slot.private_key.zeroize();
+        }
+    }
+}
+
 impl StoredState {
     fn from_state(s: &CardState) -> Self {
         use rsa::pkcs8::EncodePrivateKey;
