@@ -125,7 +125,12 @@ fn new_card_state(args: &Args) -> anyhow::Result<CardState> {
         None => [5, 4, 3],
     };
     if firmware < [5, 0, 0] {
-        bail!("--firmware {firmware:?}: only YubiKey 5 firmware (5.x.y) is emulated");
+        bail!(
+            "--firmware {}.{}.{}: only YubiKey 5 firmware (5.x.y) is emulated",
+            firmware[0],
+            firmware[1],
+            firmware[2]
+        );
     }
     let facts = DeviceFacts {
         firmware,
@@ -133,18 +138,24 @@ fn new_card_state(args: &Args) -> anyhow::Result<CardState> {
             use rand::RngExt;
             rand::rng().random_range(10_000_000..40_000_000)
         }),
-        form_factor: args.form_factor.as_deref().map(parse_form_factor).transpose()?.unwrap_or(0x01),
+        form_factor: args
+            .form_factor
+            .as_deref()
+            .map(parse_form_factor)
+            .transpose()?
+            .unwrap_or(0x01),
         fips: args.fips,
         cspn: args.cspn,
     };
     let root = match (&args.attestation_root_cert, &args.attestation_root_key) {
         (Some(cert), Some(key)) => {
-            let cert_bytes = std::fs::read(cert)
-                .with_context(|| format!("cannot read --attestation-root-cert {}", cert.display()))?;
-            let key_pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(key)
-                    .with_context(|| format!("cannot read --attestation-root-key {}", key.display()))?,
-            );
+            let cert_bytes = std::fs::read(cert).with_context(|| {
+                format!("cannot read --attestation-root-cert {}", cert.display())
+            })?;
+            let key_pem =
+                zeroize::Zeroizing::new(std::fs::read_to_string(key).with_context(|| {
+                    format!("cannot read --attestation-root-key {}", key.display())
+                })?);
             TestRoot::from_files(&cert_bytes, &key_pem)?
         }
         _ => {
@@ -164,26 +175,46 @@ fn check_flags_match(args: &Args, state: &CardState, path: &std::path::Path) -> 
             path.display()
         )
     };
-    if let Some(fw) = &args.firmware {
-        if parse_firmware(fw) != Some(f.firmware) {
-            return Err(conflict("--firmware", format!("{}.{}.{}", f.firmware[0], f.firmware[1], f.firmware[2])));
-        }
+    if let Some(fw) = &args.firmware
+        && parse_firmware(fw) != Some(f.firmware)
+    {
+        return Err(conflict(
+            "--firmware",
+            format!("{}.{}.{}", f.firmware[0], f.firmware[1], f.firmware[2]),
+        ));
     }
     if args.serial.is_some_and(|s| s != f.serial) {
         return Err(conflict("--serial", f.serial.to_string()));
     }
-    if let Some(ff) = &args.form_factor {
-        if parse_form_factor(ff)? != f.form_factor {
-            return Err(conflict("--form-factor", format!("0x{:02x}", f.form_factor)));
-        }
+    if let Some(ff) = &args.form_factor
+        && parse_form_factor(ff)? != f.form_factor
+    {
+        return Err(conflict(
+            "--form-factor",
+            format!("0x{:02x}", f.form_factor),
+        ));
     }
     if args.attestation_root_cert.is_some() {
-        return Err(conflict("--attestation-root-cert", "its own attestation root".into()));
+        return Err(conflict(
+            "--attestation-root-cert",
+            "its own attestation root".into(),
+        ));
     }
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // one line: the error and its causes
+            eprintln!("tessera-vpiv: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -73,14 +73,22 @@ impl CommandApdu {
         };
         match body.len() {
             0 => Ok(mk(&[], 0, false)),
-            1 => Ok(mk(&[], if body[0] == 0 { 256 } else { body[0] as usize }, false)),
+            1 => Ok(mk(
+                &[],
+                if body[0] == 0 { 256 } else { body[0] as usize },
+                false,
+            )),
             _ if body[0] != 0 => {
                 let lc = body[0] as usize;
                 if body.len() == 1 + lc {
                     Ok(mk(&body[1..], 0, false))
                 } else if body.len() == 2 + lc {
                     let le = body[1 + lc];
-                    Ok(mk(&body[1..1 + lc], if le == 0 { 256 } else { le as usize }, false))
+                    Ok(mk(
+                        &body[1..1 + lc],
+                        if le == 0 { 256 } else { le as usize },
+                        false,
+                    ))
                 } else {
                     Err(StatusWord::WRONG_LENGTH)
                 }
@@ -123,11 +131,17 @@ pub struct ResponseApdu {
 
 impl ResponseApdu {
     pub fn ok(data: Vec<u8>) -> Self {
-        Self { data, sw: StatusWord::SUCCESS }
+        Self {
+            data,
+            sw: StatusWord::SUCCESS,
+        }
     }
 
     pub fn status(sw: StatusWord) -> Self {
-        Self { data: Vec::new(), sw }
+        Self {
+            data: Vec::new(),
+            sw,
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -177,7 +191,11 @@ mod tests {
             &[0, 0x20, 0, 0x80, 0, 0, 5, 1],
             &[0, 0x20, 0, 0x80, 0, 0, 0, 1],
         ] {
-            assert_eq!(CommandApdu::parse(raw), Err(StatusWord::WRONG_LENGTH), "{raw:02X?}");
+            assert_eq!(
+                CommandApdu::parse(raw),
+                Err(StatusWord::WRONG_LENGTH),
+                "{raw:02X?}"
+            );
         }
     }
 }

@@ -26,7 +26,9 @@ pub const TEST_ROOT_SUBJECT_CN: &str = "Tessera Test PIV Attestation Root (NOT Y
 /// Why attestation material could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestationError {
-    #[error("attestation root key is not an RSA, P-256 or P-384 private key in PEM (PKCS#8 or PKCS#1)")]
+    #[error(
+        "attestation root key is not an RSA, P-256 or P-384 private key in PEM (PKCS#8 or PKCS#1)"
+    )]
     UnsupportedRootKey,
     #[error("attestation root certificate is not a PEM or DER X.509 certificate: {0}")]
     BadRootCertificate(String),
@@ -88,7 +90,8 @@ impl CertificateSigner {
             Self::EccP256(k) => k.public_key().to_public_key_der(),
             Self::EccP384(k) => k.public_key().to_public_key_der(),
         };
-        doc.map(|d| d.as_bytes().to_vec()).map_err(|e| AttestationError::Encoding(e.to_string()))
+        doc.map(|d| d.as_bytes().to_vec())
+            .map_err(|e| AttestationError::Encoding(e.to_string()))
     }
 
     /// Loads a PEM private key: PKCS#8 (RSA, P-256, P-384) or PKCS#1 RSA.
@@ -136,20 +139,37 @@ impl TestRoot {
         let name = name_cn(TEST_ROOT_SUBJECT_CN);
         let validity = seq(&[&time(2016, 1, 1, 0, 0, 0), &time(9999, 12, 31, 23, 59, 59)]);
         let extensions = [
-            extension("2.5.29.19", true, &seq(&[&[0x01, 0x01, 0xFF], &integer(&[1])])),
+            extension(
+                "2.5.29.19",
+                true,
+                &seq(&[&[0x01, 0x01, 0xFF], &integer(&[1])]),
+            ),
             extension("2.5.29.15", true, &[0x03, 0x02, 0x01, 0x06]),
             extension("2.5.29.14", false, &der_tlv(0x04, &key_identifier(&spki))),
         ];
-        let certificate_der =
-            build_certificate(&key, &random_serial(8, None), &name, &validity, &name, &spki, &extensions);
-        Ok(Self { certificate_der, key })
+        let certificate_der = build_certificate(
+            &key,
+            &random_serial(8, None),
+            &name,
+            &validity,
+            &name,
+            &spki,
+            &extensions,
+        );
+        Ok(Self {
+            certificate_der,
+            key,
+        })
     }
 
     /// Reads a root certificate (PEM or DER) and its private key (PEM).
     pub fn from_files(cert: &[u8], key_pem: &str) -> Result<Self, AttestationError> {
         let certificate_der = certificate_to_der(cert)?;
         let key = CertificateSigner::from_pem(key_pem)?;
-        Ok(Self { certificate_der, key })
+        Ok(Self {
+            certificate_der,
+            key,
+        })
     }
 
     fn subject_der(&self) -> Result<Vec<u8>, AttestationError> {
@@ -169,8 +189,11 @@ impl TestRoot {
     ) -> Result<Vec<u8>, AttestationError> {
         let issuer = self.subject_der()?;
         let new_pki = facts.firmware >= [5, 7, 4];
-        let subject =
-            name_cn(if new_pki { "YubiKey PIV Attestation" } else { "Yubico PIV Attestation" });
+        let subject = name_cn(if new_pki {
+            "YubiKey PIV Attestation"
+        } else {
+            "Yubico PIV Attestation"
+        });
         let validity = if new_pki {
             seq(&[&time(2024, 12, 1, 0, 0, 0), &time(9999, 12, 31, 23, 59, 59)])
         } else {
@@ -189,7 +212,11 @@ impl TestRoot {
         if facts.cspn {
             extensions.push(extension(OID_CSPN, false, &[0x02, 0x01, 0x07]));
         }
-        extensions.push(extension("2.5.29.19", true, &seq(&[&[0x01, 0x01, 0xFF], &integer(&[0])])));
+        extensions.push(extension(
+            "2.5.29.19",
+            true,
+            &seq(&[&[0x01, 0x01, 0xFF], &integer(&[0])]),
+        ));
         Ok(build_certificate(
             &self.key,
             &random_serial(8, None),
@@ -218,7 +245,9 @@ pub fn attest_slot(
     let issuer = enc(device.tbs_certificate().subject().to_der())?;
     let validity = enc(device.tbs_certificate().validity().to_der())?;
     let subject = name_cn(&format!("YubiKey PIV Attestation {slot:02x}"));
-    let spki = slot_key.public_key_spki_der().map_err(|e| AttestationError::Encoding(e.to_string()))?;
+    let spki = slot_key
+        .public_key_spki_der()
+        .map_err(|e| AttestationError::Encoding(e.to_string()))?;
     let serial_der = integer(&facts.serial.to_be_bytes());
     let extensions = [
         extension(OID_FIRMWARE, false, &facts.firmware),
@@ -250,7 +279,9 @@ fn certificate_to_der(bytes: &[u8]) -> Result<Vec<u8>, AttestationError> {
         let (label, der) = der::pem::decode_vec(text.as_bytes())
             .map_err(|e| AttestationError::BadRootCertificate(e.to_string()))?;
         if label != "CERTIFICATE" {
-            return Err(AttestationError::BadRootCertificate(format!("PEM label is {label}")));
+            return Err(AttestationError::BadRootCertificate(format!(
+                "PEM label is {label}"
+            )));
         }
         der
     } else {
@@ -289,7 +320,11 @@ fn seq(parts: &[&[u8]]) -> Vec<u8> {
 
 /// DER INTEGER from unsigned big-endian bytes.
 fn integer(unsigned: &[u8]) -> Vec<u8> {
-    let skip = unsigned.iter().take_while(|b| **b == 0).count().min(unsigned.len().saturating_sub(1));
+    let skip = unsigned
+        .iter()
+        .take_while(|b| **b == 0)
+        .count()
+        .min(unsigned.len().saturating_sub(1));
     let mut content = unsigned[skip..].to_vec();
     if content.is_empty() {
         content.push(0);
@@ -314,9 +349,15 @@ fn name_cn(cn: &str) -> Vec<u8> {
 
 fn time(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Vec<u8> {
     if (1950..2050).contains(&y) {
-        der_tlv(0x17, format!("{:02}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z", y % 100).as_bytes())
+        der_tlv(
+            0x17,
+            format!("{:02}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z", y % 100).as_bytes(),
+        )
     } else {
-        der_tlv(0x18, format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z").as_bytes())
+        der_tlv(
+            0x18,
+            format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z").as_bytes(),
+        )
     }
 }
 
@@ -353,8 +394,13 @@ fn build_certificate(
 ) -> Vec<u8> {
     let alg = signer.algorithm_identifier();
     let version = der_tlv(0xA0, &integer(&[2]));
-    let exts = der_tlv(0xA3, &seq(&extensions.iter().map(Vec::as_slice).collect::<Vec<_>>()));
-    let tbs = seq(&[&version, serial_der, &alg, issuer, validity, subject, spki, &exts]);
+    let exts = der_tlv(
+        0xA3,
+        &seq(&extensions.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+    );
+    let tbs = seq(&[
+        &version, serial_der, &alg, issuer, validity, subject, spki, &exts,
+    ]);
     let signature = signer.sign(&tbs);
     let mut bits = vec![0u8];
     bits.extend_from_slice(&signature);
@@ -370,13 +416,19 @@ mod tests {
         assert_eq!(integer(&[0, 0, 0x7F]), vec![2, 1, 0x7F]);
         assert_eq!(integer(&[0x80]), vec![2, 2, 0, 0x80]);
         // the serial as a real 5.4.3 card encodes 15732500
-        assert_eq!(integer(&15_732_500u32.to_be_bytes()), vec![2, 4, 0, 0xF0, 0x0F, 0x14]);
+        assert_eq!(
+            integer(&15_732_500u32.to_be_bytes()),
+            vec![2, 4, 0, 0xF0, 0x0F, 0x14]
+        );
         assert_eq!(integer(&[0, 0]), vec![2, 1, 0]);
     }
 
     #[test]
     fn times_switch_to_generalized_from_2050() {
         assert_eq!(time(2016, 3, 14, 0, 0, 0), der_tlv(0x17, b"160314000000Z"));
-        assert_eq!(time(2052, 4, 17, 0, 0, 0), der_tlv(0x18, b"20520417000000Z"));
+        assert_eq!(
+            time(2052, 4, 17, 0, 0, 0),
+            der_tlv(0x18, b"20520417000000Z")
+        );
     }
 }

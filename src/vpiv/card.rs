@@ -11,15 +11,19 @@ use super::state::CardState;
 
 /// ATR of a YubiKey 5 NFC over USB: ykman needs F in the high nibble of the second byte.
 pub const YUBIKEY5_ATR: [u8; 23] = [
-    0x3B, 0xFD, 0x13, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x15, 0x80, 0x73, 0xC0, 0x21, 0xC0, 0x57,
-    0x59, 0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
+    0x3B, 0xFD, 0x13, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x15, 0x80, 0x73, 0xC0, 0x21, 0xC0, 0x57, 0x59,
+    0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
 ];
 
-pub const PIV_AID: [u8; 11] = [0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00];
+pub const PIV_AID: [u8; 11] = [
+    0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00,
+];
 pub const MANAGEMENT_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x05, 0x27, 0x47, 0x11, 0x17];
 
 /// Largest command a chain may build (bigger than any PIV object or key import).
 const MAX_CHAINED_COMMAND: usize = 16 * 1024;
+/// Largest response data in one frame: a vpcd frame length is 16 bits and carries the SW too.
+const MAX_EXTENDED_RESPONSE: usize = 0xFFFF - 2;
 /// How long a "cached" touch lasts.
 pub const TOUCH_CACHE_SECONDS: u64 = 15;
 
@@ -84,7 +88,11 @@ pub(super) struct Session {
 pub fn loggable_command(raw: &[u8]) -> String {
     let secret = matches!(raw.get(1), Some(0x20 | 0x24 | 0x2C | 0xFE | 0xFF));
     if secret && raw.len() > 5 {
-        format!("{} [redacted {} bytes]", hex::encode_upper(&raw[..5]), raw.len() - 5)
+        format!(
+            "{} [redacted {} bytes]",
+            hex::encode_upper(&raw[..5]),
+            raw.len() - 5
+        )
     } else {
         hex::encode_upper(raw)
     }
@@ -108,11 +116,21 @@ impl VirtualCard {
             state,
             state_path,
             faults,
-            session: Session { selected: Some(Applet::Piv), ..Session::default() },
+            session: Session {
+                selected: Some(Applet::Piv),
+                ..Session::default()
+            },
             apdu_count: 0,
             last_touch: None,
             dirty: false,
         }
+    }
+
+    /// Marks the management key as authenticated, as if GENERAL AUTHENTICATE had succeeded.
+    /// For the fuzz target, which cannot answer the card's challenge.
+    #[doc(hidden)]
+    pub fn assume_management_authenticated(&mut self) {
+        self.session.management_authenticated = true;
     }
 
     pub fn state(&self) -> &CardState {
@@ -125,24 +143,41 @@ impl VirtualCard {
 
     /// Power off / on / reset: the security state and buffers go; the PIV applet is selected.
     pub fn power_cycle(&mut self) {
-        self.session = Session { selected: Some(Applet::Piv), ..Session::default() };
+        self.session = Session {
+            selected: Some(Applet::Piv),
+            ..Session::default()
+        };
     }
 
     /// Handles one command APDU (raw bytes) and returns the response bytes (data + SW) or
     /// the order to disconnect. Never panics, whatever the bytes.
     pub fn process(&mut self, raw: &[u8]) -> CardReply {
         self.apdu_count += 1;
-        if self.faults.disconnect_after.is_some_and(|n| self.apdu_count > n) {
-            tracing::warn!(count = self.apdu_count, "fault: card pulled after the configured APDU count");
+        if self
+            .faults
+            .disconnect_after
+            .is_some_and(|n| self.apdu_count > n)
+        {
+            tracing::warn!(
+                count = self.apdu_count,
+                "fault: card pulled after the configured APDU count"
+            );
             return CardReply::Disconnect;
         }
         if let Some(&ins) = raw.get(1) {
             if self.faults.disconnect_at_ins == Some(ins) {
-                tracing::warn!(ins = format_args!("{ins:02X}"), "fault: card pulled at instruction");
+                tracing::warn!(
+                    ins = format_args!("{ins:02X}"),
+                    "fault: card pulled at instruction"
+                );
                 return CardReply::Disconnect;
             }
             if let Some(&sw) = self.faults.status_by_ins.get(&ins) {
-                tracing::warn!(ins = format_args!("{ins:02X}"), sw = format_args!("{sw:04X}"), "fault: forced status");
+                tracing::warn!(
+                    ins = format_args!("{ins:02X}"),
+                    sw = format_args!("{sw:04X}"),
+                    "fault: forced status"
+                );
                 return CardReply::Response(sw.to_be_bytes().to_vec());
             }
         }
@@ -188,11 +223,11 @@ impl VirtualCard {
         };
         if self.dirty {
             self.dirty = false;
-            if let Some(path) = &self.state_path {
-                if let Err(e) = self.state.save(path) {
-                    tracing::error!(error = %e, "state not saved");
-                    return StatusWord(0x6581).into();
-                }
+            if let Some(path) = &self.state_path
+                && let Err(e) = self.state.save(path)
+            {
+                tracing::error!(error = %e, "state not saved");
+                return StatusWord(0x6581).into();
             }
         }
         match result {
@@ -234,7 +269,10 @@ impl VirtualCard {
                     return Err(StatusWord::NOT_ENOUGH_MEMORY);
                 }
                 chain.data.extend_from_slice(&apdu.data);
-                Ok(Some(CommandApdu { data: chain.data, ..apdu }))
+                Ok(Some(CommandApdu {
+                    data: chain.data,
+                    ..apdu
+                }))
             }
             None => Ok(Some(apdu)),
         }
@@ -243,8 +281,8 @@ impl VirtualCard {
     /// Sends at most what the command allows; the rest waits for GET RESPONSE (61xx).
     fn limit_response(&mut self, mut data: Vec<u8>, apdu: &CommandApdu) -> ResponseApdu {
         let limit = match (apdu.extended, apdu.ne) {
-            (true, 0) => 65536,
-            (true, n) => n,
+            (true, 0) => MAX_EXTENDED_RESPONSE,
+            (true, n) => n.min(MAX_EXTENDED_RESPONSE),
             (false, 0) => 256,
             (false, n) => n,
         };
@@ -252,7 +290,11 @@ impl VirtualCard {
             return ResponseApdu::ok(data);
         }
         let rest = data.split_off(limit);
-        let announced = if rest.len() >= 256 { 0 } else { rest.len() as u16 };
+        let announced = if rest.len() >= 256 {
+            0
+        } else {
+            rest.len() as u16
+        };
         let sw = StatusWord(0x6100 | announced);
         self.session.pending_response = rest;
         ResponseApdu { data, sw }
@@ -266,7 +308,11 @@ impl VirtualCard {
             return StatusWord::CONDITIONS_NOT_SATISFIED.into();
         }
         let pending = std::mem::take(&mut self.session.pending_response);
-        let fake = CommandApdu { ne: apdu.ne, extended: apdu.extended, ..apdu.clone() };
+        let fake = CommandApdu {
+            ne: apdu.ne,
+            extended: apdu.extended,
+            ..apdu.clone()
+        };
         self.limit_response(pending, &fake)
     }
 
@@ -276,27 +322,41 @@ impl VirtualCard {
         }
         let aid = apdu.data.as_slice();
         let is_prefix_of = |full: &[u8]| aid.len() >= 5 && full.starts_with(aid);
+        // Like a YubiKey (and unlike SP 800-73-4 3.1.1), every SELECT, even of the PIV AID
+        // again or of an AID the card lacks, resets the PIV security status (PIN verified,
+        // management key authenticated); OpenSC knows this of YubiKeys.
         if is_prefix_of(&PIV_AID) {
-            if self.session.selected != Some(Applet::Piv) {
-                self.power_cycle();
-            }
+            self.power_cycle();
             // Application property template: PIX of the PIV applet and its authority.
-            let mut aid_tlv = super::tlv::encode(0x4F, &PIV_AID[5..9]);
-            aid_tlv.extend(super::tlv::encode(0x79, &super::tlv::encode(0x4F, &PIV_AID[..5])));
+            let mut aid_tlv = super::tlv::encode(0x4F, &PIV_AID[5..]);
+            aid_tlv.extend(super::tlv::encode(
+                0x79,
+                &super::tlv::encode(0x4F, &PIV_AID[..5]),
+            ));
             return Ok(super::tlv::encode(0x61, &aid_tlv));
         }
         if aid == MANAGEMENT_AID {
-            self.session = Session { selected: Some(Applet::Management), ..Session::default() };
+            self.session = Session {
+                selected: Some(Applet::Management),
+                ..Session::default()
+            };
             let f = self.state.facts.firmware;
             return Ok(format!("{}.{}.{}", f[0], f[1], f[2]).into_bytes());
         }
+        let selected = self.session.selected;
+        self.session = Session {
+            selected,
+            ..Session::default()
+        };
         Err(StatusWord::FILE_NOT_FOUND)
     }
 
     /// Whether touch arrives for an operation with `policy` (auto-confirmed unless refused).
     pub(super) fn touch(&mut self, cached: bool) -> Result<(), StatusWord> {
         if cached
-            && self.last_touch.is_some_and(|t| t.elapsed().as_secs() < TOUCH_CACHE_SECONDS)
+            && self
+                .last_touch
+                .is_some_and(|t| t.elapsed().as_secs() < TOUCH_CACHE_SECONDS)
         {
             return Ok(());
         }

@@ -1,8 +1,8 @@
 //! Private keys held in PIV slots: generation, import, the card's public-key encodings,
 //! signing (ECDSA over a given hash, raw RSA, Ed25519) and ECDH.
 
-use p256::elliptic_curve::sec1::ToSec1Point;
 use p256::elliptic_curve::Generate;
+use p256::elliptic_curve::sec1::ToSec1Point;
 use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use signature::hazmat::PrehashSigner;
@@ -20,6 +20,7 @@ pub enum KeyAlgorithm {
     EccP256,
     EccP384,
     Ed25519,
+    X25519,
 }
 
 impl KeyAlgorithm {
@@ -32,6 +33,7 @@ impl KeyAlgorithm {
             0x11 => Self::EccP256,
             0x14 => Self::EccP384,
             0xE0 => Self::Ed25519,
+            0xE1 => Self::X25519,
             _ => return None,
         })
     }
@@ -45,6 +47,7 @@ impl KeyAlgorithm {
             Self::EccP256 => 0x11,
             Self::EccP384 => 0x14,
             Self::Ed25519 => 0xE0,
+            Self::X25519 => 0xE1,
         }
     }
 
@@ -61,7 +64,7 @@ impl KeyAlgorithm {
     /// Whether firmware `version` offers this algorithm (RSA 3072/4096 and Ed25519 from 5.7).
     pub fn supported_by(self, version: [u8; 3]) -> bool {
         match self {
-            Self::Rsa3072 | Self::Rsa4096 | Self::Ed25519 => version >= [5, 7, 0],
+            Self::Rsa3072 | Self::Rsa4096 | Self::Ed25519 | Self::X25519 => version >= [5, 7, 0],
             _ => true,
         }
     }
@@ -85,6 +88,7 @@ pub enum SlotPrivateKey {
     EccP384(p384::SecretKey),
     Rsa(Box<rsa::RsaPrivateKey>),
     Ed25519(Box<ed25519_dalek::SigningKey>),
+    X25519(Zeroizing<[u8; 32]>),
 }
 
 impl std::fmt::Debug for SlotPrivateKey {
@@ -102,6 +106,12 @@ impl SlotPrivateKey {
             KeyAlgorithm::Ed25519 => {
                 Self::Ed25519(Box::new(ed25519_dalek::SigningKey::generate(&mut rng)))
             }
+            KeyAlgorithm::X25519 => {
+                use rand::RngExt;
+                let mut k = Zeroizing::new([0u8; 32]);
+                rng.fill(&mut k[..]);
+                Self::X25519(k)
+            }
             rsa_alg => {
                 let bits = rsa_alg.rsa_bits().ok_or(KeyError::WrongKeyType)?;
                 Self::Rsa(Box::new(
@@ -116,6 +126,7 @@ impl SlotPrivateKey {
             Self::EccP256(_) => KeyAlgorithm::EccP256,
             Self::EccP384(_) => KeyAlgorithm::EccP384,
             Self::Ed25519(_) => KeyAlgorithm::Ed25519,
+            Self::X25519(_) => KeyAlgorithm::X25519,
             Self::Rsa(k) => match k.size() * 8 {
                 1024 => KeyAlgorithm::Rsa1024,
                 3072 => KeyAlgorithm::Rsa3072,
@@ -127,18 +138,31 @@ impl SlotPrivateKey {
 
     /// Imports from IMPORT KEY's TLVs: RSA 01 p, 02 q (03–05 CRT values are recomputed and
     /// must match), EC 06 private scalar, Ed25519 07 seed.
-    pub fn import(algorithm: KeyAlgorithm, tlvs: &[tlv::Tlv<'_>]) -> Result<Self, KeyError> {
+    pub fn import<'a>(algorithm: KeyAlgorithm, tlvs: &[tlv::Tlv<'a>]) -> Result<Self, KeyError> {
         let get = |t: u16| tlv::find(tlvs, t).ok_or(KeyError::BadInput);
+        let exact = |v: &'a [u8], n: usize| {
+            if v.len() == n {
+                Ok(v)
+            } else {
+                Err(KeyError::BadInput)
+            }
+        };
         Ok(match algorithm {
             KeyAlgorithm::EccP256 => Self::EccP256(
-                p256::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?,
+                p256::SecretKey::from_slice(exact(get(0x06)?, 32)?)
+                    .map_err(|_| KeyError::BadInput)?,
             ),
             KeyAlgorithm::EccP384 => Self::EccP384(
-                p384::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?,
+                p384::SecretKey::from_slice(exact(get(0x06)?, 48)?)
+                    .map_err(|_| KeyError::BadInput)?,
             ),
             KeyAlgorithm::Ed25519 => {
                 let seed: [u8; 32] = get(0x07)?.try_into().map_err(|_| KeyError::BadInput)?;
                 Self::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
+            }
+            KeyAlgorithm::X25519 => {
+                let k: [u8; 32] = get(0x08)?.try_into().map_err(|_| KeyError::BadInput)?;
+                Self::X25519(Zeroizing::new(k))
             }
             rsa_alg => {
                 let bits = rsa_alg.rsa_bits().ok_or(KeyError::WrongKeyType)?;
@@ -169,6 +193,7 @@ impl SlotPrivateKey {
             Self::EccP256(k) => tlv::encode(0x86, k.public_key().to_sec1_point(false).as_bytes()),
             Self::EccP384(k) => tlv::encode(0x86, k.public_key().to_sec1_point(false).as_bytes()),
             Self::Ed25519(k) => tlv::encode(0x86, k.verifying_key().as_bytes()),
+            Self::X25519(k) => tlv::encode(0x86, &x25519_public(k)),
             Self::Rsa(k) => {
                 let mut out = tlv::encode(0x81, &k.n().as_ref().to_be_bytes_trimmed_vartime());
                 out.extend(tlv::encode(0x82, &k.e().to_be_bytes_trimmed_vartime()));
@@ -185,8 +210,17 @@ impl SlotPrivateKey {
             Self::EccP384(k) => k.public_key().to_public_key_der(),
             Self::Ed25519(k) => k.verifying_key().to_public_key_der(),
             Self::Rsa(k) => k.to_public_key().to_public_key_der(),
+            Self::X25519(k) => {
+                // SEQUENCE { SEQUENCE { OID 1.3.101.110 }, BIT STRING 00 || key }
+                let mut spki = vec![
+                    0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x6E, 0x03, 0x21, 0x00,
+                ];
+                spki.extend_from_slice(&x25519_public(k));
+                return Ok(spki);
+            }
         };
-        doc.map(|d| d.as_bytes().to_vec()).map_err(|_| KeyError::InvalidKey)
+        doc.map(|d| d.as_bytes().to_vec())
+            .map_err(|_| KeyError::InvalidKey)
     }
 
     /// GENERAL AUTHENTICATE with tag 81: ECDSA over a hash (left-padded to the field size,
@@ -203,14 +237,16 @@ impl SlotPrivateKey {
         match self {
             Self::EccP256(k) => {
                 let sk = p256::ecdsa::SigningKey::from(k);
-                let sig: p256::ecdsa::Signature =
-                    sk.sign_prehash(&field_pad(input, 32)?).map_err(|_| KeyError::BadInput)?;
+                let sig: p256::ecdsa::Signature = sk
+                    .sign_prehash(&field_pad(input, 32)?)
+                    .map_err(|_| KeyError::BadInput)?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             Self::EccP384(k) => {
                 let sk = p384::ecdsa::SigningKey::from(k);
-                let sig: p384::ecdsa::Signature =
-                    sk.sign_prehash(&field_pad(input, 48)?).map_err(|_| KeyError::BadInput)?;
+                let sig: p384::ecdsa::Signature = sk
+                    .sign_prehash(&field_pad(input, 48)?)
+                    .map_err(|_| KeyError::BadInput)?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             Self::Ed25519(k) => {
@@ -223,8 +259,8 @@ impl SlotPrivateKey {
                     return Err(KeyError::BadInput);
                 }
                 let prec = k.n().as_ref().bits_precision();
-                let c = rsa::BoxedUint::from_be_slice(input, prec)
-                    .map_err(|_| KeyError::BadInput)?;
+                let c =
+                    rsa::BoxedUint::from_be_slice(input, prec).map_err(|_| KeyError::BadInput)?;
                 let m = rsa::hazmat::rsa_decrypt_and_check(k.as_ref(), Some(&mut rand::rng()), &c)
                     .map_err(|_| KeyError::BadInput)?;
                 let bytes = m.to_be_bytes();
@@ -233,6 +269,7 @@ impl SlotPrivateKey {
                 out[size - src.len()..].copy_from_slice(src);
                 Ok(out.to_vec())
             }
+            Self::X25519(_) => Err(KeyError::WrongKeyType),
         }
     }
 
@@ -251,6 +288,14 @@ impl SlotPrivateKey {
         match self {
             Self::EccP256(k) => ecdh!(p256, k, 32),
             Self::EccP384(k) => ecdh!(p384, k, 48),
+            Self::X25519(k) => {
+                let peer: [u8; 32] = peer_point.try_into().map_err(|_| KeyError::BadInput)?;
+                let shared = x25519_dalek::x25519(**k, peer);
+                if shared == [0u8; 32] {
+                    return Err(KeyError::BadInput);
+                }
+                Ok(shared.to_vec())
+            }
             _ => Err(KeyError::WrongKeyType),
         }
     }
@@ -261,9 +306,14 @@ impl SlotPrivateKey {
             Self::EccP256(k) => Zeroizing::new(k.to_bytes().to_vec()),
             Self::EccP384(k) => Zeroizing::new(k.to_bytes().to_vec()),
             Self::Ed25519(k) => Zeroizing::new(k.to_bytes().to_vec()),
+            Self::X25519(k) => Zeroizing::new(k.to_vec()),
             Self::Rsa(k) => {
                 use rsa::pkcs8::EncodePrivateKey;
-                Zeroizing::new(k.to_pkcs8_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default())
+                Zeroizing::new(
+                    k.to_pkcs8_der()
+                        .map(|d| d.as_bytes().to_vec())
+                        .unwrap_or_default(),
+                )
             }
         }
     }
@@ -280,6 +330,10 @@ impl SlotPrivateKey {
                 let seed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidKey)?;
                 Self::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
             }
+            KeyAlgorithm::X25519 => {
+                let k: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidKey)?;
+                Self::X25519(Zeroizing::new(k))
+            }
             _ => {
                 use rsa::pkcs8::DecodePrivateKey;
                 Self::Rsa(Box::new(
@@ -288,6 +342,10 @@ impl SlotPrivateKey {
             }
         })
     }
+}
+
+fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+    x25519_dalek::x25519(*secret, x25519_dalek::X25519_BASEPOINT_BYTES)
 }
 
 #[cfg(test)]
@@ -300,7 +358,9 @@ mod tests {
         let key = SlotPrivateKey::generate(KeyAlgorithm::EccP256).unwrap();
         let hash = [0x5Au8; 32];
         let der = key.sign(&hash).unwrap();
-        let SlotPrivateKey::EccP256(sk) = &key else { unreachable!() };
+        let SlotPrivateKey::EccP256(sk) = &key else {
+            unreachable!()
+        };
         let vk = p256::ecdsa::VerifyingKey::from(sk.public_key());
         let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
         vk.verify_prehash(&hash, &sig).unwrap();
@@ -311,14 +371,41 @@ mod tests {
     fn ecdh_agrees_between_two_keys() {
         let a = SlotPrivateKey::generate(KeyAlgorithm::EccP384).unwrap();
         let b = SlotPrivateKey::generate(KeyAlgorithm::EccP384).unwrap();
-        let point = |k: &SlotPrivateKey| tlv::parse_one(&k.public_key_tlvs()).unwrap().0.value.to_vec();
+        let point = |k: &SlotPrivateKey| {
+            tlv::parse_one(&k.public_key_tlvs())
+                .unwrap()
+                .0
+                .value
+                .to_vec()
+        };
         assert_eq!(a.ecdh(&point(&b)).unwrap(), b.ecdh(&point(&a)).unwrap());
         assert_eq!(a.ecdh(&[4, 1, 2]), Err(KeyError::BadInput));
     }
 
     #[test]
+    fn x25519_agrees_and_does_not_sign() {
+        let a = SlotPrivateKey::generate(KeyAlgorithm::X25519).unwrap();
+        let b = SlotPrivateKey::generate(KeyAlgorithm::X25519).unwrap();
+        let point = |k: &SlotPrivateKey| {
+            tlv::parse_one(&k.public_key_tlvs())
+                .unwrap()
+                .0
+                .value
+                .to_vec()
+        };
+        assert_eq!(a.ecdh(&point(&b)).unwrap(), b.ecdh(&point(&a)).unwrap());
+        assert_eq!(a.sign(&[1; 32]), Err(KeyError::WrongKeyType));
+        assert_eq!(a.ecdh(&[0; 32]), Err(KeyError::BadInput), "low-order point");
+        assert_eq!(a.public_key_spki_der().unwrap().len(), 44);
+    }
+
+    #[test]
     fn stored_form_round_trips() {
-        for alg in [KeyAlgorithm::EccP256, KeyAlgorithm::EccP384, KeyAlgorithm::Ed25519] {
+        for alg in [
+            KeyAlgorithm::EccP256,
+            KeyAlgorithm::EccP384,
+            KeyAlgorithm::Ed25519,
+        ] {
             let k = SlotPrivateKey::generate(alg).unwrap();
             let back = SlotPrivateKey::from_stored(alg, &k.to_stored()).unwrap();
             assert_eq!(back.public_key_tlvs(), k.public_key_tlvs());

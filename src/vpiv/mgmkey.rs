@@ -73,15 +73,23 @@ impl std::fmt::Debug for ManagementKey {
 impl ManagementKey {
     /// A key of `algorithm`; `None` when the length does not fit the algorithm.
     pub fn new(algorithm: ManagementAlgorithm, key: &[u8]) -> Option<Self> {
-        (key.len() == algorithm.key_len())
-            .then(|| Self { algorithm, key: Zeroizing::new(key.to_vec()) })
+        (key.len() == algorithm.key_len()).then(|| Self {
+            algorithm,
+            key: Zeroizing::new(key.to_vec()),
+        })
     }
 
     /// The factory default for a firmware version: AES-192 from 5.7, 3DES before.
     pub fn factory_default(aes_default: bool) -> Self {
-        let algorithm =
-            if aes_default { ManagementAlgorithm::Aes192 } else { ManagementAlgorithm::TripleDes };
-        Self { algorithm, key: Zeroizing::new(DEFAULT_MANAGEMENT_KEY.to_vec()) }
+        let algorithm = if aes_default {
+            ManagementAlgorithm::Aes192
+        } else {
+            ManagementAlgorithm::TripleDes
+        };
+        Self {
+            algorithm,
+            key: Zeroizing::new(DEFAULT_MANAGEMENT_KEY.to_vec()),
+        }
     }
 
     pub fn is_default_value(&self) -> bool {
@@ -110,7 +118,11 @@ impl ManagementKey {
             ($c:ty) => {{
                 let c = <$c>::new_from_slice(&self.key).ok()?;
                 let b = (&mut buf[..]).try_into().ok()?;
-                if encrypt { c.encrypt_block(b) } else { c.decrypt_block(b) }
+                if encrypt {
+                    c.encrypt_block(b)
+                } else {
+                    c.decrypt_block(b)
+                }
             }};
         }
         match self.algorithm {

@@ -20,3 +20,6 @@ pub mod transport;
 
 pub use card::{CardReply, FaultPlan, VirtualCard};
 pub use state::CardState;
+
+#[cfg(test)]
+mod tests;

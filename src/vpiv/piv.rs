@@ -10,8 +10,8 @@ use super::card::{PendingAuth, VirtualCard};
 use super::keys::{KeyAlgorithm, KeyError, SlotPrivateKey};
 use super::mgmkey::{ManagementAlgorithm, ManagementKey};
 use super::state::{
-    self, KeyOrigin, SlotKey, ATTESTATION_OBJECT, PIN_POLICY_ALWAYS, PIN_POLICY_NEVER,
-    PIN_POLICY_ONCE, TOUCH_POLICY_ALWAYS, TOUCH_POLICY_CACHED, TOUCH_POLICY_NEVER,
+    self, ATTESTATION_OBJECT, KeyOrigin, PIN_POLICY_ALWAYS, PIN_POLICY_NEVER, PIN_POLICY_ONCE,
+    SlotKey, TOUCH_POLICY_ALWAYS, TOUCH_POLICY_CACHED, TOUCH_POLICY_NEVER,
 };
 use super::tlv;
 
@@ -29,8 +29,8 @@ pub const MAX_TOTAL_OBJECT_SIZE: usize = 51_200;
 
 /// Discovery object (7E): PIV AID, PIN usage policy "PIV PIN only".
 const DISCOVERY: [u8; 20] = [
-    0x7E, 0x12, 0x4F, 0x0B, 0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00,
-    0x5F, 0x2F, 0x02, 0x40, 0x00,
+    0x7E, 0x12, 0x4F, 0x0B, 0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00, 0x5F,
+    0x2F, 0x02, 0x40, 0x00,
 ];
 
 /// Slots that hold asymmetric keys: 9A, 9C, 9D, 9E and the retired 82–95.
@@ -85,13 +85,18 @@ impl VirtualCard {
             0x87 => self.general_authenticate(apdu),
             0x47 => self.generate(apdu),
             0xF7 => self.get_metadata(apdu),
-            0xF8 => self.expect_p1p2(apdu, 0, 0).map(|_| self.state.facts.serial.to_be_bytes().to_vec()),
+            0xF8 => self
+                .expect_p1p2(apdu, 0, 0)
+                .map(|_| self.state.facts.serial.to_be_bytes().to_vec()),
             0xF9 => self.attest(apdu),
             0xFA => self.set_pin_retries(apdu),
             0xFB => self.reset(apdu),
-            0xFD => self.expect_p1p2(apdu, 0, 0).map(|_| self.state.facts.firmware.to_vec()),
+            0xFD => self
+                .expect_p1p2(apdu, 0, 0)
+                .map(|_| self.state.facts.firmware.to_vec()),
             0xFE => self.import_key(apdu),
             0xFF => self.set_management_key(apdu),
+            0xF6 if self.state.facts.firmware >= [5, 7, 0] => self.move_key(apdu),
             _ => Err(StatusWord::INS_NOT_SUPPORTED),
         }
     }
@@ -117,7 +122,12 @@ impl VirtualCard {
         if t.tag != 0x5C || t.value.is_empty() || t.value.len() > 3 {
             return Err(StatusWord::INCORRECT_DATA);
         }
-        Ok((t.value.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)), rest))
+        Ok((
+            t.value
+                .iter()
+                .fold(0u32, |acc, b| (acc << 8) | u32::from(*b)),
+            rest,
+        ))
     }
 
     fn get_data(&mut self, apdu: &CommandApdu) -> PivResult {
@@ -132,7 +142,11 @@ impl VirtualCard {
         if object_needs_pin(tag) && !self.session.pin_verified {
             return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
         }
-        let content = self.state.objects.get(&tag).ok_or(StatusWord::FILE_NOT_FOUND)?;
+        let content = self
+            .state
+            .objects
+            .get(&tag)
+            .ok_or(StatusWord::FILE_NOT_FOUND)?;
         Ok(tlv::encode(0x53, content))
     }
 
@@ -240,7 +254,11 @@ impl VirtualCard {
             return Err(StatusWord::INCORRECT_DATA);
         }
         let (old, new) = apdu.data.split_at(8);
-        let reference = if is_pin { &mut self.state.pin } else { &mut self.state.puk };
+        let reference = if is_pin {
+            &mut self.state.pin
+        } else {
+            &mut self.state.puk
+        };
         if reference.blocked() {
             return Err(StatusWord::AUTH_METHOD_BLOCKED);
         }
@@ -331,10 +349,20 @@ impl VirtualCard {
             P2_PIN => reference(&self.state.pin, &mut out),
             P2_PUK => reference(&self.state.puk, &mut out),
             SLOT_MANAGEMENT => {
-                let touch = if self.state.management_touch { TOUCH_POLICY_ALWAYS } else { TOUCH_POLICY_NEVER };
-                out.extend(tlv::encode(0x01, &[self.state.management_key.algorithm.byte()]));
+                let touch = if self.state.management_touch {
+                    TOUCH_POLICY_ALWAYS
+                } else {
+                    TOUCH_POLICY_NEVER
+                };
+                out.extend(tlv::encode(
+                    0x01,
+                    &[self.state.management_key.algorithm.byte()],
+                ));
                 out.extend(tlv::encode(0x02, &[0x00, touch]));
-                out.extend(tlv::encode(0x05, &[u8::from(self.state.management_key.is_default_value())]));
+                out.extend(tlv::encode(
+                    0x05,
+                    &[u8::from(self.state.management_key.is_default_value())],
+                ));
             }
             SLOT_ATTESTATION => {
                 let key = SlotPrivateKey::Rsa(Box::new(self.state.attestation_key.clone()));
@@ -344,7 +372,11 @@ impl VirtualCard {
                 out.extend(tlv::encode(0x04, &key.public_key_tlvs()));
             }
             slot if is_key_slot(slot) => {
-                let k = self.state.slots.get(&slot).ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
+                let k = self
+                    .state
+                    .slots
+                    .get(&slot)
+                    .ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
                 out.extend(tlv::encode(0x01, &[k.key.algorithm().byte()]));
                 out.extend(tlv::encode(0x02, &[k.pin_policy, k.touch_policy]));
                 out.extend(tlv::encode(0x03, &[k.origin.byte()]));
@@ -392,12 +424,23 @@ impl VirtualCard {
             _ => return Err(StatusWord::INCORRECT_DATA),
         };
         let (pin_policy, touch_policy) = Self::policies(apdu.p2, &inner)?;
-        tracing::info!(slot = format_args!("{:02x}", apdu.p2), ?algorithm, "generating key");
-        let key = SlotPrivateKey::generate(algorithm).map_err(|_| StatusWord::NO_PRECISE_DIAGNOSIS)?;
+        tracing::info!(
+            slot = format_args!("{:02x}", apdu.p2),
+            ?algorithm,
+            "generating key"
+        );
+        let key =
+            SlotPrivateKey::generate(algorithm).map_err(|_| StatusWord::NO_PRECISE_DIAGNOSIS)?;
         let response = tlv::encode(0x7F49, &key.public_key_tlvs());
-        self.state
-            .slots
-            .insert(apdu.p2, SlotKey { key, pin_policy, touch_policy, origin: KeyOrigin::Generated });
+        self.state.slots.insert(
+            apdu.p2,
+            SlotKey {
+                key,
+                pin_policy,
+                touch_policy,
+                origin: KeyOrigin::Generated,
+            },
+        );
         self.dirty = true;
         Ok(response)
     }
@@ -421,9 +464,34 @@ impl VirtualCard {
                 _ => return Err(StatusWord::INCORRECT_DATA),
             }
         } else {
-            self.state
-                .slots
-                .insert(apdu.p2, SlotKey { key, pin_policy, touch_policy, origin: KeyOrigin::Imported });
+            self.state.slots.insert(
+                apdu.p2,
+                SlotKey {
+                    key,
+                    pin_policy,
+                    touch_policy,
+                    origin: KeyOrigin::Imported,
+                },
+            );
+        }
+        self.dirty = true;
+        Ok(Vec::new())
+    }
+
+    /// MOVE KEY (5.7): P1 destination slot (FF: delete), P2 source slot.
+    fn move_key(&mut self, apdu: &CommandApdu) -> PivResult {
+        if !is_key_slot(apdu.p2) || !(apdu.p1 == 0xFF || is_key_slot(apdu.p1)) || apdu.p1 == apdu.p2
+        {
+            return Err(StatusWord::INCORRECT_P1P2);
+        }
+        self.require_management()?;
+        let key = self
+            .state
+            .slots
+            .remove(&apdu.p2)
+            .ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
+        if apdu.p1 != 0xFF {
+            self.state.slots.insert(apdu.p1, key);
         }
         self.dirty = true;
         Ok(Vec::new())
@@ -458,11 +526,18 @@ impl VirtualCard {
         if apdu.p2 != 0 || !is_key_slot(apdu.p1) {
             return Err(StatusWord::INCORRECT_P1P2);
         }
-        let slot = self.state.slots.get(&apdu.p1).ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
+        let slot = self
+            .state
+            .slots
+            .get(&apdu.p1)
+            .ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
         if slot.origin == KeyOrigin::Imported {
             return Err(StatusWord::INCORRECT_DATA);
         }
-        let device_cert = self.state.device_certificate().ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
+        let device_cert = self
+            .state
+            .device_certificate()
+            .ok_or(StatusWord::REFERENCE_NOT_FOUND)?;
         attestation::attest_slot(
             &self.state.attestation_key,
             &device_cert,
@@ -517,7 +592,9 @@ impl VirtualCard {
                     self.touch(false)?;
                 }
                 let witness = random_block();
-                let encrypted = key.encrypt_block(&witness).ok_or(StatusWord::NO_PRECISE_DIAGNOSIS)?;
+                let encrypted = key
+                    .encrypt_block(&witness)
+                    .ok_or(StatusWord::NO_PRECISE_DIAGNOSIS)?;
                 self.session.pending_auth = Some(PendingAuth::Witness(witness));
                 Ok(wrap(0x80, &encrypted))
             }
@@ -529,8 +606,9 @@ impl VirtualCard {
                 if !bool::from(expected.as_slice().ct_eq(inner[0].value)) {
                     return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
                 }
-                let response =
-                    key.encrypt_block(inner[1].value).ok_or(StatusWord::NO_PRECISE_DIAGNOSIS)?;
+                let response = key
+                    .encrypt_block(inner[1].value)
+                    .ok_or(StatusWord::NO_PRECISE_DIAGNOSIS)?;
                 self.session.management_authenticated = true;
                 Ok(wrap(0x82, &response))
             }
@@ -547,10 +625,13 @@ impl VirtualCard {
             }
             // ... and checks its encryption
             [(0x82, r)] if *r == block => {
-                let Some(PendingAuth::Challenge(challenge)) = self.session.pending_auth.take() else {
+                let Some(PendingAuth::Challenge(challenge)) = self.session.pending_auth.take()
+                else {
                     return Err(StatusWord::INCORRECT_DATA);
                 };
-                let expected = key.encrypt_block(&challenge).ok_or(StatusWord::NO_PRECISE_DIAGNOSIS)?;
+                let expected = key
+                    .encrypt_block(&challenge)
+                    .ok_or(StatusWord::NO_PRECISE_DIAGNOSIS)?;
                 if !bool::from(expected.as_slice().ct_eq(inner[0].value)) {
                     return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
                 }
@@ -566,23 +647,28 @@ impl VirtualCard {
 
     fn private_key_operation(&mut self, p1: u8, slot: u8, inner: &[tlv::Tlv<'_>]) -> PivResult {
         let (algorithm, pin_policy, touch_policy) = {
-            let k = self.state.slots.get(&slot).ok_or(StatusWord::INCORRECT_DATA)?;
+            let k = self
+                .state
+                .slots
+                .get(&slot)
+                .ok_or(StatusWord::INCORRECT_DATA)?;
             (k.key.algorithm(), k.pin_policy, k.touch_policy)
         };
         if p1 != algorithm.byte() {
             return Err(StatusWord::INCORRECT_P1P2);
         }
-        let response_requested = matches!(inner.first(), Some(t) if t.tag == 0x82 && t.value.is_empty());
+        let response_requested =
+            matches!(inner.first(), Some(t) if t.tag == 0x82 && t.value.is_empty());
         let (op_tag, input) = match inner {
             [_, t] if response_requested && matches!(t.tag, 0x81 | 0x85) => (t.tag, t.value),
             _ => return Err(StatusWord::INCORRECT_DATA),
         };
         match pin_policy {
             PIN_POLICY_ONCE if !self.session.pin_verified => {
-                return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED)
+                return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
             }
             PIN_POLICY_ALWAYS if !self.session.pin_fresh => {
-                return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED)
+                return Err(StatusWord::SECURITY_STATUS_NOT_SATISFIED);
             }
             _ => {}
         }
@@ -591,9 +677,20 @@ impl VirtualCard {
             TOUCH_POLICY_CACHED => self.touch(true)?,
             _ => {}
         }
-        self.session.pin_fresh = false;
-        let key = &self.state.slots.get(&slot).ok_or(StatusWord::INCORRECT_DATA)?.key;
-        let output = if op_tag == 0x81 { key.sign(input)? } else { key.ecdh(input)? };
+        if pin_policy == PIN_POLICY_ALWAYS {
+            self.session.pin_fresh = false;
+        }
+        let key = &self
+            .state
+            .slots
+            .get(&slot)
+            .ok_or(StatusWord::INCORRECT_DATA)?
+            .key;
+        let output = if op_tag == 0x81 {
+            key.sign(input)?
+        } else {
+            key.ecdh(input)?
+        };
         Ok(tlv::encode(0x7C, &tlv::encode(0x82, &output)))
     }
 }

@@ -21,13 +21,21 @@ pub const ATTESTATION_OBJECT: u32 = 0x5F_FF01;
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("state file {path} is not a tessera-vpiv state: {reason}; move it away to start a new card")]
+    #[error("cannot read state file {path}: {reason}")]
+    Read {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("cannot write state file {path}: {reason}")]
+    Write {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error(
+        "state file {path} is not a tessera-vpiv state: {reason}; move it away to start a new card"
+    )]
     Corrupt { path: PathBuf, reason: String },
-    #[error("attestation: {0}")]
+    #[error(transparent)]
     Attestation(#[from] attestation::AttestationError),
 }
 
@@ -78,7 +86,11 @@ pub struct ReferenceData {
 
 impl std::fmt::Debug for ReferenceData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReferenceData([redacted], {}/{})", self.retries_left, self.retries_total)
+        write!(
+            f,
+            "ReferenceData([redacted], {}/{})",
+            self.retries_left, self.retries_total
+        )
     }
 }
 
@@ -124,7 +136,7 @@ pub fn unpad8(block: &[u8]) -> &[u8] {
 }
 
 /// The card's lasting state.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CardState {
     pub facts: DeviceFacts,
     pub pin: ReferenceData,
@@ -180,24 +192,41 @@ impl CardState {
     }
 
     pub fn load(path: &Path) -> Result<Self, StateError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| StateError::Read { path: path.to_owned(), source })?;
-        let corrupt = |reason: String| StateError::Corrupt { path: path.to_owned(), reason };
-        let stored: StoredState = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|reason| StateError::Read {
+            path: path.to_owned(),
+            reason,
+        })?;
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let stored: StoredState =
+            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         stored.into_state().map_err(corrupt)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         use std::io::Write;
-        let write_err = |source| StateError::Write { path: path.to_owned(), source };
+        let write_err = |reason| StateError::Write {
+            path: path.to_owned(),
+            reason,
+        };
         let json = Zeroizing::new(
             serde_json::to_string_pretty(&StoredState::from_state(self))
                 .map_err(|e| write_err(std::io::Error::other(e)))?,
         );
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
+        // owner-only: the file holds every private key, PIN and management key in clear
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(write_err)?;
         file.write_all(json.as_bytes()).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
         drop(file);
@@ -256,6 +285,20 @@ struct StoredSlotKey {
 
 const STATE_FORMAT: u32 = 1;
 
+/// The hex strings of secrets are wiped when the JSON form is dropped.
+impl Drop for StoredState {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.pin.value.zeroize();
+        self.puk.value.zeroize();
+        self.management_key.key.zeroize();
+        self.attestation_key_pkcs8.zeroize();
+        for slot in self.slots.values_mut() {
+            slot.private_key.zeroize();
+        }
+    }
+}
+
 impl StoredState {
     fn from_state(s: &CardState) -> Self {
         use rsa::pkcs8::EncodePrivateKey;
@@ -295,7 +338,11 @@ impl StoredState {
                     )
                 })
                 .collect(),
-            objects: s.objects.iter().map(|(t, v)| (format!("{t:06x}"), hex::encode(v))).collect(),
+            objects: s
+                .objects
+                .iter()
+                .map(|(t, v)| (format!("{t:06x}"), hex::encode(v)))
+                .collect(),
             attestation_key_pkcs8: s
                 .attestation_key
                 .to_pkcs8_der()
@@ -331,7 +378,12 @@ impl StoredState {
                 .map_err(|e| format!("slot {slot:02x}: {e}"))?;
             slots.insert(
                 slot,
-                SlotKey { key, pin_policy: k.pin_policy, touch_policy: k.touch_policy, origin: k.origin },
+                SlotKey {
+                    key,
+                    pin_policy: k.pin_policy,
+                    touch_policy: k.touch_policy,
+                    origin: k.origin,
+                },
             );
         }
         let mut objects = BTreeMap::new();
@@ -340,8 +392,8 @@ impl StoredState {
             objects.insert(tag, unhex("object", v)?);
         }
         let ak = Zeroizing::new(unhex("attestation key", &self.attestation_key_pkcs8)?);
-        let attestation_key = rsa::RsaPrivateKey::from_pkcs8_der(&ak)
-            .map_err(|e| format!("attestation key: {e}"))?;
+        let attestation_key =
+            rsa::RsaPrivateKey::from_pkcs8_der(&ak).map_err(|e| format!("attestation key: {e}"))?;
         Ok(CardState {
             facts: DeviceFacts {
                 firmware,

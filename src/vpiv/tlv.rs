@@ -47,7 +47,13 @@ pub fn parse_one(buf: &[u8]) -> Result<(Tlv<'_>, &[u8]), TlvError> {
     if rest.len() < len {
         return Err(TlvError::Truncated);
     }
-    Ok((Tlv { tag, value: &rest[..len] }, &rest[len..]))
+    Ok((
+        Tlv {
+            tag,
+            value: &rest[..len],
+        },
+        &rest[len..],
+    ))
 }
 
 /// Parses a sequence of TLVs filling `buf` exactly.

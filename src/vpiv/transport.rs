@@ -16,10 +16,19 @@ const GET_ATR: u8 = 4;
 /// Why the card stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("no vpcd reader answered at {address} within {seconds} s: {source}; is pcscd with the vpcd driver running (scripts/with-pcscd.sh)?")]
-    Connect { address: String, seconds: u64, source: std::io::Error },
-    #[error("connection to vpcd at {address} failed: {source}")]
-    Io { address: String, source: std::io::Error },
+    #[error(
+        "no vpcd reader answered at {address} within {seconds:.1} s: {reason}; is pcscd with the vpcd driver running (scripts/with-pcscd.sh)?"
+    )]
+    Connect {
+        address: String,
+        seconds: f64,
+        reason: std::io::Error,
+    },
+    #[error("connection to vpcd at {address} failed: {reason}")]
+    Io {
+        address: String,
+        reason: std::io::Error,
+    },
 }
 
 /// How a session with the reader ended.
@@ -40,11 +49,11 @@ pub fn connect(address: &str, timeout: Duration) -> Result<TcpStream, TransportE
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
-            Err(source) if start.elapsed() >= timeout => {
+            Err(reason) if start.elapsed() >= timeout => {
                 return Err(TransportError::Connect {
                     address: address.to_owned(),
-                    seconds: timeout.as_secs(),
-                    source,
+                    seconds: timeout.as_secs_f64(),
+                    reason,
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -58,7 +67,10 @@ pub fn serve<S: Read + Write>(
     card: &mut VirtualCard,
     address: &str,
 ) -> Result<SessionEnd, TransportError> {
-    let io = |source| TransportError::Io { address: address.to_owned(), source };
+    let io = |reason| TransportError::Io {
+        address: address.to_owned(),
+        reason,
+    };
     loop {
         let mut len = [0u8; 2];
         match stream.read_exact(&mut len) {
@@ -92,5 +104,125 @@ pub fn serve<S: Read + Write>(
             stream.write_all(&frame).map_err(io)?;
             stream.flush().map_err(io)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vpiv::attestation::{DeviceFacts, TestRoot};
+    use crate::vpiv::{CardState, FaultPlan};
+
+    /// A byte pipe standing in for the socket: what pcscd sends, and what the card wrote.
+    struct Wire {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Wire {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frames(payloads: &[&[u8]]) -> Vec<u8> {
+        payloads
+            .iter()
+            .flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat())
+            .collect()
+    }
+
+    fn card(faults: FaultPlan) -> VirtualCard {
+        let facts = DeviceFacts {
+            firmware: [5, 4, 3],
+            serial: 1,
+            form_factor: 1,
+            fips: false,
+            cspn: false,
+        };
+        let state = CardState::factory(facts, &TestRoot::generate().unwrap()).unwrap();
+        VirtualCard::new(state, None, faults)
+    }
+
+    #[test]
+    fn answers_atr_and_apdus_and_stays_silent_on_power_codes() {
+        let mut card = card(FaultPlan::default());
+        let mut wire = Wire {
+            input: std::io::Cursor::new(frames(&[&[1], &[4], &[0, 0xFD, 0, 0, 0], &[2], &[0]])),
+            output: Vec::new(),
+        };
+        assert_eq!(
+            serve(&mut wire, &mut card, "test").unwrap(),
+            SessionEnd::ReaderClosed
+        );
+        let atr = crate::vpiv::card::YUBIKEY5_ATR;
+        let expected = frames(&[&atr, &[5, 4, 3, 0x90, 0x00]]);
+        assert_eq!(wire.output, expected);
+    }
+
+    #[test]
+    fn a_disconnect_fault_ends_the_session_without_answering() {
+        let mut card = card(FaultPlan {
+            disconnect_after: Some(1),
+            ..FaultPlan::default()
+        });
+        let mut wire = Wire {
+            input: std::io::Cursor::new(frames(&[&[0, 0xFD, 0, 0], &[0, 0xFD, 0, 0]])),
+            output: Vec::new(),
+        };
+        assert_eq!(
+            serve(&mut wire, &mut card, "test").unwrap(),
+            SessionEnd::CardPulled
+        );
+        assert_eq!(wire.output, frames(&[&[5, 4, 3, 0x90, 0x00]]));
+    }
+
+    #[test]
+    fn a_frame_cut_short_is_an_io_error_naming_the_address() {
+        let mut card = card(FaultPlan::default());
+        let mut wire = Wire {
+            input: std::io::Cursor::new(vec![0, 5, 0, 0xFD]),
+            output: Vec::new(),
+        };
+        let err = serve(&mut wire, &mut card, "127.0.0.1:35963")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "connection to vpcd at 127.0.0.1:35963 failed: failed to fill whole buffer"
+        );
+    }
+
+    #[test]
+    fn connect_gives_up_after_the_timeout_naming_the_address() {
+        // a port nobody listens on: bind, learn the port, close
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let err = connect(&address, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "no vpcd reader answered at {address} within 0.3 s: "
+            )),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("is pcscd with the vpcd driver running (scripts/with-pcscd.sh)?"),
+            "{err}"
+        );
     }
 }
