@@ -1221,3 +1221,26 @@ fn attestation_under_a_given_p256_root_verifies_with_openssl() {
             .contains("Signature Algorithm: ecdsa-with-SHA256")
     );
 }
+
+#[test]
+fn the_apdu_log_never_shows_pins_or_keys() {
+    use super::card::loggable_command;
+    let verify = apdu(0, 0x20, 0, 0x80, &pin_block(b"123456"));
+    assert_eq!(loggable_command(&verify), "0020008008 [redacted 8 bytes]");
+    let mut set_key = vec![0x03];
+    set_key.extend(tlv::encode(0x9B, &DEFAULT_MANAGEMENT_KEY));
+    assert_eq!(
+        loggable_command(&apdu(0, 0xFF, 0xFF, 0xFF, &set_key)),
+        "00FFFFFF1B [redacted 27 bytes]"
+    );
+    for ins in [0x24, 0x2C, 0xFE] {
+        assert!(
+            loggable_command(&apdu(0x10, ins, 0, 0x80, &[0x31; 16]))
+                .ends_with("[redacted 16 bytes]")
+        );
+    }
+    assert_eq!(
+        loggable_command(&hexb("00CB3FFF055C035FC102")),
+        "00CB3FFF055C035FC102"
+    );
+}
