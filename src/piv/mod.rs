@@ -13,7 +13,7 @@ use std::fmt;
 
 use rand::TryRng as _;
 use subtle::ConstantTimeEq;
-use x509_cert::der::{Decode as _, Encode as _};
+use x509_cert::der::Decode as _;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use yubikey::piv::{self, AlgorithmId, ManagementSlotId, SlotId};
 use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, TouchPolicy, YubiKey};
@@ -334,7 +334,7 @@ impl PivToken {
             .yubikey
             .fetch_object(OBJECT_ATTESTATION_CERT)
             .map_err(card("read the attestation certificate (5FFF01)"))?;
-        certificate_from_object(&object)
+        certificate_from_object(&object, "attestation certificate object")
     }
 
     /// Signs a digest (ECDSA) or a padded block (RSA) with the slot's key; the PIN must have
@@ -354,16 +354,10 @@ impl PivToken {
             .map_err(card("store the certificate"))
     }
 
-    /// Reads the certificate stored in a slot (DER), if any.
+    /// Reads the certificate stored in a slot (DER); `None` when the slot's object is absent.
     pub fn read_certificate(&mut self, slot: SlotId) -> Result<Option<Vec<u8>>, PivError> {
-        match yubikey::Certificate::read(&mut self.yubikey, slot) {
-            Ok(c) => {
-                let der = c.cert.to_der().map_err(|e| PivError::Malformed {
-                    what: "certificate",
-                    detail: e.to_string(),
-                })?;
-                Ok(Some(der))
-            }
+        match self.yubikey.fetch_object(certificate_object_id(slot)) {
+            Ok(object) => certificate_from_object(&object, "certificate object").map(Some),
             Err(yubikey::Error::NotFound) => Ok(None),
             Err(other) => Err(PivError::Card { operation: "read a certificate", source: other }),
         }
@@ -396,9 +390,9 @@ fn check_pin_length(pin: &Secret) -> Result<(), PivError> {
 }
 
 /// A certificate data object is `70 <cert> 71 <info> FE <lrc>`; returns the DER in tag 70.
-fn certificate_from_object(object: &[u8]) -> Result<Vec<u8>, PivError> {
+fn certificate_from_object(object: &[u8], what: &'static str) -> Result<Vec<u8>, PivError> {
     let malformed = |detail: &str| PivError::Malformed {
-        what: "attestation certificate object",
+        what,
         detail: detail.to_owned(),
     };
     let (tag, value, _) = read_tlv(object).ok_or_else(|| malformed("not a TLV"))?;
@@ -421,6 +415,20 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     };
     let value = rest.get(..len)?;
     Some((tag, value, &rest[len..]))
+}
+
+/// The data object that holds a slot's certificate (SP 800-73-4 table 3; retired slots 82–95
+/// map to 5FC10D–5FC120).
+fn certificate_object_id(slot: SlotId) -> u32 {
+    match slot {
+        SlotId::Authentication => 0x5f_c105,
+        SlotId::Signature => 0x5f_c10a,
+        SlotId::KeyManagement => 0x5f_c10b,
+        SlotId::CardAuthentication => 0x5f_c101,
+        SlotId::Retired(retired) => 0x5f_c10d + u32::from(u8::from(retired) - 0x82),
+        SlotId::Attestation => OBJECT_ATTESTATION_CERT,
+        SlotId::Management(_) => 0,
+    }
 }
 
 const CHUID_GUID_OFFSET: usize = 29;
@@ -477,12 +485,21 @@ mod tests {
 
     #[test]
     fn certificate_object_must_hold_a_certificate() {
-        let err = certificate_from_object(&[0x53, 0x01, 0x00]).unwrap_err();
+        let err = certificate_from_object(&[0x53, 0x01, 0x00], "attestation certificate object").unwrap_err();
         assert_eq!(err.to_string(), "the token returned a malformed attestation certificate object: no certificate (tag 70)");
-        let err = certificate_from_object(&[0x70, 0x05, 0x01]).unwrap_err();
+        let err = certificate_from_object(&[0x70, 0x05, 0x01], "attestation certificate object").unwrap_err();
         assert_eq!(err.to_string(), "the token returned a malformed attestation certificate object: not a TLV");
-        let err = certificate_from_object(&[0x70, 0x02, 0x30, 0x00]).unwrap_err();
+        let err = certificate_from_object(&[0x70, 0x02, 0x30, 0x00], "attestation certificate object").unwrap_err();
         assert!(err.to_string().starts_with("the token returned a malformed attestation certificate object: "));
+    }
+
+    #[test]
+    fn certificate_objects_follow_sp_800_73() {
+        use yubikey::piv::RetiredSlotId;
+        assert_eq!(certificate_object_id(SlotId::Authentication), 0x5fc105);
+        assert_eq!(certificate_object_id(SlotId::Signature), 0x5fc10a);
+        assert_eq!(certificate_object_id(SlotId::Retired(RetiredSlotId::R1)), 0x5fc10d);
+        assert_eq!(certificate_object_id(SlotId::Retired(RetiredSlotId::R20)), 0x5fc120);
     }
 
     #[test]
