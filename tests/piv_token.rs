@@ -199,3 +199,47 @@ fn aes_management_key_on_firmware_5_7() {
         spki.to_der().unwrap()
     );
 }
+
+/// What the card attests, Tessera's own verifier accepts — under the card's test root only —
+/// and reads the same facts back. This is the join the enrollment server relies on.
+#[test]
+fn card_attestation_passes_the_attest_verifier() {
+    use tessera::attest::{self, AttestationInput, Policy, TrustAnchors};
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(15_151_515));
+    let mut token = open(&card);
+    token.authenticate(&default_key(MgmAlgorithmId::Aes192)).unwrap();
+    let spki = token
+        .generate(SlotId::Authentication, AlgorithmId::EccP256, PinPolicy::Once, TouchPolicy::Cached)
+        .unwrap();
+    let slot = token.attest(SlotId::Authentication).unwrap();
+    let device = token.attestation_certificate().unwrap();
+    let root = std::fs::read(card.attestation_root()).unwrap();
+
+    // Yubico's roots do not vouch for a virtual card.
+    let yubico = TrustAnchors::yubico().unwrap();
+    let err = attest::verify(&AttestationInput::new(slot.clone(), device.clone()), &yubico).unwrap_err();
+    assert_eq!(err.code(), "unknown-root");
+
+    let anchors = TrustAnchors::builder().with_anchors(&root, "vpiv test root").unwrap().build().unwrap();
+    let verified = attest::verify(
+        &AttestationInput::new(slot.clone(), device.clone()).expecting_serial(15_151_515),
+        &anchors,
+    )
+    .unwrap();
+    assert_eq!(verified.serial(), 15_151_515);
+    assert_eq!(verified.firmware().to_string(), "5.7.4");
+    assert_eq!(verified.pin_policy().as_str(), "once");
+    assert_eq!(verified.touch_policy().as_str(), "cached");
+    assert_eq!(verified.slot().id(), 0x9a);
+    assert_eq!(verified.key_algorithm().as_str(), "p256");
+    verified.require_public_key(&spki.to_der().unwrap()).unwrap();
+
+    // Another token's serial is refused.
+    let err = attest::verify(&AttestationInput::new(slot, device).expecting_serial(1), &anchors).unwrap_err();
+    assert_eq!(err.code(), "serial-mismatch");
+
+    // Firmware 5.7.4 is past EUCLEAK: the shipped example policy allows this key.
+    let policy = Policy::from_toml(include_str!("../config/attestation-policy.toml")).unwrap();
+    let decision = policy.evaluate(&verified);
+    assert!(decision.allowed(), "{:?}", decision.reason_codes());
+}
