@@ -1244,3 +1244,31 @@ fn the_apdu_log_never_shows_pins_or_keys() {
         "00CB3FFF055C035FC102"
     );
 }
+
+#[test]
+fn a_short_le_gets_that_many_bytes_and_61xx_for_the_rest() {
+    // OpenSC reads objects with Le = 8 first to learn their length
+    let mut card = new_card([5, 4, 3]);
+    let mut get = hexb("00CB3FFF 05 5C035FFF01");
+    get.push(0x08);
+    let (first, sw) = send_raw(&mut card, &get);
+    assert_eq!(first.len(), 8);
+    assert_eq!(sw >> 8, 0x61);
+    let (_, whole_sw) = send_all(&mut card, 0xCB, 0x3F, 0xFF, &hexb("5C035FFF01"));
+    assert_eq!(whole_sw, 0x9000);
+    let (first, sw) = send_raw(&mut card, &get);
+    let (rest, sw2) = send_raw(&mut card, &[0, 0xC0, 0, 0, 0]);
+    assert_eq!(
+        (sw >> 8, rest.len(), sw2 >> 8),
+        (0x61, 256, 0x61),
+        "GET RESPONSE with Le 00 gives 256"
+    );
+    assert_eq!(first[0], 0x53);
+    assert_eq!(send_raw(&mut card, &[0, 0xC0, 1, 0, 0]).1, 0x6A86);
+    assert_eq!(
+        send(&mut card, 0xFD, 0, 0, &[]).1,
+        0x9000,
+        "another command drops the rest"
+    );
+    assert_eq!(send_raw(&mut card, &[0, 0xC0, 0, 0, 0]).1, 0x6985);
+}
