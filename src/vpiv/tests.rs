@@ -1272,3 +1272,39 @@ fn a_short_le_gets_that_many_bytes_and_61xx_for_the_rest() {
     );
     assert_eq!(send_raw(&mut card, &[0, 0xC0, 0, 0, 0]).1, 0x6985);
 }
+
+#[test]
+fn rsa_import_from_primes_signs_like_the_original_key() {
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+    let original = rsa::RsaPrivateKey::new(&mut rand::rng(), 1024).unwrap();
+    let primes = original.primes();
+    let mut data = tlv::encode(0x01, &primes[0].to_be_bytes_trimmed_vartime());
+    data.extend(tlv::encode(0x02, &primes[1].to_be_bytes_trimmed_vartime()));
+    let mut card = new_card([5, 4, 3]);
+    authenticate(&mut card, &default_key([5, 4, 3]));
+    assert_eq!(
+        send(&mut card, 0xFE, 0x07, 0x9A, &data).1,
+        0x6A80,
+        "1024-bit primes for RSA 2048"
+    );
+    assert_eq!(send(&mut card, 0xFE, 0x06, 0x9A, &data).1, 0x9000);
+    let meta = send(&mut card, 0xF7, 0, 0x9A, &[]).0;
+    let tlvs = tlv::parse_all(&meta).unwrap();
+    let public = tlv::parse_all(tlv::find(&tlvs, 0x04).unwrap()).unwrap();
+    assert_eq!(
+        tlv::find(&public, 0x81).unwrap(),
+        &original.n().as_ref().to_be_bytes_trimmed_vartime()[..]
+    );
+    send(&mut card, 0x20, 0, 0x80, &pin_block(b"123456"));
+    let block = [0x01u8; 128];
+    let (resp, sw) = send_all(&mut card, 0x87, 0x06, 0x9A, &sign_request(&block));
+    assert_eq!(sw, 0x9000);
+    let sig = tlv::find(&tlv::parse_all(&resp[3..]).unwrap(), 0x82)
+        .unwrap()
+        .to_vec();
+    let c = rsa::BoxedUint::from_be_slice(&block, original.n().as_ref().bits_precision()).unwrap();
+    let expected =
+        rsa::hazmat::rsa_decrypt_and_check(&original, None::<&mut rand::rngs::ThreadRng>, &c)
+            .unwrap();
+    assert_eq!(sig, &expected.to_be_bytes()[..]);
+}
