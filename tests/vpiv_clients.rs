@@ -930,6 +930,73 @@ fn an_oversized_object_gets_6a84_and_stores_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Faults on demand, seen through real clients
+
+#[test]
+fn a_card_pulled_during_generate_fails_the_client_and_comes_back_without_the_key() {
+    let mut card = VirtualCard::start(
+        CardOptions::firmware("5.4.3").serial(33_000_001).arg("--fault-disconnect-at-ins").arg("47"),
+    );
+    let public_key = card.dir().join("never.pem");
+    ykman(&card, &["piv", "keys", "generate", "-a", "ECCP256", "9a", path_str(&public_key)], Some("\n")).failure();
+    // The fault pulls the card: the process ends by itself, successfully.
+    card.pull();
+    assert_eq!(card.exit_status().map(|s| s.code()), None, "pull() reaps the process");
+    card.options_mut().extra_args.clear();
+    card.insert();
+    ykman(&card, &["piv", "keys", "info", "9a"], None)
+        .exit_code(1)
+        .has_line("ERROR: No key stored in slot 9A (AUTHENTICATION).");
+    ykman_generate(&card, "9a", "ECCP256", &[]);
+}
+
+#[test]
+fn a_disconnect_fault_ends_the_card_process_with_success() {
+    let mut card = VirtualCard::start(
+        CardOptions::firmware("5.4.3").serial(33_000_002).arg("--fault-disconnect-after").arg("3"),
+    );
+    // yubico-piv-tool connects with 3 APDUs (SELECT, the PIN-tries probe, GET VERSION); the card
+    // is pulled at the 4th (GET SERIAL). `-a status` reports what it could not read and exits 0,
+    // as it does when a real token is pulled at that moment.
+    piv_tool(&card, &["-a", "status"], None)
+        .success()
+        .has_line("Version:\t5.4.3")
+        .has_line("Serial Number:\tNo data available");
+    let mut status = None;
+    for _ in 0..100 {
+        status = card.exit_status();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "card log:\n{}", card.log());
+}
+
+#[test]
+fn a_forced_status_word_reaches_yubico_piv_tool() {
+    let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(33_000_003).arg("--fault-status").arg("47=6A80"));
+    piv_tool(&card, &["-a", "generate", "-s", "9a", "-A", "ECCP256"], None)
+        .exit_code(1)
+        .has_line("Key generation failed.");
+    // Everything else still works.
+    piv_tool(&card, &["-a", "status"], None).success().has_line("Serial Number:\t33000003");
+}
+
+#[test]
+fn refused_touch_fails_signing_with_a_touch_policy_key() {
+    let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(33_000_004).arg("--refuse-touch"));
+    let public_key = ykman_generate(&card, "9a", "ECCP256", &["--touch-policy", "ALWAYS"]);
+    ykman(
+        &card,
+        &["piv", "certificates", "generate", "-s", "CN=no touch", "9a", path_str(&public_key)],
+        Some(&format!("\n{DEFAULT_PIN}\n")),
+    )
+    .exit_code(1)
+    .has_line("ERROR: Certificate generation failed.");
+}
+
+// ---------------------------------------------------------------------------------------------
 // The harness itself: cards side by side, and a card pulled out and put back
 
 #[test]
