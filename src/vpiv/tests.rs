@@ -1221,3 +1221,90 @@ fn attestation_under_a_given_p256_root_verifies_with_openssl() {
             .contains("Signature Algorithm: ecdsa-with-SHA256")
     );
 }
+
+#[test]
+fn the_apdu_log_never_shows_pins_or_keys() {
+    use super::card::loggable_command;
+    let verify = apdu(0, 0x20, 0, 0x80, &pin_block(b"123456"));
+    assert_eq!(loggable_command(&verify), "0020008008 [redacted 8 bytes]");
+    let mut set_key = vec![0x03];
+    set_key.extend(tlv::encode(0x9B, &DEFAULT_MANAGEMENT_KEY));
+    assert_eq!(
+        loggable_command(&apdu(0, 0xFF, 0xFF, 0xFF, &set_key)),
+        "00FFFFFF1B [redacted 27 bytes]"
+    );
+    for ins in [0x24, 0x2C, 0xFE] {
+        assert!(
+            loggable_command(&apdu(0x10, ins, 0, 0x80, &[0x31; 16]))
+                .ends_with("[redacted 16 bytes]")
+        );
+    }
+    assert_eq!(
+        loggable_command(&hexb("00CB3FFF055C035FC102")),
+        "00CB3FFF055C035FC102"
+    );
+}
+
+#[test]
+fn a_short_le_gets_that_many_bytes_and_61xx_for_the_rest() {
+    // OpenSC reads objects with Le = 8 first to learn their length
+    let mut card = new_card([5, 4, 3]);
+    let mut get = hexb("00CB3FFF 05 5C035FFF01");
+    get.push(0x08);
+    let (first, sw) = send_raw(&mut card, &get);
+    assert_eq!(first.len(), 8);
+    assert_eq!(sw >> 8, 0x61);
+    let (_, whole_sw) = send_all(&mut card, 0xCB, 0x3F, 0xFF, &hexb("5C035FFF01"));
+    assert_eq!(whole_sw, 0x9000);
+    let (first, sw) = send_raw(&mut card, &get);
+    let (rest, sw2) = send_raw(&mut card, &[0, 0xC0, 0, 0, 0]);
+    assert_eq!(
+        (sw >> 8, rest.len(), sw2 >> 8),
+        (0x61, 256, 0x61),
+        "GET RESPONSE with Le 00 gives 256"
+    );
+    assert_eq!(first[0], 0x53);
+    assert_eq!(send_raw(&mut card, &[0, 0xC0, 1, 0, 0]).1, 0x6A86);
+    assert_eq!(
+        send(&mut card, 0xFD, 0, 0, &[]).1,
+        0x9000,
+        "another command drops the rest"
+    );
+    assert_eq!(send_raw(&mut card, &[0, 0xC0, 0, 0, 0]).1, 0x6985);
+}
+
+#[test]
+fn rsa_import_from_primes_signs_like_the_original_key() {
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+    let original = rsa::RsaPrivateKey::new(&mut rand::rng(), 1024).unwrap();
+    let primes = original.primes();
+    let mut data = tlv::encode(0x01, &primes[0].to_be_bytes_trimmed_vartime());
+    data.extend(tlv::encode(0x02, &primes[1].to_be_bytes_trimmed_vartime()));
+    let mut card = new_card([5, 4, 3]);
+    authenticate(&mut card, &default_key([5, 4, 3]));
+    assert_eq!(
+        send(&mut card, 0xFE, 0x07, 0x9A, &data).1,
+        0x6A80,
+        "1024-bit primes for RSA 2048"
+    );
+    assert_eq!(send(&mut card, 0xFE, 0x06, 0x9A, &data).1, 0x9000);
+    let meta = send(&mut card, 0xF7, 0, 0x9A, &[]).0;
+    let tlvs = tlv::parse_all(&meta).unwrap();
+    let public = tlv::parse_all(tlv::find(&tlvs, 0x04).unwrap()).unwrap();
+    assert_eq!(
+        tlv::find(&public, 0x81).unwrap(),
+        &original.n().as_ref().to_be_bytes_trimmed_vartime()[..]
+    );
+    send(&mut card, 0x20, 0, 0x80, &pin_block(b"123456"));
+    let block = [0x01u8; 128];
+    let (resp, sw) = send_all(&mut card, 0x87, 0x06, 0x9A, &sign_request(&block));
+    assert_eq!(sw, 0x9000);
+    let sig = tlv::find(&tlv::parse_all(&resp[3..]).unwrap(), 0x82)
+        .unwrap()
+        .to_vec();
+    let c = rsa::BoxedUint::from_be_slice(&block, original.n().as_ref().bits_precision()).unwrap();
+    let expected =
+        rsa::hazmat::rsa_decrypt_and_check(&original, None::<&mut rand::rngs::ThreadRng>, &c)
+            .unwrap();
+    assert_eq!(sig, &expected.to_be_bytes()[..]);
+}
