@@ -1019,3 +1019,80 @@ fn a_card_pulled_and_put_back_keeps_its_keys() {
     let attestation_pem = write_file(&card, "after-reinsert.pem", &attestation.stdout);
     assert_eq!(public_key_of_certificate(&attestation_pem), public_key_of_pem(&public_key));
 }
+
+#[test]
+fn card_tests_outside_the_harness_fail_with_the_way_to_run_them() {
+    // Run one card test of this very binary again, without the harness' environment.
+    let test_binary = std::env::current_exe().expect("path of this test binary");
+    let output = std::process::Command::new(test_binary)
+        .args(["--exact", "piv_tool_status_and_version_on_a_fresh_card", "--nocapture"])
+        .env_remove("TESSERA_VPCD_PORTS")
+        .env_remove("TESSERA_VPCD_READERS")
+        .env_remove("TESSERA_VPCD_LOCK_DIR")
+        .output()
+        .expect("run the test binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains(
+            "run the tests under scripts/with-pcscd.sh (see README): TESSERA_VPCD_PORTS, TESSERA_VPCD_READERS or TESSERA_VPCD_LOCK_DIR is not set"
+        ),
+        "{stderr}"
+    );
+}
+
+fn with_pcscd(args: &[&str]) -> ToolRun {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/with-pcscd.sh");
+    run_tool(script, args, None, &[])
+}
+
+#[test]
+fn with_pcscd_refuses_bad_options_with_the_reason() {
+    with_pcscd(&["--readers", "2"])
+        .exit_code(2)
+        .has_line("with-pcscd: no command given; put it after --, e.g. scripts/with-pcscd.sh -- bash");
+    with_pcscd(&["--readers", "17", "--", "true"])
+        .exit_code(2)
+        .has_line("with-pcscd: --readers must be 1..16 (pcscd allows 16 readers), got '17'");
+    with_pcscd(&["--base-port", "80", "--", "true"])
+        .exit_code(2)
+        .has_line("with-pcscd: --base-port must leave room for 8 ports in 1024..65535, got '80'");
+    with_pcscd(&["--verbose", "--", "true"])
+        .exit_code(2)
+        .has_line("with-pcscd: unknown option '--verbose' (the command goes after --)");
+}
+
+#[test]
+fn with_pcscd_offers_its_readers_and_passes_the_exit_code_on() {
+    // A nested run: its own namespace, pcscd and free ports, beside the one this test runs in.
+    let run = with_pcscd(&[
+        "--readers",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "echo \"ports=$TESSERA_VPCD_PORTS\"; echo \"readers=$TESSERA_VPCD_READERS\"; pcsc_scan -r; exit 7",
+    ])
+    .exit_code(7);
+    let ports: Vec<u16> = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ports="))
+        .expect("ports line")
+        .split(',')
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    assert_eq!(ports.len(), 3, "{run}");
+    assert_eq!(ports[1], ports[0] + 1);
+    assert_eq!(ports[2], ports[0] + 2);
+    let readers = run.stdout.lines().find_map(|l| l.strip_prefix("readers=")).expect("readers line");
+    let expected = [
+        format!("Yubico YubiKey OTP+FIDO+CCID vpcd {} 00 00", ports[0]),
+        format!("Yubico YubiKey OTP+FIDO+CCID vpcd {} 00 01", ports[0]),
+        format!("Yubico YubiKey OTP+FIDO+CCID vpcd {} 00 00", ports[2]),
+    ];
+    assert_eq!(readers.split(';').collect::<Vec<_>>(), expected.iter().map(String::as_str).collect::<Vec<_>>());
+    for name in &expected {
+        assert!(run.stdout.lines().any(|l| l.ends_with(&format!(": {name}"))), "pcsc_scan lists {name}; {run}");
+    }
+}
