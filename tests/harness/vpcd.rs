@@ -48,11 +48,17 @@ pub fn harness_readers() -> (Vec<Reader>, PathBuf) {
         std::env::var("TESSERA_VPCD_READERS"),
         std::env::var("TESSERA_VPCD_LOCK_DIR"),
     ) else {
-        panic!("{RUN_UNDER_HARNESS}: TESSERA_VPCD_PORTS, TESSERA_VPCD_READERS or TESSERA_VPCD_LOCK_DIR is not set");
+        panic!(
+            "{RUN_UNDER_HARNESS}: TESSERA_VPCD_PORTS, TESSERA_VPCD_READERS or TESSERA_VPCD_LOCK_DIR is not set"
+        );
     };
     let ports: Vec<u16> = ports
         .split(',')
-        .map(|p| p.trim().parse().unwrap_or_else(|_| panic!("TESSERA_VPCD_PORTS has a bad port {p:?}")))
+        .map(|p| {
+            p.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("TESSERA_VPCD_PORTS has a bad port {p:?}"))
+        })
         .collect();
     let names: Vec<String> = names.split(';').map(str::to_owned).collect();
     assert_eq!(
@@ -60,7 +66,11 @@ pub fn harness_readers() -> (Vec<Reader>, PathBuf) {
         names.len(),
         "TESSERA_VPCD_PORTS and TESSERA_VPCD_READERS must list as many entries; {RUN_UNDER_HARNESS}"
     );
-    let readers = ports.into_iter().zip(names).map(|(port, name)| Reader { port, name }).collect();
+    let readers = ports
+        .into_iter()
+        .zip(names)
+        .map(|(port, name)| Reader { port, name })
+        .collect();
     (readers, PathBuf::from(lock_dir))
 }
 
@@ -76,14 +86,22 @@ pub struct CardOptions {
 
 impl Default for CardOptions {
     fn default() -> Self {
-        CardOptions { firmware: "5.4.3".into(), serial: 12_345_678, form_factor: None, extra_args: Vec::new() }
+        CardOptions {
+            firmware: "5.4.3".into(),
+            serial: 12_345_678,
+            form_factor: None,
+            extra_args: Vec::new(),
+        }
     }
 }
 
 impl CardOptions {
     /// A card emulating the given firmware ("5.4.3": 3DES default management key; "5.7.4": AES-192).
     pub fn firmware(version: &str) -> Self {
-        CardOptions { firmware: version.into(), ..CardOptions::default() }
+        CardOptions {
+            firmware: version.into(),
+            ..CardOptions::default()
+        }
     }
 
     pub fn serial(mut self, serial: u32) -> Self {
@@ -124,7 +142,13 @@ impl VirtualCard {
             .prefix("tessera-vpiv-")
             .tempdir()
             .expect("cannot create a temporary directory for the card's state");
-        let mut card = VirtualCard { child: None, reader, options, dir, claim };
+        let mut card = VirtualCard {
+            child: None,
+            reader,
+            options,
+            dir,
+            claim,
+        };
         card.insert();
         card
     }
@@ -150,7 +174,9 @@ impl VirtualCard {
 
     /// The card process' exit status if it has ended (a disconnect fault ends it with 0).
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// A scratch directory that lives as long as the card (the state file lives here too).
@@ -218,16 +244,25 @@ impl VirtualCard {
             let _ = child.wait();
             record_card_pid(&self.claim, None);
         }
-        wait_for_reader(&self.reader.name, false, CARD_PRESENT_DEADLINE, || None)
-            .map_err(|e| format!("reader {:?} still shows a card after the card was killed: {e}", self.reader.name))
+        wait_for_reader(&self.reader.name, false, CARD_PRESENT_DEADLINE, || None).map_err(|e| {
+            format!(
+                "reader {:?} still shows a card after the card was killed: {e}",
+                self.reader.name
+            )
+        })
     }
 
     /// Starts the card process (again) on this reader and waits until pcscd sees it.
     pub fn insert(&mut self) {
         assert!(self.child.is_none(), "the card is already inserted");
         // A card left behind by a test that died without cleaning up must be gone first.
-        if let Err(problem) = wait_for_reader(&self.reader.name, false, CARD_PRESENT_DEADLINE, || None) {
-            panic!("reader {:?} is claimed but not empty: {problem}", self.reader.name);
+        if let Err(problem) =
+            wait_for_reader(&self.reader.name, false, CARD_PRESENT_DEADLINE, || None)
+        {
+            panic!(
+                "reader {:?} is claimed but not empty: {problem}",
+                self.reader.name
+            );
         }
         // Right after a card dropped its connection in the middle of a command (a disconnect
         // fault), the vpcd driver sometimes never takes the next connection on that port, while a
@@ -235,7 +270,11 @@ impl VirtualCard {
         // not seen after REINSERT_AFTER is pulled and started again, as a person re-plugs a token.
         let mut problem = String::new();
         for attempt in 1..=INSERT_ATTEMPTS {
-            let deadline = if attempt < INSERT_ATTEMPTS { REINSERT_AFTER } else { CARD_PRESENT_DEADLINE };
+            let deadline = if attempt < INSERT_ATTEMPTS {
+                REINSERT_AFTER
+            } else {
+                CARD_PRESENT_DEADLINE
+            };
             match self.start_process_and_wait(deadline) {
                 Ok(()) => return,
                 Err(why) if self.is_running() && attempt < INSERT_ATTEMPTS => {
@@ -272,11 +311,15 @@ impl VirtualCard {
             .stdout(log.try_clone().expect("cannot share the card's log file"))
             .stderr(log)
             .spawn()
-            .expect("cannot start tessera-vpiv (is it built? cargo builds it for integration tests)");
+            .expect(
+                "cannot start tessera-vpiv (is it built? cargo builds it for integration tests)",
+            );
         record_card_pid(&self.claim, Some(child.id()));
         self.child = Some(child);
         let child = self.child.as_mut().expect("just set");
-        wait_for_reader(&self.reader.name, true, deadline, || child.try_wait().ok().flatten())
+        wait_for_reader(&self.reader.name, true, deadline, || {
+            child.try_wait().ok().flatten()
+        })
     }
 
     fn append_to_log(&self, line: &str) {
@@ -304,7 +347,11 @@ impl Drop for VirtualCard {
         // The reader is released (the lock file closed) only after this, when it is empty again.
         let gone = self.kill_and_wait_until_gone();
         if thread::panicking() {
-            eprintln!("--- log of the card on {:?} ---\n{}", self.reader.name, self.log());
+            eprintln!(
+                "--- log of the card on {:?} ---\n{}",
+                self.reader.name,
+                self.log()
+            );
         }
         if let Err(problem) = gone {
             eprintln!("{problem}");
@@ -326,7 +373,12 @@ fn claim_reader() -> (Reader, File) {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .unwrap_or_else(|e| panic!("cannot open the reader lock {}: {e}; {RUN_UNDER_HARNESS}", path.display()));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot open the reader lock {}: {e}; {RUN_UNDER_HARNESS}",
+                        path.display()
+                    )
+                });
             if file.try_lock().is_ok() {
                 reap_orphan_card(&file, reader.port);
                 return (reader.clone(), file);
@@ -348,11 +400,15 @@ fn claim_reader() -> (Reader, File) {
 fn reap_orphan_card(lock: &File, port: u16) {
     let mut recorded = String::new();
     let _ = (&*lock).read_to_string(&mut recorded);
-    let Ok(pid) = recorded.trim().parse::<u32>() else { return };
+    let Ok(pid) = recorded.trim().parse::<u32>() else {
+        return;
+    };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let is_our_card = args.first().is_some_and(|a| a.ends_with(b"tessera-vpiv"))
-        && args.windows(2).any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
     if is_our_card {
         let _ = Command::new("kill").arg(pid.to_string()).status();
     }
@@ -390,14 +446,18 @@ fn wait_for_reader(
         }
         let state = states[0].event_state();
         if state.contains(pcsc::State::UNKNOWN) {
-            return Err(format!("pcscd does not know this reader; {RUN_UNDER_HARNESS}"));
+            return Err(format!(
+                "pcscd does not know this reader; {RUN_UNDER_HARNESS}"
+            ));
         }
         if state.contains(pcsc::State::PRESENT) == present {
             return Ok(());
         }
         states[0].sync_current_state();
         if started.elapsed() > deadline {
-            return Err(format!("gave up after {deadline:?}; last reader state {state:?}"));
+            return Err(format!(
+                "gave up after {deadline:?}; last reader state {state:?}"
+            ));
         }
     }
 }
@@ -429,14 +489,21 @@ impl ToolRun {
     /// Fails the test unless the tool failed (a non-zero exit code).
     #[track_caller]
     pub fn failure(self) -> ToolRun {
-        assert!(matches!(self.code, Some(c) if c != 0), "expected a failure; {self}");
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a failure; {self}"
+        );
         self
     }
 
     /// Fails the test unless stdout and stderr together contain `line` (a whole line, trimmed).
     #[track_caller]
     pub fn has_line(self, line: &str) -> ToolRun {
-        let found = self.stdout.lines().chain(self.stderr.lines()).any(|l| l.trim() == line);
+        let found = self
+            .stdout
+            .lines()
+            .chain(self.stderr.lines())
+            .any(|l| l.trim() == line);
         assert!(found, "expected the line {line:?}; {self}");
         self
     }
@@ -444,7 +511,10 @@ impl ToolRun {
     /// Fails the test unless stdout or stderr contains `text` somewhere.
     #[track_caller]
     pub fn mentions(self, text: &str) -> ToolRun {
-        assert!(self.stdout.contains(text) || self.stderr.contains(text), "expected {text:?} in the output; {self}");
+        assert!(
+            self.stdout.contains(text) || self.stderr.contains(text),
+            "expected {text:?} in the output; {self}"
+        );
         self
     }
 }
@@ -462,13 +532,25 @@ impl std::fmt::Display for ToolRun {
 /// Runs `program args…`, feeding `stdin` (secrets go here, never on the command line where a
 /// tool allows it) and extra environment variables; captures the exit code and output. A missing
 /// program fails the test with the install command.
-pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> ToolRun {
-    let command_line = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+pub fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> ToolRun {
+    let command_line = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut command = Command::new(program);
     command
         .args(args)
         .envs(env.iter().copied())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = match command.spawn() {
@@ -510,7 +592,14 @@ pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>, env: &[(&str,
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let stdout = String::from_utf8_lossy(&stdout_reader.join().expect("stdout reader")).into_owned();
-    let stderr = String::from_utf8_lossy(&stderr_reader.join().expect("stderr reader")).into_owned();
-    ToolRun { command: command_line, code: status.code(), stdout, stderr }
+    let stdout =
+        String::from_utf8_lossy(&stdout_reader.join().expect("stdout reader")).into_owned();
+    let stderr =
+        String::from_utf8_lossy(&stderr_reader.join().expect("stderr reader")).into_owned();
+    ToolRun {
+        command: command_line,
+        code: status.code(),
+        stdout,
+        stderr,
+    }
 }
