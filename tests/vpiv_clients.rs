@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use harness::vpcd::{CardOptions, ToolRun, VirtualCard, run_tool};
 
-const OPENSC_PKCS11_MODULE: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
 const DEFAULT_PIN: &str = "123456";
 const DEFAULT_MANAGEMENT_KEY: [u8; 24] = [
     1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
@@ -26,38 +25,16 @@ const OID_FORM_FACTOR: &str = "1.3.6.1.4.1.41482.3.9";
 // ---------------------------------------------------------------------------------------------
 // Running the tools against one card
 
-/// `yubico-piv-tool --reader <card's reader> ARGS`. Secrets go through stdin (`--stdin-input`).
 fn piv_tool(card: &VirtualCard, args: &[&str], stdin: Option<&str>) -> ToolRun {
-    let mut all = vec!["--reader", card.reader_name()];
-    all.extend_from_slice(args);
-    run_tool("yubico-piv-tool", &all, stdin, &[])
+    card.yubico_piv_tool(args, stdin)
 }
 
-/// `ykman --reader <card's reader> ARGS`. ykman reads PINs and keys from stdin when it prompts.
 fn ykman(card: &VirtualCard, args: &[&str], stdin: Option<&str>) -> ToolRun {
-    let mut all = vec!["--reader", card.reader_name()];
-    all.extend_from_slice(args);
-    run_tool("ykman", &all, stdin, &[])
+    card.ykman(args, stdin)
 }
 
-/// `pkcs11-tool` with OpenSC's module on the card's slot; the PIN comes from the environment
-/// (`--pin env:TESSERA_TEST_PIN`), never from the command line.
 fn pkcs11_tool(card: &VirtualCard, args: &[&str], pin: Option<&str>) -> ToolRun {
-    assert!(
-        Path::new(OPENSC_PKCS11_MODULE).exists(),
-        "OpenSC's PKCS#11 module {OPENSC_PKCS11_MODULE} is missing; run scripts/install-deps.sh (as root)"
-    );
-    let mut all = vec![
-        "--module",
-        OPENSC_PKCS11_MODULE,
-        "--slot-description",
-        card.reader_name(),
-    ];
-    all.extend_from_slice(args);
-    let env: Vec<(&str, &str)> = pin
-        .map(|p| vec![("TESSERA_TEST_PIN", p)])
-        .unwrap_or_default();
-    run_tool("pkcs11-tool", &all, None, &env)
+    card.pkcs11_tool(args, pin)
 }
 
 fn openssl(args: &[&str]) -> ToolRun {

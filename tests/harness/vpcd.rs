@@ -8,7 +8,8 @@
 //! Dropping the [`VirtualCard`] kills the card and frees the reader.
 //!
 //! [`run_tool`] runs an external client (yubico-piv-tool, ykman, pkcs11-tool, openssl) and
-//! captures its exit code and output.
+//! captures its exit code and output; [`VirtualCard::yubico_piv_tool`], [`VirtualCard::ykman`]
+//! and [`VirtualCard::pkcs11_tool`] run the card clients on this card's reader only.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -17,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// OpenSC's PKCS#11 module as Debian installs it (package opensc-pkcs11).
+pub const OPENSC_PKCS11_MODULE: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
 
 /// The message every card test fails with when it is not run inside the harness.
 pub const RUN_UNDER_HARNESS: &str = "run the tests under scripts/with-pcscd.sh (see README)";
@@ -337,8 +341,40 @@ impl VirtualCard {
     }
 
     /// Runs an external tool against this card; see [`run_tool`].
-    pub fn run_tool(&self, program: &str, args: &[&str], stdin: Option<&str>) -> ToolRun {
-        run_tool(program, args, stdin, &[])
+    /// `yubico-piv-tool --reader <this card's reader> ARGS…`. Secrets go in through stdin
+    /// (`--stdin-input`, `-k` without a value).
+    pub fn yubico_piv_tool(&self, args: &[&str], stdin: Option<&str>) -> ToolRun {
+        let mut all = vec!["--reader", self.reader_name()];
+        all.extend_from_slice(args);
+        run_tool("yubico-piv-tool", &all, stdin, &[])
+    }
+
+    /// `ykman --reader <this card's reader> ARGS…`; ykman reads PINs and keys from stdin when it
+    /// prompts (a blank management key means the default one).
+    pub fn ykman(&self, args: &[&str], stdin: Option<&str>) -> ToolRun {
+        let mut all = vec!["--reader", self.reader_name()];
+        all.extend_from_slice(args);
+        run_tool("ykman", &all, stdin, &[])
+    }
+
+    /// `pkcs11-tool` with OpenSC's PKCS#11 module on this card's slot. The PIN, if any, is put in
+    /// the environment for `--pin env:TESSERA_TEST_PIN`, never on the command line.
+    pub fn pkcs11_tool(&self, args: &[&str], pin: Option<&str>) -> ToolRun {
+        assert!(
+            Path::new(OPENSC_PKCS11_MODULE).exists(),
+            "OpenSC's PKCS#11 module {OPENSC_PKCS11_MODULE} is missing; run scripts/install-deps.sh (as root)"
+        );
+        let mut all = vec![
+            "--module",
+            OPENSC_PKCS11_MODULE,
+            "--slot-description",
+            self.reader_name(),
+        ];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = pin
+            .map(|p| vec![("TESSERA_TEST_PIN", p)])
+            .unwrap_or_default();
+        run_tool("pkcs11-tool", &all, None, &env)
     }
 }
 
