@@ -8,7 +8,8 @@
 //! Dropping the [`VirtualCard`] kills the card and frees the reader.
 //!
 //! [`run_tool`] runs an external client (yubico-piv-tool, ykman, pkcs11-tool, openssl) and
-//! captures its exit code and output.
+//! captures its exit code and output; [`VirtualCard::yubico_piv_tool`], [`VirtualCard::ykman`]
+//! and [`VirtualCard::pkcs11_tool`] run the card clients on this card's reader only.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -18,6 +19,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// OpenSC's PKCS#11 module as Debian installs it (package opensc-pkcs11).
+pub const OPENSC_PKCS11_MODULE: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
+
 /// The message every card test fails with when it is not run inside the harness.
 pub const RUN_UNDER_HARNESS: &str = "run the tests under scripts/with-pcscd.sh (see README)";
 
@@ -25,6 +29,10 @@ pub const RUN_UNDER_HARNESS: &str = "run the tests under scripts/with-pcscd.sh (
 /// Only a guard against hanging forever; nothing asserts on it.
 const CLAIM_DEADLINE: Duration = Duration::from_secs(600);
 const CARD_PRESENT_DEADLINE: Duration = Duration::from_secs(60);
+/// See [`VirtualCard::insert`]: how long a started card may stay unseen before it is re-inserted,
+/// and how often.
+const REINSERT_AFTER: Duration = Duration::from_secs(10);
+const INSERT_ATTEMPTS: u32 = 3;
 /// A client tool that runs longer than this is killed and the test fails (a hung tool would
 /// otherwise hang the whole run).
 const TOOL_DEADLINE: Duration = Duration::from_secs(300);
@@ -44,11 +52,17 @@ pub fn harness_readers() -> (Vec<Reader>, PathBuf) {
         std::env::var("TESSERA_VPCD_READERS"),
         std::env::var("TESSERA_VPCD_LOCK_DIR"),
     ) else {
-        panic!("{RUN_UNDER_HARNESS}: TESSERA_VPCD_PORTS, TESSERA_VPCD_READERS or TESSERA_VPCD_LOCK_DIR is not set");
+        panic!(
+            "{RUN_UNDER_HARNESS}: TESSERA_VPCD_PORTS, TESSERA_VPCD_READERS or TESSERA_VPCD_LOCK_DIR is not set"
+        );
     };
     let ports: Vec<u16> = ports
         .split(',')
-        .map(|p| p.trim().parse().unwrap_or_else(|_| panic!("TESSERA_VPCD_PORTS has a bad port {p:?}")))
+        .map(|p| {
+            p.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("TESSERA_VPCD_PORTS has a bad port {p:?}"))
+        })
         .collect();
     let names: Vec<String> = names.split(';').map(str::to_owned).collect();
     assert_eq!(
@@ -56,7 +70,11 @@ pub fn harness_readers() -> (Vec<Reader>, PathBuf) {
         names.len(),
         "TESSERA_VPCD_PORTS and TESSERA_VPCD_READERS must list as many entries; {RUN_UNDER_HARNESS}"
     );
-    let readers = ports.into_iter().zip(names).map(|(port, name)| Reader { port, name }).collect();
+    let readers = ports
+        .into_iter()
+        .zip(names)
+        .map(|(port, name)| Reader { port, name })
+        .collect();
     (readers, PathBuf::from(lock_dir))
 }
 
@@ -72,14 +90,22 @@ pub struct CardOptions {
 
 impl Default for CardOptions {
     fn default() -> Self {
-        CardOptions { firmware: "5.4.3".into(), serial: 12_345_678, form_factor: None, extra_args: Vec::new() }
+        CardOptions {
+            firmware: "5.4.3".into(),
+            serial: 12_345_678,
+            form_factor: None,
+            extra_args: Vec::new(),
+        }
     }
 }
 
 impl CardOptions {
     /// A card emulating the given firmware ("5.4.3": 3DES default management key; "5.7.4": AES-192).
     pub fn firmware(version: &str) -> Self {
-        CardOptions { firmware: version.into(), ..CardOptions::default() }
+        CardOptions {
+            firmware: version.into(),
+            ..CardOptions::default()
+        }
     }
 
     pub fn serial(mut self, serial: u32) -> Self {
@@ -120,7 +146,13 @@ impl VirtualCard {
             .prefix("tessera-vpiv-")
             .tempdir()
             .expect("cannot create a temporary directory for the card's state");
-        let mut card = VirtualCard { child: None, reader, options, dir, claim };
+        let mut card = VirtualCard {
+            child: None,
+            reader,
+            options,
+            dir,
+            claim,
+        };
         card.insert();
         card
     }
@@ -136,6 +168,19 @@ impl VirtualCard {
 
     pub fn options(&self) -> &CardOptions {
         &self.options
+    }
+
+    /// Change how the card starts next time (after [`VirtualCard::pull`], before
+    /// [`VirtualCard::insert`]), e.g. to drop a fault flag.
+    pub fn options_mut(&mut self) -> &mut CardOptions {
+        &mut self.options
+    }
+
+    /// The card process' exit status if it has ended (a disconnect fault ends it with 0).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// A scratch directory that lives as long as the card (the state file lives here too).
@@ -203,17 +248,62 @@ impl VirtualCard {
             let _ = child.wait();
             record_card_pid(&self.claim, None);
         }
-        wait_for_reader(&self.reader.name, false, || None)
-            .map_err(|e| format!("reader {:?} still shows a card after the card was killed: {e}", self.reader.name))
+        wait_for_reader(&self.reader.name, false, CARD_PRESENT_DEADLINE, || None).map_err(|e| {
+            format!(
+                "reader {:?} still shows a card after the card was killed: {e}",
+                self.reader.name
+            )
+        })
     }
 
     /// Starts the card process (again) on this reader and waits until pcscd sees it.
     pub fn insert(&mut self) {
         assert!(self.child.is_none(), "the card is already inserted");
         // A card left behind by a test that died without cleaning up must be gone first.
-        if let Err(problem) = wait_for_reader(&self.reader.name, false, || None) {
-            panic!("reader {:?} is claimed but not empty: {problem}", self.reader.name);
+        if let Err(problem) =
+            wait_for_reader(&self.reader.name, false, CARD_PRESENT_DEADLINE, || None)
+        {
+            panic!(
+                "reader {:?} is claimed but not empty: {problem}",
+                self.reader.name
+            );
         }
+        // Right after a card dropped its connection in the middle of a command (a disconnect
+        // fault), the vpcd driver sometimes never takes the next connection on that port, while a
+        // card started after that one is seen at once (measured: 1 run in 5). So a card pcscd has
+        // not seen after REINSERT_AFTER is pulled and started again, as a person re-plugs a token.
+        let mut problem = String::new();
+        for attempt in 1..=INSERT_ATTEMPTS {
+            let deadline = if attempt < INSERT_ATTEMPTS {
+                REINSERT_AFTER
+            } else {
+                CARD_PRESENT_DEADLINE
+            };
+            match self.start_process_and_wait(deadline) {
+                Ok(()) => return,
+                Err(why) if self.is_running() && attempt < INSERT_ATTEMPTS => {
+                    self.append_to_log(&format!(
+                        "harness: pcscd did not see the card within {deadline:?} ({why}); starting it again\n"
+                    ));
+                    if let Some(mut child) = self.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                }
+                Err(why) => {
+                    problem = why;
+                    break;
+                }
+            }
+        }
+        let log = self.log();
+        panic!(
+            "card on port {} did not appear in reader {:?}: {problem}\n--- card log ---\n{log}",
+            self.reader.port, self.reader.name
+        );
+    }
+
+    fn start_process_and_wait(&mut self, deadline: Duration) -> Result<(), String> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -225,17 +315,20 @@ impl VirtualCard {
             .stdout(log.try_clone().expect("cannot share the card's log file"))
             .stderr(log)
             .spawn()
-            .expect("cannot start tessera-vpiv (is it built? cargo builds it for integration tests)");
+            .expect(
+                "cannot start tessera-vpiv (is it built? cargo builds it for integration tests)",
+            );
         record_card_pid(&self.claim, Some(child.id()));
         self.child = Some(child);
         let child = self.child.as_mut().expect("just set");
-        let waited = wait_for_reader(&self.reader.name, true, || child.try_wait().ok().flatten());
-        if let Err(problem) = waited {
-            let log = self.log();
-            panic!(
-                "card on port {} did not appear in reader {:?}: {problem}\n--- card log ---\n{log}",
-                self.reader.port, self.reader.name
-            );
+        wait_for_reader(&self.reader.name, true, deadline, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    fn append_to_log(&self, line: &str) {
+        if let Ok(mut log) = OpenOptions::new().append(true).open(self.log_file()) {
+            let _ = log.write_all(line.as_bytes());
         }
     }
 
@@ -248,8 +341,40 @@ impl VirtualCard {
     }
 
     /// Runs an external tool against this card; see [`run_tool`].
-    pub fn run_tool(&self, program: &str, args: &[&str], stdin: Option<&str>) -> ToolRun {
-        run_tool(program, args, stdin, &[])
+    /// `yubico-piv-tool --reader <this card's reader> ARGS…`. Secrets go in through stdin
+    /// (`--stdin-input`, `-k` without a value).
+    pub fn yubico_piv_tool(&self, args: &[&str], stdin: Option<&str>) -> ToolRun {
+        let mut all = vec!["--reader", self.reader_name()];
+        all.extend_from_slice(args);
+        run_tool("yubico-piv-tool", &all, stdin, &[])
+    }
+
+    /// `ykman --reader <this card's reader> ARGS…`; ykman reads PINs and keys from stdin when it
+    /// prompts (a blank management key means the default one).
+    pub fn ykman(&self, args: &[&str], stdin: Option<&str>) -> ToolRun {
+        let mut all = vec!["--reader", self.reader_name()];
+        all.extend_from_slice(args);
+        run_tool("ykman", &all, stdin, &[])
+    }
+
+    /// `pkcs11-tool` with OpenSC's PKCS#11 module on this card's slot. The PIN, if any, is put in
+    /// the environment for `--pin env:TESSERA_TEST_PIN`, never on the command line.
+    pub fn pkcs11_tool(&self, args: &[&str], pin: Option<&str>) -> ToolRun {
+        assert!(
+            Path::new(OPENSC_PKCS11_MODULE).exists(),
+            "OpenSC's PKCS#11 module {OPENSC_PKCS11_MODULE} is missing; run scripts/install-deps.sh (as root)"
+        );
+        let mut all = vec![
+            "--module",
+            OPENSC_PKCS11_MODULE,
+            "--slot-description",
+            self.reader_name(),
+        ];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = pin
+            .map(|p| vec![("TESSERA_TEST_PIN", p)])
+            .unwrap_or_default();
+        run_tool("pkcs11-tool", &all, None, &env)
     }
 }
 
@@ -258,7 +383,11 @@ impl Drop for VirtualCard {
         // The reader is released (the lock file closed) only after this, when it is empty again.
         let gone = self.kill_and_wait_until_gone();
         if thread::panicking() {
-            eprintln!("--- log of the card on {:?} ---\n{}", self.reader.name, self.log());
+            eprintln!(
+                "--- log of the card on {:?} ---\n{}",
+                self.reader.name,
+                self.log()
+            );
         }
         if let Err(problem) = gone {
             eprintln!("{problem}");
@@ -280,7 +409,12 @@ fn claim_reader() -> (Reader, File) {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .unwrap_or_else(|e| panic!("cannot open the reader lock {}: {e}; {RUN_UNDER_HARNESS}", path.display()));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot open the reader lock {}: {e}; {RUN_UNDER_HARNESS}",
+                        path.display()
+                    )
+                });
             if file.try_lock().is_ok() {
                 reap_orphan_card(&file, reader.port);
                 return (reader.clone(), file);
@@ -302,11 +436,15 @@ fn claim_reader() -> (Reader, File) {
 fn reap_orphan_card(lock: &File, port: u16) {
     let mut recorded = String::new();
     let _ = (&*lock).read_to_string(&mut recorded);
-    let Ok(pid) = recorded.trim().parse::<u32>() else { return };
+    let Ok(pid) = recorded.trim().parse::<u32>() else {
+        return;
+    };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let is_our_card = args.first().is_some_and(|a| a.ends_with(b"tessera-vpiv"))
-        && args.windows(2).any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
     if is_our_card {
         let _ = Command::new("kill").arg(pid.to_string()).status();
     }
@@ -326,6 +464,7 @@ fn record_card_pid(lock: &File, pid: Option<u32>) {
 fn wait_for_reader(
     name: &str,
     present: bool,
+    deadline: Duration,
     mut exited: impl FnMut() -> Option<ExitStatus>,
 ) -> Result<(), String> {
     let context = pcsc::Context::establish(pcsc::Scope::User)
@@ -343,14 +482,18 @@ fn wait_for_reader(
         }
         let state = states[0].event_state();
         if state.contains(pcsc::State::UNKNOWN) {
-            return Err(format!("pcscd does not know this reader; {RUN_UNDER_HARNESS}"));
+            return Err(format!(
+                "pcscd does not know this reader; {RUN_UNDER_HARNESS}"
+            ));
         }
         if state.contains(pcsc::State::PRESENT) == present {
             return Ok(());
         }
         states[0].sync_current_state();
-        if started.elapsed() > CARD_PRESENT_DEADLINE {
-            return Err(format!("gave up after {CARD_PRESENT_DEADLINE:?}; last reader state {state:?}"));
+        if started.elapsed() > deadline {
+            return Err(format!(
+                "gave up after {deadline:?}; last reader state {state:?}"
+            ));
         }
     }
 }
@@ -382,14 +525,21 @@ impl ToolRun {
     /// Fails the test unless the tool failed (a non-zero exit code).
     #[track_caller]
     pub fn failure(self) -> ToolRun {
-        assert!(matches!(self.code, Some(c) if c != 0), "expected a failure; {self}");
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a failure; {self}"
+        );
         self
     }
 
     /// Fails the test unless stdout and stderr together contain `line` (a whole line, trimmed).
     #[track_caller]
     pub fn has_line(self, line: &str) -> ToolRun {
-        let found = self.stdout.lines().chain(self.stderr.lines()).any(|l| l.trim() == line);
+        let found = self
+            .stdout
+            .lines()
+            .chain(self.stderr.lines())
+            .any(|l| l.trim() == line);
         assert!(found, "expected the line {line:?}; {self}");
         self
     }
@@ -397,7 +547,10 @@ impl ToolRun {
     /// Fails the test unless stdout or stderr contains `text` somewhere.
     #[track_caller]
     pub fn mentions(self, text: &str) -> ToolRun {
-        assert!(self.stdout.contains(text) || self.stderr.contains(text), "expected {text:?} in the output; {self}");
+        assert!(
+            self.stdout.contains(text) || self.stderr.contains(text),
+            "expected {text:?} in the output; {self}"
+        );
         self
     }
 }
@@ -415,13 +568,25 @@ impl std::fmt::Display for ToolRun {
 /// Runs `program args…`, feeding `stdin` (secrets go here, never on the command line where a
 /// tool allows it) and extra environment variables; captures the exit code and output. A missing
 /// program fails the test with the install command.
-pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> ToolRun {
-    let command_line = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+pub fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> ToolRun {
+    let command_line = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut command = Command::new(program);
     command
         .args(args)
         .envs(env.iter().copied())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = match command.spawn() {
@@ -463,7 +628,14 @@ pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>, env: &[(&str,
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let stdout = String::from_utf8_lossy(&stdout_reader.join().expect("stdout reader")).into_owned();
-    let stderr = String::from_utf8_lossy(&stderr_reader.join().expect("stderr reader")).into_owned();
-    ToolRun { command: command_line, code: status.code(), stdout, stderr }
+    let stdout =
+        String::from_utf8_lossy(&stdout_reader.join().expect("stdout reader")).into_owned();
+    let stderr =
+        String::from_utf8_lossy(&stderr_reader.join().expect("stderr reader")).into_owned();
+    ToolRun {
+        command: command_line,
+        code: status.code(),
+        stdout,
+        stderr,
+    }
 }
