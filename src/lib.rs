@@ -5,4 +5,5 @@ pub mod attest;
 pub mod ca;
 pub mod cli;
 pub mod hsm;
+pub mod piv;
 pub mod vpiv;
