@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod hsm;
