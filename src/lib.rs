@@ -2,8 +2,11 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod audit;
 pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod hsm;
+pub mod lifecycle;
+pub mod store;
 pub mod vpiv;

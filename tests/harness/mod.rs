@@ -2,5 +2,6 @@
 //! pcscd + vpcd + tessera-vpiv cards). Each test file includes it with `mod harness;`.
 #![allow(dead_code)]
 
+pub mod database;
 pub mod softhsm;
 pub mod vpcd;
