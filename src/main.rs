@@ -20,6 +20,10 @@ enum Command {
     Attest(cli::attest::AttestArgs),
     /// Measure HSM signing and certificate issuance rates.
     Bench(cli::bench::BenchArgs),
+    /// Run the gRPC server (TLS 1.3, client certificates) until SIGINT or SIGTERM.
+    Serve(cli::serve::ServeArgs),
+    /// The tamper-evident audit log.
+    Audit(cli::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +33,8 @@ fn main() -> ExitCode {
         Command::Ca(a) => cli::ca::run(a),
         Command::Attest(a) => cli::attest::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Audit(a) => cli::audit::run(a),
     };
     match result {
         Ok(code) => code,

@@ -2,8 +2,10 @@
 //! turns library errors into one-line messages and exit codes; no business logic lives here.
 
 pub mod attest;
+pub mod audit;
 pub mod bench;
 pub mod ca;
+pub mod serve;
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `warn`). Secrets are never logged.
 pub fn init_tracing() {

@@ -1,0 +1,206 @@
+//! `tessera serve`: configuration, TLS 1.3 with client certificates, and the gRPC server.
+use super::audit_service::AuditLog;
+use super::directory_service::Directory;
+use super::pb;
+use super::token_service::Tokens;
+use crate::store::{Store, StoreError};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The server's configuration file (TOML). Relative paths are taken from the file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub grpc: GrpcConfig,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// e.g. `127.0.0.1:8443`; port 0 picks a free port (printed at start-up).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server certificate first, then its intermediates.
+    pub certificate: PathBuf,
+    /// PEM: the server's private key (PKCS#8, SEC1 or PKCS#1).
+    pub private_key: PathBuf,
+    /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` (relative to the configuration file) or `postgres://…`.
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot read {what} from {path}: {message}")]
+    Pem { what: &'static str, path: PathBuf, message: String },
+    #[error("{path} holds no {what}")]
+    EmptyPem { what: &'static str, path: PathBuf },
+    #[error("TLS configuration is not usable: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ServerConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ServerConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config: ServerConfig = toml::from_str(&text)
+            .map_err(|e| ServerConfigError::Parse { path: path.to_path_buf(), message: e.message().to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.tls.certificate, &mut config.tls.private_key, &mut config.tls.client_ca] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(rest) = config.database.url.strip_prefix("sqlite:") {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            if !file.is_empty() && Path::new(file).is_relative() {
+                config.database.url = format!("sqlite:{}", base.join(file).display());
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn read_certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerConfigError::Pem { what, path: path.to_path_buf(), message: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(ServerConfigError::EmptyPem { what, path: path.to_path_buf() });
+    }
+    Ok(certs)
+}
+
+/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca` when
+/// presented. A connection without one is let through TLS so that health checks work, and
+/// every Tessera RPC then answers UNAUTHENTICATED.
+pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
+    let chain = read_certificates("server certificate", &tls.certificate)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.private_key).map_err(|e| ServerConfigError::Pem {
+        what: "private key",
+        path: tls.private_key.clone(),
+        message: e.to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certificates("client CA certificate", &tls.client_ca)? {
+        roots.add(ca).map_err(|e| ServerConfigError::Tls(format!("client CA in {}: {e}", tls.client_ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A server with its database open and its port bound, not yet serving.
+pub struct BoundServer {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    store: Store,
+}
+
+impl BoundServer {
+    pub async fn bind(config: &ServerConfig) -> Result<BoundServer, ServerConfigError> {
+        let tls = Arc::new(tls_server_config(&config.tls)?);
+        let store = Store::open(&config.database.url).await?;
+        let listener = TcpListener::bind(config.grpc.listen)
+            .await
+            .map_err(|source| ServerConfigError::Listen { addr: config.grpc.listen, source })?;
+        Ok(BoundServer { listener, tls, store })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<pb::directory_service_server::DirectoryServiceServer<Directory>>().await;
+        health_reporter.set_serving::<pb::token_service_server::TokenServiceServer<Tokens>>().await;
+        health_reporter.set_serving::<pb::audit_service_server::AuditServiceServer<AuditLog>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("descriptor sets built by build.rs are valid");
+
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
+        let (sender, receiver) = tokio::sync::mpsc::channel(128);
+        let listener = self.listener;
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send(Ok::<_, std::io::Error>(stream)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+
+        let store = self.store.clone();
+        let result = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(pb::directory_service_server::DirectoryServiceServer::new(Directory { store: store.clone() }))
+            .add_service(pb::token_service_server::TokenServiceServer::new(Tokens { store: store.clone() }))
+            .add_service(pb::audit_service_server::AuditServiceServer::new(AuditLog { store: store.clone(), verifier: None }))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(receiver), shutdown)
+            .await;
+        accept_loop.abort();
+        store.close().await;
+        result
+    }
+}
