@@ -3,8 +3,12 @@ mod harness;
 
 use std::collections::BTreeMap;
 use tessera::audit::{self, Actor, BadEvent, CheckpointSigner, EcdsaP256Verifier, Problem};
-use tessera::lifecycle::{self, LifecycleError, PersonInput, PersonTransition, RequestKey, TokenTransition};
-use tessera::store::{NewToken, PeopleQuery, PersonState, Store, StoreError, TokenState, TokensQuery};
+use tessera::lifecycle::{
+    self, LifecycleError, PersonInput, PersonTransition, RequestKey, TokenTransition,
+};
+use tessera::store::{
+    NewToken, PeopleQuery, PersonState, Store, StoreError, TokenState, TokensQuery,
+};
 
 on_both_databases!(
     migrations_run_twice_and_foreign_keys_hold,
@@ -26,7 +30,10 @@ on_both_databases!(
 );
 
 fn hr() -> Actor {
-    Actor { name: "hr-sync".into(), role: "hr".into() }
+    Actor {
+        name: "hr-sync".into(),
+        role: "hr".into(),
+    }
 }
 
 fn person(id: &str) -> PersonInput {
@@ -42,7 +49,9 @@ fn person(id: &str) -> PersonInput {
 
 async fn create(store: &Store, id: &str) {
     let mut tx = store.begin_write().await.unwrap();
-    lifecycle::create_person(&mut tx, &hr(), &format!("create-{id}"), person(id)).await.unwrap();
+    lifecycle::create_person(&mut tx, &hr(), &format!("create-{id}"), person(id))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -74,14 +83,52 @@ async fn people_round_trip_and_paging(url: &str) {
     assert_eq!(p.upn, "E3@corp.test");
     assert_eq!(p.state, PersonState::Active);
     assert_eq!(p.attributes_json, r#"{"department":"R&D"}"#);
-    assert!(store.person_by_external_id("nobody").await.unwrap().is_none());
-    let page1 = store.list_people(&PeopleQuery { after_id: 0, limit: 2, state: None }).await.unwrap();
-    let page2 = store.list_people(&PeopleQuery { after_id: page1[1].id, limit: 2, state: None }).await.unwrap();
-    let page3 = store.list_people(&PeopleQuery { after_id: page2[1].id, limit: 2, state: None }).await.unwrap();
-    let ids: Vec<_> = page1.iter().chain(&page2).chain(&page3).map(|p| p.external_id.clone()).collect();
+    assert!(
+        store
+            .person_by_external_id("nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let page1 = store
+        .list_people(&PeopleQuery {
+            after_id: 0,
+            limit: 2,
+            state: None,
+        })
+        .await
+        .unwrap();
+    let page2 = store
+        .list_people(&PeopleQuery {
+            after_id: page1[1].id,
+            limit: 2,
+            state: None,
+        })
+        .await
+        .unwrap();
+    let page3 = store
+        .list_people(&PeopleQuery {
+            after_id: page2[1].id,
+            limit: 2,
+            state: None,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|p| p.external_id.clone())
+        .collect();
     assert_eq!(ids, ["E0", "E1", "E2", "E3", "E4"]);
-    let suspended =
-        store.list_people(&PeopleQuery { after_id: 0, limit: 10, state: Some(PersonState::Suspended) }).await.unwrap();
+    let suspended = store
+        .list_people(&PeopleQuery {
+            after_id: 0,
+            limit: 10,
+            state: Some(PersonState::Suspended),
+        })
+        .await
+        .unwrap();
     assert!(suspended.is_empty());
 }
 
@@ -89,29 +136,59 @@ async fn duplicate_person_is_refused(url: &str) {
     let store = Store::open(url).await.unwrap();
     create(&store, "E1").await;
     let mut tx = store.begin_write().await.unwrap();
-    let err = lifecycle::create_person(&mut tx, &hr(), "again", person("E1")).await.unwrap_err();
-    assert!(matches!(&err, LifecycleError::PersonExists(id) if id == "E1"), "{err:?}");
+    let err = lifecycle::create_person(&mut tx, &hr(), "again", person("E1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LifecycleError::PersonExists(id) if id == "E1"),
+        "{err:?}"
+    );
     assert_eq!(err.reason(), "PERSON_EXISTS");
 }
 
 async fn person_transitions_are_audited(url: &str) {
     let store = Store::open(url).await.unwrap();
     create(&store, "E1").await;
-    for (i, t) in [PersonTransition::Suspend, PersonTransition::Reinstate, PersonTransition::Offboard].into_iter().enumerate() {
+    for (i, t) in [
+        PersonTransition::Suspend,
+        PersonTransition::Reinstate,
+        PersonTransition::Offboard,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut tx = store.begin_write().await.unwrap();
-        lifecycle::transition_person(&mut tx, &hr(), &format!("t{i}"), "E1", t, "HR ticket 7").await.unwrap();
+        lifecycle::transition_person(&mut tx, &hr(), &format!("t{i}"), "E1", t, "HR ticket 7")
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
     let p = store.person_by_external_id("E1").await.unwrap().unwrap();
     assert_eq!(p.state, PersonState::Offboarded);
     let events = store.audit_events(0, 100).await.unwrap();
     let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(actions, ["person.create", "person.suspend", "person.reinstate", "person.offboard"]);
+    assert_eq!(
+        actions,
+        [
+            "person.create",
+            "person.suspend",
+            "person.reinstate",
+            "person.offboard"
+        ]
+    );
     assert_eq!(events[1].actor, "hr-sync");
     assert_eq!(events[1].role, "hr");
     assert_eq!(events[1].request_id, "t0");
-    assert!(events[1].before_json.contains(r#""state":"active""#), "{}", events[1].before_json);
-    assert!(events[1].after_json.contains(r#""state":"suspended""#), "{}", events[1].after_json);
+    assert!(
+        events[1].before_json.contains(r#""state":"active""#),
+        "{}",
+        events[1].before_json
+    );
+    assert!(
+        events[1].after_json.contains(r#""state":"suspended""#),
+        "{}",
+        events[1].after_json
+    );
     assert!(events[1].after_json.contains("HR ticket 7"));
     let report = audit::verify(&store, None).await.unwrap();
     assert_eq!((report.events, report.first_bad), (4, None));
@@ -121,12 +198,18 @@ async fn invalid_transition_changes_nothing(url: &str) {
     let store = Store::open(url).await.unwrap();
     create(&store, "E1").await;
     let mut tx = store.begin_write().await.unwrap();
-    let err = lifecycle::transition_person(&mut tx, &hr(), "r", "E1", PersonTransition::Reinstate, "").await.unwrap_err();
+    let err =
+        lifecycle::transition_person(&mut tx, &hr(), "r", "E1", PersonTransition::Reinstate, "")
+            .await
+            .unwrap_err();
     assert_eq!(err.to_string(), "cannot reinstate a person that is active");
     assert_eq!(err.reason(), "INVALID_STATE_TRANSITION");
     drop(tx);
     let mut tx = store.begin_write().await.unwrap();
-    let err = lifecycle::transition_person(&mut tx, &hr(), "r", "E9", PersonTransition::Suspend, "").await.unwrap_err();
+    let err =
+        lifecycle::transition_person(&mut tx, &hr(), "r", "E9", PersonTransition::Suspend, "")
+            .await
+            .unwrap_err();
     assert_eq!(err.reason(), "PERSON_NOT_FOUND");
     drop(tx);
     assert_eq!(store.audit_events(0, 100).await.unwrap().len(), 1);
@@ -140,22 +223,55 @@ async fn sync_creates_updates_and_offboards_missing(url: &str) {
     let mut changed = person("E2");
     changed.display_name = "Renamed".into();
     let mut tx = store.begin_write().await.unwrap();
-    let out = lifecycle::sync_people(&mut tx, &hr(), "s1", 10, vec![person("E1"), changed, person("E4")], false)
-        .await
-        .unwrap();
+    let out = lifecycle::sync_people(
+        &mut tx,
+        &hr(),
+        "s1",
+        10,
+        vec![person("E1"), changed, person("E4")],
+        false,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(out.created, ["E4"]);
     assert_eq!(out.updated, ["E2"]);
     assert_eq!(out.unchanged, ["E1"]);
     assert!(out.offboarded.is_empty());
-    assert_eq!(store.person_by_external_id("E3").await.unwrap().unwrap().state, PersonState::Active);
+    assert_eq!(
+        store
+            .person_by_external_id("E3")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        PersonState::Active
+    );
 
     let mut tx = store.begin_write().await.unwrap();
-    let out = lifecycle::sync_people(&mut tx, &hr(), "s2", 11, vec![person("E1")], true).await.unwrap();
+    let out = lifecycle::sync_people(&mut tx, &hr(), "s2", 11, vec![person("E1")], true)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(out.offboarded, ["E2", "E3", "E4"]);
-    assert_eq!(store.person_by_external_id("E3").await.unwrap().unwrap().state, PersonState::Offboarded);
-    assert_eq!(store.person_by_external_id("E1").await.unwrap().unwrap().sync_generation, 11);
+    assert_eq!(
+        store
+            .person_by_external_id("E3")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        PersonState::Offboarded
+    );
+    assert_eq!(
+        store
+            .person_by_external_id("E1")
+            .await
+            .unwrap()
+            .unwrap()
+            .sync_generation,
+        11
+    );
     let report = audit::verify(&store, None).await.unwrap();
     assert_eq!(report.first_bad, None);
 }
@@ -163,14 +279,39 @@ async fn sync_creates_updates_and_offboards_missing(url: &str) {
 async fn stale_sync_generation_is_refused(url: &str) {
     let store = Store::open(url).await.unwrap();
     let mut tx = store.begin_write().await.unwrap();
-    lifecycle::sync_people(&mut tx, &hr(), "s1", 5, vec![person("E1")], false).await.unwrap();
+    lifecycle::sync_people(&mut tx, &hr(), "s1", 5, vec![person("E1")], false)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.begin_write().await.unwrap();
-    let err = lifecycle::sync_people(&mut tx, &hr(), "s2", 5, vec![], true).await.unwrap_err();
-    assert_eq!(err.to_string(), "sync generation 5 is not greater than the last one, 5");
-    assert_eq!((err.reason(), err.field()), ("STALE_SYNC_GENERATION", Some("generation")));
-    let err = lifecycle::sync_people(&mut tx, &hr(), "s3", 6, vec![person("E2"), person("E2")], false).await.unwrap_err();
-    assert_eq!((err.reason(), err.field()), ("DUPLICATE_EXTERNAL_ID", Some("people[1].person.external_id")));
+    let err = lifecycle::sync_people(&mut tx, &hr(), "s2", 5, vec![], true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sync generation 5 is not greater than the last one, 5"
+    );
+    assert_eq!(
+        (err.reason(), err.field()),
+        ("STALE_SYNC_GENERATION", Some("generation"))
+    );
+    let err = lifecycle::sync_people(
+        &mut tx,
+        &hr(),
+        "s3",
+        6,
+        vec![person("E2"), person("E2")],
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (err.reason(), err.field()),
+        (
+            "DUPLICATE_EXTERNAL_ID",
+            Some("people[1].person.external_id")
+        )
+    );
 }
 
 async fn token_transitions(url: &str) {
@@ -191,26 +332,59 @@ async fn token_transitions(url: &str) {
     tx.commit().await.unwrap();
     let t = store.token_by_serial("31415926").await.unwrap().unwrap();
     assert_eq!(t.person_external_id.as_deref(), Some("E1"));
-    let listed = store.list_tokens(&TokensQuery { after_id: 0, limit: 10, person_id: Some(owner.id), state: None }).await.unwrap();
+    let listed = store
+        .list_tokens(&TokensQuery {
+            after_id: 0,
+            limit: 10,
+            person_id: Some(owner.id),
+            state: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
     let none = store
-        .list_tokens(&TokensQuery { after_id: 0, limit: 10, person_id: None, state: Some(TokenState::Lost) })
+        .list_tokens(&TokensQuery {
+            after_id: 0,
+            limit: 10,
+            person_id: None,
+            state: Some(TokenState::Lost),
+        })
         .await
         .unwrap();
     assert!(none.is_empty());
-    let helpdesk = Actor { name: "desk-1".into(), role: "helpdesk".into() };
+    let helpdesk = Actor {
+        name: "desk-1".into(),
+        role: "helpdesk".into(),
+    };
     let mut tx = store.begin_write().await.unwrap();
-    let t = lifecycle::transition_token(&mut tx, &helpdesk, "k1", "31415926", TokenTransition::MarkLost, "left on train")
-        .await
-        .unwrap();
+    let t = lifecycle::transition_token(
+        &mut tx,
+        &helpdesk,
+        "k1",
+        "31415926",
+        TokenTransition::MarkLost,
+        "left on train",
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(t.state, TokenState::Lost);
     let mut tx = store.begin_write().await.unwrap();
-    let err = lifecycle::transition_token(&mut tx, &helpdesk, "k2", "31415926", TokenTransition::Reinstate, "")
-        .await
-        .unwrap_err();
+    let err = lifecycle::transition_token(
+        &mut tx,
+        &helpdesk,
+        "k2",
+        "31415926",
+        TokenTransition::Reinstate,
+        "",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.to_string(), "cannot reinstate a token that is lost");
-    let err = lifecycle::transition_token(&mut tx, &helpdesk, "k3", "999", TokenTransition::Retire, "").await.unwrap_err();
+    let err =
+        lifecycle::transition_token(&mut tx, &helpdesk, "k3", "999", TokenTransition::Retire, "")
+            .await
+            .unwrap_err();
     assert_eq!(err.reason(), "TOKEN_NOT_FOUND");
 }
 
@@ -219,17 +393,34 @@ async fn idempotency_replays_and_refuses_reuse(url: &str) {
     let key = RequestKey::new("req-1", "SuspendPerson", b"request bytes").unwrap();
     let mut tx = store.begin_write().await.unwrap();
     assert_eq!(lifecycle::replay(&mut tx, &key).await.unwrap(), None);
-    lifecycle::remember(&mut tx, &key, b"first answer".to_vec()).await.unwrap();
+    lifecycle::remember(&mut tx, &key, b"first answer".to_vec())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let mut tx = store.begin_write().await.unwrap();
-    assert_eq!(lifecycle::replay(&mut tx, &key).await.unwrap().as_deref(), Some(&b"first answer"[..]));
+    assert_eq!(
+        lifecycle::replay(&mut tx, &key).await.unwrap().as_deref(),
+        Some(&b"first answer"[..])
+    );
     let other = RequestKey::new("req-1", "SuspendPerson", b"other bytes").unwrap();
     let err = lifecycle::replay(&mut tx, &other).await.unwrap_err();
-    assert_eq!((err.reason(), err.field()), ("REQUEST_ID_REUSED", Some("request_id")));
+    assert_eq!(
+        (err.reason(), err.field()),
+        ("REQUEST_ID_REUSED", Some("request_id"))
+    );
     let other_op = RequestKey::new("req-1", "OffboardPerson", b"request bytes").unwrap();
-    assert_eq!(lifecycle::replay(&mut tx, &other_op).await.unwrap_err().reason(), "REQUEST_ID_REUSED");
+    assert_eq!(
+        lifecycle::replay(&mut tx, &other_op)
+            .await
+            .unwrap_err()
+            .reason(),
+        "REQUEST_ID_REUSED"
+    );
     let err = RequestKey::new("", "SuspendPerson", b"").unwrap_err();
-    assert_eq!((err.reason(), err.field()), ("REQUEST_ID_MISSING", Some("request_id")));
+    assert_eq!(
+        (err.reason(), err.field()),
+        ("REQUEST_ID_MISSING", Some("request_id"))
+    );
 }
 
 /// Five events: person E0..E4 created.
@@ -244,7 +435,10 @@ async fn five_events(url: &str) -> Store {
 async fn intact_chain_verifies(url: &str) {
     let store = five_events(url).await;
     let report = audit::verify(&store, None).await.unwrap();
-    assert_eq!((report.events, report.checkpoints, report.first_bad), (5, 0, None));
+    assert_eq!(
+        (report.events, report.checkpoints, report.first_bad),
+        (5, 0, None)
+    );
     let events = store.audit_events(0, 10).await.unwrap();
     assert_eq!(events[0].prev_hash, audit::GENESIS_HASH.to_vec());
     for w in events.windows(2) {
@@ -254,26 +448,59 @@ async fn intact_chain_verifies(url: &str) {
 
 async fn edited_row_is_named(url: &str) {
     let store = five_events(url).await;
-    store.execute_raw("UPDATE audit_events SET actor = 'mallory' WHERE sequence = 3").await.unwrap();
+    store
+        .execute_raw("UPDATE audit_events SET actor = 'mallory' WHERE sequence = 3")
+        .await
+        .unwrap();
     let report = audit::verify(&store, None).await.unwrap();
-    assert_eq!(report.first_bad, Some(BadEvent { sequence: 3, problem: Problem::HashMismatch }));
+    assert_eq!(
+        report.first_bad,
+        Some(BadEvent {
+            sequence: 3,
+            problem: Problem::HashMismatch
+        })
+    );
 }
 
 async fn deleted_row_is_named(url: &str) {
     let store = five_events(url).await;
-    store.execute_raw("DELETE FROM audit_events WHERE sequence = 2").await.unwrap();
+    store
+        .execute_raw("DELETE FROM audit_events WHERE sequence = 2")
+        .await
+        .unwrap();
     let report = audit::verify(&store, None).await.unwrap();
-    assert_eq!(report.first_bad, Some(BadEvent { sequence: 2, problem: Problem::Missing { expected: 2 } }));
+    assert_eq!(
+        report.first_bad,
+        Some(BadEvent {
+            sequence: 2,
+            problem: Problem::Missing { expected: 2 }
+        })
+    );
 }
 
 async fn reordered_rows_are_named(url: &str) {
     let store = five_events(url).await;
     // Swap events 2 and 4 by renumbering them.
-    store.execute_raw("UPDATE audit_events SET sequence = 100 WHERE sequence = 2").await.unwrap();
-    store.execute_raw("UPDATE audit_events SET sequence = 2 WHERE sequence = 4").await.unwrap();
-    store.execute_raw("UPDATE audit_events SET sequence = 4 WHERE sequence = 100").await.unwrap();
+    store
+        .execute_raw("UPDATE audit_events SET sequence = 100 WHERE sequence = 2")
+        .await
+        .unwrap();
+    store
+        .execute_raw("UPDATE audit_events SET sequence = 2 WHERE sequence = 4")
+        .await
+        .unwrap();
+    store
+        .execute_raw("UPDATE audit_events SET sequence = 4 WHERE sequence = 100")
+        .await
+        .unwrap();
     let report = audit::verify(&store, None).await.unwrap();
-    assert_eq!(report.first_bad, Some(BadEvent { sequence: 2, problem: Problem::HashMismatch }));
+    assert_eq!(
+        report.first_bad,
+        Some(BadEvent {
+            sequence: 2,
+            problem: Problem::HashMismatch
+        })
+    );
 }
 
 struct SoftwareSigner(p256::ecdsa::SigningKey);
@@ -291,7 +518,10 @@ impl CheckpointSigner for SoftwareSigner {
 
 fn software_signer() -> (SoftwareSigner, EcdsaP256Verifier) {
     let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
-    let verifier = EcdsaP256Verifier { key_id: "test-checkpoint-key".into(), key: *key.verifying_key() };
+    let verifier = EcdsaP256Verifier {
+        key_id: "test-checkpoint-key".into(),
+        key: *key.verifying_key(),
+    };
     (SoftwareSigner(key), verifier)
 }
 
@@ -300,12 +530,27 @@ async fn deleted_tail_is_caught_by_checkpoint(url: &str) {
     let (signer, verifier) = software_signer();
     let c = audit::checkpoint(&store, &signer).await.unwrap().unwrap();
     assert_eq!(c.sequence, 5);
-    assert!(audit::checkpoint(&store, &signer).await.unwrap().is_none(), "head already covered");
+    assert!(
+        audit::checkpoint(&store, &signer).await.unwrap().is_none(),
+        "head already covered"
+    );
     let report = audit::verify(&store, Some(&verifier)).await.unwrap();
-    assert_eq!((report.events, report.checkpoints, report.first_bad), (5, 1, None));
-    store.execute_raw("DELETE FROM audit_events WHERE sequence >= 4").await.unwrap();
+    assert_eq!(
+        (report.events, report.checkpoints, report.first_bad),
+        (5, 1, None)
+    );
+    store
+        .execute_raw("DELETE FROM audit_events WHERE sequence >= 4")
+        .await
+        .unwrap();
     let report = audit::verify(&store, Some(&verifier)).await.unwrap();
-    assert_eq!(report.first_bad, Some(BadEvent { sequence: 4, problem: Problem::MissingAfterCheckpoint }));
+    assert_eq!(
+        report.first_bad,
+        Some(BadEvent {
+            sequence: 4,
+            problem: Problem::MissingAfterCheckpoint
+        })
+    );
 }
 
 async fn forged_checkpoint_signature_is_named(url: &str) {
@@ -322,9 +567,20 @@ async fn forged_checkpoint_signature_is_named(url: &str) {
         tessera::store::Backend::Sqlite => format!("X'{forged}'"),
         tessera::store::Backend::Postgres => format!("'\\x{forged}'::bytea"),
     };
-    store.execute_raw(&format!("UPDATE audit_checkpoints SET signature = {blob} WHERE sequence = 5")).await.unwrap();
+    store
+        .execute_raw(&format!(
+            "UPDATE audit_checkpoints SET signature = {blob} WHERE sequence = 5"
+        ))
+        .await
+        .unwrap();
     let report = audit::verify(&store, Some(&verifier)).await.unwrap();
-    assert_eq!(report.first_bad, Some(BadEvent { sequence: 5, problem: Problem::BadCheckpointSignature }));
+    assert_eq!(
+        report.first_bad,
+        Some(BadEvent {
+            sequence: 5,
+            problem: Problem::BadCheckpointSignature
+        })
+    );
 }
 
 async fn concurrent_writers_keep_the_chain_intact(url: &str) {

@@ -45,12 +45,23 @@ impl AuditService for AuditLog {
         authorize(&request, &method("ListAuditEvents"))?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
-        let rows = self.store.audit_events(req.after_sequence.max(0), limit).await?;
-        let next_after_sequence = if rows.len() as i64 == limit { rows.last().map(|r| r.sequence).unwrap_or(0) } else { 0 };
-        Ok(Response::new(pb::ListAuditEventsResponse { events: rows.into_iter().map(event_to_pb).collect(), next_after_sequence }))
+        let rows = self
+            .store
+            .audit_events(req.after_sequence.max(0), limit)
+            .await?;
+        let next_after_sequence = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.sequence).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: rows.into_iter().map(event_to_pb).collect(),
+            next_after_sequence,
+        }))
     }
 
-    type StreamAuditEventsStream = Pin<Box<dyn Stream<Item = Result<pb::StreamAuditEventsResponse, Status>> + Send>>;
+    type StreamAuditEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::StreamAuditEventsResponse, Status>> + Send>>;
 
     async fn stream_audit_events(
         &self,
@@ -72,7 +83,13 @@ impl AuditService for AuditLog {
                 let last_page = (page.len() as i64) < STREAM_PAGE;
                 for e in page {
                     after = e.sequence;
-                    if tx.send(Ok(pb::StreamAuditEventsResponse { event: Some(event_to_pb(e)) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::StreamAuditEventsResponse {
+                            event: Some(event_to_pb(e)),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -81,7 +98,9 @@ impl AuditService for AuditLog {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn verify_audit_chain(
@@ -89,7 +108,9 @@ impl AuditService for AuditLog {
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
         authorize(&request, &method("VerifyAuditChain"))?;
-        let report = audit::verify(&self.store, self.verifier.as_deref()).await.map_err(|e| super::status::internal(&e))?;
+        let report = audit::verify(&self.store, self.verifier.as_deref())
+            .await
+            .map_err(|e| super::status::internal(&e))?;
         let (first_bad_sequence, problem) = match &report.first_bad {
             Some(b) => (b.sequence, b.problem.to_string()),
             None => (0, String::new()),

@@ -18,7 +18,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Hr, Role::Helpdesk, Role::Auditor, Role::Admin, Role::RelyingParty];
+    pub const ALL: [Role; 5] = [
+        Role::Hr,
+        Role::Helpdesk,
+        Role::Auditor,
+        Role::Admin,
+        Role::RelyingParty,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,7 +57,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn actor(&self) -> Actor {
-        Actor { name: self.name.clone(), role: self.role.as_str().to_string() }
+        Actor {
+            name: self.name.clone(),
+            role: self.role.as_str().to_string(),
+        }
     }
 }
 
@@ -59,7 +68,10 @@ impl Identity {
 pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| {
-        status::permission_denied("CLIENT_CERTIFICATE_INVALID", "the client certificate cannot be parsed")
+        status::permission_denied(
+            "CLIENT_CERTIFICATE_INVALID",
+            "the client certificate cannot be parsed",
+        )
     })?;
     let mut roles = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -73,7 +85,10 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
     }
     let role = match roles.as_slice() {
         [one] => Role::parse(one).ok_or_else(|| {
-            status::permission_denied("UNKNOWN_ROLE", &format!("the client certificate names unknown role {one:?}"))
+            status::permission_denied(
+                "UNKNOWN_ROLE",
+                &format!("the client certificate names unknown role {one:?}"),
+            )
         })?,
         [] => {
             return Err(status::permission_denied(
@@ -113,7 +128,9 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.DirectoryService/ReinstatePerson"
         | "/tessera.v1.DirectoryService/OffboardPerson"
         | "/tessera.v1.DirectoryService/SyncPeople" => HR_WRITE,
-        "/tessera.v1.DirectoryService/GetPerson" | "/tessera.v1.DirectoryService/ListPeople" => DIRECTORY_READ,
+        "/tessera.v1.DirectoryService/GetPerson" | "/tessera.v1.DirectoryService/ListPeople" => {
+            DIRECTORY_READ
+        }
         "/tessera.v1.TokenService/GetToken" | "/tessera.v1.TokenService/ListTokens" => TOKEN_READ,
         "/tessera.v1.TokenService/MarkTokenLost"
         | "/tessera.v1.TokenService/MarkTokenDamaged"

@@ -68,7 +68,15 @@ impl Directory {
         transition: PersonTransition,
         tx: &mut crate::store::WriteTx,
     ) -> Result<pb::Person, Status> {
-        let row = lifecycle::transition_person(tx, &identity.actor(), request_id, external_id, transition, reason).await?;
+        let row = lifecycle::transition_person(
+            tx,
+            &identity.actor(),
+            request_id,
+            external_id,
+            transition,
+            reason,
+        )
+        .await?;
         Ok(person_to_pb(row))
     }
 }
@@ -82,9 +90,16 @@ impl DirectoryService for Directory {
         let identity = authorize(&request, &method("CreatePerson"))?;
         let req = request.into_inner();
         idempotent!(self.store, "CreatePerson", req, |tx| {
-            let row = lifecycle::create_person(tx, &identity.actor(), &req.request_id, input(req.person.clone(), "person")?)
-                .await?;
-            pb::CreatePersonResponse { person: Some(person_to_pb(row)) }
+            let row = lifecycle::create_person(
+                tx,
+                &identity.actor(),
+                &req.request_id,
+                input(req.person.clone(), "person")?,
+            )
+            .await?;
+            pb::CreatePersonResponse {
+                person: Some(person_to_pb(row)),
+            }
         })
     }
 
@@ -95,22 +110,40 @@ impl DirectoryService for Directory {
         let identity = authorize(&request, &method("UpdatePerson"))?;
         let req = request.into_inner();
         idempotent!(self.store, "UpdatePerson", req, |tx| {
-            let row = lifecycle::update_person(tx, &identity.actor(), &req.request_id, input(req.person.clone(), "person")?)
-                .await?;
-            pb::UpdatePersonResponse { person: Some(person_to_pb(row)) }
+            let row = lifecycle::update_person(
+                tx,
+                &identity.actor(),
+                &req.request_id,
+                input(req.person.clone(), "person")?,
+            )
+            .await?;
+            pb::UpdatePersonResponse {
+                person: Some(person_to_pb(row)),
+            }
         })
     }
 
-    async fn get_person(&self, request: Request<pb::GetPersonRequest>) -> Result<Response<pb::GetPersonResponse>, Status> {
+    async fn get_person(
+        &self,
+        request: Request<pb::GetPersonRequest>,
+    ) -> Result<Response<pb::GetPersonResponse>, Status> {
         authorize(&request, &method("GetPerson"))?;
         let req = request.into_inner();
         if req.external_id.is_empty() {
-            return Err(status::invalid_argument("external_id", "FIELD_REQUIRED", "external_id is empty"));
+            return Err(status::invalid_argument(
+                "external_id",
+                "FIELD_REQUIRED",
+                "external_id is empty",
+            ));
         }
-        let row = self.store.person_by_external_id(&req.external_id).await?.ok_or_else(|| {
-            Status::from(LifecycleError::PersonNotFound(req.external_id.clone()))
-        })?;
-        Ok(Response::new(pb::GetPersonResponse { person: Some(person_to_pb(row)) }))
+        let row = self
+            .store
+            .person_by_external_id(&req.external_id)
+            .await?
+            .ok_or_else(|| Status::from(LifecycleError::PersonNotFound(req.external_id.clone())))?;
+        Ok(Response::new(pb::GetPersonResponse {
+            person: Some(person_to_pb(row)),
+        }))
     }
 
     async fn list_people(
@@ -125,15 +158,31 @@ impl DirectoryService for Directory {
             Ok(pb::PersonState::Active) => Some(PersonState::Active),
             Ok(pb::PersonState::Suspended) => Some(PersonState::Suspended),
             Ok(pb::PersonState::Offboarded) => Some(PersonState::Offboarded),
-            Err(_) => return Err(status::invalid_argument("state", "INVALID_ENUM_VALUE", "state is not a PersonState")),
+            Err(_) => {
+                return Err(status::invalid_argument(
+                    "state",
+                    "INVALID_ENUM_VALUE",
+                    "state is not a PersonState",
+                ));
+            }
         };
         let rows = self
             .store
-            .list_people(&PeopleQuery { after_id: parse_page_token(&req.page_token)?, limit, state })
+            .list_people(&PeopleQuery {
+                after_id: parse_page_token(&req.page_token)?,
+                limit,
+                state,
+            })
             .await?;
-        let next_page_token =
-            if rows.len() as i64 == limit { rows.last().map(|r| r.id.to_string()).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListPeopleResponse { people: rows.into_iter().map(person_to_pb).collect(), next_page_token }))
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPeopleResponse {
+            people: rows.into_iter().map(person_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn suspend_person(
@@ -144,9 +193,18 @@ impl DirectoryService for Directory {
         let req = request.into_inner();
         idempotent!(self.store, "SuspendPerson", req, |tx| {
             let person = self
-                .transition(identity, &req.request_id, &req.external_id, &req.reason, PersonTransition::Suspend, tx)
+                .transition(
+                    identity,
+                    &req.request_id,
+                    &req.external_id,
+                    &req.reason,
+                    PersonTransition::Suspend,
+                    tx,
+                )
                 .await?;
-            pb::SuspendPersonResponse { person: Some(person) }
+            pb::SuspendPersonResponse {
+                person: Some(person),
+            }
         })
     }
 
@@ -158,9 +216,18 @@ impl DirectoryService for Directory {
         let req = request.into_inner();
         idempotent!(self.store, "ReinstatePerson", req, |tx| {
             let person = self
-                .transition(identity, &req.request_id, &req.external_id, &req.reason, PersonTransition::Reinstate, tx)
+                .transition(
+                    identity,
+                    &req.request_id,
+                    &req.external_id,
+                    &req.reason,
+                    PersonTransition::Reinstate,
+                    tx,
+                )
                 .await?;
-            pb::ReinstatePersonResponse { person: Some(person) }
+            pb::ReinstatePersonResponse {
+                person: Some(person),
+            }
         })
     }
 
@@ -172,9 +239,18 @@ impl DirectoryService for Directory {
         let req = request.into_inner();
         idempotent!(self.store, "OffboardPerson", req, |tx| {
             let person = self
-                .transition(identity, &req.request_id, &req.external_id, &req.reason, PersonTransition::Offboard, tx)
+                .transition(
+                    identity,
+                    &req.request_id,
+                    &req.external_id,
+                    &req.reason,
+                    PersonTransition::Offboard,
+                    tx,
+                )
                 .await?;
-            pb::OffboardPersonResponse { person: Some(person) }
+            pb::OffboardPersonResponse {
+                person: Some(person),
+            }
         })
     }
 
@@ -191,8 +267,15 @@ impl DirectoryService for Directory {
                 .enumerate()
                 .map(|(i, r)| input(Some(r.clone()), &format!("people[{i}]")))
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = lifecycle::sync_people(tx, &identity.actor(), &req.request_id, req.generation, records, req.offboard_missing)
-                .await?;
+            let out = lifecycle::sync_people(
+                tx,
+                &identity.actor(),
+                &req.request_id,
+                req.generation,
+                records,
+                req.offboard_missing,
+            )
+            .await?;
             pb::SyncPeopleResponse {
                 generation: req.generation,
                 created: out.created,

@@ -27,8 +27,8 @@ macro_rules! idempotent {
     }};
 }
 
-pub mod authz;
 mod audit_service;
+pub mod authz;
 mod directory_service;
 pub mod server;
 mod status;
@@ -41,7 +41,8 @@ pub use server::{BoundServer, ServerConfig, ServerConfigError};
 pub mod pb {
     tonic::include_proto!("tessera.v1");
     /// Served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tessera_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tessera_v1_descriptor");
 }
 
 /// Page sizes: 0 means the default; larger than the maximum is clamped.
@@ -58,6 +59,10 @@ pub(crate) fn parse_page_token(token: &str) -> Result<i64, tonic::Status> {
         return Ok(0);
     }
     token.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-        status::invalid_argument("page_token", "INVALID_PAGE_TOKEN", "page_token is not one this server returned")
+        status::invalid_argument(
+            "page_token",
+            "INVALID_PAGE_TOKEN",
+            "page_token is not one this server returned",
+        )
     })
 }

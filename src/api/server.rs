@@ -50,11 +50,18 @@ pub struct DatabaseConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("configuration file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("cannot read {what} from {path}: {message}")]
-    Pem { what: &'static str, path: PathBuf, message: String },
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     #[error("{path} holds no {what}")]
     EmptyPem { what: &'static str, path: PathBuf },
     #[error("TLS configuration is not usable: {0}")]
@@ -62,17 +69,29 @@ pub enum ServerConfigError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl ServerConfig {
     pub fn load(path: &Path) -> Result<ServerConfig, ServerConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ServerConfigError::Read { path: path.to_path_buf(), source })?;
-        let mut config: ServerConfig = toml::from_str(&text)
-            .map_err(|e| ServerConfigError::Parse { path: path.to_path_buf(), message: e.message().to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ServerConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: ServerConfig =
+            toml::from_str(&text).map_err(|e| ServerConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.tls.certificate, &mut config.tls.private_key, &mut config.tls.client_ca] {
+        for p in [
+            &mut config.tls.certificate,
+            &mut config.tls.private_key,
+            &mut config.tls.client_ca,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -87,12 +106,22 @@ impl ServerConfig {
     }
 }
 
-fn read_certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerConfigError> {
+fn read_certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ServerConfigError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServerConfigError::Pem { what, path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| ServerConfigError::Pem {
+            what,
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(ServerConfigError::EmptyPem { what, path: path.to_path_buf() });
+        return Err(ServerConfigError::EmptyPem {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -102,20 +131,26 @@ fn read_certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateD
 /// every Tessera RPC then answers UNAUTHENTICATED.
 pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
     let chain = read_certificates("server certificate", &tls.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.private_key).map_err(|e| ServerConfigError::Pem {
-        what: "private key",
-        path: tls.private_key.clone(),
-        message: e.to_string(),
-    })?;
+    let key =
+        PrivateKeyDer::from_pem_file(&tls.private_key).map_err(|e| ServerConfigError::Pem {
+            what: "private key",
+            path: tls.private_key.clone(),
+            message: e.to_string(),
+        })?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certificates("client CA certificate", &tls.client_ca)? {
-        roots.add(ca).map_err(|e| ServerConfigError::Tls(format!("client CA in {}: {e}", tls.client_ca.display())))?;
+        roots.add(ca).map_err(|e| {
+            ServerConfigError::Tls(format!("client CA in {}: {e}", tls.client_ca.display()))
+        })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerConfigError::Tls(e.to_string()))?
@@ -139,12 +174,21 @@ impl BoundServer {
         let store = Store::open(&config.database.url).await?;
         let listener = TcpListener::bind(config.grpc.listen)
             .await
-            .map_err(|source| ServerConfigError::Listen { addr: config.grpc.listen, source })?;
-        Ok(BoundServer { listener, tls, store })
+            .map_err(|source| ServerConfigError::Listen {
+                addr: config.grpc.listen,
+                source,
+            })?;
+        Ok(BoundServer {
+            listener,
+            tls,
+            store,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn store(&self) -> &Store {
@@ -152,11 +196,20 @@ impl BoundServer {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<pb::directory_service_server::DirectoryServiceServer<Directory>>().await;
-        health_reporter.set_serving::<pb::token_service_server::TokenServiceServer<Tokens>>().await;
-        health_reporter.set_serving::<pb::audit_service_server::AuditServiceServer<AuditLog>>().await;
+        health_reporter
+            .set_serving::<pb::directory_service_server::DirectoryServiceServer<Directory>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::token_service_server::TokenServiceServer<Tokens>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::audit_service_server::AuditServiceServer<AuditLog>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -179,7 +232,8 @@ impl BoundServer {
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
                         Ok(Ok(stream)) => {
                             let _ = sender.send(Ok::<_, std::io::Error>(stream)).await;
                         }
@@ -194,10 +248,24 @@ impl BoundServer {
         let result = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
-            .add_service(pb::directory_service_server::DirectoryServiceServer::new(Directory { store: store.clone() }))
-            .add_service(pb::token_service_server::TokenServiceServer::new(Tokens { store: store.clone() }))
-            .add_service(pb::audit_service_server::AuditServiceServer::new(AuditLog { store: store.clone(), verifier: None }))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(receiver), shutdown)
+            .add_service(pb::directory_service_server::DirectoryServiceServer::new(
+                Directory {
+                    store: store.clone(),
+                },
+            ))
+            .add_service(pb::token_service_server::TokenServiceServer::new(Tokens {
+                store: store.clone(),
+            }))
+            .add_service(pb::audit_service_server::AuditServiceServer::new(
+                AuditLog {
+                    store: store.clone(),
+                    verifier: None,
+                },
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+                shutdown,
+            )
             .await;
         accept_loop.abort();
         store.close().await;

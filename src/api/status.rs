@@ -9,7 +9,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub const DOMAIN: &str = "tessera";
 
 fn with_reason(code: Code, reason: &str, message: &str, field: Option<&str>) -> Status {
-    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::<String, String>::new());
+    let mut details =
+        ErrorDetails::with_error_info(reason, DOMAIN, HashMap::<String, String>::new());
     if let Some(field) = field {
         details.add_bad_request_violation(field, message);
     }
@@ -35,7 +36,12 @@ pub fn unauthenticated() -> Status {
 
 pub fn internal(error: &dyn std::error::Error) -> Status {
     tracing::error!(%error, "internal error");
-    with_reason(Code::Internal, "INTERNAL", "internal error; see the server log", None)
+    with_reason(
+        Code::Internal,
+        "INTERNAL",
+        "internal error; see the server log",
+        None,
+    )
 }
 
 impl From<StoreError> for Status {
@@ -47,12 +53,13 @@ impl From<StoreError> for Status {
 impl From<LifecycleError> for Status {
     fn from(e: LifecycleError) -> Status {
         let code = match &e {
-            LifecycleError::InvalidField { .. } | LifecycleError::RequestIdReused(_) => Code::InvalidArgument,
+            LifecycleError::InvalidField { .. } | LifecycleError::RequestIdReused(_) => {
+                Code::InvalidArgument
+            }
             LifecycleError::PersonNotFound(_) | LifecycleError::TokenNotFound(_) => Code::NotFound,
             LifecycleError::PersonExists(_) => Code::AlreadyExists,
-            LifecycleError::InvalidTransition { .. } | LifecycleError::StaleSyncGeneration { .. } => {
-                Code::FailedPrecondition
-            }
+            LifecycleError::InvalidTransition { .. }
+            | LifecycleError::StaleSyncGeneration { .. } => Code::FailedPrecondition,
             LifecycleError::Store(_) | LifecycleError::Audit(_) => return internal(&e),
         };
         with_reason(code, e.reason(), &e.to_string(), e.field())

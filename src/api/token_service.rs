@@ -26,7 +26,8 @@ fn state_to_pb(s: TokenState) -> pb::TokenState {
 }
 
 fn form_factor_to_pb(s: &str) -> pb::FormFactor {
-    pb::FormFactor::from_str_name(&format!("FORM_FACTOR_{}", s.to_ascii_uppercase())).unwrap_or(pb::FormFactor::Unspecified)
+    pb::FormFactor::from_str_name(&format!("FORM_FACTOR_{}", s.to_ascii_uppercase()))
+        .unwrap_or(pb::FormFactor::Unspecified)
 }
 
 impl Tokens {
@@ -54,7 +55,15 @@ impl Tokens {
         reason: &str,
         transition: TokenTransition,
     ) -> Result<pb::Token, Status> {
-        let row = lifecycle::transition_token(tx, &identity.actor(), request_id, serial, transition, reason).await?;
+        let row = lifecycle::transition_token(
+            tx,
+            &identity.actor(),
+            request_id,
+            serial,
+            transition,
+            reason,
+        )
+        .await?;
         // Certificate serials are read outside the transaction: the transition does not change them.
         self.token_to_pb(row).await
     }
@@ -62,30 +71,48 @@ impl Tokens {
 
 #[tonic::async_trait]
 impl TokenService for Tokens {
-    async fn get_token(&self, request: Request<pb::GetTokenRequest>) -> Result<Response<pb::GetTokenResponse>, Status> {
+    async fn get_token(
+        &self,
+        request: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::GetTokenResponse>, Status> {
         authorize(&request, &method("GetToken"))?;
         let req = request.into_inner();
         if req.serial.is_empty() {
-            return Err(status::invalid_argument("serial", "FIELD_REQUIRED", "serial is empty"));
+            return Err(status::invalid_argument(
+                "serial",
+                "FIELD_REQUIRED",
+                "serial is empty",
+            ));
         }
         let row = self
             .store
             .token_by_serial(&req.serial)
             .await?
             .ok_or_else(|| Status::from(LifecycleError::TokenNotFound(req.serial.clone())))?;
-        Ok(Response::new(pb::GetTokenResponse { token: Some(self.token_to_pb(row).await?) }))
+        Ok(Response::new(pb::GetTokenResponse {
+            token: Some(self.token_to_pb(row).await?),
+        }))
     }
 
-    async fn list_tokens(&self, request: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
         authorize(&request, &method("ListTokens"))?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
         let person_id = if req.person_external_id.is_empty() {
             None
         } else {
-            let p = self.store.person_by_external_id(&req.person_external_id).await?.ok_or_else(|| {
-                Status::from(LifecycleError::PersonNotFound(req.person_external_id.clone()))
-            })?;
+            let p = self
+                .store
+                .person_by_external_id(&req.person_external_id)
+                .await?
+                .ok_or_else(|| {
+                    Status::from(LifecycleError::PersonNotFound(
+                        req.person_external_id.clone(),
+                    ))
+                })?;
             Some(p.id)
         };
         let state = match pb::TokenState::try_from(req.state) {
@@ -96,19 +123,36 @@ impl TokenService for Tokens {
             Ok(pb::TokenState::Lost) => Some(TokenState::Lost),
             Ok(pb::TokenState::Damaged) => Some(TokenState::Damaged),
             Ok(pb::TokenState::Retired) => Some(TokenState::Retired),
-            Err(_) => return Err(status::invalid_argument("state", "INVALID_ENUM_VALUE", "state is not a TokenState")),
+            Err(_) => {
+                return Err(status::invalid_argument(
+                    "state",
+                    "INVALID_ENUM_VALUE",
+                    "state is not a TokenState",
+                ));
+            }
         };
         let rows = self
             .store
-            .list_tokens(&TokensQuery { after_id: parse_page_token(&req.page_token)?, limit, person_id, state })
+            .list_tokens(&TokensQuery {
+                after_id: parse_page_token(&req.page_token)?,
+                limit,
+                person_id,
+                state,
+            })
             .await?;
-        let next_page_token =
-            if rows.len() as i64 == limit { rows.last().map(|r| r.id.to_string()).unwrap_or_default() } else { String::new() };
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mut tokens = Vec::with_capacity(rows.len());
         for r in rows {
             tokens.push(self.token_to_pb(r).await?);
         }
-        Ok(Response::new(pb::ListTokensResponse { tokens, next_page_token }))
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens,
+            next_page_token,
+        }))
     }
 
     async fn mark_token_lost(
@@ -118,7 +162,16 @@ impl TokenService for Tokens {
         let identity = authorize(&request, &method("MarkTokenLost"))?;
         let req = request.into_inner();
         idempotent!(self.store, "MarkTokenLost", req, |tx| {
-            let token = self.transition(tx, &identity, &req.request_id, &req.serial, &req.reason, TokenTransition::MarkLost).await?;
+            let token = self
+                .transition(
+                    tx,
+                    &identity,
+                    &req.request_id,
+                    &req.serial,
+                    &req.reason,
+                    TokenTransition::MarkLost,
+                )
+                .await?;
             pb::MarkTokenLostResponse { token: Some(token) }
         })
     }
@@ -130,17 +183,37 @@ impl TokenService for Tokens {
         let identity = authorize(&request, &method("MarkTokenDamaged"))?;
         let req = request.into_inner();
         idempotent!(self.store, "MarkTokenDamaged", req, |tx| {
-            let token =
-                self.transition(tx, &identity, &req.request_id, &req.serial, &req.reason, TokenTransition::MarkDamaged).await?;
+            let token = self
+                .transition(
+                    tx,
+                    &identity,
+                    &req.request_id,
+                    &req.serial,
+                    &req.reason,
+                    TokenTransition::MarkDamaged,
+                )
+                .await?;
             pb::MarkTokenDamagedResponse { token: Some(token) }
         })
     }
 
-    async fn retire_token(&self, request: Request<pb::RetireTokenRequest>) -> Result<Response<pb::RetireTokenResponse>, Status> {
+    async fn retire_token(
+        &self,
+        request: Request<pb::RetireTokenRequest>,
+    ) -> Result<Response<pb::RetireTokenResponse>, Status> {
         let identity = authorize(&request, &method("RetireToken"))?;
         let req = request.into_inner();
         idempotent!(self.store, "RetireToken", req, |tx| {
-            let token = self.transition(tx, &identity, &req.request_id, &req.serial, &req.reason, TokenTransition::Retire).await?;
+            let token = self
+                .transition(
+                    tx,
+                    &identity,
+                    &req.request_id,
+                    &req.serial,
+                    &req.reason,
+                    TokenTransition::Retire,
+                )
+                .await?;
             pb::RetireTokenResponse { token: Some(token) }
         })
     }
@@ -152,7 +225,16 @@ impl TokenService for Tokens {
         let identity = authorize(&request, &method("SuspendToken"))?;
         let req = request.into_inner();
         idempotent!(self.store, "SuspendToken", req, |tx| {
-            let token = self.transition(tx, &identity, &req.request_id, &req.serial, &req.reason, TokenTransition::Suspend).await?;
+            let token = self
+                .transition(
+                    tx,
+                    &identity,
+                    &req.request_id,
+                    &req.serial,
+                    &req.reason,
+                    TokenTransition::Suspend,
+                )
+                .await?;
             pb::SuspendTokenResponse { token: Some(token) }
         })
     }
@@ -164,8 +246,16 @@ impl TokenService for Tokens {
         let identity = authorize(&request, &method("ReinstateToken"))?;
         let req = request.into_inner();
         idempotent!(self.store, "ReinstateToken", req, |tx| {
-            let token =
-                self.transition(tx, &identity, &req.request_id, &req.serial, &req.reason, TokenTransition::Reinstate).await?;
+            let token = self
+                .transition(
+                    tx,
+                    &identity,
+                    &req.request_id,
+                    &req.serial,
+                    &req.reason,
+                    TokenTransition::Reinstate,
+                )
+                .await?;
             pb::ReinstateTokenResponse { token: Some(token) }
         })
     }

@@ -17,7 +17,10 @@ pub struct Actor {
 impl Actor {
     /// The server itself (checkpoints, expiry sweeps).
     pub fn server() -> Actor {
-        Actor { name: "tessera".into(), role: "server".into() }
+        Actor {
+            name: "tessera".into(),
+            role: "server".into(),
+        }
     }
 }
 
@@ -45,7 +48,11 @@ pub enum AuditError {
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// Appends the event for `change` after the current last event.
-pub async fn record(tx: &mut WriteTx, actor: &Actor, change: Change<'_>) -> Result<AuditRow, AuditError> {
+pub async fn record(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    change: Change<'_>,
+) -> Result<AuditRow, AuditError> {
     let last = tx.last_audit_event().await?;
     let (sequence, prev_hash) = match last {
         Some(e) => (e.sequence + 1, e.hash),
@@ -78,7 +85,16 @@ pub fn event_hash(e: &AuditRow) -> [u8; 32] {
     };
     field(b"tessera-audit-event-v1");
     field(&e.sequence.to_be_bytes());
-    for text in [&e.at, &e.actor, &e.role, &e.action, &e.subject, &e.before_json, &e.after_json, &e.request_id] {
+    for text in [
+        &e.at,
+        &e.actor,
+        &e.role,
+        &e.action,
+        &e.subject,
+        &e.before_json,
+        &e.after_json,
+        &e.request_id,
+    ] {
         field(text.as_bytes());
     }
     field(&e.prev_hash);
@@ -126,7 +142,10 @@ impl CheckpointVerifier for EcdsaP256Verifier {
 }
 
 /// Signs the current head of the chain, unless the last checkpoint already covers it.
-pub async fn checkpoint(store: &Store, signer: &dyn CheckpointSigner) -> Result<Option<CheckpointRow>, AuditError> {
+pub async fn checkpoint(
+    store: &Store,
+    signer: &dyn CheckpointSigner,
+) -> Result<Option<CheckpointRow>, AuditError> {
     let mut tx = store.begin_write().await?;
     let Some(head) = tx.last_audit_event().await? else {
         return Ok(None);
@@ -138,7 +157,10 @@ pub async fn checkpoint(store: &Store, signer: &dyn CheckpointSigner) -> Result<
     }
     let signature = signer
         .sign(&checkpoint_message(head.sequence, &head.hash))
-        .map_err(|reason| AuditError::Signing { key_id: signer.key_id().to_string(), reason })?;
+        .map_err(|reason| AuditError::Signing {
+            key_id: signer.key_id().to_string(),
+            reason,
+        })?;
     let row = CheckpointRow {
         sequence: head.sequence,
         head_hash: head.hash,
@@ -171,13 +193,26 @@ pub enum Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Problem::HashMismatch => write!(f, "event content does not match its hash (row edited or moved)"),
-            Problem::BrokenLink => write!(f, "previous-hash link broken (row edited, deleted or moved before it)"),
-            Problem::Missing { expected } => write!(f, "event {expected} is missing (rows deleted)"),
-            Problem::MissingAfterCheckpoint => {
-                write!(f, "a signed checkpoint covers this event but it is missing (rows deleted at the end)")
+            Problem::HashMismatch => write!(
+                f,
+                "event content does not match its hash (row edited or moved)"
+            ),
+            Problem::BrokenLink => write!(
+                f,
+                "previous-hash link broken (row edited, deleted or moved before it)"
+            ),
+            Problem::Missing { expected } => {
+                write!(f, "event {expected} is missing (rows deleted)")
             }
-            Problem::CheckpointMismatch => write!(f, "signed checkpoint names a different hash for this event"),
+            Problem::MissingAfterCheckpoint => {
+                write!(
+                    f,
+                    "a signed checkpoint covers this event but it is missing (rows deleted at the end)"
+                )
+            }
+            Problem::CheckpointMismatch => {
+                write!(f, "signed checkpoint names a different hash for this event")
+            }
             Problem::BadCheckpointSignature => write!(f, "checkpoint signature does not verify"),
         }
     }
@@ -201,7 +236,10 @@ const VERIFY_PAGE: i64 = 1000;
 
 /// Walks the whole chain in sequence order. Checkpoint signatures are checked when a verifier
 /// is given; their head hashes are checked always.
-pub async fn verify(store: &Store, verifier: Option<&dyn CheckpointVerifier>) -> Result<VerifyReport, AuditError> {
+pub async fn verify(
+    store: &Store,
+    verifier: Option<&dyn CheckpointVerifier>,
+) -> Result<VerifyReport, AuditError> {
     let checkpoints = store.audit_checkpoints().await?;
     let mut checkpoint_at = std::collections::BTreeMap::new();
     for c in &checkpoints {
@@ -237,11 +275,11 @@ pub async fn verify(store: &Store, verifier: Option<&dyn CheckpointVerifier>) ->
                 note(e.sequence, Problem::BrokenLink, &mut bad);
                 break 'pages;
             }
-            if let Some(c) = checkpoint_at.get(&e.sequence) {
-                if c.head_hash != e.hash {
-                    note(e.sequence, Problem::CheckpointMismatch, &mut bad);
-                    break 'pages;
-                }
+            if let Some(c) = checkpoint_at.get(&e.sequence)
+                && c.head_hash != e.hash
+            {
+                note(e.sequence, Problem::CheckpointMismatch, &mut bad);
+                break 'pages;
             }
             prev_hash = e.hash.clone();
             expected += 1;
@@ -252,12 +290,20 @@ pub async fn verify(store: &Store, verifier: Option<&dyn CheckpointVerifier>) ->
             note(expected, Problem::MissingAfterCheckpoint, &mut bad);
         }
         if let Some(v) = verifier
-            && !v.verify(&c.key_id, &checkpoint_message(c.sequence, &c.head_hash), &c.signature)
+            && !v.verify(
+                &c.key_id,
+                &checkpoint_message(c.sequence, &c.head_hash),
+                &c.signature,
+            )
         {
             note(c.sequence, Problem::BadCheckpointSignature, &mut bad);
         }
     }
-    Ok(VerifyReport { events, checkpoints: checkpoints.len() as i64, first_bad: bad })
+    Ok(VerifyReport {
+        events,
+        checkpoints: checkpoints.len() as i64,
+        first_bad: bad,
+    })
 }
 
 #[cfg(test)]
@@ -283,7 +329,8 @@ mod tests {
     #[test]
     fn every_field_changes_the_hash() {
         let base = event_hash(&row());
-        let edits: Vec<Box<dyn Fn(&mut AuditRow)>> = vec![
+        type Edit = Box<dyn Fn(&mut AuditRow)>;
+        let edits: Vec<Edit> = vec![
             Box::new(|r| r.sequence = 2),
             Box::new(|r| r.at.push('x')),
             Box::new(|r| r.actor.push('x')),

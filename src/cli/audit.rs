@@ -1,10 +1,10 @@
 //! `tessera audit verify`: recompute the audit hash chain and check the signed checkpoints.
-use anyhow::Context;
-use std::path::PathBuf;
-use std::process::ExitCode;
 use crate::api::ServerConfig;
 use crate::audit::{self, EcdsaP256Verifier};
 use crate::store::Store;
+use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
@@ -31,21 +31,34 @@ pub enum AuditCommand {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        AuditCommand::Verify { config, checkpoint_public_key, checkpoint_key_id } => {
+        AuditCommand::Verify {
+            config,
+            checkpoint_public_key,
+            checkpoint_key_id,
+        } => {
             let config = ServerConfig::load(&config)?;
             let verifier = match checkpoint_public_key {
                 Some(path) => {
                     use p256::pkcs8::DecodePublicKey;
-                    let pem = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read checkpoint public key {}", path.display()))?;
-                    let key = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
-                        anyhow::anyhow!("{} is not a P-256 public key in PEM: {e}", path.display())
+                    let pem = std::fs::read_to_string(&path).with_context(|| {
+                        format!("cannot read checkpoint public key {}", path.display())
                     })?;
-                    Some(EcdsaP256Verifier { key_id: checkpoint_key_id, key })
+                    let key =
+                        p256::ecdsa::VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
+                            anyhow::anyhow!(
+                                "{} is not a P-256 public key in PEM: {e}",
+                                path.display()
+                            )
+                        })?;
+                    Some(EcdsaP256Verifier {
+                        key_id: checkpoint_key_id,
+                        key,
+                    })
                 }
                 None => None,
             };
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
                 let store = Store::open(&config.database.url).await?;
                 let report = audit::verify(&store, verifier.as_ref().map(|v| v as _)).await?;
@@ -56,12 +69,19 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                             "audit chain intact: {} events, {} checkpoints{}",
                             report.events,
                             report.checkpoints,
-                            if verifier.is_some() { " (signatures checked)" } else { " (signatures not checked)" }
+                            if verifier.is_some() {
+                                " (signatures checked)"
+                            } else {
+                                " (signatures not checked)"
+                            }
                         );
                         anyhow::Ok(ExitCode::SUCCESS)
                     }
                     Some(bad) => {
-                        println!("audit chain broken at event {}: {}", bad.sequence, bad.problem);
+                        println!(
+                            "audit chain broken at event {}: {}",
+                            bad.sequence, bad.problem
+                        );
                         anyhow::Ok(ExitCode::from(2))
                     }
                 }

@@ -1,8 +1,8 @@
 //! `tessera serve --config FILE`: the gRPC server until SIGINT or SIGTERM.
+use crate::api::{BoundServer, ServerConfig};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use crate::api::{BoundServer, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -17,7 +17,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let server = BoundServer::bind(&config).await?;
         println!("tessera: gRPC listening on {}", server.local_addr());
-        server.run(shutdown_signal()).await.context("gRPC server failed")?;
+        server
+            .run(shutdown_signal())
+            .await
+            .context("gRPC server failed")?;
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

@@ -18,7 +18,11 @@ use crate::store::{IdempotencyRow, StoreError, WriteTx, now_rfc3339};
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error("{field}: {message}")]
-    InvalidField { field: String, reason: &'static str, message: String },
+    InvalidField {
+        field: String,
+        reason: &'static str,
+        message: String,
+    },
     #[error("no person with external id {0:?}")]
     PersonNotFound(String),
     #[error("a person with external id {0:?} already exists")]
@@ -26,7 +30,11 @@ pub enum LifecycleError {
     #[error("no token with serial {0:?}")]
     TokenNotFound(String),
     #[error("cannot {action} a {kind} that is {from}")]
-    InvalidTransition { kind: &'static str, from: &'static str, action: &'static str },
+    InvalidTransition {
+        kind: &'static str,
+        from: &'static str,
+        action: &'static str,
+    },
     #[error("sync generation {given} is not greater than the last one, {last}")]
     StaleSyncGeneration { given: i64, last: i64 },
     #[error("request id {0:?} was already used for a different request; use a fresh request id")]
@@ -63,8 +71,16 @@ impl LifecycleError {
     }
 }
 
-pub(crate) fn invalid(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> LifecycleError {
-    LifecycleError::InvalidField { field: field.into(), reason, message: message.into() }
+pub(crate) fn invalid(
+    field: impl Into<String>,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> LifecycleError {
+    LifecycleError::InvalidField {
+        field: field.into(),
+        reason,
+        message: message.into(),
+    }
 }
 
 /// A state-changing request as idempotency sees it: its id, the operation, and a hash of the
@@ -77,10 +93,18 @@ pub struct RequestKey {
 }
 
 impl RequestKey {
-    pub fn new(request_id: &str, operation: &'static str, request_bytes: &[u8]) -> Result<RequestKey, LifecycleError> {
+    pub fn new(
+        request_id: &str,
+        operation: &'static str,
+        request_bytes: &[u8],
+    ) -> Result<RequestKey, LifecycleError> {
         use sha2::Digest;
         if request_id.is_empty() {
-            return Err(invalid("request_id", "REQUEST_ID_MISSING", "is empty; send a fresh unique id per change"));
+            return Err(invalid(
+                "request_id",
+                "REQUEST_ID_MISSING",
+                "is empty; send a fresh unique id per change",
+            ));
         }
         if request_id.len() > 128 || request_id.chars().any(char::is_control) {
             return Err(invalid(
@@ -93,7 +117,11 @@ impl RequestKey {
         h.update(operation.as_bytes());
         h.update([0]);
         h.update(request_bytes);
-        Ok(RequestKey { request_id: request_id.to_string(), operation, request_hash: h.finalize().to_vec() })
+        Ok(RequestKey {
+            request_id: request_id.to_string(),
+            operation,
+            request_hash: h.finalize().to_vec(),
+        })
     }
 }
 
@@ -102,13 +130,19 @@ impl RequestKey {
 pub async fn replay(tx: &mut WriteTx, key: &RequestKey) -> Result<Option<Vec<u8>>, LifecycleError> {
     match tx.idempotency_record(&key.request_id).await? {
         None => Ok(None),
-        Some(r) if r.operation == key.operation && r.request_hash == key.request_hash => Ok(Some(r.response)),
+        Some(r) if r.operation == key.operation && r.request_hash == key.request_hash => {
+            Ok(Some(r.response))
+        }
         Some(_) => Err(LifecycleError::RequestIdReused(key.request_id.clone())),
     }
 }
 
 /// Keeps `response` as the answer to every repeat of this request.
-pub async fn remember(tx: &mut WriteTx, key: &RequestKey, response: Vec<u8>) -> Result<(), LifecycleError> {
+pub async fn remember(
+    tx: &mut WriteTx,
+    key: &RequestKey,
+    response: Vec<u8>,
+) -> Result<(), LifecycleError> {
     tx.insert_idempotency_record(&IdempotencyRow {
         request_id: key.request_id.clone(),
         operation: key.operation.to_string(),

@@ -31,10 +31,18 @@ impl PersonInput {
         check_text(&f("person.upn"), &self.upn, 256)?;
         check_text(&f("person.email"), &self.email, 256)?;
         if !is_address_like(&self.upn) {
-            return Err(invalid(f("person.upn"), "INVALID_UPN", "must look like name@domain"));
+            return Err(invalid(
+                f("person.upn"),
+                "INVALID_UPN",
+                "must look like name@domain",
+            ));
         }
         if !is_address_like(&self.email) {
-            return Err(invalid(f("person.email"), "INVALID_EMAIL", "must look like name@domain"));
+            return Err(invalid(
+                f("person.email"),
+                "INVALID_EMAIL",
+                "must look like name@domain",
+            ));
         }
         if !self.windows_sid.is_empty() && !is_windows_sid(&self.windows_sid) {
             return Err(invalid(
@@ -46,11 +54,18 @@ impl PersonInput {
         for (k, v) in &self.attributes {
             check_text(&f("person.attributes"), k, 128)?;
             if v.len() > 4096 {
-                return Err(invalid(f("person.attributes"), "FIELD_TOO_LONG", format!("value of {k:?} exceeds 4096 bytes")));
+                return Err(invalid(
+                    f("person.attributes"),
+                    "FIELD_TOO_LONG",
+                    format!("value of {k:?} exceeds 4096 bytes"),
+                ));
             }
         }
         let attributes_json = serde_json::to_string(&self.attributes).unwrap_or_default();
-        Ok(ValidPerson { input: self, attributes_json })
+        Ok(ValidPerson {
+            input: self,
+            attributes_json,
+        })
     }
 }
 
@@ -59,25 +74,40 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), LifecycleError
         return Err(invalid(field, "FIELD_REQUIRED", "is empty"));
     }
     if value.len() > max {
-        return Err(invalid(field, "FIELD_TOO_LONG", format!("exceeds {max} bytes")));
+        return Err(invalid(
+            field,
+            "FIELD_TOO_LONG",
+            format!("exceeds {max} bytes"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(invalid(field, "FIELD_INVALID", "contains control characters"));
+        return Err(invalid(
+            field,
+            "FIELD_INVALID",
+            "contains control characters",
+        ));
     }
     Ok(())
 }
 
 fn is_address_like(s: &str) -> bool {
     match s.split_once('@') {
-        Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !s.contains(' '),
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !s.contains(' ')
+        }
         None => false,
     }
 }
 
 fn is_windows_sid(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("S-1-") else { return false };
+    let Some(rest) = s.strip_prefix("S-1-") else {
+        return false;
+    };
     let parts: Vec<&str> = rest.split('-').collect();
-    parts.len() >= 2 && parts.iter().all(|p| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() >= 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn to_json(p: &PersonRow) -> serde_json::Value {
@@ -146,9 +176,15 @@ pub async fn update_person(
     let valid = input.validate("")?;
     let before = existing(tx, &valid.input.external_id).await?;
     if before.state == PersonState::Offboarded {
-        return Err(LifecycleError::InvalidTransition { kind: "person", from: "offboarded", action: "update" });
+        return Err(LifecycleError::InvalidTransition {
+            kind: "person",
+            from: "offboarded",
+            action: "update",
+        });
     }
-    Ok(apply_update(tx, actor, request_id, before, valid, None).await?.0)
+    Ok(apply_update(tx, actor, request_id, before, valid, None)
+        .await?
+        .0)
 }
 
 /// Writes the fields when they differ; returns the row and whether anything changed.
@@ -248,11 +284,13 @@ pub async fn transition_person(
         return Err(invalid("reason", "FIELD_TOO_LONG", "exceeds 1024 bytes"));
     }
     let before = existing(tx, external_id).await?;
-    let target = transition.target(before.state).ok_or(LifecycleError::InvalidTransition {
-        kind: "person",
-        from: before.state.as_str(),
-        action: transition.verb(),
-    })?;
+    let target = transition
+        .target(before.state)
+        .ok_or(LifecycleError::InvalidTransition {
+            kind: "person",
+            from: before.state.as_str(),
+            action: transition.verb(),
+        })?;
     let mut after = before.clone();
     after.state = target;
     let row = tx.update_person(&after).await?;
@@ -296,18 +334,29 @@ pub async fn sync_people(
     offboard_missing: bool,
 ) -> Result<SyncOutcome, LifecycleError> {
     if generation <= 0 {
-        return Err(invalid("generation", "FIELD_REQUIRED", "must be a positive number"));
+        return Err(invalid(
+            "generation",
+            "FIELD_REQUIRED",
+            "must be a positive number",
+        ));
     }
     let last = tx.last_sync_generation().await?;
     if generation <= last {
-        return Err(LifecycleError::StaleSyncGeneration { given: generation, last });
+        return Err(LifecycleError::StaleSyncGeneration {
+            given: generation,
+            last,
+        });
     }
     let mut seen = BTreeSet::new();
     let mut valid = Vec::with_capacity(records.len());
     for (i, r) in records.into_iter().enumerate() {
         let prefix = format!("people[{i}].");
         if !seen.insert(r.external_id.clone()) {
-            return Err(invalid(format!("{prefix}person.external_id"), "DUPLICATE_EXTERNAL_ID", "appears twice in this sync"));
+            return Err(invalid(
+                format!("{prefix}person.external_id"),
+                "DUPLICATE_EXTERNAL_ID",
+                "appears twice in this sync",
+            ));
         }
         valid.push(r.validate(&prefix)?);
     }
@@ -326,15 +375,27 @@ pub async fn sync_people(
                 outcome.unchanged.push(id);
             }
             Some(before) => {
-                let (_, changed) = apply_update(tx, actor, request_id, before, v, Some(generation)).await?;
-                if changed { outcome.updated.push(id) } else { outcome.unchanged.push(id) }
+                let (_, changed) =
+                    apply_update(tx, actor, request_id, before, v, Some(generation)).await?;
+                if changed {
+                    outcome.updated.push(id)
+                } else {
+                    outcome.unchanged.push(id)
+                }
             }
         }
     }
     if offboard_missing {
         for p in tx.people_missing_from_sync(generation).await? {
-            transition_person(tx, actor, request_id, &p.external_id, PersonTransition::Offboard, "missing from directory sync")
-                .await?;
+            transition_person(
+                tx,
+                actor,
+                request_id,
+                &p.external_id,
+                PersonTransition::Offboard,
+                "missing from directory sync",
+            )
+            .await?;
             outcome.offboarded.push(p.external_id);
         }
     }
@@ -387,22 +448,40 @@ mod tests {
     fn refusals_name_reason_and_field() {
         let mut p = input();
         p.external_id = " ".into();
-        assert_eq!(reason_and_field(p.validate("")), ("FIELD_REQUIRED", "person.external_id".into()));
+        assert_eq!(
+            reason_and_field(p.validate("")),
+            ("FIELD_REQUIRED", "person.external_id".into())
+        );
         let mut p = input();
         p.upn = "ada".into();
-        assert_eq!(reason_and_field(p.validate("")), ("INVALID_UPN", "person.upn".into()));
+        assert_eq!(
+            reason_and_field(p.validate("")),
+            ("INVALID_UPN", "person.upn".into())
+        );
         let mut p = input();
         p.email = "a@b@c".into();
-        assert_eq!(reason_and_field(p.validate("people[2].")), ("INVALID_EMAIL", "people[2].person.email".into()));
+        assert_eq!(
+            reason_and_field(p.validate("people[2].")),
+            ("INVALID_EMAIL", "people[2].person.email".into())
+        );
         let mut p = input();
         p.windows_sid = "S-1-5-x".into();
-        assert_eq!(reason_and_field(p.validate("")), ("INVALID_WINDOWS_SID", "person.windows_sid".into()));
+        assert_eq!(
+            reason_and_field(p.validate("")),
+            ("INVALID_WINDOWS_SID", "person.windows_sid".into())
+        );
         let mut p = input();
         p.display_name = "a\nb".into();
-        assert_eq!(reason_and_field(p.validate("")), ("FIELD_INVALID", "person.display_name".into()));
+        assert_eq!(
+            reason_and_field(p.validate("")),
+            ("FIELD_INVALID", "person.display_name".into())
+        );
         let mut p = input();
         p.display_name = "x".repeat(257);
-        assert_eq!(reason_and_field(p.validate("")), ("FIELD_TOO_LONG", "person.display_name".into()));
+        assert_eq!(
+            reason_and_field(p.validate("")),
+            ("FIELD_TOO_LONG", "person.display_name".into())
+        );
     }
 
     #[test]

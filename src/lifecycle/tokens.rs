@@ -61,12 +61,17 @@ pub async fn transition_token(
     if reason.len() > 1024 {
         return Err(invalid("reason", "FIELD_TOO_LONG", "exceeds 1024 bytes"));
     }
-    let before = tx.token_by_serial(serial).await?.ok_or_else(|| LifecycleError::TokenNotFound(serial.to_string()))?;
-    let target = transition.target(before.state).ok_or(LifecycleError::InvalidTransition {
-        kind: "token",
-        from: before.state.as_str(),
-        action: transition.verb(),
-    })?;
+    let before = tx
+        .token_by_serial(serial)
+        .await?
+        .ok_or_else(|| LifecycleError::TokenNotFound(serial.to_string()))?;
+    let target = transition
+        .target(before.state)
+        .ok_or(LifecycleError::InvalidTransition {
+            kind: "token",
+            from: before.state.as_str(),
+            action: transition.verb(),
+        })?;
     let mut after = before.clone();
     after.state = target;
     let row = tx.update_token(&after).await?;
@@ -96,7 +101,13 @@ mod tests {
     #[test]
     fn final_states_stay_final() {
         use TokenState::*;
-        for t in [TokenTransition::MarkLost, TokenTransition::MarkDamaged, TokenTransition::Retire, TokenTransition::Suspend, TokenTransition::Reinstate] {
+        for t in [
+            TokenTransition::MarkLost,
+            TokenTransition::MarkDamaged,
+            TokenTransition::Retire,
+            TokenTransition::Suspend,
+            TokenTransition::Reinstate,
+        ] {
             for s in [Lost, Damaged, Retired] {
                 assert_eq!(t.target(s), None, "{t:?} from {s:?}");
             }

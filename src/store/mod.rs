@@ -90,9 +90,14 @@ impl Store {
         let pool = options
             .connect(&connect_url)
             .await
-            .map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
             SQLITE_MIGRATIONS.run(&pool).await?;
         } else {
             POSTGRES_MIGRATIONS.run(&pool).await?;
@@ -120,7 +125,10 @@ impl Store {
 
     /// A raw SQL statement, for tests that tamper with rows and for operators' repair tools.
     pub async fn execute_raw(&self, sql: &str) -> Result<u64> {
-        Ok(sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     pub async fn person_by_external_id(&self, external_id: &str) -> Result<Option<PersonRow>> {
@@ -352,9 +360,10 @@ fn map_unique(
 ) -> Result<()> {
     match result {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(StoreError::Duplicate { kind, key: key.to_string() })
-        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Duplicate {
+            kind,
+            key: key.to_string(),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -395,37 +404,45 @@ async fn person_by_external_id<'e, E: Executor<'e, Database = Any>>(
     e: E,
     external_id: &str,
 ) -> Result<Option<PersonRow>> {
-    let row = sqlx::query(sql!("SELECT {PERSON_COLUMNS} FROM people WHERE external_id = $1"))
-        .bind(external_id)
-        .fetch_optional(e)
-        .await?;
+    let row = sqlx::query(sql!(
+        "SELECT {PERSON_COLUMNS} FROM people WHERE external_id = $1"
+    ))
+    .bind(external_id)
+    .fetch_optional(e)
+    .await?;
     row.as_ref().map(PersonRow::from_row).transpose()
 }
 
-async fn list_people<'e, E: Executor<'e, Database = Any>>(e: E, q: &PeopleQuery) -> Result<Vec<PersonRow>> {
+async fn list_people<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    q: &PeopleQuery,
+) -> Result<Vec<PersonRow>> {
     let rows = match q.state {
-        Some(state) => {
+        Some(state) => sqlx::query(sql!(
+            "SELECT {PERSON_COLUMNS} FROM people WHERE id > $1 AND state = $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(q.after_id)
+        .bind(state.as_str())
+        .bind(q.limit)
+        .fetch_all(e)
+        .await?,
+        None => {
             sqlx::query(sql!(
-                "SELECT {PERSON_COLUMNS} FROM people WHERE id > $1 AND state = $2 ORDER BY id LIMIT $3"
+                "SELECT {PERSON_COLUMNS} FROM people WHERE id > $1 ORDER BY id LIMIT $2"
             ))
             .bind(q.after_id)
-            .bind(state.as_str())
             .bind(q.limit)
             .fetch_all(e)
             .await?
-        }
-        None => {
-            sqlx::query(sql!("SELECT {PERSON_COLUMNS} FROM people WHERE id > $1 ORDER BY id LIMIT $2"))
-                .bind(q.after_id)
-                .bind(q.limit)
-                .fetch_all(e)
-                .await?
         }
     };
     rows.iter().map(PersonRow::from_row).collect()
 }
 
-async fn token_by_serial<'e, E: Executor<'e, Database = Any>>(e: E, serial: &str) -> Result<Option<TokenRow>> {
+async fn token_by_serial<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    serial: &str,
+) -> Result<Option<TokenRow>> {
     let row = sqlx::query(sql!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE serial = $1"))
         .bind(serial)
         .fetch_optional(e)
@@ -433,7 +450,10 @@ async fn token_by_serial<'e, E: Executor<'e, Database = Any>>(e: E, serial: &str
     row.as_ref().map(TokenRow::from_row).transpose()
 }
 
-async fn list_tokens<'e, E: Executor<'e, Database = Any>>(e: E, q: &TokensQuery) -> Result<Vec<TokenRow>> {
+async fn list_tokens<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    q: &TokensQuery,
+) -> Result<Vec<TokenRow>> {
     // Absent filters are bound as values that match everything, so one statement serves all.
     let rows = sqlx::query(sql!(
         "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id > $1 \
@@ -456,7 +476,10 @@ async fn certificate_serials_for_token<'e, E: Executor<'e, Database = Any>>(
         .bind(token_id)
         .fetch_all(e)
         .await?;
-    Ok(rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<_, _>>()?)
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 async fn idempotency_record<'e, E: Executor<'e, Database = Any>>(
@@ -481,7 +504,11 @@ async fn idempotency_record<'e, E: Executor<'e, Database = Any>>(
     .transpose()
 }
 
-async fn audit_events<'e, E: Executor<'e, Database = Any>>(e: E, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
+async fn audit_events<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>> {
     let rows = sqlx::query(sql!(
         "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
     ))
@@ -502,6 +529,9 @@ mod tests {
             redact_url("postgres://tessera:s3cret@127.0.0.1:5432/db"),
             "postgres://tessera:[redacted]@127.0.0.1:5432/db"
         );
-        assert_eq!(redact_url("postgres://postgres@127.0.0.1/db"), "postgres://postgres@127.0.0.1/db");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/db"),
+            "postgres://postgres@127.0.0.1/db"
+        );
     }
 }

@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod database;
+pub mod pki;
 pub mod softhsm;
 pub mod vpcd;
