@@ -59,6 +59,12 @@ async fn migrations_run_twice_and_foreign_keys_hold(url: &str) {
     let store = Store::open(url).await.unwrap();
     store.close().await;
     let store = Store::open(url).await.unwrap();
+    if store.backend() == tessera::store::Backend::Sqlite {
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::sqlite::SqliteConnection::connect(url).await.unwrap();
+        let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap().get(0);
+        assert_eq!(mode, "wal");
+    }
     let mut tx = store.begin_write().await.unwrap();
     let err = tx
         .insert_token(&NewToken {
@@ -599,4 +605,17 @@ async fn concurrent_writers_keep_the_chain_intact(url: &str) {
     }
     let report = audit::verify(&store, None).await.unwrap();
     assert_eq!((report.events, report.first_bad), (40, None));
+}
+
+#[tokio::test]
+async fn unsupported_database_url_is_named() {
+    let err = Store::open("mysql://127.0.0.1/tessera").await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "database URL \"mysql://127.0.0.1/tessera\" is not supported: use sqlite:PATH or postgres://…"
+    );
+    let err = Store::open("postgres://tessera:hunter2@127.0.0.1:1/none").await.err().unwrap();
+    let text = err.to_string();
+    assert!(text.starts_with("cannot open database postgres://tessera:[redacted]@127.0.0.1:1/none: "), "{text}");
+    assert!(!text.contains("hunter2"));
 }

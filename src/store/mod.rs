@@ -75,6 +75,12 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
+        // One direct attempt first: a wrong URL fails at once instead of after the pool's
+        // acquire timeout of retries.
+        let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(&connect_url)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+        let _ = sqlx::Connection::close(probe).await;
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
             options = options.max_connections(4).after_connect(|conn, _meta| {
