@@ -23,6 +23,7 @@ on_both_databases!(
     sync_reports_changes,
     token_transitions_over_grpc,
     audit_tamper_is_named_by_the_api_and_the_cli,
+    audit_checkpoints_signed_in_softhsm,
 );
 
 struct Running {
@@ -999,4 +1000,200 @@ fn serve_binary_health_tls13_only_and_foreign_ca() {
         status.success(),
         "tessera serve exits cleanly on SIGTERM: {status:?}"
     );
+}
+
+/// Runs `tessera` with `env`; returns (exit code, stdout, stderr).
+fn tessera(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A throwaway SoftHSM2 token (softhsm/new-token.sh); returns its environment.
+fn softhsm_token(dir: &std::path::Path) -> Vec<(String, String)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm/new-token.sh");
+    let out = std::process::Command::new(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "softhsm/new-token.sh failed (SoftHSM2 and OpenSC come from scripts/install-deps.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("export ")?
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+async fn audit_checkpoints_signed_in_softhsm(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = softhsm_token(&dir.path().join("hsm"));
+    let hsm_config = env
+        .iter()
+        .find(|(k, _)| k == "TESSERA_HSM_CONFIG")
+        .unwrap()
+        .1
+        .clone();
+    let config = TestPki::new().write_server_config(dir.path(), url);
+    let config = config.to_str().unwrap();
+    let store = Store::open(url).await.unwrap();
+    let hr = tessera::audit::Actor {
+        name: "hr-sync".into(),
+        role: "hr".into(),
+    };
+    for i in 0..3 {
+        let mut tx = store.begin_write().await.unwrap();
+        let mut p = tessera::lifecycle::PersonInput {
+            external_id: format!("E{i}"),
+            display_name: "P".into(),
+            upn: format!("e{i}@corp.test"),
+            email: format!("e{i}@corp.test"),
+            windows_sid: String::new(),
+            attributes: Default::default(),
+        };
+        p.display_name.push_str(&i.to_string());
+        tessera::lifecycle::create_person(&mut tx, &hr, &format!("c{i}"), p)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let public_key = dir.path().join("checkpoint.pem");
+    let (code, uri, err) = tessera(
+        &[
+            "audit",
+            "init-key",
+            "--hsm-config",
+            &hsm_config,
+            "--public-key-out",
+            public_key.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let uri = uri.trim().to_string();
+    assert!(
+        uri.starts_with("pkcs11:") && uri.contains("object=tessera-audit-checkpoint"),
+        "{uri}"
+    );
+    let (code, out, err) = tessera(
+        &[
+            "audit",
+            "checkpoint",
+            "--config",
+            config,
+            "--hsm-config",
+            &hsm_config,
+            "--key",
+            &uri,
+        ],
+        &env,
+    );
+    assert_eq!(
+        (code, out),
+        (0, format!("checkpoint at event 3 signed by {uri}\n")),
+        "{err}"
+    );
+    let (code, out, _) = tessera(
+        &[
+            "audit",
+            "checkpoint",
+            "--config",
+            config,
+            "--hsm-config",
+            &hsm_config,
+            "--key",
+            &uri,
+        ],
+        &env,
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "no new events since the last checkpoint\n")
+    );
+
+    let verify = |key: &std::path::Path| {
+        tessera(
+            &[
+                "audit",
+                "verify",
+                "--config",
+                config,
+                "--checkpoint-public-key",
+                key.to_str().unwrap(),
+                "--checkpoint-key-id",
+                &uri,
+            ],
+            &[],
+        )
+    };
+    let (code, out, err) = verify(&public_key);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n"
+        ),
+        "{err}"
+    );
+
+    // Another key's public half does not verify the HSM's signature.
+    let other = dir.path().join("other.pem");
+    {
+        use p256::pkcs8::EncodePublicKey;
+        let k = p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap();
+        std::fs::write(
+            &other,
+            k.verifying_key()
+                .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    let (code, out, _) = verify(&other);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            2,
+            "audit chain broken at event 3: checkpoint signature does not verify\n"
+        )
+    );
+
+    store
+        .execute_raw("DELETE FROM audit_events WHERE sequence = 3")
+        .await
+        .unwrap();
+    let (code, out, _) = verify(&public_key);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            2,
+            "audit chain broken at event 3: a signed checkpoint covers this event but it is missing (rows deleted at the end)\n"
+        )
+    );
+    let (code, _, err) = tessera(
+        &[
+            "audit",
+            "verify",
+            "--config",
+            config,
+            "--checkpoint-public-key",
+            "x.pem",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "clap usage error");
+    assert!(err.contains("--checkpoint-key-id"), "{err}");
 }

@@ -141,6 +141,33 @@ impl CheckpointVerifier for EcdsaP256Verifier {
     }
 }
 
+/// A checkpoint signer backed by an HSM key (any PKCS#11 token; SoftHSM2 in tests). Signing
+/// blocks on the HSM for one signature.
+pub struct HsmCheckpointSigner {
+    pub key: crate::hsm::HsmSigningKey,
+}
+
+impl CheckpointSigner for HsmCheckpointSigner {
+    fn key_id(&self) -> &str {
+        self.key.uri()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.key.sign(message).map_err(|e| e.to_string())
+    }
+}
+
+impl EcdsaP256Verifier {
+    /// From a DER SubjectPublicKeyInfo (as the HSM reports it).
+    pub fn from_spki_der(key_id: &str, spki_der: &[u8]) -> Option<EcdsaP256Verifier> {
+        use p256::pkcs8::DecodePublicKey;
+        let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der).ok()?;
+        Some(EcdsaP256Verifier {
+            key_id: key_id.to_string(),
+            key,
+        })
+    }
+}
+
 /// Signs the current head of the chain, unless the last checkpoint already covers it.
 pub async fn checkpoint(
     store: &Store,

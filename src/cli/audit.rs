@@ -1,6 +1,7 @@
 //! `tessera audit verify`: recompute the audit hash chain and check the signed checkpoints.
 use crate::api::ServerConfig;
-use crate::audit::{self, EcdsaP256Verifier};
+use crate::audit::{self, EcdsaP256Verifier, HsmCheckpointSigner};
+use crate::hsm::{Hsm, KeyAlgorithm};
 use crate::store::Store;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -21,16 +22,82 @@ pub enum AuditCommand {
         config: PathBuf,
         /// PEM public key (P-256) of the checkpoint signing key; without it checkpoint
         /// signatures are not checked (their head hashes still are).
-        #[arg(long)]
+        #[arg(long, requires = "checkpoint_key_id")]
         checkpoint_public_key: Option<PathBuf>,
-        /// Key id the checkpoints were signed with (as recorded in them).
-        #[arg(long, default_value = "audit-checkpoint")]
-        checkpoint_key_id: String,
+        /// Key id the checkpoints were signed with, as recorded in them (the key's pkcs11: URI).
+        #[arg(long)]
+        checkpoint_key_id: Option<String>,
+    },
+    /// Generate the P-256 checkpoint signing key in the HSM; prints its pkcs11: URI and writes
+    /// its public key (PEM) for `verify --checkpoint-public-key`.
+    InitKey {
+        /// The HSM configuration file (see docs/hsm.md).
+        #[arg(long, env = "TESSERA_HSM_CONFIG")]
+        hsm_config: PathBuf,
+        #[arg(long, default_value = "tessera-audit-checkpoint")]
+        label: String,
+        /// Where to write the public key.
+        #[arg(long)]
+        public_key_out: PathBuf,
+    },
+    /// Sign a checkpoint over the current head of the chain with the HSM key.
+    Checkpoint {
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+        #[arg(long, env = "TESSERA_HSM_CONFIG")]
+        hsm_config: PathBuf,
+        /// The checkpoint key's pkcs11: URI (printed by `init-key`).
+        #[arg(long)]
+        key: String,
     },
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        AuditCommand::InitKey {
+            hsm_config,
+            label,
+            public_key_out,
+        } => {
+            use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
+            let hsm = Hsm::open_config_file(&hsm_config)?;
+            let pair = hsm.generate_key_pair(&label, KeyAlgorithm::EcP256)?;
+            let pem = p256::PublicKey::from_public_key_der(&pair.spki_der)
+                .map_err(|e| {
+                    anyhow::anyhow!("the HSM returned a public key that is not P-256: {e}")
+                })?
+                .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+            std::fs::write(&public_key_out, pem)
+                .with_context(|| format!("cannot write {}", public_key_out.display()))?;
+            println!("{}", pair.uri);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Checkpoint {
+            config,
+            hsm_config,
+            key,
+        } => {
+            let config = ServerConfig::load(&config)?;
+            let hsm = Hsm::open_config_file(&hsm_config)?;
+            let signer = HsmCheckpointSigner {
+                key: hsm.signing_key(&key)?,
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let store = Store::open(&config.database.url).await?;
+                let made = audit::checkpoint(&store, &signer).await?;
+                store.close().await;
+                match made {
+                    Some(c) => {
+                        println!("checkpoint at event {} signed by {}", c.sequence, c.key_id)
+                    }
+                    None => println!("no new events since the last checkpoint"),
+                }
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
         AuditCommand::Verify {
             config,
             checkpoint_public_key,
@@ -50,10 +117,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                                 path.display()
                             )
                         })?;
-                    Some(EcdsaP256Verifier {
-                        key_id: checkpoint_key_id,
-                        key,
-                    })
+                    let key_id = checkpoint_key_id
+                        .context("--checkpoint-key-id is needed with --checkpoint-public-key")?;
+                    Some(EcdsaP256Verifier { key_id, key })
                 }
                 None => None,
             };
