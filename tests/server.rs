@@ -1197,3 +1197,110 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
     assert_eq!(code, 2, "clap usage error");
     assert!(err.contains("--checkpoint-key-id"), "{err}");
 }
+
+/// `tessera serve` with an `[audit]` section signs a checkpoint in the HSM at shutdown.
+#[test]
+fn serve_signs_a_checkpoint_at_shutdown() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = softhsm_token(&dir.path().join("hsm"));
+    let hsm_config = env
+        .iter()
+        .find(|(k, _)| k == "TESSERA_HSM_CONFIG")
+        .unwrap()
+        .1
+        .clone();
+    let public_key = dir.path().join("checkpoint.pem");
+    let (code, uri, err) = tessera(
+        &[
+            "audit",
+            "init-key",
+            "--hsm-config",
+            &hsm_config,
+            "--public-key-out",
+            public_key.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let uri = uri.trim().to_string();
+    let pki = TestPki::new();
+    let config = pki.write_server_config(dir.path(), "sqlite:tessera.db");
+    let base = std::fs::read_to_string(&config).unwrap();
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[audit]\nhsm_config = \"{hsm_config}\"\ncheckpoint_key = \"{uri}\"\ncheckpoint_interval_seconds = 0\n"),
+    )
+    .unwrap();
+    let (code, _, err) = tessera(&["serve", "--config", config.to_str().unwrap()], &env);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: audit.checkpoint_interval_seconds must be at least 1\n"
+        )
+    );
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[audit]\nhsm_config = \"{hsm_config}\"\ncheckpoint_key = \"{uri}\"\ncheckpoint_interval_seconds = 3600\n"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("tessera: gRPC listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    rt.block_on(async {
+        let mut d =
+            DirectoryServiceClient::new(connect(addr, &pki.ca_pem, Some(&pki.client("hr"))).await);
+        d.create_person(pb::CreatePersonRequest {
+            request_id: "c".into(),
+            person: Some(record("E1")),
+        })
+        .await
+        .unwrap();
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let (code, out, err) = tessera(
+        &[
+            "audit",
+            "verify",
+            "--config",
+            config.to_str().unwrap(),
+            "--checkpoint-public-key",
+            public_key.to_str().unwrap(),
+            "--checkpoint-key-id",
+            &uri,
+        ],
+        &[],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n"
+        ),
+        "{err}"
+    );
+}

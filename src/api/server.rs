@@ -20,6 +20,26 @@ pub struct ServerConfig {
     pub grpc: GrpcConfig,
     pub tls: TlsConfig,
     pub database: DatabaseConfig,
+    /// Signed audit checkpoints; without this section none are made.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The HSM configuration file (see docs/hsm.md).
+    pub hsm_config: PathBuf,
+    /// pkcs11: URI of the P-256 checkpoint key (`tessera audit init-key` makes it).
+    pub checkpoint_key: String,
+    /// How often the chain head is signed (when it moved); a last checkpoint is signed at
+    /// shutdown.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +88,10 @@ pub enum ServerConfigError {
     Tls(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("audit checkpoint key: {0}")]
+    CheckpointKey(#[from] crate::hsm::HsmError),
+    #[error("audit.checkpoint_interval_seconds must be at least 1")]
+    CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -166,11 +190,26 @@ pub struct BoundServer {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     store: Store,
+    checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
 }
 
 impl BoundServer {
     pub async fn bind(config: &ServerConfig) -> Result<BoundServer, ServerConfigError> {
         let tls = Arc::new(tls_server_config(&config.tls)?);
+        let checkpoints = match &config.audit {
+            None => None,
+            Some(a) => {
+                if a.checkpoint_interval_seconds == 0 {
+                    return Err(ServerConfigError::CheckpointInterval);
+                }
+                let hsm = crate::hsm::Hsm::open_config_file(&a.hsm_config)?;
+                let key = hsm.signing_key(&a.checkpoint_key)?;
+                Some((
+                    Arc::new(crate::audit::HsmCheckpointSigner { key }),
+                    Duration::from_secs(a.checkpoint_interval_seconds),
+                ))
+            }
+        };
         let store = Store::open(&config.database.url).await?;
         let listener = TcpListener::bind(config.grpc.listen)
             .await
@@ -182,6 +221,7 @@ impl BoundServer {
             listener,
             tls,
             store,
+            checkpoints,
         })
     }
 
@@ -245,6 +285,17 @@ impl BoundServer {
         });
 
         let store = self.store.clone();
+        let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    sign_checkpoint(&store, &signer).await;
+                }
+            })
+        });
         let result = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
@@ -268,7 +319,21 @@ impl BoundServer {
             )
             .await;
         accept_loop.abort();
+        if let Some(task) = checkpoint_loop {
+            task.abort();
+        }
+        if let Some((signer, _)) = &self.checkpoints {
+            sign_checkpoint(&store, signer).await;
+        }
         store.close().await;
         result
+    }
+}
+
+async fn sign_checkpoint(store: &Store, signer: &Arc<crate::audit::HsmCheckpointSigner>) {
+    match crate::audit::checkpoint(store, signer.as_ref()).await {
+        Ok(Some(c)) => tracing::info!(sequence = c.sequence, "audit checkpoint signed"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
     }
 }
