@@ -24,6 +24,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// The tamper-evident audit log.
     Audit(cli::audit::AuditArgs),
+    /// Administration: client certificates for the API.
+    Admin(cli::admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cli::bench::run(a),
         Command::Serve(a) => cli::serve::run(a),
         Command::Audit(a) => cli::audit::run(a),
+        Command::Admin(a) => cli::admin::run(a),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,7 @@ on_both_databases!(
     token_transitions_over_grpc,
     audit_tamper_is_named_by_the_api_and_the_cli,
     audit_checkpoints_signed_in_softhsm,
+    issued_client_certificate_carries_its_role,
 );
 
 struct Running {
@@ -1303,4 +1304,157 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         ),
         "{err}"
     );
+}
+
+/// `tessera admin issue-client-cert` with Tessera's CA in SoftHSM2: the certificate is recorded
+/// (reserved, then good) and its role works against the server.
+async fn issued_client_certificate_carries_its_role(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = softhsm_token(&dir.path().join("hsm"));
+    let hsm_config = env
+        .iter()
+        .find(|(k, _)| k == "TESSERA_HSM_CONFIG")
+        .unwrap()
+        .1
+        .clone();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_s,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let pki = TestPki::new();
+    let config = pki.write_server_config(dir.path(), url);
+    std::fs::copy(data.join("ca/root.pem"), dir.path().join("client-ca.pem")).unwrap();
+    let config_s = config.to_str().unwrap();
+    let (cert, key) = (dir.path().join("hr.pem"), dir.path().join("hr.key"));
+    let issue = |role: &str| {
+        tessera(
+            &[
+                "admin",
+                "issue-client-cert",
+                "--role",
+                role,
+                "--name",
+                "HR system",
+                "--config",
+                config_s,
+                "--hsm-config",
+                &hsm_config,
+                "--data-dir",
+                data_s,
+                "--out-cert",
+                cert.to_str().unwrap(),
+                "--out-key",
+                key.to_str().unwrap(),
+            ],
+            &env,
+        )
+    };
+    let (code, _, err) = issue("superuser");
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: unknown role \"superuser\": use one of hr, helpdesk, auditor, admin, relying-party\n"
+        )
+    );
+    let (code, out, err) = issue("hr");
+    assert_eq!(code, 0, "{err}");
+    let serial = out
+        .strip_prefix("issued serial ")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        out,
+        format!("issued serial {serial} for role hr to {}\n", cert.display())
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (code, _, err) = issue("hr");
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: {} already exists; choose another path or remove it first\n",
+                cert.display()
+            )
+        )
+    );
+
+    let store = Store::open(url).await.unwrap();
+    let row = store.certificate_by_serial(&serial).await.unwrap().unwrap();
+    assert_eq!(row.status, tessera::store::CertificateStatus::Good);
+    assert_eq!(row.profile, "operator-client");
+    let sha = row.sha256.clone().unwrap();
+    assert_eq!(
+        store
+            .certificate_by_sha256(&sha)
+            .await
+            .unwrap()
+            .unwrap()
+            .serial,
+        serial
+    );
+    let actions: Vec<_> = store
+        .audit_events(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["certificate.reserve", "certificate.issue"]);
+
+    let server = BoundServer::bind(&ServerConfig::load(&config).unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    let client = ClientCert {
+        cert_pem: std::fs::read_to_string(&cert).unwrap(),
+        key_pem: std::fs::read_to_string(&key).unwrap(),
+    };
+    let ch = connect(addr, &pki.ca_pem, Some(&client)).await;
+    DirectoryServiceClient::new(ch.clone())
+        .create_person(pb::CreatePersonRequest {
+            request_id: "c".into(),
+            person: Some(record("E1")),
+        })
+        .await
+        .unwrap();
+    let s = AuditServiceClient::new(ch)
+        .verify_audit_chain(pb::VerifyAuditChainRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    let last = store.audit_events(2, 10).await.unwrap();
+    assert_eq!(
+        (last[0].actor.as_str(), last[0].role.as_str()),
+        ("HR system", "hr")
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
 }

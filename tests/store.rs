@@ -27,6 +27,7 @@ on_both_databases!(
     deleted_tail_is_caught_by_checkpoint,
     forged_checkpoint_signature_is_named,
     concurrent_writers_keep_the_chain_intact,
+    certificate_serial_is_reserved_once,
 );
 
 fn hr() -> Actor {
@@ -62,7 +63,11 @@ async fn migrations_run_twice_and_foreign_keys_hold(url: &str) {
     if store.backend() == tessera::store::Backend::Sqlite {
         use sqlx::{Connection, Row};
         let mut conn = sqlx::sqlite::SqliteConnection::connect(url).await.unwrap();
-        let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap().get(0);
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(mode, "wal");
     }
     let mut tx = store.begin_write().await.unwrap();
@@ -609,13 +614,70 @@ async fn concurrent_writers_keep_the_chain_intact(url: &str) {
 
 #[tokio::test]
 async fn unsupported_database_url_is_named() {
-    let err = Store::open("mysql://127.0.0.1/tessera").await.err().unwrap();
+    let err = Store::open("mysql://127.0.0.1/tessera")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(
         err.to_string(),
         "database URL \"mysql://127.0.0.1/tessera\" is not supported: use sqlite:PATH or postgres://…"
     );
-    let err = Store::open("postgres://tessera:hunter2@127.0.0.1:1/none").await.err().unwrap();
+    let err = Store::open("postgres://tessera:hunter2@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap();
     let text = err.to_string();
-    assert!(text.starts_with("cannot open database postgres://tessera:[redacted]@127.0.0.1:1/none: "), "{text}");
+    assert!(
+        text.starts_with("cannot open database postgres://tessera:[redacted]@127.0.0.1:1/none: "),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"));
+}
+
+async fn certificate_serial_is_reserved_once(url: &str) {
+    use tessera::store::{CertificateStatus, NewCertificate};
+    let store = Store::open(url).await.unwrap();
+    let new = NewCertificate {
+        serial: "7f01".into(),
+        person_id: None,
+        token_id: None,
+        profile: "tls-client".into(),
+        tbs: b"to be signed".to_vec(),
+        not_before: "2026-01-01T00:00:00Z".into(),
+        not_after: "2027-01-01T00:00:00Z".into(),
+    };
+    let mut tx = store.begin_write().await.unwrap();
+    let row = tx.reserve_certificate(&new).await.unwrap();
+    assert_eq!(
+        (row.status, row.der.clone(), row.sha256.clone()),
+        (CertificateStatus::Reserved, None, None)
+    );
+    tx.commit().await.unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    let err = tx.reserve_certificate(&new).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a certificate serial with key \"7f01\" already exists"
+    );
+    drop(tx);
+    let mut tx = store.begin_write().await.unwrap();
+    let row = tx
+        .record_issued_certificate("7f01", b"DER", "ab12")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (row.status, row.der.as_deref()),
+        (CertificateStatus::Good, Some(&b"DER"[..]))
+    );
+    assert_eq!(
+        store
+            .certificate_by_sha256("ab12")
+            .await
+            .unwrap()
+            .unwrap()
+            .tbs,
+        b"to be signed"
+    );
+    assert!(store.certificate_by_serial("7f02").await.unwrap().is_none());
 }

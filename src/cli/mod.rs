@@ -1,6 +1,7 @@
 //! Command-line front ends. Each file owns one subcommand group of the `tessera` binary and
 //! turns library errors into one-line messages and exit codes; no business logic lives here.
 
+pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod bench;

@@ -79,7 +79,10 @@ impl Store {
         // acquire timeout of retries.
         let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(&connect_url)
             .await
-            .map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
         let _ = sqlx::Connection::close(probe).await;
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
@@ -151,6 +154,12 @@ impl Store {
     }
     pub async fn certificate_serials_for_token(&self, token_id: i64) -> Result<Vec<String>> {
         certificate_serials_for_token(&self.pool, token_id).await
+    }
+    pub async fn certificate_by_serial(&self, serial: &str) -> Result<Option<CertificateRow>> {
+        certificate_where(&self.pool, "serial", serial).await
+    }
+    pub async fn certificate_by_sha256(&self, sha256_hex: &str) -> Result<Option<CertificateRow>> {
+        certificate_where(&self.pool, "sha256", sha256_hex).await
     }
     pub async fn idempotency_record(&self, request_id: &str) -> Result<Option<IdempotencyRow>> {
         idempotency_record(&self.pool, request_id).await
@@ -293,6 +302,51 @@ impl WriteTx {
         token_by_serial(&mut *self.tx, &t.serial)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Records a certificate before it is signed (status `reserved`). A serial already used
+    /// is refused with [`StoreError::Duplicate`].
+    pub async fn reserve_certificate(&mut self, c: &NewCertificate) -> Result<CertificateRow> {
+        let now = now_rfc3339();
+        let result = sqlx::query(
+            "INSERT INTO certificates (serial, person_id, token_id, profile, status, tbs, not_before, not_after, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&c.serial)
+        .bind(c.person_id)
+        .bind(c.token_id)
+        .bind(&c.profile)
+        .bind(CertificateStatus::Reserved.as_str())
+        .bind(c.tbs.clone())
+        .bind(&c.not_before)
+        .bind(&c.not_after)
+        .bind(&now)
+        .execute(&mut *self.tx)
+        .await;
+        map_unique(result, "certificate serial", &c.serial)?;
+        certificate_where(&mut *self.tx, "serial", &c.serial)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Stores the signed certificate of a reserved serial and marks it `good`.
+    pub async fn record_issued_certificate(
+        &mut self,
+        serial: &str,
+        der: &[u8],
+        sha256_hex: &str,
+    ) -> Result<CertificateRow> {
+        sqlx::query("UPDATE certificates SET der = $1, sha256 = $2, status = $3, updated_at = $4 WHERE serial = $5")
+            .bind(der.to_vec())
+            .bind(sha256_hex)
+            .bind(CertificateStatus::Good.as_str())
+            .bind(now_rfc3339())
+            .bind(serial)
+            .execute(&mut *self.tx)
+            .await?;
+        certificate_where(&mut *self.tx, "serial", serial)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
 
     pub async fn idempotency_record(&mut self, request_id: &str) -> Result<Option<IdempotencyRow>> {
@@ -486,6 +540,24 @@ async fn certificate_serials_for_token<'e, E: Executor<'e, Database = Any>>(
         .iter()
         .map(|r| r.try_get::<String, _>(0))
         .collect::<std::result::Result<_, _>>()?)
+}
+
+const CERTIFICATE_COLUMNS: &str = "serial, person_id, token_id, profile, status, tbs, der, sha256, not_before, \
+     not_after, revocation_reason, revoked_at, created_at, updated_at";
+
+/// One certificate by a unique column (`serial` or `sha256`, never from input).
+async fn certificate_where<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<CertificateRow>> {
+    let row = sqlx::query(sql!(
+        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE {column} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(e)
+    .await?;
+    row.as_ref().map(CertificateRow::from_row).transpose()
 }
 
 async fn idempotency_record<'e, E: Executor<'e, Database = Any>>(

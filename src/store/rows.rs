@@ -31,6 +31,10 @@ stored_enum!(TokenState, "tokens.state", {
     Lost => "lost", Damaged => "damaged", Retired => "retired",
 });
 
+stored_enum!(CertificateStatus, "certificates.status", {
+    Reserved => "reserved", Good => "good", OnHold => "on_hold", Revoked => "revoked",
+});
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PersonRow {
     #[serde(skip)]
@@ -201,6 +205,68 @@ impl CheckpointRow {
             key_id: r.try_get(2)?,
             signature: r.try_get(3)?,
             at: r.try_get(4)?,
+        })
+    }
+}
+
+/// A certificate about to be signed: serial reserved and what will be signed recorded first.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// Lower-case hex.
+    pub serial: String,
+    pub person_id: Option<i64>,
+    pub token_id: Option<i64>,
+    pub profile: String,
+    /// What the CA is about to sign (the to-be-signed certificate, or the request it is made from).
+    pub tbs: Vec<u8>,
+    /// RFC 3339.
+    pub not_before: String,
+    pub not_after: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateRow {
+    pub serial: String,
+    #[serde(skip)]
+    pub person_id: Option<i64>,
+    #[serde(skip)]
+    pub token_id: Option<i64>,
+    pub profile: String,
+    pub status: CertificateStatus,
+    #[serde(skip)]
+    pub tbs: Vec<u8>,
+    #[serde(skip)]
+    pub der: Option<Vec<u8>>,
+    /// Lower-case hex SHA-256 of the DER, once signed.
+    pub sha256: Option<String>,
+    pub not_before: String,
+    pub not_after: String,
+    /// RFC 5280 CRLReason code.
+    pub revocation_reason: Option<i64>,
+    pub revoked_at: Option<String>,
+    #[serde(skip)]
+    pub created_at: String,
+    #[serde(skip)]
+    pub updated_at: String,
+}
+
+impl CertificateRow {
+    pub(super) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(CertificateRow {
+            serial: r.try_get(0)?,
+            person_id: r.try_get(1)?,
+            token_id: r.try_get(2)?,
+            profile: r.try_get(3)?,
+            status: CertificateStatus::parse(&r.try_get::<String, _>(4)?)?,
+            tbs: r.try_get(5)?,
+            der: r.try_get(6)?,
+            sha256: r.try_get(7)?,
+            not_before: r.try_get(8)?,
+            not_after: r.try_get(9)?,
+            revocation_reason: r.try_get(10)?,
+            revoked_at: r.try_get(11)?,
+            created_at: r.try_get(12)?,
+            updated_at: r.try_get(13)?,
         })
     }
 }
