@@ -6,6 +6,7 @@ use harness::pki::{ClientCert, TestPki};
 use std::collections::BTreeMap;
 use tessera::api::pb;
 use tessera::api::pb::audit_service_client::AuditServiceClient;
+use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
 use tessera::api::pb::token_service_client::TokenServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
@@ -25,6 +26,7 @@ on_both_databases!(
     audit_tamper_is_named_by_the_api_and_the_cli,
     audit_checkpoints_signed_in_softhsm,
     issued_client_certificate_carries_its_role,
+    certificates_lookup_hold_and_revoke,
 );
 
 struct Running {
@@ -122,7 +124,8 @@ fn reason_and_fields(s: &Status) -> (String, Vec<String>) {
 async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
     let mut d = DirectoryServiceClient::new(ch.clone());
     let mut t = TokenServiceClient::new(ch.clone());
-    let mut a = AuditServiceClient::new(ch);
+    let mut a = AuditServiceClient::new(ch.clone());
+    let mut c = CertificateServiceClient::new(ch);
     let mut out = BTreeMap::new();
     fn code<T>(r: Result<tonic::Response<T>, Status>) -> Option<Code> {
         r.err().map(|s| s.code())
@@ -214,6 +217,34 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "GetCertificate",
+        code(
+            c.get_certificate(pb::GetCertificateRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "ListCertificates",
+        code(
+            c.list_certificates(pb::ListCertificatesRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "RevokeCertificate",
+        code(
+            c.revoke_certificate(pb::RevokeCertificateRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "LookupCertificate",
+        code(
+            c.lookup_certificate(pb::LookupCertificateRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -233,6 +264,9 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "MarkTokenLost" | "MarkTokenDamaged" | "RetireToken" | "SuspendToken"
         | "ReinstateToken" => &["helpdesk", "admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
+        "GetCertificate" | "ListCertificates" => &["helpdesk", "auditor", "admin"],
+        "RevokeCertificate" => &["helpdesk", "admin"],
+        "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -240,7 +274,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
 async fn role_matrix(url: &str) {
     let server = Running::start(url).await;
     let anonymous = call_every_rpc(server.channel(None).await).await;
-    assert_eq!(anonymous.len(), 18);
+    assert_eq!(anonymous.len(), 22);
     for (method, code) in &anonymous {
         assert_eq!(
             *code,
@@ -1457,4 +1491,202 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
     );
     let _ = stop.send(());
     task.await.unwrap();
+}
+
+async fn certificates_lookup_hold_and_revoke(url: &str) {
+    use tessera::store::NewCertificate;
+    let server = Running::start(url).await;
+    let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
+    d.create_person(pb::CreatePersonRequest {
+        request_id: "c".into(),
+        person: Some(record("E1")),
+    })
+    .await
+    .unwrap();
+    // Certificates come from enrollment (next issue); the test records them directly.
+    let store = Store::open(url).await.unwrap();
+    let owner = store.person_by_external_id("E1").await.unwrap().unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    for serial in ["0a01", "0a02", "0a03"] {
+        tx.reserve_certificate(&NewCertificate {
+            serial: serial.into(),
+            person_id: Some(owner.id),
+            token_id: None,
+            profile: "tls-client".into(),
+            tbs: b"tbs".to_vec(),
+            not_before: "2026-01-01T00:00:00Z".into(),
+            not_after: "2027-01-01T00:00:00Z".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let sha = "ab".repeat(32);
+    tx.record_issued_certificate("0a01", b"DER1", &sha)
+        .await
+        .unwrap();
+    tx.record_issued_certificate("0a02", b"DER2", &"cd".repeat(32))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut rp = CertificateServiceClient::new(server.as_role("relying-party").await);
+    let lookup =
+        |k: pb::lookup_certificate_request::Key| pb::LookupCertificateRequest { key: Some(k) };
+    use pb::lookup_certificate_request::Key;
+    let colons: String = sha
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    let c = rp
+        .lookup_certificate(lookup(Key::Sha256Fingerprint(colons)))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(
+        (c.serial.as_str(), c.person_external_id.as_str()),
+        ("0a01", "E1")
+    );
+    assert_eq!(c.status, pb::CertificateStatus::Good as i32);
+    assert_eq!(c.der, b"DER1");
+    let s = rp
+        .lookup_certificate(lookup(Key::Sha256Fingerprint("abc".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_and_fields(&s),
+        (
+            "INVALID_FINGERPRINT".into(),
+            vec!["sha256_fingerprint".to_string()]
+        )
+    );
+    let s = rp
+        .lookup_certificate(lookup(Key::Serial("0B99".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::NotFound, "no certificate with serial \"0b99\"")
+    );
+    let s = rp
+        .lookup_certificate(pb::LookupCertificateRequest { key: None })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_and_fields(&s),
+        ("FIELD_REQUIRED".into(), vec!["key".to_string()])
+    );
+
+    let mut desk = CertificateServiceClient::new(server.as_role("helpdesk").await);
+    let listed = desk
+        .list_certificates(pb::ListCertificatesRequest {
+            page_size: 2,
+            person_external_id: "E1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .certificates
+            .iter()
+            .map(|c| c.serial.as_str())
+            .collect::<Vec<_>>(),
+        ["0a01", "0a02"]
+    );
+    let rest = desk
+        .list_certificates(pb::ListCertificatesRequest {
+            page_size: 2,
+            page_token: listed.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.certificates.len(), 1);
+    assert_eq!(
+        rest.certificates[0].status,
+        pb::CertificateStatus::Reserved as i32
+    );
+
+    let revoke =
+        |rid: &str, serial: &str, reason: pb::RevocationReason| pb::RevokeCertificateRequest {
+            request_id: rid.into(),
+            serial: serial.into(),
+            reason: reason as i32,
+        };
+    let held = desk
+        .revoke_certificate(revoke("h", "0a01", pb::RevocationReason::CertificateHold))
+        .await
+        .unwrap()
+        .into_inner();
+    let held = held.certificate.unwrap();
+    assert_eq!(held.status, pb::CertificateStatus::OnHold as i32);
+    assert_eq!(
+        held.revocation_reason,
+        pb::RevocationReason::CertificateHold as i32
+    );
+    let again = desk
+        .revoke_certificate(revoke("h", "0a01", pb::RevocationReason::CertificateHold))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.certificate.unwrap(), held);
+    let revoked = desk
+        .revoke_certificate(revoke("r", "0a01", pb::RevocationReason::KeyCompromise))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        revoked.certificate.unwrap().status,
+        pb::CertificateStatus::Revoked as i32
+    );
+    let s = desk
+        .revoke_certificate(revoke("r2", "0a01", pb::RevocationReason::Superseded))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "cannot revoke a certificate that is revoked"
+        )
+    );
+    let s = desk
+        .revoke_certificate(revoke("r3", "0a03", pb::RevocationReason::Superseded))
+        .await
+        .unwrap_err();
+    assert_eq!(s.message(), "cannot revoke a certificate that is reserved");
+    let s = desk
+        .revoke_certificate(revoke("r4", "0a02", pb::RevocationReason::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_and_fields(&s),
+        ("FIELD_REQUIRED".into(), vec!["reason".to_string()])
+    );
+    let s = desk
+        .revoke_certificate(revoke("r5", "zz", pb::RevocationReason::Superseded))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_and_fields(&s),
+        ("INVALID_SERIAL".into(), vec!["serial".to_string()])
+    );
+    let actions: Vec<_> = store
+        .audit_events(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["person.create", "certificate.hold", "certificate.revoke"]
+    );
+    server.stop().await;
 }

@@ -140,6 +140,10 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         "/tessera.v1.AuditService/ListAuditEvents"
         | "/tessera.v1.AuditService/StreamAuditEvents"
         | "/tessera.v1.AuditService/VerifyAuditChain" => AUDIT,
+        "/tessera.v1.CertificateService/GetCertificate"
+        | "/tessera.v1.CertificateService/ListCertificates" => &[Helpdesk, Auditor, Admin],
+        "/tessera.v1.CertificateService/RevokeCertificate" => &[Helpdesk, Admin],
+        "/tessera.v1.CertificateService/LookupCertificate" => &[RelyingParty, Helpdesk, Admin],
         _ => &[],
     }
 }

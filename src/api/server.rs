@@ -1,5 +1,6 @@
 //! `tessera serve`: configuration, TLS 1.3 with client certificates, and the gRPC server.
 use super::audit_service::AuditLog;
+use super::certificate_service::Certificates;
 use super::directory_service::Directory;
 use super::pb;
 use super::token_service::Tokens;
@@ -250,6 +251,9 @@ impl BoundServer {
         health_reporter
             .set_serving::<pb::audit_service_server::AuditServiceServer<AuditLog>>()
             .await;
+        health_reporter
+            .set_serving::<pb::certificate_service_server::CertificateServiceServer<Certificates>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -313,6 +317,11 @@ impl BoundServer {
                     verifier: None,
                 },
             ))
+            .add_service(
+                pb::certificate_service_server::CertificateServiceServer::new(Certificates {
+                    store: store.clone(),
+                }),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(receiver),
                 shutdown,

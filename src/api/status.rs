@@ -56,7 +56,9 @@ impl From<LifecycleError> for Status {
             LifecycleError::InvalidField { .. } | LifecycleError::RequestIdReused(_) => {
                 Code::InvalidArgument
             }
-            LifecycleError::PersonNotFound(_) | LifecycleError::TokenNotFound(_) => Code::NotFound,
+            LifecycleError::PersonNotFound(_)
+            | LifecycleError::TokenNotFound(_)
+            | LifecycleError::CertificateNotFound(_) => Code::NotFound,
             LifecycleError::PersonExists(_) => Code::AlreadyExists,
             LifecycleError::InvalidTransition { .. }
             | LifecycleError::StaleSyncGeneration { .. } => Code::FailedPrecondition,

@@ -5,9 +5,11 @@
 //! Not yet here (needs the CA, issue 3): the certificate effects of a transition (hold on
 //! suspend, release on reinstate, revoke on offboard / lost / damaged / retired).
 
+mod certificates;
 mod people;
 mod tokens;
 
+pub use certificates::*;
 pub use people::*;
 pub use tokens::*;
 
@@ -29,6 +31,8 @@ pub enum LifecycleError {
     PersonExists(String),
     #[error("no token with serial {0:?}")]
     TokenNotFound(String),
+    #[error("no certificate with serial {0:?}")]
+    CertificateNotFound(String),
     #[error("cannot {action} a {kind} that is {from}")]
     InvalidTransition {
         kind: &'static str,
@@ -53,6 +57,7 @@ impl LifecycleError {
             LifecycleError::PersonNotFound(_) => "PERSON_NOT_FOUND",
             LifecycleError::PersonExists(_) => "PERSON_EXISTS",
             LifecycleError::TokenNotFound(_) => "TOKEN_NOT_FOUND",
+            LifecycleError::CertificateNotFound(_) => "CERTIFICATE_NOT_FOUND",
             LifecycleError::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
             LifecycleError::StaleSyncGeneration { .. } => "STALE_SYNC_GENERATION",
             LifecycleError::RequestIdReused(_) => "REQUEST_ID_REUSED",

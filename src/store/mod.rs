@@ -161,6 +161,36 @@ impl Store {
     pub async fn certificate_by_sha256(&self, sha256_hex: &str) -> Result<Option<CertificateRow>> {
         certificate_where(&self.pool, "sha256", sha256_hex).await
     }
+    /// Certificates with a serial greater than `after_serial`, ordered by serial, optionally
+    /// only one person's or one token's.
+    pub async fn list_certificates(&self, q: &CertificatesQuery) -> Result<Vec<CertificateRow>> {
+        let rows = sqlx::query(sql!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial > $1 \
+             AND ($2 = 0 OR person_id = $2) AND ($3 = 0 OR token_id = $3) ORDER BY serial LIMIT $4"
+        ))
+        .bind(&q.after_serial)
+        .bind(q.person_id.unwrap_or(0))
+        .bind(q.token_id.unwrap_or(0))
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(CertificateRow::from_row).collect()
+    }
+    /// The external id of a person and the serial of a token, by row id (for answers).
+    pub async fn person_external_id(&self, person_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT external_id FROM people WHERE id = $1")
+            .bind(person_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+    pub async fn token_serial(&self, token_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT serial FROM tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
     pub async fn idempotency_record(&self, request_id: &str) -> Result<Option<IdempotencyRow>> {
         idempotency_record(&self.pool, request_id).await
     }
@@ -344,6 +374,33 @@ impl WriteTx {
             .bind(serial)
             .execute(&mut *self.tx)
             .await?;
+        certificate_where(&mut *self.tx, "serial", serial)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    pub async fn certificate_by_serial(&mut self, serial: &str) -> Result<Option<CertificateRow>> {
+        certificate_where(&mut *self.tx, "serial", serial).await
+    }
+
+    /// Writes status, revocation reason and time of the certificate `serial`.
+    pub async fn update_certificate_status(
+        &mut self,
+        serial: &str,
+        status: CertificateStatus,
+        revocation_reason: Option<i64>,
+        revoked_at: Option<&str>,
+    ) -> Result<CertificateRow> {
+        sqlx::query(
+            "UPDATE certificates SET status = $1, revocation_reason = $2, revoked_at = $3, updated_at = $4 WHERE serial = $5",
+        )
+        .bind(status.as_str())
+        .bind(revocation_reason)
+        .bind(revoked_at.map(str::to_string))
+        .bind(now_rfc3339())
+        .bind(serial)
+        .execute(&mut *self.tx)
+        .await?;
         certificate_where(&mut *self.tx, "serial", serial)
             .await?
             .ok_or(StoreError::Database(sqlx::Error::RowNotFound))

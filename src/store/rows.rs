@@ -270,3 +270,12 @@ impl CertificateRow {
         })
     }
 }
+
+#[derive(Debug, Clone, Default)]
+pub struct CertificatesQuery {
+    /// Rows with a greater serial (paging); empty starts at the first.
+    pub after_serial: String,
+    pub limit: i64,
+    pub person_id: Option<i64>,
+    pub token_id: Option<i64>,
+}
