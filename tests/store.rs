@@ -28,6 +28,7 @@ on_both_databases!(
     forged_checkpoint_signature_is_named,
     concurrent_writers_keep_the_chain_intact,
     certificate_serial_is_reserved_once,
+    transitions_hold_release_and_revoke_certificates,
 );
 
 fn hr() -> Actor {
@@ -680,4 +681,162 @@ async fn certificate_serial_is_reserved_once(url: &str) {
         b"to be signed"
     );
     assert!(store.certificate_by_serial("7f02").await.unwrap().is_none());
+}
+
+async fn transitions_hold_release_and_revoke_certificates(url: &str) {
+    use tessera::store::{CertificateStatus as S, NewCertificate};
+    let store = Store::open(url).await.unwrap();
+    create(&store, "E1").await;
+    let owner = store.person_by_external_id("E1").await.unwrap().unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    let mut token_ids = Vec::new();
+    for serial in ["T1", "T2"] {
+        let t = tx
+            .insert_token(&NewToken {
+                serial: serial.into(),
+                model: "YubiKey 5".into(),
+                firmware: "5.7.1".into(),
+                form_factor: "usb_a_keychain".into(),
+                state: TokenState::Active,
+                person_id: Some(owner.id),
+            })
+            .await
+            .unwrap();
+        token_ids.push(t.id);
+    }
+    for (serial, token, signed) in [
+        ("c1", Some(token_ids[0]), true),
+        ("c2", Some(token_ids[1]), true),
+        ("c3", None, false),
+    ] {
+        tx.reserve_certificate(&NewCertificate {
+            serial: serial.into(),
+            person_id: Some(owner.id),
+            token_id: token,
+            profile: "tls-client".into(),
+            tbs: vec![1],
+            not_before: "2026-01-01T00:00:00Z".into(),
+            not_after: "2027-01-01T00:00:00Z".into(),
+        })
+        .await
+        .unwrap();
+        if signed {
+            tx.record_issued_certificate(serial, b"der", &format!("sha-{serial}"))
+                .await
+                .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    let status = |serial: &'static str| {
+        let store = store.clone();
+        async move {
+            let c = store.certificate_by_serial(serial).await.unwrap().unwrap();
+            (c.status, c.revocation_reason)
+        }
+    };
+    let person = |t: PersonTransition, rid: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin_write().await.unwrap();
+            lifecycle::transition_person(&mut tx, &hr(), rid, "E1", t, "")
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let token = |serial: &'static str, t: TokenTransition, rid: &'static str| {
+        let store = store.clone();
+        async move {
+            let desk = Actor {
+                name: "desk".into(),
+                role: "helpdesk".into(),
+            };
+            let mut tx = store.begin_write().await.unwrap();
+            lifecycle::transition_token(&mut tx, &desk, rid, serial, t, "")
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+
+    person(PersonTransition::Suspend, "p1").await;
+    assert_eq!(status("c1").await, (S::OnHold, Some(6)));
+    assert_eq!(status("c2").await, (S::OnHold, Some(6)));
+    assert_eq!(status("c3").await, (S::Reserved, None));
+    person(PersonTransition::Reinstate, "p2").await;
+    assert_eq!(status("c1").await, (S::Good, None));
+    token("T1", TokenTransition::MarkLost, "t1").await;
+    assert_eq!(status("c1").await, (S::Revoked, Some(1)));
+    assert_eq!(status("c2").await, (S::Good, None));
+    token("T2", TokenTransition::Suspend, "t2").await;
+    assert_eq!(status("c2").await, (S::OnHold, Some(6)));
+    token("T2", TokenTransition::Reinstate, "t3").await;
+    assert_eq!(status("c2").await, (S::Good, None));
+    token("T2", TokenTransition::MarkDamaged, "t4").await;
+    assert_eq!(status("c2").await, (S::Revoked, Some(4)));
+
+    // A fresh certificate, then offboarding: revoked (affiliationChanged), tokens released.
+    let mut tx = store.begin_write().await.unwrap();
+    tx.reserve_certificate(&NewCertificate {
+        serial: "c4".into(),
+        person_id: Some(owner.id),
+        token_id: None,
+        profile: "tls-client".into(),
+        tbs: vec![1],
+        not_before: "2026-01-01T00:00:00Z".into(),
+        not_after: "2027-01-01T00:00:00Z".into(),
+    })
+    .await
+    .unwrap();
+    tx.record_issued_certificate("c4", b"der", "sha-c4")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    person(PersonTransition::Offboard, "p3").await;
+    assert_eq!(status("c4").await, (S::Revoked, Some(3)));
+    assert_eq!(
+        status("c1").await,
+        (S::Revoked, Some(1)),
+        "revoked stays revoked with its first reason"
+    );
+    assert_eq!(
+        store
+            .token_by_serial("T1")
+            .await
+            .unwrap()
+            .unwrap()
+            .person_id,
+        None
+    );
+
+    let actions: Vec<_> = store
+        .audit_events(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "person.create",
+            "person.suspend",
+            "certificate.hold",
+            "certificate.hold",
+            "person.reinstate",
+            "certificate.release",
+            "certificate.release",
+            "token.mark_lost",
+            "certificate.revoke",
+            "token.suspend",
+            "certificate.hold",
+            "token.reinstate",
+            "certificate.release",
+            "token.mark_damaged",
+            "certificate.revoke",
+            "person.offboard",
+            "certificate.revoke",
+        ]
+    );
+    assert_eq!(audit::verify(&store, None).await.unwrap().first_bad, None);
 }

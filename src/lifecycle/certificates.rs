@@ -1,7 +1,7 @@
 //! Certificate revocation and hold (RFC 5280 reasons).
 use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
-use crate::store::{CertificateRow, CertificateStatus, WriteTx, now_rfc3339};
+use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, WriteTx, now_rfc3339};
 
 /// RFC 5280 CRLReason, with the RFC's codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,4 +78,67 @@ pub async fn revoke_certificate(
     )
     .await?;
     Ok(row)
+}
+
+/// What a person or token transition does to the certificates it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateEffect {
+    /// Good → on hold (certificateHold).
+    Hold,
+    /// On hold → good.
+    Release,
+    /// Good or on hold → revoked with this reason.
+    Revoke(RevocationReason),
+}
+
+/// Applies `effect` to every certificate of `owner` that it concerns, each change audited;
+/// returns the serials changed. Reserved (unsigned) and revoked certificates are left alone.
+pub async fn apply_certificate_effect(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    request_id: &str,
+    owner: CertificateOwner,
+    effect: CertificateEffect,
+) -> Result<Vec<String>, LifecycleError> {
+    let mut changed = Vec::new();
+    for before in tx.certificates_of(owner).await? {
+        let now = now_rfc3339();
+        let (status, reason, at, action) = match (effect, before.status) {
+            (CertificateEffect::Hold, CertificateStatus::Good) => (
+                CertificateStatus::OnHold,
+                Some(RevocationReason::CertificateHold.code()),
+                Some(now.as_str()),
+                "certificate.hold",
+            ),
+            (CertificateEffect::Release, CertificateStatus::OnHold) => {
+                (CertificateStatus::Good, None, None, "certificate.release")
+            }
+            (CertificateEffect::Revoke(r), CertificateStatus::Good | CertificateStatus::OnHold) => {
+                (
+                    CertificateStatus::Revoked,
+                    Some(r.code()),
+                    Some(now.as_str()),
+                    "certificate.revoke",
+                )
+            }
+            _ => continue,
+        };
+        let row = tx
+            .update_certificate_status(&before.serial, status, reason, at)
+            .await?;
+        audit::record(
+            tx,
+            actor,
+            Change {
+                action,
+                subject: format!("certificate:{}", row.serial),
+                before: Some(serde_json::to_value(&before).unwrap_or_default()),
+                after: Some(serde_json::to_value(&row).unwrap_or_default()),
+                request_id,
+            },
+        )
+        .await?;
+        changed.push(row.serial);
+    }
+    Ok(changed)
 }

@@ -1,7 +1,8 @@
 //! People: create, update, suspend, reinstate, offboard, and directory sync.
+use super::{CertificateEffect, RevocationReason, apply_certificate_effect};
 use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
-use crate::store::{NewPerson, PersonRow, PersonState, WriteTx};
+use crate::store::{CertificateOwner, NewPerson, PersonRow, PersonState, WriteTx};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The HR-owned fields of a person, as a request carries them.
@@ -310,6 +311,21 @@ pub async fn transition_person(
         },
     )
     .await?;
+    let owner = CertificateOwner::Person(row.id);
+    match transition {
+        PersonTransition::Suspend => {
+            apply_certificate_effect(tx, actor, request_id, owner, CertificateEffect::Hold).await?;
+        }
+        PersonTransition::Reinstate => {
+            apply_certificate_effect(tx, actor, request_id, owner, CertificateEffect::Release)
+                .await?;
+        }
+        PersonTransition::Offboard => {
+            let revoke = CertificateEffect::Revoke(RevocationReason::AffiliationChanged);
+            apply_certificate_effect(tx, actor, request_id, owner, revoke).await?;
+            tx.release_tokens_of_person(row.id).await?;
+        }
+    }
     Ok(row)
 }
 

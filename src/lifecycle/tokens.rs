@@ -1,7 +1,8 @@
 //! Token transitions the help desk drives.
+use super::{CertificateEffect, RevocationReason, apply_certificate_effect};
 use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
-use crate::store::{TokenRow, TokenState, WriteTx};
+use crate::store::{CertificateOwner, TokenRow, TokenState, WriteTx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenTransition {
@@ -89,6 +90,23 @@ pub async fn transition_token(
             after: Some(after_json),
             request_id,
         },
+    )
+    .await?;
+    let effect = match transition {
+        TokenTransition::MarkLost => CertificateEffect::Revoke(RevocationReason::KeyCompromise),
+        TokenTransition::MarkDamaged => CertificateEffect::Revoke(RevocationReason::Superseded),
+        TokenTransition::Retire => {
+            CertificateEffect::Revoke(RevocationReason::CessationOfOperation)
+        }
+        TokenTransition::Suspend => CertificateEffect::Hold,
+        TokenTransition::Reinstate => CertificateEffect::Release,
+    };
+    apply_certificate_effect(
+        tx,
+        actor,
+        request_id,
+        CertificateOwner::Token(row.id),
+        effect,
     )
     .await?;
     Ok(row)

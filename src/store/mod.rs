@@ -383,6 +383,42 @@ impl WriteTx {
         certificate_where(&mut *self.tx, "serial", serial).await
     }
 
+    /// Every certificate of a person (`person_id`) or of a token (`token_id`), by serial.
+    pub async fn certificates_of(
+        &mut self,
+        owner: CertificateOwner,
+    ) -> Result<Vec<CertificateRow>> {
+        let (column, id) = match owner {
+            CertificateOwner::Person(id) => ("person_id", id),
+            CertificateOwner::Token(id) => ("token_id", id),
+        };
+        let rows = sqlx::query(sql!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE {column} = $1 ORDER BY serial"
+        ))
+        .bind(id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(CertificateRow::from_row).collect()
+    }
+
+    /// Unassigns every token of a person; returns their serials.
+    pub async fn release_tokens_of_person(&mut self, person_id: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT serial FROM tokens WHERE person_id = $1 ORDER BY serial")
+            .bind(person_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let serials = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        sqlx::query("UPDATE tokens SET person_id = NULL, updated_at = $1 WHERE person_id = $2")
+            .bind(now_rfc3339())
+            .bind(person_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(serials)
+    }
+
     /// Writes status, revocation reason and time of the certificate `serial`.
     pub async fn update_certificate_status(
         &mut self,

@@ -279,3 +279,9 @@ pub struct CertificatesQuery {
     pub person_id: Option<i64>,
     pub token_id: Option<i64>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateOwner {
+    Person(i64),
+    Token(i64),
+}
