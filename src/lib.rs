@@ -10,3 +10,4 @@ pub mod hsm;
 pub mod lifecycle;
 pub mod store;
 pub mod vpiv;
+pub mod web;

@@ -27,6 +27,7 @@ on_both_databases!(
     audit_checkpoints_signed_in_softhsm,
     issued_client_certificate_carries_its_role,
     certificates_lookup_hold_and_revoke,
+    http_side_health_chain_and_metrics,
 );
 
 struct Running {
@@ -1689,4 +1690,91 @@ async fn certificates_lookup_hold_and_revoke(url: &str) {
         ["person.create", "certificate.hold", "certificate.revoke"]
     );
     server.stop().await;
+}
+
+/// A bare HTTP/1.1 GET; returns (status line, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+async fn http_side_health_chain_and_metrics(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let config = pki.write_server_config(dir.path(), url);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\nca_chain = \"client-ca.pem\"\n"),
+    )
+    .unwrap();
+    let server = BoundServer::bind(&ServerConfig::load(&config).unwrap())
+        .await
+        .unwrap();
+    let (grpc, http) = (server.local_addr(), server.http_addr().unwrap());
+    assert!(http.ip().is_loopback());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+
+    assert_eq!(
+        http_get(http, "/healthz").await,
+        ("HTTP/1.1 200 OK".to_string(), "ok\n".to_string())
+    );
+    let (status, body) = http_get(http, "/ca.pem").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", pki.ca_pem.as_str())
+    );
+    let mut d =
+        DirectoryServiceClient::new(connect(grpc, &pki.ca_pem, Some(&pki.client("hr"))).await);
+    for i in 0..2 {
+        d.create_person(pb::CreatePersonRequest {
+            request_id: format!("c{i}"),
+            person: Some(record(&format!("E{i}"))),
+        })
+        .await
+        .unwrap();
+    }
+    d.suspend_person(pb::SuspendPersonRequest {
+        request_id: "s".into(),
+        external_id: "E1".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for line in [
+        "tessera_people{state=\"active\"} 1",
+        "tessera_people{state=\"suspended\"} 1",
+        "tessera_audit_head_sequence 3",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line:?} missing from:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("tessera_db_pool_connections{state=\"open\"} "),
+        "{body}"
+    );
+    assert_eq!(http_get(http, "/nothing").await.0, "HTTP/1.1 404 Not Found");
+    let _ = stop.send(());
+    task.await.unwrap();
 }

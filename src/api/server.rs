@@ -21,9 +21,22 @@ pub struct ServerConfig {
     pub grpc: GrpcConfig,
     pub tls: TlsConfig,
     pub database: DatabaseConfig,
+    /// The HTTP side (health, CA chain, metrics); without this section it is not served.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
     /// Signed audit checkpoints; without this section none are made.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// e.g. `127.0.0.1:8080`; plain HTTP.
+    pub listen: SocketAddr,
+    /// PEM chain served at `/ca.pem` (the CA's `DATA/ca/chain.pem`).
+    #[serde(default)]
+    pub ca_chain: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +125,16 @@ impl ServerConfig {
                 message: e.message().to_string(),
             })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = config.http.as_mut().and_then(|h| h.ca_chain.as_mut())
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(a) = config.audit.as_mut()
+            && a.hsm_config.is_relative()
+        {
+            a.hsm_config = base.join(&a.hsm_config);
+        }
         for p in [
             &mut config.tls.certificate,
             &mut config.tls.private_key,
@@ -192,6 +215,7 @@ pub struct BoundServer {
     tls: Arc<rustls::ServerConfig>,
     store: Store,
     checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
+    http: Option<(TcpListener, Option<PathBuf>)>,
 }
 
 impl BoundServer {
@@ -212,6 +236,18 @@ impl BoundServer {
             }
         };
         let store = Store::open(&config.database.url).await?;
+        let http = match &config.http {
+            None => None,
+            Some(h) => Some((
+                TcpListener::bind(h.listen)
+                    .await
+                    .map_err(|source| ServerConfigError::Listen {
+                        addr: h.listen,
+                        source,
+                    })?,
+                h.ca_chain.clone(),
+            )),
+        };
         let listener = TcpListener::bind(config.grpc.listen)
             .await
             .map_err(|source| ServerConfigError::Listen {
@@ -223,6 +259,7 @@ impl BoundServer {
             tls,
             store,
             checkpoints,
+            http,
         })
     }
 
@@ -230,6 +267,11 @@ impl BoundServer {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The HTTP side's address, when configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn store(&self) -> &Store {
@@ -289,6 +331,25 @@ impl BoundServer {
         });
 
         let store = self.store.clone();
+        let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+        let http_task = self.http.map(|(listener, ca_chain)| {
+            let app = crate::web::router(store.clone(), ca_chain);
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = http_stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        });
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_http.send(true);
+        };
         let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -328,6 +389,9 @@ impl BoundServer {
             )
             .await;
         accept_loop.abort();
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         if let Some(task) = checkpoint_loop {
             task.abort();
         }

@@ -17,6 +17,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let server = BoundServer::bind(&config).await?;
         println!("tessera: gRPC listening on {}", server.local_addr());
+        if let Some(http) = server.http_addr() {
+            println!("tessera: HTTP listening on {http}");
+        }
         server
             .run(shutdown_signal())
             .await

@@ -191,6 +191,42 @@ impl Store {
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
+    /// Row counts for metrics: (table, state or status, count).
+    pub async fn state_counts(&self) -> Result<Vec<(&'static str, String, i64)>> {
+        let mut out = Vec::new();
+        for (table, column) in [
+            ("people", "state"),
+            ("tokens", "state"),
+            ("certificates", "status"),
+        ] {
+            let rows = sqlx::query(sql!(
+                "SELECT {column}, CAST(COUNT(*) AS BIGINT) FROM {table} GROUP BY {column} ORDER BY {column}"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                out.push((table, r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?));
+            }
+        }
+        Ok(out)
+    }
+    /// The highest audit sequence (0 when empty).
+    pub async fn audit_head_sequence(&self) -> Result<i64> {
+        let row =
+            sqlx::query("SELECT CAST(COALESCE(MAX(sequence), 0) AS BIGINT) FROM audit_events")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get(0)?)
+    }
+    /// (open connections, idle connections) of the pool.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+    /// A trivial query: is the database reachable?
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
     pub async fn idempotency_record(&self, request_id: &str) -> Result<Option<IdempotencyRow>> {
         idempotency_record(&self.pool, request_id).await
     }
