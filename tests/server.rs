@@ -1778,3 +1778,88 @@ async fn http_side_health_chain_and_metrics(url: &str) {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[test]
+fn configuration_paths_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let base = "[grpc]\nlisten = \"127.0.0.1:0\"\n[tls]\ncertificate = \"s.pem\"\nprivate_key = \"/abs/s.key\"\nclient_ca = \"ca.pem\"\n[database]\nurl = \"sqlite:db/t.db\"\n";
+    std::fs::write(&path, format!("{base}[http]\nlisten = \"127.0.0.1:0\"\nca_chain = \"chain.pem\"\n[audit]\nhsm_config = \"hsm.toml\"\ncheckpoint_key = \"pkcs11:object=k\"\n")).unwrap();
+    let c = ServerConfig::load(&path).unwrap();
+    assert_eq!(c.tls.certificate, dir.path().join("s.pem"));
+    assert_eq!(c.tls.private_key, std::path::PathBuf::from("/abs/s.key"));
+    assert_eq!(
+        c.database.url,
+        format!("sqlite:{}", dir.path().join("db/t.db").display())
+    );
+    assert_eq!(
+        c.http.unwrap().ca_chain.unwrap(),
+        dir.path().join("chain.pem")
+    );
+    let audit = c.audit.unwrap();
+    assert_eq!(
+        (audit.hsm_config, audit.checkpoint_interval_seconds),
+        (dir.path().join("hsm.toml"), 300)
+    );
+
+    std::fs::write(&path, format!("{base}[extra]\nx = 1\n")).unwrap();
+    let err = ServerConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "configuration file {} is not valid: unknown field `extra`",
+            path.display()
+        )),
+        "{err}"
+    );
+    let err = ServerConfig::load(&dir.path().join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("cannot read configuration file "), "{err}");
+}
+
+#[tokio::test]
+async fn tls_and_listen_errors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let path = pki.write_server_config(dir.path(), "sqlite:t.db");
+    let bind = || async {
+        BoundServer::bind(&ServerConfig::load(&path).unwrap())
+            .await
+            .err()
+            .unwrap()
+            .to_string()
+    };
+
+    std::fs::write(dir.path().join("client-ca.pem"), "").unwrap();
+    assert_eq!(
+        bind().await,
+        format!(
+            "{} holds no client CA certificate",
+            dir.path().join("client-ca.pem").display()
+        )
+    );
+    std::fs::write(dir.path().join("client-ca.pem"), &pki.ca_pem).unwrap();
+
+    std::fs::remove_file(dir.path().join("server.pem")).unwrap();
+    let err = bind().await;
+    assert!(
+        err.starts_with(&format!(
+            "cannot read server certificate from {}: ",
+            dir.path().join("server.pem").display()
+        )),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("server.pem"), &pki.server_cert_pem).unwrap();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+    let err = bind().await;
+    assert!(
+        err.starts_with(&format!("cannot listen on 127.0.0.1:{port}: ")),
+        "{err}"
+    );
+}
