@@ -1863,3 +1863,40 @@ async fn tls_and_listen_errors_are_named() {
         "{err}"
     );
 }
+
+/// A Python grpcio client generated from our proto drives a person through its life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_drives_a_person() {
+    let db = harness::database::TestDatabase::sqlite();
+    let server = Running::start(db.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hr = server.pki.client("hr");
+    for (name, text) in [
+        ("ca.pem", &server.pki.ca_pem),
+        ("hr.pem", &hr.cert_pem),
+        ("hr.key", &hr.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .arg(root.join("tests/python/directory_client.py"))
+        .arg(server.addr.to_string())
+        .args(["ca.pem", "hr.pem", "hr.key"].map(|f| dir.path().join(f)))
+        .arg(root.join("proto"))
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed (grpcio and grpcio-tools come from scripts/install-deps.sh): {stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "create PERSON_STATE_ACTIVE\nsuspend PERSON_STATE_SUSPENDED\nreinstate PERSON_STATE_ACTIVE\n\
+         offboard PERSON_STATE_OFFBOARDED\nrefused FAILED_PRECONDITION cannot reinstate a person that is offboarded\n"
+    );
+    server.stop().await;
+}
