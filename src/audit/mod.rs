@@ -204,12 +204,17 @@ pub async fn checkpoint(
     {
         return Ok(None);
     }
-    let signature = signer
-        .sign(&checkpoint_message(head.sequence, &head.hash))
-        .map_err(|reason| AuditError::Signing {
-            key_id: signer.key_id().to_string(),
-            reason,
-        })?;
+    let message = checkpoint_message(head.sequence, &head.hash);
+    // The HSM call blocks; on a multi-threaded runtime the worker hands its other tasks on first.
+    let sign = || signer.sign(&message);
+    let signed = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(sign),
+        _ => sign(),
+    };
+    let signature = signed.map_err(|reason| AuditError::Signing {
+        key_id: signer.key_id().to_string(),
+        reason,
+    })?;
     let row = CheckpointRow {
         sequence: head.sequence,
         head_hash: head.hash,
