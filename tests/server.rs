@@ -1490,6 +1490,29 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
             )
         );
     }
+    let leaf = dir.path().join("hr-leaf.pem");
+    std::fs::write(&leaf, tessera::ca::issue::certificate_pem(&issued_der)).unwrap();
+    let lint = std::process::Command::new("lint_pkix_cert")
+        .args(["lint", "-s", "ERROR"])
+        .arg(&leaf)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run lint_pkix_cert (PyPI pkilint; scripts/install-deps.sh): {e}")
+        });
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    // The one finding: pkilint checks URI SANs with a web-URL validator (scheme://host), and
+    // the role URI `tessera:role:hr` is a valid RFC 3986 URI without an authority
+    // (RFC 5280 4.2.1.6 asks only for a scheme and a scheme-specific part). Anything else fails.
+    assert_eq!(
+        report.trim(),
+        "GeneralNameUriSyntaxValidator @ certificate.tbsCertificate.extensions.1.extnValue.subjectAltName.0.uniformResourceIdentifier\n    \
+         pkix.invalid_uri_syntax (ERROR): Invalid URI syntax: \"tessera:role:hr\"",
+        "pkilint findings for the operator client certificate"
+    );
     let sha = row.sha256.clone().unwrap();
     assert_eq!(
         store
