@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use tessera::cli;
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Hardware-token provisioning: HSM-backed CA, attested YubiKey enrollment")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Hardware-token provisioning: HSM-backed CA, attested YubiKey enrollment"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +24,12 @@ enum Command {
     Attest(cli::attest::AttestArgs),
     /// Measure HSM signing and certificate issuance rates.
     Bench(cli::bench::BenchArgs),
+    /// Run the gRPC server (TLS 1.3, client certificates) until SIGINT or SIGTERM.
+    Serve(cli::serve::ServeArgs),
+    /// The tamper-evident audit log.
+    Audit(cli::audit::AuditArgs),
+    /// Administration: client certificates for the API.
+    Admin(cli::admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +39,9 @@ fn main() -> ExitCode {
         Command::Ca(a) => cli::ca::run(a),
         Command::Attest(a) => cli::attest::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Audit(a) => cli::audit::run(a),
+        Command::Admin(a) => cli::admin::run(a),
     };
     match result {
         Ok(code) => code,

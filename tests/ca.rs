@@ -1010,6 +1010,31 @@ fn a_subject_email_that_is_not_ascii_is_refused() {
 }
 
 #[test]
+fn a_subject_uri_that_is_not_ascii_is_refused() {
+    let token = SoftHsmToken::create("ca-subject");
+    let data_dir = init_ca(&token);
+    let hsm = Hsm::open(&token.config()).expect("open HSM");
+    let issuing = StoredCa::load(&data_dir).unwrap().issuing_ca(&hsm).unwrap();
+    let key = hsm.generate_key_pair("subject", KeySpec::EcP256).unwrap();
+    let profiles = ProfileSet::built_in();
+    let mut subject = SubjectParams::new("Zoë");
+    subject.uris.push("tessera:role:zoë".into());
+    let err = issuing
+        .issue(&IssuanceRequest {
+            subject: &subject,
+            public_key_der: key.public_key_der(),
+            profile: profiles.get("tls-client").unwrap(),
+            serial: &SerialNumber::random().unwrap(),
+            provenance: KeyProvenance::HardwareAttested,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "subject is invalid: URI \"tessera:role:zoë\" is not ASCII"
+    );
+}
+
+#[test]
 fn concurrent_issuance_from_one_issuing_ca_gives_correct_certificates() {
     let token = SoftHsmToken::create("ca-concurrent");
     let data_dir = init_ca(&token);

@@ -23,6 +23,9 @@ pub struct SubjectParams {
     pub organization: Option<String>,
     pub emails: Vec<String>,
     pub dns_names: Vec<String>,
+    /// uniformResourceIdentifier SANs (the server's API client certificates carry their role
+    /// as `tessera:role:<role>`).
+    pub uris: Vec<String>,
 }
 
 impl SubjectParams {
@@ -32,6 +35,7 @@ impl SubjectParams {
             organization: None,
             emails: Vec::new(),
             dns_names: Vec::new(),
+            uris: Vec::new(),
         }
     }
 }
@@ -186,6 +190,13 @@ impl IssuingCa {
                 .try_into()
                 .map_err(|_| CaError::SubjectInvalid(format!("DNS name \"{dns}\" is not ASCII")))?;
             params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        for uri in &subject.uris {
+            let name = uri
+                .as_str()
+                .try_into()
+                .map_err(|_| CaError::SubjectInvalid(format!("URI \"{uri}\" is not ASCII")))?;
+            params.subject_alt_names.push(SanType::URI(name));
         }
 
         let now = OffsetDateTime::now_utc()

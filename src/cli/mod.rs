@@ -1,9 +1,12 @@
 //! Command-line front ends. Each file owns one subcommand group of the `tessera` binary and
 //! turns library errors into one-line messages and exit codes; no business logic lives here.
 
+pub mod admin;
 pub mod attest;
+pub mod audit;
 pub mod bench;
 pub mod ca;
+pub mod serve;
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `warn`). Secrets are never logged.
 /// cryptoki logs every mechanism number it has no name for at ERROR level when a token's

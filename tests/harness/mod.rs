@@ -2,5 +2,7 @@
 //! pcscd + vpcd + tessera-vpiv cards). Each test file includes it with `mod harness;`.
 #![allow(dead_code)]
 
+pub mod database;
+pub mod pki;
 pub mod softhsm;
 pub mod vpcd;

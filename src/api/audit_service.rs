@@ -1,0 +1,126 @@
+//! `tessera.v1.AuditService`.
+use super::authz::authorize;
+use super::page_size;
+use super::pb::{self, audit_service_server::AuditService};
+use crate::audit::{self, CheckpointVerifier};
+use crate::store::{AuditRow, Store};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct AuditLog {
+    pub store: Store,
+    pub verifier: Option<Arc<dyn CheckpointVerifier>>,
+}
+
+fn method(name: &str) -> String {
+    format!("/tessera.v1.AuditService/{name}")
+}
+
+fn event_to_pb(e: AuditRow) -> pb::AuditEvent {
+    pb::AuditEvent {
+        sequence: e.sequence,
+        time: e.at,
+        actor: e.actor,
+        role: e.role,
+        action: e.action,
+        subject: e.subject,
+        before_json: e.before_json,
+        after_json: e.after_json,
+        request_id: e.request_id,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    }
+}
+
+const STREAM_PAGE: i64 = 500;
+
+#[tonic::async_trait]
+impl AuditService for AuditLog {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        authorize(&request, &method("ListAuditEvents"))?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size);
+        let rows = self
+            .store
+            .audit_events(req.after_sequence.max(0), limit)
+            .await?;
+        let next_after_sequence = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.sequence).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: rows.into_iter().map(event_to_pb).collect(),
+            next_after_sequence,
+        }))
+    }
+
+    type StreamAuditEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::StreamAuditEventsResponse, Status>> + Send>>;
+
+    async fn stream_audit_events(
+        &self,
+        request: Request<pb::StreamAuditEventsRequest>,
+    ) -> Result<Response<Self::StreamAuditEventsStream>, Status> {
+        authorize(&request, &method("StreamAuditEvents"))?;
+        let mut after = request.into_inner().after_sequence.max(0);
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let page = match store.audit_events(after, STREAM_PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let last_page = (page.len() as i64) < STREAM_PAGE;
+                for e in page {
+                    after = e.sequence;
+                    if tx
+                        .send(Ok(pb::StreamAuditEventsResponse {
+                            event: Some(event_to_pb(e)),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if last_page {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn verify_audit_chain(
+        &self,
+        request: Request<pb::VerifyAuditChainRequest>,
+    ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
+        authorize(&request, &method("VerifyAuditChain"))?;
+        let report = audit::verify(&self.store, self.verifier.as_deref())
+            .await
+            .map_err(|e| super::status::internal(&e))?;
+        let (first_bad_sequence, problem) = match &report.first_bad {
+            Some(b) => (b.sequence, b.problem.to_string()),
+            None => (0, String::new()),
+        };
+        Ok(Response::new(pb::VerifyAuditChainResponse {
+            intact: report.first_bad.is_none(),
+            events: report.events,
+            checkpoints: report.checkpoints,
+            first_bad_sequence,
+            problem,
+        }))
+    }
+}

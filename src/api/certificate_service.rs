@@ -1,0 +1,277 @@
+//! `tessera.v1.CertificateService`: read, look up and revoke certificates.
+use super::authz::authorize;
+use super::pb::{self, certificate_service_server::CertificateService};
+use super::{page_size, status};
+use crate::lifecycle::{self, LifecycleError, RevocationReason};
+use crate::store::{CertificateRow, CertificateStatus, CertificatesQuery, Store};
+use tonic::{Request, Response, Status};
+
+pub struct Certificates {
+    pub store: Store,
+}
+
+fn method(name: &str) -> String {
+    format!("/tessera.v1.CertificateService/{name}")
+}
+
+/// Lower-case hex without `:` separators; `None` unless hex of the right length.
+fn normalise_hex(text: &str, max_len: usize, exact: bool) -> Option<String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let ok = !hex.is_empty()
+        && hex.len() <= max_len
+        && (!exact || hex.len() == max_len)
+        && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then_some(hex)
+}
+
+fn serial_arg(field: &str, serial: &str) -> Result<String, Status> {
+    normalise_hex(serial, 40, false).ok_or_else(|| {
+        status::invalid_argument(
+            field,
+            "INVALID_SERIAL",
+            &format!("{field} must be the certificate serial in hex"),
+        )
+    })
+}
+
+fn reason_from_pb(value: i32) -> Result<RevocationReason, Status> {
+    use pb::RevocationReason as P;
+    let r = match P::try_from(value) {
+        Ok(P::KeyCompromise) => RevocationReason::KeyCompromise,
+        Ok(P::CaCompromise) => RevocationReason::CaCompromise,
+        Ok(P::AffiliationChanged) => RevocationReason::AffiliationChanged,
+        Ok(P::Superseded) => RevocationReason::Superseded,
+        Ok(P::CessationOfOperation) => RevocationReason::CessationOfOperation,
+        Ok(P::CertificateHold) => RevocationReason::CertificateHold,
+        Ok(P::PrivilegeWithdrawn) => RevocationReason::PrivilegeWithdrawn,
+        Ok(P::AaCompromise) => RevocationReason::AaCompromise,
+        Ok(P::NoReasonGiven) => RevocationReason::Unspecified,
+        Ok(P::Unspecified) => {
+            return Err(status::invalid_argument(
+                "reason",
+                "FIELD_REQUIRED",
+                "reason is required (REVOCATION_REASON_NO_REASON_GIVEN when there is none)",
+            ));
+        }
+        Err(_) => {
+            return Err(status::invalid_argument(
+                "reason",
+                "INVALID_ENUM_VALUE",
+                "reason is not a RevocationReason",
+            ));
+        }
+    };
+    Ok(r)
+}
+
+fn reason_to_pb(code: i64) -> pb::RevocationReason {
+    use pb::RevocationReason as P;
+    match code {
+        0 => P::NoReasonGiven,
+        1 => P::KeyCompromise,
+        2 => P::CaCompromise,
+        3 => P::AffiliationChanged,
+        4 => P::Superseded,
+        5 => P::CessationOfOperation,
+        6 => P::CertificateHold,
+        9 => P::PrivilegeWithdrawn,
+        10 => P::AaCompromise,
+        _ => P::Unspecified,
+    }
+}
+
+impl Certificates {
+    async fn to_pb(&self, c: CertificateRow) -> Result<pb::Certificate, Status> {
+        let person_external_id = match c.person_id {
+            Some(id) => self.store.person_external_id(id).await?.unwrap_or_default(),
+            None => String::new(),
+        };
+        let token_serial = match c.token_id {
+            Some(id) => self.store.token_serial(id).await?.unwrap_or_default(),
+            None => String::new(),
+        };
+        let status = match c.status {
+            CertificateStatus::Reserved => pb::CertificateStatus::Reserved,
+            CertificateStatus::Good => pb::CertificateStatus::Good,
+            CertificateStatus::OnHold => pb::CertificateStatus::OnHold,
+            CertificateStatus::Revoked => pb::CertificateStatus::Revoked,
+        };
+        Ok(pb::Certificate {
+            serial: c.serial,
+            sha256_fingerprint: c.sha256.unwrap_or_default(),
+            status: status as i32,
+            person_external_id,
+            token_serial,
+            profile: c.profile,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            revocation_reason: c
+                .revocation_reason
+                .map(reason_to_pb)
+                .unwrap_or(pb::RevocationReason::Unspecified) as i32,
+            revoked_at: c.revoked_at.unwrap_or_default(),
+            der: c.der.unwrap_or_default(),
+        })
+    }
+
+    async fn found(
+        &self,
+        row: Option<CertificateRow>,
+        key: &str,
+    ) -> Result<pb::Certificate, Status> {
+        match row {
+            Some(r) => self.to_pb(r).await,
+            None => Err(LifecycleError::CertificateNotFound(key.to_string()).into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CertificateService for Certificates {
+    async fn get_certificate(
+        &self,
+        request: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        authorize(&request, &method("GetCertificate"))?;
+        let serial = serial_arg("serial", &request.into_inner().serial)?;
+        let row = self.store.certificate_by_serial(&serial).await?;
+        Ok(Response::new(pb::GetCertificateResponse {
+            certificate: Some(self.found(row, &serial).await?),
+        }))
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        authorize(&request, &method("ListCertificates"))?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size);
+        let after_serial = if req.page_token.is_empty() {
+            String::new()
+        } else {
+            serial_arg("page_token", &req.page_token)?
+        };
+        let person_id = if req.person_external_id.is_empty() {
+            None
+        } else {
+            let p = self
+                .store
+                .person_by_external_id(&req.person_external_id)
+                .await?
+                .ok_or_else(|| {
+                    Status::from(LifecycleError::PersonNotFound(
+                        req.person_external_id.clone(),
+                    ))
+                })?;
+            Some(p.id)
+        };
+        let token_id = if req.token_serial.is_empty() {
+            None
+        } else {
+            let t = self
+                .store
+                .token_by_serial(&req.token_serial)
+                .await?
+                .ok_or_else(|| {
+                    Status::from(LifecycleError::TokenNotFound(req.token_serial.clone()))
+                })?;
+            Some(t.id)
+        };
+        let rows = self
+            .store
+            .list_certificates(&CertificatesQuery {
+                after_serial,
+                limit,
+                person_id,
+                token_id,
+            })
+            .await?;
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.serial.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut certificates = Vec::with_capacity(rows.len());
+        for r in rows {
+            certificates.push(self.to_pb(r).await?);
+        }
+        Ok(Response::new(pb::ListCertificatesResponse {
+            certificates,
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let identity = authorize(&request, &method("RevokeCertificate"))?;
+        let req = request.into_inner();
+        let serial = serial_arg("serial", &req.serial)?;
+        let reason = reason_from_pb(req.reason)?;
+        idempotent!(self.store, "RevokeCertificate", req, |tx| {
+            lifecycle::revoke_certificate(tx, &identity.actor(), &req.request_id, &serial, reason)
+                .await?;
+            // Read back outside the transaction's borrow for the answer's names.
+            let row = tx.certificate_by_serial(&serial).await?;
+            let certificate = match row {
+                Some(r) => Some(self.to_pb(r).await?),
+                None => None,
+            };
+            pb::RevokeCertificateResponse { certificate }
+        })
+    }
+
+    async fn lookup_certificate(
+        &self,
+        request: Request<pb::LookupCertificateRequest>,
+    ) -> Result<Response<pb::LookupCertificateResponse>, Status> {
+        authorize(&request, &method("LookupCertificate"))?;
+        use pb::lookup_certificate_request::Key;
+        let (row, key) = match request.into_inner().key {
+            Some(Key::Sha256Fingerprint(f)) => {
+                let hex = normalise_hex(&f, 64, true).ok_or_else(|| {
+                    status::invalid_argument(
+                        "sha256_fingerprint",
+                        "INVALID_FINGERPRINT",
+                        "sha256_fingerprint must be 64 hex digits (colons allowed)",
+                    )
+                })?;
+                (self.store.certificate_by_sha256(&hex).await?, hex)
+            }
+            Some(Key::Serial(s)) => {
+                let serial = serial_arg("serial", &s)?;
+                (self.store.certificate_by_serial(&serial).await?, serial)
+            }
+            None => {
+                return Err(status::invalid_argument(
+                    "key",
+                    "FIELD_REQUIRED",
+                    "give sha256_fingerprint or serial",
+                ));
+            }
+        };
+        Ok(Response::new(pb::LookupCertificateResponse {
+            certificate: Some(self.found(row, &key).await?),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_normalisation() {
+        assert_eq!(normalise_hex("AB:cd", 40, false).as_deref(), Some("abcd"));
+        assert_eq!(normalise_hex("xyz", 40, false), None);
+        assert_eq!(normalise_hex("", 40, false), None);
+        assert_eq!(normalise_hex(&"a".repeat(63), 64, true), None);
+        assert!(normalise_hex(&"A".repeat(64), 64, true).is_some());
+    }
+}

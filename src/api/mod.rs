@@ -1,0 +1,69 @@
+//! gRPC services over TLS 1.3 with mutual authentication. This module turns requests into
+//! calls on `lifecycle`, `store` and `audit`, checks the caller's role, and maps errors to gRPC
+//! status; the rules themselves live in those modules.
+
+/// Runs a state-changing RPC once per request id: a repeat gets the stored first answer and
+/// changes nothing; the change, its audit events and the stored answer commit together.
+macro_rules! idempotent {
+    ($store:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {{
+        let key = crate::lifecycle::RequestKey::new(
+            &$request.request_id,
+            $method,
+            &prost::Message::encode_to_vec(&$request),
+        )?;
+        let mut tx = $store.begin_write().await?;
+        if let Some(bytes) = crate::lifecycle::replay(&mut tx, &key).await? {
+            return prost::Message::decode(bytes.as_slice())
+                .map(tonic::Response::new)
+                .map_err(|e| crate::api::status::internal(&e));
+        }
+        let response = {
+            let $tx = &mut tx;
+            $body
+        };
+        crate::lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&response)).await?;
+        tx.commit().await?;
+        Ok(tonic::Response::new(response))
+    }};
+}
+
+mod audit_service;
+pub mod authz;
+mod certificate_service;
+mod directory_service;
+pub mod server;
+mod status;
+mod token_service;
+
+pub use authz::{Identity, Role};
+pub use server::{BoundServer, ServerConfig, ServerConfigError};
+
+/// Code generated from `proto/tessera/v1` by `build.rs`.
+pub mod pb {
+    tonic::include_proto!("tessera.v1");
+    /// Served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tessera_v1_descriptor");
+}
+
+/// Page sizes: 0 means the default; larger than the maximum is clamped.
+pub(crate) fn page_size(requested: i32) -> i64 {
+    match requested {
+        n if n <= 0 => 100,
+        n => i64::from(n.min(1000)),
+    }
+}
+
+/// Page tokens are the decimal id of the last row on the previous page.
+pub(crate) fn parse_page_token(token: &str) -> Result<i64, tonic::Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        status::invalid_argument(
+            "page_token",
+            "INVALID_PAGE_TOKEN",
+            "page_token is not one this server returned",
+        )
+    })
+}

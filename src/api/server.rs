@@ -1,0 +1,415 @@
+//! `tessera serve`: configuration, TLS 1.3 with client certificates, and the gRPC server.
+use super::audit_service::AuditLog;
+use super::certificate_service::Certificates;
+use super::directory_service::Directory;
+use super::pb;
+use super::token_service::Tokens;
+use crate::store::{Store, StoreError};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The server's configuration file (TOML). Relative paths are taken from the file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub grpc: GrpcConfig,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+    /// The HTTP side (health, CA chain, metrics); without this section it is not served.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Signed audit checkpoints; without this section none are made.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// e.g. `127.0.0.1:8080`; plain HTTP.
+    pub listen: SocketAddr,
+    /// PEM chain served at `/ca.pem` (the CA's `DATA/ca/chain.pem`).
+    #[serde(default)]
+    pub ca_chain: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The HSM configuration file (see docs/hsm.md).
+    pub hsm_config: PathBuf,
+    /// pkcs11: URI of the P-256 checkpoint key (`tessera audit init-key` makes it).
+    pub checkpoint_key: String,
+    /// How often the chain head is signed (when it moved); a last checkpoint is signed at
+    /// shutdown.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// e.g. `127.0.0.1:8443`; port 0 picks a free port (printed at start-up).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server certificate first, then its intermediates.
+    pub certificate: PathBuf,
+    /// PEM: the server's private key (PKCS#8, SEC1 or PKCS#1).
+    pub private_key: PathBuf,
+    /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` (relative to the configuration file) or `postgres://…`.
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot read {what} from {path}: {message}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{path} holds no {what}")]
+    EmptyPem { what: &'static str, path: PathBuf },
+    #[error("TLS configuration is not usable: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit checkpoint key: {0}")]
+    CheckpointKey(#[from] crate::hsm::HsmError),
+    #[error(transparent)]
+    CheckpointSigner(#[from] crate::audit::AuditError),
+    #[error("audit.checkpoint_interval_seconds must be at least 1")]
+    CheckpointInterval,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ServerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: ServerConfig =
+            toml::from_str(&text).map_err(|e| ServerConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = config.http.as_mut().and_then(|h| h.ca_chain.as_mut())
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(a) = config.audit.as_mut()
+            && a.hsm_config.is_relative()
+        {
+            a.hsm_config = base.join(&a.hsm_config);
+        }
+        for p in [
+            &mut config.tls.certificate,
+            &mut config.tls.private_key,
+            &mut config.tls.client_ca,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(rest) = config.database.url.strip_prefix("sqlite:") {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            if !file.is_empty() && Path::new(file).is_relative() {
+                config.database.url = format!("sqlite:{}", base.join(file).display());
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn read_certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ServerConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerConfigError::Pem {
+            what,
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(ServerConfigError::EmptyPem {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca` when
+/// presented. A connection without one is let through TLS so that health checks work, and
+/// every Tessera RPC then answers UNAUTHENTICATED.
+pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
+    let chain = read_certificates("server certificate", &tls.certificate)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&tls.private_key).map_err(|e| ServerConfigError::Pem {
+            what: "private key",
+            path: tls.private_key.clone(),
+            message: e.to_string(),
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certificates("client CA certificate", &tls.client_ca)? {
+        roots.add(ca).map_err(|e| {
+            ServerConfigError::Tls(format!("client CA in {}: {e}", tls.client_ca.display()))
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A server with its database open and its port bound, not yet serving.
+pub struct BoundServer {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    store: Store,
+    checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
+    http: Option<(TcpListener, Option<PathBuf>)>,
+}
+
+impl BoundServer {
+    pub async fn bind(config: &ServerConfig) -> Result<BoundServer, ServerConfigError> {
+        let tls = Arc::new(tls_server_config(&config.tls)?);
+        let checkpoints = match &config.audit {
+            None => None,
+            Some(a) => {
+                if a.checkpoint_interval_seconds == 0 {
+                    return Err(ServerConfigError::CheckpointInterval);
+                }
+                let hsm_config = crate::hsm::HsmConfig::load(&a.hsm_config)?;
+                let hsm = crate::hsm::Hsm::open(&hsm_config)?;
+                let key = hsm.find_key(&a.checkpoint_key)?;
+                Some((
+                    Arc::new(crate::audit::HsmCheckpointSigner::new(key)?),
+                    Duration::from_secs(a.checkpoint_interval_seconds),
+                ))
+            }
+        };
+        let store = Store::open(&config.database.url).await?;
+        let http = match &config.http {
+            None => None,
+            Some(h) => Some((
+                TcpListener::bind(h.listen)
+                    .await
+                    .map_err(|source| ServerConfigError::Listen {
+                        addr: h.listen,
+                        source,
+                    })?,
+                h.ca_chain.clone(),
+            )),
+        };
+        let listener = TcpListener::bind(config.grpc.listen)
+            .await
+            .map_err(|source| ServerConfigError::Listen {
+                addr: config.grpc.listen,
+                source,
+            })?;
+        Ok(BoundServer {
+            listener,
+            tls,
+            store,
+            checkpoints,
+            http,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The HTTP side's address, when configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::directory_service_server::DirectoryServiceServer<Directory>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::token_service_server::TokenServiceServer<Tokens>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::audit_service_server::AuditServiceServer<AuditLog>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::certificate_service_server::CertificateServiceServer<Certificates>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("descriptor sets built by build.rs are valid");
+
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
+        let (sender, receiver) = tokio::sync::mpsc::channel(128);
+        let listener = self.listener;
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send(Ok::<_, std::io::Error>(stream)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+
+        let store = self.store.clone();
+        let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+        let http_task = self.http.map(|(listener, ca_chain)| {
+            let app = crate::web::router(store.clone(), ca_chain);
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = http_stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        });
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_http.send(true);
+        };
+        let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    sign_checkpoint(&store, &signer).await;
+                }
+            })
+        });
+        let result = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(pb::directory_service_server::DirectoryServiceServer::new(
+                Directory {
+                    store: store.clone(),
+                },
+            ))
+            .add_service(pb::token_service_server::TokenServiceServer::new(Tokens {
+                store: store.clone(),
+            }))
+            .add_service(pb::audit_service_server::AuditServiceServer::new(
+                AuditLog {
+                    store: store.clone(),
+                    verifier: None,
+                },
+            ))
+            .add_service(
+                pb::certificate_service_server::CertificateServiceServer::new(Certificates {
+                    store: store.clone(),
+                }),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+                shutdown,
+            )
+            .await;
+        accept_loop.abort();
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
+        if let Some(task) = checkpoint_loop {
+            task.abort();
+        }
+        if let Some((signer, _)) = &self.checkpoints {
+            sign_checkpoint(&store, signer).await;
+        }
+        store.close().await;
+        result
+    }
+}
+
+async fn sign_checkpoint(store: &Store, signer: &Arc<crate::audit::HsmCheckpointSigner>) {
+    match crate::audit::checkpoint(store, signer.as_ref()).await {
+        Ok(Some(c)) => tracing::info!(sequence = c.sequence, "audit checkpoint signed"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
+    }
+}

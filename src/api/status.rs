@@ -1,0 +1,69 @@
+//! Errors as gRPC status: a code, a one-line message, and `google.rpc.ErrorInfo` (domain
+//! `tessera`, a stable reason) plus `google.rpc.BadRequest` naming the field at fault.
+use crate::lifecycle::LifecycleError;
+use crate::store::StoreError;
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const DOMAIN: &str = "tessera";
+
+fn with_reason(code: Code, reason: &str, message: &str, field: Option<&str>) -> Status {
+    let mut details =
+        ErrorDetails::with_error_info(reason, DOMAIN, HashMap::<String, String>::new());
+    if let Some(field) = field {
+        details.add_bad_request_violation(field, message);
+    }
+    Status::with_error_details(code, message, details)
+}
+
+pub fn invalid_argument(field: &str, reason: &str, message: &str) -> Status {
+    with_reason(Code::InvalidArgument, reason, message, Some(field))
+}
+
+pub fn permission_denied(reason: &str, message: &str) -> Status {
+    with_reason(Code::PermissionDenied, reason, message, None)
+}
+
+pub fn unauthenticated() -> Status {
+    with_reason(
+        Code::Unauthenticated,
+        "CLIENT_CERTIFICATE_REQUIRED",
+        "a client certificate issued by Tessera's CA is required",
+        None,
+    )
+}
+
+pub fn internal(error: &dyn std::error::Error) -> Status {
+    tracing::error!(%error, "internal error");
+    with_reason(
+        Code::Internal,
+        "INTERNAL",
+        "internal error; see the server log",
+        None,
+    )
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        internal(&e)
+    }
+}
+
+impl From<LifecycleError> for Status {
+    fn from(e: LifecycleError) -> Status {
+        let code = match &e {
+            LifecycleError::InvalidField { .. } | LifecycleError::RequestIdReused(_) => {
+                Code::InvalidArgument
+            }
+            LifecycleError::PersonNotFound(_)
+            | LifecycleError::TokenNotFound(_)
+            | LifecycleError::CertificateNotFound(_) => Code::NotFound,
+            LifecycleError::PersonExists(_) => Code::AlreadyExists,
+            LifecycleError::InvalidTransition { .. }
+            | LifecycleError::StaleSyncGeneration { .. } => Code::FailedPrecondition,
+            LifecycleError::Store(_) | LifecycleError::Audit(_) => return internal(&e),
+        };
+        with_reason(code, e.reason(), &e.to_string(), e.field())
+    }
+}

@@ -1,0 +1,416 @@
+//! The append-only, hash-chained audit log. Every state change writes one event in the same
+//! [`WriteTx`] as the change itself. Each event carries the SHA-256 of the previous event and
+//! its own hash over all its fields, so [`verify`] finds an edited, deleted or reordered row and
+//! names the first bad one. Checkpoints sign the chain head through [`CheckpointSigner`] (an HSM
+//! key in production), which also catches rows deleted from the end of the log.
+
+use crate::store::{AuditRow, CheckpointRow, Store, StoreError, WriteTx, now_rfc3339};
+use sha2::{Digest, Sha256};
+
+/// Who made a change: the client certificate's common name and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: String,
+}
+
+impl Actor {
+    /// The server itself (checkpoints, expiry sweeps).
+    pub fn server() -> Actor {
+        Actor {
+            name: "tessera".into(),
+            role: "server".into(),
+        }
+    }
+}
+
+/// One state change to record.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    /// e.g. `person.create`, `token.mark_lost`.
+    pub action: &'a str,
+    /// e.g. `person:E1001`.
+    pub subject: String,
+    /// JSON of the object before and after; `None` where there is none.
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub request_id: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("checkpoint signing with key {key_id} failed: {reason}")]
+    Signing { key_id: String, reason: String },
+    #[error(
+        "checkpoint key {key_id} is {spec}, not EC P-256; make one with `tessera audit init-key`"
+    )]
+    CheckpointKeyNotP256 { key_id: String, spec: &'static str },
+}
+
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// Appends the event for `change` after the current last event.
+pub async fn record(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    change: Change<'_>,
+) -> Result<AuditRow, AuditError> {
+    let last = tx.last_audit_event().await?;
+    let (sequence, prev_hash) = match last {
+        Some(e) => (e.sequence + 1, e.hash),
+        None => (1, GENESIS_HASH.to_vec()),
+    };
+    let mut row = AuditRow {
+        sequence,
+        at: now_rfc3339(),
+        actor: actor.name.clone(),
+        role: actor.role.clone(),
+        action: change.action.to_string(),
+        subject: change.subject,
+        before_json: change.before.map(|v| v.to_string()).unwrap_or_default(),
+        after_json: change.after.map(|v| v.to_string()).unwrap_or_default(),
+        request_id: change.request_id.to_string(),
+        prev_hash,
+        hash: Vec::new(),
+    };
+    row.hash = event_hash(&row).to_vec();
+    tx.insert_audit_event(&row).await?;
+    Ok(row)
+}
+
+/// SHA-256 over a domain tag and every field but `hash`, each length-prefixed.
+pub fn event_hash(e: &AuditRow) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(b"tessera-audit-event-v1");
+    field(&e.sequence.to_be_bytes());
+    for text in [
+        &e.at,
+        &e.actor,
+        &e.role,
+        &e.action,
+        &e.subject,
+        &e.before_json,
+        &e.after_json,
+        &e.request_id,
+    ] {
+        field(text.as_bytes());
+    }
+    field(&e.prev_hash);
+    h.finalize().into()
+}
+
+/// The bytes a checkpoint signature covers.
+pub fn checkpoint_message(sequence: i64, head_hash: &[u8]) -> Vec<u8> {
+    let mut m = b"tessera-audit-checkpoint-v1".to_vec();
+    m.extend_from_slice(&sequence.to_be_bytes());
+    m.extend_from_slice(head_hash);
+    m
+}
+
+/// Signs checkpoints: key id in, signature out. The HSM implements it in production.
+pub trait CheckpointSigner: Send + Sync {
+    fn key_id(&self) -> &str;
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Checks checkpoint signatures (with the public half of the signer's key).
+pub trait CheckpointVerifier: Send + Sync {
+    fn verify(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool;
+}
+
+/// ECDSA P-256 with SHA-256; signatures as raw r‖s (64 bytes, as PKCS#11 returns them) or DER.
+pub struct EcdsaP256Verifier {
+    pub key_id: String,
+    pub key: p256::ecdsa::VerifyingKey,
+}
+
+impl CheckpointVerifier for EcdsaP256Verifier {
+    fn verify(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool {
+        use signature::Verifier;
+        if key_id != self.key_id {
+            return false;
+        }
+        let sig = p256::ecdsa::Signature::from_slice(signature)
+            .or_else(|_| p256::ecdsa::Signature::from_der(signature));
+        match sig {
+            Ok(sig) => self.key.verify(message, &sig).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A checkpoint signer backed by an HSM key (any PKCS#11 token; SoftHSM2 in tests): ECDSA P-256
+/// with SHA-256, hashed and signed inside the HSM, DER signature out. Signing blocks on the HSM
+/// for one signature.
+pub struct HsmCheckpointSigner {
+    key: crate::hsm::HsmKey,
+    key_id: String,
+}
+
+impl HsmCheckpointSigner {
+    /// Refuses a key that is not EC P-256 (checkpoints are verified as P-256 signatures).
+    pub fn new(key: crate::hsm::HsmKey) -> Result<HsmCheckpointSigner, AuditError> {
+        let key_id = key.uri();
+        if key.spec() != crate::hsm::KeySpec::EcP256 {
+            return Err(AuditError::CheckpointKeyNotP256 {
+                key_id,
+                spec: key.spec().name(),
+            });
+        }
+        Ok(HsmCheckpointSigner { key, key_id })
+    }
+}
+
+impl CheckpointSigner for HsmCheckpointSigner {
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.key
+            .sign(crate::hsm::SignatureScheme::EcdsaSha256, message)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl EcdsaP256Verifier {
+    /// From a DER SubjectPublicKeyInfo (as the HSM reports it).
+    pub fn from_spki_der(key_id: &str, spki_der: &[u8]) -> Option<EcdsaP256Verifier> {
+        use p256::pkcs8::DecodePublicKey;
+        let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der).ok()?;
+        Some(EcdsaP256Verifier {
+            key_id: key_id.to_string(),
+            key,
+        })
+    }
+}
+
+/// Signs the current head of the chain, unless the last checkpoint already covers it.
+pub async fn checkpoint(
+    store: &Store,
+    signer: &dyn CheckpointSigner,
+) -> Result<Option<CheckpointRow>, AuditError> {
+    let mut tx = store.begin_write().await?;
+    let Some(head) = tx.last_audit_event().await? else {
+        return Ok(None);
+    };
+    if let Some(last) = store.audit_checkpoints().await?.last()
+        && last.sequence >= head.sequence
+    {
+        return Ok(None);
+    }
+    let message = checkpoint_message(head.sequence, &head.hash);
+    // The HSM call blocks; on a multi-threaded runtime the worker hands its other tasks on first.
+    let sign = || signer.sign(&message);
+    let signed = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(sign),
+        _ => sign(),
+    };
+    let signature = signed.map_err(|reason| AuditError::Signing {
+        key_id: signer.key_id().to_string(),
+        reason,
+    })?;
+    let row = CheckpointRow {
+        sequence: head.sequence,
+        head_hash: head.hash,
+        key_id: signer.key_id().to_string(),
+        signature,
+        at: now_rfc3339(),
+    };
+    tx.insert_checkpoint(&row).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+/// What is wrong with the first bad event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The event's fields do not hash to its stored hash (edited or moved row).
+    HashMismatch,
+    /// The event's `prev_hash` is not the hash of the event before it.
+    BrokenLink,
+    /// The sequence jumps here: the events in between were deleted.
+    Missing { expected: i64 },
+    /// A checkpoint covers this sequence but the event is gone (deleted from the end).
+    MissingAfterCheckpoint,
+    /// A signed checkpoint at this sequence names a different head hash.
+    CheckpointMismatch,
+    /// The checkpoint's signature does not verify.
+    BadCheckpointSignature,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::HashMismatch => write!(
+                f,
+                "event content does not match its hash (row edited or moved)"
+            ),
+            Problem::BrokenLink => write!(
+                f,
+                "previous-hash link broken (row edited, deleted or moved before it)"
+            ),
+            Problem::Missing { expected } => {
+                write!(f, "event {expected} is missing (rows deleted)")
+            }
+            Problem::MissingAfterCheckpoint => {
+                write!(
+                    f,
+                    "a signed checkpoint covers this event but it is missing (rows deleted at the end)"
+                )
+            }
+            Problem::CheckpointMismatch => {
+                write!(f, "signed checkpoint names a different hash for this event")
+            }
+            Problem::BadCheckpointSignature => write!(f, "checkpoint signature does not verify"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadEvent {
+    pub sequence: i64,
+    pub problem: Problem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: i64,
+    pub checkpoints: i64,
+    /// `None` when the chain is intact.
+    pub first_bad: Option<BadEvent>,
+}
+
+const VERIFY_PAGE: i64 = 1000;
+
+/// Walks the whole chain in sequence order. Checkpoint signatures are checked when a verifier
+/// is given; their head hashes are checked always.
+pub async fn verify(
+    store: &Store,
+    verifier: Option<&dyn CheckpointVerifier>,
+) -> Result<VerifyReport, AuditError> {
+    let checkpoints = store.audit_checkpoints().await?;
+    let mut checkpoint_at = std::collections::BTreeMap::new();
+    for c in &checkpoints {
+        checkpoint_at.insert(c.sequence, c);
+    }
+    let mut bad: Option<BadEvent> = None;
+    let note = |sequence: i64, problem: Problem, bad: &mut Option<BadEvent>| {
+        if bad.as_ref().is_none_or(|b| sequence < b.sequence) {
+            *bad = Some(BadEvent { sequence, problem });
+        }
+    };
+    let mut expected = 1i64;
+    let mut prev_hash = GENESIS_HASH.to_vec();
+    let mut events = 0i64;
+    let mut after = 0i64;
+    'pages: loop {
+        let page = store.audit_events(after, VERIFY_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            after = e.sequence;
+            events += 1;
+            if e.sequence != expected {
+                note(expected, Problem::Missing { expected }, &mut bad);
+                break 'pages;
+            }
+            if event_hash(e).as_slice() != e.hash.as_slice() {
+                note(e.sequence, Problem::HashMismatch, &mut bad);
+                break 'pages;
+            }
+            if e.prev_hash != prev_hash {
+                note(e.sequence, Problem::BrokenLink, &mut bad);
+                break 'pages;
+            }
+            if let Some(c) = checkpoint_at.get(&e.sequence)
+                && c.head_hash != e.hash
+            {
+                note(e.sequence, Problem::CheckpointMismatch, &mut bad);
+                break 'pages;
+            }
+            prev_hash = e.hash.clone();
+            expected += 1;
+        }
+    }
+    for c in &checkpoints {
+        if bad.is_none() && c.sequence >= expected {
+            note(expected, Problem::MissingAfterCheckpoint, &mut bad);
+        }
+        if let Some(v) = verifier
+            && !v.verify(
+                &c.key_id,
+                &checkpoint_message(c.sequence, &c.head_hash),
+                &c.signature,
+            )
+        {
+            note(c.sequence, Problem::BadCheckpointSignature, &mut bad);
+        }
+    }
+    Ok(VerifyReport {
+        events,
+        checkpoints: checkpoints.len() as i64,
+        first_bad: bad,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> AuditRow {
+        AuditRow {
+            sequence: 1,
+            at: "2026-01-01T00:00:00Z".into(),
+            actor: "hr-sync".into(),
+            role: "hr".into(),
+            action: "person.create".into(),
+            subject: "person:E1".into(),
+            before_json: String::new(),
+            after_json: "{}".into(),
+            request_id: "r1".into(),
+            prev_hash: GENESIS_HASH.to_vec(),
+            hash: vec![],
+        }
+    }
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let base = event_hash(&row());
+        type Edit = Box<dyn Fn(&mut AuditRow)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|r| r.sequence = 2),
+            Box::new(|r| r.at.push('x')),
+            Box::new(|r| r.actor.push('x')),
+            Box::new(|r| r.role.push('x')),
+            Box::new(|r| r.action.push('x')),
+            Box::new(|r| r.subject.push('x')),
+            Box::new(|r| r.before_json.push('x')),
+            Box::new(|r| r.after_json.push('x')),
+            Box::new(|r| r.request_id.push('x')),
+            Box::new(|r| r.prev_hash[0] = 1),
+        ];
+        for edit in edits {
+            let mut r = row();
+            edit(&mut r);
+            assert_ne!(event_hash(&r), base);
+        }
+    }
+
+    #[test]
+    fn field_boundaries_are_unambiguous() {
+        let mut a = row();
+        a.actor = "ab".into();
+        a.role = "c".into();
+        let mut b = row();
+        b.actor = "a".into();
+        b.role = "bc".into();
+        assert_ne!(event_hash(&a), event_hash(&b));
+    }
+}

@@ -1,0 +1,160 @@
+//! The rules for people and tokens: validated input, allowed state transitions, directory
+//! sync, and request-id idempotency. Each function works inside the caller's [`WriteTx`] and
+//! records its audit event there, so a change and its event commit together or not at all.
+//!
+//! Not yet here (needs the CA, issue 3): the certificate effects of a transition (hold on
+//! suspend, release on reinstate, revoke on offboard / lost / damaged / retired).
+
+mod certificates;
+mod people;
+mod tokens;
+
+pub use certificates::*;
+pub use people::*;
+pub use tokens::*;
+
+use crate::audit::AuditError;
+use crate::store::{IdempotencyRow, StoreError, WriteTx, now_rfc3339};
+
+/// Why a request was refused. Each variant has one stable reason string (see `docs/api.md`).
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{field}: {message}")]
+    InvalidField {
+        field: String,
+        reason: &'static str,
+        message: String,
+    },
+    #[error("no person with external id {0:?}")]
+    PersonNotFound(String),
+    #[error("a person with external id {0:?} already exists")]
+    PersonExists(String),
+    #[error("no token with serial {0:?}")]
+    TokenNotFound(String),
+    #[error("no certificate with serial {0:?}")]
+    CertificateNotFound(String),
+    #[error("cannot {action} a {kind} that is {from}")]
+    InvalidTransition {
+        kind: &'static str,
+        from: &'static str,
+        action: &'static str,
+    },
+    #[error("sync generation {given} is not greater than the last one, {last}")]
+    StaleSyncGeneration { given: i64, last: i64 },
+    #[error("request id {0:?} was already used for a different request; use a fresh request id")]
+    RequestIdReused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl LifecycleError {
+    /// The stable reason string a client can act on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LifecycleError::InvalidField { reason, .. } => reason,
+            LifecycleError::PersonNotFound(_) => "PERSON_NOT_FOUND",
+            LifecycleError::PersonExists(_) => "PERSON_EXISTS",
+            LifecycleError::TokenNotFound(_) => "TOKEN_NOT_FOUND",
+            LifecycleError::CertificateNotFound(_) => "CERTIFICATE_NOT_FOUND",
+            LifecycleError::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
+            LifecycleError::StaleSyncGeneration { .. } => "STALE_SYNC_GENERATION",
+            LifecycleError::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            LifecycleError::Store(_) | LifecycleError::Audit(_) => "INTERNAL",
+        }
+    }
+
+    /// The request field at fault, when one is.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            LifecycleError::InvalidField { field, .. } => Some(field),
+            LifecycleError::StaleSyncGeneration { .. } => Some("generation"),
+            LifecycleError::RequestIdReused(_) => Some("request_id"),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn invalid(
+    field: impl Into<String>,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> LifecycleError {
+    LifecycleError::InvalidField {
+        field: field.into(),
+        reason,
+        message: message.into(),
+    }
+}
+
+/// A state-changing request as idempotency sees it: its id, the operation, and a hash of the
+/// whole request (so the same id with different content is told apart).
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub request_id: String,
+    pub operation: &'static str,
+    pub request_hash: Vec<u8>,
+}
+
+impl RequestKey {
+    pub fn new(
+        request_id: &str,
+        operation: &'static str,
+        request_bytes: &[u8],
+    ) -> Result<RequestKey, LifecycleError> {
+        use sha2::Digest;
+        if request_id.is_empty() {
+            return Err(invalid(
+                "request_id",
+                "REQUEST_ID_MISSING",
+                "is empty; send a fresh unique id per change",
+            ));
+        }
+        if request_id.len() > 128 || request_id.chars().any(char::is_control) {
+            return Err(invalid(
+                "request_id",
+                "REQUEST_ID_INVALID",
+                "must be at most 128 printable characters",
+            ));
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(operation.as_bytes());
+        h.update([0]);
+        h.update(request_bytes);
+        Ok(RequestKey {
+            request_id: request_id.to_string(),
+            operation,
+            request_hash: h.finalize().to_vec(),
+        })
+    }
+}
+
+/// The stored first answer when this request was already carried out; an error when the id
+/// was used for a different request.
+pub async fn replay(tx: &mut WriteTx, key: &RequestKey) -> Result<Option<Vec<u8>>, LifecycleError> {
+    match tx.idempotency_record(&key.request_id).await? {
+        None => Ok(None),
+        Some(r) if r.operation == key.operation && r.request_hash == key.request_hash => {
+            Ok(Some(r.response))
+        }
+        Some(_) => Err(LifecycleError::RequestIdReused(key.request_id.clone())),
+    }
+}
+
+/// Keeps `response` as the answer to every repeat of this request.
+pub async fn remember(
+    tx: &mut WriteTx,
+    key: &RequestKey,
+    response: Vec<u8>,
+) -> Result<(), LifecycleError> {
+    tx.insert_idempotency_record(&IdempotencyRow {
+        request_id: key.request_id.clone(),
+        operation: key.operation.to_string(),
+        request_hash: key.request_hash.clone(),
+        response,
+        created_at: now_rfc3339(),
+    })
+    .await?;
+    Ok(())
+}
