@@ -59,7 +59,7 @@ if [[ -z "${TESSERA_WITH_PCSCD_INSIDE:-}" ]]; then
   if ((EUID == 0)); then
     "$here/install-deps.sh"
   fi
-  for tool in pcscd unshare mount pcsc_scan; do
+  for tool in pcscd unshare mount pcsc_scan ss; do
     command -v "$tool" >/dev/null 2>&1 \
       || { echo "with-pcscd: '$tool' is missing; run scripts/install-deps.sh as root" >&2; exit 127; }
   done

@@ -371,10 +371,32 @@ impl VirtualCard {
             self.reader_name(),
         ];
         all.extend_from_slice(args);
-        let env: Vec<(&str, &str)> = pin
-            .map(|p| vec![("TESSERA_TEST_PIN", p)])
-            .unwrap_or_default();
+        let opensc_conf = self.opensc_conf();
+        let mut env = vec![("OPENSC_CONF", path_str(&opensc_conf))];
+        if let Some(pin) = pin {
+            env.push(("TESSERA_TEST_PIN", pin));
+        }
         run_tool("pkcs11-tool", &all, None, &env)
+    }
+
+    /// An OpenSC configuration (for `OPENSC_CONF`) that ignores every harness reader but this
+    /// card's. OpenSC otherwise connects to every card it finds and probes it (SELECTs of other
+    /// applications, which on a YubiKey drop a verified PIN), disturbing the other tests' cards.
+    pub fn opensc_conf(&self) -> PathBuf {
+        let (readers, _) = harness_readers();
+        let others: Vec<String> = readers
+            .iter()
+            .filter(|r| r.name != self.reader.name)
+            .map(|r| format!("{:?}", r.name))
+            .collect();
+        let mut conf = String::from("app default {\n\tframework pkcs15 {\n\t}\n");
+        if !others.is_empty() {
+            conf.push_str(&format!("\tignored_readers = {};\n", others.join(", ")));
+        }
+        conf.push_str("}\n");
+        let path = self.dir.path().join("opensc.conf");
+        std::fs::write(&path, conf).expect("cannot write the card's OpenSC configuration");
+        path
     }
 }
 
@@ -563,6 +585,10 @@ impl std::fmt::Display for ToolRun {
             self.command, self.code, self.stdout, self.stderr
         )
     }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
 }
 
 /// Runs `program args…`, feeding `stdin` (secrets go here, never on the command line where a
