@@ -83,11 +83,15 @@ pub fn serve<S: Read + Write>(
         let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut payload).map_err(io)?;
         let reply = match payload.as_slice() {
-            [POWER_OFF] | [POWER_ON] | [RESET] => {
+            [code @ (POWER_OFF | POWER_ON | RESET)] => {
+                tracing::debug!(code, "vpcd: power off (0) / on (1) / reset (2)");
                 card.power_cycle();
                 None
             }
-            [GET_ATR] => Some(card.atr().to_vec()),
+            [GET_ATR] => {
+                tracing::trace!("vpcd: ATR requested");
+                Some(card.atr().to_vec())
+            }
             [other] => {
                 tracing::warn!(code = other, "unknown vpcd control code ignored");
                 None
