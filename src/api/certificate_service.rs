@@ -1,7 +1,7 @@
 //! `tessera.v1.CertificateService`: read, look up and revoke certificates.
 use super::authz::authorize;
 use super::pb::{self, certificate_service_server::CertificateService};
-use super::{page_size, status};
+use super::{next_page_token, page_size, status};
 use crate::lifecycle::{self, LifecycleError, RevocationReason};
 use crate::store::{CertificateRow, CertificateStatus, CertificatesQuery, Store};
 use tonic::{Request, Response, Status};
@@ -191,11 +191,7 @@ impl CertificateService for Certificates {
                 token_id,
             })
             .await?;
-        let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|r| r.serial.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&rows, limit, |r| r.serial.clone());
         let mut certificates = Vec::with_capacity(rows.len());
         for r in rows {
             certificates.push(self.to_pb(r).await?);

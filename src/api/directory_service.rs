@@ -1,7 +1,7 @@
 //! `tessera.v1.DirectoryService`.
 use super::authz::authorize;
 use super::pb::{self, directory_service_server::DirectoryService};
-use super::{page_size, parse_page_token, status};
+use super::{next_page_token, page_size, parse_page_token, status};
 use crate::lifecycle::{self, LifecycleError, PersonInput, PersonTransition};
 use crate::store::{PeopleQuery, PersonRow, PersonState, Store};
 use tonic::{Request, Response, Status};
@@ -174,11 +174,7 @@ impl DirectoryService for Directory {
                 state,
             })
             .await?;
-        let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&rows, limit, |r| r.id.to_string());
         Ok(Response::new(pb::ListPeopleResponse {
             people: rows.into_iter().map(person_to_pb).collect(),
             next_page_token,

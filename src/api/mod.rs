@@ -54,6 +54,16 @@ pub(crate) fn page_size(requested: i32) -> i64 {
     }
 }
 
+/// The token for the next page: the key of the last row when the page came back full, else
+/// empty (no more rows).
+pub(crate) fn next_page_token<T>(rows: &[T], limit: i64, key: impl Fn(&T) -> String) -> String {
+    if rows.len() as i64 == limit {
+        rows.last().map(key).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 /// Page tokens are the decimal id of the last row on the previous page.
 pub(crate) fn parse_page_token(token: &str) -> Result<i64, tonic::Status> {
     if token.is_empty() {

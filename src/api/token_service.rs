@@ -1,7 +1,7 @@
 //! `tessera.v1.TokenService`.
 use super::authz::authorize;
 use super::pb::{self, token_service_server::TokenService};
-use super::{page_size, parse_page_token, status};
+use super::{next_page_token, page_size, parse_page_token, status};
 use crate::lifecycle::{self, LifecycleError, TokenTransition};
 use crate::store::{Store, TokenRow, TokenState, TokensQuery, WriteTx};
 use tonic::{Request, Response, Status};
@@ -140,11 +140,7 @@ impl TokenService for Tokens {
                 state,
             })
             .await?;
-        let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|r| r.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(&rows, limit, |r| r.id.to_string());
         let mut tokens = Vec::with_capacity(rows.len());
         for r in rows {
             tokens.push(self.token_to_pb(r).await?);
