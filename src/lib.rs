@@ -6,6 +6,7 @@ pub mod attest;
 pub mod audit;
 pub mod ca;
 pub mod cli;
+pub mod enroll;
 pub mod hsm;
 pub mod lifecycle;
 pub mod piv;

@@ -8,6 +8,9 @@ use tonic::{Request, Response, Status};
 
 pub struct Certificates {
     pub store: Store,
+    /// The CA; `None` when the server has no `[ca]` section (issuing RPCs then answer
+    /// FAILED_PRECONDITION).
+    pub ca: Option<std::sync::Arc<crate::ca::OnlineCa>>,
 }
 
 fn method(name: &str) -> String {

@@ -4,6 +4,7 @@ use super::certificate_service::Certificates;
 use super::directory_service::Directory;
 use super::pb;
 use super::token_service::Tokens;
+use crate::ca::OnlineCa;
 use crate::store::{Store, StoreError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,6 +28,22 @@ pub struct ServerConfig {
     /// Signed audit checkpoints; without this section none are made.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// The CA the server issues with (CSR issuance, enrollment, CRL, OCSP); without this
+    /// section those RPCs answer FAILED_PRECONDITION and the HTTP side has no /crl or OCSP.
+    #[serde(default)]
+    pub ca: Option<CaConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// The HSM configuration file (see docs/hsm.md).
+    pub hsm_config: PathBuf,
+    /// The CA's data directory, as made by `tessera ca init` (ca.toml, root.pem, issuing.pem).
+    pub data_dir: PathBuf,
+    /// Certificate profiles directory; the built-in profiles without it.
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +123,8 @@ pub enum ServerConfigError {
     CheckpointKey(#[from] crate::hsm::HsmError),
     #[error(transparent)]
     CheckpointSigner(#[from] crate::audit::AuditError),
+    #[error("ca: {0}")]
+    Ca(#[from] crate::ca::CaError),
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
@@ -136,6 +155,16 @@ impl ServerConfig {
             && a.hsm_config.is_relative()
         {
             a.hsm_config = base.join(&a.hsm_config);
+        }
+        if let Some(ca) = config.ca.as_mut() {
+            for p in [Some(&mut ca.hsm_config), Some(&mut ca.data_dir), ca.profiles_dir.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
         }
         for p in [
             &mut config.tls.certificate,
@@ -218,6 +247,7 @@ pub struct BoundServer {
     store: Store,
     checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
     http: Option<(TcpListener, Option<PathBuf>)>,
+    ca: Option<Arc<OnlineCa>>,
 }
 
 impl BoundServer {
@@ -237,6 +267,14 @@ impl BoundServer {
                     Duration::from_secs(a.checkpoint_interval_seconds),
                 ))
             }
+        };
+        let ca = match &config.ca {
+            None => None,
+            Some(c) => Some(Arc::new(OnlineCa::open(
+                &c.hsm_config,
+                &c.data_dir,
+                c.profiles_dir.as_deref(),
+            )?)),
         };
         let store = Store::open(&config.database.url).await?;
         let http = match &config.http {
@@ -263,6 +301,7 @@ impl BoundServer {
             store,
             checkpoints,
             http,
+            ca,
         })
     }
 
@@ -279,6 +318,11 @@ impl BoundServer {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The CA, when the configuration has a `[ca]` section.
+    pub fn ca(&self) -> Option<&Arc<OnlineCa>> {
+        self.ca.as_ref()
     }
 
     /// Serves until `shutdown` completes.
@@ -384,6 +428,7 @@ impl BoundServer {
             .add_service(
                 pb::certificate_service_server::CertificateServiceServer::new(Certificates {
                     store: store.clone(),
+                    ca: self.ca.clone(),
                 }),
             )
             .serve_with_incoming_shutdown(

@@ -9,6 +9,7 @@ pub mod ceremony;
 pub mod csr;
 mod der_encoding;
 pub mod issue;
+pub mod online;
 pub mod policy_oid;
 pub mod profile;
 pub mod serial;
@@ -17,6 +18,7 @@ pub mod signer;
 pub use ceremony::{CaInitParams, CaRecord, StoredCa, init_ca};
 pub use csr::{VerifiedCsr, parse_and_verify_csr};
 pub use issue::{IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams};
+pub use online::OnlineCa;
 pub use profile::{Profile, ProfileSet};
 pub use serial::SerialNumber;
 

@@ -179,6 +179,13 @@ impl ProfileSet {
         ProfileSet { profiles }
     }
 
+    /// Exactly these profiles (e.g. the operator-client profile for API client certificates).
+    pub fn from_profiles(list: Vec<Profile>) -> ProfileSet {
+        ProfileSet {
+            profiles: list.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        }
+    }
+
     /// Every `*.toml` file in `dir`, each a profile named after its file.
     pub fn load_dir(dir: &Path) -> Result<ProfileSet, CaError> {
         let io = |source| CaError::Io {

@@ -1,16 +1,16 @@
 //! `tessera admin issue-client-cert`: a client certificate for the gRPC API, from Tessera's CA,
 //! with the caller's role bound as a `tessera:role:<role>` URI SAN (see docs/api.md).
 use crate::api::{Role, ServerConfig};
-use crate::audit::{self, Actor, Change};
+use crate::audit::Actor;
 use crate::ca::issue::certificate_pem;
-use crate::ca::{IssuanceRequest, KeyProvenance, Profile, SerialNumber, StoredCa, SubjectParams};
-use crate::hsm::{Hsm, HsmConfig};
-use crate::store::{NewCertificate, Store};
+use crate::ca::{KeyProvenance, OnlineCa, Profile, ProfileSet, StoredCa, SubjectParams};
+use crate::lifecycle::{IssueParams, issue_certificate};
+use crate::store::Store;
 use anyhow::Context;
-use sha2::Digest;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct AdminArgs {
@@ -47,6 +47,7 @@ pub enum AdminCommand {
 }
 
 const OPERATOR_PROFILE: &str = include_str!("../../profiles/operator-client.toml");
+const OPERATOR_PROFILE_NAME: &str = "operator-client";
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let AdminCommand::IssueClientCert {
@@ -73,98 +74,49 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let config = ServerConfig::load(&config)?;
-    let profile = Profile::from_toml(
-        "operator-client",
-        OPERATOR_PROFILE,
-        "built-in profile operator-client",
-    )?;
     let stored_ca = StoredCa::load(&data_dir)?;
     let key = rcgen::KeyPair::generate().context("cannot generate the client key")?;
-    let spki_der = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let role_uri = role.uri();
     let mut subject = SubjectParams::new(name.as_str());
-    subject.uris.push(role_uri.clone());
-    let serial = SerialNumber::random()?;
-    let serial_hex = hex::encode(serial.as_bytes());
-    let request = IssuanceRequest {
-        subject: &subject,
-        public_key_der: &spki_der,
-        profile: &profile,
-        serial: &serial,
-        provenance: KeyProvenance::Unattested,
-    };
-    let hsm = Hsm::open(&HsmConfig::load(&hsm_config)?)?;
-    let ca = stored_ca.issuing_ca(&hsm)?;
+    subject.uris.push(role.uri());
+    let mut ca = OnlineCa::open(&hsm_config, &data_dir, None)?;
+    ca.profiles = ProfileSet::from_profiles(vec![Profile::from_toml(
+        OPERATOR_PROFILE_NAME,
+        OPERATOR_PROFILE,
+        "built-in profile operator-client",
+    )?]);
+    let ca = Arc::new(ca);
     let actor = Actor {
         name: "tessera admin".into(),
         role: Role::Admin.as_str().into(),
     };
-    let request_id = format!("admin-issue-client-cert-{serial_hex}");
+    let request_id = format!("admin-issue-client-cert-{}", random_request_id()?);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let store = runtime.block_on(Store::open(&config.database.url))?;
-
-    // 1. Reserve the serial and record the exact tbsCertificate; the HSM signs only after this
-    //    commits, so no signed certificate exists that the store does not know.
-    let reserve = |tbs: &[u8]| {
-        runtime.block_on(async {
-            let (not_before, not_after) = validity_of(tbs)?;
-            let mut tx = store.begin_write().await?;
-            tx.reserve_certificate(&NewCertificate {
-                serial: serial_hex.clone(),
+    // Reserve the serial and record the exact tbsCertificate, then sign in the HSM, then store
+    // the certificate (lifecycle::issue_certificate).
+    let row = runtime.block_on(async {
+        let store = Store::open(&config.database.url).await?;
+        let row = issue_certificate(
+            &store,
+            &ca,
+            IssueParams {
+                subject,
+                public_key_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+                profile: OPERATOR_PROFILE_NAME.into(),
+                provenance: KeyProvenance::Unattested,
                 person_id: None,
                 token_id: None,
-                profile: profile.name.clone(),
-                tbs: tbs.to_vec(),
-                not_before,
-                not_after,
-            })
-            .await?;
-            audit::record(
-                &mut tx,
-                &actor,
-                Change {
-                    action: "certificate.reserve",
-                    subject: format!("certificate:{serial_hex}"),
-                    before: None,
-                    after: Some(serde_json::json!({
-                        "subject_cn": name,
-                        "role_uri": role_uri,
-                        "profile": profile.name,
-                        "tbs_sha256": hex::encode(sha2::Sha256::digest(tbs)),
-                    })),
-                    request_id: &request_id,
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            anyhow::Ok(())
-        })
-    };
-    // 2. Sign in the HSM; 3. store the signed certificate.
-    let issued = ca.issue_recorded(&request, |_, tbs| {
-        reserve(tbs).map_err(|e| format!("{e:#}"))
-    })?;
-    let sha256 = hex::encode(sha2::Sha256::digest(&issued.der));
-    runtime.block_on(async {
-        let mut tx = store.begin_write().await?;
-        tx.record_issued_certificate(&serial_hex, &issued.der, &sha256)
-            .await?;
-        audit::record(
-            &mut tx,
-            &actor,
-            Change {
-                action: "certificate.issue",
-                subject: format!("certificate:{serial_hex}"),
-                before: None,
-                after: Some(serde_json::json!({ "status": "good", "sha256": sha256, "role": role.as_str() })),
-                request_id: &request_id,
             },
+            &actor,
+            &request_id,
         )
         .await?;
-        tx.commit().await?;
         store.close().await;
-        anyhow::Ok(())
+        anyhow::Ok(row)
     })?;
+    let der = row
+        .der
+        .clone()
+        .context("the store returned the certificate without its DER")?;
     write_new(
         &out_key,
         zeroize::Zeroizing::new(key.serialize_pem()).as_bytes(),
@@ -172,32 +124,22 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     )?;
     let chain = format!(
         "{}{}",
-        issued.to_pem(),
+        certificate_pem(&der),
         certificate_pem(&stored_ca.issuing_der)
     );
     write_new(&out_cert, chain.as_bytes(), 0o644)?;
     println!(
-        "issued serial {serial_hex} for role {} to {}",
+        "issued serial {} for role {} to {}",
+        row.serial,
         role.as_str(),
         out_cert.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// notBefore and notAfter of a DER tbsCertificate, RFC 3339.
-fn validity_of(tbs: &[u8]) -> anyhow::Result<(String, String)> {
-    use x509_parser::prelude::FromDer;
-    let (_, tbs) = x509_parser::certificate::TbsCertificate::from_der(tbs)
-        .map_err(|e| anyhow::anyhow!("the CA produced an unreadable tbsCertificate: {e}"))?;
-    let rfc3339 = |t: x509_parser::time::ASN1Time| {
-        t.to_datetime()
-            .format(&time::format_description::well_known::Rfc3339)
-            .context("validity time out of range")
-    };
-    Ok((
-        rfc3339(tbs.validity.not_before)?,
-        rfc3339(tbs.validity.not_after)?,
-    ))
+/// A random request id for the audit log (this command is not retried by request id).
+fn random_request_id() -> anyhow::Result<String> {
+    Ok(hex::encode(crate::ca::SerialNumber::random()?.as_bytes()))
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {

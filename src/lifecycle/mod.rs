@@ -1,15 +1,15 @@
 //! The rules for people and tokens: validated input, allowed state transitions, directory
 //! sync, and request-id idempotency. Each function works inside the caller's [`WriteTx`] and
 //! records its audit event there, so a change and its event commit together or not at all.
-//!
-//! Not yet here (needs the CA, issue 3): the certificate effects of a transition (hold on
-//! suspend, release on reinstate, revoke on offboard / lost / damaged / retired).
+//! Certificate issuance (`issuance.rs`) reserves and records before the HSM signs.
 
 mod certificates;
+mod issuance;
 mod people;
 mod tokens;
 
 pub use certificates::*;
+pub use issuance::*;
 pub use people::*;
 pub use tokens::*;
 

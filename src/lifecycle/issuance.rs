@@ -1,0 +1,166 @@
+//! Issuance as one unit with its record (Boulder's rule): the serial is reserved and the exact
+//! tbsCertificate stored (and audited) in one committed transaction *before* the HSM signs;
+//! the signed certificate is then stored and audited in a second one. A crash between the two
+//! leaves a `reserved` row whose tbsCertificate tells exactly what may have been signed — never
+//! a signed certificate the store does not know.
+use super::LifecycleError;
+use crate::audit::{self, Actor, Change};
+use crate::ca::{CaError, IssuanceRequest, KeyProvenance, OnlineCa, SerialNumber, SubjectParams};
+use crate::store::{CertificateRow, NewCertificate, Store};
+use sha2::Digest;
+use std::sync::Arc;
+
+/// What to certify and for whom.
+#[derive(Clone, Debug)]
+pub struct IssueParams {
+    pub subject: SubjectParams,
+    /// SubjectPublicKeyInfo, DER.
+    pub public_key_der: Vec<u8>,
+    /// A profile name known to the CA's profile set.
+    pub profile: String,
+    pub provenance: KeyProvenance,
+    pub person_id: Option<i64>,
+    pub token_id: Option<i64>,
+}
+
+/// Why an issuance failed: the CA refused or failed (bad key, profile, HSM), or recording it
+/// failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuanceError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}
+
+/// Reserves a serial, records the to-be-signed certificate with a `certificate.reserve` audit
+/// event, has the HSM sign it, and stores it as `good` with a `certificate.issue` event.
+/// The HSM call runs on a blocking thread.
+pub async fn issue_certificate(
+    store: &Store,
+    ca: &Arc<OnlineCa>,
+    params: IssueParams,
+    actor: &Actor,
+    request_id: &str,
+) -> Result<CertificateRow, IssuanceError> {
+    let serial = SerialNumber::random()?;
+    let serial_hex = hex::encode(serial.as_bytes());
+    let runtime = tokio::runtime::Handle::current();
+    let issued = {
+        let ca = Arc::clone(ca);
+        let store = store.clone();
+        let actor = actor.clone();
+        let request_id = request_id.to_string();
+        let params = params.clone();
+        let serial_hex = serial_hex.clone();
+        tokio::task::spawn_blocking(move || {
+            let profile = ca.profiles.get(&params.profile)?;
+            let request = IssuanceRequest {
+                subject: &params.subject,
+                public_key_der: &params.public_key_der,
+                profile,
+                serial: &serial,
+                provenance: params.provenance.clone(),
+            };
+            ca.issuing.issue_recorded(&request, |_, tbs| {
+                runtime
+                    .block_on(reserve(
+                        &store,
+                        &params,
+                        &serial_hex,
+                        tbs,
+                        &actor,
+                        &request_id,
+                    ))
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .await
+        .map_err(|e| CaError::CertificateEncoding(format!("issuance task failed: {e}")))??
+    };
+    let sha256 = hex::encode(sha2::Sha256::digest(&issued.der));
+    let mut tx = store.begin_write().await.map_err(LifecycleError::from)?;
+    let row = tx
+        .record_issued_certificate(&serial_hex, &issued.der, &sha256)
+        .await
+        .map_err(LifecycleError::from)?;
+    audit::record(
+        &mut tx,
+        actor,
+        Change {
+            action: "certificate.issue",
+            subject: format!("certificate:{serial_hex}"),
+            before: None,
+            after: Some(serde_json::json!({
+                "status": row.status.as_str(),
+                "sha256": sha256,
+                "profile": params.profile,
+            })),
+            request_id,
+        },
+    )
+    .await
+    .map_err(LifecycleError::from)?;
+    tx.commit().await.map_err(LifecycleError::from)?;
+    Ok(row)
+}
+
+async fn reserve(
+    store: &Store,
+    params: &IssueParams,
+    serial_hex: &str,
+    tbs: &[u8],
+    actor: &Actor,
+    request_id: &str,
+) -> Result<(), LifecycleError> {
+    let (not_before, not_after) = validity_of(tbs)?;
+    let mut tx = store.begin_write().await?;
+    tx.reserve_certificate(&NewCertificate {
+        serial: serial_hex.to_string(),
+        person_id: params.person_id,
+        token_id: params.token_id,
+        profile: params.profile.clone(),
+        tbs: tbs.to_vec(),
+        not_before,
+        not_after,
+    })
+    .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        Change {
+            action: "certificate.reserve",
+            subject: format!("certificate:{serial_hex}"),
+            before: None,
+            after: Some(serde_json::json!({
+                "subject_cn": params.subject.common_name,
+                "emails": params.subject.emails,
+                "uris": params.subject.uris,
+                "profile": params.profile,
+                "attested": params.provenance == KeyProvenance::HardwareAttested,
+                "tbs_sha256": hex::encode(sha2::Sha256::digest(tbs)),
+            })),
+            request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// notBefore and notAfter of a DER tbsCertificate, RFC 3339.
+fn validity_of(tbs: &[u8]) -> Result<(String, String), LifecycleError> {
+    use x509_parser::prelude::FromDer;
+    let internal = |m: String| super::invalid("certificate", "INTERNAL", m);
+    let (_, tbs) = x509_parser::certificate::TbsCertificate::from_der(tbs)
+        .map_err(|e| internal(format!("the CA produced an unreadable tbsCertificate: {e}")))?;
+    let rfc3339 = |t: x509_parser::time::ASN1Time| {
+        t.to_datetime()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| internal(format!("validity time out of range: {e}")))
+    };
+    Ok((
+        rfc3339(tbs.validity.not_before)?,
+        rfc3339(tbs.validity.not_after)?,
+    ))
+}
