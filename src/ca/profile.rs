@@ -33,6 +33,8 @@ struct ProfileFile {
     allow_unattested_keys: bool,
     #[serde(default)]
     require_email: bool,
+    #[serde(default)]
+    ocsp_no_check: bool,
 }
 
 /// A checked end-entity profile.
@@ -51,6 +53,8 @@ pub struct Profile {
     pub unattested_key_policy: Option<String>,
     pub allow_unattested_keys: bool,
     pub require_email: bool,
+    /// Adds id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): for OCSP responder certificates only.
+    pub ocsp_no_check: bool,
 }
 
 /// Longest end-entity validity a profile may ask for (about 5 years).
@@ -122,6 +126,7 @@ impl Profile {
             unattested_key_policy: file.unattested_key_policy,
             allow_unattested_keys: file.allow_unattested_keys,
             require_email: file.require_email,
+            ocsp_no_check: file.ocsp_no_check,
         })
     }
 }
