@@ -53,6 +53,7 @@ struct Setup {
     hsm_config: String,
     data_dir: PathBuf,
     config_path: PathBuf,
+    pki: TestPki,
 }
 
 impl Setup {
@@ -77,7 +78,8 @@ impl Setup {
             &env,
         );
         assert_eq!(code, 0, "{err}");
-        let config_path = TestPki::new().write_server_config(dir.path(), database_url);
+        let pki = TestPki::new();
+        let config_path = pki.write_server_config(dir.path(), database_url);
         let mut text = std::fs::read_to_string(&config_path).unwrap();
         text.push_str(&format!(
             "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[ca]\nhsm_config = \"{hsm_config}\"\ndata_dir = \"data\"\n"
@@ -90,6 +92,7 @@ impl Setup {
             hsm_config,
             data_dir,
             config_path,
+            pki,
         }
     }
 
@@ -118,6 +121,7 @@ impl Setup {
 }
 
 struct Server {
+    grpc: std::net::SocketAddr,
     http: std::net::SocketAddr,
     ca: Option<Arc<OnlineCa>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -129,6 +133,7 @@ impl Server {
         let config = ServerConfig::load(config_path).unwrap();
         let server = BoundServer::bind(&config).await.unwrap();
         let http = server.http_addr().unwrap();
+        let grpc = server.local_addr();
         let ca = server.ca().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -140,6 +145,7 @@ impl Server {
                 .unwrap();
         });
         Server {
+            grpc,
             http,
             ca,
             shutdown: Some(tx),
@@ -666,5 +672,75 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
             "{encoded}"
         );
     }
+    server.stop().await;
+}
+
+/// The Python grpcio client drives a person through create → suspend → reinstate → offboard;
+/// after each step `openssl crl` and `openssl ocsp` (run by the same script, as a relying
+/// party) show the person's certificate good, on hold, good, revoked (affiliationChanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_sees_crl_and_ocsp_follow_the_person() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let db = harness::database::TestDatabase::sqlite();
+    let s = Setup::new(db.url());
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let hr = s.pki.client("hr");
+    for (name, text) in [
+        ("grpc-ca.pem", &s.pki.ca_pem),
+        ("hr.pem", &hr.cert_pem),
+        ("hr.key", &hr.key_pem),
+    ] {
+        std::fs::write(s.path(name), text).unwrap();
+    }
+    let out_dir = s.path("py");
+    std::fs::create_dir(&out_dir).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let person_cert = s.path("py1.pem");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root.join("tests/python/directory_client.py"))
+        .arg(server.grpc.to_string())
+        .args(["grpc-ca.pem", "hr.pem", "hr.key"].map(|f| s.path(f)))
+        .arg(root.join("proto"))
+        .arg(&out_dir)
+        .arg(server.http.to_string())
+        .arg(s.data_dir.join("chain.pem"))
+        .arg(s.data_dir.join("issuing.pem"))
+        .arg(&person_cert)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap();
+    assert_eq!(first.as_deref(), Some("create PERSON_STATE_ACTIVE"));
+    // Enrollment is not there yet: the person gets a certificate through the library.
+    let store = Store::open(db.url()).await.unwrap();
+    let person = store.person_by_external_id("PY1").await.unwrap().unwrap();
+    issue(&store, &ca, person.id, "Py Thon", &person_cert).await;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"issued\n").await.unwrap();
+    drop(stdin);
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rest.join("\n"),
+        "  crl not listed  ocsp good\n\
+         suspend PERSON_STATE_SUSPENDED\n  crl Certificate Hold  ocsp revoked certificateHold\n\
+         reinstate PERSON_STATE_ACTIVE\n  crl not listed  ocsp good\n\
+         offboard PERSON_STATE_OFFBOARDED\n  crl Affiliation Changed  ocsp revoked affiliationChanged\n\
+         refused FAILED_PRECONDITION cannot reinstate a person that is offboarded"
+    );
     server.stop().await;
 }
