@@ -744,3 +744,51 @@ async fn python_client_sees_crl_and_ocsp_follow_the_person() {
     );
     server.stop().await;
 }
+
+/// The CRL number lives in the store: two replicas on one PostgreSQL database serve the same
+/// CRL, either sees a revocation made through the other, and a restarted server continues the
+/// numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_number_is_shared_by_replicas_and_survives_restarts() {
+    let db = harness::database::TestDatabase::postgres().await;
+    let s = Setup::new(db.url());
+    let a = Server::start(&s.config_path).await;
+    let b = Server::start(&s.config_path).await;
+    let ca = a.ca.clone().unwrap();
+    let store = Store::open(db.url()).await.unwrap();
+    let person = create_person(&store, "E3").await;
+    let first = issue(&store, &ca, person, "first", &s.path("first.pem")).await;
+    let second = issue(&store, &ca, person, "second", &s.path("second.pem")).await;
+    drop(ca);
+
+    let from_a = curl_get(&a.url("/crl")).2;
+    let from_b = curl_get(&b.url("/crl")).2;
+    assert_eq!(from_a, from_b, "B serves the CRL A signed");
+    assert_eq!(crl_number(&openssl_crl(&s, &b)), 1);
+
+    let revoke = |serial: String, id: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin_write().await.unwrap();
+            revoke_certificate(&mut tx, &ACTOR(), id, &serial, RevocationReason::Superseded)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    revoke(first.clone(), "r1").await;
+    let text = openssl_crl(&s, &b);
+    assert_eq!(crl_number(&text), 2, "{text}");
+    assert!(text.contains(&upper(&first)), "{text}");
+    assert_eq!(curl_get(&a.url("/crl")).2, curl_get(&b.url("/crl")).2);
+    a.stop().await;
+    b.stop().await;
+
+    let c = Server::start(&s.config_path).await;
+    assert_eq!(crl_number(&openssl_crl(&s, &c)), 2);
+    revoke(second.clone(), "r2").await;
+    let text = openssl_crl(&s, &c);
+    assert_eq!(crl_number(&text), 3, "{text}");
+    assert!(text.contains(&upper(&second)), "{text}");
+    c.stop().await;
+}
