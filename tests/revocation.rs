@@ -742,6 +742,40 @@ async fn python_client_sees_crl_and_ocsp_follow_the_person() {
          offboard PERSON_STATE_OFFBOARDED\n  crl Affiliation Changed  ocsp revoked affiliationChanged\n\
          refused FAILED_PRECONDITION cannot reinstate a person that is offboarded"
     );
+
+    // What /metrics says about it: RPC latencies per method, issued certificates (the
+    // responder's and the person's), four CRLs and four signed OCSP answers, the HSM pool.
+    // An HSM operation that fails (a key that is not there) is counted.
+    assert!(
+        ca.hsm
+            .find_key("pkcs11:object=no-such-key;type=private")
+            .is_err()
+    );
+    let (code, _, body) = curl_get(&server.url("/metrics"));
+    assert_eq!(code, 200);
+    let body = String::from_utf8(body).unwrap();
+    for line in [
+        "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/CreatePerson\"} 1",
+        "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/ReinstatePerson\"} 2",
+        "tessera_rpc_duration_seconds_bucket{method=\"/tessera.v1.DirectoryService/SuspendPerson\",le=\"+Inf\"} 1",
+        "tessera_certificates_issued_total 2",
+        "tessera_certificates{status=\"revoked\"} 1",
+        "tessera_crl_number 4",
+        "tessera_crls_signed_total 4",
+        "tessera_ocsp_responses_total{result=\"signed\"} 4",
+        "tessera_ocsp_responses_total{result=\"error\"} 0",
+        "tessera_hsm_errors_total 1",
+        "tessera_hsm_recoveries_total 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line:?} missing from:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("tessera_hsm_sessions{state=\"open\"} "),
+        "{body}"
+    );
     server.stop().await;
 }
 

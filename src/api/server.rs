@@ -420,6 +420,7 @@ impl BoundServer {
         });
 
         let store = self.store.clone();
+        let rpc_latency = Arc::new(super::rpc_metrics::RpcLatency::default());
         let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
         let revocation = match (&self.ca, self.revocation) {
             (Some(ca), Some((responder, crl_validity))) => {
@@ -433,7 +434,12 @@ impl BoundServer {
             _ => None,
         };
         let http_task = self.http.map(|(listener, ca_chain)| {
-            let app = crate::web::router(store.clone(), ca_chain, revocation);
+            let app = crate::web::router(
+                store.clone(),
+                ca_chain,
+                revocation,
+                Arc::clone(&rpc_latency),
+            );
             tokio::spawn(async move {
                 let stopped = async move {
                     let _ = http_stopped.wait_for(|s| *s).await;
@@ -462,6 +468,9 @@ impl BoundServer {
             })
         });
         let result = tonic::transport::Server::builder()
+            .layer(super::rpc_metrics::RpcLatencyLayer(Arc::clone(
+                &rpc_latency,
+            )))
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::directory_service_server::DirectoryServiceServer::new(

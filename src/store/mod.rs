@@ -210,6 +210,14 @@ impl Store {
         }
         Ok(out)
     }
+    /// Certificates the CA has signed (any status but reserved).
+    pub async fn certificates_signed(&self) -> Result<i64> {
+        let row =
+            sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM certificates WHERE der IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get(0)?)
+    }
     /// The highest audit sequence (0 when empty).
     pub async fn audit_head_sequence(&self) -> Result<i64> {
         let row =

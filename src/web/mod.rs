@@ -3,6 +3,7 @@
 //! [`revocation`]).
 pub mod revocation;
 
+use crate::api::rpc_metrics::RpcLatency;
 use crate::store::Store;
 use axum::Router;
 use axum::body::Bytes;
@@ -19,6 +20,7 @@ struct WebState {
     store: Store,
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
+    rpc_latency: Arc<RpcLatency>,
 }
 
 /// Largest OCSP request body accepted (a request for [`crate::ca::ocsp::MAX_REQUESTS`]
@@ -26,11 +28,13 @@ struct WebState {
 const MAX_OCSP_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The HTTP routes over `store`; `/ca.pem` serves the PEM file `ca_chain` (404 without one);
-/// `/crl` and `/ocsp` answer 404 without `revocation` (no `[ca]` section).
+/// `/crl` and `/ocsp` answer 404 without `revocation` (no `[ca]` section); `/metrics` includes
+/// the gRPC latencies the server records into `rpc_latency`.
 pub fn router(
     store: Store,
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
+    rpc_latency: Arc<RpcLatency>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -44,6 +48,7 @@ pub fn router(
             store,
             ca_chain,
             revocation,
+            rpc_latency,
         }))
 }
 
@@ -191,5 +196,19 @@ async fn metrics(State(s): State<Arc<WebState>>) -> Response {
     let _ = writeln!(out, "# TYPE tessera_db_pool_connections gauge");
     let _ = writeln!(out, "tessera_db_pool_connections{{state=\"open\"}} {open}");
     let _ = writeln!(out, "tessera_db_pool_connections{{state=\"idle\"}} {idle}");
+    match s.store.certificates_signed().await {
+        Ok(n) => {
+            let _ = writeln!(
+                out,
+                "# HELP tessera_certificates_issued_total Certificates signed (all replicas; revoked ones included).\n\
+                 # TYPE tessera_certificates_issued_total counter\ntessera_certificates_issued_total {n}"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: database query failed"),
+    }
+    s.rpc_latency.render(&mut out);
+    if let Some(r) = &s.revocation {
+        r.render_metrics(&mut out).await;
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

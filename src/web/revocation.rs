@@ -66,6 +66,46 @@ impl Revocation {
         self.responder.is_some()
     }
 
+    /// Prometheus text: CRL and OCSP counters, the current CRL number, and the CA's HSM pool.
+    pub async fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let c = &self.counters;
+        let number = match self.store.crl_state().await {
+            Ok(state) => state.number,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: database query failed");
+                -1
+            }
+        };
+        let hsm = &self.ca.hsm;
+        let _ = write!(
+            out,
+            "# HELP tessera_crl_number Number of the current CRL (shared by replicas; 0 before the first).\n\
+             # TYPE tessera_crl_number gauge\ntessera_crl_number {number}\n\
+             # HELP tessera_crls_signed_total CRLs this process signed.\n\
+             # TYPE tessera_crls_signed_total counter\ntessera_crls_signed_total {}\n\
+             # HELP tessera_ocsp_responses_total OCSP answers by result (signed, or an unsigned error status).\n\
+             # TYPE tessera_ocsp_responses_total counter\n\
+             tessera_ocsp_responses_total{{result=\"signed\"}} {}\n\
+             tessera_ocsp_responses_total{{result=\"error\"}} {}\n\
+             # HELP tessera_hsm_sessions CA HSM sessions: open now, and the pool's maximum.\n\
+             # TYPE tessera_hsm_sessions gauge\n\
+             tessera_hsm_sessions{{state=\"open\"}} {}\n\
+             tessera_hsm_sessions{{state=\"max\"}} {}\n\
+             # HELP tessera_hsm_errors_total CA HSM operations that failed (after the one retry).\n\
+             # TYPE tessera_hsm_errors_total counter\ntessera_hsm_errors_total {}\n\
+             # HELP tessera_hsm_recoveries_total Times the CA HSM pool found dead sessions and reopened them.\n\
+             # TYPE tessera_hsm_recoveries_total counter\ntessera_hsm_recoveries_total {}\n",
+            c.crls_signed.load(Ordering::Relaxed),
+            c.ocsp_responses.load(Ordering::Relaxed),
+            c.ocsp_errors.load(Ordering::Relaxed),
+            hsm.open_sessions(),
+            hsm.pool_size(),
+            hsm.errors(),
+            hsm.recoveries(),
+        );
+    }
+
     /// The current CRL (DER), signing a new one first when the stored one is stale.
     pub async fn current_crl(&self) -> Result<Vec<u8>, RevocationError> {
         let now = now_seconds();
