@@ -48,7 +48,7 @@ fn run(program: &str, args: &[&str]) -> (i32, String, String) {
 /// A CA (SoftHSM2 token, `ca init`) and a server configuration with `[http]` and `[ca]`.
 struct Setup {
     dir: tempfile::TempDir,
-    _token: SoftHsmToken,
+    token: SoftHsmToken,
     env: Vec<(String, String)>,
     hsm_config: String,
     data_dir: PathBuf,
@@ -87,7 +87,7 @@ impl Setup {
         std::fs::write(&config_path, text).unwrap();
         Setup {
             dir,
-            _token: token,
+            token,
             env,
             hsm_config,
             data_dir,
@@ -825,4 +825,123 @@ async fn crl_number_is_shared_by_replicas_and_survives_restarts() {
     assert_eq!(crl_number(&text), 3, "{text}");
     assert!(text.contains(&upper(&second)), "{text}");
     c.stop().await;
+}
+
+async fn bind_error(config_path: &Path) -> String {
+    match BoundServer::bind(&ServerConfig::load(config_path).unwrap()).await {
+        Ok(_) => panic!("the server started"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `ca init-ocsp` refuses bad input and leaves no key behind when it fails; the server refuses
+/// a responder certificate that does not fit its key or the CA, and a bad CRL validity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responder_setup_failures_are_named() {
+    let db = harness::database::TestDatabase::sqlite();
+    let s = Setup::new(db.url());
+    let (code, _, err) = s.init_ocsp(&["--common-name", " "]);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: --common-name must be a non-empty printable name\n"
+        )
+    );
+
+    // The database cannot be opened after the key was made: the key is destroyed again.
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    let bad_db = s.path("bad-db.toml");
+    std::fs::write(
+        &bad_db,
+        text.replace(db.url(), "sqlite:/nonexistent-dir/tessera.db"),
+    )
+    .unwrap();
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init-ocsp",
+            "--hsm-config",
+            &s.hsm_config,
+            "--data-dir",
+            s.data_dir.to_str().unwrap(),
+            "--config",
+            bad_db.to_str().unwrap(),
+        ],
+        &s.env,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot open database sqlite:/nonexistent-dir/tessera.db: "),
+        "{err}"
+    );
+    let objects = s.token.pkcs11_tool(&["--list-objects"]);
+    let objects = String::from_utf8_lossy(&objects.stdout);
+    assert!(objects.contains("tessera-issuing"), "{objects}");
+    assert!(!objects.contains("tessera-ocsp"), "{objects}");
+    assert!(!s.data_dir.join("ocsp.toml").exists());
+
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let record: toml::Table =
+        toml::from_str(&std::fs::read_to_string(s.data_dir.join("ocsp.toml")).unwrap()).unwrap();
+    let key_uri = record["key"].as_str().unwrap().to_string();
+    let responder_pem = std::fs::read(s.data_dir.join("ocsp.pem")).unwrap();
+
+    // ocsp.pem holding another key's certificate.
+    std::fs::copy(s.data_dir.join("issuing.pem"), s.data_dir.join("ocsp.pem")).unwrap();
+    assert_eq!(
+        bind_error(&s.config_path).await,
+        format!(
+            "ca: the HSM key {key_uri} does not match the OCSP responder certificate; run `tessera ca init-ocsp --replace`"
+        )
+    );
+    // ocsp.pem with the responder's key, but not issued by the issuing CA (self-signed).
+    let hsm = tessera::hsm::Hsm::open(&s.token.config()).unwrap();
+    let key = hsm.find_key(&key_uri).unwrap();
+    let foreign = tessera::ca::ceremony::self_signed_ca_certificate(&key, "Foreign", 1).unwrap();
+    std::fs::write(
+        s.data_dir.join("ocsp.pem"),
+        tessera::ca::issue::certificate_pem(&foreign),
+    )
+    .unwrap();
+    assert_eq!(
+        bind_error(&s.config_path).await,
+        "ca: the OCSP responder certificate was not issued by this issuing CA; run `tessera ca init-ocsp --replace`"
+    );
+    std::fs::write(s.data_dir.join("ocsp.pem"), &responder_pem).unwrap();
+
+    let mut bad_validity = text.clone();
+    bad_validity.push_str("crl_validity_hours = 0\n");
+    let bad_validity_path = s.path("bad-validity.toml");
+    std::fs::write(&bad_validity_path, bad_validity).unwrap();
+    assert_eq!(
+        bind_error(&bad_validity_path).await,
+        "ca.crl_validity_hours must be between 1 and 8760"
+    );
+
+    // --replace makes a new responder the server accepts.
+    let (code, _, err) = s.init_ocsp(&["--replace"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(
+        std::fs::read(s.data_dir.join("ocsp.pem")).unwrap(),
+        responder_pem
+    );
+    let server = Server::start(&s.config_path).await;
+    let (code, _, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            s.data_dir.join("issuing.pem").to_str().unwrap(),
+            "-serial",
+            "0x01",
+            "-url",
+            &server.url("/ocsp"),
+            "-CAfile",
+            s.data_dir.join("chain.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, "Response verify OK\n"));
+    server.stop().await;
 }

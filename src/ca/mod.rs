@@ -89,9 +89,13 @@ pub enum CaError {
     #[error("building a CRL or OCSP response failed: {0}")]
     RevocationEncoding(String),
     #[error(
-        "no OCSP responder in {dir} (ocsp.toml not found); run `tessera ca init-ocsp` for this CA"
+        "the HSM key {key_uri} does not match the OCSP responder certificate; run `tessera ca init-ocsp --replace`"
     )]
-    NoOcspResponder { dir: PathBuf },
+    OcspKeyMismatch { key_uri: String },
+    #[error(
+        "the OCSP responder certificate was not issued by this issuing CA; run `tessera ca init-ocsp --replace`"
+    )]
+    OcspResponderForeign,
     #[error("ca init: {0}")]
     InitParameter(String),
     #[error("{path}: {error}")]

@@ -348,15 +348,11 @@ impl OcspResponder {
             .raw_bytes()
             .to_vec();
         if responder_bits != rcgen::PublicKeyData::der_bytes(&signer) {
-            return Err(CaError::CaKeyMismatch {
+            return Err(CaError::OcspKeyMismatch {
                 key_uri: signer.hsm_key().uri(),
             });
         }
-        if certificate.tbs_certificate().issuer() != issuing.tbs_certificate().subject() {
-            return Err(CaError::CaCertificateUnreadable(
-                "the OCSP responder certificate was not issued by the issuing CA".into(),
-            ));
-        }
+        signed_by(responder_der, issuing_der)?;
         let signature_algorithm =
             AlgorithmIdentifierOwned::from_der(signer.signature_algorithm_identifier())
                 .map_err(unreadable)?;
@@ -519,6 +515,21 @@ impl OcspResponder {
         .to_der()
         .map_err(encoding)
     }
+}
+
+/// Refuses a responder certificate that `issuing_der` did not sign.
+fn signed_by(responder_der: &[u8], issuing_der: &[u8]) -> Result<(), CaError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, responder) = X509Certificate::from_der(responder_der).map_err(unreadable)?;
+    let (_, issuing) = X509Certificate::from_der(issuing_der).map_err(unreadable)?;
+    if responder.issuer() != issuing.subject()
+        || responder
+            .verify_signature(Some(issuing.public_key()))
+            .is_err()
+    {
+        return Err(CaError::OcspResponderForeign);
+    }
+    Ok(())
 }
 
 /// An unsigned OCSPResponse carrying only an error status.

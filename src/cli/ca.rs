@@ -111,9 +111,10 @@ enum CaCommand {
         /// Common name of the responder certificate.
         #[arg(long, default_value = "Tessera OCSP Responder")]
         common_name: String,
-        /// HSM label (CKA_LABEL) of the responder key.
-        #[arg(long, default_value = "tessera-ocsp")]
-        key_label: String,
+        /// HSM label (CKA_LABEL) of the responder key; default `tessera-ocsp-<8 random hex>`,
+        /// so a replacement never collides with the key it replaces.
+        #[arg(long)]
+        key_label: Option<String>,
         /// Replace an existing responder (ocsp.toml and ocsp.pem are rewritten; the old key
         /// stays in the HSM until you delete it).
         #[arg(long)]
@@ -238,6 +239,13 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             key_label,
             replace,
         } => {
+            let key_label = match key_label {
+                Some(label) => label,
+                None => format!(
+                    "tessera-ocsp-{}",
+                    hex::encode(&SerialNumber::random()?.as_bytes()[..4])
+                ),
+            };
             init_ocsp(
                 &hsm.hsm_config,
                 &data.data_dir,
