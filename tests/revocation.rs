@@ -623,6 +623,43 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
         )
     );
 
+    // More certificates than one request may ask about.
+    let mut args = vec![
+        "ocsp".to_string(),
+        "-issuer".into(),
+        issuing.to_str().unwrap().into(),
+        "-url".into(),
+        server.url("/ocsp"),
+        "-CAfile".into(),
+        chain.to_str().unwrap().into(),
+    ];
+    for i in 1..=17 {
+        args.push("-serial".into());
+        args.push(format!("0x{i:02x}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(
+        run("openssl", &args),
+        (
+            1,
+            "Responder Error: malformedrequest (1)\n".into(),
+            String::new()
+        )
+    );
+    // Bodies above 64 KiB are refused before they are read.
+    std::fs::write(s.path("big.der"), vec![0x30; 65 * 1024]).unwrap();
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            &format!("@{}", s.path_s("big.der")),
+            "-H",
+            "Content-Type: application/ocsp-request",
+            &server.url("/ocsp")
+        ])
+        .0,
+        413
+    );
+
     // GET: the request base64-encoded in the path, raw and percent-encoded, standard and
     // URL-safe alphabet.
     let (code, _, err) = run(
@@ -672,6 +709,38 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
             "{encoded}"
         );
     }
+
+    // The database fails under the responder: internalError (unsigned); the CRL: 503.
+    store
+        .execute_raw("ALTER TABLE certificates RENAME TO certificates_away")
+        .await
+        .unwrap();
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            &format!("@{}", s.path_s("req.der")),
+            "-H",
+            "Content-Type: application/ocsp-request",
+            &server.url("/ocsp")
+        ]),
+        (
+            200,
+            "application/ocsp-response".into(),
+            vec![0x30, 0x03, 0x0a, 0x01, 0x02]
+        )
+    );
+    store
+        .execute_raw("ALTER TABLE crl_state RENAME TO crl_state_away")
+        .await
+        .unwrap();
+    assert_eq!(
+        curl_get(&server.url("/crl")),
+        (
+            503,
+            "text/plain; charset=utf-8".into(),
+            b"the CRL cannot be made right now; see the server log\n".to_vec()
+        )
+    );
     server.stop().await;
 }
 
