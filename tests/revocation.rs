@@ -185,10 +185,12 @@ fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
     )
 }
 
-const ACTOR: fn() -> Actor = || Actor {
-    name: "revocation test".into(),
-    role: "admin".into(),
-};
+fn actor() -> Actor {
+    Actor {
+        name: "revocation test".into(),
+        role: "admin".into(),
+    }
+}
 
 /// Issues a tls-client certificate for `person_id` through the one issuance path; writes its
 /// PEM to `path` and returns its serial (lower-case hex).
@@ -205,7 +207,7 @@ async fn issue(store: &Store, ca: &Arc<OnlineCa>, person_id: i64, cn: &str, path
             person_id: Some(person_id),
             token_id: None,
         },
-        &ACTOR(),
+        &actor(),
         &format!("issue-{cn}"),
     )
     .await
@@ -222,7 +224,7 @@ async fn create_person(store: &Store, external_id: &str) -> i64 {
     let mut tx = store.begin_write().await.unwrap();
     let p = tessera::lifecycle::create_person(
         &mut tx,
-        &ACTOR(),
+        &actor(),
         &format!("create-{external_id}"),
         tessera::lifecycle::PersonInput {
             external_id: external_id.into(),
@@ -412,7 +414,7 @@ async fn crl_and_ocsp_follow_every_status_change(url: &str) {
         (&plain, RevocationReason::Unspecified),
     ] {
         let mut tx = store.begin_write().await.unwrap();
-        revoke_certificate(&mut tx, &ACTOR(), &format!("r-{serial}"), serial, reason)
+        revoke_certificate(&mut tx, &actor(), &format!("r-{serial}"), serial, reason)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -475,7 +477,7 @@ async fn crl_and_ocsp_follow_every_status_change(url: &str) {
     let mut tx = store.begin_write().await.unwrap();
     apply_certificate_effect(
         &mut tx,
-        &ACTOR(),
+        &actor(),
         "release",
         CertificateOwner::Person(person),
         CertificateEffect::Release,
@@ -883,7 +885,7 @@ async fn crl_number_is_shared_by_replicas_and_survives_restarts() {
         let store = store.clone();
         async move {
             let mut tx = store.begin_write().await.unwrap();
-            revoke_certificate(&mut tx, &ACTOR(), id, &serial, RevocationReason::Superseded)
+            revoke_certificate(&mut tx, &actor(), id, &serial, RevocationReason::Superseded)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

@@ -287,10 +287,6 @@ impl OcspQuery {
             })
             .collect()
     }
-
-    pub fn has_nonce(&self) -> bool {
-        self.nonce.is_some()
-    }
 }
 
 /// A certificate's status as the store knows it.

@@ -259,7 +259,7 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-const OCSP_PROFILE: &str = include_str!("../../profiles/ocsp-responder.toml");
+const OCSP_PROFILE: &str = include_str!("../../profiles/reserved/ocsp-responder.toml");
 const OCSP_PROFILE_NAME: &str = "ocsp-responder";
 
 /// `ca init-ocsp`: key in the HSM, certificate through `lifecycle::issue_certificate` (so the
