@@ -577,6 +577,28 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
         vec![("0x0123456789".into(), "unknown".into(), None)]
     );
 
+    // CertIDs hashed with SHA-256 instead of openssl's default SHA-1.
+    let (code, out, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-sha256",
+            "-issuer",
+            issuing.to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-url",
+            &server.url("/ocsp"),
+            "-CAfile",
+            chain.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, "Response verify OK\n"), "{out}");
+    assert_eq!(
+        ocsp_blocks(&out),
+        vec![(cert.to_str().unwrap().to_string(), "good".into(), None)]
+    );
+
     // A certificate of another issuer (the root's hashes are not the issuing CA's).
     let (code, out, err) = run(
         "openssl",
