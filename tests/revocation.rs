@@ -879,6 +879,33 @@ async fn python_client_sees_crl_and_ocsp_follow_the_person() {
         body.contains("tessera_hsm_sessions{state=\"open\"} "),
         "{body}"
     );
+    let (_, end, _) = run(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            s.data_dir.join("ocsp.pem").to_str().unwrap(),
+            "-noout",
+            "-enddate",
+            "-dateopt",
+            "iso_8601",
+        ],
+    );
+    let end = end
+        .trim()
+        .strip_prefix("notAfter=")
+        .unwrap()
+        .replace(' ', "T");
+    let end = time::OffsetDateTime::parse(&end, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{end}: {e}"));
+    let line = format!(
+        "tessera_ocsp_responder_not_after_seconds {}",
+        end.unix_timestamp()
+    );
+    assert!(
+        body.lines().any(|l| l == line),
+        "{line:?} missing from:\n{body}"
+    );
     server.stop().await;
 }
 

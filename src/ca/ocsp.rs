@@ -408,6 +408,17 @@ impl OcspResponder {
         OcspResponder::new(key, &der, issuing_der).map(Some)
     }
 
+    /// The responder certificate's notAfter, in seconds since 1970 (for metrics: rotate with
+    /// `ca init-ocsp --replace` before it).
+    pub fn not_after_unix(&self) -> u64 {
+        self.certificate
+            .tbs_certificate()
+            .validity()
+            .not_after
+            .to_unix_duration()
+            .as_secs()
+    }
+
     /// The responder certificate, PEM.
     pub fn certificate_pem(&self) -> Result<String, CaError> {
         Ok(certificate_pem(

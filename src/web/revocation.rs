@@ -104,6 +104,15 @@ impl Revocation {
             hsm.errors(),
             hsm.recoveries(),
         );
+        if let Some(responder) = &self.responder {
+            let _ = write!(
+                out,
+                "# HELP tessera_ocsp_responder_not_after_seconds When the OCSP responder certificate expires (Unix time).\n\
+                 # TYPE tessera_ocsp_responder_not_after_seconds gauge\n\
+                 tessera_ocsp_responder_not_after_seconds {}\n",
+                responder.not_after_unix()
+            );
+        }
     }
 
     /// The current CRL (DER), signing a new one first when the stored one is stale.
