@@ -44,6 +44,14 @@ pub struct CaConfig {
     /// Certificate profiles directory; the built-in profiles without it.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
+    /// CRL validity (nextUpdate − thisUpdate) in hours; a new CRL is signed after half of it,
+    /// and at once after any revocation change.
+    #[serde(default = "default_crl_validity_hours")]
+    pub crl_validity_hours: u32,
+}
+
+fn default_crl_validity_hours() -> u32 {
+    24
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +133,8 @@ pub enum ServerConfigError {
     CheckpointSigner(#[from] crate::audit::AuditError),
     #[error("ca: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("ca.crl_validity_hours must be between 1 and 8760")]
+    CrlValidity,
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
@@ -248,6 +258,9 @@ pub struct BoundServer {
     checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
     http: Option<(TcpListener, Option<PathBuf>)>,
     ca: Option<Arc<OnlineCa>>,
+    /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
+    /// validity.
+    revocation: Option<(Option<Arc<crate::ca::ocsp::OcspResponder>>, time::Duration)>,
 }
 
 impl BoundServer {
@@ -276,6 +289,30 @@ impl BoundServer {
                 c.profiles_dir.as_deref(),
             )?)),
         };
+        let revocation = match (&config.ca, &ca) {
+            (Some(c), Some(online)) => {
+                if !(1..=8760).contains(&c.crl_validity_hours) {
+                    return Err(ServerConfigError::CrlValidity);
+                }
+                let responder = crate::ca::ocsp::OcspResponder::load(
+                    &online.hsm,
+                    &c.data_dir,
+                    &online.stored.issuing_der,
+                )?
+                .map(Arc::new);
+                if responder.is_none() {
+                    tracing::warn!(
+                        data_dir = %c.data_dir.display(),
+                        "no OCSP responder in the CA's data directory; /ocsp answers 404 (run `tessera ca init-ocsp`)"
+                    );
+                }
+                Some((
+                    responder,
+                    time::Duration::hours(i64::from(c.crl_validity_hours)),
+                ))
+            }
+            _ => None,
+        };
         let store = Store::open(&config.database.url).await?;
         let http = match &config.http {
             None => None,
@@ -302,6 +339,7 @@ impl BoundServer {
             checkpoints,
             http,
             ca,
+            revocation,
         })
     }
 
@@ -378,9 +416,26 @@ impl BoundServer {
         });
 
         let store = self.store.clone();
+        let rpc_latency = Arc::new(super::rpc_metrics::RpcLatency::default());
         let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+        let revocation = match (&self.ca, self.revocation) {
+            (Some(ca), Some((responder, crl_validity))) => {
+                Some(Arc::new(crate::web::revocation::Revocation::new(
+                    store.clone(),
+                    Arc::clone(ca),
+                    responder,
+                    crl_validity,
+                )))
+            }
+            _ => None,
+        };
         let http_task = self.http.map(|(listener, ca_chain)| {
-            let app = crate::web::router(store.clone(), ca_chain);
+            let app = crate::web::router(
+                store.clone(),
+                ca_chain,
+                revocation,
+                Arc::clone(&rpc_latency),
+            );
             tokio::spawn(async move {
                 let stopped = async move {
                     let _ = http_stopped.wait_for(|s| *s).await;
@@ -409,6 +464,9 @@ impl BoundServer {
             })
         });
         let result = tonic::transport::Server::builder()
+            .layer(super::rpc_metrics::RpcLatencyLayer(Arc::clone(
+                &rpc_latency,
+            )))
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::directory_service_server::DirectoryServiceServer::new(
