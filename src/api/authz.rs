@@ -142,7 +142,9 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.AuditService/VerifyAuditChain" => AUDIT,
         "/tessera.v1.CertificateService/GetCertificate"
         | "/tessera.v1.CertificateService/ListCertificates" => &[Helpdesk, Auditor, Admin],
-        "/tessera.v1.CertificateService/RevokeCertificate" => &[Helpdesk, Admin],
+        "/tessera.v1.CertificateService/RevokeCertificate"
+        | "/tessera.v1.CertificateService/IssueFromCsr" => &[Helpdesk, Admin],
+        "/tessera.v1.CertificateService/GetCaChain" => &Role::ALL,
         "/tessera.v1.CertificateService/LookupCertificate" => &[RelyingParty, Helpdesk, Admin],
         _ => &[],
     }

@@ -157,9 +157,13 @@ impl ServerConfig {
             a.hsm_config = base.join(&a.hsm_config);
         }
         if let Some(ca) = config.ca.as_mut() {
-            for p in [Some(&mut ca.hsm_config), Some(&mut ca.data_dir), ca.profiles_dir.as_mut()]
-                .into_iter()
-                .flatten()
+            for p in [
+                Some(&mut ca.hsm_config),
+                Some(&mut ca.data_dir),
+                ca.profiles_dir.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if p.is_relative() {
                     *p = base.join(&*p);

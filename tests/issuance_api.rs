@@ -1,0 +1,670 @@
+//! CertificateService.IssueFromCsr and GetCaChain against a server whose `[ca]` is a CA made by
+//! `tessera ca init` in a throwaway SoftHSM2 token, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used)]
+mod harness;
+
+use harness::pki::TestPki;
+use harness::softhsm::SoftHsmToken;
+use prost::Message;
+use tessera::api::pb;
+use tessera::api::pb::certificate_service_client::CertificateServiceClient;
+use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::api::{BoundServer, ServerConfig};
+use tessera::store::{CertificateStatus, NewToken, Store, TokenState};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+on_both_databases!(
+    issue_from_csr_subjects_policy_and_chain,
+    issue_from_csr_is_idempotent_across_its_transactions,
+    issue_from_csr_refusals_name_reason_and_field,
+);
+
+/// A CA in SoftHSM2 (`tessera ca init`) and the server configuration that names it.
+struct CaSetup {
+    dir: tempfile::TempDir,
+    _token: SoftHsmToken,
+    pki: TestPki,
+    config_path: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+}
+
+impl CaSetup {
+    fn new(url: &str) -> CaSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let token = SoftHsmToken::create("tessera");
+        let data_dir = dir.path().join("data");
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["ca", "init", "--hsm-config"])
+            .arg(&token.config_path)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("SOFTHSM2_CONF", &token.softhsm2_conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pki = TestPki::new();
+        let config_path = pki.write_server_config(dir.path(), url);
+        let base = std::fs::read_to_string(&config_path).unwrap();
+        std::fs::write(
+            &config_path,
+            format!(
+                "{base}\n[ca]\nhsm_config = \"{}\"\ndata_dir = \"{}\"\n",
+                token.config_path.display(),
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+        CaSetup {
+            dir,
+            _token: token,
+            pki,
+            config_path,
+            data_dir,
+        }
+    }
+}
+
+struct Running {
+    setup: CaSetup,
+    addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn start(setup: CaSetup) -> Running {
+        let config = ServerConfig::load(&setup.config_path).unwrap();
+        let server = BoundServer::bind(&config).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Running {
+            setup,
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn certificates(&self, role: &str) -> CertificateServiceClient<Channel> {
+        CertificateServiceClient::new(connect(self.addr, &self.setup.pki, role).await)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr, pki: &TestPki, role: &str) -> Channel {
+    let client = pki.client(role);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A P-256 key and its PKCS#10 request (PEM) with this CN and email addresses.
+fn csr(cn: &str, emails: &[&str]) -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    for e in emails {
+        p.subject_alt_names
+            .push(rcgen::SanType::Rfc822Name((*e).try_into().unwrap()));
+    }
+    let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+    (key, pem)
+}
+
+fn issue_request(request_id: &str, csr_pem: &str, profile: &str) -> pb::IssueFromCsrRequest {
+    pb::IssueFromCsrRequest {
+        request_id: request_id.into(),
+        csr: csr_pem.as_bytes().to_vec(),
+        profile: profile.into(),
+        person_external_id: String::new(),
+        token_serial: String::new(),
+    }
+}
+
+/// Code, reason (google.rpc.ErrorInfo) and fields (google.rpc.BadRequest) of a refusal.
+fn refusal(s: &Status) -> (Code, String, Vec<String>) {
+    let d = s.get_error_details();
+    (
+        s.code(),
+        d.error_info().map(|i| i.reason.clone()).unwrap_or_default(),
+        d.bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default(),
+    )
+}
+
+fn parse(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .unwrap()
+        .1
+}
+
+fn policies(der: &[u8]) -> Vec<String> {
+    let cert = parse(der);
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let x509_parser::extensions::ParsedExtension::CertificatePolicies(ps) =
+            ext.parsed_extension()
+        {
+            out.extend(ps.iter().map(|p| p.policy_id.to_id_string()));
+        }
+    }
+    out
+}
+
+fn emails(der: &[u8]) -> Vec<String> {
+    let cert = parse(der);
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::RFC822Name(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn common_name(der: &[u8]) -> String {
+    parse(der)
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn create_person(server: &Running, id: &str) {
+    let mut d = DirectoryServiceClient::new(connect(server.addr, &server.setup.pki, "hr").await);
+    d.create_person(pb::CreatePersonRequest {
+        request_id: format!("create-{id}"),
+        person: Some(pb::PersonRecord {
+            external_id: id.into(),
+            display_name: format!("Person {id}"),
+            upn: format!("{id}@corp.test"),
+            email: format!("{id}@corp.test"),
+            windows_sid: String::new(),
+            attributes: Default::default(),
+        }),
+    })
+    .await
+    .unwrap();
+}
+
+async fn issue_from_csr_subjects_policy_and_chain(url: &str) {
+    let server = Running::start(CaSetup::new(url)).await;
+    let mut helpdesk = server.certificates("helpdesk").await;
+
+    // Without a person: subject from the CSR; the unattested-key policy OID is in it.
+    let (_, pem) = csr("build-agent-7", &["agent7@corp.test"]);
+    let cert = helpdesk
+        .issue_from_csr(issue_request("r1", &pem, "tls-client"))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(cert.status, pb::CertificateStatus::Good as i32);
+    assert_eq!(cert.profile, "tls-client");
+    assert_eq!(common_name(&cert.der), "build-agent-7");
+    assert_eq!(emails(&cert.der), ["agent7@corp.test"]);
+    assert_eq!(
+        policies(&cert.der),
+        ["1.3.6.1.4.1.32473.1.2.1", "1.3.6.1.4.1.32473.1.1.2"]
+    );
+    let store = Store::open(url).await.unwrap();
+    let row = store
+        .certificate_by_serial(&cert.serial)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, CertificateStatus::Good);
+    assert_eq!(row.der.as_deref(), Some(cert.der.as_slice()));
+    assert_eq!(row.tbs, parse(&cert.der).tbs_certificate.as_ref());
+    assert_eq!(row.person_id, None);
+
+    // With a person: subject from the directory, whatever the CSR says.
+    create_person(&server, "E1").await;
+    let (_, pem) = csr("ignored", &["ignored@corp.test"]);
+    let mut req = issue_request("r2", &pem, "tls-client");
+    req.person_external_id = "E1".into();
+    let cert2 = helpdesk
+        .issue_from_csr(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(common_name(&cert2.der), "Person E1");
+    assert_eq!(emails(&cert2.der), ["E1@corp.test"]);
+    assert_eq!(cert2.person_external_id, "E1");
+
+    // A token of that person may be named too.
+    let owner = store.person_by_external_id("E1").await.unwrap().unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    tx.insert_token(&NewToken {
+        serial: "2001".into(),
+        model: "YubiKey 5C NFC".into(),
+        firmware: "5.7.4".into(),
+        form_factor: "usb_c_keychain".into(),
+        state: TokenState::Active,
+        person_id: Some(owner.id),
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (_, pem) = csr("x", &[]);
+    let mut req = issue_request("r3", &pem, "tls-client");
+    req.person_external_id = "E1".into();
+    req.token_serial = "2001".into();
+    let cert3 = helpdesk
+        .issue_from_csr(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(
+        (
+            cert3.person_external_id.as_str(),
+            cert3.token_serial.as_str()
+        ),
+        ("E1", "2001")
+    );
+    // Listed under the person, as any certificate.
+    let listed = helpdesk
+        .list_certificates(pb::ListCertificatesRequest {
+            person_external_id: "E1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .certificates;
+    assert_eq!(listed.len(), 2);
+
+    // The chain, for every role including relying parties; it verifies what was issued.
+    let chain = server
+        .certificates("relying-party")
+        .await
+        .get_ca_chain(pb::GetCaChainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let issuing_pem = std::fs::read_to_string(server.setup.data_dir.join("issuing.pem")).unwrap();
+    let root_pem = std::fs::read_to_string(server.setup.data_dir.join("root.pem")).unwrap();
+    assert_eq!(chain.der.len(), 2);
+    let pem_der = |pem: &str| {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    };
+    assert_eq!(chain.der[0], pem_der(&issuing_pem));
+    assert_eq!(chain.der[1], pem_der(&root_pem));
+    assert!(chain.pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let dir = server.setup.dir.path();
+    std::fs::write(dir.join("chain.pem"), &chain.pem).unwrap();
+    std::fs::write(dir.join("root-only.pem"), &root_pem).unwrap();
+    std::fs::write(
+        dir.join("leaf.pem"),
+        tessera::ca::issue::certificate_pem(&cert.der),
+    )
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            "root-only.pem",
+            "-untrusted",
+            "chain.pem",
+            "-purpose",
+            "sslclient",
+            "leaf.pem",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "leaf.pem: OK\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}
+
+async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
+    let server = Running::start(CaSetup::new(url)).await;
+    let mut c = server.certificates("admin").await;
+    let store = Store::open(url).await.unwrap();
+    let (_, pem) = csr("svc", &[]);
+    let first = c
+        .issue_from_csr(issue_request("same", &pem, "tls-client"))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = store.audit_head_sequence().await.unwrap();
+    let count = |store: Store| async move {
+        store
+            .list_certificates(&tessera::store::CertificatesQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(store.clone()).await, 1);
+    // A repeat gets the same certificate; nothing is reserved, signed or audited again.
+    let again = c
+        .issue_from_csr(issue_request("same", &pem, "tls-client"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    assert_eq!(count(store.clone()).await, 1);
+    assert_eq!(store.audit_head_sequence().await.unwrap(), events);
+    // The same id for another request is refused.
+    let (_, other) = csr("other", &[]);
+    let s = c
+        .issue_from_csr(issue_request("same", &other, "tls-client"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::InvalidArgument,
+            "REQUEST_ID_REUSED".into(),
+            vec!["request_id".into()]
+        )
+    );
+
+    // Concurrent repeats of one new request: one certificate; every answer is it, or
+    // REQUEST_IN_PROGRESS while the first one has not recorded it.
+    let (_, pem) = csr("concurrent", &[]);
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let mut c = c.clone();
+        let req = issue_request("burst", &pem, "tls-client");
+        calls.push(tokio::spawn(async move { c.issue_from_csr(req).await }));
+    }
+    let mut serials = std::collections::BTreeSet::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => {
+                serials.insert(r.into_inner().certificate.unwrap().serial);
+            }
+            Err(s) => assert_eq!(
+                refusal(&s),
+                (
+                    Code::Aborted,
+                    "REQUEST_IN_PROGRESS".into(),
+                    vec!["request_id".into()]
+                ),
+                "{s:?}"
+            ),
+        }
+    }
+    assert!(serials.len() <= 1, "{serials:?}");
+    assert_eq!(count(store.clone()).await, 2);
+    let settled = c
+        .issue_from_csr(issue_request("burst", &pem, "tls-client"))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    if let Some(s) = serials.first() {
+        assert_eq!(&settled.serial, s);
+    }
+
+    // An issuance interrupted after its reservation (its id claimed, no certificate recorded):
+    // a repeat is told so and nothing new is signed.
+    let (_, pem) = csr("interrupted", &[]);
+    let req = issue_request("cut", &pem, "tls-client");
+    let key =
+        tessera::lifecycle::RequestKey::new("cut", "IssueFromCsr", &req.encode_to_vec()).unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    tessera::lifecycle::remember(&mut tx, &key, tessera::lifecycle::pending_answer("0abc"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let s = c.issue_from_csr(req).await.unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::Aborted,
+            "REQUEST_IN_PROGRESS".into(),
+            vec!["request_id".into()]
+        )
+    );
+    assert_eq!(count(store.clone()).await, 2);
+    server.stop().await;
+}
+
+async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
+    let server = Running::start(CaSetup::new(url)).await;
+    let mut c = server.certificates("helpdesk").await;
+    let (_, pem) = csr("svc", &[]);
+    let mut n = 0;
+    let client = c.clone();
+    let mut refuse = |mut req: pb::IssueFromCsrRequest| {
+        n += 1;
+        req.request_id = format!("refused-{n}");
+        let mut c = client.clone();
+        async move { refusal(&c.issue_from_csr(req).await.unwrap_err()) }
+    };
+    let fields = |f: &str| vec![f.to_string()];
+
+    assert_eq!(
+        refuse(issue_request("", &pem, "smime-signing")).await,
+        (
+            Code::FailedPrecondition,
+            "PROFILE_REQUIRES_ATTESTATION".into(),
+            fields("profile")
+        )
+    );
+    assert_eq!(
+        refuse(issue_request("", &pem, "no-such-profile")).await,
+        (
+            Code::InvalidArgument,
+            "UNKNOWN_PROFILE".into(),
+            fields("profile")
+        )
+    );
+    assert_eq!(
+        refuse(issue_request("", "not a csr", "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "CSR_UNREADABLE".into(),
+            fields("csr")
+        )
+    );
+    // A CSR whose signature does not match its content.
+    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let mut tampered = der.clone();
+    let cn_at = tampered.windows(3).position(|w| w == b"svc").unwrap();
+    tampered[cn_at] = b'x';
+    let mut req = issue_request("", "", "tls-client");
+    req.csr = tampered;
+    assert_eq!(
+        refuse(req).await,
+        (
+            Code::InvalidArgument,
+            "CSR_SIGNATURE_INVALID".into(),
+            fields("csr")
+        )
+    );
+    // DER is accepted as well as PEM.
+    let mut req = issue_request("der-ok", "", "tls-client");
+    req.csr = der;
+    c.issue_from_csr(req).await.unwrap();
+
+    let mut req = issue_request("", &pem, "tls-client");
+    req.person_external_id = "NOBODY".into();
+    assert_eq!(
+        refuse(req).await,
+        (Code::NotFound, "PERSON_NOT_FOUND".into(), vec![])
+    );
+    create_person(&server, "E1").await;
+    create_person(&server, "E2").await;
+    let mut d = DirectoryServiceClient::new(connect(server.addr, &server.setup.pki, "hr").await);
+    d.suspend_person(pb::SuspendPersonRequest {
+        request_id: "suspend-E2".into(),
+        external_id: "E2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = issue_request("", &pem, "tls-client");
+    req.person_external_id = "E2".into();
+    assert_eq!(
+        refuse(req).await,
+        (
+            Code::FailedPrecondition,
+            "PERSON_NOT_ACTIVE".into(),
+            fields("person_external_id")
+        )
+    );
+
+    let store = Store::open(url).await.unwrap();
+    let e2 = store.person_by_external_id("E2").await.unwrap().unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    for (serial, state, person_id) in [
+        ("3001", TokenState::Lost, None),
+        ("3002", TokenState::Active, Some(e2.id)),
+    ] {
+        tx.insert_token(&NewToken {
+            serial: serial.into(),
+            model: "YubiKey 5C NFC".into(),
+            firmware: "5.7.4".into(),
+            form_factor: "usb_c_keychain".into(),
+            state,
+            person_id,
+        })
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut req = issue_request("", &pem, "tls-client");
+    req.token_serial = "9999".into();
+    assert_eq!(
+        refuse(req).await,
+        (Code::NotFound, "TOKEN_NOT_FOUND".into(), vec![])
+    );
+    let mut req = issue_request("", &pem, "tls-client");
+    req.token_serial = "3001".into();
+    assert_eq!(
+        refuse(req).await,
+        (
+            Code::FailedPrecondition,
+            "TOKEN_NOT_USABLE".into(),
+            fields("token_serial")
+        )
+    );
+    let mut req = issue_request("", &pem, "tls-client");
+    req.person_external_id = "E1".into();
+    req.token_serial = "3002".into();
+    assert_eq!(
+        refuse(req).await,
+        (
+            Code::FailedPrecondition,
+            "TOKEN_OF_ANOTHER_PERSON".into(),
+            fields("token_serial")
+        )
+    );
+    let s = c
+        .issue_from_csr(issue_request("", &pem, "tls-client"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::InvalidArgument,
+            "REQUEST_ID_MISSING".into(),
+            fields("request_id")
+        )
+    );
+    // Only the DER issuance above reached the store.
+    let all = store
+        .list_certificates(&tessera::store::CertificatesQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    server.stop().await;
+}
+
+/// A server without `[ca]` answers both RPCs with FAILED_PRECONDITION / CA_NOT_CONFIGURED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_ca_section_issuing_is_a_failed_precondition() {
+    let db = harness::database::TestDatabase::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let config = ServerConfig::load(&pki.write_server_config(dir.path(), db.url())).unwrap();
+    let server = BoundServer::bind(&config).await.unwrap();
+    let addr = server.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let mut c = CertificateServiceClient::new(connect(addr, &pki, "admin").await);
+    let (_, pem) = csr("svc", &[]);
+    let expected = (Code::FailedPrecondition, "CA_NOT_CONFIGURED".into(), vec![]);
+    assert_eq!(
+        refusal(
+            &c.issue_from_csr(issue_request("r", &pem, "tls-client"))
+                .await
+                .unwrap_err()
+        ),
+        expected
+    );
+    assert_eq!(
+        refusal(&c.get_ca_chain(pb::GetCaChainRequest {}).await.unwrap_err()),
+        expected
+    );
+    let _ = tx.send(());
+    task.await.unwrap();
+}
