@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 mod harness;
 
-use harness::pki::TestPki;
+use harness::pki::{ClientCert, TestPki};
 use harness::softhsm::SoftHsmToken;
 use prost::Message;
 use tessera::api::pb;
@@ -19,6 +19,7 @@ on_both_databases!(
     issue_from_csr_subjects_policy_and_chain,
     issue_from_csr_is_idempotent_across_its_transactions,
     issue_from_csr_refusals_name_reason_and_field,
+    kill_minus_9_under_load_loses_no_signed_certificate,
 );
 
 /// A CA in SoftHSM2 (`tessera ca init`) and the server configuration that names it.
@@ -110,9 +111,12 @@ impl Running {
 }
 
 async fn connect(addr: std::net::SocketAddr, pki: &TestPki, role: &str) -> Channel {
-    let client = pki.client(role);
+    connect_as(addr, &pki.ca_pem, &pki.client(role)).await
+}
+
+async fn connect_as(addr: std::net::SocketAddr, ca_pem: &str, client: &ClientCert) -> Channel {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name("localhost")
         .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
     Channel::from_shared(format!("https://{addr}"))
@@ -667,4 +671,207 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
     );
     let _ = tx.send(());
     task.await.unwrap();
+}
+
+/// Kills the server if the test fails before stopping it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Starts `tessera serve` as a child process; returns it and its gRPC address.
+fn spawn_serve(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("tessera: gRPC listening on ")
+        .unwrap_or_else(|| panic!("start-up line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// What one client saw for one request id.
+#[derive(Debug)]
+enum Outcome {
+    Issued(pb::Certificate),
+    /// Transport error or server gone: the request may or may not have been carried out.
+    Unknown(pb::IssueFromCsrRequest),
+}
+
+/// Issue 6, "Storage": `tessera serve` is killed with SIGKILL at random moments while several
+/// clients issue from CSRs, and restarted, many times. Afterwards every certificate a client
+/// received is in the store as good with identical DER, every reserved row holds its
+/// tbsCertificate, no serial is used twice, and the audit chain verifies.
+async fn kill_minus_9_under_load_loses_no_signed_certificate(url: &str) {
+    const KILLS: usize = 18;
+    const CLIENTS: usize = 4;
+    let setup = CaSetup::new(url);
+    let admin = std::sync::Arc::new((setup.pki.ca_pem.clone(), setup.pki.client("admin")));
+    let mut received: Vec<pb::Certificate> = Vec::new();
+    let mut unknown: Vec<pb::IssueFromCsrRequest> = Vec::new();
+    let mut next_id = 0usize;
+    for round in 0..=KILLS {
+        let (child, addr) = spawn_serve(&setup.config_path);
+        let guard = KillOnDrop(child.id());
+        // Requests whose outcome a client did not learn are repeated (same request id): the
+        // answer is the first certificate, or REQUEST_IN_PROGRESS, never a second one.
+        let mut c = CertificateServiceClient::new(connect_as(addr, &admin.0, &admin.1).await);
+        for req in std::mem::take(&mut unknown) {
+            match c.issue_from_csr(req.clone()).await {
+                Ok(r) => received.push(r.into_inner().certificate.unwrap()),
+                Err(s) if s.code() == Code::Aborted => {
+                    assert_eq!(refusal(&s).1, "REQUEST_IN_PROGRESS", "{s:?}")
+                }
+                Err(s) => panic!("repeat of {}: {s:?}", req.request_id),
+            }
+        }
+        if round == KILLS {
+            drop(guard);
+            break;
+        }
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let admin = admin.clone();
+            let first = next_id;
+            next_id += 10_000;
+            clients.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let ch = connect_as(addr, &admin.0, &admin.1).await;
+                let mut c = CertificateServiceClient::new(ch);
+                for i in first.. {
+                    let (_, pem) = csr(&format!("svc-{i}"), &[]);
+                    let req = issue_request(&format!("k-{i}"), &pem, "tls-client");
+                    match c.issue_from_csr(req.clone()).await {
+                        Ok(r) => out.push(Outcome::Issued(r.into_inner().certificate.unwrap())),
+                        // No Tessera error details: the transport failed (server killed).
+                        Err(s) if s.get_error_details().error_info().is_none() => {
+                            out.push(Outcome::Unknown(req));
+                            break;
+                        }
+                        Err(s) => panic!("issuing {i}: {s:?}"),
+                    }
+                }
+                out
+            }));
+        }
+        // Let the clients run a random while, then kill.
+        let wait = 150 + rand::random::<u64>() % 600;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        drop(guard);
+        let mut child = child;
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "round {round}: the server was killed, not stopped"
+        );
+        for client in clients {
+            for outcome in client.await.unwrap() {
+                match outcome {
+                    Outcome::Issued(cert) => received.push(cert),
+                    Outcome::Unknown(req) => unknown.push(req),
+                }
+            }
+        }
+    }
+    assert!(
+        received.len() > KILLS,
+        "the load issued too little to mean anything: {}",
+        received.len()
+    );
+
+    let store = Store::open(url).await.unwrap();
+    let mut rows = Vec::new();
+    loop {
+        let page = store
+            .list_certificates(&tessera::store::CertificatesQuery {
+                after_serial: rows
+                    .last()
+                    .map(|r: &tessera::store::CertificateRow| r.serial.clone())
+                    .unwrap_or_default(),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        rows.extend(page);
+    }
+    let by_serial: std::collections::BTreeMap<_, _> =
+        rows.iter().map(|r| (r.serial.clone(), r)).collect();
+    assert_eq!(by_serial.len(), rows.len(), "a serial is stored twice");
+    let mut seen = std::collections::BTreeMap::new();
+    for cert in &received {
+        if let Some(der) = seen.insert(cert.serial.clone(), cert.der.clone()) {
+            assert_eq!(
+                der, cert.der,
+                "serial {} answered with two certificates",
+                cert.serial
+            );
+        }
+        let row = by_serial
+            .get(&cert.serial)
+            .unwrap_or_else(|| panic!("received certificate {} is not in the store", cert.serial));
+        assert_eq!(row.status, CertificateStatus::Good, "{}", cert.serial);
+        assert_eq!(
+            row.der.as_deref(),
+            Some(cert.der.as_slice()),
+            "{}",
+            cert.serial
+        );
+    }
+    let mut reserved = 0;
+    for row in &rows {
+        use x509_parser::prelude::FromDer;
+        let (_, tbs) = x509_parser::certificate::TbsCertificate::from_der(&row.tbs)
+            .unwrap_or_else(|e| panic!("row {} holds no tbsCertificate: {e}", row.serial));
+        assert_eq!(tbs.raw_serial_as_string().replace(':', ""), row.serial);
+        match row.status {
+            CertificateStatus::Reserved => {
+                reserved += 1;
+                assert_eq!(row.der, None);
+            }
+            _ => {
+                let der = row.der.as_deref().unwrap();
+                assert_eq!(parse(der).tbs_certificate.as_ref(), row.tbs.as_slice());
+            }
+        }
+    }
+    eprintln!(
+        "{KILLS} kills: {} certificates received, {} stored, {reserved} left reserved",
+        received.len(),
+        rows.len()
+    );
+    store.close().await;
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(["audit", "verify", "--config"])
+        .arg(&setup.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
