@@ -245,7 +245,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 "C_Sign ECDSA P-256 (SHA-256)",
                 *threads,
                 args.count,
-                &sign,
+                sign,
             )?);
             grpc[i].push(runtime.block_on(measure_grpc(
                 addr,
