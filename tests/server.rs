@@ -29,6 +29,7 @@ on_both_databases!(
     issued_client_certificate_carries_its_role,
     certificates_lookup_hold_and_revoke,
     http_side_health_chain_and_metrics,
+    audit_stream_follows_new_events,
 );
 
 struct Running {
@@ -877,7 +878,10 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
     assert_eq!(page.events.len(), 3);
     assert_eq!(page.next_after_sequence, 3);
     let mut stream = a
-        .stream_audit_events(pb::StreamAuditEventsRequest { after_sequence: 1 })
+        .stream_audit_events(pb::StreamAuditEventsRequest {
+            after_sequence: 1,
+            follow: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -2072,4 +2076,97 @@ async fn two_replicas_share_one_postgres_database() {
     assert_eq!(v.events, 30);
     a.stop().await;
     b.stop().await;
+}
+
+/// The next event of a following stream: (sequence, action, subject).
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::StreamAuditEventsResponse>,
+) -> (i64, String, String) {
+    let m = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+        .await
+        .expect("a followed event arrives")
+        .unwrap()
+        .expect("the stream stays open");
+    let e = m.event.unwrap();
+    (e.sequence, e.action, e.subject)
+}
+
+/// StreamAuditEvents with `follow`: the stream sends what exists, stays open, sends each new
+/// event as it commits (also one written by another process on the same database), and ends
+/// when the server shuts down.
+async fn audit_stream_follows_new_events(url: &str) {
+    let server = Running::start(url).await;
+    let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
+    let create = |id: &str| pb::CreatePersonRequest {
+        request_id: format!("create-{id}"),
+        person: Some(record(id)),
+    };
+    d.create_person(create("F1")).await.unwrap();
+    let mut a = AuditServiceClient::new(server.as_role("auditor").await);
+    let mut stream = a
+        .stream_audit_events(pb::StreamAuditEventsRequest {
+            after_sequence: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (1, "person.create".into(), "person:F1".into())
+    );
+    d.create_person(create("F2")).await.unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (2, "person.create".into(), "person:F2".into())
+    );
+    // Written straight into the database, as another replica would: seen by polling.
+    let store = Store::open(url).await.unwrap();
+    let hr = tessera::audit::Actor {
+        name: "other replica".into(),
+        role: "hr".into(),
+    };
+    let mut tx = store.begin_write().await.unwrap();
+    tessera::lifecycle::create_person(
+        &mut tx,
+        &hr,
+        "create-F3",
+        tessera::lifecycle::PersonInput {
+            external_id: "F3".into(),
+            display_name: "Person F3".into(),
+            upn: "F3@corp.test".into(),
+            email: "F3@corp.test".into(),
+            windows_sid: String::new(),
+            attributes: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (3, "person.create".into(), "person:F3".into())
+    );
+    d.suspend_person(pb::SuspendPersonRequest {
+        request_id: "suspend-F1".into(),
+        external_id: "F1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (4, "person.suspend".into(), "person:F1".into())
+    );
+    // Shutdown ends a following stream instead of waiting for it forever.
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), server.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "server shutdown waited for a following stream"
+    );
+    let end = stream.message().await;
+    assert!(
+        matches!(end, Ok(None)) || end.is_err(),
+        "the stream ends at shutdown: {end:?}"
+    );
 }

@@ -401,9 +401,11 @@ impl BoundServer {
                 }
             })
         });
+        let (stop_streams, streams_stopping) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
             let _ = stop_http.send(true);
+            let _ = stop_streams.send(true);
         };
         let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
             let store = store.clone();
@@ -431,6 +433,7 @@ impl BoundServer {
                 AuditLog {
                     store: store.clone(),
                     verifier: None,
+                    stopping: streams_stopping,
                 },
             ))
             .add_service(
