@@ -44,9 +44,23 @@ struct Running {
 
 impl Running {
     async fn start(database_url: &str) -> Running {
+        Running::start_with(database_url, true).await
+    }
+
+    /// `require_client_certificate` as given (the default, true, when `start` is used).
+    async fn start_with(database_url: &str, require_client_certificate: bool) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new();
         let config_path = pki.write_server_config(dir.path(), database_url);
+        if !require_client_certificate {
+            let text = std::fs::read_to_string(&config_path).unwrap();
+            let text = text.replace(
+                "client_ca = \"client-ca.pem\"\n",
+                "client_ca = \"client-ca.pem\"\nrequire_client_certificate = false\n",
+            );
+            assert!(text.contains("require_client_certificate = false"));
+            std::fs::write(&config_path, text).unwrap();
+        }
         let config = ServerConfig::load(&config_path).unwrap();
         let server = BoundServer::bind(&config).await.unwrap();
         let addr = server.local_addr();
@@ -283,17 +297,61 @@ fn allowed(method: &str) -> &'static [&'static str] {
     }
 }
 
-async fn role_matrix(url: &str) {
-    let server = Running::start(url).await;
-    let anonymous = call_every_rpc(server.channel(None).await).await;
-    assert_eq!(anonymous.len(), 24);
-    for (method, code) in &anonymous {
-        assert_eq!(
-            *code,
-            Some(Code::Unauthenticated),
-            "{method} without a certificate"
-        );
+/// Without a client certificate while one is required (the default): refused in the TLS
+/// handshake, on connect or on the first call, and never reaching a service.
+async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await;
+    // TLS 1.3 client authentication fails after the client's side of the handshake, so the
+    // refusal may show on connect or on the first call.
+    if let Ok(ch) = ch {
+        let results = call_every_rpc(ch).await;
+        assert_eq!(results.len(), 24);
+        for (method, code) in results {
+            assert!(
+                matches!(
+                    code,
+                    Some(Code::Unavailable | Code::Unknown | Code::Cancelled)
+                ),
+                "{method} without a certificate must fail in TLS, got {code:?}"
+            );
+        }
     }
+}
+
+async fn role_matrix(url: &str) {
+    // Both settings of [tls] require_client_certificate; the roles behave the same in both.
+    for require in [true, false] {
+        let server = Running::start_with(url, require).await;
+        if require {
+            refused_in_tls(server.addr, &server.pki.ca_pem).await;
+        } else {
+            let anonymous = call_every_rpc(server.channel(None).await).await;
+            assert_eq!(anonymous.len(), 24);
+            for (method, code) in &anonymous {
+                assert_eq!(
+                    *code,
+                    Some(Code::Unauthenticated),
+                    "{method} without a certificate"
+                );
+            }
+        }
+        role_matrix_for_roles(&server).await;
+        server.stop().await;
+    }
+    // Nothing was changed by any refused or empty call.
+    let store = Store::open(url).await.unwrap();
+    assert!(store.audit_events(0, 10).await.unwrap().is_empty());
+}
+
+async fn role_matrix_for_roles(server: &Running) {
     for role in ["hr", "helpdesk", "auditor", "admin", "relying-party"] {
         let results = call_every_rpc(server.as_role(role).await).await;
         for (method, code) in results {
@@ -311,10 +369,6 @@ async fn role_matrix(url: &str) {
             }
         }
     }
-    // Nothing was changed by any refused or empty call.
-    let store = Store::open(url).await.unwrap();
-    assert!(store.audit_events(0, 10).await.unwrap().is_empty());
-    server.stop().await;
 }
 
 async fn certificates_without_a_usable_role_are_refused(url: &str) {
@@ -356,6 +410,9 @@ async fn certificates_without_a_usable_role_are_refused(url: &str) {
         s.message(),
         "role auditor may not call /tessera.v1.DirectoryService/ListPeople"
     );
+    server.stop().await;
+    // With client certificates optional, a caller without one gets the reason.
+    let server = Running::start_with(url, false).await;
     let mut d = DirectoryServiceClient::new(server.channel(None).await);
     let s = d
         .list_people(pb::ListPeopleRequest::default())
@@ -975,7 +1032,9 @@ fn serve_binary_health_tls13_only_and_foreign_ca() {
         "relative sqlite path is taken from the config's directory"
     );
     rt.block_on(async {
-        let ch = connect(addr, &pki.ca_pem, None).await;
+        // The default configuration requires a client certificate, also for health checks.
+        refused_in_tls(addr, &pki.ca_pem).await;
+        let ch = connect(addr, &pki.ca_pem, Some(&pki.client("relying-party"))).await;
         let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
         for service in [
             "",

@@ -89,6 +89,15 @@ pub struct TlsConfig {
     pub private_key: PathBuf,
     /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
     pub client_ca: PathBuf,
+    /// true (default): the TLS handshake fails without a client certificate from `client_ca`.
+    /// false: a connection without one is let through TLS (for load-balancer health checks
+    /// over gRPC) and every Tessera RPC answers UNAUTHENTICATED.
+    #[serde(default = "default_require_client_certificate")]
+    pub require_client_certificate: bool,
+}
+
+fn default_require_client_certificate() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,9 +218,9 @@ fn read_certificates(
     Ok(certs)
 }
 
-/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca` when
-/// presented. A connection without one is let through TLS so that health checks work, and
-/// every Tessera RPC then answers UNAUTHENTICATED.
+/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca`. Without
+/// one the handshake fails, unless `require_client_certificate = false`: then the connection is
+/// let through TLS (health checks work) and every Tessera RPC answers UNAUTHENTICATED.
 pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
     let chain = read_certificates("server certificate", &tls.certificate)?;
     let key =
@@ -227,13 +236,16 @@ pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, Server
         })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    );
+    if !tls.require_client_certificate {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerConfigError::Tls(e.to_string()))?

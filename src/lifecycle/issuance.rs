@@ -146,10 +146,14 @@ async fn issue(
     let issued = match issued {
         Ok(issued) => issued,
         Err(e) => {
+            // A claimed request id is the caller's to handle (it replays); any other failure
+            // to record stays "not signed: recording it before signing failed".
             let reserve_error = reserve_error.lock().ok().and_then(|mut slot| slot.take());
             return Err(match reserve_error {
-                Some(typed) => IssuanceError::Lifecycle(typed),
-                None => IssuanceError::Ca(e),
+                Some(typed @ LifecycleError::RequestInProgress(_)) => {
+                    IssuanceError::Lifecycle(typed)
+                }
+                _ => IssuanceError::Ca(e),
             });
         }
     };
