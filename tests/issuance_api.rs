@@ -19,13 +19,14 @@ on_both_databases!(
     issue_from_csr_subjects_policy_and_chain,
     issue_from_csr_is_idempotent_across_its_transactions,
     issue_from_csr_refusals_name_reason_and_field,
+    client_key_in_a_pkcs11_token_authenticates_over_mtls,
     kill_minus_9_under_load_loses_no_signed_certificate,
 );
 
 /// A CA in SoftHSM2 (`tessera ca init`) and the server configuration that names it.
 struct CaSetup {
     dir: tempfile::TempDir,
-    _token: SoftHsmToken,
+    token: SoftHsmToken,
     pki: TestPki,
     config_path: std::path::PathBuf,
     data_dir: std::path::PathBuf,
@@ -63,7 +64,7 @@ impl CaSetup {
         .unwrap();
         CaSetup {
             dir,
-            _token: token,
+            token,
             pki,
             config_path,
             data_dir,
@@ -104,9 +105,11 @@ impl Running {
         CertificateServiceClient::new(connect(self.addr, &self.setup.pki, role).await)
     }
 
-    async fn stop(mut self) {
+    /// Stops the server; the CA (token, files, configuration) stays for further checks.
+    async fn stop(mut self) -> CaSetup {
         let _ = self.shutdown.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
+        self.setup
     }
 }
 
@@ -874,4 +877,224 @@ async fn kill_minus_9_under_load_loses_no_signed_certificate(url: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `tessera admin issue-client-cert` with the key generated in a PKCS#11 token: only the
+/// certificate is written; pkcs11-tool finds the key and its public key is the certificate's;
+/// curl (HTTP/2, OpenSSL's pkcs11 engine, PIN from a file) calls LookupCertificate over mTLS
+/// with it and is let in as a relying party.
+async fn client_key_in_a_pkcs11_token_authenticates_over_mtls(url: &str) {
+    let setup = CaSetup::new(url);
+    let dir = setup.dir.path().to_path_buf();
+    // Client certificates come from Tessera's CA here.
+    std::fs::copy(setup.data_dir.join("root.pem"), dir.join("client-ca.pem")).unwrap();
+    let hsm_config = setup.token.config_path.clone();
+    let issue = |label: Option<&str>, out_cert: &str| {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"));
+        cmd.args(["admin", "issue-client-cert", "--role", "relying-party"])
+            .args(["--name", "door controller", "--config"])
+            .arg(&setup.config_path)
+            .arg("--hsm-config")
+            .arg(&hsm_config)
+            .arg("--data-dir")
+            .arg(&setup.data_dir)
+            .arg("--out-cert")
+            .arg(dir.join(out_cert));
+        if let Some(label) = label {
+            cmd.arg("--key-in-hsm-config")
+                .arg(&hsm_config)
+                .args(["--key-label", label]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Neither a key file nor a token: refused by the argument parser.
+    let (code, _, err) = issue(None, "none.pem");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: the following required arguments were not provided:"),
+        "{err}"
+    );
+    let (code, out, err) = issue(Some("door-client"), "door.pem");
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let first = lines.next().unwrap();
+    let serial = first
+        .strip_prefix("issued serial ")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        first,
+        format!(
+            "issued serial {serial} for role relying-party to {}",
+            dir.join("door.pem").display()
+        )
+    );
+    let uri = lines
+        .next()
+        .unwrap()
+        .strip_prefix("private key in the token: ")
+        .unwrap()
+        .to_string();
+    assert!(
+        uri.starts_with("pkcs11:token=tessera;object=door-client;")
+            && uri.ends_with(";type=private"),
+        "{uri}"
+    );
+    assert_eq!(lines.next(), None);
+    // The key is in the token, and the certificate certifies it.
+    let listing = setup
+        .token
+        .pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("label:      door-client"),
+        "{}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+    let pubkey = dir.join("door-pub.der");
+    setup.token.pkcs11_tool(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--label",
+        "door-client",
+        "-o",
+        pubkey.to_str().unwrap(),
+    ]);
+    let chain = std::fs::read(dir.join("door.pem")).unwrap();
+    let cert_der = x509_parser::pem::parse_x509_pem(&chain).unwrap().1.contents;
+    assert_eq!(
+        std::fs::read(&pubkey).unwrap(),
+        parse(&cert_der).tbs_certificate.subject_pki.raw
+    );
+    // The same label again: refused, nothing written.
+    let (code, _, err) = issue(Some("door-client"), "door2.pem");
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: ") && err.contains("door-client"),
+        "{err}"
+    );
+    assert!(!dir.join("door2.pem").exists());
+
+    // A real mTLS client with the key in the token: curl over HTTP/2 with the pkcs11 engine.
+    let server = Running::start(setup).await;
+    let dir = server.setup.dir.path();
+    std::fs::write(
+        dir.join("openssl-pkcs11.cnf"),
+        "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n\
+         [engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\n\
+         dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so\n\
+         MODULE_PATH = /usr/lib/softhsm/libsofthsm2.so\ninit = 0\n",
+    )
+    .unwrap();
+    // LookupCertificateRequest { serial } as a gRPC frame: no compression, length, message.
+    let message = pb::LookupCertificateRequest {
+        key: Some(pb::lookup_certificate_request::Key::Serial(serial.clone())),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(&message);
+    std::fs::write(dir.join("request.bin"), &frame).unwrap();
+    let pin_file = server.setup.token.dir.path().join("user-pin");
+    let key = format!(
+        "pkcs11:token=tessera;object=door-client;type=private;pin-source=file:{}",
+        pin_file.display()
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert", "server.pem"])
+        .args(["--engine", "pkcs11", "--key-type", "ENG", "--key", &key])
+        .args(["--cert", "door.pem"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args([
+            "--data-binary",
+            "@request.bin",
+            "-D",
+            "headers.txt",
+            "-o",
+            "body.bin",
+        ])
+        .arg(format!(
+            "https://localhost:{}/tessera.v1.CertificateService/LookupCertificate",
+            server.addr.port()
+        ))
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", server.addr.port()),
+        ])
+        .env("OPENSSL_CONF", dir.join("openssl-pkcs11.cnf"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let headers = std::fs::read_to_string(dir.join("headers.txt")).unwrap();
+    assert!(headers.contains("grpc-status: 0"), "{headers}");
+    let body = std::fs::read(dir.join("body.bin")).unwrap();
+    assert_eq!(body[0], 0);
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let answer = pb::LookupCertificateResponse::decode(&body[5..5 + len]).unwrap();
+    let cert = answer.certificate.unwrap();
+    assert_eq!(cert.serial, serial);
+    assert_eq!(cert.status, pb::CertificateStatus::Good as i32);
+    assert_eq!(cert.der, cert_der);
+    let setup = server.stop().await;
+
+    // When the certificate cannot be issued (here: the store cannot record the reservation),
+    // the key just generated in the token is removed again.
+    let store = Store::open(url).await.unwrap();
+    store
+        .execute_raw("ALTER TABLE certificates RENAME TO certificates_elsewhere")
+        .await
+        .unwrap();
+    store.close().await;
+    let (code, out, err) = issue_again(&setup, "door-broken");
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.starts_with(
+            "error: the certificate was not signed: recording it before signing failed: "
+        ),
+        "{err}"
+    );
+    let listing = setup
+        .token
+        .pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("label:      door-client"), "{listing}");
+    assert!(!listing.contains("door-broken"), "{listing}");
+}
+
+/// issue-client-cert for relying-party with the key in the CA's own token (as a test stand-in
+/// for the client's token), label `label`.
+fn issue_again(setup: &CaSetup, label: &str) -> (i32, String, String) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(["admin", "issue-client-cert", "--role", "relying-party"])
+        .args(["--name", "door controller", "--config"])
+        .arg(&setup.config_path)
+        .arg("--hsm-config")
+        .arg(&setup.token.config_path)
+        .arg("--data-dir")
+        .arg(&setup.data_dir)
+        .arg("--out-cert")
+        .arg(setup.dir.path().join(format!("{label}.pem")))
+        .arg("--key-in-hsm-config")
+        .arg(&setup.token.config_path)
+        .args(["--key-label", label])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

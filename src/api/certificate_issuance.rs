@@ -19,7 +19,7 @@ const OPERATION: &str = "IssueFromCsr";
 fn ca_not_configured() -> Status {
     status::failed_precondition(
         "CA_NOT_CONFIGURED",
-        "this server has no [ca] section, so it cannot issue; configure the CA (docs/operations.md)",
+        "this server has no [ca] section, so it neither issues nor serves the CA chain; configure the CA (docs/operations.md)",
         None,
     )
 }
