@@ -89,7 +89,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let stored_ca = StoredCa::load(&data_dir)?;
     let key = match (&key_in_hsm_config, &key_label) {
         (Some(hsm_config), Some(label)) => ClientKey::in_token(hsm_config, label)?,
-        _ => ClientKey::File(rcgen::KeyPair::generate().context("cannot generate the client key")?),
+        _ => ClientKey::File(Box::new(
+            rcgen::KeyPair::generate().context("cannot generate the client key")?,
+        )),
     };
     let mut subject = SubjectParams::new(name.as_str());
     subject.uris.push(role.uri());
@@ -166,7 +168,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
 
 /// Where the client's private key lives.
 enum ClientKey {
-    File(rcgen::KeyPair),
+    File(Box<rcgen::KeyPair>),
     /// Generated in a PKCS#11 token; only its public key is read out.
     Token {
         hsm: Hsm,
@@ -183,7 +185,7 @@ impl ClientKey {
 
     fn public_key_der(&self) -> Vec<u8> {
         match self {
-            ClientKey::File(k) => rcgen::PublicKeyData::subject_public_key_info(k),
+            ClientKey::File(k) => rcgen::PublicKeyData::subject_public_key_info(k.as_ref()),
             ClientKey::Token { key, .. } => key.public_key_der().to_vec(),
         }
     }
