@@ -757,7 +757,20 @@ async fn kill_minus_9_under_load_loses_no_signed_certificate(url: &str) {
             next_id += 10_000;
             clients.push(tokio::spawn(async move {
                 let mut out = Vec::new();
-                let ch = connect_as(addr, &admin.0, &admin.1).await;
+                // The server may already be gone (killed before this client got going).
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&admin.0))
+                    .domain_name("localhost")
+                    .identity(Identity::from_pem(&admin.1.cert_pem, &admin.1.key_pem));
+                let Ok(ch) = Channel::from_shared(format!("https://{addr}"))
+                    .unwrap()
+                    .tls_config(tls)
+                    .unwrap()
+                    .connect()
+                    .await
+                else {
+                    return out;
+                };
                 let mut c = CertificateServiceClient::new(ch);
                 for i in first.. {
                     let (_, pem) = csr(&format!("svc-{i}"), &[]);
