@@ -144,6 +144,44 @@ fn csr(cn: &str, emails: &[&str]) -> (rcgen::KeyPair, String) {
     (key, pem)
 }
 
+/// DER: tag, definite length, content.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend(content);
+    out
+}
+
+/// A well-formed PKCS#10 structure for CN=x whose rsaEncryption key is three garbage bytes.
+fn csr_with_unreadable_rsa_key() -> Vec<u8> {
+    let seq = |parts: &[Vec<u8>]| tlv(0x30, &parts.concat());
+    let rsa_oid = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    let sha256_rsa_oid = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+    ];
+    let null = vec![0x05, 0x00];
+    let name = seq(&[tlv(
+        0x31,
+        &seq(&[vec![0x06, 0x03, 0x55, 0x04, 0x03], tlv(0x0c, b"x")]),
+    )]);
+    let spki = seq(&[
+        seq(&[rsa_oid.to_vec(), null.clone()]),
+        tlv(0x03, &[0x00, 0x01, 0x02, 0x03]),
+    ]);
+    let info = seq(&[vec![0x02, 0x01, 0x00], name, spki, vec![0xa0, 0x00]]);
+    seq(&[
+        info,
+        seq(&[sha256_rsa_oid.to_vec(), null]),
+        tlv(0x03, &[0x00, 0xde, 0xad]),
+    ])
+}
+
 fn issue_request(request_id: &str, csr_pem: &str, profile: &str) -> pb::IssueFromCsrRequest {
     pb::IssueFromCsrRequest {
         request_id: request_id.into(),
@@ -482,7 +520,32 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
 }
 
 async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
-    let server = Running::start(CaSetup::new(url)).await;
+    // The shipped profiles plus one that needs an email address.
+    let setup = CaSetup::new(url);
+    let profiles = setup.dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    for name in ["tls-client", "smime-signing"] {
+        std::fs::copy(
+            shipped.join(format!("{name}.toml")),
+            profiles.join(format!("{name}.toml")),
+        )
+        .unwrap();
+    }
+    let tls = std::fs::read_to_string(shipped.join("tls-client.toml")).unwrap();
+    assert!(tls.contains("require_email = false\n"));
+    std::fs::write(
+        profiles.join("mail-client.toml"),
+        tls.replace("require_email = false\n", "require_email = true\n"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(&setup.config_path).unwrap();
+    std::fs::write(
+        &setup.config_path,
+        format!("{config}profiles_dir = \"{}\"\n", profiles.display()),
+    )
+    .unwrap();
+    let server = Running::start(setup).await;
     let mut c = server.certificates("helpdesk").await;
     let (_, pem) = csr("svc", &[]);
     let mut n = 0;
@@ -534,6 +597,68 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         (
             Code::InvalidArgument,
             "CSR_SIGNATURE_INVALID".into(),
+            fields("csr")
+        )
+    );
+    // No common name, and no person to take the subject from.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "no name");
+    let no_cn = params.serialize_request(&key).unwrap().pem().unwrap();
+    assert_eq!(
+        refuse(issue_request("", &no_cn, "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "CSR_WITHOUT_COMMON_NAME".into(),
+            fields("csr")
+        )
+    );
+    // A key type Tessera does not certify.
+    let (_, ed25519) = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "ed");
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    };
+    assert_eq!(
+        refuse(issue_request("", &ed25519, "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "UNSUPPORTED_KEY_ALGORITHM".into(),
+            fields("csr")
+        )
+    );
+    // An RSA key whose BIT STRING is not an RSAPublicKey (checked before the signature).
+    let mut req = issue_request("", "", "tls-client");
+    req.csr = csr_with_unreadable_rsa_key();
+    assert_eq!(
+        refuse(req).await,
+        (
+            Code::InvalidArgument,
+            "PUBLIC_KEY_UNREADABLE".into(),
+            fields("csr")
+        )
+    );
+    // A common name of blanks only.
+    let (_, blank) = csr("   ", &[]);
+    assert_eq!(
+        refuse(issue_request("", &blank, "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "SUBJECT_INVALID".into(),
+            fields("csr")
+        )
+    );
+    // A profile that needs an email address, and a CSR without one.
+    assert_eq!(
+        refuse(issue_request("", &pem, "mail-client")).await,
+        (
+            Code::InvalidArgument,
+            "PROFILE_REQUIRES_EMAIL".into(),
             fields("csr")
         )
     );
