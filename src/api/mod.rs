@@ -29,6 +29,7 @@ macro_rules! idempotent {
 
 mod audit_service;
 pub mod authz;
+mod certificate_issuance;
 mod certificate_service;
 mod directory_service;
 pub mod rpc_metrics;

@@ -97,6 +97,15 @@ pub struct TlsConfig {
     pub private_key: PathBuf,
     /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
     pub client_ca: PathBuf,
+    /// true (default): the TLS handshake fails without a client certificate from `client_ca`.
+    /// false: a connection without one is let through TLS (for load-balancer health checks
+    /// over gRPC) and every Tessera RPC answers UNAUTHENTICATED.
+    #[serde(default = "default_require_client_certificate")]
+    pub require_client_certificate: bool,
+}
+
+fn default_require_client_certificate() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,9 +176,13 @@ impl ServerConfig {
             a.hsm_config = base.join(&a.hsm_config);
         }
         if let Some(ca) = config.ca.as_mut() {
-            for p in [Some(&mut ca.hsm_config), Some(&mut ca.data_dir), ca.profiles_dir.as_mut()]
-                .into_iter()
-                .flatten()
+            for p in [
+                Some(&mut ca.hsm_config),
+                Some(&mut ca.data_dir),
+                ca.profiles_dir.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -215,9 +228,9 @@ fn read_certificates(
     Ok(certs)
 }
 
-/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca` when
-/// presented. A connection without one is let through TLS so that health checks work, and
-/// every Tessera RPC then answers UNAUTHENTICATED.
+/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca`. Without
+/// one the handshake fails, unless `require_client_certificate = false`: then the connection is
+/// let through TLS (health checks work) and every Tessera RPC answers UNAUTHENTICATED.
 pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
     let chain = read_certificates("server certificate", &tls.certificate)?;
     let key =
@@ -233,13 +246,16 @@ pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, Server
         })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    );
+    if !tls.require_client_certificate {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerConfigError::Tls(e.to_string()))?
@@ -400,6 +416,10 @@ impl BoundServer {
                         continue;
                     }
                 };
+                // Small gRPC frames must not wait for delayed ACKs (Nagle): ~40 ms per call.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
@@ -448,9 +468,11 @@ impl BoundServer {
                 }
             })
         });
+        let (stop_streams, streams_stopping) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
             let _ = stop_http.send(true);
+            let _ = stop_streams.send(true);
         };
         let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
             let store = store.clone();
@@ -481,6 +503,7 @@ impl BoundServer {
                 AuditLog {
                     store: store.clone(),
                     verifier: None,
+                    stopping: streams_stopping,
                 },
             ))
             .add_service(

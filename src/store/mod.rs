@@ -546,6 +546,26 @@ impl WriteTx {
         map_unique(result, "request id", &r.request_id)
     }
 
+    /// Replaces the stored answer of `request_id` (an issuance's answer becomes known only
+    /// after the HSM signed, in a later transaction than the one that claimed the id).
+    pub async fn complete_idempotency_record(
+        &mut self,
+        request_id: &str,
+        response: &[u8],
+    ) -> Result<()> {
+        let done = sqlx::query("UPDATE idempotency SET response = $1 WHERE request_id = $2")
+            .bind(response.to_vec())
+            .bind(request_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Database(sqlx::Error::RowNotFound))
+        }
+    }
+
     /// The last audit event (highest sequence), if any.
     pub async fn last_audit_event(&mut self) -> Result<Option<AuditRow>> {
         let row = sqlx::query(sql!(
