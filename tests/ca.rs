@@ -607,7 +607,7 @@ fn sign_csr_refusals_name_the_problem() {
     let data_dir = init_ca(&token);
     assert_refused(
         &sign_csr(&token, &data_dir, "server", &csr, &leaf),
-        "unknown certificate profile \"server\"; known profiles: smime-signing, tls-client",
+        "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client",
     );
     assert_refused(
         &sign_csr(&token, &data_dir, "smime-signing", &csr, &leaf),
