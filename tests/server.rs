@@ -9,6 +9,7 @@ use tessera::api::pb;
 use tessera::api::pb::audit_service_client::AuditServiceClient;
 use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
 use tessera::api::pb::token_service_client::TokenServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::store::{NewToken, Store, TokenState};
@@ -127,7 +128,8 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
     let mut d = DirectoryServiceClient::new(ch.clone());
     let mut t = TokenServiceClient::new(ch.clone());
     let mut a = AuditServiceClient::new(ch.clone());
-    let mut c = CertificateServiceClient::new(ch);
+    let mut c = CertificateServiceClient::new(ch.clone());
+    let mut e = EnrollmentServiceClient::new(ch);
     let mut out = BTreeMap::new();
     fn code<T>(r: Result<tonic::Response<T>, Status>) -> Option<Code> {
         r.err().map(|s| s.code())
@@ -247,6 +249,42 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "BeginEnrollment",
+        code(
+            e.begin_enrollment(pb::BeginEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "CompleteEnrollment",
+        code(
+            e.complete_enrollment(pb::CompleteEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "ConfirmEnrollment",
+        code(
+            e.confirm_enrollment(pb::ConfirmEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "AbortEnrollment",
+        code(
+            e.abort_enrollment(pb::AbortEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "GetEnrollment",
+        code(e.get_enrollment(pb::GetEnrollmentRequest::default()).await),
+    );
+    out.insert(
+        "ReleasePuk",
+        code(e.release_puk(pb::ReleasePukRequest::default()).await),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -269,6 +307,8 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetCertificate" | "ListCertificates" => &["helpdesk", "auditor", "admin"],
         "RevokeCertificate" => &["helpdesk", "admin"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
+        "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
+        | "GetEnrollment" | "ReleasePuk" => &["helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -276,7 +316,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
 async fn role_matrix(url: &str) {
     let server = Running::start(url).await;
     let anonymous = call_every_rpc(server.channel(None).await).await;
-    assert_eq!(anonymous.len(), 22);
+    assert_eq!(anonymous.len(), 28);
     for (method, code) in &anonymous {
         assert_eq!(
             *code,

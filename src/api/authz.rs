@@ -144,6 +144,12 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.CertificateService/ListCertificates" => &[Helpdesk, Auditor, Admin],
         "/tessera.v1.CertificateService/RevokeCertificate" => &[Helpdesk, Admin],
         "/tessera.v1.CertificateService/LookupCertificate" => &[RelyingParty, Helpdesk, Admin],
+        "/tessera.v1.EnrollmentService/BeginEnrollment"
+        | "/tessera.v1.EnrollmentService/CompleteEnrollment"
+        | "/tessera.v1.EnrollmentService/ConfirmEnrollment"
+        | "/tessera.v1.EnrollmentService/AbortEnrollment"
+        | "/tessera.v1.EnrollmentService/GetEnrollment"
+        | "/tessera.v1.EnrollmentService/ReleasePuk" => TOKEN_WRITE,
         _ => &[],
     }
 }

@@ -31,6 +31,7 @@ mod audit_service;
 pub mod authz;
 mod certificate_service;
 mod directory_service;
+pub mod enrollment_service;
 pub mod server;
 mod status;
 mod token_service;

@@ -32,6 +32,10 @@ pub struct ServerConfig {
     /// section those RPCs answer FAILED_PRECONDITION and the HTTP side has no /crl or OCSP.
     #[serde(default)]
     pub ca: Option<CaConfig>,
+    /// Help-desk enrollment (EnrollmentService); requires `[ca]`. Without this section the
+    /// enrollment RPCs answer FAILED_PRECONDITION ENROLLMENT_NOT_CONFIGURED.
+    #[serde(default)]
+    pub enrollment: Option<super::enrollment_service::EnrollmentConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +129,8 @@ pub enum ServerConfigError {
     CheckpointSigner(#[from] crate::audit::AuditError),
     #[error("ca: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("enrollment: {0}")]
+    Enrollment(String),
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
@@ -157,9 +163,25 @@ impl ServerConfig {
             a.hsm_config = base.join(&a.hsm_config);
         }
         if let Some(ca) = config.ca.as_mut() {
-            for p in [Some(&mut ca.hsm_config), Some(&mut ca.data_dir), ca.profiles_dir.as_mut()]
-                .into_iter()
-                .flatten()
+            for p in [
+                Some(&mut ca.hsm_config),
+                Some(&mut ca.data_dir),
+                ca.profiles_dir.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        if let Some(e) = config.enrollment.as_mut() {
+            for p in e
+                .attestation_roots
+                .iter_mut()
+                .chain(e.attestation_policy.as_mut())
+                .chain(e.profiles_dir.as_mut())
             {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -248,6 +270,7 @@ pub struct BoundServer {
     checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
     http: Option<(TcpListener, Option<PathBuf>)>,
     ca: Option<Arc<OnlineCa>>,
+    enrollment: Option<Arc<super::enrollment_service::EnrollmentSettings>>,
 }
 
 impl BoundServer {
@@ -276,6 +299,19 @@ impl BoundServer {
                 c.profiles_dir.as_deref(),
             )?)),
         };
+        let enrollment = match (&config.enrollment, &ca) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ServerConfigError::Enrollment(
+                    "the [enrollment] section needs a [ca] section (the CA that certifies the keys)"
+                        .into(),
+                ));
+            }
+            (Some(e), Some(ca)) => Some(Arc::new(
+                super::enrollment_service::EnrollmentSettings::load(e, ca)
+                    .map_err(ServerConfigError::Enrollment)?,
+            )),
+        };
         let store = Store::open(&config.database.url).await?;
         let http = match &config.http {
             None => None,
@@ -302,6 +338,7 @@ impl BoundServer {
             checkpoints,
             http,
             ca,
+            enrollment,
         })
     }
 
@@ -408,6 +445,28 @@ impl BoundServer {
                 }
             })
         });
+        let enrollments = Arc::new(super::enrollment_service::Enrollments {
+            store: store.clone(),
+            configured: self.ca.clone().zip(self.enrollment.clone()),
+        });
+        let expiry_loop = self.enrollment.as_ref().map(|settings| {
+            let enrollments = Arc::clone(&enrollments);
+            let every = settings.sweep;
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = enrollments.expire_due(None).await {
+                        tracing::warn!(error = %e.message(), "enrollment expiry sweep failed");
+                    }
+                }
+            })
+        });
+        health_reporter
+            .set_serving::<pb::enrollment_service_server::EnrollmentServiceServer<
+                super::enrollment_service::Enrollments,
+            >>()
+            .await;
         let result = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
@@ -431,6 +490,9 @@ impl BoundServer {
                     ca: self.ca.clone(),
                 }),
             )
+            .add_service(
+                pb::enrollment_service_server::EnrollmentServiceServer::from_arc(enrollments),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(receiver),
                 shutdown,
@@ -441,6 +503,9 @@ impl BoundServer {
             let _ = task.await;
         }
         if let Some(task) = checkpoint_loop {
+            task.abort();
+        }
+        if let Some(task) = expiry_loop {
             task.abort();
         }
         if let Some((signer, _)) = &self.checkpoints {

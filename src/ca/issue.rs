@@ -242,20 +242,21 @@ impl IssuingCa {
             let san = subject_alt_names_der(subject, upn.map(String::as_str), hardware_module)?;
             params
                 .custom_extensions
-                .push(CustomExtension::from_oid_content(SUBJECT_ALT_NAME_EXTENSION, san));
+                .push(CustomExtension::from_oid_content(
+                    SUBJECT_ALT_NAME_EXTENSION,
+                    san,
+                ));
         } else {
             for email in &subject.emails {
-                let name = email
-                    .as_str()
-                    .try_into()
-                    .map_err(|_| CaError::SubjectInvalid(format!("email \"{email}\" is not ASCII")))?;
+                let name = email.as_str().try_into().map_err(|_| {
+                    CaError::SubjectInvalid(format!("email \"{email}\" is not ASCII"))
+                })?;
                 params.subject_alt_names.push(SanType::Rfc822Name(name));
             }
             for dns in &subject.dns_names {
-                let name = dns
-                    .as_str()
-                    .try_into()
-                    .map_err(|_| CaError::SubjectInvalid(format!("DNS name \"{dns}\" is not ASCII")))?;
+                let name = dns.as_str().try_into().map_err(|_| {
+                    CaError::SubjectInvalid(format!("DNS name \"{dns}\" is not ASCII"))
+                })?;
                 params.subject_alt_names.push(SanType::DnsName(name));
             }
             for uri in &subject.uris {
@@ -345,7 +346,9 @@ fn subject_alt_names_der(
         if v.is_ascii() && !v.is_empty() {
             Ok(v.as_bytes().to_vec())
         } else {
-            Err(CaError::SubjectInvalid(format!("{kind} \"{v}\" is not ASCII")))
+            Err(CaError::SubjectInvalid(format!(
+                "{kind} \"{v}\" is not ASCII"
+            )))
         }
     };
     let oid = |dotted: &str| policy_oid::encode(dotted).map_err(CaError::CertificateEncoding);
@@ -357,7 +360,9 @@ fn subject_alt_names_der(
     let mut names = Vec::new();
     if let Some(upn) = upn {
         if upn.is_empty() || upn.chars().any(char::is_control) {
-            return Err(CaError::SubjectInvalid(format!("UPN \"{upn}\" is not valid")));
+            return Err(CaError::SubjectInvalid(format!(
+                "UPN \"{upn}\" is not valid"
+            )));
         }
         names.extend(other_name(UPN_OID, tagged(0x0c, upn.as_bytes()))?);
     }
@@ -393,7 +398,8 @@ fn sid_extension_der(sid: &str) -> Result<Vec<u8>, CaError> {
             "windows SID \"{sid}\" is not of the form S-1-5-21-…"
         )));
     }
-    let mut content = policy_oid::encode(NTDS_OBJECTSID_OID).map_err(CaError::CertificateEncoding)?;
+    let mut content =
+        policy_oid::encode(NTDS_OBJECTSID_OID).map_err(CaError::CertificateEncoding)?;
     content.extend(tagged(0xa0, &tagged(0x04, sid.as_bytes())));
     Ok(sequence(&tagged(0xa0, &content)))
 }

@@ -115,13 +115,15 @@ impl TokenCredentialsRow {
             let key: Option<Vec<u8>> = r.try_get(a + 1)?;
             let puk: Option<Vec<u8>> = r.try_get(a + 2)?;
             Ok(match (alg, key, puk) {
-                (Some(management_key_algorithm), Some(management_key_wrapped), Some(puk_wrapped)) => {
-                    Some(WrappedCredentials {
-                        management_key_algorithm,
-                        management_key_wrapped,
-                        puk_wrapped,
-                    })
-                }
+                (
+                    Some(management_key_algorithm),
+                    Some(management_key_wrapped),
+                    Some(puk_wrapped),
+                ) => Some(WrappedCredentials {
+                    management_key_algorithm,
+                    management_key_wrapped,
+                    puk_wrapped,
+                }),
                 (None, None, None) => None,
                 _ => {
                     return Err(StoreError::BadStoredValue {
@@ -228,7 +230,10 @@ impl WriteTx {
             .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
 
-    pub async fn enrollment_by_public_id(&mut self, public_id: &str) -> Result<Option<EnrollmentRow>> {
+    pub async fn enrollment_by_public_id(
+        &mut self,
+        public_id: &str,
+    ) -> Result<Option<EnrollmentRow>> {
         enrollment_where(&mut *self.tx, public_id).await
     }
 
@@ -287,19 +292,77 @@ impl WriteTx {
         enrollment_certificates(&mut *self.tx, enrollment_id).await
     }
 
-    /// Writes a token's model and firmware as the station read them.
-    pub async fn update_token_hardware(&mut self, token_id: i64, model: &str, firmware: &str) -> Result<()> {
-        sqlx::query("UPDATE tokens SET model = $1, firmware = $2, updated_at = $3 WHERE id = $4")
-            .bind(model)
-            .bind(firmware)
-            .bind(now_rfc3339())
-            .bind(token_id)
+    /// Writes a token's model, firmware and form factor.
+    pub async fn update_token_hardware(
+        &mut self,
+        token_id: i64,
+        model: &str,
+        firmware: &str,
+        form_factor: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE tokens SET model = $1, firmware = $2, form_factor = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(model)
+        .bind(firmware)
+        .bind(form_factor)
+        .bind(now_rfc3339())
+        .bind(token_id)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
     }
 
-    pub async fn token_credentials(&mut self, token_id: i64) -> Result<Option<TokenCredentialsRow>> {
+    pub async fn person_by_id(&mut self, id: i64) -> Result<Option<super::PersonRow>> {
+        let row = sqlx::query(sql!(
+            "SELECT {} FROM people WHERE id = $1",
+            super::PERSON_COLUMNS
+        ))
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(super::PersonRow::from_row).transpose()
+    }
+
+    pub async fn token_by_id(&mut self, id: i64) -> Result<Option<super::TokenRow>> {
+        let row = sqlx::query(sql!(
+            "SELECT {} FROM tokens WHERE id = $1",
+            super::TOKEN_COLUMNS
+        ))
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(super::TokenRow::from_row).transpose()
+    }
+
+    /// Certificates issued by the token's other enrollments (not `except_enrollment_id`).
+    pub async fn earlier_enrollment_certificates(
+        &mut self,
+        token_id: i64,
+        except_enrollment_id: i64,
+    ) -> Result<Vec<EnrollmentCertificateRow>> {
+        let rows = sqlx::query(
+            "SELECT ec.slot, ec.serial FROM enrollment_certificates ec JOIN enrollments e ON e.id = ec.enrollment_id \
+             WHERE e.token_id = $1 AND e.id <> $2 ORDER BY ec.serial",
+        )
+        .bind(token_id)
+        .bind(except_enrollment_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EnrollmentCertificateRow {
+                    slot: r.try_get(0)?,
+                    serial: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn token_credentials(
+        &mut self,
+        token_id: i64,
+    ) -> Result<Option<TokenCredentialsRow>> {
         let row = sqlx::query(sql!(
             "SELECT {CREDENTIAL_COLUMNS} FROM token_credentials WHERE token_id = $1"
         ))

@@ -1,0 +1,565 @@
+//! Help-desk enrollment end to end on the server side: SoftHSM2 CA + the gRPC server + a real
+//! virtual card (pcscd + vpcd + tessera-vpiv) driven with the `piv` module, as the station does.
+//! Run under `scripts/with-pcscd.sh -- cargo nextest run --test enrollment`.
+mod harness;
+
+use harness::pki::TestPki;
+use harness::softhsm::SoftHsmToken;
+use harness::vpcd::{CardOptions, VirtualCard};
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+use tessera::api::pb;
+use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
+use tessera::api::{BoundServer, ServerConfig};
+use tessera::piv::{ManagementKey, PivToken, Secret};
+use tessera::store::Store;
+use tonic::Status;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_types::StatusExt;
+use yubikey::MgmAlgorithmId;
+use yubikey::piv::{AlgorithmId, SlotId};
+
+on_both_databases!(happy_path_enrolls_a_virtual_card);
+
+const FACTORY_MGM_KEY: [u8; 24] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+];
+const FACTORY_PIN: &str = "123456";
+const FACTORY_PUK: &str = "12345678";
+const NEW_PIN: &str = "24681357";
+
+/// A running server with a SoftHSM2 CA and enrollment configured, and the files around it.
+struct Server {
+    dir: tempfile::TempDir,
+    _hsm: SoftHsmToken,
+    pki: TestPki,
+    addr: std::net::SocketAddr,
+    data_dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn tessera(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Server {
+    /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
+    /// `[ca]` and `[enrollment]` trusting `attestation_roots` (the virtual cards' roots).
+    async fn start(
+        database_url: &str,
+        attestation_roots: &[PathBuf],
+        enrollment_extra: &str,
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = SoftHsmToken::create("tessera");
+        let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+        let hsm_config = hsm.config_path.to_str().unwrap().to_string();
+        let data_dir = dir.path().join("ca");
+        let (code, _, err) = tessera(
+            &[
+                "ca",
+                "init",
+                "--hsm-config",
+                &hsm_config,
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "ca init: {err}");
+        let (code, out, err) = tessera(
+            &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
+            &env,
+        );
+        assert_eq!(code, 0, "init-wrapping-key: {err}");
+        assert_eq!(
+            out,
+            "made AES-256 wrapping key \"tessera-wrap\" in the HSM\n"
+        );
+
+        let pki = TestPki::new();
+        let config_path = pki.write_server_config(dir.path(), database_url);
+        let roots: Vec<String> = attestation_roots
+            .iter()
+            .map(|p| format!("{:?}", p.to_str().unwrap()))
+            .collect();
+        let mut config = std::fs::read_to_string(&config_path).unwrap();
+        config.push_str(&format!(
+            "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n\n[enrollment]\nattestation_roots = [{}]\n{enrollment_extra}",
+            data_dir.to_str().unwrap(),
+            roots.join(", ")
+        ));
+        std::fs::write(&config_path, config).unwrap();
+        let config = ServerConfig::load(&config_path).unwrap();
+        let server = BoundServer::bind(&config).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            dir,
+            _hsm: hsm,
+            pki,
+            addr,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn channel(&self, role: &str) -> Channel {
+        let client = self.pki.client(role);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+        Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
+        EnrollmentServiceClient::new(self.channel("helpdesk").await)
+    }
+
+    async fn create_person(&self, id: &str, sid: &str) {
+        DirectoryServiceClient::new(self.channel("hr").await)
+            .create_person(pb::CreatePersonRequest {
+                request_id: format!("create-{id}"),
+                person: Some(pb::PersonRecord {
+                    external_id: id.into(),
+                    display_name: format!("Person {id}"),
+                    upn: format!("{}@corp.test", id.to_lowercase()),
+                    email: format!("{}@corp.test", id.to_lowercase()),
+                    windows_sid: sid.into(),
+                    attributes: Default::default(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+#[allow(dead_code)] // used by the refusal tests
+fn reason(s: &Status) -> String {
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn slot_id(slot: &str) -> SlotId {
+    SlotId::try_from(u8::from_str_radix(slot, 16).unwrap()).unwrap()
+}
+
+fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
+    match s {
+        "NEVER" => yubikey::PinPolicy::Never,
+        "ONCE" => yubikey::PinPolicy::Once,
+        "ALWAYS" => yubikey::PinPolicy::Always,
+        other => panic!("pin policy {other}"),
+    }
+}
+
+fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
+    match s {
+        "NEVER" => yubikey::TouchPolicy::Never,
+        "ALWAYS" => yubikey::TouchPolicy::Always,
+        "CACHED" => yubikey::TouchPolicy::Cached,
+        other => panic!("touch policy {other}"),
+    }
+}
+
+fn yk_algorithm(s: &str) -> AlgorithmId {
+    match s {
+        "ECCP256" => AlgorithmId::EccP256,
+        "ECCP384" => AlgorithmId::EccP384,
+        other => panic!("algorithm {other} is not used by these tests"),
+    }
+}
+
+fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
+    let algorithm = match pb::ManagementKeyAlgorithm::try_from(k.algorithm).unwrap() {
+        pb::ManagementKeyAlgorithm::TripleDes => MgmAlgorithmId::ThreeDes,
+        pb::ManagementKeyAlgorithm::Aes128 => MgmAlgorithmId::Aes128,
+        pb::ManagementKeyAlgorithm::Aes192 => MgmAlgorithmId::Aes192,
+        pb::ManagementKeyAlgorithm::Aes256 => MgmAlgorithmId::Aes256,
+        pb::ManagementKeyAlgorithm::Unspecified => panic!("unspecified algorithm"),
+    };
+    ManagementKey {
+        algorithm,
+        key: Secret::new(k.key.clone()),
+    }
+}
+
+fn secret(s: &str) -> Secret {
+    Secret::new(s.as_bytes().to_vec())
+}
+
+/// What the station does between Begin and Complete on a factory-fresh card: new management
+/// key and PUK, each planned key generated and attested, the proof signed after PIN verify.
+fn station_prepares(
+    card: &VirtualCard,
+    begin: &pb::BeginEnrollmentResponse,
+) -> pb::CompleteEnrollmentRequest {
+    let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+    let info = token.info().unwrap();
+    assert!(info.is_factory_fresh(), "{info:?}");
+    let factory = ManagementKey {
+        algorithm: tessera::piv::default_management_algorithm(token.firmware()),
+        key: Secret::new(FACTORY_MGM_KEY.to_vec()),
+    };
+    token.authenticate(&factory).unwrap();
+    let new_key = mgm_key(begin.new_management_key.as_ref().unwrap());
+    token.set_management_key(&new_key).unwrap();
+    token.authenticate(&new_key).unwrap();
+    token
+        .change_puk(&secret(FACTORY_PUK), &secret(&begin.new_puk))
+        .unwrap();
+    let mut attestations = Vec::new();
+    for plan in &begin.slots {
+        token
+            .generate(
+                slot_id(&plan.slot),
+                yk_algorithm(&plan.algorithm),
+                yk_pin_policy(&plan.pin_policy),
+                yk_touch_policy(&plan.touch_policy),
+            )
+            .unwrap();
+        attestations.push(token.attest(slot_id(&plan.slot)).unwrap());
+    }
+    let intermediate = token.attestation_certificate().unwrap();
+    let mut proofs = Vec::new();
+    for (plan, attestation) in begin.slots.iter().zip(attestations) {
+        token.verify_pin(&secret(FACTORY_PIN)).unwrap();
+        let message =
+            tessera::enroll::proof_message(&begin.enrollment_id, &plan.slot, &begin.nonce);
+        let digest = sha2::Sha256::digest(&message);
+        let signature = token
+            .sign(slot_id(&plan.slot), yk_algorithm(&plan.algorithm), &digest)
+            .unwrap();
+        proofs.push(pb::EnrollmentProof {
+            slot: plan.slot.clone(),
+            attestation_certificate: attestation,
+            signature,
+        });
+    }
+    pb::CompleteEnrollmentRequest {
+        request_id: format!("complete-{}", begin.enrollment_id),
+        enrollment_id: begin.enrollment_id.clone(),
+        attestation_intermediate: intermediate,
+        proofs,
+    }
+}
+
+/// After Complete: the certificates written to their slots, the person's PIN set.
+fn station_finishes(
+    card: &VirtualCard,
+    begin: &pb::BeginEnrollmentResponse,
+    done: &pb::CompleteEnrollmentResponse,
+) {
+    let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+    token
+        .authenticate(&mgm_key(begin.new_management_key.as_ref().unwrap()))
+        .unwrap();
+    for c in &done.certificates {
+        token
+            .write_certificate(slot_id(&c.slot), &c.certificate.as_ref().unwrap().der)
+            .unwrap();
+    }
+    token
+        .change_pin(&secret(FACTORY_PIN), &secret(NEW_PIN))
+        .unwrap();
+}
+
+fn begin_request(person: &str, serial: u32, profile: &str) -> pb::BeginEnrollmentRequest {
+    pb::BeginEnrollmentRequest {
+        request_id: format!("begin-{person}-{serial}-{profile}"),
+        person_external_id: person.into(),
+        profile: profile.into(),
+        token_serial: serial.to_string(),
+        firmware: "5.7.4".into(),
+        model: "YubiKey 5 NFC".into(),
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    tessera::ca::issue::certificate_pem(der)
+}
+
+/// Runs pkilint's `lint_pkix_cert` on a certificate; returns its findings (ERROR and worse).
+fn pkilint(dir: &Path, name: &str, der: &[u8]) -> String {
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, pem(der)).unwrap();
+    let out = std::process::Command::new("lint_pkix_cert")
+        .args(["lint", "-s", "ERROR"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run lint_pkix_cert (PyPI pkilint; scripts/install-deps.sh): {e}")
+        });
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+async fn happy_path_enrolls_a_virtual_card(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(20_000_001));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E100", "").await;
+    let mut enroll = server.enrollments().await;
+
+    let begin = enroll
+        .begin_enrollment(begin_request("E100", 20_000_001, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(begin.enrollment_id.starts_with("enr_"));
+    assert_eq!(begin.nonce.len(), 32);
+    assert_eq!(
+        begin.current_management_key, None,
+        "a new token has no key on the server"
+    );
+    let new_key = begin.new_management_key.clone().unwrap();
+    assert_eq!(new_key.algorithm, pb::ManagementKeyAlgorithm::Aes256 as i32);
+    assert_eq!(new_key.key.len(), 32);
+    assert_eq!(begin.new_puk.len(), 8);
+    assert!(begin.new_puk.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(begin.person_upn, "e100@corp.test");
+    assert_eq!(
+        begin
+            .slots
+            .iter()
+            .map(|s| (s.slot.as_str(), s.certificate_profile.as_str()))
+            .collect::<Vec<_>>(),
+        [("9a", "piv-authentication"), ("9c", "piv-signature")]
+    );
+    // A repeated Begin (same request id) gets the same answer, secrets included.
+    let again = enroll
+        .begin_enrollment(begin_request("E100", 20_000_001, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, begin);
+
+    let complete = station_prepares(&card, &begin);
+    let done = enroll
+        .complete_enrollment(complete.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.certificates
+            .iter()
+            .map(|c| c.slot.as_str())
+            .collect::<Vec<_>>(),
+        ["9a", "9c"]
+    );
+    // Same request id again: the same answer, nothing issued twice.
+    let repeat = enroll
+        .complete_enrollment(complete.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(repeat, done);
+
+    station_finishes(&card, &begin, &done);
+    let confirmed = enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-1".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = confirmed.token.unwrap();
+    assert_eq!(token.state, pb::TokenState::Active as i32);
+    assert_eq!(token.serial, "20000001");
+    assert_eq!(token.person_external_id, "E100");
+    assert_eq!(token.form_factor, pb::FormFactor::UsbAKeychain as i32);
+    assert_eq!(token.certificate_serials.len(), 2);
+
+    let got = enroll
+        .get_enrollment(pb::GetEnrollmentRequest {
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(got.state, pb::EnrollmentState::Confirmed as i32);
+    assert_eq!(got.certificates, done.certificates);
+
+    // The card holds the certificate, yubico-piv-tool reads it, and it chains to the CA.
+    let nine_a = done.certificates[0].certificate.as_ref().unwrap();
+    let read = card
+        .yubico_piv_tool(&["-a", "read-certificate", "-s", "9a"], None)
+        .success();
+    assert_eq!(read.stdout.trim(), pem(&nine_a.der).trim());
+    let dir = server.dir.path();
+    for c in &done.certificates {
+        let leaf = dir.join(format!("leaf-{}.pem", c.slot));
+        std::fs::write(&leaf, pem(&c.certificate.as_ref().unwrap().der)).unwrap();
+        let verify = std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(server.data_dir.join("root.pem"))
+            .arg("-untrusted")
+            .arg(server.data_dir.join("issuing.pem"))
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "openssl verify {}: {}{}",
+            c.slot,
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+
+    // The certificate names the person and the token.
+    {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(&nine_a.der).unwrap();
+        assert_eq!(
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "Person E100"
+        );
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let mut names = Vec::new();
+        for n in &san.value.general_names {
+            names.push(match n {
+                GeneralName::RFC822Name(e) => format!("email:{e}"),
+                GeneralName::OtherName(oid, value) => format!("{oid}:{}", hex::encode(value)),
+                other => format!("{other:?}"),
+            });
+        }
+        // UPN: [0] { UTF8String "e100@corp.test" }; HardwareModuleName: [0] { SEQUENCE {
+        // OID 1.3.6.1.4.1.41482.3, OCTET STRING "20000001" } }.
+        assert_eq!(
+            names,
+            [
+                format!(
+                    "1.3.6.1.4.1.311.20.2.3:a0100c0e{}",
+                    hex::encode("e100@corp.test")
+                ),
+                "email:e100@corp.test".to_string(),
+                format!(
+                    "1.3.6.1.5.5.7.8.4:a01730150609{}0408{}",
+                    "2b0601040182c40a03",
+                    hex::encode("20000001")
+                ),
+            ]
+        );
+        let policies: Vec<String> = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::CertificatePolicies(p) => Some(p),
+                _ => None,
+            })
+            .unwrap()
+            .iter()
+            .map(|p| p.policy_id.to_id_string())
+            .collect();
+        assert_eq!(
+            policies,
+            ["1.3.6.1.4.1.32473.1.2.4", "1.3.6.1.4.1.32473.1.1.1"]
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.email_protection);
+    }
+    // pkilint finds no error in either certificate.
+    for c in &done.certificates {
+        assert_eq!(
+            pkilint(
+                dir,
+                &format!("lint-{}", c.slot),
+                &c.certificate.as_ref().unwrap().der
+            ),
+            "",
+            "pkilint findings for the {} certificate",
+            c.slot
+        );
+    }
+
+    // The store and the audit log tell the same story.
+    let store = Store::open(url).await.unwrap();
+    let actions: Vec<String> = store
+        .audit_events(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .filter(|a| !a.starts_with("person."))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "token.register",
+            "enrollment.begin",
+            "enrollment.verify",
+            "certificate.reserve",
+            "certificate.issue",
+            "certificate.reserve",
+            "certificate.issue",
+            "enrollment.confirm",
+            "token.activate",
+        ]
+    );
+    // No secret reached the database: neither the management key nor the PUK in any column
+    // of the idempotency records or the audit log.
+    for e in store.audit_events(0, 100).await.unwrap() {
+        assert!(!e.after_json.contains(&begin.new_puk), "{e:?}");
+    }
+    let key_hex = hex::encode(&new_key.key);
+    for id in ["begin-E100-20000001-piv-login"] {
+        let record = store.idempotency_record(id).await.unwrap().unwrap();
+        assert!(!hex::encode(&record.response).contains(&key_hex));
+        assert!(
+            !record
+                .response
+                .windows(begin.new_puk.len())
+                .any(|w| w == begin.new_puk.as_bytes())
+        );
+    }
+    store.close().await;
+    server.stop().await;
+}
