@@ -14,13 +14,18 @@ use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::piv::{ManagementKey, PivToken, Secret};
 use tessera::store::Store;
-use tonic::Status;
+use tessera::store::{CertificateStatus, CertificatesQuery};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use yubikey::MgmAlgorithmId;
 use yubikey::piv::{AlgorithmId, SlotId};
 
-on_both_databases!(happy_path_enrolls_a_virtual_card);
+on_both_databases!(
+    happy_path_enrolls_a_virtual_card,
+    begin_refusals_name_their_reason,
+    proof_over_a_wrong_nonce_is_refused,
+);
 
 const FACTORY_MGM_KEY: [u8; 24] = [
     1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
@@ -166,7 +171,6 @@ impl Server {
     }
 }
 
-#[allow(dead_code)] // used by the refusal tests
 fn reason(s: &Status) -> String {
     s.get_error_details()
         .error_info()
@@ -222,11 +226,30 @@ fn secret(s: &str) -> Secret {
     Secret::new(s.as_bytes().to_vec())
 }
 
+/// How the station signs each slot's proof (the honest way, or the ways the refusal tests
+/// need).
+#[derive(Clone, Copy)]
+enum Signing<'a> {
+    Honest,
+    /// Over this nonce instead of the enrollment's.
+    OverNonce(&'a [u8]),
+    /// Slot `.0`'s proof signed with slot `.1`'s key.
+    WithKeyOf(&'a str, &'a str),
+}
+
 /// What the station does between Begin and Complete on a factory-fresh card: new management
 /// key and PUK, each planned key generated and attested, the proof signed after PIN verify.
 fn station_prepares(
     card: &VirtualCard,
     begin: &pb::BeginEnrollmentResponse,
+) -> pb::CompleteEnrollmentRequest {
+    station_prepares_signing(card, begin, Signing::Honest)
+}
+
+fn station_prepares_signing(
+    card: &VirtualCard,
+    begin: &pb::BeginEnrollmentResponse,
+    signing: Signing<'_>,
 ) -> pb::CompleteEnrollmentRequest {
     let mut token = PivToken::open(Some(card.reader_name())).unwrap();
     let info = token.info().unwrap();
@@ -257,12 +280,17 @@ fn station_prepares(
     let intermediate = token.attestation_certificate().unwrap();
     let mut proofs = Vec::new();
     for (plan, attestation) in begin.slots.iter().zip(attestations) {
+        let (nonce, signer) = match signing {
+            Signing::Honest => (begin.nonce.as_slice(), plan.slot.as_str()),
+            Signing::OverNonce(n) => (n, plan.slot.as_str()),
+            Signing::WithKeyOf(slot, other) if slot == plan.slot => (begin.nonce.as_slice(), other),
+            Signing::WithKeyOf(..) => (begin.nonce.as_slice(), plan.slot.as_str()),
+        };
         token.verify_pin(&secret(FACTORY_PIN)).unwrap();
-        let message =
-            tessera::enroll::proof_message(&begin.enrollment_id, &plan.slot, &begin.nonce);
+        let message = tessera::enroll::proof_message(&begin.enrollment_id, &plan.slot, nonce);
         let digest = sha2::Sha256::digest(&message);
         let signature = token
-            .sign(slot_id(&plan.slot), yk_algorithm(&plan.algorithm), &digest)
+            .sign(slot_id(signer), yk_algorithm(&plan.algorithm), &digest)
             .unwrap();
         proofs.push(pb::EnrollmentProof {
             slot: plan.slot.clone(),
@@ -560,6 +588,711 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
                 .any(|w| w == begin.new_puk.as_bytes())
         );
     }
+    store.close().await;
+    server.stop().await;
+}
+
+fn metadata(s: &Status, key: &str) -> String {
+    s.get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+        .unwrap_or_default()
+}
+
+async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
+    store
+        .list_certificates(&CertificatesQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// A refusal: the exact code and reason, `certificates_before` certificates still (none
+/// issued), and the refusal as the last audit event, naming its reason.
+async fn assert_refused<T: std::fmt::Debug>(
+    url: &str,
+    result: Result<tonic::Response<T>, Status>,
+    code: Code,
+    expected_reason: &str,
+    certificates_before: usize,
+) -> Status {
+    let status = result.expect_err("the call must be refused");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, expected_reason),
+        "{status:?}"
+    );
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(
+        certificates(&store).await.len(),
+        certificates_before,
+        "no certificate issued"
+    );
+    let events = store.audit_events(0, 1000).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.action, "enrollment.refuse", "{last:?}");
+    let after: serde_json::Value = serde_json::from_str(&last.after_json).unwrap();
+    assert_eq!(after["reason"], expected_reason);
+    assert_eq!(after["message"], status.message());
+    store.close().await;
+    status
+}
+
+/// Begin → station → Complete on a factory-fresh card, for person `person`.
+async fn enroll_until_complete(
+    server: &Server,
+    card: &VirtualCard,
+    person: &str,
+    profile: &str,
+) -> (pb::BeginEnrollmentResponse, pb::CompleteEnrollmentResponse) {
+    let mut enroll = server.enrollments().await;
+    let mut request = begin_request(person, card.options().serial, profile);
+    request.firmware = card.options().firmware.clone();
+    let begin = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    let complete = station_prepares(card, &begin);
+    let done = enroll
+        .complete_enrollment(complete)
+        .await
+        .unwrap()
+        .into_inner();
+    (begin, done)
+}
+
+async fn begin_refusals_name_their_reason(url: &str) {
+    let server = Server::start(url, &[], "").await;
+    server.create_person("E200", "").await;
+    let mut enroll = server.enrollments().await;
+
+    // An operator without the helpdesk (or admin) role is refused before anything happens.
+    for role in ["hr", "auditor", "relying-party"] {
+        let mut other = EnrollmentServiceClient::new(server.channel(role).await);
+        let s = other
+            .begin_enrollment(begin_request("E200", 30_000_001, "piv-login"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (s.code(), reason(&s).as_str()),
+            (Code::PermissionDenied, "ROLE_NOT_ALLOWED"),
+            "{role}"
+        );
+    }
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(
+        store.audit_events(0, 100).await.unwrap().len(),
+        1,
+        "only person.create"
+    );
+    assert!(store.token_by_serial("30000001").await.unwrap().is_none());
+
+    let mut bad = begin_request("E200", 30_000_001, "piv-login");
+    bad.token_serial = "12a".into();
+    let s = enroll.begin_enrollment(bad).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "TOKEN_SERIAL_INVALID")
+    );
+    let mut bad = begin_request("E200", 30_000_001, "piv-login");
+    bad.firmware = "five".into();
+    let s = enroll.begin_enrollment(bad).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "FIRMWARE_INVALID")
+    );
+    let s = enroll
+        .begin_enrollment(begin_request("E999", 30_000_001, "piv-login"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::NotFound, "PERSON_NOT_FOUND")
+    );
+
+    let s = assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E200", 30_000_001, "no-such-profile"))
+            .await,
+        Code::InvalidArgument,
+        "ENROLLMENT_PROFILE_UNKNOWN",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "unknown enrollment profile \"no-such-profile\"; known profiles: piv-login, windows-logon"
+    );
+
+    // A suspended person is not enrolled; nothing but the refusal is recorded.
+    DirectoryServiceClient::new(server.channel("hr").await)
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E200".into(),
+            external_id: "E200".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    let s = assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E200", 30_000_001, "piv-login"))
+            .await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "person E200 is suspended; only an active person can be enrolled"
+    );
+    assert!(store.token_by_serial("30000001").await.unwrap().is_none());
+
+    // Suspended between Begin and Complete: Complete is refused, nothing is issued.
+    server.create_person("E201", "").await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E201", 30_000_002, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    DirectoryServiceClient::new(server.channel("hr").await)
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E201".into(),
+            external_id: "E201".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-E201".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        0,
+    )
+    .await;
+    // An unknown enrollment is named as such.
+    let s = enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-x".into(),
+            enrollment_id: "enr_nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::NotFound, "ENROLLMENT_NOT_FOUND")
+    );
+    // Confirm before Complete is refused.
+    server.create_person("E202", "").await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E202", 30_000_003, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-early".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_NOT_COMPLETED",
+        0,
+    )
+    .await;
+    store.close().await;
+    server.stop().await;
+}
+
+async fn proof_over_a_wrong_nonce_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_010));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E300", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E300", 30_000_010, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    let other_nonce = [0x55u8; 32];
+    let complete = station_prepares_signing(&card, &begin, Signing::OverNonce(&other_nonce));
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::InvalidArgument,
+        "PROOF_SIGNATURE_INVALID",
+        0,
+    )
+    .await;
+    assert_eq!(metadata(&s, "slot"), "9a");
+    // The enrollment is still waiting for a good proof.
+    let got = enroll
+        .get_enrollment(pb::GetEnrollmentRequest {
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(got.state, pb::EnrollmentState::Begun as i32);
+    server.stop().await;
+}
+
+/// Tests that need one database only: SQLite.
+macro_rules! on_sqlite {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite_only {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::harness::database::TestDatabase::sqlite();
+                    super::$name(db.url()).await;
+                }
+            )+
+        }
+    };
+}
+
+on_sqlite!(
+    replayed_complete_is_refused,
+    attestation_from_another_token_is_refused,
+    key_that_did_not_sign_is_refused,
+    policy_the_token_does_not_meet_is_refused,
+    abort_revokes_the_certificates,
+    unconfirmed_enrollment_expires_and_its_certificates_are_revoked,
+    release_puk_then_re_enroll_the_same_token,
+);
+
+async fn replayed_complete_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_020));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E400", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E400", 30_000_020, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut complete = station_prepares(&card, &begin);
+    enroll.complete_enrollment(complete.clone()).await.unwrap();
+    // The same proofs under a new request id: the nonce was used.
+    complete.request_id = "complete-again".into();
+    assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::FailedPrecondition,
+        "NONCE_ALREADY_USED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn attestation_from_another_token_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_030));
+    let other = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_031));
+    let server = Server::start(
+        url,
+        &[card.attestation_root(), other.attestation_root()],
+        "",
+    )
+    .await;
+    server.create_person("E500", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E500", 30_000_030, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The station generated and attested on the other card.
+    let complete = station_prepares(&other, &begin);
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::InvalidArgument,
+        "ATTESTATION_FROM_ANOTHER_TOKEN",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "slot 9a: the attestation comes from token 30000031, not from the enrolling token 30000030; use the token the enrollment began with"
+    );
+    server.stop().await;
+}
+
+async fn key_that_did_not_sign_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_040));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E600", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E600", 30_000_040, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    // 9a's proof signed by the 9c key: the attested 9a key did not sign it.
+    let complete = station_prepares_signing(&card, &begin, Signing::WithKeyOf("9a", "9c"));
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::InvalidArgument,
+        "PROOF_SIGNATURE_INVALID",
+        0,
+    )
+    .await;
+    assert_eq!(metadata(&s, "slot"), "9a");
+    server.stop().await;
+}
+
+async fn policy_the_token_does_not_meet_is_refused(url: &str) {
+    // Firmware 5.4.3 with ECDSA keys: YSA-2024-03 (EUCLEAK) in the default policy.
+    let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(30_000_050));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E700", "").await;
+    let mut enroll = server.enrollments().await;
+    let mut request = begin_request("E700", 30_000_050, "piv-login");
+    request.firmware = "5.4.3".into();
+    let begin = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    assert_eq!(
+        begin.new_management_key.as_ref().unwrap().algorithm,
+        pb::ManagementKeyAlgorithm::Aes256 as i32,
+        "firmware 5.4 takes AES management keys"
+    );
+    let complete = station_prepares(&card, &begin);
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::FailedPrecondition,
+        "ATTESTATION_POLICY_DENIED",
+        0,
+    )
+    .await;
+    assert_eq!(metadata(&s, "policy_reasons"), "advisory-ysa-2024-03");
+    assert_eq!(
+        s.message(),
+        "slot 9a: the attestation policy refuses the key: ECDSA key on firmware 5.4.3 (before 5.7.0) is exposed to YSA-2024-03 (EUCLEAK)"
+    );
+    server.stop().await;
+}
+
+async fn abort_revokes_the_certificates(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_060));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E800", "").await;
+    let (begin, done) = enroll_until_complete(&server, &card, "E800", "piv-login").await;
+    assert_eq!(done.certificates.len(), 2);
+    let mut enroll = server.enrollments().await;
+    let aborted = enroll
+        .abort_enrollment(pb::AbortEnrollmentRequest {
+            request_id: "abort-1".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+            reason: "card pulled".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(aborted.state, pb::EnrollmentState::Aborted as i32);
+    for c in &aborted.certificates {
+        let c = c.certificate.as_ref().unwrap();
+        assert_eq!(c.status, pb::CertificateStatus::Revoked as i32);
+        assert_eq!(
+            c.revocation_reason,
+            pb::RevocationReason::CessationOfOperation as i32
+        );
+    }
+    let store = Store::open(url).await.unwrap();
+    assert!(
+        certificates(&store)
+            .await
+            .iter()
+            .all(|c| c.status == CertificateStatus::Revoked)
+    );
+    store.close().await;
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-after-abort".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_ABORTED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_070));
+    let server = Server::start(
+        url,
+        &[card.attestation_root()],
+        "expiry_seconds = 8\nexpiry_sweep_seconds = 1\n",
+    )
+    .await;
+    server.create_person("E900", "").await;
+    let (begin, done) = enroll_until_complete(&server, &card, "E900", "piv-login").await;
+    assert_eq!(done.certificates.len(), 2);
+    // The server's sweep (not a call) expires it: watch the store, not the API.
+    let store = Store::open(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let row = store
+            .enrollment_by_public_id(&begin.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if row.state == tessera::store::EnrollmentState::Expired {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the enrollment never expired: {row:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for c in certificates(&store).await {
+        assert_eq!(c.status, CertificateStatus::Revoked);
+        assert_eq!(c.revocation_reason, Some(5), "cessationOfOperation");
+    }
+    let expire = store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "enrollment.expire")
+        .unwrap();
+    assert_eq!(
+        (expire.actor.as_str(), expire.role.as_str()),
+        ("tessera", "server")
+    );
+    store.close().await;
+    let mut enroll = server.enrollments().await;
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-late".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_EXPIRED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn release_puk_then_re_enroll_the_same_token(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_080));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E1000", "").await;
+    server.create_person("E1001", "").await;
+    let mut enroll = server.enrollments().await;
+
+    // Before the token is active there is no PUK to release.
+    let s = enroll
+        .release_puk(pb::ReleasePukRequest {
+            request_id: "puk-0".into(),
+            token_serial: "30000080".into(),
+            reason: "forgotten PIN".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::NotFound, "TOKEN_NOT_FOUND")
+    );
+
+    let (begin, done) = enroll_until_complete(&server, &card, "E1000", "piv-login").await;
+    let s = assert_refused(
+        url,
+        enroll
+            .release_puk(pb::ReleasePukRequest {
+                request_id: "puk-1".into(),
+                token_serial: "30000080".into(),
+                reason: "forgotten PIN".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30000080 is enrolling; the PUK is released only for an active token"
+    );
+    station_finishes(&card, &begin, &done);
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-1".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let released = enroll
+        .release_puk(pb::ReleasePukRequest {
+            request_id: "puk-2".into(),
+            token_serial: "30000080".into(),
+            reason: "forgotten PIN".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    assert_eq!(released.management_key, begin.new_management_key);
+    // A repeat gets the same secrets back (unwrapped again, never stored in the clear).
+    let again = enroll
+        .release_puk(pb::ReleasePukRequest {
+            request_id: "puk-2".into(),
+            token_serial: "30000080".into(),
+            reason: "forgotten PIN".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, released);
+    {
+        // The released PUK is the card's PUK.
+        let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+        token
+            .change_puk(&secret(&released.puk), &secret(&released.puk))
+            .unwrap();
+    }
+    let store = Store::open(url).await.unwrap();
+    let event = store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "token.release_puk")
+        .unwrap();
+    assert_eq!(
+        event.after_json,
+        r#"{"reason":"forgotten PIN","released":"puk"}"#
+    );
+    let record = store.idempotency_record("puk-2").await.unwrap().unwrap();
+    assert!(
+        !record
+            .response
+            .windows(8)
+            .any(|w| w == released.puk.as_bytes())
+    );
+
+    // Another person cannot take the active token.
+    assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E1001", 30_000_080, "piv-login"))
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        2,
+    )
+    .await;
+
+    // Re-enrollment of the same token: the server sends the key the token has now.
+    let mut request = begin_request("E1000", 30_000_080, "windows-logon");
+    request.request_id = "begin-again".into();
+    let second = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    assert_eq!(second.current_management_key, begin.new_management_key);
+    assert_ne!(second.new_management_key, begin.new_management_key);
+    {
+        let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+        token
+            .authenticate(&mgm_key(second.current_management_key.as_ref().unwrap()))
+            .unwrap();
+        let new_key = mgm_key(second.new_management_key.as_ref().unwrap());
+        token.set_management_key(&new_key).unwrap();
+        token.authenticate(&new_key).unwrap();
+        token
+            .change_puk(&secret(&begin.new_puk), &secret(&second.new_puk))
+            .unwrap();
+        let plan = &second.slots[0];
+        token
+            .generate(
+                slot_id(&plan.slot),
+                yk_algorithm(&plan.algorithm),
+                yk_pin_policy(&plan.pin_policy),
+                yk_touch_policy(&plan.touch_policy),
+            )
+            .unwrap();
+        let attestation = token.attest(slot_id(&plan.slot)).unwrap();
+        let intermediate = token.attestation_certificate().unwrap();
+        token.verify_pin(&secret(NEW_PIN)).unwrap();
+        let digest = sha2::Sha256::digest(tessera::enroll::proof_message(
+            &second.enrollment_id,
+            &plan.slot,
+            &second.nonce,
+        ));
+        let signature = token
+            .sign(slot_id(&plan.slot), yk_algorithm(&plan.algorithm), &digest)
+            .unwrap();
+        let done = enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-again".into(),
+                enrollment_id: second.enrollment_id.clone(),
+                attestation_intermediate: intermediate,
+                proofs: vec![pb::EnrollmentProof {
+                    slot: plan.slot.clone(),
+                    attestation_certificate: attestation,
+                    signature,
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            done.certificates[0].certificate.as_ref().unwrap().profile,
+            "smartcard-logon"
+        );
+    }
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-again".into(),
+            enrollment_id: second.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    // The old 9a certificate is superseded (its key is gone); the old 9c one stays good.
+    let rows = certificates(&store).await;
+    let status_of = |profile: &str| {
+        rows.iter()
+            .filter(|c| c.profile == profile)
+            .map(|c| (c.status, c.revocation_reason))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        status_of("piv-authentication"),
+        [(CertificateStatus::Revoked, Some(4))]
+    );
+    assert_eq!(
+        status_of("piv-signature"),
+        [(CertificateStatus::Good, None)]
+    );
+    assert_eq!(
+        status_of("smartcard-logon"),
+        [(CertificateStatus::Good, None)]
+    );
     store.close().await;
     server.stop().await;
 }
