@@ -95,4 +95,16 @@ mod tests {
         ));
         assert!(!signature_verifies(b"not a key", &message, der.as_bytes()));
     }
+
+    #[test]
+    fn ecdsa_p384_proof_over_sha256_verifies() {
+        use p384::ecdsa::signature::hazmat::PrehashSigner as _;
+        use p384::pkcs8::EncodePublicKey as _;
+        let key = p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap();
+        let spki = key.verifying_key().to_public_key_der().unwrap();
+        let message = super::super::proof_message("enr_1", "9c", &[1; 32]);
+        let sig: p384::ecdsa::Signature = key.sign_prehash(&Sha256::digest(&message)).unwrap();
+        assert!(signature_verifies(spki.as_bytes(), &message, sig.to_der().as_bytes()));
+        assert!(!signature_verifies(spki.as_bytes(), b"other", sig.to_der().as_bytes()));
+    }
 }

@@ -219,3 +219,7 @@ impl Enrollment<Begun> {
         Ok(verified)
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
