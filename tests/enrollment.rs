@@ -1296,3 +1296,148 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
     store.close().await;
     server.stop().await;
 }
+
+/// The three enrollment certificate profiles, issued by the SoftHSM2 CA for a software key
+/// with every name they can carry, pass pkilint; their refusals name the missing piece.
+#[test]
+fn enrollment_certificate_profiles_pass_pkilint() {
+    use tessera::ca::{
+        HardwareModule, IssuanceRequest, KeyProvenance, OnlineCa, SerialNumber, SubjectParams,
+    };
+    use x509_parser::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = SoftHsmToken::create("tessera");
+    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+    let data_dir = dir.path().join("ca");
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init",
+            "--hsm-config",
+            hsm.config_path.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let ca = OnlineCa::open(&hsm.config_path, &data_dir, None).unwrap();
+    let key = p256::ecdsa::SigningKey::from_slice(&[11u8; 32]).unwrap();
+    let spki = {
+        use p256::pkcs8::EncodePublicKey as _;
+        key.verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    };
+    let mut subject = SubjectParams::new("Ada Lovelace");
+    subject.emails.push("ada@corp.test".into());
+    subject.upn = Some("ada@corp.test".into());
+    subject.windows_sid = Some("S-1-5-21-3623811015-3361044348-30300820-1013".into());
+    subject.hardware_module = Some(HardwareModule::yubikey(20_000_001));
+    let issue = |profile: &str, subject: &SubjectParams| {
+        ca.issuing.issue(&IssuanceRequest {
+            subject,
+            public_key_der: &spki,
+            profile: ca.profiles.get(profile).unwrap(),
+            serial: &SerialNumber::random().unwrap(),
+            provenance: KeyProvenance::HardwareAttested,
+        })
+    };
+    for profile in ["piv-authentication", "piv-signature", "smartcard-logon"] {
+        let cert = issue(profile, &subject).unwrap();
+        assert_eq!(
+            pkilint(dir.path(), profile, &cert.der),
+            "",
+            "pkilint findings for {profile}"
+        );
+        let (_, parsed) = X509Certificate::from_der(&cert.der).unwrap();
+        let sid_extension = parsed
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.311.25.2");
+        let ekus = parsed.extended_key_usage().unwrap().unwrap().value;
+        let key_usage = parsed.key_usage().unwrap().unwrap().value;
+        match profile {
+            "smartcard-logon" => {
+                // SEQUENCE { [0] { OID 1.3.6.1.4.1.311.25.2.1, [0] { OCTET STRING sid } } }
+                let sid = subject.windows_sid.as_deref().unwrap();
+                let value = sid_extension.expect("the SID extension").value;
+                let inner = format!(
+                    "060a2b0601040182371902 01a0{:02x}04{:02x}{}",
+                    sid.len() + 2,
+                    sid.len(),
+                    hex::encode(sid)
+                )
+                .replace(' ', "");
+                let expected = format!(
+                    "30{:02x}a0{:02x}{inner}",
+                    inner.len() / 2 + 2,
+                    inner.len() / 2
+                );
+                assert_eq!(hex::encode(value), expected);
+                assert!(!sid_extension.unwrap().critical);
+                assert!(ekus.client_auth);
+                assert_eq!(
+                    ekus.other
+                        .iter()
+                        .map(|o| o.to_id_string())
+                        .collect::<Vec<_>>(),
+                    ["1.3.6.1.4.1.311.20.2.2"]
+                );
+            }
+            "piv-signature" => {
+                assert!(sid_extension.is_none());
+                assert!(ekus.email_protection && !ekus.client_auth);
+                assert!(key_usage.digital_signature() && key_usage.non_repudiation());
+            }
+            _ => {
+                assert!(
+                    sid_extension.is_none(),
+                    "only smart-card logon carries the SID"
+                );
+                assert!(ekus.client_auth && ekus.other.is_empty());
+            }
+        }
+    }
+
+    // What each profile refuses, named.
+    let mut no_upn = subject.clone();
+    no_upn.upn = None;
+    assert_eq!(
+        issue("smartcard-logon", &no_upn).unwrap_err().to_string(),
+        "profile smartcard-logon needs the person's user principal name (UPN); set it in the directory"
+    );
+    // The UPN is optional for TLS client authentication.
+    let cert = issue("piv-authentication", &no_upn).unwrap();
+    assert_eq!(pkilint(dir.path(), "no-upn", &cert.der), "");
+    let mut no_token = subject.clone();
+    no_token.hardware_module = None;
+    assert_eq!(
+        issue("piv-authentication", &no_token)
+            .unwrap_err()
+            .to_string(),
+        "profile piv-authentication binds the certificate to a hardware token and no token serial was given"
+    );
+    let mut bad_sid = subject.clone();
+    bad_sid.windows_sid = Some("S-1-5-21-x".into());
+    assert_eq!(
+        issue("smartcard-logon", &bad_sid).unwrap_err().to_string(),
+        "subject is invalid: windows SID \"S-1-5-21-x\" is not of the form S-1-5-21-…"
+    );
+    let mut no_email = subject.clone();
+    no_email.emails.clear();
+    assert_eq!(
+        issue("piv-signature", &no_email).unwrap_err().to_string(),
+        "profile piv-signature needs an email address for the subject; add an rfc822Name subjectAltName to the request"
+    );
+    let mut bad_upn = subject.clone();
+    bad_upn.upn = Some("ada\n@corp.test".into());
+    assert_eq!(
+        issue("piv-authentication", &bad_upn)
+            .unwrap_err()
+            .to_string(),
+        "subject is invalid: UPN \"ada\n@corp.test\" is not valid"
+    );
+}
