@@ -7,6 +7,8 @@ use p256::ecdsa::signature::hazmat::PrehashSigner as _;
 use p256::pkcs8::EncodePublicKey as _;
 use sha2::Digest as _;
 
+// The forge is also loaded by attest's tests; each test module keeps its own copy.
+#[allow(clippy::duplicate_mod)]
 #[path = "../../tests/support/attestation_forge.rs"]
 mod forge;
 use forge::{ForgedPki, SlotSpec, der_integer};
