@@ -810,6 +810,86 @@ async fn begin_refusals_name_their_reason(url: &str) {
         0,
     )
     .await;
+    // A token marked lost while its enrollment is open gets nothing more from it, and is
+    // never enrolled again.
+    server.create_person("E203", "").await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E203", 30_000_004, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    tessera::api::pb::token_service_client::TokenServiceClient::new(
+        server.channel("helpdesk").await,
+    )
+    .mark_token_lost(pb::MarkTokenLostRequest {
+        request_id: "lost-30000004".into(),
+        serial: "30000004".into(),
+        reason: "left in a taxi".into(),
+    })
+    .await
+    .unwrap();
+    let s = assert_refused(
+        url,
+        enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-lost".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30000004 is lost; its enrollment cannot go on"
+    );
+    // As if Complete had happened before the token was marked lost: Confirm is refused too.
+    store
+        .execute_raw(&format!(
+            "UPDATE enrollments SET state = 'completed' WHERE public_id = '{}'",
+            begin.enrollment_id
+        ))
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-lost".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        store
+            .token_by_serial("30000004")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::TokenState::Lost
+    );
+    let mut again = begin_request("E203", 30_000_004, "piv-login");
+    again.request_id = "begin-lost-again".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(again).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30000004 is lost; a lost, damaged or retired token is never enrolled again"
+    );
     store.close().await;
     server.stop().await;
 }

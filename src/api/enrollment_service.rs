@@ -751,6 +751,9 @@ impl Enrollments {
             ));
         }
         let token = token_of(&mut tx, begun.row().token_id).await?;
+        if token.state != TokenState::Enrolling {
+            return Err(refused(subject, token_not_enrolling(&token)));
+        }
         let serial: u32 = token.serial.parse().map_err(|_| {
             refused(
                 subject.clone(),
@@ -910,6 +913,10 @@ impl Enrollments {
             .into_completed()
             .map_err(|e| refused(subject.clone(), enroll_status(&e)))?;
         let enrollment = completed.row().clone();
+        let token = token_of(tx, enrollment.token_id).await?;
+        if token.state != TokenState::Enrolling {
+            return Err(refused(subject, token_not_enrolling(&token)));
+        }
         if !tx
             .move_enrollment_state(
                 enrollment.id,
@@ -1163,6 +1170,19 @@ impl Enrollments {
     }
 }
 
+/// A token that left `enrolling` while its enrollment was open (marked lost, damaged or
+/// retired by the help desk) gets nothing more from that enrollment.
+fn token_not_enrolling(token: &TokenRow) -> Status {
+    precondition(
+        "TOKEN_NOT_ENROLLABLE",
+        &format!(
+            "token {} is {}; its enrollment cannot go on",
+            token.serial,
+            token.state.as_str()
+        ),
+    )
+}
+
 fn fill_secrets(
     response: &mut pb::BeginEnrollmentResponse,
     current: Option<&TokenCredentials>,
@@ -1201,19 +1221,23 @@ async fn record(
     Ok(())
 }
 
+fn enrollment_not_found(public_id: &str) -> Status {
+    status::with_metadata(
+        Code::NotFound,
+        "ENROLLMENT_NOT_FOUND",
+        &format!("no enrollment {public_id:?}"),
+        Some("enrollment_id"),
+        HashMap::new(),
+    )
+}
+
 async fn enrollment_or_not_found(
     tx: &mut WriteTx,
     public_id: &str,
 ) -> Result<EnrollmentRow, Status> {
-    tx.enrollment_by_public_id(public_id).await?.ok_or_else(|| {
-        status::with_metadata(
-            Code::NotFound,
-            "ENROLLMENT_NOT_FOUND",
-            &format!("no enrollment {public_id:?}"),
-            Some("enrollment_id"),
-            HashMap::new(),
-        )
-    })
+    tx.enrollment_by_public_id(public_id)
+        .await?
+        .ok_or_else(|| enrollment_not_found(public_id))
 }
 
 async fn person_of(tx: &mut WriteTx, id: i64) -> Result<crate::store::PersonRow, Status> {
@@ -1425,13 +1449,42 @@ impl EnrollmentService for Enrollments {
         self.configured()?;
         required("enrollment_id", &req.enrollment_id)?;
         self.expire_due(Some(&req.enrollment_id)).await?;
-        // A read, done in a transaction that is never committed (it writes nothing).
-        let mut tx = self.store.begin_write().await?;
-        let row = enrollment_or_not_found(&mut tx, &req.enrollment_id).await?;
-        let enrollment = self.enrollment_to_pb(&mut tx, row).await?;
-        drop(tx);
+        let row = self
+            .store
+            .enrollment_by_public_id(&req.enrollment_id)
+            .await?
+            .ok_or_else(|| enrollment_not_found(&req.enrollment_id))?;
+        let converter = Certificates {
+            store: self.store.clone(),
+            ca: None,
+        };
+        let mut certificates = Vec::new();
+        for c in self.store.enrollment_certificates(row.id).await? {
+            if let Some(cert) = self.store.certificate_by_serial(&c.serial).await? {
+                certificates.push(pb::SlotCertificate {
+                    slot: c.slot,
+                    certificate: Some(converter.to_pb(cert).await?),
+                });
+            }
+        }
         Ok(Response::new(pb::GetEnrollmentResponse {
-            enrollment: Some(enrollment),
+            enrollment: Some(pb::Enrollment {
+                enrollment_id: row.public_id,
+                state: state_to_pb(row.state) as i32,
+                person_external_id: self
+                    .store
+                    .person_external_id(row.person_id)
+                    .await?
+                    .unwrap_or_default(),
+                token_serial: self
+                    .store
+                    .token_serial(row.token_id)
+                    .await?
+                    .unwrap_or_default(),
+                profile: row.profile,
+                expires_at: row.expires_at,
+                certificates,
+            }),
         }))
     }
 
