@@ -1521,3 +1521,124 @@ fn enrollment_certificate_profiles_pass_pkilint() {
         "subject is invalid: UPN \"ada\n@corp.test\" is not valid"
     );
 }
+
+/// Every `[enrollment]` setting that cannot work stops the server with a message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_configuration_errors_name_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = SoftHsmToken::create("tessera");
+    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+    let hsm_config = hsm.config_path.to_str().unwrap().to_string();
+    let data_dir = dir.path().join("ca");
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let db = harness::database::TestDatabase::sqlite();
+    let config_path = TestPki::new().write_server_config(dir.path(), db.url());
+    let base = std::fs::read_to_string(&config_path).unwrap();
+    let ca = format!(
+        "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n",
+        data_dir.to_str().unwrap()
+    );
+    let bind_error = |extra: String| {
+        std::fs::write(&config_path, format!("{base}{extra}")).unwrap();
+        let config_path = config_path.clone();
+        async move {
+            match ServerConfig::load(&config_path) {
+                Err(e) => e.to_string(),
+                Ok(config) => match BoundServer::bind(&config).await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("the server started with {extra}"),
+                },
+            }
+        }
+    };
+    assert_eq!(
+        bind_error("\n[enrollment]\n".into()).await,
+        "enrollment: the [enrollment] section needs a [ca] section (the CA that certifies the keys)"
+    );
+    let missing_key = bind_error(format!("{ca}\n[enrollment]\n")).await;
+    assert!(
+        missing_key.starts_with("enrollment: enrollment.wrapping_key_label \"tessera-wrap\": ")
+            && missing_key.ends_with("; make the key with `tessera admin init-wrapping-key`"),
+        "{missing_key}"
+    );
+
+    let (code, out, err) = tessera(
+        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
+        &env,
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "made AES-256 wrapping key \"tessera-wrap\" in the HSM\n"),
+        "{err}"
+    );
+    // A second key with the same label is refused: the first one wraps stored secrets.
+    let (code, _, err) = tessera(
+        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
+        &env,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("tessera-wrap"), "{err}");
+
+    let missing_root = dir.path().join("no-such-root.pem");
+    assert!(
+        bind_error(format!(
+            "{ca}\n[enrollment]\nattestation_roots = [{:?}]\n",
+            missing_root.to_str().unwrap()
+        ))
+        .await
+        .starts_with(&format!(
+            "enrollment: enrollment.attestation_roots: cannot read {}: ",
+            missing_root.display()
+        ))
+    );
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "minimum_pin_policy = \"sometimes\"\n",
+    )
+    .unwrap();
+    assert!(
+        bind_error(format!(
+            "{ca}\n[enrollment]\nattestation_policy = \"policy.toml\"\n"
+        ))
+        .await
+        .starts_with("enrollment: attestation policy: "),
+    );
+    let profiles = dir.path().join("enrollment-profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("vpn.toml"),
+        "description = \"VPN\"\n[[slots]]\nslot = \"9a\"\nalgorithm = \"ECCP256\"\npin_policy = \"ONCE\"\ntouch_policy = \"NEVER\"\ncertificate_profile = \"vpn-client\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        bind_error(format!(
+            "{ca}\n[enrollment]\nprofiles_dir = \"enrollment-profiles\"\n"
+        ))
+        .await,
+        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client)"
+    );
+    assert_eq!(
+        bind_error(format!("{ca}\n[enrollment]\nexpiry_seconds = 0\n")).await,
+        "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
+    );
+    assert!(
+        bind_error(format!("{ca}\n[enrollment]\nexpiry = 5\n"))
+            .await
+            .contains("unknown field `expiry`")
+    );
+    // With the key made, the same configuration starts.
+    std::fs::write(&config_path, format!("{base}{ca}\n[enrollment]\n")).unwrap();
+    let config = ServerConfig::load(&config_path).unwrap();
+    BoundServer::bind(&config).await.unwrap();
+}
