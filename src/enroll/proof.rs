@@ -104,7 +104,32 @@ mod tests {
         let spki = key.verifying_key().to_public_key_der().unwrap();
         let message = super::super::proof_message("enr_1", "9c", &[1; 32]);
         let sig: p384::ecdsa::Signature = key.sign_prehash(&Sha256::digest(&message)).unwrap();
-        assert!(signature_verifies(spki.as_bytes(), &message, sig.to_der().as_bytes()));
-        assert!(!signature_verifies(spki.as_bytes(), b"other", sig.to_der().as_bytes()));
+        assert!(signature_verifies(
+            spki.as_bytes(),
+            &message,
+            sig.to_der().as_bytes()
+        ));
+        assert!(!signature_verifies(
+            spki.as_bytes(),
+            b"other",
+            sig.to_der().as_bytes()
+        ));
+    }
+
+    #[test]
+    fn rsa_pkcs1v15_proof_over_sha256_verifies() {
+        use rsa::pkcs8::EncodePublicKey as _;
+        use signature::{SignatureEncoding as _, Signer as _};
+        // 1024 bits keeps the test fast; the size is the attestation policy's business.
+        let key = rsa::RsaPrivateKey::new(&mut rand::rng(), 1024).unwrap();
+        let spki = key.to_public_key().to_public_key_der().unwrap();
+        let message = super::super::proof_message("enr_1", "9a", &[1; 32]);
+        let sig = rsa::pkcs1v15::SigningKey::<Sha256>::new(key).sign(&message);
+        assert!(signature_verifies(spki.as_bytes(), &message, &sig.to_vec()));
+        assert!(!signature_verifies(
+            spki.as_bytes(),
+            b"other",
+            &sig.to_vec()
+        ));
     }
 }
