@@ -265,6 +265,15 @@ fn station_prepares_signing(
     token
         .change_puk(&secret(FACTORY_PUK), &secret(&begin.new_puk))
         .unwrap();
+    station_generates_and_proves(token, begin, signing)
+}
+
+/// Key generation, attestation and proofs on a token already authenticated with the new key.
+fn station_generates_and_proves(
+    mut token: PivToken,
+    begin: &pb::BeginEnrollmentResponse,
+    signing: Signing<'_>,
+) -> pb::CompleteEnrollmentRequest {
     let mut attestations = Vec::new();
     for plan in &begin.slots {
         token
@@ -952,6 +961,7 @@ on_sqlite!(
     abort_revokes_the_certificates,
     unconfirmed_enrollment_expires_and_its_certificates_are_revoked,
     release_puk_then_re_enroll_the_same_token,
+    enrollment_resumes_after_the_card_was_pulled,
 );
 
 async fn replayed_complete_is_refused(url: &str) {
@@ -1641,4 +1651,92 @@ async fn enrollment_configuration_errors_name_the_setting() {
     std::fs::write(&config_path, format!("{base}{ca}\n[enrollment]\n")).unwrap();
     let config = ServerConfig::load(&config_path).unwrap();
     BoundServer::bind(&config).await.unwrap();
+}
+
+async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_090));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E1100", "").await;
+    let mut enroll = server.enrollments().await;
+    let first = enroll
+        .begin_enrollment(begin_request("E1100", 30_000_090, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    {
+        // The station set the new management key and PUK, then the card was pulled.
+        let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+        token
+            .authenticate(&ManagementKey {
+                algorithm: tessera::piv::default_management_algorithm(token.firmware()),
+                key: Secret::new(FACTORY_MGM_KEY.to_vec()),
+            })
+            .unwrap();
+        token
+            .set_management_key(&mgm_key(first.new_management_key.as_ref().unwrap()))
+            .unwrap();
+        token
+            .change_puk(&secret(FACTORY_PUK), &secret(&first.new_puk))
+            .unwrap();
+    }
+    // A new Begin for the same token: the first enrollment is superseded, and the credentials
+    // the token may already hold are handed out again.
+    let mut request = begin_request("E1100", 30_000_090, "piv-login");
+    request.request_id = "begin-resume".into();
+    let second = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    assert_ne!(second.enrollment_id, first.enrollment_id);
+    assert_ne!(second.nonce, first.nonce);
+    assert_eq!(second.current_management_key, None);
+    assert_eq!(second.new_management_key, first.new_management_key);
+    assert_eq!(second.new_puk, first.new_puk);
+    let superseded = enroll
+        .get_enrollment(pb::GetEnrollmentRequest {
+            enrollment_id: first.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(superseded.state, pb::EnrollmentState::Aborted as i32);
+
+    let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+    assert_eq!(token.info().unwrap().management_key_is_default, Some(false));
+    token
+        .authenticate(&mgm_key(second.new_management_key.as_ref().unwrap()))
+        .unwrap();
+    let complete = station_generates_and_proves(token, &second, Signing::Honest);
+    let done = enroll
+        .complete_enrollment(complete)
+        .await
+        .unwrap()
+        .into_inner();
+    station_finishes(&card, &second, &done);
+    let token = enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-resume".into(),
+            enrollment_id: second.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(token.state, pb::TokenState::Active as i32);
+    // The first enrollment's nonce is dead: its Complete is refused.
+    assert_refused(
+        url,
+        enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-first".into(),
+                enrollment_id: first.enrollment_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_ABORTED",
+        2,
+    )
+    .await;
+    server.stop().await;
 }
