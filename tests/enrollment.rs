@@ -370,6 +370,13 @@ fn pkilint(dir: &Path, name: &str, der: &[u8]) -> String {
     .to_string()
 }
 
+/// The station misread the firmware (5.7.0); the attestation corrects it.
+fn happy_begin_request() -> pb::BeginEnrollmentRequest {
+    let mut r = begin_request("E100", 20_000_001, "piv-login");
+    r.firmware = "5.7.0".into();
+    r
+}
+
 async fn happy_path_enrolls_a_virtual_card(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(20_000_001));
     let server = Server::start(url, &[card.attestation_root()], "").await;
@@ -377,7 +384,7 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
     let mut enroll = server.enrollments().await;
 
     let begin = enroll
-        .begin_enrollment(begin_request("E100", 20_000_001, "piv-login"))
+        .begin_enrollment(happy_begin_request())
         .await
         .unwrap()
         .into_inner();
@@ -403,7 +410,7 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
     );
     // A repeated Begin (same request id) gets the same answer, secrets included.
     let again = enroll
-        .begin_enrollment(begin_request("E100", 20_000_001, "piv-login"))
+        .begin_enrollment(happy_begin_request())
         .await
         .unwrap()
         .into_inner();
@@ -442,6 +449,7 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
     let token = confirmed.token.unwrap();
     assert_eq!(token.state, pb::TokenState::Active as i32);
     assert_eq!(token.serial, "20000001");
+    assert_eq!(token.firmware, "5.7.4", "the attested firmware");
     assert_eq!(token.person_external_id, "E100");
     assert_eq!(token.form_factor, pb::FormFactor::UsbAKeychain as i32);
     assert_eq!(token.certificate_serials.len(), 2);
@@ -898,6 +906,42 @@ async fn begin_refusals_name_their_reason(url: &str) {
     assert_eq!(
         s.message(),
         "token 30000004 is lost; a lost, damaged or retired token is never enrolled again"
+    );
+    // A new Begin for a token whose open enrollment is past its time expires that one (its
+    // certificates would be revoked) instead of superseding it.
+    server.create_person("E204", "").await;
+    let old = enroll
+        .begin_enrollment(begin_request("E204", 30_000_005, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    store
+        .execute_raw(&format!(
+            "UPDATE enrollments SET expires_at = '2000-01-01T00:00:00Z' WHERE public_id = '{}'",
+            old.enrollment_id
+        ))
+        .await
+        .unwrap();
+    let mut again = begin_request("E204", 30_000_005, "piv-login");
+    again.request_id = "begin-after-expiry".into();
+    let new = enroll.begin_enrollment(again).await.unwrap().into_inner();
+    assert_eq!(
+        store
+            .enrollment_by_public_id(&old.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::EnrollmentState::Expired
+    );
+    assert_eq!(
+        store
+            .enrollment_by_public_id(&new.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::EnrollmentState::Begun
     );
     store.close().await;
     server.stop().await;

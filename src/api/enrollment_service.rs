@@ -566,18 +566,34 @@ impl Enrollments {
                 row
             }
         };
+        let now = now_rfc3339();
         for open in tx.open_enrollments_of_token(token.id).await? {
-            close_enrollment(
-                tx,
-                &actor,
-                &req.request_id,
-                &open,
-                EnrollmentState::Aborted,
-                RevocationReason::Superseded,
-                "enrollment.supersede",
-                Some("superseded by a new enrollment of the same token"),
-            )
-            .await?;
+            if open.expires_at <= now {
+                // Past its time already: it expires (as the sweep would have done).
+                close_enrollment(
+                    tx,
+                    &Actor::server(),
+                    &format!("expire:{}", open.public_id),
+                    &open,
+                    EnrollmentState::Expired,
+                    RevocationReason::CessationOfOperation,
+                    "enrollment.expire",
+                    None,
+                )
+                .await?;
+            } else {
+                close_enrollment(
+                    tx,
+                    &actor,
+                    &req.request_id,
+                    &open,
+                    EnrollmentState::Aborted,
+                    RevocationReason::Superseded,
+                    "enrollment.supersede",
+                    Some("superseded by a new enrollment of the same token"),
+                )
+                .await?;
+            }
         }
         let stored = tx.token_credentials(token.id).await?;
         let label = settings.wrapping_key_label.clone();
@@ -800,9 +816,15 @@ impl Enrollments {
             ));
         }
         if let Some(first) = verified.first() {
+            // The attestation is authoritative for firmware and form factor.
             let ff = first.facts.form_factor.as_str().replace('-', "_");
-            tx.update_token_hardware(token.id, &token.model, &token.firmware, &ff)
-                .await?;
+            tx.update_token_hardware(
+                token.id,
+                &token.model,
+                &first.facts.firmware.to_string(),
+                &ff,
+            )
+            .await?;
         }
         record(
             &mut tx,
