@@ -17,7 +17,9 @@ pub mod signer;
 
 pub use ceremony::{CaInitParams, CaRecord, StoredCa, init_ca};
 pub use csr::{VerifiedCsr, parse_and_verify_csr};
-pub use issue::{HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams};
+pub use issue::{
+    HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams,
+};
 pub use online::OnlineCa;
 pub use profile::{Profile, ProfileSet};
 pub use serial::SerialNumber;
