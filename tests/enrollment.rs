@@ -589,6 +589,8 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
             "token.activate",
         ]
     );
+    let report = tessera::audit::verify(&store, None).await.unwrap();
+    assert_eq!(report.first_bad, None, "the audit chain is intact");
     // No secret reached the database: neither the management key nor the PUK in any column
     // of the idempotency records or the audit log.
     for e in store.audit_events(0, 100).await.unwrap() {
@@ -1006,6 +1008,7 @@ on_sqlite!(
     unconfirmed_enrollment_expires_and_its_certificates_are_revoked,
     release_puk_then_re_enroll_the_same_token,
     enrollment_resumes_after_the_card_was_pulled,
+    issuance_failure_aborts_the_enrollment,
 );
 
 async fn replayed_complete_is_refused(url: &str) {
@@ -1782,5 +1785,58 @@ async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
         2,
     )
     .await;
+    server.stop().await;
+}
+
+async fn issuance_failure_aborts_the_enrollment(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_100));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E1200", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E1200", 30_000_100, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    let complete = station_prepares(&card, &begin);
+    // The serial cannot be reserved: the HSM never signs, and the enrollment is aborted.
+    let store = Store::open(url).await.unwrap();
+    store
+        .execute_raw("ALTER TABLE certificates RENAME TO certificates_elsewhere")
+        .await
+        .unwrap();
+    let s = enroll.complete_enrollment(complete).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::Internal, "ISSUANCE_FAILED")
+    );
+    assert!(
+        s.message()
+            .starts_with("issuing the certificate for slot 9a failed: ")
+            && s.message()
+                .ends_with("; the enrollment was aborted, begin a new one"),
+        "{}",
+        s.message()
+    );
+    store
+        .execute_raw("ALTER TABLE certificates_elsewhere RENAME TO certificates")
+        .await
+        .unwrap();
+    assert!(certificates(&store).await.is_empty(), "nothing was signed");
+    assert_eq!(
+        store
+            .enrollment_by_public_id(&begin.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::EnrollmentState::Aborted
+    );
+    let last = store.audit_events(0, 1000).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.actor.as_str()),
+        ("enrollment.abort", "tessera")
+    );
+    store.close().await;
     server.stop().await;
 }

@@ -801,7 +801,7 @@ impl Enrollments {
             )
             .map_err(|e| refused(subject.clone(), enroll_status(&e)))?;
         // Every check passed: the nonce is used up now, before anything is signed.
-        let enrollment = begun.row().clone();
+        let mut enrollment = begun.row().clone();
         if !tx
             .move_enrollment_state(
                 enrollment.id,
@@ -815,6 +815,7 @@ impl Enrollments {
                 enroll_status(&EnrollError::NonceAlreadyUsed(enrollment.public_id.clone())),
             ));
         }
+        enrollment.state = EnrollmentState::Completed;
         if let Some(first) = verified.first() {
             // The attestation is authoritative for firmware and form factor.
             let ff = first.facts.form_factor.as_str().replace('-', "_");
