@@ -1240,7 +1240,9 @@ async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &s
 async fn release_puk_then_re_enroll_the_same_token(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_080));
     let server = Server::start(url, &[card.attestation_root()], "").await;
-    server.create_person("E1000", "").await;
+    server
+        .create_person("E1000", "S-1-5-21-1004336348-1177238915-682003330-1001")
+        .await;
     server.create_person("E1001", "").await;
     let mut enroll = server.enrollments().await;
 
@@ -1398,10 +1400,23 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(
-            done.certificates[0].certificate.as_ref().unwrap().profile,
-            "smartcard-logon"
+        let logon = done.certificates[0].certificate.as_ref().unwrap();
+        assert_eq!(logon.profile, "smartcard-logon");
+        // The person's SID from the directory is in the KB5014754 extension.
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(&logon.der).unwrap();
+        let sid = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.311.25.2")
+            .expect("the SID extension")
+            .value;
+        assert!(
+            sid.ends_with(b"S-1-5-21-1004336348-1177238915-682003330-1001"),
+            "{}",
+            hex::encode(sid)
         );
+        assert_eq!(pkilint(server.dir.path(), "logon", &logon.der), "");
     }
     enroll
         .confirm_enrollment(pb::ConfirmEnrollmentRequest {
