@@ -9,6 +9,7 @@ use tessera::api::pb;
 use tessera::api::pb::audit_service_client::AuditServiceClient;
 use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
 use tessera::api::pb::token_service_client::TokenServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::store::{NewToken, Store, TokenState};
@@ -142,7 +143,8 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
     let mut d = DirectoryServiceClient::new(ch.clone());
     let mut t = TokenServiceClient::new(ch.clone());
     let mut a = AuditServiceClient::new(ch.clone());
-    let mut c = CertificateServiceClient::new(ch);
+    let mut c = CertificateServiceClient::new(ch.clone());
+    let mut e = EnrollmentServiceClient::new(ch);
     let mut out = BTreeMap::new();
     fn code<T>(r: Result<tonic::Response<T>, Status>) -> Option<Code> {
         r.err().map(|s| s.code())
@@ -270,6 +272,42 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(c.get_ca_chain(pb::GetCaChainRequest::default()).await),
     );
     out.insert(
+        "BeginEnrollment",
+        code(
+            e.begin_enrollment(pb::BeginEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "CompleteEnrollment",
+        code(
+            e.complete_enrollment(pb::CompleteEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "ConfirmEnrollment",
+        code(
+            e.confirm_enrollment(pb::ConfirmEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "AbortEnrollment",
+        code(
+            e.abort_enrollment(pb::AbortEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "GetEnrollment",
+        code(e.get_enrollment(pb::GetEnrollmentRequest::default()).await),
+    );
+    out.insert(
+        "ReleasePuk",
+        code(e.release_puk(pb::ReleasePukRequest::default()).await),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -293,6 +331,8 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "RevokeCertificate" | "IssueFromCsr" => &["helpdesk", "admin"],
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
+        "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
+        | "GetEnrollment" | "ReleasePuk" => &["helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -313,7 +353,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 24);
+        assert_eq!(results.len(), 30);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -334,7 +374,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr, &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 24);
+            assert_eq!(anonymous.len(), 30);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,

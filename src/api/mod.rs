@@ -33,6 +33,7 @@ mod certificate_issuance;
 mod certificate_service;
 mod directory_service;
 pub mod rpc_metrics;
+pub mod enrollment_service;
 pub mod server;
 mod status;
 mod token_service;
