@@ -31,6 +31,7 @@ on_both_databases!(
     certificates_lookup_hold_and_revoke,
     http_side_health_chain_and_metrics,
     audit_stream_follows_new_events,
+    revoked_client_certificate_is_refused_on_open_connections,
 );
 
 struct Running {
@@ -2268,4 +2269,86 @@ async fn audit_stream_follows_new_events(url: &str) {
         matches!(end, Ok(None)) || end.is_err(),
         "the stream ends at shutdown: {end:?}"
     );
+}
+
+/// A client certificate that Tessera recorded and then put on hold or revoked is refused on
+/// every call — also on a connection opened before the revocation — and works again when
+/// released from hold.
+async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
+    use tessera::store::NewCertificate;
+    use x509_parser::prelude::FromDer;
+    let server = Running::start(url).await;
+    let door = server.pki.client("relying-party");
+    let (_, der) = x509_parser::pem::parse_x509_pem(door.cert_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
+    let serial = hex::encode(cert.raw_serial());
+    let store = Store::open(url).await.unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    tx.reserve_certificate(&NewCertificate {
+        serial: serial.clone(),
+        person_id: None,
+        token_id: None,
+        profile: "operator-client".into(),
+        tbs: b"tbs".to_vec(),
+        not_before: "2026-01-01T00:00:00Z".into(),
+        not_after: "2027-01-01T00:00:00Z".into(),
+    })
+    .await
+    .unwrap();
+    tx.record_issued_certificate(&serial, &der.contents, &"ef".repeat(32))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut rp = CertificateServiceClient::new(server.channel(Some(&door)).await);
+    let chain = || pb::LookupCertificateRequest {
+        key: Some(pb::lookup_certificate_request::Key::Serial("0b99".into())),
+    };
+    assert_eq!(
+        rp.lookup_certificate(chain()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let mut admin = CertificateServiceClient::new(server.as_role("admin").await);
+    let revoke = |id: &str, reason: pb::RevocationReason| pb::RevokeCertificateRequest {
+        request_id: id.into(),
+        serial: serial.clone(),
+        reason: reason as i32,
+    };
+    admin
+        .revoke_certificate(revoke("hold", pb::RevocationReason::CertificateHold))
+        .await
+        .unwrap();
+    // Same connection as before the hold.
+    let s = rp.lookup_certificate(chain()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
+    assert!(s.message().contains("is on hold"), "{}", s.message());
+
+    let mut tx = store.begin_write().await.unwrap();
+    tx.update_certificate_status(&serial, tessera::store::CertificateStatus::Good, None, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        rp.lookup_certificate(chain()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    admin
+        .revoke_certificate(revoke("revoke", pb::RevocationReason::KeyCompromise))
+        .await
+        .unwrap();
+    let mut fresh = CertificateServiceClient::new(server.channel(Some(&door)).await);
+    let s = fresh.lookup_certificate(chain()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
+    assert!(s.message().contains("is revoked"), "{}", s.message());
+    // A certificate the store does not know still reaches the role check.
+    let mut other = CertificateServiceClient::new(server.as_role("helpdesk").await);
+    assert_eq!(
+        other.lookup_certificate(chain()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    store.close().await;
+    server.stop().await;
 }

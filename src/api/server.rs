@@ -544,6 +544,9 @@ impl BoundServer {
             .layer(super::rpc_metrics::RpcLatencyLayer(Arc::clone(
                 &rpc_latency,
             )))
+            .layer(super::client_revocation::ClientRevocationLayer(
+                store.clone(),
+            ))
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::directory_service_server::DirectoryServiceServer::new(
