@@ -12,12 +12,13 @@ use super::certificate_service::Certificates;
 use super::pb::{self, enrollment_service_server::EnrollmentService};
 use super::status;
 use super::token_service::Tokens;
-use crate::attest::{FirmwareVersion, Policy, TrustAnchors};
+use crate::attest::FirmwareVersion;
 use crate::audit::{self, Actor, Change};
 use crate::ca::{HardwareModule, KeyProvenance, OnlineCa, SubjectParams};
+use crate::enroll::EnrollmentSettings;
 use crate::enroll::{
-    self, EnrollError, EnrollmentProfiles, LoadedEnrollment, ManagementKeyAlgorithm,
-    ManagementKeySecret, SlotProof, TokenCredentials, Verifier,
+    self, EnrollError, LoadedEnrollment, ManagementKeyAlgorithm, ManagementKeySecret, SlotProof,
+    TokenCredentials, Verifier,
 };
 use crate::lifecycle::{
     self, IssueParams, LifecycleError, RequestKey, RevocationReason, issue_certificate,
@@ -27,132 +28,10 @@ use crate::store::{
     TokenCredentialsRow, TokenRow, TokenState, WrappedCredentials, WriteTx, now_rfc3339,
 };
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 use zeroize::Zeroizing;
-
-/// The `[enrollment]` section of the server configuration.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollmentConfig {
-    /// PEM (or DER) files of attestation roots to trust, besides Yubico's.
-    #[serde(default)]
-    pub attestation_roots: Vec<PathBuf>,
-    /// Trust Yubico's attestation roots and intermediates (shipped with Tessera).
-    #[serde(default = "yes")]
-    pub trust_yubico_roots: bool,
-    /// The attestation policy file; the shipped config/attestation-policy.toml without it.
-    #[serde(default)]
-    pub attestation_policy: Option<PathBuf>,
-    /// CKA_LABEL of the HSM AES key that wraps per-token management keys and PUKs
-    /// (`tessera admin init-wrapping-key` makes it).
-    #[serde(default = "default_wrapping_key_label")]
-    pub wrapping_key_label: String,
-    /// An enrollment not confirmed this long after BeginEnrollment expires and its
-    /// certificates are revoked.
-    #[serde(default = "default_expiry_seconds")]
-    pub expiry_seconds: u64,
-    /// How often the server looks for expired enrollments (each call also checks its own).
-    #[serde(default = "default_expiry_sweep_seconds")]
-    pub expiry_sweep_seconds: u64,
-    /// Enrollment profiles directory; the built-in profiles without it.
-    #[serde(default)]
-    pub profiles_dir: Option<PathBuf>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_wrapping_key_label() -> String {
-    "tessera-wrap".into()
-}
-fn default_expiry_seconds() -> u64 {
-    900
-}
-fn default_expiry_sweep_seconds() -> u64 {
-    30
-}
-
-/// The shipped attestation policy.
-const DEFAULT_ATTESTATION_POLICY: &str = include_str!("../../config/attestation-policy.toml");
-
-/// Everything the enrollment service needs, checked at start-up.
-pub struct EnrollmentSettings {
-    pub trust: TrustAnchors,
-    pub policy: Policy,
-    pub wrapping_key_label: String,
-    pub expiry: Duration,
-    pub sweep: Duration,
-    pub profiles: EnrollmentProfiles,
-}
-
-impl EnrollmentSettings {
-    /// Reads roots, policy and profiles, and checks the wrapping key works; every problem is
-    /// one message naming the setting.
-    pub fn load(config: &EnrollmentConfig, ca: &OnlineCa) -> Result<EnrollmentSettings, String> {
-        let mut trust = TrustAnchors::builder();
-        if config.trust_yubico_roots {
-            trust = trust
-                .with_yubico_roots()
-                .and_then(|t| t.with_yubico_intermediates())
-                .map_err(|e| format!("Yubico attestation roots: {e}"))?;
-        }
-        for path in &config.attestation_roots {
-            let bytes = std::fs::read(path).map_err(|e| {
-                format!(
-                    "enrollment.attestation_roots: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
-            trust = trust
-                .with_anchors(&bytes, &path.display().to_string())
-                .map_err(|e| format!("enrollment.attestation_roots: {e}"))?;
-        }
-        let trust = trust.build().map_err(|e| {
-            format!("enrollment: {e} (set attestation_roots or trust_yubico_roots = true)")
-        })?;
-        let policy_text = match &config.attestation_policy {
-            Some(path) => std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "enrollment.attestation_policy: cannot read {}: {e}",
-                    path.display()
-                )
-            })?,
-            None => DEFAULT_ATTESTATION_POLICY.to_string(),
-        };
-        let policy = Policy::from_toml(&policy_text).map_err(|e| e.to_string())?;
-        let profiles = match &config.profiles_dir {
-            Some(dir) => EnrollmentProfiles::load_dir(dir).map_err(|e| e.to_string())?,
-            None => EnrollmentProfiles::built_in(),
-        };
-        profiles
-            .check_certificate_profiles(&ca.profiles.names())
-            .map_err(|e| e.to_string())?;
-        if config.expiry_seconds == 0 || config.expiry_sweep_seconds == 0 {
-            return Err(
-                "enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1".into(),
-            );
-        }
-        ca.hsm
-            .wrap_secret(&config.wrapping_key_label, b"tessera wrapping key check")
-            .map_err(|e| {
-                format!(
-                    "enrollment.wrapping_key_label {:?}: {e}; make the key with `tessera admin init-wrapping-key`",
-                    config.wrapping_key_label
-                )
-            })?;
-        Ok(EnrollmentSettings {
-            trust,
-            policy,
-            wrapping_key_label: config.wrapping_key_label.clone(),
-            expiry: Duration::from_secs(config.expiry_seconds),
-            sweep: Duration::from_secs(config.expiry_sweep_seconds),
-            profiles,
-        })
-    }
-}
 
 pub struct Enrollments {
     pub store: Store,

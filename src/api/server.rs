@@ -35,7 +35,7 @@ pub struct ServerConfig {
     /// Help-desk enrollment (EnrollmentService); requires `[ca]`. Without this section the
     /// enrollment RPCs answer FAILED_PRECONDITION ENROLLMENT_NOT_CONFIGURED.
     #[serde(default)]
-    pub enrollment: Option<super::enrollment_service::EnrollmentConfig>,
+    pub enrollment: Option<crate::enroll::EnrollmentConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,7 +295,7 @@ pub struct BoundServer {
     /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
     /// validity.
     revocation: Option<(Option<Arc<crate::ca::ocsp::OcspResponder>>, time::Duration)>,
-    enrollment: Option<Arc<super::enrollment_service::EnrollmentSettings>>,
+    enrollment: Option<Arc<crate::enroll::EnrollmentSettings>>,
 }
 
 impl BoundServer {
@@ -357,7 +357,7 @@ impl BoundServer {
                 ));
             }
             (Some(e), Some(ca)) => Some(Arc::new(
-                super::enrollment_service::EnrollmentSettings::load(e, ca)
+                crate::enroll::EnrollmentSettings::load(e, ca)
                     .map_err(ServerConfigError::Enrollment)?,
             )),
         };

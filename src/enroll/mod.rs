@@ -13,10 +13,12 @@
 pub mod credentials;
 pub mod plan;
 pub mod proof;
+pub mod settings;
 pub mod state;
 
 pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 pub use plan::{EnrollmentProfile, EnrollmentProfiles, SlotPlan};
+pub use settings::{EnrollmentConfig, EnrollmentSettings};
 pub use state::{
     Begun, Completed, Enrollment, LoadedEnrollment, SlotProof, VerifiedSlot, Verifier,
 };
