@@ -1,126 +1,95 @@
-//! `tessera.v1.EnrollmentService`: help-desk enrollment of a YubiKey (docs/api.md). The checks
-//! live in `enroll`; this file loads rows, calls them, issues through
-//! `lifecycle::issue_certificate`, and records every change and every refusal in the audit log.
+//! `tessera.v1.EnrollmentService`: help-desk enrollment of a YubiKey (docs/api.md). Each RPC
+//! is authorized here, its request checked for presence and shape, translated to a call on
+//! [`EnrollmentDesk`] (`enroll::desk`: the steps, credential wrapping, audit events and
+//! refusals), and the answer translated back; [`refusal_status`] maps every
+//! [`EnrollmentRefusal`] to a gRPC status.
 //!
-//! Idempotency: each state-changing RPC answers a repeated request id with its first answer.
-//! Answers that carry secrets (BeginEnrollment, ReleasePuk) are stored without them and the
-//! secrets are unwrapped again from the token's credentials on a repeat, so no plaintext
-//! management key or PUK is ever written to the database.
+//! Idempotency: each state-changing RPC answers a repeated request id with its first answer
+//! ([`Enrollments::once`]). Answers that carry secrets (BeginEnrollment, ReleasePuk) are stored
+//! without them and the secrets are unwrapped again from the token's credentials on a repeat,
+//! so no plaintext management key or PUK is ever written to the database.
 
 use super::authz::{Identity, authorize};
 use super::certificate_service::Certificates;
 use super::pb::{self, enrollment_service_server::EnrollmentService};
 use super::status;
 use super::token_service::Tokens;
-use crate::attest::FirmwareVersion;
-use crate::audit::{self, Actor, Change};
-use crate::ca::{HardwareModule, KeyProvenance, OnlineCa, SubjectParams};
-use crate::enroll::EnrollmentSettings;
 use crate::enroll::{
-    self, EnrollError, LoadedEnrollment, ManagementKeyAlgorithm, ManagementKeySecret, SlotProof,
-    TokenCredentials, Verifier,
+    BeginRequest, BegunEnrollment, CompleteRequest, Completion, DeskFailure, EnrollError,
+    EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm, ManagementKeySecret,
+    SlotProof, TokenCredentials,
 };
-use crate::lifecycle::{
-    self, IssueParams, LifecycleError, RequestKey, RevocationReason, issue_certificate,
-};
-use crate::store::{
-    EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonState, Store,
-    TokenCredentialsRow, TokenRow, TokenState, WrappedCredentials, WriteTx, now_rfc3339,
-};
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use crate::lifecycle::{self, RequestKey};
+use crate::store::{CertificateRow, EnrollmentState, Store, WriteTx};
+use std::future::Future;
 use tonic::{Code, Request, Response, Status};
-use zeroize::Zeroizing;
 
 pub struct Enrollments {
     pub store: Store,
-    /// Both present when the server has `[ca]` and `[enrollment]`.
-    pub configured: Option<(Arc<OnlineCa>, Arc<EnrollmentSettings>)>,
+    /// Present when the server has `[ca]` and `[enrollment]`.
+    pub desk: Option<EnrollmentDesk>,
 }
 
 fn method(name: &str) -> String {
     format!("/tessera.v1.EnrollmentService/{name}")
 }
 
-/// A refusal (audited in its own transaction, the request's changes rolled back) or an error.
-enum Failure {
-    Refused {
-        status: Status,
-        subject: String,
-        reason: String,
-    },
-    Error(Status),
-}
-
-impl<E: Into<Status>> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        Failure::Error(e.into())
-    }
-}
-
-fn refused(subject: impl Into<String>, status: Status) -> Failure {
-    let reason = status_reason(&status);
-    Failure::Refused {
-        status,
-        subject: subject.into(),
-        reason,
-    }
-}
-
-fn status_reason(s: &Status) -> String {
-    use tonic_types::StatusExt;
-    s.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
-fn enroll_status(e: &EnrollError) -> Status {
-    let code = match e {
-        EnrollError::ProfileInvalid { .. } | EnrollError::StoredPlanInvalid(_) => {
-            return status::internal(e);
+/// An enrollment refusal or error as gRPC status: code, stable reason, field at fault and
+/// `ErrorInfo` metadata; internal errors are logged and answered without detail.
+fn refusal_status(e: EnrollmentRefusal) -> Status {
+    use EnrollmentRefusal as R;
+    let code = match &e {
+        R::Lifecycle(_) => {
+            let R::Lifecycle(l) = e else { unreachable!() };
+            return l.into();
         }
-        EnrollError::NonceAlreadyUsed(_)
-        | EnrollError::NotCompleted(_)
-        | EnrollError::Expired(_)
-        | EnrollError::Aborted(_)
-        | EnrollError::AlreadyConfirmed(_)
-        | EnrollError::PolicyDenied { .. } => Code::FailedPrecondition,
+        _ if e.is_internal() => return status::internal(&e),
+        R::EnrollmentNotFound(_) => Code::NotFound,
+        R::IssuanceFailed { .. } => Code::Internal,
+        R::NotConfigured
+        | R::PersonNotActive { .. }
+        | R::TokenNeverEnrollable { .. }
+        | R::TokenNotEnrolling { .. }
+        | R::TokenHeldByAnotherPerson { .. }
+        | R::TokenNotActive { .. }
+        | R::CredentialsNotHeld(_)
+        | R::CredentialsGone
+        | R::Step(
+            EnrollError::NonceAlreadyUsed(_)
+            | EnrollError::NotCompleted(_)
+            | EnrollError::Expired(_)
+            | EnrollError::Aborted(_)
+            | EnrollError::AlreadyConfirmed(_)
+            | EnrollError::PolicyDenied { .. },
+        ) => Code::FailedPrecondition,
         _ => Code::InvalidArgument,
     };
-    let mut metadata = HashMap::new();
-    if let Some(slot) = e.slot() {
-        metadata.insert("slot".to_string(), slot.to_string());
-    }
-    match e {
-        EnrollError::PolicyDenied { codes, .. } => {
-            metadata.insert("policy_reasons".to_string(), codes.clone());
-        }
-        EnrollError::AttestationInvalid { code, .. } => {
-            metadata.insert("attestation_code".to_string(), code.to_string());
-        }
-        _ => {}
-    }
-    let field = e.slot().map(|_| "proofs");
-    status::with_metadata(code, e.reason(), &e.to_string(), field, metadata)
+    status::with_metadata(code, e.reason(), &e.to_string(), e.field(), e.metadata())
 }
 
-fn precondition(reason: &str, message: &str) -> Status {
-    status::with_metadata(
-        Code::FailedPrecondition,
-        reason,
-        message,
-        None,
-        HashMap::new(),
-    )
+/// A failed step of a state-changing RPC: from the desk (a refusal is recorded) or from the
+/// translation to protobuf.
+enum Failure {
+    Desk(DeskFailure),
+    Status(Status),
 }
 
-fn not_configured() -> Status {
-    precondition(
-        "ENROLLMENT_NOT_CONFIGURED",
-        "enrollment is not configured on this server; add the [ca] and [enrollment] sections",
-    )
+impl From<DeskFailure> for Failure {
+    fn from(f: DeskFailure) -> Failure {
+        Failure::Desk(f)
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Failure {
+        Failure::Status(s)
+    }
+}
+
+/// The outcome of [`Enrollments::once`]: the stored first answer of a repeat, or a new answer.
+enum Once<R> {
+    Replayed(Vec<u8>),
+    Done(R),
 }
 
 fn required(field: &str, value: &str) -> Result<(), Status> {
@@ -151,6 +120,14 @@ fn key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
     }
 }
 
+/// The algorithm of a management key without the key (for stored answers).
+fn redacted_key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
+    pb::ManagementKey {
+        algorithm: algorithm_to_pb(k.algorithm) as i32,
+        key: Vec::new(),
+    }
+}
+
 fn state_to_pb(s: EnrollmentState) -> pb::EnrollmentState {
     match s {
         EnrollmentState::Begun => pb::EnrollmentState::Begun,
@@ -159,930 +136,6 @@ fn state_to_pb(s: EnrollmentState) -> pb::EnrollmentState {
         EnrollmentState::Aborted => pb::EnrollmentState::Aborted,
         EnrollmentState::Expired => pb::EnrollmentState::Expired,
     }
-}
-
-fn rfc3339_after(d: Duration) -> String {
-    (time::OffsetDateTime::now_utc() + d)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-impl Enrollments {
-    fn configured(&self) -> Result<(&Arc<OnlineCa>, &Arc<EnrollmentSettings>), Status> {
-        self.configured
-            .as_ref()
-            .map(|(ca, s)| (ca, s))
-            .ok_or_else(not_configured)
-    }
-
-    async fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>, Status> {
-        let (ca, settings) = self.configured()?;
-        let (hsm, label) = (ca.hsm.clone(), settings.wrapping_key_label.clone());
-        let secret = Zeroizing::new(secret.to_vec());
-        tokio::task::spawn_blocking(move || hsm.wrap_secret(&label, &secret))
-            .await
-            .map_err(|e| status::internal(&e))?
-            .map_err(|e| status::internal(&e))
-    }
-
-    async fn unwrap(&self, label: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Status> {
-        let (ca, _) = self.configured()?;
-        let (hsm, label, blob) = (ca.hsm.clone(), label.to_string(), blob.to_vec());
-        tokio::task::spawn_blocking(move || hsm.unwrap_secret(&label, &blob))
-            .await
-            .map_err(|e| status::internal(&e))?
-            .map_err(|e| status::internal(&e))
-    }
-
-    async fn wrap_credentials(&self, c: &TokenCredentials) -> Result<WrappedCredentials, Status> {
-        Ok(WrappedCredentials {
-            management_key_algorithm: c.management_key.algorithm.as_str().to_string(),
-            management_key_wrapped: self.wrap(&c.management_key.key).await?,
-            puk_wrapped: self.wrap(c.puk.as_bytes()).await?,
-        })
-    }
-
-    async fn unwrap_credentials(
-        &self,
-        label: &str,
-        w: &WrappedCredentials,
-    ) -> Result<TokenCredentials, Status> {
-        let algorithm =
-            ManagementKeyAlgorithm::parse(&w.management_key_algorithm).ok_or_else(|| {
-                status::internal(&crate::store::StoreError::BadStoredValue {
-                    column: "token_credentials.management_key_algorithm",
-                    value: w.management_key_algorithm.clone(),
-                })
-            })?;
-        let key = self.unwrap(label, &w.management_key_wrapped).await?;
-        let puk = self.unwrap(label, &w.puk_wrapped).await?;
-        let puk = Zeroizing::new(String::from_utf8_lossy(&puk).into_owned());
-        Ok(TokenCredentials {
-            management_key: ManagementKeySecret { algorithm, key },
-            puk,
-        })
-    }
-
-    /// Commits a refusal's audit event in a fresh transaction and returns its status.
-    async fn record_refusal(
-        &self,
-        actor: &Actor,
-        operation: &str,
-        request_id: &str,
-        failure: Failure,
-    ) -> Status {
-        match failure {
-            Failure::Error(s) => s,
-            Failure::Refused {
-                status,
-                subject,
-                reason,
-            } => {
-                let result: Result<(), Status> = async {
-                    let mut tx = self.store.begin_write().await?;
-                    audit::record(
-                        &mut tx,
-                        actor,
-                        Change {
-                            action: "enrollment.refuse",
-                            subject,
-                            before: None,
-                            after: Some(serde_json::json!({
-                                "operation": operation,
-                                "reason": reason,
-                                "message": status.message(),
-                            })),
-                            request_id,
-                        },
-                    )
-                    .await
-                    .map_err(LifecycleError::from)?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-                .await;
-                match result {
-                    Ok(()) => status,
-                    Err(e) => e,
-                }
-            }
-        }
-    }
-
-    /// Expires open enrollments past their time (all of them, or only `only`): revokes their
-    /// certificates and records `enrollment.expire` as the server.
-    pub async fn expire_due(&self, only: Option<&str>) -> Result<Vec<String>, Status> {
-        let now = now_rfc3339();
-        let due = match only {
-            Some(id) => match self.store.enrollment_by_public_id(id).await? {
-                Some(row)
-                    if matches!(
-                        row.state,
-                        EnrollmentState::Begun | EnrollmentState::Completed
-                    ) && row.expires_at <= now =>
-                {
-                    vec![row.public_id]
-                }
-                _ => Vec::new(),
-            },
-            None => self.store.enrollments_expired_at(&now).await?,
-        };
-        let mut expired = Vec::new();
-        for id in due {
-            let mut tx = self.store.begin_write().await?;
-            let Some(row) = tx.enrollment_by_public_id(&id).await? else {
-                continue;
-            };
-            let loaded = LoadedEnrollment::load(row).map_err(|e| status::internal(&e))?;
-            if !loaded.is_due_to_expire(&now_rfc3339()) {
-                continue;
-            }
-            let row = loaded.row().clone();
-            let request_id = format!("expire:{id}");
-            close_enrollment(
-                &mut tx,
-                &Actor::server(),
-                &request_id,
-                &row,
-                EnrollmentState::Expired,
-                RevocationReason::CessationOfOperation,
-                "enrollment.expire",
-                None,
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::info!(enrollment = %id, "enrollment expired; its certificates were revoked");
-            expired.push(id);
-        }
-        Ok(expired)
-    }
-
-    async fn begin_in(
-        &self,
-        tx: &mut WriteTx,
-        identity: &Identity,
-        req: &pb::BeginEnrollmentRequest,
-    ) -> Result<(pb::BeginEnrollmentResponse, pb::BeginEnrollmentResponse), Failure> {
-        let (_, settings) = self.configured()?;
-        let actor = identity.actor();
-        let person = tx
-            .person_by_external_id(&req.person_external_id)
-            .await?
-            .ok_or_else(|| LifecycleError::PersonNotFound(req.person_external_id.clone()))?;
-        if person.state != PersonState::Active {
-            return Err(refused(
-                format!("person:{}", person.external_id),
-                precondition(
-                    "PERSON_NOT_ACTIVE",
-                    &format!(
-                        "person {} is {}; only an active person can be enrolled",
-                        person.external_id,
-                        person.state.as_str()
-                    ),
-                ),
-            ));
-        }
-        let Some(profile) = settings.profiles.get(&req.profile) else {
-            return Err(refused(
-                format!("person:{}", person.external_id),
-                status::invalid_argument(
-                    "profile",
-                    "ENROLLMENT_PROFILE_UNKNOWN",
-                    &format!(
-                        "unknown enrollment profile {:?}; known profiles: {}",
-                        req.profile,
-                        settings.profiles.names().join(", ")
-                    ),
-                ),
-            ));
-        };
-        let firmware: FirmwareVersion = req.firmware.parse().map_err(|_| {
-            status::invalid_argument(
-                "firmware",
-                "FIRMWARE_INVALID",
-                &format!("firmware {:?} is not major.minor.patch", req.firmware),
-            )
-        })?;
-        let token_subject = format!("token:{}", req.token_serial);
-        let existing = tx.token_by_serial(&req.token_serial).await?;
-        if let Some(t) = &existing {
-            if matches!(
-                t.state,
-                TokenState::Lost | TokenState::Damaged | TokenState::Retired
-            ) {
-                return Err(refused(
-                    token_subject,
-                    precondition(
-                        "TOKEN_NOT_ENROLLABLE",
-                        &format!(
-                            "token {} is {}; a lost, damaged or retired token is never enrolled again",
-                            t.serial,
-                            t.state.as_str()
-                        ),
-                    ),
-                ));
-            }
-            if t.person_id.is_some_and(|p| p != person.id)
-                && matches!(t.state, TokenState::Active | TokenState::Suspended)
-            {
-                return Err(refused(
-                    token_subject,
-                    precondition(
-                        "TOKEN_HELD_BY_ANOTHER_PERSON",
-                        &format!(
-                            "token {} is {} for another person; retire it first",
-                            t.serial,
-                            t.state.as_str()
-                        ),
-                    ),
-                ));
-            }
-        }
-        // Checks done; changes follow.
-        let token = match existing {
-            None => {
-                let row = tx
-                    .insert_token(&NewToken {
-                        serial: req.token_serial.clone(),
-                        model: req.model.clone(),
-                        firmware: req.firmware.clone(),
-                        form_factor: String::new(),
-                        state: TokenState::Enrolling,
-                        person_id: Some(person.id),
-                    })
-                    .await?;
-                record(
-                    tx,
-                    &actor,
-                    "token.register",
-                    &token_subject,
-                    None,
-                    Some(json(&row)),
-                    &req.request_id,
-                )
-                .await?;
-                row
-            }
-            Some(before) => {
-                tx.update_token_hardware(before.id, &req.model, &req.firmware, &before.form_factor)
-                    .await?;
-                let mut after = before.clone();
-                after.state = TokenState::Enrolling;
-                after.person_id = Some(person.id);
-                let row = tx.update_token(&after).await?;
-                record(
-                    tx,
-                    &actor,
-                    "token.enroll",
-                    &token_subject,
-                    Some(json(&before)),
-                    Some(json(&row)),
-                    &req.request_id,
-                )
-                .await?;
-                row
-            }
-        };
-        let now = now_rfc3339();
-        for open in tx.open_enrollments_of_token(token.id).await? {
-            if open.expires_at <= now {
-                // Past its time already: it expires (as the sweep would have done).
-                close_enrollment(
-                    tx,
-                    &Actor::server(),
-                    &format!("expire:{}", open.public_id),
-                    &open,
-                    EnrollmentState::Expired,
-                    RevocationReason::CessationOfOperation,
-                    "enrollment.expire",
-                    None,
-                )
-                .await?;
-            } else {
-                close_enrollment(
-                    tx,
-                    &actor,
-                    &req.request_id,
-                    &open,
-                    EnrollmentState::Aborted,
-                    RevocationReason::Superseded,
-                    "enrollment.supersede",
-                    Some("superseded by a new enrollment of the same token"),
-                )
-                .await?;
-            }
-        }
-        let stored = tx.token_credentials(token.id).await?;
-        let label = settings.wrapping_key_label.clone();
-        let current = match stored
-            .as_ref()
-            .and_then(|c| c.confirmed.clone().map(|w| (c, w)))
-        {
-            Some((c, w)) => Some(self.unwrap_credentials(&c.wrapping_key_label, &w).await?),
-            None => None,
-        };
-        let (new, resumed) = match stored
-            .as_ref()
-            .and_then(|c| c.pending.clone().map(|w| (c, w)))
-        {
-            Some((c, w)) => (
-                self.unwrap_credentials(&c.wrapping_key_label, &w).await?,
-                true,
-            ),
-            None => (
-                TokenCredentials::generate(ManagementKeyAlgorithm::for_firmware(firmware))
-                    .map_err(|e| status::internal(&e))?,
-                false,
-            ),
-        };
-        // Everything re-wrapped under the configured key (a changed label takes effect here).
-        let row = TokenCredentialsRow {
-            token_id: token.id,
-            wrapping_key_label: label,
-            confirmed: match &current {
-                Some(c) => Some(self.wrap_credentials(c).await?),
-                None => None,
-            },
-            pending: Some(self.wrap_credentials(&new).await?),
-        };
-        tx.put_token_credentials(&row).await?;
-
-        let public_id =
-            enroll::credentials::new_enrollment_id().map_err(|e| status::internal(&e))?;
-        let nonce = enroll::credentials::new_nonce().map_err(|e| status::internal(&e))?;
-        let enrollment = tx
-            .insert_enrollment(&NewEnrollment {
-                public_id: public_id.clone(),
-                person_id: person.id,
-                token_id: token.id,
-                profile: profile.name.clone(),
-                nonce: nonce.to_vec(),
-                plan_json: enroll::plan::plan_to_json(&profile.slots),
-                firmware: req.firmware.clone(),
-                expires_at: rfc3339_after(settings.expiry),
-                created_by: actor.name.clone(),
-            })
-            .await?;
-        let mut after = json(&enrollment);
-        after["person"] = person.external_id.clone().into();
-        after["token"] = token.serial.clone().into();
-        after["management_key_algorithm"] = new.management_key.algorithm.as_str().into();
-        after["credentials"] = if resumed { "resumed" } else { "fresh" }.into();
-        record(
-            tx,
-            &actor,
-            "enrollment.begin",
-            &format!("enrollment:{public_id}"),
-            None,
-            Some(after),
-            &req.request_id,
-        )
-        .await?;
-
-        let redacted = pb::BeginEnrollmentResponse {
-            enrollment_id: public_id,
-            nonce: nonce.to_vec(),
-            slots: profile
-                .slots
-                .iter()
-                .map(|s| {
-                    let t = s.to_text();
-                    pb::SlotPlan {
-                        slot: t.slot,
-                        algorithm: t.algorithm,
-                        pin_policy: t.pin_policy,
-                        touch_policy: t.touch_policy,
-                        certificate_profile: t.certificate_profile,
-                    }
-                })
-                .collect(),
-            current_management_key: current.as_ref().map(|c| pb::ManagementKey {
-                algorithm: algorithm_to_pb(c.management_key.algorithm) as i32,
-                key: Vec::new(),
-            }),
-            new_management_key: Some(pb::ManagementKey {
-                algorithm: algorithm_to_pb(new.management_key.algorithm) as i32,
-                key: Vec::new(),
-            }),
-            new_puk: String::new(),
-            expires_at: enrollment.expires_at.clone(),
-            person_display_name: person.display_name.clone(),
-            person_upn: person.upn.clone(),
-        };
-        let mut full = redacted.clone();
-        fill_secrets(&mut full, current.as_ref(), &new);
-        Ok((full, redacted))
-    }
-
-    /// A repeated BeginEnrollment: the stored answer with its secrets unwrapped again, while
-    /// the enrollment is still open.
-    async fn begin_replay(&self, bytes: &[u8]) -> Result<pb::BeginEnrollmentResponse, Status> {
-        let mut response: pb::BeginEnrollmentResponse =
-            prost::Message::decode(bytes).map_err(|e| status::internal(&e))?;
-        let row = self
-            .store
-            .enrollment_by_public_id(&response.enrollment_id)
-            .await?
-            .ok_or_else(|| {
-                status::internal(&EnrollError::StoredPlanInvalid(
-                    "enrollment vanished".into(),
-                ))
-            })?;
-        let loaded = LoadedEnrollment::load(row).map_err(|e| status::internal(&e))?;
-        if let LoadedEnrollment::Closed(r) = &loaded {
-            return Err(enroll_status(&EnrollError::closed(r)));
-        }
-        let mut tx = self.store.begin_write().await?;
-        let credentials = tx.token_credentials(loaded.row().token_id).await?;
-        drop(tx);
-        let Some(c) = credentials else {
-            return Err(not_configured());
-        };
-        let new = match &c.pending {
-            Some(w) => self.unwrap_credentials(&c.wrapping_key_label, w).await?,
-            None => return Err(enroll_status(&EnrollError::closed(loaded.row()))),
-        };
-        let current = match (&response.current_management_key, &c.confirmed) {
-            (Some(_), Some(w)) => Some(self.unwrap_credentials(&c.wrapping_key_label, w).await?),
-            _ => None,
-        };
-        fill_secrets(&mut response, current.as_ref(), &new);
-        Ok(response)
-    }
-
-    async fn complete(
-        &self,
-        identity: &Identity,
-        req: &pb::CompleteEnrollmentRequest,
-        key: &RequestKey,
-    ) -> Result<pb::CompleteEnrollmentResponse, Failure> {
-        let (ca, settings) = self.configured()?;
-        let actor = identity.actor();
-        let subject = format!("enrollment:{}", req.enrollment_id);
-        let mut tx = self.store.begin_write().await?;
-        if let Some(bytes) = lifecycle::replay(&mut tx, key).await? {
-            return prost::Message::decode(bytes.as_slice())
-                .map_err(|e| Failure::Error(status::internal(&e)));
-        }
-        let row = enrollment_or_not_found(&mut tx, &req.enrollment_id).await?;
-        let begun = LoadedEnrollment::load(row)
-            .map_err(|e| status::internal(&e))?
-            .into_begun()
-            .map_err(|e| refused(subject.clone(), enroll_status(&e)))?;
-        let person = person_of(&mut tx, begun.row().person_id).await?;
-        if person.state != PersonState::Active {
-            return Err(refused(
-                subject,
-                precondition(
-                    "PERSON_NOT_ACTIVE",
-                    &format!(
-                        "person {} is {}; only an active person can be enrolled",
-                        person.external_id,
-                        person.state.as_str()
-                    ),
-                ),
-            ));
-        }
-        let token = token_of(&mut tx, begun.row().token_id).await?;
-        if token.state != TokenState::Enrolling {
-            return Err(refused(subject, token_not_enrolling(&token)));
-        }
-        let serial: u32 = token.serial.parse().map_err(|_| {
-            refused(
-                subject.clone(),
-                status::invalid_argument(
-                    "token_serial",
-                    "TOKEN_SERIAL_INVALID",
-                    "the token serial is not a decimal number",
-                ),
-            )
-        })?;
-        let proofs: Vec<SlotProof> = req
-            .proofs
-            .iter()
-            .map(|p| SlotProof {
-                slot: p.slot.clone(),
-                attestation_certificate: p.attestation_certificate.clone(),
-                signature: p.signature.clone(),
-            })
-            .collect();
-        let verified = begun
-            .verify(
-                serial,
-                &req.attestation_intermediate,
-                &proofs,
-                &Verifier {
-                    trust: &settings.trust,
-                    policy: &settings.policy,
-                },
-            )
-            .map_err(|e| refused(subject.clone(), enroll_status(&e)))?;
-        // Every check passed: the nonce is used up now, before anything is signed.
-        let mut enrollment = begun.row().clone();
-        if !tx
-            .move_enrollment_state(
-                enrollment.id,
-                EnrollmentState::Begun,
-                EnrollmentState::Completed,
-            )
-            .await?
-        {
-            return Err(refused(
-                subject,
-                enroll_status(&EnrollError::NonceAlreadyUsed(enrollment.public_id.clone())),
-            ));
-        }
-        enrollment.state = EnrollmentState::Completed;
-        if let Some(first) = verified.first() {
-            // The attestation is authoritative for firmware and form factor.
-            let ff = first.facts.form_factor.as_str().replace('-', "_");
-            tx.update_token_hardware(
-                token.id,
-                &token.model,
-                &first.facts.firmware.to_string(),
-                &ff,
-            )
-            .await?;
-        }
-        record(
-            &mut tx,
-            &actor,
-            "enrollment.verify",
-            &subject,
-            None,
-            Some(serde_json::json!({
-                "slots": verified.iter().map(|v| serde_json::json!({
-                    "slot": v.plan.slot.to_string(),
-                    "certificate_profile": v.plan.certificate_profile,
-                    "attestation": v.facts,
-                })).collect::<Vec<_>>(),
-            })),
-            &req.request_id,
-        )
-        .await?;
-        tx.commit().await?;
-
-        let mut certificates = Vec::new();
-        for slot in &verified {
-            let mut subject_params = SubjectParams::new(person.display_name.as_str());
-            if !person.email.is_empty() {
-                subject_params.emails.push(person.email.clone());
-            }
-            subject_params.upn = Some(person.upn.clone()).filter(|u| !u.is_empty());
-            subject_params.windows_sid = person.windows_sid.clone().filter(|s| !s.is_empty());
-            subject_params.hardware_module = Some(HardwareModule::yubikey(serial));
-            let issued = issue_certificate(
-                &self.store,
-                ca,
-                IssueParams {
-                    subject: subject_params,
-                    public_key_der: slot.public_key_der.clone(),
-                    profile: slot.plan.certificate_profile.clone(),
-                    provenance: KeyProvenance::HardwareAttested,
-                    person_id: Some(person.id),
-                    token_id: Some(token.id),
-                },
-                &actor,
-                &req.request_id,
-            )
-            .await;
-            let slot_name = slot.plan.slot.to_string();
-            match issued {
-                Ok(row) => {
-                    let mut tx = self.store.begin_write().await?;
-                    tx.insert_enrollment_certificate(enrollment.id, &slot_name, &row.serial)
-                        .await?;
-                    tx.commit().await?;
-                    certificates.push((slot_name, row));
-                }
-                Err(e) => {
-                    tracing::error!(enrollment = %enrollment.public_id, slot = %slot_name, error = %e, "issuance failed; aborting the enrollment");
-                    let mut tx = self.store.begin_write().await?;
-                    close_enrollment(
-                        &mut tx,
-                        &Actor::server(),
-                        &req.request_id,
-                        &enrollment,
-                        EnrollmentState::Aborted,
-                        RevocationReason::CessationOfOperation,
-                        "enrollment.abort",
-                        Some("certificate issuance failed"),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    return Err(Failure::Error(status::with_metadata(
-                        Code::Internal,
-                        "ISSUANCE_FAILED",
-                        &format!(
-                            "issuing the certificate for slot {slot_name} failed: {e}; the enrollment was aborted, begin a new one"
-                        ),
-                        None,
-                        HashMap::new(),
-                    )));
-                }
-            }
-        }
-        let converter = Certificates {
-            store: self.store.clone(),
-            ca: None,
-        };
-        let mut response = pb::CompleteEnrollmentResponse::default();
-        for (slot, row) in certificates {
-            response.certificates.push(pb::SlotCertificate {
-                slot,
-                certificate: Some(converter.to_pb(row).await?),
-            });
-        }
-        let mut tx = self.store.begin_write().await?;
-        lifecycle::remember(&mut tx, key, prost::Message::encode_to_vec(&response)).await?;
-        tx.commit().await?;
-        Ok(response)
-    }
-
-    async fn confirm_in(
-        &self,
-        tx: &mut WriteTx,
-        identity: &Identity,
-        req: &pb::ConfirmEnrollmentRequest,
-    ) -> Result<pb::ConfirmEnrollmentResponse, Failure> {
-        let actor = identity.actor();
-        let subject = format!("enrollment:{}", req.enrollment_id);
-        let row = enrollment_or_not_found(tx, &req.enrollment_id).await?;
-        let completed = LoadedEnrollment::load(row)
-            .map_err(|e| status::internal(&e))?
-            .into_completed()
-            .map_err(|e| refused(subject.clone(), enroll_status(&e)))?;
-        let enrollment = completed.row().clone();
-        let token = token_of(tx, enrollment.token_id).await?;
-        if token.state != TokenState::Enrolling {
-            return Err(refused(subject, token_not_enrolling(&token)));
-        }
-        if !tx
-            .move_enrollment_state(
-                enrollment.id,
-                EnrollmentState::Completed,
-                EnrollmentState::Confirmed,
-            )
-            .await?
-        {
-            return Err(Failure::Error(status::internal(
-                &EnrollError::StoredPlanInvalid(
-                    "the enrollment changed state during confirmation".into(),
-                ),
-            )));
-        }
-        record(
-            tx,
-            &actor,
-            "enrollment.confirm",
-            &subject,
-            None,
-            None,
-            &req.request_id,
-        )
-        .await?;
-        // Certificates of earlier enrollments of this token for the slots just re-keyed are
-        // superseded: those keys no longer exist on the token.
-        let slots: Vec<String> = tx
-            .enrollment_certificates(enrollment.id)
-            .await?
-            .into_iter()
-            .map(|c| c.slot)
-            .collect();
-        for old in tx
-            .earlier_enrollment_certificates(enrollment.token_id, enrollment.id)
-            .await?
-        {
-            if !slots.contains(&old.slot) {
-                continue;
-            }
-            if let Some(c) = tx.certificate_by_serial(&old.serial).await?
-                && matches!(
-                    c.status,
-                    crate::store::CertificateStatus::Good | crate::store::CertificateStatus::OnHold
-                )
-            {
-                lifecycle::revoke_certificate(
-                    tx,
-                    &actor,
-                    &req.request_id,
-                    &c.serial,
-                    RevocationReason::Superseded,
-                )
-                .await?;
-            }
-        }
-        let before = token_of(tx, enrollment.token_id).await?;
-        let mut after = before.clone();
-        after.state = TokenState::Active;
-        let token = tx.update_token(&after).await?;
-        record(
-            tx,
-            &actor,
-            "token.activate",
-            &format!("token:{}", token.serial),
-            Some(json(&before)),
-            Some(json(&token)),
-            &req.request_id,
-        )
-        .await?;
-        if let Some(mut c) = tx.token_credentials(token.id).await?
-            && let Some(pending) = c.pending.take()
-        {
-            c.confirmed = Some(pending);
-            tx.put_token_credentials(&c).await?;
-        }
-        let tokens = Tokens {
-            store: self.store.clone(),
-        };
-        Ok(pb::ConfirmEnrollmentResponse {
-            token: Some(tokens.token_to_pb(token).await?),
-        })
-    }
-
-    async fn abort_in(
-        &self,
-        tx: &mut WriteTx,
-        identity: &Identity,
-        req: &pb::AbortEnrollmentRequest,
-    ) -> Result<pb::AbortEnrollmentResponse, Failure> {
-        let subject = format!("enrollment:{}", req.enrollment_id);
-        if req.reason.len() > 1024 {
-            return Err(Failure::Error(status::invalid_argument(
-                "reason",
-                "FIELD_TOO_LONG",
-                "reason exceeds 1024 bytes",
-            )));
-        }
-        let row = enrollment_or_not_found(tx, &req.enrollment_id).await?;
-        let loaded = LoadedEnrollment::load(row).map_err(|e| status::internal(&e))?;
-        if let LoadedEnrollment::Closed(r) = &loaded {
-            return Err(refused(subject, enroll_status(&EnrollError::closed(r))));
-        }
-        let row = loaded.row().clone();
-        close_enrollment(
-            tx,
-            &identity.actor(),
-            &req.request_id,
-            &row,
-            EnrollmentState::Aborted,
-            RevocationReason::CessationOfOperation,
-            "enrollment.abort",
-            Some(req.reason.as_str()).filter(|r| !r.is_empty()),
-        )
-        .await?;
-        let row = enrollment_or_not_found(tx, &req.enrollment_id).await?;
-        Ok(pb::AbortEnrollmentResponse {
-            enrollment: Some(self.enrollment_to_pb(tx, row).await?),
-        })
-    }
-
-    async fn enrollment_to_pb(
-        &self,
-        tx: &mut WriteTx,
-        row: EnrollmentRow,
-    ) -> Result<pb::Enrollment, Status> {
-        let person = person_of(tx, row.person_id).await?;
-        let token = token_of(tx, row.token_id).await?;
-        let converter = Certificates {
-            store: self.store.clone(),
-            ca: None,
-        };
-        let mut certificates = Vec::new();
-        for c in tx.enrollment_certificates(row.id).await? {
-            if let Some(cert) = tx.certificate_by_serial(&c.serial).await? {
-                certificates.push(pb::SlotCertificate {
-                    slot: c.slot,
-                    certificate: Some(converter.to_pb(cert).await?),
-                });
-            }
-        }
-        Ok(pb::Enrollment {
-            enrollment_id: row.public_id,
-            state: state_to_pb(row.state) as i32,
-            person_external_id: person.external_id,
-            token_serial: token.serial,
-            profile: row.profile,
-            expires_at: row.expires_at,
-            certificates,
-        })
-    }
-
-    async fn release_puk_in(
-        &self,
-        tx: &mut WriteTx,
-        identity: &Identity,
-        req: &pb::ReleasePukRequest,
-    ) -> Result<(pb::ReleasePukResponse, pb::ReleasePukResponse), Failure> {
-        let subject = format!("token:{}", req.token_serial);
-        if req.reason.len() > 1024 {
-            return Err(Failure::Error(status::invalid_argument(
-                "reason",
-                "FIELD_TOO_LONG",
-                "reason exceeds 1024 bytes",
-            )));
-        }
-        let token = tx
-            .token_by_serial(&req.token_serial)
-            .await?
-            .ok_or_else(|| LifecycleError::TokenNotFound(req.token_serial.clone()))?;
-        if token.state != TokenState::Active {
-            return Err(refused(
-                subject,
-                precondition(
-                    "TOKEN_NOT_ACTIVE",
-                    &format!(
-                        "token {} is {}; the PUK is released only for an active token",
-                        token.serial,
-                        token.state.as_str()
-                    ),
-                ),
-            ));
-        }
-        let credentials = tx.token_credentials(token.id).await?;
-        let Some((label, wrapped)) =
-            credentials.and_then(|c| c.confirmed.map(|w| (c.wrapping_key_label, w)))
-        else {
-            return Err(refused(
-                subject,
-                precondition(
-                    "CREDENTIALS_NOT_HELD",
-                    &format!(
-                        "Tessera holds no PUK for token {}; it was not enrolled by this server",
-                        token.serial
-                    ),
-                ),
-            ));
-        };
-        let c = self.unwrap_credentials(&label, &wrapped).await?;
-        let mut after = serde_json::json!({ "released": "puk" });
-        if !req.reason.is_empty() {
-            after["reason"] = req.reason.clone().into();
-        }
-        record(
-            tx,
-            &identity.actor(),
-            "token.release_puk",
-            &subject,
-            None,
-            Some(after),
-            &req.request_id,
-        )
-        .await?;
-        let redacted = pb::ReleasePukResponse {
-            puk: String::new(),
-            management_key: Some(pb::ManagementKey {
-                algorithm: algorithm_to_pb(c.management_key.algorithm) as i32,
-                key: Vec::new(),
-            }),
-        };
-        let full = pb::ReleasePukResponse {
-            puk: c.puk.to_string(),
-            management_key: Some(key_to_pb(&c.management_key)),
-        };
-        Ok((full, redacted))
-    }
-
-    async fn release_puk_replay(
-        &self,
-        req: &pb::ReleasePukRequest,
-    ) -> Result<pb::ReleasePukResponse, Status> {
-        let mut tx = self.store.begin_write().await?;
-        let token = tx
-            .token_by_serial(&req.token_serial)
-            .await?
-            .ok_or_else(|| LifecycleError::TokenNotFound(req.token_serial.clone()))?;
-        let credentials = tx.token_credentials(token.id).await?;
-        drop(tx);
-        let Some((label, wrapped)) =
-            credentials.and_then(|c| c.confirmed.map(|w| (c.wrapping_key_label, w)))
-        else {
-            return Err(precondition(
-                "CREDENTIALS_NOT_HELD",
-                "Tessera no longer holds a PUK for this token",
-            ));
-        };
-        let c = self.unwrap_credentials(&label, &wrapped).await?;
-        Ok(pb::ReleasePukResponse {
-            puk: c.puk.to_string(),
-            management_key: Some(key_to_pb(&c.management_key)),
-        })
-    }
-}
-
-/// A token that left `enrolling` while its enrollment was open (marked lost, damaged or
-/// retired by the help desk) gets nothing more from that enrollment.
-fn token_not_enrolling(token: &TokenRow) -> Status {
-    precondition(
-        "TOKEN_NOT_ENROLLABLE",
-        &format!(
-            "token {} is {}; its enrollment cannot go on",
-            token.serial,
-            token.state.as_str()
-        ),
-    )
 }
 
 fn fill_secrets(
@@ -1095,112 +148,123 @@ fn fill_secrets(
     response.new_puk = new.puk.to_string();
 }
 
-fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
-}
-
-async fn record(
-    tx: &mut WriteTx,
-    actor: &Actor,
-    action: &str,
-    subject: &str,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-    request_id: &str,
-) -> Result<(), LifecycleError> {
-    audit::record(
-        tx,
-        actor,
-        Change {
-            action,
-            subject: subject.to_string(),
-            before,
-            after,
-            request_id,
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-fn enrollment_not_found(public_id: &str) -> Status {
-    status::with_metadata(
-        Code::NotFound,
-        "ENROLLMENT_NOT_FOUND",
-        &format!("no enrollment {public_id:?}"),
-        Some("enrollment_id"),
-        HashMap::new(),
-    )
-}
-
-async fn enrollment_or_not_found(
-    tx: &mut WriteTx,
-    public_id: &str,
-) -> Result<EnrollmentRow, Status> {
-    tx.enrollment_by_public_id(public_id)
-        .await?
-        .ok_or_else(|| enrollment_not_found(public_id))
-}
-
-async fn person_of(tx: &mut WriteTx, id: i64) -> Result<crate::store::PersonRow, Status> {
-    tx.person_by_id(id).await?.ok_or_else(|| {
-        status::internal(&crate::store::StoreError::Database(
-            sqlx::Error::RowNotFound,
-        ))
-    })
-}
-
-async fn token_of(tx: &mut WriteTx, id: i64) -> Result<TokenRow, Status> {
-    tx.token_by_id(id).await?.ok_or_else(|| {
-        status::internal(&crate::store::StoreError::Database(
-            sqlx::Error::RowNotFound,
-        ))
-    })
-}
-
-/// Ends an open enrollment (aborted or expired): revokes the certificates it issued and records
-/// `action`.
-#[allow(clippy::too_many_arguments)]
-async fn close_enrollment(
-    tx: &mut WriteTx,
-    actor: &Actor,
-    request_id: &str,
-    row: &EnrollmentRow,
-    to: EnrollmentState,
-    revocation: RevocationReason,
-    action: &str,
-    reason: Option<&str>,
-) -> Result<(), Status> {
-    if !tx.move_enrollment_state(row.id, row.state, to).await? {
-        return Ok(());
+/// BeginEnrollment's answer without its secrets (the stored answer).
+fn begun_to_pb(b: &BegunEnrollment) -> pb::BeginEnrollmentResponse {
+    pb::BeginEnrollmentResponse {
+        enrollment_id: b.enrollment.public_id.clone(),
+        nonce: b.enrollment.nonce.clone(),
+        slots: b
+            .slots
+            .iter()
+            .map(|s| {
+                let t = s.to_text();
+                pb::SlotPlan {
+                    slot: t.slot,
+                    algorithm: t.algorithm,
+                    pin_policy: t.pin_policy,
+                    touch_policy: t.touch_policy,
+                    certificate_profile: t.certificate_profile,
+                }
+            })
+            .collect(),
+        current_management_key: b
+            .current
+            .as_ref()
+            .map(|c| redacted_key_to_pb(&c.management_key)),
+        new_management_key: Some(redacted_key_to_pb(&b.new.management_key)),
+        new_puk: String::new(),
+        expires_at: b.enrollment.expires_at.clone(),
+        person_display_name: b.person.display_name.clone(),
+        person_upn: b.person.upn.clone(),
     }
-    let mut revoked = Vec::new();
-    for c in tx.enrollment_certificates(row.id).await? {
-        if let Some(cert) = tx.certificate_by_serial(&c.serial).await?
-            && matches!(
-                cert.status,
-                crate::store::CertificateStatus::Good | crate::store::CertificateStatus::OnHold
-            )
-        {
-            lifecycle::revoke_certificate(tx, actor, request_id, &cert.serial, revocation).await?;
-            revoked.push(cert.serial);
+}
+
+fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| status::internal(&e))
+}
+
+impl Enrollments {
+    fn desk(&self) -> Result<&EnrollmentDesk, Status> {
+        self.desk
+            .as_ref()
+            .ok_or_else(|| refusal_status(EnrollmentRefusal::NotConfigured))
+    }
+
+    fn converter(&self) -> Certificates {
+        Certificates {
+            store: self.store.clone(),
+            ca: None,
         }
     }
-    let mut after = serde_json::json!({ "state": to.as_str(), "revoked": revoked });
-    if let Some(r) = reason {
-        after["reason"] = r.into();
+
+    async fn slot_certificates_to_pb(
+        &self,
+        certificates: Vec<(String, CertificateRow)>,
+    ) -> Result<Vec<pb::SlotCertificate>, Status> {
+        let converter = self.converter();
+        let mut out = Vec::new();
+        for (slot, cert) in certificates {
+            out.push(pb::SlotCertificate {
+                slot,
+                certificate: Some(converter.to_pb(cert).await?),
+            });
+        }
+        Ok(out)
     }
-    record(
-        tx,
-        actor,
-        action,
-        &format!("enrollment:{}", row.public_id),
-        Some(serde_json::json!({ "state": row.state.as_str() })),
-        Some(after),
-        request_id,
-    )
-    .await?;
-    Ok(())
+
+    async fn enrollment_to_pb(&self, v: EnrollmentView) -> Result<pb::Enrollment, Status> {
+        Ok(pb::Enrollment {
+            certificates: self.slot_certificates_to_pb(v.certificates).await?,
+            enrollment_id: v.row.public_id,
+            state: state_to_pb(v.row.state) as i32,
+            person_external_id: v.person_external_id,
+            token_serial: v.token_serial,
+            profile: v.row.profile,
+            expires_at: v.row.expires_at,
+        })
+    }
+
+    /// Expires due enrollments (all of them, or only `only`); see
+    /// [`EnrollmentDesk::expire_due`]. Nothing to do without enrollment configured.
+    pub async fn expire_due(&self, only: Option<&str>) -> Result<Vec<String>, Status> {
+        match &self.desk {
+            Some(desk) => desk.expire_due(only).await.map_err(refusal_status),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Runs a state-changing step once per request id: a repeat gets `Once::Replayed` with the
+    /// stored first answer; otherwise `step` runs in a write transaction and returns the
+    /// transaction, its answer and the bytes to keep for repeats, which commit together. A
+    /// refusal is recorded in the audit log after the transaction is rolled back.
+    async fn once<R, F, Fut>(
+        &self,
+        desk: &EnrollmentDesk,
+        identity: &Identity,
+        key: &RequestKey,
+        step: F,
+    ) -> Result<Once<R>, Status>
+    where
+        F: FnOnce(WriteTx) -> Fut,
+        Fut: Future<Output = Result<(WriteTx, R, Vec<u8>), Failure>>,
+    {
+        let mut tx = self.store.begin_write().await?;
+        if let Some(bytes) = lifecycle::replay(&mut tx, key).await? {
+            return Ok(Once::Replayed(bytes));
+        }
+        match step(tx).await {
+            Ok((mut tx, answer, stored)) => {
+                lifecycle::remember(&mut tx, key, stored).await?;
+                tx.commit().await?;
+                Ok(Once::Done(answer))
+            }
+            Err(Failure::Status(s)) => Err(s),
+            Err(Failure::Desk(f)) => Err(refusal_status(
+                desk.record_refusal(&identity.actor(), key.operation, &key.request_id, f)
+                    .await,
+            )),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -1216,7 +280,7 @@ impl EnrollmentService for Enrollments {
             "BeginEnrollment",
             &prost::Message::encode_to_vec(&req),
         )?;
-        self.configured()?;
+        let desk = self.desk()?;
         required("person_external_id", &req.person_external_id)?;
         required("profile", &req.profile)?;
         if req.token_serial.is_empty()
@@ -1229,23 +293,39 @@ impl EnrollmentService for Enrollments {
                 "token_serial must be the token's decimal serial number",
             ));
         }
-        let mut tx = self.store.begin_write().await?;
-        if let Some(bytes) = lifecycle::replay(&mut tx, &key).await? {
-            drop(tx);
-            return self.begin_replay(&bytes).await.map(Response::new);
-        }
-        match self.begin_in(&mut tx, &identity, &req).await {
-            Ok((full, redacted)) => {
-                lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&redacted))
-                    .await?;
-                tx.commit().await?;
-                Ok(Response::new(full))
-            }
-            Err(f) => {
-                drop(tx);
-                Err(self
-                    .record_refusal(&identity.actor(), "BeginEnrollment", &req.request_id, f)
-                    .await)
+        let begin = BeginRequest {
+            person_external_id: &req.person_external_id,
+            token_serial: &req.token_serial,
+            profile: &req.profile,
+            firmware: &req.firmware,
+            model: &req.model,
+            request_id: &req.request_id,
+        };
+        let actor = identity.actor();
+        let once = self
+            .once(desk, &identity, &key, |mut tx| async move {
+                let begun = desk.begin(&mut tx, &actor, &begin).await?;
+                let redacted = begun_to_pb(&begun);
+                let mut full = redacted.clone();
+                fill_secrets(&mut full, begun.current.as_ref(), &begun.new);
+                Ok((tx, full, prost::Message::encode_to_vec(&redacted)))
+            })
+            .await?;
+        match once {
+            Once::Done(full) => Ok(Response::new(full)),
+            Once::Replayed(bytes) => {
+                // The stored answer with its secrets unwrapped again, while the enrollment is
+                // still open.
+                let mut response: pb::BeginEnrollmentResponse = decode(&bytes)?;
+                let (current, new) = desk
+                    .begin_credentials_again(
+                        &response.enrollment_id,
+                        response.current_management_key.is_some(),
+                    )
+                    .await
+                    .map_err(refusal_status)?;
+                fill_secrets(&mut response, current.as_ref(), &new);
+                Ok(Response::new(response))
             }
         }
     }
@@ -1261,15 +341,41 @@ impl EnrollmentService for Enrollments {
             "CompleteEnrollment",
             &prost::Message::encode_to_vec(&req),
         )?;
-        self.configured()?;
+        let desk = self.desk()?;
         required("enrollment_id", &req.enrollment_id)?;
         self.expire_due(Some(&req.enrollment_id)).await?;
-        match self.complete(&identity, &req, &key).await {
-            Ok(r) => Ok(Response::new(r)),
-            Err(f) => Err(self
-                .record_refusal(&identity.actor(), "CompleteEnrollment", &req.request_id, f)
-                .await),
-        }
+        let complete = CompleteRequest {
+            enrollment_id: &req.enrollment_id,
+            attestation_intermediate: &req.attestation_intermediate,
+            proofs: req
+                .proofs
+                .iter()
+                .map(|p| SlotProof {
+                    slot: p.slot.clone(),
+                    attestation_certificate: p.attestation_certificate.clone(),
+                    signature: p.signature.clone(),
+                })
+                .collect(),
+            request_id: &req.request_id,
+        };
+        let actor = identity.actor();
+        let certificates = match desk.complete(&actor, &complete, &key).await {
+            Ok(Completion::Replayed(bytes)) => return decode(&bytes).map(Response::new),
+            Ok(Completion::Issued(certificates)) => certificates,
+            Err(f) => {
+                return Err(refusal_status(
+                    desk.record_refusal(&actor, "CompleteEnrollment", &req.request_id, f)
+                        .await,
+                ));
+            }
+        };
+        let response = pb::CompleteEnrollmentResponse {
+            certificates: self.slot_certificates_to_pb(certificates).await?,
+        };
+        let mut tx = self.store.begin_write().await?;
+        lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&response)).await?;
+        tx.commit().await?;
+        Ok(Response::new(response))
     }
 
     async fn confirm_enrollment(
@@ -1283,27 +389,28 @@ impl EnrollmentService for Enrollments {
             "ConfirmEnrollment",
             &prost::Message::encode_to_vec(&req),
         )?;
-        self.configured()?;
+        let desk = self.desk()?;
         required("enrollment_id", &req.enrollment_id)?;
         self.expire_due(Some(&req.enrollment_id)).await?;
-        let mut tx = self.store.begin_write().await?;
-        if let Some(bytes) = lifecycle::replay(&mut tx, &key).await? {
-            return prost::Message::decode(bytes.as_slice())
-                .map(Response::new)
-                .map_err(|e| status::internal(&e));
-        }
-        match self.confirm_in(&mut tx, &identity, &req).await {
-            Ok(r) => {
-                lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&r)).await?;
-                tx.commit().await?;
-                Ok(Response::new(r))
-            }
-            Err(f) => {
-                drop(tx);
-                Err(self
-                    .record_refusal(&identity.actor(), "ConfirmEnrollment", &req.request_id, f)
-                    .await)
-            }
+        let (actor, req) = (identity.actor(), &req);
+        let once = self
+            .once(desk, &identity, &key, |mut tx| async move {
+                let token = desk
+                    .confirm(&mut tx, &actor, &req.enrollment_id, &req.request_id)
+                    .await?;
+                let tokens = Tokens {
+                    store: self.store.clone(),
+                };
+                let response = pb::ConfirmEnrollmentResponse {
+                    token: Some(tokens.token_to_pb(token).await?),
+                };
+                let stored = prost::Message::encode_to_vec(&response);
+                Ok((tx, response, stored))
+            })
+            .await?;
+        match once {
+            Once::Done(response) => Ok(Response::new(response)),
+            Once::Replayed(bytes) => decode(&bytes).map(Response::new),
         }
     }
 
@@ -1318,27 +425,31 @@ impl EnrollmentService for Enrollments {
             "AbortEnrollment",
             &prost::Message::encode_to_vec(&req),
         )?;
-        self.configured()?;
+        let desk = self.desk()?;
         required("enrollment_id", &req.enrollment_id)?;
         self.expire_due(Some(&req.enrollment_id)).await?;
-        let mut tx = self.store.begin_write().await?;
-        if let Some(bytes) = lifecycle::replay(&mut tx, &key).await? {
-            return prost::Message::decode(bytes.as_slice())
-                .map(Response::new)
-                .map_err(|e| status::internal(&e));
-        }
-        match self.abort_in(&mut tx, &identity, &req).await {
-            Ok(r) => {
-                lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&r)).await?;
-                tx.commit().await?;
-                Ok(Response::new(r))
-            }
-            Err(f) => {
-                drop(tx);
-                Err(self
-                    .record_refusal(&identity.actor(), "AbortEnrollment", &req.request_id, f)
-                    .await)
-            }
+        let (actor, req) = (identity.actor(), &req);
+        let once = self
+            .once(desk, &identity, &key, |mut tx| async move {
+                let view = desk
+                    .abort(
+                        &mut tx,
+                        &actor,
+                        &req.enrollment_id,
+                        &req.reason,
+                        &req.request_id,
+                    )
+                    .await?;
+                let response = pb::AbortEnrollmentResponse {
+                    enrollment: Some(self.enrollment_to_pb(view).await?),
+                };
+                let stored = prost::Message::encode_to_vec(&response);
+                Ok((tx, response, stored))
+            })
+            .await?;
+        match once {
+            Once::Done(response) => Ok(Response::new(response)),
+            Once::Replayed(bytes) => decode(&bytes).map(Response::new),
         }
     }
 
@@ -1348,45 +459,12 @@ impl EnrollmentService for Enrollments {
     ) -> Result<Response<pb::GetEnrollmentResponse>, Status> {
         authorize(&request, &method("GetEnrollment"))?;
         let req = request.into_inner();
-        self.configured()?;
+        let desk = self.desk()?;
         required("enrollment_id", &req.enrollment_id)?;
         self.expire_due(Some(&req.enrollment_id)).await?;
-        let row = self
-            .store
-            .enrollment_by_public_id(&req.enrollment_id)
-            .await?
-            .ok_or_else(|| enrollment_not_found(&req.enrollment_id))?;
-        let converter = Certificates {
-            store: self.store.clone(),
-            ca: None,
-        };
-        let mut certificates = Vec::new();
-        for c in self.store.enrollment_certificates(row.id).await? {
-            if let Some(cert) = self.store.certificate_by_serial(&c.serial).await? {
-                certificates.push(pb::SlotCertificate {
-                    slot: c.slot,
-                    certificate: Some(converter.to_pb(cert).await?),
-                });
-            }
-        }
+        let view = desk.get(&req.enrollment_id).await.map_err(refusal_status)?;
         Ok(Response::new(pb::GetEnrollmentResponse {
-            enrollment: Some(pb::Enrollment {
-                enrollment_id: row.public_id,
-                state: state_to_pb(row.state) as i32,
-                person_external_id: self
-                    .store
-                    .person_external_id(row.person_id)
-                    .await?
-                    .unwrap_or_default(),
-                token_serial: self
-                    .store
-                    .token_serial(row.token_id)
-                    .await?
-                    .unwrap_or_default(),
-                profile: row.profile,
-                expires_at: row.expires_at,
-                certificates,
-            }),
+            enrollment: Some(self.enrollment_to_pb(view).await?),
         }))
     }
 
@@ -1401,25 +479,43 @@ impl EnrollmentService for Enrollments {
             "ReleasePuk",
             &prost::Message::encode_to_vec(&req),
         )?;
-        self.configured()?;
+        let desk = self.desk()?;
         required("token_serial", &req.token_serial)?;
-        let mut tx = self.store.begin_write().await?;
-        if let Some(_bytes) = lifecycle::replay(&mut tx, &key).await? {
-            drop(tx);
-            return self.release_puk_replay(&req).await.map(Response::new);
-        }
-        match self.release_puk_in(&mut tx, &identity, &req).await {
-            Ok((full, redacted)) => {
-                lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&redacted))
+        let (actor, req) = (identity.actor(), &req);
+        let once = self
+            .once(desk, &identity, &key, |mut tx| async move {
+                let c = desk
+                    .release_puk(
+                        &mut tx,
+                        &actor,
+                        &req.token_serial,
+                        &req.reason,
+                        &req.request_id,
+                    )
                     .await?;
-                tx.commit().await?;
-                Ok(Response::new(full))
-            }
-            Err(f) => {
-                drop(tx);
-                Err(self
-                    .record_refusal(&identity.actor(), "ReleasePuk", &req.request_id, f)
-                    .await)
+                let redacted = pb::ReleasePukResponse {
+                    puk: String::new(),
+                    management_key: Some(redacted_key_to_pb(&c.management_key)),
+                };
+                let full = pb::ReleasePukResponse {
+                    puk: c.puk.to_string(),
+                    management_key: Some(key_to_pb(&c.management_key)),
+                };
+                Ok((tx, full, prost::Message::encode_to_vec(&redacted)))
+            })
+            .await?;
+        match once {
+            Once::Done(full) => Ok(Response::new(full)),
+            Once::Replayed(_) => {
+                // The stored answer has no secrets: unwrap them again.
+                let c = desk
+                    .release_puk_again(&req.token_serial)
+                    .await
+                    .map_err(refusal_status)?;
+                Ok(Response::new(pb::ReleasePukResponse {
+                    puk: c.puk.to_string(),
+                    management_key: Some(key_to_pb(&c.management_key)),
+                }))
             }
         }
     }

@@ -520,7 +520,13 @@ impl BoundServer {
         });
         let enrollments = Arc::new(super::enrollment_service::Enrollments {
             store: store.clone(),
-            configured: self.ca.clone().zip(self.enrollment.clone()),
+            desk: self
+                .ca
+                .clone()
+                .zip(self.enrollment.clone())
+                .map(|(ca, settings)| {
+                    crate::enroll::EnrollmentDesk::new(store.clone(), ca, settings)
+                }),
         });
         let expiry_loop = self.enrollment.as_ref().map(|settings| {
             let enrollments = Arc::clone(&enrollments);

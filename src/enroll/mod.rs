@@ -11,12 +11,17 @@
 //! Pure: no I/O; the API service loads rows, calls these, and writes the outcome.
 
 pub mod credentials;
+pub mod desk;
 pub mod plan;
 pub mod proof;
 pub mod settings;
 pub mod state;
 
 pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
+pub use desk::{
+    BeginRequest, BegunEnrollment, CompleteRequest, Completion, DeskFailure, EnrollmentDesk,
+    EnrollmentRefusal, EnrollmentView,
+};
 pub use plan::{EnrollmentProfile, EnrollmentProfiles, SlotPlan};
 pub use settings::{EnrollmentConfig, EnrollmentSettings};
 pub use state::{
@@ -117,6 +122,32 @@ impl EnrollError {
             EnrollError::ProofSignatureInvalid(_) => "PROOF_SIGNATURE_INVALID",
             EnrollError::PolicyDenied { .. } => "ATTESTATION_POLICY_DENIED",
         }
+    }
+
+    /// An error of the server (a broken profile or stored plan), not of the request.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            EnrollError::ProfileInvalid { .. } | EnrollError::StoredPlanInvalid(_)
+        )
+    }
+
+    /// `ErrorInfo` metadata: `slot`, and `policy_reasons` or `attestation_code` when they apply.
+    pub fn metadata(&self) -> std::collections::HashMap<String, String> {
+        let mut metadata = std::collections::HashMap::new();
+        if let Some(slot) = self.slot() {
+            metadata.insert("slot".to_string(), slot.to_string());
+        }
+        match self {
+            EnrollError::PolicyDenied { codes, .. } => {
+                metadata.insert("policy_reasons".to_string(), codes.clone());
+            }
+            EnrollError::AttestationInvalid { code, .. } => {
+                metadata.insert("attestation_code".to_string(), code.to_string());
+            }
+            _ => {}
+        }
+        metadata
     }
 
     /// The slot at fault, when one is.
