@@ -1138,3 +1138,117 @@ async fn close_enrollment(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_reasons_fields_and_metadata() {
+        let cases: Vec<(EnrollmentRefusal, &str, Option<&str>)> = vec![
+            (
+                EnrollmentRefusal::NotConfigured,
+                "ENROLLMENT_NOT_CONFIGURED",
+                None,
+            ),
+            (
+                EnrollmentRefusal::EnrollmentNotFound("e1".into()),
+                "ENROLLMENT_NOT_FOUND",
+                Some("enrollment_id"),
+            ),
+            (
+                EnrollmentRefusal::ProfileUnknown {
+                    profile: "x".into(),
+                    known: "piv-login".into(),
+                },
+                "ENROLLMENT_PROFILE_UNKNOWN",
+                Some("profile"),
+            ),
+            (
+                EnrollmentRefusal::FirmwareInvalid("5.x".into()),
+                "FIRMWARE_INVALID",
+                Some("firmware"),
+            ),
+            (
+                EnrollmentRefusal::TokenSerialInvalid,
+                "TOKEN_SERIAL_INVALID",
+                Some("token_serial"),
+            ),
+            (
+                EnrollmentRefusal::TokenNeverEnrollable {
+                    serial: "1".into(),
+                    state: "lost",
+                },
+                "TOKEN_NOT_ENROLLABLE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::TokenNotEnrolling {
+                    serial: "1".into(),
+                    state: "retired",
+                },
+                "TOKEN_NOT_ENROLLABLE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::CredentialsGone,
+                "CREDENTIALS_NOT_HELD",
+                None,
+            ),
+            (
+                EnrollmentRefusal::ReasonTooLong,
+                "FIELD_TOO_LONG",
+                Some("reason"),
+            ),
+            (
+                EnrollmentRefusal::IssuanceFailed {
+                    slot: "9a".into(),
+                    error: "x".into(),
+                },
+                "ISSUANCE_FAILED",
+                None,
+            ),
+            (
+                EnrollError::SlotMissing("9c".into()).into(),
+                "SLOT_MISSING",
+                Some("proofs"),
+            ),
+            (
+                LifecycleError::TokenNotFound("7".into()).into(),
+                "TOKEN_NOT_FOUND",
+                None,
+            ),
+        ];
+        for (refusal, reason, field) in cases {
+            assert_eq!(refusal.reason(), reason, "{refusal}");
+            assert_eq!(refusal.field(), field, "{refusal}");
+            assert!(!refusal.is_internal(), "{refusal}");
+            assert_eq!(refusal.public_message(), refusal.to_string());
+        }
+    }
+
+    #[test]
+    fn policy_refusal_carries_slot_and_reason_codes() {
+        let r: EnrollmentRefusal = EnrollError::PolicyDenied {
+            slot: "9a".into(),
+            codes: "EUCLEAK".into(),
+            reasons: "firmware".into(),
+        }
+        .into();
+        let m = r.metadata();
+        assert_eq!(m.get("slot").map(String::as_str), Some("9a"));
+        assert_eq!(m.get("policy_reasons").map(String::as_str), Some("EUCLEAK"));
+        assert_eq!(r.reason(), "ATTESTATION_POLICY_DENIED");
+    }
+
+    #[test]
+    fn internal_errors_are_not_described_to_the_caller() {
+        let r: EnrollmentRefusal = EnrollError::StoredPlanInvalid("bad".into()).into();
+        assert!(r.is_internal());
+        assert_eq!(r.reason(), "INTERNAL");
+        assert_eq!(r.public_message(), "internal error; see the server log");
+        let r = EnrollmentRefusal::Store(StoreError::Database(sqlx::Error::RowNotFound));
+        assert!(r.is_internal());
+        assert_eq!(r.reason(), "INTERNAL");
+    }
+}

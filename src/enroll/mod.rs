@@ -1,14 +1,20 @@
 //! The enrollment state machine on the server: begin → complete → confirm (or abort /
 //! expire), nonces, proof of possession, idempotency. It never touches PC/SC; the station
-//! (`station`) drives the token and calls the server (`api::enrollment_service`).
+//! (`station`) drives the token and calls the server (`api::enrollment_service`, which calls
+//! [`desk`]).
 //!
 //! - [`plan`]: enrollment profiles (slot plans) and the certificate profile of each slot.
 //! - [`credentials`]: per-token management key and PUK, nonces, enrollment ids.
 //! - [`state`]: `Enrollment<Begun>` / `Enrollment<Completed>` and every check of
 //!   CompleteEnrollment ([`state::Enrollment::verify`]).
 //! - [`proof`]: the proof-of-possession signature check.
+//! - [`settings`]: the `[enrollment]` configuration section, checked at start-up.
+//! - [`desk`]: [`EnrollmentDesk`], the steps over the store and the online CA (rows loaded,
+//!   the checks above called, certificates issued, credentials wrapped, changes and refusals
+//!   audited, the expiry sweep); errors are [`EnrollmentRefusal`].
 //!
-//! Pure: no I/O; the API service loads rows, calls these, and writes the outcome.
+//! All but `desk` and `settings` are pure (no I/O). `api::enrollment_service` authorizes,
+//! translates protobuf and maps refusals to gRPC status.
 
 pub mod credentials;
 pub mod desk;

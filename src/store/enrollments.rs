@@ -1,5 +1,5 @@
 //! Rows of help-desk enrollment: enrollments, the certificates each issued, and the wrapped
-//! per-token credentials. Rows only; the rules are in `enroll` and `api::enrollment_service`.
+//! per-token credentials. Rows only; the rules are in `enroll` (`enroll::desk`).
 use super::{Result, Store, StoreError, WriteTx, map_unique, now_rfc3339};
 use serde::Serialize;
 use sqlx::any::AnyRow;
