@@ -38,11 +38,11 @@ fn method(name: &str) -> String {
 /// `ErrorInfo` metadata; internal errors are logged and answered without detail.
 fn refusal_status(e: EnrollmentRefusal) -> Status {
     use EnrollmentRefusal as R;
+    let e = match e {
+        R::Lifecycle(l) => return l.into(),
+        e => e,
+    };
     let code = match &e {
-        R::Lifecycle(_) => {
-            let R::Lifecycle(l) = e else { unreachable!() };
-            return l.into();
-        }
         _ if e.is_internal() => return status::internal(&e),
         R::EnrollmentNotFound(_) => Code::NotFound,
         R::IssuanceFailed { .. } => Code::Internal,
@@ -62,7 +62,12 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
             | EnrollError::AlreadyConfirmed(_)
             | EnrollError::PolicyDenied { .. },
         ) => Code::FailedPrecondition,
-        _ => Code::InvalidArgument,
+        R::ProfileUnknown { .. }
+        | R::FirmwareInvalid(_)
+        | R::TokenSerialInvalid
+        | R::ReasonTooLong
+        | R::Step(_) => Code::InvalidArgument,
+        R::Lifecycle(_) | R::Store(_) | R::Internal(_) => return status::internal(&e),
     };
     status::with_metadata(code, e.reason(), &e.to_string(), e.field(), e.metadata())
 }
