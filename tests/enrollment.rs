@@ -1814,10 +1814,15 @@ async fn issuance_failure_aborts_the_enrollment(url: &str) {
         .unwrap()
         .into_inner();
     let complete = station_prepares(&card, &begin);
-    // The serial cannot be reserved: the HSM never signs, and the enrollment is aborted.
+    // The serial cannot be reserved (a trigger refuses new certificate rows; reads still work,
+    // so the caller's own certificate is still checked): the HSM never signs, and the
+    // enrollment is aborted.
     let store = Store::open(url).await.unwrap();
     store
-        .execute_raw("ALTER TABLE certificates RENAME TO certificates_elsewhere")
+        .execute_raw(
+            "CREATE TRIGGER refuse_new_certificates BEFORE INSERT ON certificates \
+             BEGIN SELECT RAISE(ABORT, 'injected: no new certificates'); END",
+        )
         .await
         .unwrap();
     let s = enroll.complete_enrollment(complete).await.unwrap_err();
@@ -1834,7 +1839,7 @@ async fn issuance_failure_aborts_the_enrollment(url: &str) {
         s.message()
     );
     store
-        .execute_raw("ALTER TABLE certificates_elsewhere RENAME TO certificates")
+        .execute_raw("DROP TRIGGER refuse_new_certificates")
         .await
         .unwrap();
     assert!(certificates(&store).await.is_empty(), "nothing was signed");
