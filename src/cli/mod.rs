@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod serve;
+pub mod station;
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `warn`). Secrets are never logged.
 /// cryptoki logs every mechanism number it has no name for at ERROR level when a token's

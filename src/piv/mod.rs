@@ -64,7 +64,10 @@ impl ManagementKey {
         rand::rngs::SysRng
             .try_fill_bytes(&mut bytes)
             .expect("the operating system's random source failed");
-        Self { algorithm, key: Secret(bytes) }
+        Self {
+            algorithm,
+            key: Secret(bytes),
+        }
     }
 
     fn to_mgm_key(&self) -> Result<MgmKey, PivError> {
@@ -91,7 +94,8 @@ pub struct TokenInfo {
     pub serial: u32,
     pub firmware: String,
     pub pin_tries_left: u8,
-    pub puk_tries_left: u8,
+    /// `None` on firmware without GET METADATA (before 5.3), which cannot say it without a try.
+    pub puk_tries_left: Option<u8>,
     /// Whether PIN, PUK and management key still have their factory values (GET METADATA).
     pub pin_is_default: Option<bool>,
     pub puk_is_default: Option<bool>,
@@ -124,14 +128,30 @@ pub enum PivError {
     PinBlocked,
     #[error("the PUK is blocked; the token can only be reset")]
     PukBlocked,
-    #[error("the management key was refused by the token; it is not the key Tessera holds for this token")]
+    #[error(
+        "the management key was refused by the token; it is not the key Tessera holds for this token"
+    )]
     ManagementKeyRefused,
     #[error("the new PIN must be 6 to 8 characters")]
     PinLength,
-    #[error("touch the YubiKey when it blinks: the operation timed out waiting for a touch")]
+    #[error(
+        "no touch: the token answered 6982 (security status not satisfied) while waiting for a touch; \
+         touch the YubiKey when it blinks and run the command again"
+    )]
     TouchTimeout,
-    #[error("the token refused {operation}: {source}")]
-    Card { operation: &'static str, source: yubikey::Error },
+    #[error(
+        "the token was removed or stopped answering during {operation} (PC/SC: {source}); \
+         put it back in the reader and run the command again"
+    )]
+    Removed {
+        operation: &'static str,
+        source: pcsc::Error,
+    },
+    #[error("the token refused {operation}: {}", describe_card_error(.source))]
+    Card {
+        operation: &'static str,
+        source: yubikey::Error,
+    },
     #[error("the token returned a malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
 }
@@ -144,7 +164,68 @@ fn filter_text(filter: &Option<String>) -> String {
 }
 
 fn card(operation: &'static str) -> impl FnOnce(yubikey::Error) -> PivError {
-    move |source| PivError::Card { operation, source }
+    move |source| card_error(operation, source)
+}
+
+/// A card error, or [`PivError::Removed`] when PC/SC says the card is gone.
+fn card_error(operation: &'static str, source: yubikey::Error) -> PivError {
+    match source {
+        yubikey::Error::PcscError { inner: Some(pcsc) } if is_removal(pcsc) => PivError::Removed {
+            operation,
+            source: pcsc,
+        },
+        source => PivError::Card { operation, source },
+    }
+}
+
+/// PC/SC errors that mean the card left the reader (or stopped answering mid-command).
+fn is_removal(error: pcsc::Error) -> bool {
+    matches!(
+        error,
+        pcsc::Error::RemovedCard
+            | pcsc::Error::ResetCard
+            | pcsc::Error::NoSmartcard
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::UnresponsiveCard
+            | pcsc::Error::UnpoweredCard
+            | pcsc::Error::NotTransacted
+            | pcsc::Error::CommError
+            | pcsc::Error::UnknownReader
+    )
+}
+
+/// Names the ISO 7816 status behind a `yubikey` error where the driver maps one status to it
+/// (it keeps only the error kind), with what to check; otherwise the driver's own name.
+pub fn describe_card_error(error: &yubikey::Error) -> String {
+    use yubikey::Error as E;
+    match error {
+        E::AuthenticationError => {
+            "ISO 7816 status 6982 (security status not satisfied): the management key, \
+             PIN or touch this needs was not given"
+                .into()
+        }
+        E::PinLocked => "ISO 7816 status 6983 (authentication method blocked)".into(),
+        E::WrongPin { tries } => {
+            format!("ISO 7816 status 63C{tries:X} (verification failed, {tries} tries left)")
+        }
+        E::NotFound => "ISO 7816 status 6A82/6A88 (data object or key not found)".into(),
+        E::NotSupported => {
+            "ISO 7816 status 6D00 (instruction not supported): this firmware lacks it".into()
+        }
+        E::AlgorithmError => {
+            "ISO 7816 status 6A80 (incorrect data): algorithm, PIN or touch policy \
+             not supported by this firmware"
+                .into()
+        }
+        E::KeyError => "ISO 7816 status 6B00 (wrong slot)".into(),
+        E::PcscError { inner: Some(pcsc) } => {
+            format!("PC/SC error: {pcsc}; check the reader and pcscd")
+        }
+        other => match other.name() {
+            Some(name) => format!("{other} ({name}); the driver reports no ISO 7816 status for it"),
+            None => other.to_string(),
+        },
+    }
 }
 
 /// An open PIV token in a PC/SC reader.
@@ -155,7 +236,9 @@ pub struct PivToken {
 
 impl fmt::Debug for PivToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PivToken").field("reader", &self.reader).finish_non_exhaustive()
+        f.debug_struct("PivToken")
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,7 +265,11 @@ impl PivToken {
                 Ok(Self { yubikey, reader })
             }
             _ => Err(PivError::SeveralTokens(
-                found.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                found
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             )),
         }
     }
@@ -203,17 +290,22 @@ impl PivToken {
     pub fn info(&mut self) -> Result<TokenInfo, PivError> {
         let pin = piv::metadata(&mut self.yubikey, SlotId::Management(ManagementSlotId::Pin)).ok();
         let puk = piv::metadata(&mut self.yubikey, SlotId::Management(ManagementSlotId::Puk)).ok();
-        let mgm =
-            piv::metadata(&mut self.yubikey, SlotId::Management(ManagementSlotId::Management)).ok();
+        let mgm = piv::metadata(
+            &mut self.yubikey,
+            SlotId::Management(ManagementSlotId::Management),
+        )
+        .ok();
         let pin_tries_left = match pin.as_ref().and_then(|m| m.retries.as_ref()) {
             Some(r) => r.remaining_count,
-            None => self.yubikey.get_pin_retries().map_err(card("read the PIN retry counter"))?,
+            None => self
+                .yubikey
+                .get_pin_retries()
+                .map_err(card("read the PIN retry counter"))?,
         };
         let puk_tries_left = puk
             .as_ref()
             .and_then(|m| m.retries.as_ref())
-            .map(|r| r.remaining_count)
-            .unwrap_or(0);
+            .map(|r| r.remaining_count);
         Ok(TokenInfo {
             reader: self.reader.clone(),
             serial: self.serial(),
@@ -228,14 +320,18 @@ impl PivToken {
     }
 
     fn pin_tries_left(&mut self) -> Result<u8, PivError> {
-        self.yubikey.get_pin_retries().map_err(card("read the PIN retry counter"))
+        self.yubikey
+            .get_pin_retries()
+            .map_err(card("read the PIN retry counter"))
     }
 
     fn puk_tries_left(&mut self) -> Result<Option<u8>, PivError> {
-        Ok(piv::metadata(&mut self.yubikey, SlotId::Management(ManagementSlotId::Puk))
-            .ok()
-            .and_then(|m| m.retries)
-            .map(|r| r.remaining_count))
+        Ok(
+            piv::metadata(&mut self.yubikey, SlotId::Management(ManagementSlotId::Puk))
+                .ok()
+                .and_then(|m| m.retries)
+                .map(|r| r.remaining_count),
+        )
     }
 
     /// Authenticates with a management key the operator gave or the server sent.
@@ -243,14 +339,15 @@ impl PivToken {
         let mgm = key.to_mgm_key()?;
         self.yubikey.authenticate(&mgm).map_err(|e| match e {
             yubikey::Error::AuthenticationError => PivError::ManagementKeyRefused,
-            other => PivError::Card { operation: "management-key authentication", source: other },
+            other => card_error("management-key authentication", other),
         })
     }
 
     /// Replaces the management key (after [`authenticate`](Self::authenticate)).
     pub fn set_management_key(&mut self, new_key: &ManagementKey) -> Result<(), PivError> {
         let mgm = new_key.to_mgm_key()?;
-        mgm.set_manual(&mut self.yubikey, false).map_err(card("set the management key"))
+        mgm.set_manual(&mut self.yubikey, false)
+            .map_err(card("set the management key"))
     }
 
     /// Verifies the PIN; refuses to try when the PIN is already blocked.
@@ -259,9 +356,11 @@ impl PivToken {
             return Err(PivError::PinBlocked);
         }
         self.yubikey.verify_pin(pin.expose()).map_err(|e| match e {
-            yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => PivError::PinBlocked,
+            yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => {
+                PivError::PinBlocked
+            }
             yubikey::Error::WrongPin { tries } => PivError::WrongPin { tries_left: tries },
-            other => PivError::Card { operation: "PIN verification", source: other },
+            other => card_error("PIN verification", other),
         })
     }
 
@@ -270,18 +369,24 @@ impl PivToken {
         if self.pin_tries_left()? == 0 {
             return Err(PivError::PinBlocked);
         }
-        self.yubikey.change_pin(current.expose(), new.expose()).map_err(|e| match e {
-            yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => PivError::PinBlocked,
-            yubikey::Error::WrongPin { tries } => PivError::WrongPin { tries_left: tries },
-            other => PivError::Card { operation: "PIN change", source: other },
-        })
+        self.yubikey
+            .change_pin(current.expose(), new.expose())
+            .map_err(|e| match e {
+                yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => {
+                    PivError::PinBlocked
+                }
+                yubikey::Error::WrongPin { tries } => PivError::WrongPin { tries_left: tries },
+                other => card_error("PIN change", other),
+            })
     }
 
     pub fn change_puk(&mut self, current: &Secret, new: &Secret) -> Result<(), PivError> {
         if self.puk_tries_left()? == Some(0) {
             return Err(PivError::PukBlocked);
         }
-        self.yubikey.change_puk(current.expose(), new.expose()).map_err(puk_error("PUK change"))
+        self.yubikey
+            .change_puk(current.expose(), new.expose())
+            .map_err(puk_error("PUK change"))
     }
 
     /// Sets a new PIN with the PUK (the escrowed PUK the server sends; never shown).
@@ -290,7 +395,9 @@ impl PivToken {
         if self.puk_tries_left()? == Some(0) {
             return Err(PivError::PukBlocked);
         }
-        self.yubikey.unblock_pin(puk.expose(), new_pin.expose()).map_err(puk_error("PIN unblock"))
+        self.yubikey
+            .unblock_pin(puk.expose(), new_pin.expose())
+            .map_err(puk_error("PIN unblock"))
     }
 
     /// Resets the PIV application to factory state. The card allows it only with PIN and PUK
@@ -300,14 +407,20 @@ impl PivToken {
         // Block the PIN by verifying a value no PIN policy allows (too short to be accepted).
         for _ in 0..16 {
             match self.yubikey.verify_pin(b"\x00\x00\x00\x00\x00\x00\x00\x00") {
-                Err(yubikey::Error::WrongPin { tries: 0 }) | Err(yubikey::Error::PinLocked) => break,
+                Err(yubikey::Error::WrongPin { tries: 0 }) | Err(yubikey::Error::PinLocked) => {
+                    break;
+                }
                 Err(yubikey::Error::WrongPin { .. }) => continue,
                 Ok(()) => continue,
-                Err(other) => return Err(PivError::Card { operation: "block the PIN for reset", source: other }),
+                Err(other) => return Err(card_error("block the PIN for reset", other)),
             }
         }
-        self.yubikey.block_puk().map_err(card("block the PUK for reset"))?;
-        self.yubikey.reset_device().map_err(card("reset the PIV application"))
+        self.yubikey
+            .block_puk()
+            .map_err(card("block the PUK for reset"))?;
+        self.yubikey
+            .reset_device()
+            .map_err(card("reset the PIV application"))
     }
 
     /// Generates a key pair on the token (after [`authenticate`](Self::authenticate)).
@@ -339,10 +452,31 @@ impl PivToken {
 
     /// Signs a digest (ECDSA) or a padded block (RSA) with the slot's key; the PIN must have
     /// been verified when the key's PIN policy needs it.
-    pub fn sign(&mut self, slot: SlotId, algorithm: AlgorithmId, input: &[u8]) -> Result<Vec<u8>, PivError> {
+    pub fn sign(
+        &mut self,
+        slot: SlotId,
+        algorithm: AlgorithmId,
+        input: &[u8],
+    ) -> Result<Vec<u8>, PivError> {
         let signature =
             piv::sign_data(&mut self.yubikey, input, algorithm, slot).map_err(card("signing"))?;
         Ok(signature.to_vec())
+    }
+
+    /// [`sign`](Self::sign) with a key whose touch policy needs a touch; the caller has told the
+    /// operator to touch the token. The card answers 6982 when no touch came in time, which is
+    /// reported as [`PivError::TouchTimeout`].
+    pub fn sign_with_touch(
+        &mut self,
+        slot: SlotId,
+        algorithm: AlgorithmId,
+        input: &[u8],
+    ) -> Result<Vec<u8>, PivError> {
+        match piv::sign_data(&mut self.yubikey, input, algorithm, slot) {
+            Ok(signature) => Ok(signature.to_vec()),
+            Err(yubikey::Error::AuthenticationError) => Err(PivError::TouchTimeout),
+            Err(other) => Err(card_error("signing", other)),
+        }
     }
 
     /// Stores a certificate (DER) in a slot's certificate object.
@@ -350,7 +484,11 @@ impl PivToken {
         let certificate = yubikey::Certificate::from_bytes(der.to_vec())
             .map_err(card("parse the certificate to store"))?;
         certificate
-            .write(&mut self.yubikey, slot, yubikey::certificate::CertInfo::Uncompressed)
+            .write(
+                &mut self.yubikey,
+                slot,
+                yubikey::certificate::CertInfo::Uncompressed,
+            )
             .map_err(card("store the certificate"))
     }
 
@@ -359,7 +497,7 @@ impl PivToken {
         match self.yubikey.fetch_object(certificate_object_id(slot)) {
             Ok(object) => certificate_from_object(&object, "certificate object").map(Some),
             Err(yubikey::Error::NotFound) => Ok(None),
-            Err(other) => Err(PivError::Card { operation: "read a certificate", source: other }),
+            Err(other) => Err(card_error("read a certificate", other)),
         }
     }
 
@@ -369,7 +507,9 @@ impl PivToken {
         rand::rngs::SysRng
             .try_fill_bytes(&mut chuid[CHUID_GUID_OFFSET..CHUID_GUID_OFFSET + 16])
             .expect("the operating system's random source failed");
-        yubikey::ChuId(chuid).set(&mut self.yubikey).map_err(card("write the CHUID"))
+        yubikey::ChuId(chuid)
+            .set(&mut self.yubikey)
+            .map_err(card("write the CHUID"))
     }
 }
 
@@ -377,7 +517,7 @@ fn puk_error(operation: &'static str) -> impl FnOnce(yubikey::Error) -> PivError
     move |e| match e {
         yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => PivError::PukBlocked,
         yubikey::Error::WrongPin { tries } => PivError::WrongPuk { tries_left: tries },
-        other => PivError::Card { operation, source: other },
+        other => card_error(operation, other),
     }
 }
 
@@ -410,7 +550,10 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (len, rest) = match first {
         0x00..=0x7f => (first as usize, rest),
         0x81 => (*rest.first()? as usize, &rest[1..]),
-        0x82 => (u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize, rest.get(2..)?),
+        0x82 => (
+            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
+            rest.get(2..)?,
+        ),
         _ => return None,
     };
     let value = rest.get(..len)?;
@@ -447,7 +590,10 @@ mod tests {
 
     #[test]
     fn secret_debug_is_redacted() {
-        assert_eq!(format!("{:?}", Secret::new(b"123456".to_vec())), "[redacted]");
+        assert_eq!(
+            format!("{:?}", Secret::new(b"123456".to_vec())),
+            "[redacted]"
+        );
         let key = ManagementKey::generate(MgmAlgorithmId::Aes192);
         assert!(!format!("{key:?}").contains(&hex::encode(key.key.expose())));
     }
@@ -461,9 +607,27 @@ mod tests {
 
     #[test]
     fn generated_management_keys_have_the_algorithm_length() {
-        assert_eq!(ManagementKey::generate(MgmAlgorithmId::ThreeDes).key.expose().len(), 24);
-        assert_eq!(ManagementKey::generate(MgmAlgorithmId::Aes128).key.expose().len(), 16);
-        assert_eq!(ManagementKey::generate(MgmAlgorithmId::Aes256).key.expose().len(), 32);
+        assert_eq!(
+            ManagementKey::generate(MgmAlgorithmId::ThreeDes)
+                .key
+                .expose()
+                .len(),
+            24
+        );
+        assert_eq!(
+            ManagementKey::generate(MgmAlgorithmId::Aes128)
+                .key
+                .expose()
+                .len(),
+            16
+        );
+        assert_eq!(
+            ManagementKey::generate(MgmAlgorithmId::Aes256)
+                .key
+                .expose()
+                .len(),
+            32
+        );
         let a = ManagementKey::generate(MgmAlgorithmId::Aes192);
         let b = ManagementKey::generate(MgmAlgorithmId::Aes192);
         assert!(!a.key.matches(&b.key), "two random keys must differ");
@@ -472,25 +636,50 @@ mod tests {
 
     #[test]
     fn default_management_algorithm_follows_firmware() {
-        assert_eq!(default_management_algorithm(yubikey::Version::new([5, 4, 3])), MgmAlgorithmId::ThreeDes);
-        assert_eq!(default_management_algorithm(yubikey::Version::new([5, 7, 4])), MgmAlgorithmId::Aes192);
+        assert_eq!(
+            default_management_algorithm(yubikey::Version::new([5, 4, 3])),
+            MgmAlgorithmId::ThreeDes
+        );
+        assert_eq!(
+            default_management_algorithm(yubikey::Version::new([5, 7, 4])),
+            MgmAlgorithmId::Aes192
+        );
     }
 
     #[test]
     fn pin_length_is_checked_before_the_card_sees_it() {
-        assert!(matches!(check_pin_length(&Secret::new(b"12345".to_vec())), Err(PivError::PinLength)));
-        assert!(matches!(check_pin_length(&Secret::new(b"123456789".to_vec())), Err(PivError::PinLength)));
+        assert!(matches!(
+            check_pin_length(&Secret::new(b"12345".to_vec())),
+            Err(PivError::PinLength)
+        ));
+        assert!(matches!(
+            check_pin_length(&Secret::new(b"123456789".to_vec())),
+            Err(PivError::PinLength)
+        ));
         assert!(check_pin_length(&Secret::new(b"123456".to_vec())).is_ok());
     }
 
     #[test]
     fn certificate_object_must_hold_a_certificate() {
-        let err = certificate_from_object(&[0x53, 0x01, 0x00], "attestation certificate object").unwrap_err();
-        assert_eq!(err.to_string(), "the token returned a malformed attestation certificate object: no certificate (tag 70)");
-        let err = certificate_from_object(&[0x70, 0x05, 0x01], "attestation certificate object").unwrap_err();
-        assert_eq!(err.to_string(), "the token returned a malformed attestation certificate object: not a TLV");
-        let err = certificate_from_object(&[0x70, 0x02, 0x30, 0x00], "attestation certificate object").unwrap_err();
-        assert!(err.to_string().starts_with("the token returned a malformed attestation certificate object: "));
+        let err = certificate_from_object(&[0x53, 0x01, 0x00], "attestation certificate object")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the token returned a malformed attestation certificate object: no certificate (tag 70)"
+        );
+        let err = certificate_from_object(&[0x70, 0x05, 0x01], "attestation certificate object")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the token returned a malformed attestation certificate object: not a TLV"
+        );
+        let err =
+            certificate_from_object(&[0x70, 0x02, 0x30, 0x00], "attestation certificate object")
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the token returned a malformed attestation certificate object: ")
+        );
     }
 
     #[test]
@@ -498,8 +687,14 @@ mod tests {
         use yubikey::piv::RetiredSlotId;
         assert_eq!(certificate_object_id(SlotId::Authentication), 0x5fc105);
         assert_eq!(certificate_object_id(SlotId::Signature), 0x5fc10a);
-        assert_eq!(certificate_object_id(SlotId::Retired(RetiredSlotId::R1)), 0x5fc10d);
-        assert_eq!(certificate_object_id(SlotId::Retired(RetiredSlotId::R20)), 0x5fc120);
+        assert_eq!(
+            certificate_object_id(SlotId::Retired(RetiredSlotId::R1)),
+            0x5fc10d
+        );
+        assert_eq!(
+            certificate_object_id(SlotId::Retired(RetiredSlotId::R20)),
+            0x5fc120
+        );
     }
 
     #[test]
