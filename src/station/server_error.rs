@@ -4,7 +4,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the server refused {rpc}: {} {reason}: {message}{}", code_name(*.code), hint(*.code, .reason))]
+#[error("the server refused {rpc}: {} {reason}: {message}{}", code_name(*.code), hint(*.code, .reason, .message))]
 pub struct ServerError {
     pub rpc: &'static str,
     pub code: Code,
@@ -56,7 +56,16 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-fn hint(code: Code, reason: &str) -> &'static str {
+/// The connection broke after the TLS handshake, as it does when the server refuses the
+/// client certificate (TLS 1.3 reports that only with the first request).
+const CLIENT_CERT_HINT: &str = "; the server closed the connection: check that --client-cert was issued by the CA the server trusts for clients";
+
+fn hint(code: Code, reason: &str, message: &str) -> &'static str {
+    if matches!(code, Code::Cancelled | Code::Unknown)
+        && (message.starts_with("transport error") || message.starts_with("operation was canceled"))
+    {
+        return CLIENT_CERT_HINT;
+    }
     match (code, reason) {
         (Code::PermissionDenied, _) => {
             "; check that the station's client certificate carries the helpdesk role (tessera admin issue-client-cert --role helpdesk)"
