@@ -139,24 +139,16 @@ async fn after_begin(
     let enrollment_id = begun.enrollment_id.clone();
     let serial = info.serial;
 
-    operator.step("authenticate to the token with its management key");
-    authenticate_or_reset(operator, token, info, current_key.as_ref(), reader)?;
-
-    operator.step(&format!(
-        "set the new management key ({}, from the server, which keeps it wrapped by its HSM; not shown)",
-        algorithm_name(new_key.algorithm)
-    ));
-    token
-        .set_management_key(&new_key)
-        .map_err(StationError::card("set the management key"))?;
-    token.authenticate(&new_key).map_err(StationError::card(
-        "authenticate with the new management key",
-    ))?;
-
-    operator.step("set the new PUK (escrowed by the server; not shown)");
-    token
-        .change_puk(&Secret::new(FACTORY_PUK.to_vec()), &new_puk)
-        .map_err(StationError::card("set the PUK"))?;
+    let working_pin = prepare_token(
+        operator,
+        token,
+        info,
+        current_key.as_ref(),
+        &new_key,
+        &new_puk,
+        new_pin,
+        reader,
+    )?;
 
     let mut attestations = Vec::new();
     for key in &plan {
@@ -183,10 +175,9 @@ async fn after_begin(
         .attestation_certificate()
         .map_err(StationError::card("read the attestation intermediate"))?;
 
-    operator.step("verify the PIN (still the factory PIN; the person's PIN is set last)");
-    let factory_pin = Secret::new(FACTORY_PIN.to_vec());
+    operator.step("verify the PIN");
     token
-        .verify_pin(&factory_pin)
+        .verify_pin(&working_pin)
         .map_err(StationError::card("verify the PIN"))?;
 
     let mut proofs = Vec::new();
@@ -195,7 +186,7 @@ async fn after_begin(
         operator.step(&format!("sign the proof of possession with slot {slot}"));
         if key.pin_policy == yubikey::PinPolicy::Always {
             token
-                .verify_pin(&factory_pin)
+                .verify_pin(&working_pin)
                 .map_err(StationError::card("verify the PIN"))?;
         }
         let input = key.signature_input(&proof_message(&enrollment_id, &slot, &begun.nonce));
@@ -263,9 +254,13 @@ async fn after_begin(
         .map_err(StationError::card("write a new CHUID"))?;
 
     operator.step("set the person's PIN");
-    token
-        .change_pin(&factory_pin, new_pin)
-        .map_err(StationError::card("set the PIN"))?;
+    if working_pin.matches(new_pin) {
+        operator.note("the token already has the person's PIN");
+    } else {
+        token
+            .change_pin(&working_pin, new_pin)
+            .map_err(StationError::card("set the PIN"))?;
+    }
 
     operator.step("confirm enrollment (ConfirmEnrollment)");
     let confirmed = server
@@ -294,71 +289,188 @@ async fn after_begin(
     })
 }
 
-/// Authenticates with the factory key (only when the metadata says it is the default) or the
-/// key the server sent; otherwise resets the token after the operator confirmed. Afterwards PIN
-/// and PUK are the factory values.
-fn authenticate_or_reset(
+/// How the station got in with a management key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The factory key; PIN and PUK are the factory values too (metadata, or a reset).
+    Factory,
+    /// The key the server holds for this token; PIN and PUK are the factory values.
+    ServerCurrent,
+    /// The new key of this enrollment is already on the token: an earlier attempt with the
+    /// same credentials (the server hands them out again) was interrupted after setting it.
+    Resumed,
+}
+
+/// Step 3 up to the keys: authenticates (or resets after confirmation), sets the new management
+/// key and PUK; returns the PIN that now opens the token (factory, or the person's new PIN when
+/// an interrupted attempt had already changed it).
+#[allow(clippy::too_many_arguments)]
+fn prepare_token(
     operator: &mut dyn Operator,
     token: &mut PivToken,
     info: &TokenInfo,
     current_key: Option<&ManagementKey>,
+    new_key: &ManagementKey,
+    new_puk: &Secret,
+    new_pin: &Secret,
     reader: Option<&str>,
-) -> Result<(), StationError> {
-    let factory_key = ManagementKey {
-        algorithm: default_management_algorithm(token.firmware()),
-        key: Secret::new(FACTORY_MANAGEMENT_KEY.to_vec()),
+) -> Result<Secret, StationError> {
+    operator.step("authenticate to the token with its management key");
+    let mut info = info.clone();
+    let access = match choose_access(operator, token, &info, current_key, new_key)? {
+        Ok(access) => access,
+        Err(why_reset) => {
+            reset_after_confirmation(operator, token, &info, &why_reset, reader)?;
+            info = token
+                .info()
+                .map_err(StationError::card("read the token after the reset"))?;
+            let factory_key = factory_management_key(token);
+            token
+                .authenticate(&factory_key)
+                .map_err(StationError::card(
+                    "authenticate with the factory management key",
+                ))?;
+            Access::Factory
+        }
     };
-    let pin_and_puk_default =
-        info.pin_is_default == Some(true) && info.puk_is_default == Some(true);
-    let why_reset = if info.is_factory_fresh() {
+
+    if access == Access::Resumed {
+        operator.note("the token already has this enrollment's management key (an interrupted attempt set it)");
+    } else {
+        operator.step(&format!(
+            "set the new management key ({}, from the server, which keeps it wrapped by its HSM; not shown)",
+            algorithm_name(new_key.algorithm)
+        ));
+        token
+            .set_management_key(new_key)
+            .map_err(StationError::card("set the management key"))?;
+        token.authenticate(new_key).map_err(StationError::card(
+            "authenticate with the new management key",
+        ))?;
+    }
+
+    operator.step("set the new PUK (escrowed by the server; not shown)");
+    if info.puk_is_default == Some(true) {
+        token
+            .change_puk(&Secret::new(FACTORY_PUK.to_vec()), new_puk)
+            .map_err(StationError::card("set the PUK"))?;
+    } else {
+        // Only reached when resuming: the interrupted attempt set this same PUK. A wrong one
+        // costs a try, which the error reports.
+        operator.note(&format!(
+            "the PUK was already changed by the interrupted attempt; checking it is this enrollment's PUK ({} tries left)",
+            info.puk_tries_left.map_or("unknown".to_string(), |n| n.to_string())
+        ));
+        token
+            .change_puk(new_puk, new_puk)
+            .map_err(StationError::card("check the PUK"))?;
+    }
+
+    if info.pin_is_default == Some(true) {
+        Ok(Secret::new(FACTORY_PIN.to_vec()))
+    } else {
+        operator.note("the PIN was already changed by the interrupted attempt; setting the person's PIN with the PUK");
+        token
+            .unblock_pin(new_puk, new_pin)
+            .map_err(StationError::card("set the PIN with the PUK"))?;
+        Ok(new_pin.clone())
+    }
+}
+
+/// Which management key to use, without guessing: `Err(why)` when the token must be reset.
+fn choose_access(
+    operator: &mut dyn Operator,
+    token: &mut PivToken,
+    info: &TokenInfo,
+    current_key: Option<&ManagementKey>,
+    new_key: &ManagementKey,
+) -> Result<Result<Access, String>, StationError> {
+    if info.is_factory_fresh() {
         operator.note("factory management key: the token's metadata says PIN, PUK and management key are the factory defaults");
         token
-            .authenticate(&factory_key)
+            .authenticate(&factory_management_key(token))
             .map_err(StationError::card(
                 "authenticate with the factory management key",
             ))?;
-        return Ok(());
-    } else if info.management_key_is_default.is_none() {
-        format!(
-            "firmware {} cannot say whether its PIN, PUK and management key are the factory defaults (no GET METADATA before 5.3), and the station never tries a secret nobody gave",
+        return Ok(Ok(Access::Factory));
+    }
+    if info.management_key_is_default.is_none() {
+        return Ok(Err(format!(
+            "firmware {} cannot say whether its PIN, PUK and management key are the factory defaults \
+             (no GET METADATA before 5.3), and the station never tries a secret nobody gave",
             info.firmware
-        )
-    } else if !pin_and_puk_default {
-        format!(
-            "the token is not factory-fresh (PIN {}, PUK {}); its PIN and PUK are unknown to Tessera",
-            if info.pin_is_default == Some(true) {
-                "default"
-            } else {
-                "changed"
-            },
-            if info.puk_is_default == Some(true) {
-                "default"
-            } else {
-                "changed"
-            },
-        )
-    } else {
-        match current_key {
-            None => "its management key is not the factory key and the server holds none for it"
-                .to_string(),
-            Some(key) => match token.authenticate(key) {
-                Ok(()) => {
-                    operator.note("the management key the server holds for this token (its PIN and PUK are the factory defaults)");
-                    return Ok(());
-                }
-                Err(PivError::ManagementKeyRefused) => {
-                    "the token refused the management key the server holds for it".to_string()
-                }
-                Err(other) => {
-                    return Err(StationError::Card {
-                        step: "authenticate with the server's management key".into(),
-                        source: other,
-                    });
-                }
-            },
+        )));
+    }
+    let pin_and_puk_default =
+        info.pin_is_default == Some(true) && info.puk_is_default == Some(true);
+    if info.management_key_is_default == Some(true) {
+        return Ok(Err(format!(
+            "the token is not factory-fresh (PIN {}, PUK {}) and Tessera does not know its PIN and PUK",
+            changed(info.pin_is_default),
+            changed(info.puk_is_default)
+        )));
+    }
+    if let Some(key) = current_key {
+        match token.authenticate(key) {
+            Ok(()) if pin_and_puk_default => {
+                operator.note("the management key the server holds for this token (PIN and PUK are the factory defaults)");
+                return Ok(Ok(Access::ServerCurrent));
+            }
+            Ok(()) => {
+                return Ok(Err(format!(
+                    "the token is enrolled (PIN {}, PUK {}); re-enrolling it starts from a reset",
+                    changed(info.pin_is_default),
+                    changed(info.puk_is_default)
+                )));
+            }
+            Err(PivError::ManagementKeyRefused) => {
+                operator.note("the token refused the management key the server holds for it");
+            }
+            Err(other) => {
+                return Err(StationError::Card {
+                    step: "authenticate with the server's management key".into(),
+                    source: other,
+                });
+            }
         }
-    };
-    operator.note(&format!("the token must be reset: {why_reset}"));
+    }
+    match token.authenticate(new_key) {
+        Ok(()) => Ok(Ok(Access::Resumed)),
+        Err(PivError::ManagementKeyRefused) => Ok(Err(
+            "its management key is neither the factory key nor one the server sent for it"
+                .to_string(),
+        )),
+        Err(other) => Err(StationError::Card {
+            step: "authenticate with this enrollment's management key".into(),
+            source: other,
+        }),
+    }
+}
+
+fn changed(default: Option<bool>) -> &'static str {
+    if default == Some(true) {
+        "default"
+    } else {
+        "changed"
+    }
+}
+
+fn factory_management_key(token: &PivToken) -> ManagementKey {
+    ManagementKey {
+        algorithm: default_management_algorithm(token.firmware()),
+        key: Secret::new(FACTORY_MANAGEMENT_KEY.to_vec()),
+    }
+}
+
+/// Resets the token once the operator agreed; reopens it and checks it is the same token.
+fn reset_after_confirmation(
+    operator: &mut dyn Operator,
+    token: &mut PivToken,
+    info: &TokenInfo,
+    why: &str,
+    reader: Option<&str>,
+) -> Result<(), StationError> {
+    operator.note(&format!("the token must be reset: {why}"));
     if !operator.confirm(&format!(
         "Reset token {}? This erases every key and certificate on it (a reset first blocks its PIN and PUK, as the card requires).",
         info.serial
@@ -377,18 +489,7 @@ fn authenticate_or_reset(
             found: token.serial(),
         });
     }
-    let after = token
-        .info()
-        .map_err(StationError::card("read the token after the reset"))?;
-    operator.note(&format!(
-        "after the reset: PIN {} tries left, factory defaults again",
-        after.pin_tries_left
-    ));
-    token
-        .authenticate(&factory_key)
-        .map_err(StationError::card(
-            "authenticate with the factory management key",
-        ))?;
+    operator.note("the token is back to its factory state");
     Ok(())
 }
 
