@@ -244,3 +244,96 @@ pub fn curl_with_token(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// The root CA's CRL (empty, 30 days), signed in the HSM with the root key through the OpenSSL
+/// pkcs11 engine and SoftHSM2. nginx checks revocation for every certificate of the chain
+/// (OpenSSL's CRL_CHECK_ALL), so it needs the root's CRL for the issuing CA besides Tessera's
+/// `/crl`. `root_key` is the root key's `pkcs11:` URI (ca.toml); `pin_file` holds the HSM PIN.
+pub fn root_crl_signed_in_hsm(
+    softhsm2_conf: &Path,
+    root_key: &str,
+    pin_file: &Path,
+    root_pem: &Path,
+    work: &Path,
+) -> PathBuf {
+    let dir = work.join("root-crl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let engine_conf = dir.join("engine.cnf");
+    std::fs::write(
+        &engine_conf,
+        format!(
+            "openssl_conf = conf\n[conf]\nengines = engines\n[engines]\npkcs11 = pkcs11\n[pkcs11]\nengine_id = pkcs11\n\
+             dynamic_path = {PKCS11_ENGINE}\nMODULE_PATH = {}\ninit = 0\n",
+            super::softhsm::SOFTHSM_MODULE
+        ),
+    )
+    .unwrap();
+    let ca_conf = dir.join("ca.cnf");
+    std::fs::write(
+        &ca_conf,
+        format!(
+            "[ca]\ndefault_ca = root\n[root]\ndatabase = {0}/index.txt\ncrlnumber = {0}/crlnumber\ndefault_md = sha384\ndefault_crl_days = 30\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    let out_path = dir.join("root-crl.pem");
+    let key = format!("{root_key}?pin-source=file:{}", pin_file.display());
+    let out = Command::new("openssl")
+        .args(["ca", "-gencrl", "-engine", "pkcs11", "-keyform", "engine"])
+        .arg("-config")
+        .arg(&ca_conf)
+        .args(["-keyfile", &key])
+        .arg("-cert")
+        .arg(root_pem)
+        .arg("-out")
+        .arg(&out_path)
+        .env("OPENSSL_CONF", &engine_conf)
+        .env("SOFTHSM2_CONF", softhsm2_conf)
+        .output()
+        .expect("cannot run openssl");
+    assert!(
+        out.status.success(),
+        "openssl ca -gencrl (root, in the HSM) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out_path
+}
+
+/// Tessera's CRL from `http://ADDR/crl` (DER) as PEM, after `prefix` (other CRLs, PEM).
+pub fn fetch_crl(http_addr: &str, prefix: &Path, out: &Path) {
+    let der = out.with_extension("der");
+    let run = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "60",
+            "-o",
+        ])
+        .arg(&der)
+        .arg(format!("http://{http_addr}/crl"))
+        .output()
+        .expect("cannot run curl");
+    assert!(
+        run.status.success(),
+        "GET /crl failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let pem = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(
+        pem.status.success(),
+        "the server's /crl is not a DER CRL: {}",
+        String::from_utf8_lossy(&pem.stderr)
+    );
+    let mut all = std::fs::read(prefix).unwrap();
+    all.extend_from_slice(&pem.stdout);
+    std::fs::write(out, all).unwrap();
+}
