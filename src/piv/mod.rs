@@ -423,6 +423,20 @@ impl PivToken {
             .map_err(card("reset the PIV application"))
     }
 
+    /// Connects again to the same token (a PC/SC reconnect that resets the card and selects
+    /// PIV), as needed after [`reset`](Self::reset); the handle stays the only one open.
+    pub fn reconnect(&mut self) -> Result<(), PivError> {
+        self.yubikey
+            .reconnect()
+            .map_err(card("reconnect to the token"))
+    }
+
+    /// Whether a token still answers in this handle's reader (after a failed command: was the
+    /// token pulled?). Opens a fresh connection; tries no secret.
+    pub fn still_present(&self) -> bool {
+        PivToken::open(Some(&self.reader)).is_ok()
+    }
+
     /// Generates a key pair on the token (after [`authenticate`](Self::authenticate)).
     pub fn generate(
         &mut self,

@@ -88,9 +88,10 @@ pub async fn enroll(
 
     let enrollment_id = begun.enrollment_id.clone();
     let expires_at = begun.expires_at.clone();
-    match after_begin(server, operator, &mut token, &info, begun, &new_pin, reader).await {
+    match after_begin(server, operator, &mut token, &info, begun, &new_pin).await {
         Ok(enrolled) => Ok(enrolled),
         Err(failure) => {
+            let failure = name_a_pulled_token(failure, &token);
             let aftermath = abort(server, operator, &enrollment_id, &expires_at, &failure).await;
             Err(StationError::EnrollmentFailed {
                 failure: Box::new(failure),
@@ -108,7 +109,6 @@ async fn after_begin(
     info: &TokenInfo,
     mut begun: pb::BeginEnrollmentResponse,
     new_pin: &Secret,
-    reader: Option<&str>,
 ) -> Result<Enrolled, StationError> {
     let plan = begun
         .slots
@@ -147,7 +147,6 @@ async fn after_begin(
         &new_key,
         &new_puk,
         new_pin,
-        reader,
     )?;
 
     let mut attestations = Vec::new();
@@ -313,17 +312,21 @@ fn prepare_token(
     new_key: &ManagementKey,
     new_puk: &Secret,
     new_pin: &Secret,
-    reader: Option<&str>,
 ) -> Result<Secret, StationError> {
     operator.step("authenticate to the token with its management key");
     let mut info = info.clone();
     let access = match choose_access(operator, token, &info, current_key, new_key)? {
         Ok(access) => access,
         Err(why_reset) => {
-            reset_after_confirmation(operator, token, &info, &why_reset, reader)?;
+            reset_after_confirmation(operator, token, &info, &why_reset)?;
             info = token
                 .info()
                 .map_err(StationError::card("read the token after the reset"))?;
+            // A reset restores the factory PIN, PUK and management key, whether or not the
+            // firmware can say so (GET METADATA needs 5.3).
+            info.pin_is_default = Some(true);
+            info.puk_is_default = Some(true);
+            info.management_key_is_default = Some(true);
             let factory_key = factory_management_key(token);
             token
                 .authenticate(&factory_key)
@@ -468,7 +471,6 @@ fn reset_after_confirmation(
     token: &mut PivToken,
     info: &TokenInfo,
     why: &str,
-    reader: Option<&str>,
 ) -> Result<(), StationError> {
     operator.note(&format!("the token must be reset: {why}"));
     if !operator.confirm(&format!(
@@ -481,16 +483,24 @@ fn reset_after_confirmation(
     token
         .reset()
         .map_err(StationError::card("reset the token"))?;
-    *token =
-        PivToken::open(reader).map_err(StationError::card("open the token after the reset"))?;
-    if token.serial() != info.serial {
-        return Err(StationError::TokenChanged {
-            expected: info.serial,
-            found: token.serial(),
-        });
-    }
+    token
+        .reconnect()
+        .map_err(StationError::card("reconnect to the token after the reset"))?;
     operator.note("the token is back to its factory state");
     Ok(())
+}
+
+/// A card error while no token answers in the reader any more is named as the token leaving
+/// the reader: a command cut short answers no status word, and the driver then reports a
+/// generic error or (during authentication) a refused key, which would mislead the operator.
+fn name_a_pulled_token(failure: StationError, token: &PivToken) -> StationError {
+    match failure {
+        StationError::Card {
+            step,
+            source: PivError::Card { .. } | PivError::ManagementKeyRefused,
+        } if !token.still_present() => StationError::CardGone { step },
+        other => other,
+    }
 }
 
 /// Aborts the enrollment after `failure`; returns what the operator should know.

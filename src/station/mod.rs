@@ -60,6 +60,10 @@ pub enum StationError {
         "the PIN file {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`"
     )]
     PinFileMode { path: PathBuf, mode: u32 },
+    #[error(
+        "{step}: the token left the reader (pulled, or it stopped answering); put it back and run the same command again"
+    )]
+    CardGone { step: String },
     #[error("the two PINs differ; nothing was changed, run the command again")]
     PinMismatch,
     #[error("the new PIN must be 6 to 8 characters")]
@@ -79,10 +83,6 @@ pub enum StationError {
         "the server's answer is not usable: {0}; check the enrollment profile and the server's version"
     )]
     ServerAnswer(String),
-    #[error(
-        "the token in the reader changed during the command (serial {expected} became {found}); leave one token in the reader"
-    )]
-    TokenChanged { expected: u32, found: u32 },
     #[error("the token in the reader is the old token {0}; put the new token in the reader")]
     ReplacementIsOldToken(String),
     #[error(
