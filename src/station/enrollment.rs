@@ -568,9 +568,24 @@ pub fn describe_token(operator: &mut dyn Operator, info: &TokenInfo) {
         default(info.management_key_is_default),
         info.management_key_algorithm
             .as_deref()
-            .map(|a| format!(", {a}"))
+            .map(|a| format!(", {}", readable_algorithm(a)))
             .unwrap_or_default()
     ));
+}
+
+/// "Management(Aes192)" (the driver's name) as "AES-192".
+fn readable_algorithm(driver_name: &str) -> &str {
+    for (needle, name) in [
+        ("Aes128", "AES-128"),
+        ("Aes192", "AES-192"),
+        ("Aes256", "AES-256"),
+        ("ThreeDes", "3DES"),
+    ] {
+        if driver_name.contains(needle) {
+            return name;
+        }
+    }
+    driver_name
 }
 
 /// A management key from the server, moved into zeroizing memory.
