@@ -43,8 +43,10 @@ step "5. the HSM's AES key that wraps each token's management key and PUK (tesse
 
 step "6. the server's configuration, its TLS certificate, and client certificates for HR and the help desk"
 mkdir -p "$work/server"
-# The server's own TLS certificate: self-signed for localhost here; in production one from your PKI.
+# The server's own TLS certificate: self-signed for localhost here, an end-entity certificate
+# (CA:FALSE, serverAuth) as rustls insists; in production one from your PKI.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/server/server.key" \
   -out "$work/server/server.pem" 2>/dev/null
 cat >"$work/server/tessera.toml" <<CONF
