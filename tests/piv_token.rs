@@ -16,7 +16,10 @@ const DEFAULT_MGM_KEY: [u8; 24] = [
 ];
 
 fn default_key(algorithm: MgmAlgorithmId) -> ManagementKey {
-    ManagementKey { algorithm, key: Secret::new(DEFAULT_MGM_KEY.to_vec()) }
+    ManagementKey {
+        algorithm,
+        key: Secret::new(DEFAULT_MGM_KEY.to_vec()),
+    }
 }
 
 fn secret(s: &str) -> Secret {
@@ -57,9 +60,14 @@ fn enrollment_steps_with_a_3des_token() {
 
     // A management key Tessera did not set is refused and named as such.
     let wrong = ManagementKey::generate(MgmAlgorithmId::ThreeDes);
-    assert!(matches!(token.authenticate(&wrong), Err(PivError::ManagementKeyRefused)));
+    assert!(matches!(
+        token.authenticate(&wrong),
+        Err(PivError::ManagementKeyRefused)
+    ));
 
-    token.authenticate(&default_key(MgmAlgorithmId::ThreeDes)).unwrap();
+    token
+        .authenticate(&default_key(MgmAlgorithmId::ThreeDes))
+        .unwrap();
     let per_token = ManagementKey::generate(MgmAlgorithmId::ThreeDes);
     token.set_management_key(&per_token).unwrap();
     drop(token);
@@ -73,7 +81,12 @@ fn enrollment_steps_with_a_3des_token() {
     assert_eq!(token.info().unwrap().management_key_is_default, Some(false));
 
     let spki = token
-        .generate(SlotId::Authentication, AlgorithmId::EccP256, PinPolicy::Once, TouchPolicy::Never)
+        .generate(
+            SlotId::Authentication,
+            AlgorithmId::EccP256,
+            PinPolicy::Once,
+            TouchPolicy::Never,
+        )
         .unwrap();
     let attestation = token.attest(SlotId::Authentication).unwrap();
     let device = token.attestation_certificate().unwrap();
@@ -81,7 +94,11 @@ fn enrollment_steps_with_a_3des_token() {
     // The attestation names the generated key and chains to the card's root.
     let slot_cert = x509_cert::Certificate::from_der(&attestation).unwrap();
     assert_eq!(
-        slot_cert.tbs_certificate().subject_public_key_info().to_der().unwrap(),
+        slot_cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .unwrap(),
         spki.to_der().unwrap()
     );
     let dir = card.dir();
@@ -106,24 +123,43 @@ fn enrollment_steps_with_a_3des_token() {
         .arg(dir.join("slot.pem"))
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     // A wrong PIN says how many tries remain; the right one lets the key sign.
-    assert!(matches!(token.verify_pin(&secret("999999")), Err(PivError::WrongPin { tries_left: 2 })));
+    assert!(matches!(
+        token.verify_pin(&secret("999999")),
+        Err(PivError::WrongPin { tries_left: 2 })
+    ));
     token.verify_pin(&secret("123456")).unwrap();
-    assert_eq!(token.info().unwrap().pin_tries_left, 3, "a good PIN resets the counter");
+    assert_eq!(
+        token.info().unwrap().pin_tries_left,
+        3,
+        "a good PIN resets the counter"
+    );
     token.verify_pin(&secret("123456")).unwrap();
     let nonce = [7u8; 32];
     let digest = sha2::Sha256::digest(nonce);
-    let signature = token.sign(SlotId::Authentication, AlgorithmId::EccP256, &digest).unwrap();
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes()).unwrap();
+    let signature = token
+        .sign(SlotId::Authentication, AlgorithmId::EccP256, &digest)
+        .unwrap();
+    let key =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes()).unwrap();
     let signature = p256::ecdsa::Signature::from_der(&signature).unwrap();
     key.verify_prehash(&digest, &signature).unwrap();
 
     // Certificates written to a slot read back unchanged.
     token.authenticate(&per_token).unwrap();
-    token.write_certificate(SlotId::Authentication, &attestation).unwrap();
-    assert_eq!(token.read_certificate(SlotId::Authentication).unwrap(), Some(attestation.clone()));
+    token
+        .write_certificate(SlotId::Authentication, &attestation)
+        .unwrap();
+    assert_eq!(
+        token.read_certificate(SlotId::Authentication).unwrap(),
+        Some(attestation.clone())
+    );
     assert_eq!(token.read_certificate(SlotId::Signature).unwrap(), None);
     token.write_new_chuid().unwrap();
 }
@@ -132,25 +168,44 @@ fn enrollment_steps_with_a_3des_token() {
 fn pin_and_puk_changes_and_unblock() {
     let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(12_121_212));
     let mut token = open(&card);
-    assert!(matches!(token.change_pin(&secret("123456"), &secret("123")), Err(PivError::PinLength)));
-    assert_eq!(token.info().unwrap().pin_tries_left, 3, "a too-short new PIN never reaches the card");
-    token.change_puk(&secret("12345678"), &secret("87654321")).unwrap();
+    assert!(matches!(
+        token.change_pin(&secret("123456"), &secret("123")),
+        Err(PivError::PinLength)
+    ));
+    assert_eq!(
+        token.info().unwrap().pin_tries_left,
+        3,
+        "a too-short new PIN never reaches the card"
+    );
+    token
+        .change_puk(&secret("12345678"), &secret("87654321"))
+        .unwrap();
     assert!(matches!(
         token.change_puk(&secret("12345678"), &secret("11111111")),
         Err(PivError::WrongPuk { tries_left: 2 })
     ));
-    token.change_pin(&secret("123456"), &secret("24681357")).unwrap();
+    token
+        .change_pin(&secret("123456"), &secret("24681357"))
+        .unwrap();
     for tries_left in [2, 1] {
         match token.verify_pin(&secret("000000")) {
             Err(PivError::WrongPin { tries_left: t }) => assert_eq!(t, tries_left),
             other => panic!("expected a wrong-PIN error, got {other:?}"),
         }
     }
-    assert!(matches!(token.verify_pin(&secret("000000")), Err(PivError::PinBlocked)));
+    assert!(matches!(
+        token.verify_pin(&secret("000000")),
+        Err(PivError::PinBlocked)
+    ));
     // Blocked: the driver refuses to try again, even the right PIN, and says why.
     let err = token.verify_pin(&secret("24681357")).unwrap_err();
-    assert_eq!(err.to_string(), "the PIN is blocked; unblock it with the PUK (tessera station unblock)");
-    token.unblock_pin(&secret("87654321"), &secret("13572468")).unwrap();
+    assert_eq!(
+        err.to_string(),
+        "the PIN is blocked; unblock it with the PUK (tessera station unblock)"
+    );
+    token
+        .unblock_pin(&secret("87654321"), &secret("13572468"))
+        .unwrap();
     token.verify_pin(&secret("13572468")).unwrap();
 }
 
@@ -159,9 +214,15 @@ fn reset_returns_to_factory_state_and_keeps_the_attestation_key() {
     let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(13_131_313));
     let mut token = open(&card);
     let device_before = token.attestation_certificate().unwrap();
-    token.change_pin(&secret("123456"), &secret("11223344")).unwrap();
-    token.authenticate(&default_key(MgmAlgorithmId::ThreeDes)).unwrap();
-    token.set_management_key(&ManagementKey::generate(MgmAlgorithmId::ThreeDes)).unwrap();
+    token
+        .change_pin(&secret("123456"), &secret("11223344"))
+        .unwrap();
+    token
+        .authenticate(&default_key(MgmAlgorithmId::ThreeDes))
+        .unwrap();
+    token
+        .set_management_key(&ManagementKey::generate(MgmAlgorithmId::ThreeDes))
+        .unwrap();
     assert!(!token.info().unwrap().is_factory_fresh());
 
     token.reset().unwrap();
@@ -171,15 +232,22 @@ fn reset_returns_to_factory_state_and_keeps_the_attestation_key() {
     assert!(info.is_factory_fresh(), "{info:?}");
     assert_eq!(info.pin_tries_left, 3);
     assert_eq!(token.attestation_certificate().unwrap(), device_before);
-    token.authenticate(&default_key(MgmAlgorithmId::ThreeDes)).unwrap();
+    token
+        .authenticate(&default_key(MgmAlgorithmId::ThreeDes))
+        .unwrap();
 }
 
 #[test]
 fn aes_management_key_on_firmware_5_7() {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(14_141_414));
     let mut token = open(&card);
-    assert_eq!(tessera::piv::default_management_algorithm(token.firmware()), MgmAlgorithmId::Aes192);
-    token.authenticate(&default_key(MgmAlgorithmId::Aes192)).unwrap();
+    assert_eq!(
+        tessera::piv::default_management_algorithm(token.firmware()),
+        MgmAlgorithmId::Aes192
+    );
+    token
+        .authenticate(&default_key(MgmAlgorithmId::Aes192))
+        .unwrap();
     let per_token = ManagementKey::generate(MgmAlgorithmId::Aes256);
     token.set_management_key(&per_token).unwrap();
     drop(token);
@@ -190,12 +258,21 @@ fn aes_management_key_on_firmware_5_7() {
     ));
     token.authenticate(&per_token).unwrap();
     let spki = token
-        .generate(SlotId::Signature, AlgorithmId::EccP384, PinPolicy::Always, TouchPolicy::Always)
+        .generate(
+            SlotId::Signature,
+            AlgorithmId::EccP384,
+            PinPolicy::Always,
+            TouchPolicy::Always,
+        )
         .unwrap();
     let attestation = token.attest(SlotId::Signature).unwrap();
     let slot_cert = x509_cert::Certificate::from_der(&attestation).unwrap();
     assert_eq!(
-        slot_cert.tbs_certificate().subject_public_key_info().to_der().unwrap(),
+        slot_cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .unwrap(),
         spki.to_der().unwrap()
     );
 }
@@ -207,9 +284,16 @@ fn card_attestation_passes_the_attest_verifier() {
     use tessera::attest::{self, AttestationInput, Policy, TrustAnchors};
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(15_151_515));
     let mut token = open(&card);
-    token.authenticate(&default_key(MgmAlgorithmId::Aes192)).unwrap();
+    token
+        .authenticate(&default_key(MgmAlgorithmId::Aes192))
+        .unwrap();
     let spki = token
-        .generate(SlotId::Authentication, AlgorithmId::EccP256, PinPolicy::Once, TouchPolicy::Cached)
+        .generate(
+            SlotId::Authentication,
+            AlgorithmId::EccP256,
+            PinPolicy::Once,
+            TouchPolicy::Cached,
+        )
         .unwrap();
     let slot = token.attest(SlotId::Authentication).unwrap();
     let device = token.attestation_certificate().unwrap();
@@ -217,10 +301,18 @@ fn card_attestation_passes_the_attest_verifier() {
 
     // Yubico's roots do not vouch for a virtual card.
     let yubico = TrustAnchors::yubico().unwrap();
-    let err = attest::verify(&AttestationInput::new(slot.clone(), device.clone()), &yubico).unwrap_err();
+    let err = attest::verify(
+        &AttestationInput::new(slot.clone(), device.clone()),
+        &yubico,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "unknown-root");
 
-    let anchors = TrustAnchors::builder().with_anchors(&root, "vpiv test root").unwrap().build().unwrap();
+    let anchors = TrustAnchors::builder()
+        .with_anchors(&root, "vpiv test root")
+        .unwrap()
+        .build()
+        .unwrap();
     let verified = attest::verify(
         &AttestationInput::new(slot.clone(), device.clone()).expecting_serial(15_151_515),
         &anchors,
@@ -232,10 +324,16 @@ fn card_attestation_passes_the_attest_verifier() {
     assert_eq!(verified.touch_policy().as_str(), "cached");
     assert_eq!(verified.slot().id(), 0x9a);
     assert_eq!(verified.key_algorithm().as_str(), "p256");
-    verified.require_public_key(&spki.to_der().unwrap()).unwrap();
+    verified
+        .require_public_key(&spki.to_der().unwrap())
+        .unwrap();
 
     // Another token's serial is refused.
-    let err = attest::verify(&AttestationInput::new(slot, device).expecting_serial(1), &anchors).unwrap_err();
+    let err = attest::verify(
+        &AttestationInput::new(slot, device).expecting_serial(1),
+        &anchors,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "serial-mismatch");
 
     // Firmware 5.7.4 is past EUCLEAK: the shipped example policy allows this key.

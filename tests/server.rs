@@ -29,6 +29,7 @@ on_both_databases!(
     issued_client_certificate_carries_its_role,
     certificates_lookup_hold_and_revoke,
     http_side_health_chain_and_metrics,
+    audit_stream_follows_new_events,
 );
 
 struct Running {
@@ -43,9 +44,23 @@ struct Running {
 
 impl Running {
     async fn start(database_url: &str) -> Running {
+        Running::start_with(database_url, true).await
+    }
+
+    /// `require_client_certificate` as given (the default, true, when `start` is used).
+    async fn start_with(database_url: &str, require_client_certificate: bool) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new();
         let config_path = pki.write_server_config(dir.path(), database_url);
+        if !require_client_certificate {
+            let text = std::fs::read_to_string(&config_path).unwrap();
+            let text = text.replace(
+                "client_ca = \"client-ca.pem\"\n",
+                "client_ca = \"client-ca.pem\"\nrequire_client_certificate = false\n",
+            );
+            assert!(text.contains("require_client_certificate = false"));
+            std::fs::write(&config_path, text).unwrap();
+        }
         let config = ServerConfig::load(&config_path).unwrap();
         let server = BoundServer::bind(&config).await.unwrap();
         let addr = server.local_addr();
@@ -247,6 +262,14 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "IssueFromCsr",
+        code(c.issue_from_csr(pb::IssueFromCsrRequest::default()).await),
+    );
+    out.insert(
+        "GetCaChain",
+        code(c.get_ca_chain(pb::GetCaChainRequest::default()).await),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -267,23 +290,68 @@ fn allowed(method: &str) -> &'static [&'static str] {
         | "ReinstateToken" => &["helpdesk", "admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
         "GetCertificate" | "ListCertificates" => &["helpdesk", "auditor", "admin"],
-        "RevokeCertificate" => &["helpdesk", "admin"],
+        "RevokeCertificate" | "IssueFromCsr" => &["helpdesk", "admin"],
+        "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
 
-async fn role_matrix(url: &str) {
-    let server = Running::start(url).await;
-    let anonymous = call_every_rpc(server.channel(None).await).await;
-    assert_eq!(anonymous.len(), 22);
-    for (method, code) in &anonymous {
-        assert_eq!(
-            *code,
-            Some(Code::Unauthenticated),
-            "{method} without a certificate"
-        );
+/// Without a client certificate while one is required (the default): refused in the TLS
+/// handshake, on connect or on the first call, and never reaching a service.
+async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await;
+    // TLS 1.3 client authentication fails after the client's side of the handshake, so the
+    // refusal may show on connect or on the first call.
+    if let Ok(ch) = ch {
+        let results = call_every_rpc(ch).await;
+        assert_eq!(results.len(), 24);
+        for (method, code) in results {
+            assert!(
+                matches!(
+                    code,
+                    Some(Code::Unavailable | Code::Unknown | Code::Cancelled)
+                ),
+                "{method} without a certificate must fail in TLS, got {code:?}"
+            );
+        }
     }
+}
+
+async fn role_matrix(url: &str) {
+    // Both settings of [tls] require_client_certificate; the roles behave the same in both.
+    for require in [true, false] {
+        let server = Running::start_with(url, require).await;
+        if require {
+            refused_in_tls(server.addr, &server.pki.ca_pem).await;
+        } else {
+            let anonymous = call_every_rpc(server.channel(None).await).await;
+            assert_eq!(anonymous.len(), 24);
+            for (method, code) in &anonymous {
+                assert_eq!(
+                    *code,
+                    Some(Code::Unauthenticated),
+                    "{method} without a certificate"
+                );
+            }
+        }
+        role_matrix_for_roles(&server).await;
+        server.stop().await;
+    }
+    // Nothing was changed by any refused or empty call.
+    let store = Store::open(url).await.unwrap();
+    assert!(store.audit_events(0, 10).await.unwrap().is_empty());
+}
+
+async fn role_matrix_for_roles(server: &Running) {
     for role in ["hr", "helpdesk", "auditor", "admin", "relying-party"] {
         let results = call_every_rpc(server.as_role(role).await).await;
         for (method, code) in results {
@@ -301,10 +369,6 @@ async fn role_matrix(url: &str) {
             }
         }
     }
-    // Nothing was changed by any refused or empty call.
-    let store = Store::open(url).await.unwrap();
-    assert!(store.audit_events(0, 10).await.unwrap().is_empty());
-    server.stop().await;
 }
 
 async fn certificates_without_a_usable_role_are_refused(url: &str) {
@@ -346,6 +410,9 @@ async fn certificates_without_a_usable_role_are_refused(url: &str) {
         s.message(),
         "role auditor may not call /tessera.v1.DirectoryService/ListPeople"
     );
+    server.stop().await;
+    // With client certificates optional, a caller without one gets the reason.
+    let server = Running::start_with(url, false).await;
     let mut d = DirectoryServiceClient::new(server.channel(None).await);
     let s = d
         .list_people(pb::ListPeopleRequest::default())
@@ -868,7 +935,10 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
     assert_eq!(page.events.len(), 3);
     assert_eq!(page.next_after_sequence, 3);
     let mut stream = a
-        .stream_audit_events(pb::StreamAuditEventsRequest { after_sequence: 1 })
+        .stream_audit_events(pb::StreamAuditEventsRequest {
+            after_sequence: 1,
+            follow: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -962,7 +1032,9 @@ fn serve_binary_health_tls13_only_and_foreign_ca() {
         "relative sqlite path is taken from the config's directory"
     );
     rt.block_on(async {
-        let ch = connect(addr, &pki.ca_pem, None).await;
+        // The default configuration requires a client certificate, also for health checks.
+        refused_in_tls(addr, &pki.ca_pem).await;
+        let ch = connect(addr, &pki.ca_pem, Some(&pki.client("relying-party"))).await;
         let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
         for service in [
             "",
@@ -2063,4 +2135,97 @@ async fn two_replicas_share_one_postgres_database() {
     assert_eq!(v.events, 30);
     a.stop().await;
     b.stop().await;
+}
+
+/// The next event of a following stream: (sequence, action, subject).
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::StreamAuditEventsResponse>,
+) -> (i64, String, String) {
+    let m = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+        .await
+        .expect("a followed event arrives")
+        .unwrap()
+        .expect("the stream stays open");
+    let e = m.event.unwrap();
+    (e.sequence, e.action, e.subject)
+}
+
+/// StreamAuditEvents with `follow`: the stream sends what exists, stays open, sends each new
+/// event as it commits (also one written by another process on the same database), and ends
+/// when the server shuts down.
+async fn audit_stream_follows_new_events(url: &str) {
+    let server = Running::start(url).await;
+    let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
+    let create = |id: &str| pb::CreatePersonRequest {
+        request_id: format!("create-{id}"),
+        person: Some(record(id)),
+    };
+    d.create_person(create("F1")).await.unwrap();
+    let mut a = AuditServiceClient::new(server.as_role("auditor").await);
+    let mut stream = a
+        .stream_audit_events(pb::StreamAuditEventsRequest {
+            after_sequence: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (1, "person.create".into(), "person:F1".into())
+    );
+    d.create_person(create("F2")).await.unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (2, "person.create".into(), "person:F2".into())
+    );
+    // Written straight into the database, as another replica would: seen by polling.
+    let store = Store::open(url).await.unwrap();
+    let hr = tessera::audit::Actor {
+        name: "other replica".into(),
+        role: "hr".into(),
+    };
+    let mut tx = store.begin_write().await.unwrap();
+    tessera::lifecycle::create_person(
+        &mut tx,
+        &hr,
+        "create-F3",
+        tessera::lifecycle::PersonInput {
+            external_id: "F3".into(),
+            display_name: "Person F3".into(),
+            upn: "F3@corp.test".into(),
+            email: "F3@corp.test".into(),
+            windows_sid: String::new(),
+            attributes: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (3, "person.create".into(), "person:F3".into())
+    );
+    d.suspend_person(pb::SuspendPersonRequest {
+        request_id: "suspend-F1".into(),
+        external_id: "F1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (4, "person.suspend".into(), "person:F1".into())
+    );
+    // Shutdown ends a following stream instead of waiting for it forever.
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), server.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "server shutdown waited for a following stream"
+    );
+    let end = stream.message().await;
+    assert!(
+        matches!(end, Ok(None)) || end.is_err(),
+        "the stream ends at shutdown: {end:?}"
+    );
 }

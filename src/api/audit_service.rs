@@ -12,7 +12,14 @@ use tonic::{Request, Response, Status};
 pub struct AuditLog {
     pub store: Store,
     pub verifier: Option<Arc<dyn CheckpointVerifier>>,
+    /// Becomes true when the server shuts down: following streams then end, so that graceful
+    /// shutdown does not wait for clients that would follow forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
+
+/// How often a following stream looks for new events. Polling the store (not an in-process
+/// channel) sees events committed by every replica sharing the database.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn method(name: &str) -> String {
     format!("/tessera.v1.AuditService/{name}")
@@ -68,7 +75,10 @@ impl AuditService for AuditLog {
         request: Request<pb::StreamAuditEventsRequest>,
     ) -> Result<Response<Self::StreamAuditEventsStream>, Status> {
         authorize(&request, &method("StreamAuditEvents"))?;
-        let mut after = request.into_inner().after_sequence.max(0);
+        let req = request.into_inner();
+        let mut after = req.after_sequence.max(0);
+        let follow = req.follow;
+        let mut stopping = self.stopping.clone();
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -94,7 +104,14 @@ impl AuditService for AuditLog {
                     }
                 }
                 if last_page {
-                    return;
+                    if !follow {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = stopping.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    }
                 }
             }
         });

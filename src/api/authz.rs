@@ -142,7 +142,11 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.AuditService/VerifyAuditChain" => AUDIT,
         "/tessera.v1.CertificateService/GetCertificate"
         | "/tessera.v1.CertificateService/ListCertificates" => &[Helpdesk, Auditor, Admin],
-        "/tessera.v1.CertificateService/RevokeCertificate" => &[Helpdesk, Admin],
+        // Issuing hands out a credential, a decision of the same weight as revoking one.
+        "/tessera.v1.CertificateService/RevokeCertificate"
+        | "/tessera.v1.CertificateService/IssueFromCsr" => &[Helpdesk, Admin],
+        // The chain is public.
+        "/tessera.v1.CertificateService/GetCaChain" => &Role::ALL,
         "/tessera.v1.CertificateService/LookupCertificate" => &[RelyingParty, Helpdesk, Admin],
         _ => &[],
     }

@@ -1,4 +1,5 @@
-//! `tessera.v1.CertificateService`: read, look up and revoke certificates.
+//! `tessera.v1.CertificateService`: read, look up and revoke certificates; issuing from a CSR
+//! and the CA chain are in `certificate_issuance.rs`.
 use super::authz::authorize;
 use super::pb::{self, certificate_service_server::CertificateService};
 use super::{next_page_token, page_size, status};
@@ -87,6 +88,36 @@ fn reason_to_pb(code: i64) -> pb::RevocationReason {
     }
 }
 
+/// The API's view of a stored certificate, with its owner's names already looked up.
+pub(super) fn certificate_pb(
+    c: CertificateRow,
+    person_external_id: String,
+    token_serial: String,
+) -> pb::Certificate {
+    let status = match c.status {
+        CertificateStatus::Reserved => pb::CertificateStatus::Reserved,
+        CertificateStatus::Good => pb::CertificateStatus::Good,
+        CertificateStatus::OnHold => pb::CertificateStatus::OnHold,
+        CertificateStatus::Revoked => pb::CertificateStatus::Revoked,
+    };
+    pb::Certificate {
+        serial: c.serial,
+        sha256_fingerprint: c.sha256.unwrap_or_default(),
+        status: status as i32,
+        person_external_id,
+        token_serial,
+        profile: c.profile,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        revocation_reason: c
+            .revocation_reason
+            .map(reason_to_pb)
+            .unwrap_or(pb::RevocationReason::Unspecified) as i32,
+        revoked_at: c.revoked_at.unwrap_or_default(),
+        der: c.der.unwrap_or_default(),
+    }
+}
+
 impl Certificates {
     async fn to_pb(&self, c: CertificateRow) -> Result<pb::Certificate, Status> {
         let person_external_id = match c.person_id {
@@ -97,28 +128,7 @@ impl Certificates {
             Some(id) => self.store.token_serial(id).await?.unwrap_or_default(),
             None => String::new(),
         };
-        let status = match c.status {
-            CertificateStatus::Reserved => pb::CertificateStatus::Reserved,
-            CertificateStatus::Good => pb::CertificateStatus::Good,
-            CertificateStatus::OnHold => pb::CertificateStatus::OnHold,
-            CertificateStatus::Revoked => pb::CertificateStatus::Revoked,
-        };
-        Ok(pb::Certificate {
-            serial: c.serial,
-            sha256_fingerprint: c.sha256.unwrap_or_default(),
-            status: status as i32,
-            person_external_id,
-            token_serial,
-            profile: c.profile,
-            not_before: c.not_before,
-            not_after: c.not_after,
-            revocation_reason: c
-                .revocation_reason
-                .map(reason_to_pb)
-                .unwrap_or(pb::RevocationReason::Unspecified) as i32,
-            revoked_at: c.revoked_at.unwrap_or_default(),
-            der: c.der.unwrap_or_default(),
-        })
+        Ok(certificate_pb(c, person_external_id, token_serial))
     }
 
     async fn found(
@@ -258,6 +268,22 @@ impl CertificateService for Certificates {
         Ok(Response::new(pb::LookupCertificateResponse {
             certificate: Some(self.found(row, &key).await?),
         }))
+    }
+
+    async fn issue_from_csr(
+        &self,
+        request: Request<pb::IssueFromCsrRequest>,
+    ) -> Result<Response<pb::IssueFromCsrResponse>, Status> {
+        let identity = authorize(&request, &method("IssueFromCsr"))?;
+        self.issue_csr(&identity, request.into_inner()).await
+    }
+
+    async fn get_ca_chain(
+        &self,
+        request: Request<pb::GetCaChainRequest>,
+    ) -> Result<Response<pb::GetCaChainResponse>, Status> {
+        authorize(&request, &method("GetCaChain"))?;
+        self.ca_chain()
     }
 }
 

@@ -29,8 +29,10 @@ macro_rules! idempotent {
 
 mod audit_service;
 pub mod authz;
+mod certificate_issuance;
 mod certificate_service;
 mod directory_service;
+pub mod rpc_metrics;
 pub mod server;
 mod status;
 mod token_service;

@@ -44,6 +44,14 @@ pub struct CaConfig {
     /// Certificate profiles directory; the built-in profiles without it.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
+    /// CRL validity (nextUpdate − thisUpdate) in hours; a new CRL is signed after half of it,
+    /// and at once after any revocation change.
+    #[serde(default = "default_crl_validity_hours")]
+    pub crl_validity_hours: u32,
+}
+
+fn default_crl_validity_hours() -> u32 {
+    24
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +97,15 @@ pub struct TlsConfig {
     pub private_key: PathBuf,
     /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
     pub client_ca: PathBuf,
+    /// true (default): the TLS handshake fails without a client certificate from `client_ca`.
+    /// false: a connection without one is let through TLS (for load-balancer health checks
+    /// over gRPC) and every Tessera RPC answers UNAUTHENTICATED.
+    #[serde(default = "default_require_client_certificate")]
+    pub require_client_certificate: bool,
+}
+
+fn default_require_client_certificate() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +142,8 @@ pub enum ServerConfigError {
     CheckpointSigner(#[from] crate::audit::AuditError),
     #[error("ca: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("ca.crl_validity_hours must be between 1 and 8760")]
+    CrlValidity,
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
@@ -157,9 +176,13 @@ impl ServerConfig {
             a.hsm_config = base.join(&a.hsm_config);
         }
         if let Some(ca) = config.ca.as_mut() {
-            for p in [Some(&mut ca.hsm_config), Some(&mut ca.data_dir), ca.profiles_dir.as_mut()]
-                .into_iter()
-                .flatten()
+            for p in [
+                Some(&mut ca.hsm_config),
+                Some(&mut ca.data_dir),
+                ca.profiles_dir.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -205,9 +228,9 @@ fn read_certificates(
     Ok(certs)
 }
 
-/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca` when
-/// presented. A connection without one is let through TLS so that health checks work, and
-/// every Tessera RPC then answers UNAUTHENTICATED.
+/// TLS 1.3 only (ring provider); client certificates are verified against `client_ca`. Without
+/// one the handshake fails, unless `require_client_certificate = false`: then the connection is
+/// let through TLS (health checks work) and every Tessera RPC answers UNAUTHENTICATED.
 pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
     let chain = read_certificates("server certificate", &tls.certificate)?;
     let key =
@@ -223,13 +246,16 @@ pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, Server
         })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
+    );
+    if !tls.require_client_certificate {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| ServerConfigError::Tls(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerConfigError::Tls(e.to_string()))?
@@ -248,6 +274,9 @@ pub struct BoundServer {
     checkpoints: Option<(Arc<crate::audit::HsmCheckpointSigner>, Duration)>,
     http: Option<(TcpListener, Option<PathBuf>)>,
     ca: Option<Arc<OnlineCa>>,
+    /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
+    /// validity.
+    revocation: Option<(Option<Arc<crate::ca::ocsp::OcspResponder>>, time::Duration)>,
 }
 
 impl BoundServer {
@@ -276,6 +305,30 @@ impl BoundServer {
                 c.profiles_dir.as_deref(),
             )?)),
         };
+        let revocation = match (&config.ca, &ca) {
+            (Some(c), Some(online)) => {
+                if !(1..=8760).contains(&c.crl_validity_hours) {
+                    return Err(ServerConfigError::CrlValidity);
+                }
+                let responder = crate::ca::ocsp::OcspResponder::load(
+                    &online.hsm,
+                    &c.data_dir,
+                    &online.stored.issuing_der,
+                )?
+                .map(Arc::new);
+                if responder.is_none() {
+                    tracing::warn!(
+                        data_dir = %c.data_dir.display(),
+                        "no OCSP responder in the CA's data directory; /ocsp answers 404 (run `tessera ca init-ocsp`)"
+                    );
+                }
+                Some((
+                    responder,
+                    time::Duration::hours(i64::from(c.crl_validity_hours)),
+                ))
+            }
+            _ => None,
+        };
         let store = Store::open(&config.database.url).await?;
         let http = match &config.http {
             None => None,
@@ -302,6 +355,7 @@ impl BoundServer {
             checkpoints,
             http,
             ca,
+            revocation,
         })
     }
 
@@ -362,6 +416,10 @@ impl BoundServer {
                         continue;
                     }
                 };
+                // Small gRPC frames must not wait for delayed ACKs (Nagle): ~40 ms per call.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
@@ -378,9 +436,26 @@ impl BoundServer {
         });
 
         let store = self.store.clone();
+        let rpc_latency = Arc::new(super::rpc_metrics::RpcLatency::default());
         let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+        let revocation = match (&self.ca, self.revocation) {
+            (Some(ca), Some((responder, crl_validity))) => {
+                Some(Arc::new(crate::web::revocation::Revocation::new(
+                    store.clone(),
+                    Arc::clone(ca),
+                    responder,
+                    crl_validity,
+                )))
+            }
+            _ => None,
+        };
         let http_task = self.http.map(|(listener, ca_chain)| {
-            let app = crate::web::router(store.clone(), ca_chain);
+            let app = crate::web::router(
+                store.clone(),
+                ca_chain,
+                revocation,
+                Arc::clone(&rpc_latency),
+            );
             tokio::spawn(async move {
                 let stopped = async move {
                     let _ = http_stopped.wait_for(|s| *s).await;
@@ -393,9 +468,11 @@ impl BoundServer {
                 }
             })
         });
+        let (stop_streams, streams_stopping) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
             let _ = stop_http.send(true);
+            let _ = stop_streams.send(true);
         };
         let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
             let store = store.clone();
@@ -409,6 +486,9 @@ impl BoundServer {
             })
         });
         let result = tonic::transport::Server::builder()
+            .layer(super::rpc_metrics::RpcLatencyLayer(Arc::clone(
+                &rpc_latency,
+            )))
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::directory_service_server::DirectoryServiceServer::new(
@@ -423,6 +503,7 @@ impl BoundServer {
                 AuditLog {
                     store: store.clone(),
                     verifier: None,
+                    stopping: streams_stopping,
                 },
             ))
             .add_service(

@@ -21,6 +21,10 @@ pub fn invalid_argument(field: &str, reason: &str, message: &str) -> Status {
     with_reason(Code::InvalidArgument, reason, message, Some(field))
 }
 
+pub fn failed_precondition(reason: &str, message: &str, field: Option<&str>) -> Status {
+    with_reason(Code::FailedPrecondition, reason, message, field)
+}
+
 pub fn permission_denied(reason: &str, message: &str) -> Status {
     with_reason(Code::PermissionDenied, reason, message, None)
 }
@@ -62,6 +66,7 @@ impl From<LifecycleError> for Status {
             LifecycleError::PersonExists(_) => Code::AlreadyExists,
             LifecycleError::InvalidTransition { .. }
             | LifecycleError::StaleSyncGeneration { .. } => Code::FailedPrecondition,
+            LifecycleError::RequestInProgress(_) => Code::Aborted,
             LifecycleError::Store(_) | LifecycleError::Audit(_) => return internal(&e),
         };
         with_reason(code, e.reason(), &e.to_string(), e.field())

@@ -231,6 +231,16 @@ impl IssuingCa {
                 policies_der,
             ));
 
+        if profile.ocsp_no_check {
+            // id-pkix-ocsp-nocheck, value NULL
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+                    vec![0x05, 0x00],
+                ));
+        }
+
         // rcgen encodes; the capturing signer hands back the tbsCertificate instead of signing.
         let _ = CapturingSigner::take_captured();
         params

@@ -6,9 +6,11 @@
 //! [`ceremony::init_ca`] (the ceremony).
 
 pub mod ceremony;
+pub mod crl;
 pub mod csr;
 mod der_encoding;
 pub mod issue;
+pub mod ocsp;
 pub mod online;
 pub mod policy_oid;
 pub mod profile;
@@ -84,6 +86,16 @@ pub enum CaError {
     CaRecordInvalid { path: PathBuf, reason: String },
     #[error("the certificate was not signed: recording it before signing failed: {0}")]
     RecordBeforeSigning(String),
+    #[error("building a CRL or OCSP response failed: {0}")]
+    RevocationEncoding(String),
+    #[error(
+        "the HSM key {key_uri} does not match the OCSP responder certificate; run `tessera ca init-ocsp --replace`"
+    )]
+    OcspKeyMismatch { key_uri: String },
+    #[error(
+        "the OCSP responder certificate was not issued by this issuing CA; run `tessera ca init-ocsp --replace`"
+    )]
+    OcspResponderForeign,
     #[error("ca init: {0}")]
     InitParameter(String),
     #[error("{path}: {error}")]

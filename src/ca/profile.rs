@@ -33,6 +33,8 @@ struct ProfileFile {
     allow_unattested_keys: bool,
     #[serde(default)]
     require_email: bool,
+    #[serde(default)]
+    ocsp_no_check: bool,
 }
 
 /// A checked end-entity profile.
@@ -51,6 +53,8 @@ pub struct Profile {
     pub unattested_key_policy: Option<String>,
     pub allow_unattested_keys: bool,
     pub require_email: bool,
+    /// Adds id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): for OCSP responder certificates only.
+    pub ocsp_no_check: bool,
 }
 
 /// Longest end-entity validity a profile may ask for (about 5 years).
@@ -122,7 +126,23 @@ impl Profile {
             unattested_key_policy: file.unattested_key_policy,
             allow_unattested_keys: file.allow_unattested_keys,
             require_email: file.require_email,
+            ocsp_no_check: file.ocsp_no_check,
         })
+    }
+}
+
+/// id-kp-OCSPSigning
+const OCSP_SIGNING: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 9];
+
+impl Profile {
+    /// Whether certificates of this profile could sign OCSP responses for the CA. Only
+    /// `tessera ca init-ocsp` issues such certificates; profile directories may not hold one.
+    pub fn signs_ocsp(&self) -> bool {
+        self.ocsp_no_check
+            || self
+                .extended_key_usage
+                .iter()
+                .any(|u| matches!(u, ExtendedKeyUsagePurpose::Other(arcs) if arcs[..] == OCSP_SIGNING[..]))
     }
 }
 
@@ -206,6 +226,12 @@ impl ProfileSet {
                 error: source,
             })?;
             let profile = Profile::from_toml(name, &text, &path.display().to_string())?;
+            if profile.signs_ocsp() {
+                return Err(CaError::ProfileInvalid {
+                    origin: path.display().to_string(),
+                    reason: "OCSP signing (id-kp-OCSPSigning, ocsp_no_check) is reserved for `tessera ca init-ocsp`; remove this profile".into(),
+                });
+            }
             profiles.insert(name.to_string(), profile);
         }
         if profiles.is_empty() {
@@ -252,6 +278,27 @@ mod tests {
         let smime = set.get("smime-signing").unwrap();
         assert!(!smime.allow_unattested_keys);
         assert!(smime.require_email);
+    }
+
+    #[test]
+    fn profile_directories_may_not_hold_ocsp_signing_profiles() {
+        let reserved = include_str!("../../profiles/reserved/ocsp-responder.toml");
+        let ocsp = Profile::from_toml("ocsp-responder", reserved, "reserved").unwrap();
+        assert!(ocsp.signs_ocsp() && ocsp.ocsp_no_check);
+        assert!(!ProfileSet::built_in().iter().any(Profile::signs_ocsp));
+        let only_eku = reserved.replace("ocsp_no_check = true", "");
+        for text in [reserved.to_string(), only_eku] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("responder.toml");
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(
+                ProfileSet::load_dir(dir.path()).unwrap_err().to_string(),
+                format!(
+                    "certificate profile {} is invalid: OCSP signing (id-kp-OCSPSigning, ocsp_no_check) is reserved for `tessera ca init-ocsp`; remove this profile",
+                    path.display()
+                )
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::api::{Role, ServerConfig};
 use crate::audit::Actor;
 use crate::ca::issue::certificate_pem;
 use crate::ca::{KeyProvenance, OnlineCa, Profile, ProfileSet, StoredCa, SubjectParams};
+use crate::hsm::{Hsm, HsmConfig, HsmKey, KeySpec};
 use crate::lifecycle::{IssueParams, issue_certificate};
 use crate::store::Store;
 use anyhow::Context;
@@ -20,7 +21,9 @@ pub struct AdminArgs {
 
 #[derive(clap::Subcommand)]
 pub enum AdminCommand {
-    /// Issue a client certificate with a role; the key is generated into a file (P-256, PKCS#8).
+    /// Issue a client certificate with a role; the key (P-256) is generated into a file
+    /// (PKCS#8, --out-key) or inside a PKCS#11 token (--key-in-hsm-config and --key-label).
+    #[command(group(clap::ArgGroup::new("key_destination").required(true).args(["out_key", "key_in_hsm_config"])))]
     IssueClientCert {
         /// hr, helpdesk, auditor, admin or relying-party.
         #[arg(long)]
@@ -42,7 +45,14 @@ pub enum AdminCommand {
         out_cert: PathBuf,
         /// Where to write the private key (PEM, mode 0600). Must not exist.
         #[arg(long)]
-        out_key: PathBuf,
+        out_key: Option<PathBuf>,
+        /// Generate the key inside the PKCS#11 token this HSM configuration names instead (the
+        /// client's token, not the CA's); the key never leaves it. See docs/operations.md.
+        #[arg(long, value_name = "FILE", requires = "key_label")]
+        key_in_hsm_config: Option<PathBuf>,
+        /// With --key-in-hsm-config: the label (CKA_LABEL) of the new key pair; must be unused.
+        #[arg(long, value_name = "LABEL", requires = "key_in_hsm_config")]
+        key_label: Option<String>,
     },
 }
 
@@ -58,6 +68,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         data_dir,
         out_cert,
         out_key,
+        key_in_hsm_config,
+        key_label,
     } = args.command;
     let role = Role::parse(&role).with_context(|| {
         format!("unknown role {role:?}: use one of hr, helpdesk, auditor, admin, relying-party")
@@ -65,7 +77,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if name.trim().is_empty() || name.chars().any(char::is_control) {
         anyhow::bail!("--name must be a non-empty printable name");
     }
-    for p in [&out_cert, &out_key] {
+    for p in std::iter::once(&out_cert).chain(out_key.as_ref()) {
         if p.exists() {
             anyhow::bail!(
                 "{} already exists; choose another path or remove it first",
@@ -75,7 +87,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     }
     let config = ServerConfig::load(&config)?;
     let stored_ca = StoredCa::load(&data_dir)?;
-    let key = rcgen::KeyPair::generate().context("cannot generate the client key")?;
+    let key = match (&key_in_hsm_config, &key_label) {
+        (Some(hsm_config), Some(label)) => ClientKey::in_token(hsm_config, label)?,
+        _ => ClientKey::File(Box::new(
+            rcgen::KeyPair::generate().context("cannot generate the client key")?,
+        )),
+    };
     let mut subject = SubjectParams::new(name.as_str());
     subject.uris.push(role.uri());
     let mut ca = OnlineCa::open(&hsm_config, &data_dir, None)?;
@@ -93,14 +110,14 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     // Reserve the serial and record the exact tbsCertificate, then sign in the HSM, then store
     // the certificate (lifecycle::issue_certificate).
-    let row = runtime.block_on(async {
+    let issued = runtime.block_on(async {
         let store = Store::open(&config.database.url).await?;
         let row = issue_certificate(
             &store,
             &ca,
             IssueParams {
                 subject,
-                public_key_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+                public_key_der: key.public_key_der(),
                 profile: OPERATOR_PROFILE_NAME.into(),
                 provenance: KeyProvenance::Unattested,
                 person_id: None,
@@ -112,16 +129,25 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .await?;
         store.close().await;
         anyhow::Ok(row)
-    })?;
+    });
+    let row = match issued {
+        Ok(row) => row,
+        Err(e) => {
+            key.discard();
+            return Err(e);
+        }
+    };
     let der = row
         .der
         .clone()
         .context("the store returned the certificate without its DER")?;
-    write_new(
-        &out_key,
-        zeroize::Zeroizing::new(key.serialize_pem()).as_bytes(),
-        0o600,
-    )?;
+    if let (ClientKey::File(key), Some(out_key)) = (&key, &out_key) {
+        write_new(
+            out_key,
+            zeroize::Zeroizing::new(key.serialize_pem()).as_bytes(),
+            0o600,
+        )?;
+    }
     let chain = format!(
         "{}{}",
         certificate_pem(&der),
@@ -134,7 +160,48 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         role.as_str(),
         out_cert.display()
     );
+    if let ClientKey::Token { key, .. } = &key {
+        println!("private key in the token: {}", key.uri());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the client's private key lives.
+enum ClientKey {
+    File(Box<rcgen::KeyPair>),
+    /// Generated in a PKCS#11 token; only its public key is read out.
+    Token {
+        hsm: Hsm,
+        key: HsmKey,
+    },
+}
+
+impl ClientKey {
+    fn in_token(hsm_config: &Path, label: &str) -> anyhow::Result<ClientKey> {
+        let hsm = Hsm::open(&HsmConfig::load(hsm_config)?)?;
+        let key = hsm.generate_key_pair(label, KeySpec::EcP256)?;
+        Ok(ClientKey::Token { hsm, key })
+    }
+
+    fn public_key_der(&self) -> Vec<u8> {
+        match self {
+            ClientKey::File(k) => rcgen::PublicKeyData::subject_public_key_info(k.as_ref()),
+            ClientKey::Token { key, .. } => key.public_key_der().to_vec(),
+        }
+    }
+
+    /// Removes a token key whose certificate could not be issued (a file key was never
+    /// written).
+    fn discard(&self) {
+        if let ClientKey::Token { hsm, key } = self
+            && let Err(e) = hsm.destroy_key_pair(key)
+        {
+            eprintln!(
+                "warning: could not remove the unused key {}: {e}",
+                key.uri()
+            );
+        }
+    }
 }
 
 /// A random request id for the audit log (this command is not retried by request id).

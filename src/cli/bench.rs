@@ -21,35 +21,49 @@ const THREAD_COUNTS: [usize; 2] = [1, 2];
 pub struct BenchArgs {
     /// HSM configuration file (see hsm-config/softhsm2.toml); use a throwaway token.
     #[arg(long, env = "TESSERA_HSM_CONFIG", value_name = "FILE")]
-    hsm_config: PathBuf,
+    pub(super) hsm_config: PathBuf,
     /// Operations per thread for ECDSA P-256 signing and for issuance.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT as i64))]
-    count: u32,
+    pub(super) count: u32,
     /// Operations per thread for RSA-2048 signing (slower).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT as i64))]
     rsa_count: u32,
     /// Rounds; the measurements are interleaved round by round and each line reports the
     /// median round, so load from other processes hits all of them alike.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=21))]
-    rounds: u32,
+    pub(super) rounds: u32,
+    /// Measure issuance through the gRPC API instead (IssueFromCsr against an in-process
+    /// server over TLS 1.3 on loopback) next to raw P-256 signing; see docs/benchmarks.md.
+    #[arg(long, requires_all = ["data_dir", "database_url"])]
+    grpc: bool,
+    /// With --grpc: the CA's data directory (`tessera ca init` on the same token).
+    #[arg(long, value_name = "DIR")]
+    pub(super) data_dir: Option<PathBuf>,
+    /// With --grpc: a throwaway database (`sqlite:PATH` or `postgres://…`); the benchmark's
+    /// certificates are recorded in it.
+    #[arg(long, value_name = "URL")]
+    pub(super) database_url: Option<String>,
+    /// With --grpc: IssueFromCsr calls per client and measurement.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT as i64))]
+    pub(super) grpc_count: u32,
 }
 
 /// One line of the table.
-struct Measurement {
-    operation: &'static str,
-    threads: usize,
-    operations: u64,
-    elapsed: Duration,
+pub(super) struct Measurement {
+    pub(super) operation: &'static str,
+    pub(super) threads: usize,
+    pub(super) operations: u64,
+    pub(super) elapsed: Duration,
 }
 
 impl Measurement {
-    fn per_second(&self) -> f64 {
+    pub(super) fn per_second(&self) -> f64 {
         self.operations as f64 / self.elapsed.as_secs_f64()
     }
 }
 
 /// Runs `op` `count` times on each of `threads` threads at once; returns the wall time.
-fn measure<F>(
+pub(super) fn measure<F>(
     operation: &'static str,
     threads: usize,
     count: u32,
@@ -84,13 +98,13 @@ where
 }
 
 /// Keys made for the run; destroyed on drop, also when a measurement fails.
-struct BenchKeys {
-    hsm: Hsm,
-    keys: Vec<HsmKey>,
+pub(super) struct BenchKeys {
+    pub(super) hsm: Hsm,
+    pub(super) keys: Vec<HsmKey>,
 }
 
 impl BenchKeys {
-    fn generate(&mut self, label: String, spec: KeySpec) -> anyhow::Result<HsmKey> {
+    pub(super) fn generate(&mut self, label: String, spec: KeySpec) -> anyhow::Result<HsmKey> {
         let key = self.hsm.generate_key_pair(&label, spec)?;
         self.keys.push(key.clone());
         Ok(key)
@@ -108,6 +122,9 @@ impl Drop for BenchKeys {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.grpc {
+        return super::bench_grpc::run(&args);
+    }
     let config = HsmConfig::load(&args.hsm_config)?;
     let hsm = Hsm::open(&config)?;
     let tag = SerialNumber::random()?.to_hex()[..8].to_string();

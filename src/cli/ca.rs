@@ -1,4 +1,5 @@
-//! `tessera ca init | show | sign-csr`: the CA ceremony, the chain, and issuance from a CSR.
+//! `tessera ca init | show | sign-csr | init-ocsp`: the CA ceremony, the chain, issuance from a
+//! CSR, and the delegated OCSP responder.
 use crate::ca::{
     self, CaInitParams, IssuanceRequest, KeyProvenance, ProfileSet, SerialNumber, StoredCa,
     ceremony::summarize_certificate,
@@ -95,6 +96,29 @@ enum CaCommand {
         /// Directory of profile TOML files replacing the built-in ones.
         #[arg(long, env = "TESSERA_PROFILES_DIR", value_name = "DIR")]
         profiles_dir: Option<PathBuf>,
+    },
+    /// Delegated OCSP responder: a P-256 key in the HSM and its certificate from the issuing CA
+    /// (profile ocsp-responder), recorded in the server's database; writes ocsp.pem and
+    /// ocsp.toml into the CA's data directory, where `tessera serve` finds them.
+    InitOcsp {
+        #[command(flatten)]
+        hsm: HsmConfigArg,
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The server configuration file (its database records the certificate).
+        #[arg(long, env = "TESSERA_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Common name of the responder certificate.
+        #[arg(long, default_value = "Tessera OCSP Responder")]
+        common_name: String,
+        /// HSM label (CKA_LABEL) of the responder key; default `tessera-ocsp-<8 random hex>`,
+        /// so a replacement never collides with the key it replaces.
+        #[arg(long)]
+        key_label: Option<String>,
+        /// Replace an existing responder (ocsp.toml and ocsp.pem are rewritten; the old key
+        /// stays in the HSM until you delete it).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -207,7 +231,141 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        CaCommand::InitOcsp {
+            hsm,
+            data,
+            config,
+            common_name,
+            key_label,
+            replace,
+        } => {
+            let key_label = match key_label {
+                Some(label) => label,
+                None => format!(
+                    "tessera-ocsp-{}",
+                    hex::encode(&SerialNumber::random()?.as_bytes()[..4])
+                ),
+            };
+            init_ocsp(
+                &hsm.hsm_config,
+                &data.data_dir,
+                &config,
+                &common_name,
+                &key_label,
+                replace,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+const OCSP_PROFILE: &str = include_str!("../../profiles/reserved/ocsp-responder.toml");
+const OCSP_PROFILE_NAME: &str = "ocsp-responder";
+
+/// `ca init-ocsp`: key in the HSM, certificate through `lifecycle::issue_certificate` (so the
+/// store and the audit log know it), then ocsp.pem and ocsp.toml (last: its presence means a
+/// complete responder). The key is destroyed again if anything before the files fails.
+fn init_ocsp(
+    hsm_config: &Path,
+    data_dir: &Path,
+    config: &Path,
+    common_name: &str,
+    key_label: &str,
+    replace: bool,
+) -> anyhow::Result<()> {
+    use crate::audit::Actor;
+    use crate::ca::ocsp::{OCSP_CERTIFICATE_FILE, OCSP_RECORD_FILE, OcspRecord, OcspResponder};
+    use crate::lifecycle::{IssueParams, issue_certificate};
+    use std::sync::Arc;
+
+    if common_name.trim().is_empty() || common_name.chars().any(char::is_control) {
+        anyhow::bail!("--common-name must be a non-empty printable name");
+    }
+    let record_path = data_dir.join(OCSP_RECORD_FILE);
+    let cert_path = data_dir.join(OCSP_CERTIFICATE_FILE);
+    if !replace && (record_path.exists() || cert_path.exists()) {
+        anyhow::bail!(
+            "an OCSP responder already exists in {}; pass --replace to make a new one",
+            data_dir.display()
+        );
+    }
+    let config = crate::api::ServerConfig::load(config)?;
+    let mut online = ca::OnlineCa::open(hsm_config, data_dir, None)?;
+    online.profiles = ProfileSet::from_profiles(vec![ca::Profile::from_toml(
+        OCSP_PROFILE_NAME,
+        OCSP_PROFILE,
+        "built-in profile ocsp-responder",
+    )?]);
+    let online = Arc::new(online);
+    let key = online.hsm.generate_key_pair(key_label, KeySpec::EcP256)?;
+    let result = (|| -> anyhow::Result<(String, Vec<u8>)> {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let row = runtime.block_on(async {
+            let store = crate::store::Store::open(&config.database.url).await?;
+            let row = issue_certificate(
+                &store,
+                &online,
+                IssueParams {
+                    subject: ca::SubjectParams::new(common_name),
+                    public_key_der: key.public_key_der().to_vec(),
+                    profile: OCSP_PROFILE_NAME.into(),
+                    provenance: KeyProvenance::Unattested,
+                    person_id: None,
+                    token_id: None,
+                },
+                &Actor {
+                    name: "tessera ca init-ocsp".into(),
+                    role: "admin".into(),
+                },
+                &format!(
+                    "ca-init-ocsp-{}",
+                    hex::encode(SerialNumber::random()?.as_bytes())
+                ),
+            )
+            .await?;
+            store.close().await;
+            anyhow::Ok(row)
+        })?;
+        let der = row
+            .der
+            .context("the store returned the certificate without its DER")?;
+        // Proves the key, the certificate and the issuing CA fit together before writing.
+        OcspResponder::new(key.clone(), &der, &online.stored.issuing_der)?;
+        Ok((row.serial, der))
+    })();
+    let (serial, der) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(destroy) = online.hsm.destroy_key_pair(&key) {
+                tracing::error!(key = %key.uri(), error = %destroy, "init-ocsp clean-up: could not destroy key");
+            }
+            return Err(e);
+        }
+    };
+    let record = OcspRecord {
+        key: key.uri(),
+        serial: serial.clone(),
+    };
+    let record_toml = format!(
+        "# Written by `tessera ca init-ocsp`. The private key never leaves the HSM; this RFC 7512 URI names it.\n{}",
+        toml::to_string(&record)?
+    );
+    write_replacing(&cert_path, ca::issue::certificate_pem(&der).as_bytes())?;
+    write_replacing(&record_path, record_toml.as_bytes())?;
+    println!(
+        "OCSP responder certificate serial {serial} written to {}; key {}",
+        cert_path.display(),
+        key.uri()
+    );
+    Ok(())
+}
+
+/// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
+fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn print_chain(root_der: &[u8], issuing_der: &[u8], record: &ca::CaRecord) -> anyhow::Result<()> {

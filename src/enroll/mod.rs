@@ -10,7 +10,8 @@ pub const PROOF_DOMAIN: &[u8] = b"tessera-enrollment-proof-v1";
 /// The station signs it (ECDSA/SHA-256 or RSA PKCS#1 v1.5/SHA-256); the server checks it
 /// against the attested public key.
 pub fn proof_message(enrollment_id: &str, slot: &str, nonce: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(PROOF_DOMAIN.len() + enrollment_id.len() + slot.len() + 3 + nonce.len());
+    let mut m =
+        Vec::with_capacity(PROOF_DOMAIN.len() + enrollment_id.len() + slot.len() + 3 + nonce.len());
     m.extend_from_slice(PROOF_DOMAIN);
     m.push(0);
     m.extend_from_slice(enrollment_id.as_bytes());

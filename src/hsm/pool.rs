@@ -45,6 +45,8 @@ pub(super) struct HsmInner {
     /// Bumped whenever sessions were found dead: cached object handles from an older epoch
     /// are looked up again.
     pub(super) epoch: AtomicU64,
+    /// Operations that ended in an error (after any retry), for metrics.
+    errors: AtomicU64,
     /// Mechanisms the token offers, read once at open (e.g. SoftHSM2 2.6 has CKM_ECDSA but not
     /// CKM_ECDSA_SHA256, so `keys` hashes in software and signs the digest with CKM_ECDSA there).
     pub(super) mechanisms: Vec<MechanismType>,
@@ -121,6 +123,7 @@ impl Hsm {
             }),
             freed: Condvar::new(),
             epoch: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             mechanisms,
             calls: RwLock::new(()),
         });
@@ -147,6 +150,16 @@ impl Hsm {
         f()
     }
 
+    /// Pooled operations that failed (after the one retry), since open; for metrics.
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// The most sessions the pool opens (`pool_size` of the HSM config).
+    pub fn pool_size(&self) -> usize {
+        self.inner.size
+    }
+
     /// Sessions the pool has open right now (idle or borrowed); never more than `pool_size`.
     pub fn open_sessions(&self) -> usize {
         self.inner.lock().open
@@ -157,8 +170,21 @@ impl Hsm {
         &self.inner.token_label
     }
 
-    /// Runs `op` on a pooled session, replacing dead sessions and retrying once (see module doc).
+    /// Runs `op` on a pooled session, replacing dead sessions and retrying once (see module doc);
+    /// a failure is counted in [`Hsm::errors`].
     pub(super) fn run<T>(
+        &self,
+        operation: &'static str,
+        op: impl FnMut(&Session) -> Result<T, OpFailure>,
+    ) -> Result<T, HsmError> {
+        let result = self.run_with_retry(operation, op);
+        if result.is_err() {
+            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn run_with_retry<T>(
         &self,
         operation: &'static str,
         mut op: impl FnMut(&Session) -> Result<T, OpFailure>,

@@ -3,7 +3,7 @@
 //! the signed certificate is then stored and audited in a second one. A crash between the two
 //! leaves a `reserved` row whose tbsCertificate tells exactly what may have been signed — never
 //! a signed certificate the store does not know.
-use super::LifecycleError;
+use super::{LifecycleError, RequestKey};
 use crate::audit::{self, Actor, Change};
 use crate::ca::{CaError, IssuanceRequest, KeyProvenance, OnlineCa, SerialNumber, SubjectParams};
 use crate::store::{CertificateRow, NewCertificate, Store};
@@ -33,6 +33,35 @@ pub enum IssuanceError {
     Lifecycle(#[from] LifecycleError),
 }
 
+/// Idempotency for one issuing request. The request id is claimed in the reservation's
+/// transaction, with a placeholder answer naming the reserved serial ([`pending_answer`]), and
+/// the real answer replaces it in the transaction that records the signed certificate. So a
+/// repeat either gets the first answer, or (first attempt still running or interrupted) finds
+/// the placeholder; it never reaches the HSM.
+pub struct IssueOnce {
+    pub key: RequestKey,
+    /// Encodes the answer repeats get, from the recorded certificate.
+    pub answer: Box<AnswerEncoder>,
+}
+
+/// Turns the recorded certificate into the encoded answer a repeat gets.
+pub type AnswerEncoder = dyn Fn(&CertificateRow) -> Vec<u8> + Send + Sync;
+
+const PENDING_PREFIX: &[u8] = b"\0reserved:";
+
+/// The placeholder answer of a request whose certificate is reserved and not yet recorded.
+/// It starts with a 0 byte, which no encoded protobuf message does.
+pub fn pending_answer(serial_hex: &str) -> Vec<u8> {
+    [PENDING_PREFIX, serial_hex.as_bytes()].concat()
+}
+
+/// The reserved serial, when `answer` is a placeholder from [`pending_answer`].
+pub fn pending_serial(answer: &[u8]) -> Option<&str> {
+    answer
+        .strip_prefix(PENDING_PREFIX)
+        .and_then(|s| std::str::from_utf8(s).ok())
+}
+
 /// Reserves a serial, records the to-be-signed certificate with a `certificate.reserve` audit
 /// event, has the HSM sign it, and stores it as `good` with a `certificate.issue` event.
 /// The HSM call runs on a blocking thread.
@@ -43,9 +72,36 @@ pub async fn issue_certificate(
     actor: &Actor,
     request_id: &str,
 ) -> Result<CertificateRow, IssuanceError> {
+    issue(store, ca, params, actor, request_id, None).await
+}
+
+/// [`issue_certificate`] once per request id (see [`IssueOnce`]). A request id already
+/// claimed answers [`LifecycleError::RequestInProgress`]; the caller replays the stored answer
+/// before calling this.
+pub async fn issue_certificate_once(
+    store: &Store,
+    ca: &Arc<OnlineCa>,
+    params: IssueParams,
+    actor: &Actor,
+    once: &IssueOnce,
+) -> Result<CertificateRow, IssuanceError> {
+    let request_id = once.key.request_id.clone();
+    issue(store, ca, params, actor, &request_id, Some(once)).await
+}
+
+async fn issue(
+    store: &Store,
+    ca: &Arc<OnlineCa>,
+    params: IssueParams,
+    actor: &Actor,
+    request_id: &str,
+    once: Option<&IssueOnce>,
+) -> Result<CertificateRow, IssuanceError> {
     let serial = SerialNumber::random()?;
     let serial_hex = hex::encode(serial.as_bytes());
     let runtime = tokio::runtime::Handle::current();
+    // The reservation's own error, kept typed (the CA's callback only carries a message).
+    let reserve_error = Arc::new(std::sync::Mutex::new(None::<LifecycleError>));
     let issued = {
         let ca = Arc::clone(ca);
         let store = store.clone();
@@ -53,6 +109,8 @@ pub async fn issue_certificate(
         let request_id = request_id.to_string();
         let params = params.clone();
         let serial_hex = serial_hex.clone();
+        let key = once.map(|o| o.key.clone());
+        let reserve_error = Arc::clone(&reserve_error);
         tokio::task::spawn_blocking(move || {
             let profile = ca.profiles.get(&params.profile)?;
             let request = IssuanceRequest {
@@ -71,12 +129,33 @@ pub async fn issue_certificate(
                         tbs,
                         &actor,
                         &request_id,
+                        key.as_ref(),
                     ))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| {
+                        let message = e.to_string();
+                        if let Ok(mut slot) = reserve_error.lock() {
+                            *slot = Some(e);
+                        }
+                        message
+                    })
             })
         })
         .await
-        .map_err(|e| CaError::CertificateEncoding(format!("issuance task failed: {e}")))??
+        .map_err(|e| CaError::CertificateEncoding(format!("issuance task failed: {e}")))?
+    };
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(e) => {
+            // A claimed request id is the caller's to handle (it replays); any other failure
+            // to record stays "not signed: recording it before signing failed".
+            let reserve_error = reserve_error.lock().ok().and_then(|mut slot| slot.take());
+            return Err(match reserve_error {
+                Some(typed @ LifecycleError::RequestInProgress(_)) => {
+                    IssuanceError::Lifecycle(typed)
+                }
+                _ => IssuanceError::Ca(e),
+            });
+        }
     };
     let sha256 = hex::encode(sha2::Sha256::digest(&issued.der));
     let mut tx = store.begin_write().await.map_err(LifecycleError::from)?;
@@ -101,6 +180,11 @@ pub async fn issue_certificate(
     )
     .await
     .map_err(LifecycleError::from)?;
+    if let Some(once) = once {
+        tx.complete_idempotency_record(request_id, &(once.answer)(&row))
+            .await
+            .map_err(LifecycleError::from)?;
+    }
     tx.commit().await.map_err(LifecycleError::from)?;
     Ok(row)
 }
@@ -112,9 +196,17 @@ async fn reserve(
     tbs: &[u8],
     actor: &Actor,
     request_id: &str,
+    once: Option<&RequestKey>,
 ) -> Result<(), LifecycleError> {
     let (not_before, not_after) = validity_of(tbs)?;
     let mut tx = store.begin_write().await?;
+    if let Some(key) = once {
+        // Claimed by a concurrent repeat since the caller's replay check: do not sign twice.
+        if super::replay(&mut tx, key).await?.is_some() {
+            return Err(LifecycleError::RequestInProgress(key.request_id.clone()));
+        }
+        super::remember(&mut tx, key, pending_answer(serial_hex)).await?;
+    }
     tx.reserve_certificate(&NewCertificate {
         serial: serial_hex.to_string(),
         person_id: params.person_id,

@@ -43,6 +43,10 @@ pub enum LifecycleError {
     StaleSyncGeneration { given: i64, last: i64 },
     #[error("request id {0:?} was already used for a different request; use a fresh request id")]
     RequestIdReused(String),
+    #[error(
+        "request id {0:?} is still being carried out, or was interrupted before its certificate was recorded; retry later, or use a fresh request id"
+    )]
+    RequestInProgress(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -61,6 +65,7 @@ impl LifecycleError {
             LifecycleError::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
             LifecycleError::StaleSyncGeneration { .. } => "STALE_SYNC_GENERATION",
             LifecycleError::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            LifecycleError::RequestInProgress(_) => "REQUEST_IN_PROGRESS",
             LifecycleError::Store(_) | LifecycleError::Audit(_) => "INTERNAL",
         }
     }
@@ -70,7 +75,9 @@ impl LifecycleError {
         match self {
             LifecycleError::InvalidField { field, .. } => Some(field),
             LifecycleError::StaleSyncGeneration { .. } => Some("generation"),
-            LifecycleError::RequestIdReused(_) => Some("request_id"),
+            LifecycleError::RequestIdReused(_) | LifecycleError::RequestInProgress(_) => {
+                Some("request_id")
+            }
             _ => None,
         }
     }
@@ -133,7 +140,22 @@ impl RequestKey {
 /// The stored first answer when this request was already carried out; an error when the id
 /// was used for a different request.
 pub async fn replay(tx: &mut WriteTx, key: &RequestKey) -> Result<Option<Vec<u8>>, LifecycleError> {
-    match tx.idempotency_record(&key.request_id).await? {
+    stored_answer(tx.idempotency_record(&key.request_id).await?, key)
+}
+
+/// [`replay`] outside a transaction (a read; for requests that open their own transactions).
+pub async fn replay_read(
+    store: &crate::store::Store,
+    key: &RequestKey,
+) -> Result<Option<Vec<u8>>, LifecycleError> {
+    stored_answer(store.idempotency_record(&key.request_id).await?, key)
+}
+
+fn stored_answer(
+    record: Option<IdempotencyRow>,
+    key: &RequestKey,
+) -> Result<Option<Vec<u8>>, LifecycleError> {
+    match record {
         None => Ok(None),
         Some(r) if r.operation == key.operation && r.request_hash == key.request_hash => {
             Ok(Some(r.response))

@@ -210,6 +210,14 @@ impl Store {
         }
         Ok(out)
     }
+    /// Certificates the CA has signed (any status but reserved).
+    pub async fn certificates_signed(&self) -> Result<i64> {
+        let row =
+            sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM certificates WHERE der IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get(0)?)
+    }
     /// The highest audit sequence (0 when empty).
     pub async fn audit_head_sequence(&self) -> Result<i64> {
         let row =
@@ -229,6 +237,10 @@ impl Store {
     }
     pub async fn idempotency_record(&self, request_id: &str) -> Result<Option<IdempotencyRow>> {
         idempotency_record(&self.pool, request_id).await
+    }
+    /// The CRL state (current CRL and the status-change counter).
+    pub async fn crl_state(&self) -> Result<CrlStateRow> {
+        crl_state(&self.pool).await
     }
     /// Audit events with `sequence > after`, in order, at most `limit`.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
@@ -473,9 +485,46 @@ impl WriteTx {
         .bind(serial)
         .execute(&mut *self.tx)
         .await?;
+        // Every replica's CRL cache sees the change (see `crl_state`).
+        sqlx::query("UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1")
+            .execute(&mut *self.tx)
+            .await?;
         certificate_where(&mut *self.tx, "serial", serial)
             .await?
             .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// The CRL state, read inside this transaction (writers are serialised, so a CRL number
+    /// read here is not taken by another replica before commit).
+    pub async fn crl_state(&mut self) -> Result<CrlStateRow> {
+        crl_state(&mut *self.tx).await
+    }
+
+    /// Records `crl` as the current CRL.
+    pub async fn record_crl(&mut self, crl: &NewCrl) -> Result<()> {
+        sqlx::query(
+            "UPDATE crl_state SET number = $1, built_from = $2, der = $3, this_update = $4, next_update = $5 WHERE id = 1",
+        )
+        .bind(crl.number)
+        .bind(crl.built_from)
+        .bind(crl.der.clone())
+        .bind(&crl.this_update)
+        .bind(&crl.next_update)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Revoked and on-hold certificates, by serial (what a CRL lists).
+    pub async fn revoked_certificates(&mut self) -> Result<Vec<CertificateRow>> {
+        let rows = sqlx::query(sql!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE status = $1 OR status = $2 ORDER BY serial"
+        ))
+        .bind(CertificateStatus::Revoked.as_str())
+        .bind(CertificateStatus::OnHold.as_str())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(CertificateRow::from_row).collect()
     }
 
     pub async fn idempotency_record(&mut self, request_id: &str) -> Result<Option<IdempotencyRow>> {
@@ -495,6 +544,26 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "request id", &r.request_id)
+    }
+
+    /// Replaces the stored answer of `request_id` (an issuance's answer becomes known only
+    /// after the HSM signed, in a later transaction than the one that claimed the id).
+    pub async fn complete_idempotency_record(
+        &mut self,
+        request_id: &str,
+        response: &[u8],
+    ) -> Result<()> {
+        let done = sqlx::query("UPDATE idempotency SET response = $1 WHERE request_id = $2")
+            .bind(response.to_vec())
+            .bind(request_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Database(sqlx::Error::RowNotFound))
+        }
     }
 
     /// The last audit event (highest sequence), if any.
@@ -687,6 +756,15 @@ async fn certificate_where<'e, E: Executor<'e, Database = Any>>(
     .fetch_optional(e)
     .await?;
     row.as_ref().map(CertificateRow::from_row).transpose()
+}
+
+async fn crl_state<'e, E: Executor<'e, Database = Any>>(e: E) -> Result<CrlStateRow> {
+    let row = sqlx::query(
+        "SELECT status_changes, number, built_from, der, this_update, next_update FROM crl_state WHERE id = 1",
+    )
+    .fetch_one(e)
+    .await?;
+    CrlStateRow::from_row(&row)
 }
 
 async fn idempotency_record<'e, E: Executor<'e, Database = Any>>(

@@ -285,3 +285,41 @@ pub enum CertificateOwner {
     Person(i64),
     Token(i64),
 }
+
+/// The shared CRL state (table `crl_state`, one row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlStateRow {
+    /// Bumped by every certificate status change.
+    pub status_changes: i64,
+    /// CRL number of the last CRL signed; 0 before the first.
+    pub number: i64,
+    /// `status_changes` the last CRL was built from.
+    pub built_from: i64,
+    pub der: Option<Vec<u8>>,
+    /// RFC 3339.
+    pub this_update: Option<String>,
+    pub next_update: Option<String>,
+}
+
+impl CrlStateRow {
+    pub(super) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(CrlStateRow {
+            status_changes: r.try_get(0)?,
+            number: r.try_get(1)?,
+            built_from: r.try_get(2)?,
+            der: r.try_get(3)?,
+            this_update: r.try_get(4)?,
+            next_update: r.try_get(5)?,
+        })
+    }
+}
+
+/// A CRL just signed, to be recorded as the current one.
+#[derive(Debug, Clone)]
+pub struct NewCrl {
+    pub number: i64,
+    pub built_from: i64,
+    pub der: Vec<u8>,
+    pub this_update: String,
+    pub next_update: String,
+}

@@ -1,0 +1,150 @@
+//! CRL signing (RFC 5280 §5, version 2): revoked entries + CRL number + times in, DER out,
+//! signed by the issuing CA key in the HSM. Pure: it neither reads the store nor decides when
+//! to re-sign (`web::revocation` does).
+//!
+//! Profile: issuer = the issuing CA's subject; thisUpdate / nextUpdate; extensions
+//! authorityKeyIdentifier (the issuing CA's subjectKeyIdentifier) and cRLNumber; per entry
+//! userCertificate, revocationDate and a reasonCode unless the reason is unspecified (0).
+//! Certificates on hold are listed with reason certificateHold.
+
+use super::CaError;
+use super::issue::IssuingCa;
+use super::signer::HsmSigningKey;
+use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+
+/// One revoked (or held) certificate on a CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// Big-endian magnitude of the serial (the INTEGER's octets, no sign byte needed).
+    pub serial: Vec<u8>,
+    pub revoked_at: OffsetDateTime,
+    /// RFC 5280 CRLReason code; 0 (unspecified) writes no reasonCode extension.
+    pub reason_code: i64,
+}
+
+/// What one CRL says.
+#[derive(Clone, Debug)]
+pub struct CrlContents {
+    /// cRLNumber: monotonic per issuer (the caller keeps it in the store).
+    pub number: u64,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+    pub entries: Vec<RevokedEntry>,
+}
+
+/// rcgen's reason for an RFC 5280 code (7 is unassigned; removeFromCRL (8) belongs to delta
+/// CRLs, which Tessera does not make).
+fn reason(code: i64) -> Result<Option<rcgen::RevocationReason>, CaError> {
+    use rcgen::RevocationReason as R;
+    Ok(Some(match code {
+        0 => return Ok(None),
+        1 => R::KeyCompromise,
+        2 => R::CaCompromise,
+        3 => R::AffiliationChanged,
+        4 => R::Superseded,
+        5 => R::CessationOfOperation,
+        6 => R::CertificateHold,
+        9 => R::PrivilegeWithdrawn,
+        10 => R::AaCompromise,
+        other => {
+            return Err(CaError::RevocationEncoding(format!(
+                "revocation reason code {other} cannot appear on a CRL"
+            )));
+        }
+    }))
+}
+
+/// The subjectKeyIdentifier of a certificate (the CRL's authorityKeyIdentifier must match it).
+pub fn subject_key_identifier(certificate_der: &[u8]) -> Result<Vec<u8>, CaError> {
+    let (_, cert) = X509Certificate::from_der(certificate_der)
+        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            CaError::CaCertificateUnreadable(
+                "the issuing CA certificate has no subjectKeyIdentifier".into(),
+            )
+        })
+}
+
+/// Signs a CRL over `contents` with the issuing CA key (one HSM signature); returns its DER.
+pub fn sign_crl(issuing: &IssuingCa, contents: &CrlContents) -> Result<Vec<u8>, CaError> {
+    if contents.next_update <= contents.this_update {
+        return Err(CaError::RevocationEncoding(
+            "nextUpdate must be after thisUpdate".into(),
+        ));
+    }
+    let signer = HsmSigningKey::new(issuing.key().clone())?;
+    let issuer = Issuer::from_ca_cert_der(&issuing.certificate_der().to_vec().into(), signer)
+        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+    let revoked_certs = contents
+        .entries
+        .iter()
+        .map(|e| {
+            Ok(RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&e.serial),
+                revocation_time: e.revoked_at,
+                reason_code: reason(e.reason_code)?,
+                invalidity_date: None,
+            })
+        })
+        .collect::<Result<Vec<_>, CaError>>()?;
+    let params = CertificateRevocationListParams {
+        this_update: contents.this_update,
+        next_update: contents.next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&minimal_unsigned(contents.number)),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::PreSpecified(subject_key_identifier(
+            issuing.certificate_der(),
+        )?),
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .map_err(HsmSigningKey::take_error)?;
+    Ok(crl.der().to_vec())
+}
+
+/// Big-endian octets of `n` without leading zero octets (one 0x00 for zero).
+fn minimal_unsigned(n: u64) -> Vec<u8> {
+    let bytes = n.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
+    bytes[first..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_unsigned_octets() {
+        assert_eq!(minimal_unsigned(0), vec![0]);
+        assert_eq!(minimal_unsigned(1), vec![1]);
+        assert_eq!(minimal_unsigned(0x1234), vec![0x12, 0x34]);
+        assert_eq!(minimal_unsigned(u64::MAX), vec![0xff; 8]);
+    }
+
+    #[test]
+    fn reason_codes() {
+        assert_eq!(reason(0).unwrap(), None);
+        assert_eq!(
+            reason(6).unwrap(),
+            Some(rcgen::RevocationReason::CertificateHold)
+        );
+        let err = reason(8).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "building a CRL or OCSP response failed: revocation reason code 8 cannot appear on a CRL"
+        );
+        assert!(reason(7).is_err());
+    }
+}

@@ -1,0 +1,1077 @@
+//! The CRL and the OCSP responder against a running server with a SoftHSM2 CA, read by
+//! `openssl crl`, `openssl ocsp`, curl and pkilint. Run with `cargo nextest run --test
+//! revocation` (one SoftHSM2 token per process).
+mod harness;
+
+use harness::pki::TestPki;
+use harness::softhsm::SoftHsmToken;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use tessera::api::{BoundServer, ServerConfig};
+use tessera::audit::Actor;
+use tessera::ca::{KeyProvenance, OnlineCa, SubjectParams};
+use tessera::lifecycle::{
+    CertificateEffect, IssueParams, RevocationReason, apply_certificate_effect, issue_certificate,
+    revoke_certificate,
+};
+use tessera::store::{CertificateOwner, Store};
+
+on_both_databases!(crl_and_ocsp_follow_every_status_change);
+
+fn tessera(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a tool; returns (exit code, stdout, stderr).
+fn run(program: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A CA (SoftHSM2 token, `ca init`) and a server configuration with `[http]` and `[ca]`.
+struct Setup {
+    dir: tempfile::TempDir,
+    token: SoftHsmToken,
+    env: Vec<(String, String)>,
+    hsm_config: String,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+    pki: TestPki,
+}
+
+impl Setup {
+    fn new(database_url: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let token = SoftHsmToken::create("tessera");
+        let env = vec![(
+            "SOFTHSM2_CONF".to_string(),
+            token.softhsm2_conf.to_str().unwrap().to_string(),
+        )];
+        let hsm_config = token.config_path.to_str().unwrap().to_string();
+        let data_dir = dir.path().join("data");
+        let (code, _, err) = tessera(
+            &[
+                "ca",
+                "init",
+                "--hsm-config",
+                &hsm_config,
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        let pki = TestPki::new();
+        let config_path = pki.write_server_config(dir.path(), database_url);
+        let mut text = std::fs::read_to_string(&config_path).unwrap();
+        text.push_str(&format!(
+            "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[ca]\nhsm_config = \"{hsm_config}\"\ndata_dir = \"data\"\n"
+        ));
+        std::fs::write(&config_path, text).unwrap();
+        Setup {
+            dir,
+            token,
+            env,
+            hsm_config,
+            data_dir,
+            config_path,
+            pki,
+        }
+    }
+
+    fn init_ocsp(&self, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec![
+            "ca",
+            "init-ocsp",
+            "--hsm-config",
+            &self.hsm_config,
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--config",
+            self.config_path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args, &self.env)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn path_s(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+}
+
+struct Server {
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    ca: Option<Arc<OnlineCa>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(config_path: &Path) -> Server {
+        let config = ServerConfig::load(config_path).unwrap();
+        let server = BoundServer::bind(&config).await.unwrap();
+        let http = server.http_addr().unwrap();
+        let grpc = server.local_addr();
+        let ca = server.ca().cloned();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            grpc,
+            http,
+            ca,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// GET with curl: (HTTP status, content type, body).
+fn curl_get(url: &str) -> (u16, String, Vec<u8>) {
+    curl(&[url])
+}
+
+fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    let body = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", body.path().to_str().unwrap()])
+        .args(["-w", "%{http_code} %{content_type}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let meta = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, content_type) = meta.split_once(' ').unwrap();
+    (
+        code.parse().unwrap(),
+        content_type.to_string(),
+        std::fs::read(body.path()).unwrap(),
+    )
+}
+
+fn actor() -> Actor {
+    Actor {
+        name: "revocation test".into(),
+        role: "admin".into(),
+    }
+}
+
+/// Issues a tls-client certificate for `person_id` through the one issuance path; writes its
+/// PEM to `path` and returns its serial (lower-case hex).
+async fn issue(store: &Store, ca: &Arc<OnlineCa>, person_id: i64, cn: &str, path: &Path) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let row = issue_certificate(
+        store,
+        ca,
+        IssueParams {
+            subject: SubjectParams::new(cn),
+            public_key_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+            profile: "tls-client".into(),
+            provenance: KeyProvenance::Unattested,
+            person_id: Some(person_id),
+            token_id: None,
+        },
+        &actor(),
+        &format!("issue-{cn}"),
+    )
+    .await
+    .unwrap();
+    std::fs::write(
+        path,
+        tessera::ca::issue::certificate_pem(row.der.as_ref().unwrap()),
+    )
+    .unwrap();
+    row.serial
+}
+
+async fn create_person(store: &Store, external_id: &str) -> i64 {
+    let mut tx = store.begin_write().await.unwrap();
+    let p = tessera::lifecycle::create_person(
+        &mut tx,
+        &actor(),
+        &format!("create-{external_id}"),
+        tessera::lifecycle::PersonInput {
+            external_id: external_id.into(),
+            display_name: external_id.into(),
+            upn: format!("{external_id}@corp.test"),
+            email: format!("{external_id}@corp.test"),
+            windows_sid: String::new(),
+            attributes: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    p.id
+}
+
+/// `openssl crl -text` of the server's current CRL, checked against the chain.
+fn openssl_crl(s: &Setup, server: &Server) -> String {
+    let (code, content_type, der) = curl_get(&server.url("/crl"));
+    assert_eq!((code, content_type.as_str()), (200, "application/pkix-crl"));
+    let file = s.path("crl.der");
+    std::fs::write(&file, der).unwrap();
+    let (code, text, err) = run(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            file.to_str().unwrap(),
+            "-text",
+            "-noout",
+            "-CAfile",
+            s.data_dir.join("chain.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("verify OK"), "{err}");
+    let (code, lint, err) = run(
+        "lint_crl",
+        &[
+            "lint",
+            "-t",
+            "CRL",
+            "-p",
+            "PKIX",
+            "-s",
+            "INFO",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, lint.trim(), err.as_str()), (0, "", ""));
+    text
+}
+
+/// `openssl ocsp` (POST, with a nonce) for the certificate files `certs`; returns its stdout
+/// after checking the response verified against the chain and echoed the nonce.
+fn openssl_ocsp(s: &Setup, server: &Server, issuer: &Path, certs: &[&Path]) -> String {
+    let mut args = vec![
+        "ocsp".to_string(),
+        "-issuer".into(),
+        issuer.to_str().unwrap().into(),
+        "-url".into(),
+        server.url("/ocsp"),
+        "-CAfile".into(),
+        s.data_dir.join("chain.pem").to_str().unwrap().into(),
+        "-respout".into(),
+        s.path_s("resp.der"),
+    ];
+    for c in certs {
+        args.push("-cert".into());
+        args.push(c.to_str().unwrap().into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run("openssl", &args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err, "Response verify OK\n");
+    let (code, lint, err) = run(
+        "lint_ocsp_response",
+        &["lint", "-s", "INFO", &s.path_s("resp.der")],
+    );
+    assert_eq!((code, lint.trim(), err.as_str()), (0, "", ""));
+    out
+}
+
+/// `openssl ocsp` output as (certificate, status, reason) per certificate.
+fn ocsp_blocks(out: &str) -> Vec<(String, String, Option<String>)> {
+    let mut blocks: Vec<(String, String, Option<String>)> = Vec::new();
+    for line in out.lines() {
+        if let Some(reason) = line.strip_prefix("\tReason: ") {
+            blocks.last_mut().expect(out).2 = Some(reason.to_string());
+        } else if !line.starts_with('\t') {
+            let (name, status) = line.rsplit_once(": ").expect(out);
+            blocks.push((name.to_string(), status.to_string(), None));
+        }
+    }
+    blocks
+}
+
+fn crl_number(text: &str) -> u64 {
+    let at = text.find("X509v3 CRL Number:").expect(text);
+    text[at..].lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+fn upper(serial: &str) -> String {
+    serial.to_uppercase()
+}
+
+async fn crl_and_ocsp_follow_every_status_change(url: &str) {
+    let s = Setup::new(url);
+    let (code, out, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("OCSP responder certificate serial "),
+        "{out}"
+    );
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: an OCSP responder already exists in {}; pass --replace to make a new one\n",
+                s.data_dir.display()
+            )
+        )
+    );
+    // The responder certificate: OCSP signing, nocheck, issued by the issuing CA.
+    let (code, text, err) = run(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            s.data_dir.join("ocsp.pem").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("OCSP Signing"), "{text}");
+    assert!(text.contains("OCSP No Check"), "{text}");
+    let (code, lint, err) = run(
+        "lint_pkix_cert",
+        &[
+            "lint",
+            "-s",
+            "WARNING",
+            s.data_dir.join("ocsp.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, lint.trim(), err.as_str()), (0, "", ""));
+
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let store = Store::open(url).await.unwrap();
+    let person = create_person(&store, "E1").await;
+    let good = issue(&store, &ca, person, "good", &s.path("good.pem")).await;
+    let compromised = issue(
+        &store,
+        &ca,
+        person,
+        "compromised",
+        &s.path("compromised.pem"),
+    )
+    .await;
+    let held = issue(&store, &ca, person, "held", &s.path("held.pem")).await;
+    let plain = issue(&store, &ca, person, "plain", &s.path("plain.pem")).await;
+    let issuing = s.data_dir.join("issuing.pem");
+
+    // Nothing revoked: CRL number 1 without entries; every certificate good.
+    let text = openssl_crl(&s, &server);
+    assert_eq!(crl_number(&text), 1, "{text}");
+    assert!(text.contains("No Revoked Certificates."), "{text}");
+    assert!(text.contains("Issuer: CN = Tessera Issuing CA"), "{text}");
+    assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
+    // Served again unchanged while nothing changes.
+    assert_eq!(crl_number(&openssl_crl(&s, &server)), 1);
+    let out = openssl_ocsp(&s, &server, &issuing, &[&s.path("good.pem")]);
+    assert!(
+        out.starts_with(&format!("{}: good\n", s.path_s("good.pem"))),
+        "{out}"
+    );
+
+    for (serial, reason) in [
+        (&compromised, RevocationReason::KeyCompromise),
+        (&held, RevocationReason::CertificateHold),
+        (&plain, RevocationReason::Unspecified),
+    ] {
+        let mut tx = store.begin_write().await.unwrap();
+        revoke_certificate(&mut tx, &actor(), &format!("r-{serial}"), serial, reason)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let text = openssl_crl(&s, &server);
+    assert_eq!(crl_number(&text), 2, "{text}");
+    let entry = |serial: &str| {
+        let at = text
+            .find(&format!("Serial Number: {}", upper(serial)))
+            .unwrap_or_else(|| panic!("{serial} not on the CRL: {text}"));
+        text[at..]
+            .split("Serial Number:")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        entry(&compromised).contains("X509v3 CRL Reason Code: \n                Key Compromise"),
+        "{text}"
+    );
+    assert!(
+        entry(&held).contains("X509v3 CRL Reason Code: \n                Certificate Hold"),
+        "{text}"
+    );
+    assert!(!entry(&plain).contains("Reason Code"), "{text}");
+    assert!(!text.contains(&upper(&good)), "{text}");
+
+    let out = openssl_ocsp(
+        &s,
+        &server,
+        &issuing,
+        &[
+            &s.path("good.pem"),
+            &s.path("compromised.pem"),
+            &s.path("held.pem"),
+            &s.path("plain.pem"),
+        ],
+    );
+    let blocks = ocsp_blocks(&out);
+    assert_eq!(
+        blocks,
+        vec![
+            (s.path_s("good.pem"), "good".to_string(), None),
+            (
+                s.path_s("compromised.pem"),
+                "revoked".into(),
+                Some("keyCompromise".into())
+            ),
+            (
+                s.path_s("held.pem"),
+                "revoked".into(),
+                Some("certificateHold".into())
+            ),
+            (s.path_s("plain.pem"), "revoked".into(), None),
+        ],
+        "{out}"
+    );
+
+    // Released from hold: off the CRL (a new number), good again over OCSP.
+    let mut tx = store.begin_write().await.unwrap();
+    apply_certificate_effect(
+        &mut tx,
+        &actor(),
+        "release",
+        CertificateOwner::Person(person),
+        CertificateEffect::Release,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let text = openssl_crl(&s, &server);
+    assert_eq!(crl_number(&text), 3, "{text}");
+    assert!(!text.contains(&upper(&held)), "{text}");
+    let out = openssl_ocsp(&s, &server, &issuing, &[&s.path("held.pem")]);
+    assert!(
+        out.starts_with(&format!("{}: good\n", s.path_s("held.pem"))),
+        "{out}"
+    );
+
+    server.stop().await;
+}
+
+fn percent_encode(b64: &str) -> String {
+    b64.replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+/// What relying parties get when something is missing or wrong: 404 without a CA or a
+/// responder, unknown for a serial we never issued, unauthorized for another issuer,
+/// malformedRequest for garbage, 415 for a POST that is not an OCSP request; and the GET form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_refusals_missing_parts_and_the_get_form() {
+    let db = harness::database::TestDatabase::sqlite();
+    let s = Setup::new(db.url());
+
+    // No [ca] section: neither CRL nor OCSP.
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    let without_ca = s.path("without-ca.toml");
+    std::fs::write(&without_ca, &text[..text.find("[ca]").unwrap()]).unwrap();
+    let server = Server::start(&without_ca).await;
+    let no_ca = b"no CA configured (the server configuration has no [ca] section)\n".to_vec();
+    assert_eq!(
+        curl_get(&server.url("/crl")),
+        (404, "text/plain; charset=utf-8".into(), no_ca.clone())
+    );
+    assert_eq!(
+        curl_get(&server.url("/ocsp/MAMCAQA=")),
+        (404, "text/plain; charset=utf-8".into(), no_ca)
+    );
+    server.stop().await;
+
+    // A CA without a responder: the CRL, but no OCSP.
+    let server = Server::start(&s.config_path).await;
+    assert_eq!(curl_get(&server.url("/crl")).0, 200);
+    let no_responder =
+        b"no OCSP responder (run `tessera ca init-ocsp` for this CA and restart the server)\n"
+            .to_vec();
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            "x",
+            "-H",
+            "Content-Type: application/ocsp-request",
+            &server.url("/ocsp")
+        ]),
+        (404, "text/plain; charset=utf-8".into(), no_responder)
+    );
+    server.stop().await;
+
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let store = Store::open(db.url()).await.unwrap();
+    let person = create_person(&store, "E2").await;
+    let cert = s.path("a.pem");
+    issue(&store, &ca, person, "a", &cert).await;
+    let issuing = s.data_dir.join("issuing.pem");
+    let chain = s.data_dir.join("chain.pem");
+
+    // A serial this CA never issued.
+    let (code, out, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            issuing.to_str().unwrap(),
+            "-serial",
+            "0x0123456789",
+            "-url",
+            &server.url("/ocsp"),
+            "-CAfile",
+            chain.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, "Response verify OK\n"), "{out}");
+    assert_eq!(
+        ocsp_blocks(&out),
+        vec![("0x0123456789".into(), "unknown".into(), None)]
+    );
+
+    // CertIDs hashed with SHA-256 instead of openssl's default SHA-1.
+    let (code, out, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-sha256",
+            "-issuer",
+            issuing.to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-url",
+            &server.url("/ocsp"),
+            "-CAfile",
+            chain.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, "Response verify OK\n"), "{out}");
+    assert_eq!(
+        ocsp_blocks(&out),
+        vec![(cert.to_str().unwrap().to_string(), "good".into(), None)]
+    );
+
+    // A certificate of another issuer (the root's hashes are not the issuing CA's).
+    let (code, out, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            s.data_dir.join("root.pem").to_str().unwrap(),
+            "-serial",
+            "0x01",
+            "-url",
+            &server.url("/ocsp"),
+            "-CAfile",
+            chain.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "Responder Error: unauthorized (6)\n", "")
+    );
+
+    // Garbage: malformedRequest, unsigned.
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            "not an OCSP request",
+            "-H",
+            "Content-Type: application/ocsp-request",
+            &server.url("/ocsp")
+        ]),
+        (
+            200,
+            "application/ocsp-response".into(),
+            vec![0x30, 0x03, 0x0a, 0x01, 0x01]
+        )
+    );
+    assert_eq!(
+        curl_get(&server.url("/ocsp/not-base64!")),
+        (
+            200,
+            "application/ocsp-response".into(),
+            vec![0x30, 0x03, 0x0a, 0x01, 0x01]
+        )
+    );
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            "x",
+            "-H",
+            "Content-Type: text/plain",
+            &server.url("/ocsp")
+        ]),
+        (
+            415,
+            "text/plain; charset=utf-8".into(),
+            b"POST /ocsp needs Content-Type: application/ocsp-request\n".to_vec()
+        )
+    );
+
+    // More certificates than one request may ask about.
+    let mut args = vec![
+        "ocsp".to_string(),
+        "-issuer".into(),
+        issuing.to_str().unwrap().into(),
+        "-url".into(),
+        server.url("/ocsp"),
+        "-CAfile".into(),
+        chain.to_str().unwrap().into(),
+    ];
+    for i in 1..=17 {
+        args.push("-serial".into());
+        args.push(format!("0x{i:02x}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(
+        run("openssl", &args),
+        (
+            1,
+            "Responder Error: malformedrequest (1)\n".into(),
+            String::new()
+        )
+    );
+    // Bodies above 64 KiB are refused before they are read.
+    std::fs::write(s.path("big.der"), vec![0x30; 65 * 1024]).unwrap();
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            &format!("@{}", s.path_s("big.der")),
+            "-H",
+            "Content-Type: application/ocsp-request",
+            &server.url("/ocsp")
+        ])
+        .0,
+        413
+    );
+
+    // GET: the request base64-encoded in the path, raw and percent-encoded, standard and
+    // URL-safe alphabet.
+    let (code, _, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            issuing.to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-no_nonce",
+            "-reqout",
+            &s.path_s("req.der"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    use base64::Engine;
+    let request = std::fs::read(s.path("req.der")).unwrap();
+    let standard = base64::engine::general_purpose::STANDARD.encode(&request);
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&request);
+    for encoded in [percent_encode(&standard), standard.clone(), url_safe] {
+        let (code, content_type, body) = curl_get(&server.url(&format!("/ocsp/{encoded}")));
+        assert_eq!(
+            (code, content_type.as_str()),
+            (200, "application/ocsp-response")
+        );
+        std::fs::write(s.path("get-resp.der"), body).unwrap();
+        let (code, out, err) = run(
+            "openssl",
+            &[
+                "ocsp",
+                "-respin",
+                &s.path_s("get-resp.der"),
+                "-no_nonce",
+                "-issuer",
+                issuing.to_str().unwrap(),
+                "-cert",
+                cert.to_str().unwrap(),
+                "-CAfile",
+                chain.to_str().unwrap(),
+            ],
+        );
+        assert_eq!((code, err.as_str()), (0, "Response verify OK\n"), "{out}");
+        assert_eq!(
+            ocsp_blocks(&out),
+            vec![(cert.to_str().unwrap().to_string(), "good".into(), None)],
+            "{encoded}"
+        );
+    }
+
+    // The database fails under the responder: internalError (unsigned); the CRL: 503.
+    store
+        .execute_raw("ALTER TABLE certificates RENAME TO certificates_away")
+        .await
+        .unwrap();
+    assert_eq!(
+        curl(&[
+            "--data-binary",
+            &format!("@{}", s.path_s("req.der")),
+            "-H",
+            "Content-Type: application/ocsp-request",
+            &server.url("/ocsp")
+        ]),
+        (
+            200,
+            "application/ocsp-response".into(),
+            vec![0x30, 0x03, 0x0a, 0x01, 0x02]
+        )
+    );
+    store
+        .execute_raw("ALTER TABLE crl_state RENAME TO crl_state_away")
+        .await
+        .unwrap();
+    assert_eq!(
+        curl_get(&server.url("/crl")),
+        (
+            503,
+            "text/plain; charset=utf-8".into(),
+            b"the CRL cannot be made right now; see the server log\n".to_vec()
+        )
+    );
+    server.stop().await;
+}
+
+/// The Python grpcio client drives a person through create → suspend → reinstate → offboard;
+/// after each step `openssl crl` and `openssl ocsp` (run by the same script, as a relying
+/// party) show the person's certificate good, on hold, good, revoked (affiliationChanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_sees_crl_and_ocsp_follow_the_person() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let db = harness::database::TestDatabase::sqlite();
+    let s = Setup::new(db.url());
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let hr = s.pki.client("hr");
+    for (name, text) in [
+        ("grpc-ca.pem", &s.pki.ca_pem),
+        ("hr.pem", &hr.cert_pem),
+        ("hr.key", &hr.key_pem),
+    ] {
+        std::fs::write(s.path(name), text).unwrap();
+    }
+    let out_dir = s.path("py");
+    std::fs::create_dir(&out_dir).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let person_cert = s.path("py1.pem");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root.join("tests/python/directory_client.py"))
+        .arg(server.grpc.to_string())
+        .args(["grpc-ca.pem", "hr.pem", "hr.key"].map(|f| s.path(f)))
+        .arg(root.join("proto"))
+        .arg(&out_dir)
+        .arg(server.http.to_string())
+        .arg(s.data_dir.join("chain.pem"))
+        .arg(s.data_dir.join("issuing.pem"))
+        .arg(&person_cert)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap();
+    assert_eq!(first.as_deref(), Some("create PERSON_STATE_ACTIVE"));
+    // Enrollment is not there yet: the person gets a certificate through the library.
+    let store = Store::open(db.url()).await.unwrap();
+    let person = store.person_by_external_id("PY1").await.unwrap().unwrap();
+    issue(&store, &ca, person.id, "Py Thon", &person_cert).await;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"issued\n").await.unwrap();
+    drop(stdin);
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rest.join("\n"),
+        "  crl not listed  ocsp good\n\
+         suspend PERSON_STATE_SUSPENDED\n  crl Certificate Hold  ocsp revoked certificateHold\n\
+         reinstate PERSON_STATE_ACTIVE\n  crl not listed  ocsp good\n\
+         offboard PERSON_STATE_OFFBOARDED\n  crl Affiliation Changed  ocsp revoked affiliationChanged\n\
+         refused FAILED_PRECONDITION cannot reinstate a person that is offboarded"
+    );
+
+    // What /metrics says about it: RPC latencies per method, issued certificates (the
+    // responder's and the person's), four CRLs and four signed OCSP answers, the HSM pool.
+    // An HSM operation that fails (a key that is not there) is counted.
+    assert!(
+        ca.hsm
+            .find_key("pkcs11:object=no-such-key;type=private")
+            .is_err()
+    );
+    let (code, _, body) = curl_get(&server.url("/metrics"));
+    assert_eq!(code, 200);
+    let body = String::from_utf8(body).unwrap();
+    for line in [
+        "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/CreatePerson\"} 1",
+        "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/ReinstatePerson\"} 2",
+        "tessera_rpc_duration_seconds_bucket{method=\"/tessera.v1.DirectoryService/SuspendPerson\",le=\"+Inf\"} 1",
+        "tessera_certificates_issued_total 2",
+        "tessera_certificates{status=\"revoked\"} 1",
+        "tessera_crl_number 4",
+        "tessera_crls_signed_total 4",
+        "tessera_ocsp_responses_total{result=\"signed\"} 4",
+        "tessera_ocsp_responses_total{result=\"error\"} 0",
+        "tessera_hsm_errors_total 1",
+        "tessera_hsm_recoveries_total 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line:?} missing from:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("tessera_hsm_sessions{state=\"open\"} "),
+        "{body}"
+    );
+    let (_, end, _) = run(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            s.data_dir.join("ocsp.pem").to_str().unwrap(),
+            "-noout",
+            "-enddate",
+            "-dateopt",
+            "iso_8601",
+        ],
+    );
+    let end = end
+        .trim()
+        .strip_prefix("notAfter=")
+        .unwrap()
+        .replace(' ', "T");
+    let end = time::OffsetDateTime::parse(&end, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{end}: {e}"));
+    let line = format!(
+        "tessera_ocsp_responder_not_after_seconds {}",
+        end.unix_timestamp()
+    );
+    assert!(
+        body.lines().any(|l| l == line),
+        "{line:?} missing from:\n{body}"
+    );
+    server.stop().await;
+}
+
+/// The CRL number lives in the store: two replicas on one PostgreSQL database serve the same
+/// CRL, either sees a revocation made through the other, and a restarted server continues the
+/// numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_number_is_shared_by_replicas_and_survives_restarts() {
+    let db = harness::database::TestDatabase::postgres().await;
+    let s = Setup::new(db.url());
+    let a = Server::start(&s.config_path).await;
+    let b = Server::start(&s.config_path).await;
+    let ca = a.ca.clone().unwrap();
+    let store = Store::open(db.url()).await.unwrap();
+    let person = create_person(&store, "E3").await;
+    let first = issue(&store, &ca, person, "first", &s.path("first.pem")).await;
+    let second = issue(&store, &ca, person, "second", &s.path("second.pem")).await;
+    drop(ca);
+
+    let from_a = curl_get(&a.url("/crl")).2;
+    let from_b = curl_get(&b.url("/crl")).2;
+    assert_eq!(from_a, from_b, "B serves the CRL A signed");
+    assert_eq!(crl_number(&openssl_crl(&s, &b)), 1);
+
+    let revoke = |serial: String, id: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin_write().await.unwrap();
+            revoke_certificate(&mut tx, &actor(), id, &serial, RevocationReason::Superseded)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    revoke(first.clone(), "r1").await;
+    let text = openssl_crl(&s, &b);
+    assert_eq!(crl_number(&text), 2, "{text}");
+    assert!(text.contains(&upper(&first)), "{text}");
+    assert_eq!(curl_get(&a.url("/crl")).2, curl_get(&b.url("/crl")).2);
+    a.stop().await;
+    b.stop().await;
+
+    let c = Server::start(&s.config_path).await;
+    assert_eq!(crl_number(&openssl_crl(&s, &c)), 2);
+    revoke(second.clone(), "r2").await;
+    let text = openssl_crl(&s, &c);
+    assert_eq!(crl_number(&text), 3, "{text}");
+    assert!(text.contains(&upper(&second)), "{text}");
+    c.stop().await;
+}
+
+async fn bind_error(config_path: &Path) -> String {
+    match BoundServer::bind(&ServerConfig::load(config_path).unwrap()).await {
+        Ok(_) => panic!("the server started"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `ca init-ocsp` refuses bad input and leaves no key behind when it fails; the server refuses
+/// a responder certificate that does not fit its key or the CA, and a bad CRL validity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responder_setup_failures_are_named() {
+    let db = harness::database::TestDatabase::sqlite();
+    let s = Setup::new(db.url());
+    let (code, _, err) = s.init_ocsp(&["--common-name", " "]);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: --common-name must be a non-empty printable name\n"
+        )
+    );
+
+    // The database cannot be opened after the key was made: the key is destroyed again.
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    let bad_db = s.path("bad-db.toml");
+    std::fs::write(
+        &bad_db,
+        text.replace(db.url(), "sqlite:/nonexistent-dir/tessera.db"),
+    )
+    .unwrap();
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init-ocsp",
+            "--hsm-config",
+            &s.hsm_config,
+            "--data-dir",
+            s.data_dir.to_str().unwrap(),
+            "--config",
+            bad_db.to_str().unwrap(),
+        ],
+        &s.env,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot open database sqlite:/nonexistent-dir/tessera.db: "),
+        "{err}"
+    );
+    let objects = s.token.pkcs11_tool(&["--list-objects"]);
+    let objects = String::from_utf8_lossy(&objects.stdout);
+    assert!(objects.contains("tessera-issuing"), "{objects}");
+    assert!(!objects.contains("tessera-ocsp"), "{objects}");
+    assert!(!s.data_dir.join("ocsp.toml").exists());
+
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let record: toml::Table =
+        toml::from_str(&std::fs::read_to_string(s.data_dir.join("ocsp.toml")).unwrap()).unwrap();
+    let key_uri = record["key"].as_str().unwrap().to_string();
+    let responder_pem = std::fs::read(s.data_dir.join("ocsp.pem")).unwrap();
+
+    // ocsp.pem holding another key's certificate.
+    std::fs::copy(s.data_dir.join("issuing.pem"), s.data_dir.join("ocsp.pem")).unwrap();
+    assert_eq!(
+        bind_error(&s.config_path).await,
+        format!(
+            "ca: the HSM key {key_uri} does not match the OCSP responder certificate; run `tessera ca init-ocsp --replace`"
+        )
+    );
+    // ocsp.pem with the responder's key, but not issued by the issuing CA (self-signed).
+    let hsm = tessera::hsm::Hsm::open(&s.token.config()).unwrap();
+    let key = hsm.find_key(&key_uri).unwrap();
+    let foreign = tessera::ca::ceremony::self_signed_ca_certificate(&key, "Foreign", 1).unwrap();
+    std::fs::write(
+        s.data_dir.join("ocsp.pem"),
+        tessera::ca::issue::certificate_pem(&foreign),
+    )
+    .unwrap();
+    assert_eq!(
+        bind_error(&s.config_path).await,
+        "ca: the OCSP responder certificate was not issued by this issuing CA; run `tessera ca init-ocsp --replace`"
+    );
+    std::fs::write(s.data_dir.join("ocsp.pem"), &responder_pem).unwrap();
+
+    let mut bad_validity = text.clone();
+    bad_validity.push_str("crl_validity_hours = 0\n");
+    let bad_validity_path = s.path("bad-validity.toml");
+    std::fs::write(&bad_validity_path, bad_validity).unwrap();
+    assert_eq!(
+        bind_error(&bad_validity_path).await,
+        "ca.crl_validity_hours must be between 1 and 8760"
+    );
+
+    // --replace makes a new responder the server accepts.
+    let (code, _, err) = s.init_ocsp(&["--replace"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(
+        std::fs::read(s.data_dir.join("ocsp.pem")).unwrap(),
+        responder_pem
+    );
+    let server = Server::start(&s.config_path).await;
+    let (code, _, err) = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            s.data_dir.join("issuing.pem").to_str().unwrap(),
+            "-serial",
+            "0x01",
+            "-url",
+            &server.url("/ocsp"),
+            "-CAfile",
+            s.data_dir.join("chain.pem").to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, "Response verify OK\n"));
+    server.stop().await;
+}
