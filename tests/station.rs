@@ -1228,3 +1228,8 @@ fn card_pulled_at_attest() {
 fn card_pulled_at_write_certificate() {
     card_pulled_at("DB", 32_100_006, "write the certificate of slot 9a");
 }
+
+#[test]
+fn card_pulled_at_verify_pin() {
+    card_pulled_at("20", 32_100_007, "verify the PIN");
+}
