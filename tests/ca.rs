@@ -356,8 +356,22 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
     let mut subject = SubjectParams::new("Alice Example");
     subject.organization = Some("Example Org".into());
     subject.emails.push("alice@example.org".into());
+    // The names the enrollment profiles add (UPN, token serial, Windows SID); other profiles
+    // leave them out.
+    subject.upn = Some("alice@example.org".into());
+    subject.hardware_module = Some(tessera::ca::HardwareModule::yubikey(20_000_001));
+    subject.windows_sid = Some("S-1-5-21-3623811015-3361044348-30300820-1013".into());
     let profiles = ProfileSet::built_in();
-    assert_eq!(profiles.names(), vec!["smime-signing", "tls-client"]);
+    assert_eq!(
+        profiles.names(),
+        vec![
+            "piv-authentication",
+            "piv-signature",
+            "smartcard-logon",
+            "smime-signing",
+            "tls-client"
+        ]
+    );
     let mut linted = 0;
     for profile in profiles.iter() {
         let mut provenances = vec![KeyProvenance::HardwareAttested];
@@ -386,7 +400,7 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
             }
         }
     }
-    assert_eq!(linted, 6);
+    assert_eq!(linted, 12);
 }
 
 #[test]
@@ -607,7 +621,7 @@ fn sign_csr_refusals_name_the_problem() {
     let data_dir = init_ca(&token);
     assert_refused(
         &sign_csr(&token, &data_dir, "server", &csr, &leaf),
-        "unknown certificate profile \"server\"; known profiles: smime-signing, tls-client",
+        "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client",
     );
     assert_refused(
         &sign_csr(&token, &data_dir, "smime-signing", &csr, &leaf),

@@ -9,6 +9,7 @@ use tessera::api::pb;
 use tessera::api::pb::audit_service_client::AuditServiceClient;
 use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
 use tessera::api::pb::token_service_client::TokenServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::store::{NewToken, Store, TokenState};
@@ -30,6 +31,7 @@ on_both_databases!(
     certificates_lookup_hold_and_revoke,
     http_side_health_chain_and_metrics,
     audit_stream_follows_new_events,
+    revoked_client_certificate_is_refused_on_open_connections,
 );
 
 struct Running {
@@ -142,7 +144,8 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
     let mut d = DirectoryServiceClient::new(ch.clone());
     let mut t = TokenServiceClient::new(ch.clone());
     let mut a = AuditServiceClient::new(ch.clone());
-    let mut c = CertificateServiceClient::new(ch);
+    let mut c = CertificateServiceClient::new(ch.clone());
+    let mut e = EnrollmentServiceClient::new(ch);
     let mut out = BTreeMap::new();
     fn code<T>(r: Result<tonic::Response<T>, Status>) -> Option<Code> {
         r.err().map(|s| s.code())
@@ -270,6 +273,42 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(c.get_ca_chain(pb::GetCaChainRequest::default()).await),
     );
     out.insert(
+        "BeginEnrollment",
+        code(
+            e.begin_enrollment(pb::BeginEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "CompleteEnrollment",
+        code(
+            e.complete_enrollment(pb::CompleteEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "ConfirmEnrollment",
+        code(
+            e.confirm_enrollment(pb::ConfirmEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "AbortEnrollment",
+        code(
+            e.abort_enrollment(pb::AbortEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "GetEnrollment",
+        code(e.get_enrollment(pb::GetEnrollmentRequest::default()).await),
+    );
+    out.insert(
+        "ReleasePuk",
+        code(e.release_puk(pb::ReleasePukRequest::default()).await),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -293,6 +332,8 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "RevokeCertificate" | "IssueFromCsr" => &["helpdesk", "admin"],
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
+        "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
+        | "GetEnrollment" | "ReleasePuk" => &["helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -313,7 +354,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 24);
+        assert_eq!(results.len(), 30);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -334,7 +375,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr, &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 24);
+            assert_eq!(anonymous.len(), 30);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
@@ -2228,4 +2269,86 @@ async fn audit_stream_follows_new_events(url: &str) {
         matches!(end, Ok(None)) || end.is_err(),
         "the stream ends at shutdown: {end:?}"
     );
+}
+
+/// A client certificate that Tessera recorded and then put on hold or revoked is refused on
+/// every call — also on a connection opened before the revocation — and works again when
+/// released from hold.
+async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
+    use tessera::store::NewCertificate;
+    use x509_parser::prelude::FromDer;
+    let server = Running::start(url).await;
+    let door = server.pki.client("relying-party");
+    let (_, der) = x509_parser::pem::parse_x509_pem(door.cert_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
+    let serial = hex::encode(cert.raw_serial());
+    let store = Store::open(url).await.unwrap();
+    let mut tx = store.begin_write().await.unwrap();
+    tx.reserve_certificate(&NewCertificate {
+        serial: serial.clone(),
+        person_id: None,
+        token_id: None,
+        profile: "operator-client".into(),
+        tbs: b"tbs".to_vec(),
+        not_before: "2026-01-01T00:00:00Z".into(),
+        not_after: "2027-01-01T00:00:00Z".into(),
+    })
+    .await
+    .unwrap();
+    tx.record_issued_certificate(&serial, &der.contents, &"ef".repeat(32))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut rp = CertificateServiceClient::new(server.channel(Some(&door)).await);
+    let chain = || pb::LookupCertificateRequest {
+        key: Some(pb::lookup_certificate_request::Key::Serial("0b99".into())),
+    };
+    assert_eq!(
+        rp.lookup_certificate(chain()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let mut admin = CertificateServiceClient::new(server.as_role("admin").await);
+    let revoke = |id: &str, reason: pb::RevocationReason| pb::RevokeCertificateRequest {
+        request_id: id.into(),
+        serial: serial.clone(),
+        reason: reason as i32,
+    };
+    admin
+        .revoke_certificate(revoke("hold", pb::RevocationReason::CertificateHold))
+        .await
+        .unwrap();
+    // Same connection as before the hold.
+    let s = rp.lookup_certificate(chain()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
+    assert!(s.message().contains("is on hold"), "{}", s.message());
+
+    let mut tx = store.begin_write().await.unwrap();
+    tx.update_certificate_status(&serial, tessera::store::CertificateStatus::Good, None, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        rp.lookup_certificate(chain()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    admin
+        .revoke_certificate(revoke("revoke", pb::RevocationReason::KeyCompromise))
+        .await
+        .unwrap();
+    let mut fresh = CertificateServiceClient::new(server.channel(Some(&door)).await);
+    let s = fresh.lookup_certificate(chain()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
+    assert!(s.message().contains("is revoked"), "{}", s.message());
+    // A certificate the store does not know still reaches the role check.
+    let mut other = CertificateServiceClient::new(server.as_role("helpdesk").await);
+    assert_eq!(
+        other.lookup_certificate(chain()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    store.close().await;
+    server.stop().await;
 }

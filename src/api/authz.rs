@@ -148,6 +148,12 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         // The chain is public.
         "/tessera.v1.CertificateService/GetCaChain" => &Role::ALL,
         "/tessera.v1.CertificateService/LookupCertificate" => &[RelyingParty, Helpdesk, Admin],
+        "/tessera.v1.EnrollmentService/BeginEnrollment"
+        | "/tessera.v1.EnrollmentService/CompleteEnrollment"
+        | "/tessera.v1.EnrollmentService/ConfirmEnrollment"
+        | "/tessera.v1.EnrollmentService/AbortEnrollment"
+        | "/tessera.v1.EnrollmentService/GetEnrollment"
+        | "/tessera.v1.EnrollmentService/ReleasePuk" => TOKEN_WRITE,
         _ => &[],
     }
 }

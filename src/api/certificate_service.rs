@@ -119,7 +119,7 @@ pub(super) fn certificate_pb(
 }
 
 impl Certificates {
-    async fn to_pb(&self, c: CertificateRow) -> Result<pb::Certificate, Status> {
+    pub(super) async fn to_pb(&self, c: CertificateRow) -> Result<pb::Certificate, Status> {
         let person_external_id = match c.person_id {
             Some(id) => self.store.person_external_id(id).await?.unwrap_or_default(),
             None => String::new(),

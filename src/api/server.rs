@@ -32,6 +32,10 @@ pub struct ServerConfig {
     /// section those RPCs answer FAILED_PRECONDITION and the HTTP side has no /crl or OCSP.
     #[serde(default)]
     pub ca: Option<CaConfig>,
+    /// Help-desk enrollment (EnrollmentService); requires `[ca]`. Without this section the
+    /// enrollment RPCs answer FAILED_PRECONDITION ENROLLMENT_NOT_CONFIGURED.
+    #[serde(default)]
+    pub enrollment: Option<super::enrollment_service::EnrollmentConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +148,8 @@ pub enum ServerConfigError {
     Ca(#[from] crate::ca::CaError),
     #[error("ca.crl_validity_hours must be between 1 and 8760")]
     CrlValidity,
+    #[error("enrollment: {0}")]
+    Enrollment(String),
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
@@ -183,6 +189,18 @@ impl ServerConfig {
             ]
             .into_iter()
             .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        if let Some(e) = config.enrollment.as_mut() {
+            for p in e
+                .attestation_roots
+                .iter_mut()
+                .chain(e.attestation_policy.as_mut())
+                .chain(e.profiles_dir.as_mut())
             {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -277,6 +295,7 @@ pub struct BoundServer {
     /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
     /// validity.
     revocation: Option<(Option<Arc<crate::ca::ocsp::OcspResponder>>, time::Duration)>,
+    enrollment: Option<Arc<super::enrollment_service::EnrollmentSettings>>,
 }
 
 impl BoundServer {
@@ -329,6 +348,19 @@ impl BoundServer {
             }
             _ => None,
         };
+        let enrollment = match (&config.enrollment, &ca) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ServerConfigError::Enrollment(
+                    "the [enrollment] section needs a [ca] section (the CA that certifies the keys)"
+                        .into(),
+                ));
+            }
+            (Some(e), Some(ca)) => Some(Arc::new(
+                super::enrollment_service::EnrollmentSettings::load(e, ca)
+                    .map_err(ServerConfigError::Enrollment)?,
+            )),
+        };
         let store = Store::open(&config.database.url).await?;
         let http = match &config.http {
             None => None,
@@ -356,6 +388,7 @@ impl BoundServer {
             http,
             ca,
             revocation,
+            enrollment,
         })
     }
 
@@ -485,10 +518,35 @@ impl BoundServer {
                 }
             })
         });
+        let enrollments = Arc::new(super::enrollment_service::Enrollments {
+            store: store.clone(),
+            configured: self.ca.clone().zip(self.enrollment.clone()),
+        });
+        let expiry_loop = self.enrollment.as_ref().map(|settings| {
+            let enrollments = Arc::clone(&enrollments);
+            let every = settings.sweep;
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = enrollments.expire_due(None).await {
+                        tracing::warn!(error = %e.message(), "enrollment expiry sweep failed");
+                    }
+                }
+            })
+        });
+        health_reporter
+            .set_serving::<pb::enrollment_service_server::EnrollmentServiceServer<
+                super::enrollment_service::Enrollments,
+            >>()
+            .await;
         let result = tonic::transport::Server::builder()
             .layer(super::rpc_metrics::RpcLatencyLayer(Arc::clone(
                 &rpc_latency,
             )))
+            .layer(super::client_revocation::ClientRevocationLayer(
+                store.clone(),
+            ))
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::directory_service_server::DirectoryServiceServer::new(
@@ -512,6 +570,9 @@ impl BoundServer {
                     ca: self.ca.clone(),
                 }),
             )
+            .add_service(
+                pb::enrollment_service_server::EnrollmentServiceServer::from_arc(enrollments),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(receiver),
                 shutdown,
@@ -522,6 +583,9 @@ impl BoundServer {
             let _ = task.await;
         }
         if let Some(task) = checkpoint_loop {
+            task.abort();
+        }
+        if let Some(task) = expiry_loop {
             task.abort();
         }
         if let Some((signer, _)) = &self.checkpoints {

@@ -17,6 +17,22 @@ fn with_reason(code: Code, reason: &str, message: &str, field: Option<&str>) -> 
     Status::with_error_details(code, message, details)
 }
 
+/// A status with a reason, an optional field at fault, and `ErrorInfo` metadata (e.g. the
+/// enrollment slot and policy reason codes).
+pub fn with_metadata(
+    code: Code,
+    reason: &str,
+    message: &str,
+    field: Option<&str>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    if let Some(field) = field {
+        details.add_bad_request_violation(field, message);
+    }
+    Status::with_error_details(code, message, details)
+}
+
 pub fn invalid_argument(field: &str, reason: &str, message: &str) -> Status {
     with_reason(Code::InvalidArgument, reason, message, Some(field))
 }

@@ -31,7 +31,7 @@ fn form_factor_to_pb(s: &str) -> pb::FormFactor {
 }
 
 impl Tokens {
-    async fn token_to_pb(&self, t: TokenRow) -> Result<pb::Token, Status> {
+    pub(super) async fn token_to_pb(&self, t: TokenRow) -> Result<pb::Token, Status> {
         let certificate_serials = self.store.certificate_serials_for_token(t.id).await?;
         Ok(pb::Token {
             form_factor: form_factor_to_pb(&t.form_factor) as i32,

@@ -26,7 +26,48 @@ pub struct SubjectParams {
     /// uniformResourceIdentifier SANs (the server's API client certificates carry their role
     /// as `tessera:role:<role>`).
     pub uris: Vec<String>,
+    /// Microsoft user principal name (otherName 1.3.6.1.4.1.311.20.2.3 SAN); included when
+    /// the profile says `include_upn`.
+    pub upn: Option<String>,
+    /// The hardware token holding the key (RFC 4108 HardwareModuleName otherName SAN);
+    /// included when the profile says `bind_hardware_module`.
+    pub hardware_module: Option<HardwareModule>,
+    /// Windows security identifier ("S-1-5-21-…") for the KB5014754 SID extension; included
+    /// when the profile says `windows_sid_extension`.
+    pub windows_sid: Option<String>,
 }
+
+/// A hardware token, named as RFC 4108 HardwareModuleName: the kind of module (an OID) and its
+/// serial number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HardwareModule {
+    /// Dotted OID of the module type.
+    pub hw_type: String,
+    /// The serial as printed on the token (decimal for a YubiKey), as octets.
+    pub serial: String,
+}
+
+impl HardwareModule {
+    /// A YubiKey: hwType 1.3.6.1.4.1.41482.3 (Yubico's PIV attestation arc, whose .3.7
+    /// extension carries the same serial), hwSerialNum the decimal serial in ASCII.
+    pub fn yubikey(serial: u32) -> HardwareModule {
+        HardwareModule {
+            hw_type: YUBIKEY_HW_TYPE.to_string(),
+            serial: serial.to_string(),
+        }
+    }
+}
+
+/// hwType of a YubiKey in HardwareModuleName.
+pub const YUBIKEY_HW_TYPE: &str = "1.3.6.1.4.1.41482.3";
+/// id-on-hardwareModuleName (RFC 4108).
+pub const HARDWARE_MODULE_NAME_OID: &str = "1.3.6.1.5.5.7.8.4";
+/// szOID_NT_PRINCIPAL_NAME: the UPN otherName.
+pub const UPN_OID: &str = "1.3.6.1.4.1.311.20.2.3";
+/// szOID_NTDS_CA_SECURITY_EXT (KB5014754) and its SID otherName.
+pub const NTDS_CA_SECURITY_EXT: &[u64] = &[1, 3, 6, 1, 4, 1, 311, 25, 2];
+pub const NTDS_OBJECTSID_OID: &str = "1.3.6.1.4.1.311.25.2.1";
+const SUBJECT_ALT_NAME_EXTENSION: &[u64] = &[2, 5, 29, 17];
 
 impl SubjectParams {
     pub fn new(common_name: impl Into<String>) -> SubjectParams {
@@ -36,6 +77,9 @@ impl SubjectParams {
             emails: Vec::new(),
             dns_names: Vec::new(),
             uris: Vec::new(),
+            upn: None,
+            hardware_module: None,
+            windows_sid: None,
         }
     }
 }
@@ -177,26 +221,51 @@ impl IssuingCa {
         }
         dn.push(DnType::CommonName, subject.common_name.as_str());
         params.distinguished_name = dn;
-        for email in &subject.emails {
-            let name = email
-                .as_str()
-                .try_into()
-                .map_err(|_| CaError::SubjectInvalid(format!("email \"{email}\" is not ASCII")))?;
-            params.subject_alt_names.push(SanType::Rfc822Name(name));
+        if profile.require_upn && subject.upn.as_deref().is_none_or(str::is_empty) {
+            return Err(CaError::ProfileRequiresUpn {
+                profile: profile.name.clone(),
+            });
         }
-        for dns in &subject.dns_names {
-            let name = dns
-                .as_str()
-                .try_into()
-                .map_err(|_| CaError::SubjectInvalid(format!("DNS name \"{dns}\" is not ASCII")))?;
-            params.subject_alt_names.push(SanType::DnsName(name));
-        }
-        for uri in &subject.uris {
-            let name = uri
-                .as_str()
-                .try_into()
-                .map_err(|_| CaError::SubjectInvalid(format!("URI \"{uri}\" is not ASCII")))?;
-            params.subject_alt_names.push(SanType::URI(name));
+        let upn = subject.upn.as_ref().filter(|_| profile.include_upn);
+        let hardware_module = if profile.bind_hardware_module {
+            Some(subject.hardware_module.as_ref().ok_or_else(|| {
+                CaError::ProfileRequiresHardwareModule {
+                    profile: profile.name.clone(),
+                }
+            })?)
+        } else {
+            None
+        };
+        if upn.is_some() || hardware_module.is_some() {
+            // rcgen writes otherName values only as UTF8String; HardwareModuleName is a
+            // SEQUENCE, so this subjectAltName is encoded here.
+            let san = subject_alt_names_der(subject, upn.map(String::as_str), hardware_module)?;
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    SUBJECT_ALT_NAME_EXTENSION,
+                    san,
+                ));
+        } else {
+            for email in &subject.emails {
+                let name = email.as_str().try_into().map_err(|_| {
+                    CaError::SubjectInvalid(format!("email \"{email}\" is not ASCII"))
+                })?;
+                params.subject_alt_names.push(SanType::Rfc822Name(name));
+            }
+            for dns in &subject.dns_names {
+                let name = dns.as_str().try_into().map_err(|_| {
+                    CaError::SubjectInvalid(format!("DNS name \"{dns}\" is not ASCII"))
+                })?;
+                params.subject_alt_names.push(SanType::DnsName(name));
+            }
+            for uri in &subject.uris {
+                let name = uri
+                    .as_str()
+                    .try_into()
+                    .map_err(|_| CaError::SubjectInvalid(format!("URI \"{uri}\" is not ASCII")))?;
+                params.subject_alt_names.push(SanType::URI(name));
+            }
         }
 
         let now = OffsetDateTime::now_utc()
@@ -241,6 +310,17 @@ impl IssuingCa {
                 ));
         }
 
+        if profile.windows_sid_extension
+            && let Some(sid) = subject.windows_sid.as_deref().filter(|s| !s.is_empty())
+        {
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    NTDS_CA_SECURITY_EXT,
+                    sid_extension_der(sid)?,
+                ));
+        }
+
         // rcgen encodes; the capturing signer hands back the tbsCertificate instead of signing.
         let _ = CapturingSigner::take_captured();
         params
@@ -262,4 +342,74 @@ impl IssuingCa {
             not_after,
         })
     }
+}
+
+/// GeneralNames with the subject's emails, DNS names, URIs, and the UPN and
+/// HardwareModuleName otherNames (RFC 5280 4.2.1.6; RFC 4108 5).
+fn subject_alt_names_der(
+    subject: &SubjectParams,
+    upn: Option<&str>,
+    hardware_module: Option<&HardwareModule>,
+) -> Result<Vec<u8>, CaError> {
+    use der_encoding::{sequence, tagged};
+    let ascii = |kind: &str, v: &str| {
+        if v.is_ascii() && !v.is_empty() {
+            Ok(v.as_bytes().to_vec())
+        } else {
+            Err(CaError::SubjectInvalid(format!(
+                "{kind} \"{v}\" is not ASCII"
+            )))
+        }
+    };
+    let oid = |dotted: &str| policy_oid::encode(dotted).map_err(CaError::CertificateEncoding);
+    let other_name = |type_id: &str, value: Vec<u8>| -> Result<Vec<u8>, CaError> {
+        let mut content = oid(type_id)?;
+        content.extend(tagged(0xa0, &value));
+        Ok(tagged(0xa0, &content))
+    };
+    let mut names = Vec::new();
+    if let Some(upn) = upn {
+        if upn.is_empty() || upn.chars().any(char::is_control) {
+            return Err(CaError::SubjectInvalid(format!(
+                "UPN \"{upn}\" is not valid"
+            )));
+        }
+        names.extend(other_name(UPN_OID, tagged(0x0c, upn.as_bytes()))?);
+    }
+    for email in &subject.emails {
+        names.extend(tagged(0x81, &ascii("email", email)?));
+    }
+    for dns in &subject.dns_names {
+        names.extend(tagged(0x82, &ascii("DNS name", dns)?));
+    }
+    for uri in &subject.uris {
+        names.extend(tagged(0x86, &ascii("URI", uri)?));
+    }
+    if let Some(hw) = hardware_module {
+        let mut value = oid(&hw.hw_type)?;
+        value.extend(tagged(0x04, hw.serial.as_bytes()));
+        names.extend(other_name(HARDWARE_MODULE_NAME_OID, sequence(&value))?);
+    }
+    Ok(sequence(&names))
+}
+
+/// The KB5014754 security extension: a SEQUENCE holding one otherName
+/// (1.3.6.1.4.1.311.25.2.1) whose value is the SID string as an OCTET STRING.
+fn sid_extension_der(sid: &str) -> Result<Vec<u8>, CaError> {
+    use der_encoding::{sequence, tagged};
+    let well_formed = sid.strip_prefix("S-1-").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .split('-')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if !well_formed {
+        return Err(CaError::SubjectInvalid(format!(
+            "windows SID \"{sid}\" is not of the form S-1-5-21-…"
+        )));
+    }
+    let mut content =
+        policy_oid::encode(NTDS_OBJECTSID_OID).map_err(CaError::CertificateEncoding)?;
+    content.extend(tagged(0xa0, &tagged(0x04, sid.as_bytes())));
+    Ok(sequence(&tagged(0xa0, &content)))
 }

@@ -19,7 +19,9 @@ pub mod signer;
 
 pub use ceremony::{CaInitParams, CaRecord, StoredCa, init_ca};
 pub use csr::{VerifiedCsr, parse_and_verify_csr};
-pub use issue::{IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams};
+pub use issue::{
+    HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams,
+};
 pub use online::OnlineCa;
 pub use profile::{Profile, ProfileSet};
 pub use serial::SerialNumber;
@@ -44,6 +46,14 @@ pub enum CaError {
         "profile {profile} needs an email address for the subject; add an rfc822Name subjectAltName to the request"
     )]
     ProfileRequiresEmail { profile: String },
+    #[error(
+        "profile {profile} needs the person's user principal name (UPN); set it in the directory"
+    )]
+    ProfileRequiresUpn { profile: String },
+    #[error(
+        "profile {profile} binds the certificate to a hardware token and no token serial was given"
+    )]
+    ProfileRequiresHardwareModule { profile: String },
     #[error("subject is invalid: {0}")]
     SubjectInvalid(String),
     #[error("CSR cannot be read: {0}; give a PKCS#10 request in PEM or DER")]

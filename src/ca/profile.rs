@@ -16,6 +16,18 @@ const BUILT_IN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../profiles/smime-signing.toml"),
     ),
     ("tls-client", include_str!("../../profiles/tls-client.toml")),
+    (
+        "piv-authentication",
+        include_str!("../../profiles/piv-authentication.toml"),
+    ),
+    (
+        "piv-signature",
+        include_str!("../../profiles/piv-signature.toml"),
+    ),
+    (
+        "smartcard-logon",
+        include_str!("../../profiles/smartcard-logon.toml"),
+    ),
 ];
 
 /// The on-disk form of a profile.
@@ -35,6 +47,14 @@ struct ProfileFile {
     require_email: bool,
     #[serde(default)]
     ocsp_no_check: bool,
+    #[serde(default)]
+    include_upn: bool,
+    #[serde(default)]
+    require_upn: bool,
+    #[serde(default)]
+    bind_hardware_module: bool,
+    #[serde(default)]
+    windows_sid_extension: bool,
 }
 
 /// A checked end-entity profile.
@@ -55,6 +75,14 @@ pub struct Profile {
     pub require_email: bool,
     /// Adds id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): for OCSP responder certificates only.
     pub ocsp_no_check: bool,
+    /// Put the subject's UPN (when known) in an otherName SAN.
+    pub include_upn: bool,
+    /// Refuse a subject without a UPN (smart-card logon needs it).
+    pub require_upn: bool,
+    /// Put the token's serial in an RFC 4108 HardwareModuleName SAN; refuse without one.
+    pub bind_hardware_module: bool,
+    /// Add the KB5014754 SID extension when the subject has a Windows SID.
+    pub windows_sid_extension: bool,
 }
 
 /// Longest end-entity validity a profile may ask for (about 5 years).
@@ -127,6 +155,10 @@ impl Profile {
             allow_unattested_keys: file.allow_unattested_keys,
             require_email: file.require_email,
             ocsp_no_check: file.ocsp_no_check,
+            include_upn: file.include_upn || file.require_upn,
+            require_upn: file.require_upn,
+            bind_hardware_module: file.bind_hardware_module,
+            windows_sid_extension: file.windows_sid_extension,
         })
     }
 }
@@ -268,7 +300,22 @@ mod tests {
     #[test]
     fn shipped_profiles_parse() {
         let set = ProfileSet::built_in();
-        assert_eq!(set.names(), vec!["smime-signing", "tls-client"]);
+        assert_eq!(
+            set.names(),
+            vec![
+                "piv-authentication",
+                "piv-signature",
+                "smartcard-logon",
+                "smime-signing",
+                "tls-client"
+            ]
+        );
+        for name in ["piv-authentication", "piv-signature", "smartcard-logon"] {
+            let p = set.get(name).unwrap();
+            assert!(p.bind_hardware_module && !p.allow_unattested_keys, "{name}");
+        }
+        let logon = set.get("smartcard-logon").unwrap();
+        assert!(logon.require_upn && logon.include_upn && logon.windows_sid_extension);
         let tls = set.get("tls-client").unwrap();
         assert_eq!(
             tls.extended_key_usage,
@@ -306,7 +353,7 @@ mod tests {
         let err = ProfileSet::built_in().get("server").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown certificate profile \"server\"; known profiles: smime-signing, tls-client"
+            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client"
         );
     }
 

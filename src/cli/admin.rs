@@ -54,12 +54,40 @@ pub enum AdminCommand {
         #[arg(long, value_name = "LABEL", requires = "key_in_hsm_config")]
         key_label: Option<String>,
     },
+    /// Make the HSM AES-256 key that wraps per-token management keys and PUKs (the server's
+    /// `enrollment.wrapping_key_label`). Refuses a label already in use.
+    InitWrappingKey {
+        #[arg(long, env = "TESSERA_HSM_CONFIG")]
+        hsm_config: PathBuf,
+        /// CKA_LABEL of the new key.
+        #[arg(long, default_value = "tessera-wrap")]
+        label: String,
+    },
 }
 
 const OPERATOR_PROFILE: &str = include_str!("../../profiles/operator-client.toml");
 const OPERATOR_PROFILE_NAME: &str = "operator-client";
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        AdminCommand::InitWrappingKey { hsm_config, label } => {
+            init_wrapping_key(&hsm_config, &label)
+        }
+        command => issue_client_cert(command),
+    }
+}
+
+fn init_wrapping_key(hsm_config: &Path, label: &str) -> anyhow::Result<ExitCode> {
+    if label.trim().is_empty() {
+        anyhow::bail!("--label must not be empty");
+    }
+    let hsm = crate::hsm::Hsm::open(&crate::hsm::HsmConfig::load(hsm_config)?)?;
+    hsm.generate_wrapping_key(label)?;
+    println!("made AES-256 wrapping key {label:?} in the HSM");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn issue_client_cert(command: AdminCommand) -> anyhow::Result<ExitCode> {
     let AdminCommand::IssueClientCert {
         role,
         name,
@@ -70,7 +98,10 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         out_key,
         key_in_hsm_config,
         key_label,
-    } = args.command;
+    } = command
+    else {
+        unreachable!("run() dispatches the other commands")
+    };
     let role = Role::parse(&role).with_context(|| {
         format!("unknown role {role:?}: use one of hr, helpdesk, auditor, admin, relying-party")
     })?;

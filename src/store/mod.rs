@@ -8,13 +8,16 @@
 //! time) and everything a change touches (rows, audit event, idempotency record) commits or rolls
 //! back together.
 
-mod rows;
-
 /// A statement assembled from the column-list constants below (never from input).
 macro_rules! sql {
     ($($t:tt)*) => { sqlx::AssertSqlSafe(format!($($t)*)) };
 }
 
+#[macro_use]
+mod rows;
+mod enrollments;
+
+pub use enrollments::*;
 pub use rows::*;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

@@ -1,0 +1,106 @@
+//! Revoked client certificates are refused on every call. The TLS handshake checks a client
+//! certificate's chain and validity; this tower layer then looks its serial up in the store
+//! (Tessera issued it, so Tessera knows its status) and answers UNAUTHENTICATED with reason
+//! `CLIENT_CERTIFICATE_REVOKED` when it is revoked or on hold. It runs per call, not per
+//! connection, so a revocation takes effect on connections that are already open.
+//! Certificates the store does not know (issued by the CA outside Tessera, e.g. before the
+//! store existed) pass on to the role check.
+
+use crate::store::{CertificateStatus, Store};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+#[derive(Clone)]
+pub struct ClientRevocationLayer(pub Store);
+
+impl<S> tower::Layer<S> for ClientRevocationLayer {
+    type Service = ClientRevocationService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientRevocationService {
+            inner,
+            store: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientRevocationService<S> {
+    inner: S,
+    store: Store,
+}
+
+/// Lower-case hex serial of a DER certificate, as the store keys it.
+fn serial_hex(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(hex::encode(cert.raw_serial()))
+}
+
+/// Why a client certificate may not be used, when it may not.
+async fn refusal(store: &Store, leaf_der: &[u8]) -> Option<tonic::Status> {
+    let serial = serial_hex(leaf_der)?;
+    match store.certificate_by_serial(&serial).await {
+        Ok(Some(row))
+            if matches!(
+                row.status,
+                CertificateStatus::Revoked | CertificateStatus::OnHold
+            ) =>
+        {
+            Some(super::status::with_metadata(
+                tonic::Code::Unauthenticated,
+                "CLIENT_CERTIFICATE_REVOKED",
+                &format!(
+                    "the client certificate (serial {serial}) is {}; use a current one",
+                    if row.status == CertificateStatus::OnHold {
+                        "on hold"
+                    } else {
+                        "revoked"
+                    }
+                ),
+                None,
+                Default::default(),
+            ))
+        }
+        Ok(_) => None,
+        Err(e) => Some(super::status::internal(&e)),
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ClientRevocationService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The service that was polled ready handles this call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let leaf = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let store = self.store.clone();
+        Box::pin(async move {
+            if let Some(leaf) = leaf
+                && let Some(status) = refusal(&store, &leaf).await
+            {
+                return Ok(status.into_http());
+            }
+            inner.call(request).await
+        })
+    }
+}

@@ -1,0 +1,1857 @@
+//! Help-desk enrollment end to end on the server side: SoftHSM2 CA + the gRPC server + a real
+//! virtual card (pcscd + vpcd + tessera-vpiv) driven with the `piv` module, as the station does.
+//! Run under `scripts/with-pcscd.sh -- cargo nextest run --test enrollment`.
+mod harness;
+
+use harness::pki::TestPki;
+use harness::softhsm::SoftHsmToken;
+use harness::vpcd::{CardOptions, VirtualCard};
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+use tessera::api::pb;
+use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
+use tessera::api::{BoundServer, ServerConfig};
+use tessera::piv::{ManagementKey, PivToken, Secret};
+use tessera::store::Store;
+use tessera::store::{CertificateStatus, CertificatesQuery};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use yubikey::MgmAlgorithmId;
+use yubikey::piv::{AlgorithmId, SlotId};
+
+on_both_databases!(
+    happy_path_enrolls_a_virtual_card,
+    begin_refusals_name_their_reason,
+    proof_over_a_wrong_nonce_is_refused,
+);
+
+const FACTORY_MGM_KEY: [u8; 24] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+];
+const FACTORY_PIN: &str = "123456";
+const FACTORY_PUK: &str = "12345678";
+const NEW_PIN: &str = "24681357";
+
+/// A running server with a SoftHSM2 CA and enrollment configured, and the files around it.
+struct Server {
+    dir: tempfile::TempDir,
+    _hsm: SoftHsmToken,
+    pki: TestPki,
+    addr: std::net::SocketAddr,
+    data_dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn tessera(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Server {
+    /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
+    /// `[ca]` and `[enrollment]` trusting `attestation_roots` (the virtual cards' roots).
+    async fn start(
+        database_url: &str,
+        attestation_roots: &[PathBuf],
+        enrollment_extra: &str,
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = SoftHsmToken::create("tessera");
+        let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+        let hsm_config = hsm.config_path.to_str().unwrap().to_string();
+        let data_dir = dir.path().join("ca");
+        let (code, _, err) = tessera(
+            &[
+                "ca",
+                "init",
+                "--hsm-config",
+                &hsm_config,
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "ca init: {err}");
+        let (code, out, err) = tessera(
+            &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
+            &env,
+        );
+        assert_eq!(code, 0, "init-wrapping-key: {err}");
+        assert_eq!(
+            out,
+            "made AES-256 wrapping key \"tessera-wrap\" in the HSM\n"
+        );
+
+        let pki = TestPki::new();
+        let config_path = pki.write_server_config(dir.path(), database_url);
+        let roots: Vec<String> = attestation_roots
+            .iter()
+            .map(|p| format!("{:?}", p.to_str().unwrap()))
+            .collect();
+        let mut config = std::fs::read_to_string(&config_path).unwrap();
+        config.push_str(&format!(
+            "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n\n[enrollment]\nattestation_roots = [{}]\n{enrollment_extra}",
+            data_dir.to_str().unwrap(),
+            roots.join(", ")
+        ));
+        std::fs::write(&config_path, config).unwrap();
+        let config = ServerConfig::load(&config_path).unwrap();
+        let server = BoundServer::bind(&config).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            dir,
+            _hsm: hsm,
+            pki,
+            addr,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn channel(&self, role: &str) -> Channel {
+        let client = self.pki.client(role);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+        Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
+        EnrollmentServiceClient::new(self.channel("helpdesk").await)
+    }
+
+    async fn create_person(&self, id: &str, sid: &str) {
+        DirectoryServiceClient::new(self.channel("hr").await)
+            .create_person(pb::CreatePersonRequest {
+                request_id: format!("create-{id}"),
+                person: Some(pb::PersonRecord {
+                    external_id: id.into(),
+                    display_name: format!("Person {id}"),
+                    upn: format!("{}@corp.test", id.to_lowercase()),
+                    email: format!("{}@corp.test", id.to_lowercase()),
+                    windows_sid: sid.into(),
+                    attributes: Default::default(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+fn reason(s: &Status) -> String {
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn slot_id(slot: &str) -> SlotId {
+    SlotId::try_from(u8::from_str_radix(slot, 16).unwrap()).unwrap()
+}
+
+fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
+    match s {
+        "NEVER" => yubikey::PinPolicy::Never,
+        "ONCE" => yubikey::PinPolicy::Once,
+        "ALWAYS" => yubikey::PinPolicy::Always,
+        other => panic!("pin policy {other}"),
+    }
+}
+
+fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
+    match s {
+        "NEVER" => yubikey::TouchPolicy::Never,
+        "ALWAYS" => yubikey::TouchPolicy::Always,
+        "CACHED" => yubikey::TouchPolicy::Cached,
+        other => panic!("touch policy {other}"),
+    }
+}
+
+fn yk_algorithm(s: &str) -> AlgorithmId {
+    match s {
+        "ECCP256" => AlgorithmId::EccP256,
+        "ECCP384" => AlgorithmId::EccP384,
+        other => panic!("algorithm {other} is not used by these tests"),
+    }
+}
+
+fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
+    let algorithm = match pb::ManagementKeyAlgorithm::try_from(k.algorithm).unwrap() {
+        pb::ManagementKeyAlgorithm::TripleDes => MgmAlgorithmId::ThreeDes,
+        pb::ManagementKeyAlgorithm::Aes128 => MgmAlgorithmId::Aes128,
+        pb::ManagementKeyAlgorithm::Aes192 => MgmAlgorithmId::Aes192,
+        pb::ManagementKeyAlgorithm::Aes256 => MgmAlgorithmId::Aes256,
+        pb::ManagementKeyAlgorithm::Unspecified => panic!("unspecified algorithm"),
+    };
+    ManagementKey {
+        algorithm,
+        key: Secret::new(k.key.clone()),
+    }
+}
+
+fn secret(s: &str) -> Secret {
+    Secret::new(s.as_bytes().to_vec())
+}
+
+/// How the station signs each slot's proof (the honest way, or the ways the refusal tests
+/// need).
+#[derive(Clone, Copy)]
+enum Signing<'a> {
+    Honest,
+    /// Over this nonce instead of the enrollment's.
+    OverNonce(&'a [u8]),
+    /// Slot `.0`'s proof signed with slot `.1`'s key.
+    WithKeyOf(&'a str, &'a str),
+}
+
+/// What the station does between Begin and Complete on a factory-fresh card: new management
+/// key and PUK, each planned key generated and attested, the proof signed after PIN verify.
+fn station_prepares(
+    card: &VirtualCard,
+    begin: &pb::BeginEnrollmentResponse,
+) -> pb::CompleteEnrollmentRequest {
+    station_prepares_signing(card, begin, Signing::Honest)
+}
+
+fn station_prepares_signing(
+    card: &VirtualCard,
+    begin: &pb::BeginEnrollmentResponse,
+    signing: Signing<'_>,
+) -> pb::CompleteEnrollmentRequest {
+    let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+    let info = token.info().unwrap();
+    assert!(info.is_factory_fresh(), "{info:?}");
+    let factory = ManagementKey {
+        algorithm: tessera::piv::default_management_algorithm(token.firmware()),
+        key: Secret::new(FACTORY_MGM_KEY.to_vec()),
+    };
+    token.authenticate(&factory).unwrap();
+    let new_key = mgm_key(begin.new_management_key.as_ref().unwrap());
+    token.set_management_key(&new_key).unwrap();
+    token.authenticate(&new_key).unwrap();
+    token
+        .change_puk(&secret(FACTORY_PUK), &secret(&begin.new_puk))
+        .unwrap();
+    station_generates_and_proves(token, begin, signing)
+}
+
+/// Key generation, attestation and proofs on a token already authenticated with the new key.
+fn station_generates_and_proves(
+    mut token: PivToken,
+    begin: &pb::BeginEnrollmentResponse,
+    signing: Signing<'_>,
+) -> pb::CompleteEnrollmentRequest {
+    let mut attestations = Vec::new();
+    for plan in &begin.slots {
+        token
+            .generate(
+                slot_id(&plan.slot),
+                yk_algorithm(&plan.algorithm),
+                yk_pin_policy(&plan.pin_policy),
+                yk_touch_policy(&plan.touch_policy),
+            )
+            .unwrap();
+        attestations.push(token.attest(slot_id(&plan.slot)).unwrap());
+    }
+    let intermediate = token.attestation_certificate().unwrap();
+    let mut proofs = Vec::new();
+    for (plan, attestation) in begin.slots.iter().zip(attestations) {
+        let (nonce, signer) = match signing {
+            Signing::Honest => (begin.nonce.as_slice(), plan.slot.as_str()),
+            Signing::OverNonce(n) => (n, plan.slot.as_str()),
+            Signing::WithKeyOf(slot, other) if slot == plan.slot => (begin.nonce.as_slice(), other),
+            Signing::WithKeyOf(..) => (begin.nonce.as_slice(), plan.slot.as_str()),
+        };
+        token.verify_pin(&secret(FACTORY_PIN)).unwrap();
+        let message = tessera::enroll::proof_message(&begin.enrollment_id, &plan.slot, nonce);
+        let digest = sha2::Sha256::digest(&message);
+        let signature = token
+            .sign(slot_id(signer), yk_algorithm(&plan.algorithm), &digest)
+            .unwrap();
+        proofs.push(pb::EnrollmentProof {
+            slot: plan.slot.clone(),
+            attestation_certificate: attestation,
+            signature,
+        });
+    }
+    pb::CompleteEnrollmentRequest {
+        request_id: format!("complete-{}", begin.enrollment_id),
+        enrollment_id: begin.enrollment_id.clone(),
+        attestation_intermediate: intermediate,
+        proofs,
+    }
+}
+
+/// After Complete: the certificates written to their slots, the person's PIN set.
+fn station_finishes(
+    card: &VirtualCard,
+    begin: &pb::BeginEnrollmentResponse,
+    done: &pb::CompleteEnrollmentResponse,
+) {
+    let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+    token
+        .authenticate(&mgm_key(begin.new_management_key.as_ref().unwrap()))
+        .unwrap();
+    for c in &done.certificates {
+        token
+            .write_certificate(slot_id(&c.slot), &c.certificate.as_ref().unwrap().der)
+            .unwrap();
+    }
+    token
+        .change_pin(&secret(FACTORY_PIN), &secret(NEW_PIN))
+        .unwrap();
+}
+
+fn begin_request(person: &str, serial: u32, profile: &str) -> pb::BeginEnrollmentRequest {
+    pb::BeginEnrollmentRequest {
+        request_id: format!("begin-{person}-{serial}-{profile}"),
+        person_external_id: person.into(),
+        profile: profile.into(),
+        token_serial: serial.to_string(),
+        firmware: "5.7.4".into(),
+        model: "YubiKey 5 NFC".into(),
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    tessera::ca::issue::certificate_pem(der)
+}
+
+/// Runs pkilint's `lint_pkix_cert` on a certificate; returns its findings (ERROR and worse).
+fn pkilint(dir: &Path, name: &str, der: &[u8]) -> String {
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, pem(der)).unwrap();
+    let out = std::process::Command::new("lint_pkix_cert")
+        .args(["lint", "-s", "ERROR"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run lint_pkix_cert (PyPI pkilint; scripts/install-deps.sh): {e}")
+        });
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+/// The station misread the firmware (5.7.0); the attestation corrects it.
+fn happy_begin_request() -> pb::BeginEnrollmentRequest {
+    let mut r = begin_request("E100", 20_000_001, "piv-login");
+    r.firmware = "5.7.0".into();
+    r
+}
+
+async fn happy_path_enrolls_a_virtual_card(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(20_000_001));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E100", "").await;
+    let mut enroll = server.enrollments().await;
+
+    let begin = enroll
+        .begin_enrollment(happy_begin_request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(begin.enrollment_id.starts_with("enr_"));
+    assert_eq!(begin.nonce.len(), 32);
+    assert_eq!(
+        begin.current_management_key, None,
+        "a new token has no key on the server"
+    );
+    let new_key = begin.new_management_key.clone().unwrap();
+    assert_eq!(new_key.algorithm, pb::ManagementKeyAlgorithm::Aes256 as i32);
+    assert_eq!(new_key.key.len(), 32);
+    assert_eq!(begin.new_puk.len(), 8);
+    assert!(begin.new_puk.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(begin.person_upn, "e100@corp.test");
+    assert_eq!(
+        begin
+            .slots
+            .iter()
+            .map(|s| (s.slot.as_str(), s.certificate_profile.as_str()))
+            .collect::<Vec<_>>(),
+        [("9a", "piv-authentication"), ("9c", "piv-signature")]
+    );
+    // A repeated Begin (same request id) gets the same answer, secrets included.
+    let again = enroll
+        .begin_enrollment(happy_begin_request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, begin);
+
+    let complete = station_prepares(&card, &begin);
+    let done = enroll
+        .complete_enrollment(complete.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.certificates
+            .iter()
+            .map(|c| c.slot.as_str())
+            .collect::<Vec<_>>(),
+        ["9a", "9c"]
+    );
+    // Same request id again: the same answer, nothing issued twice.
+    let repeat = enroll
+        .complete_enrollment(complete.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(repeat, done);
+
+    station_finishes(&card, &begin, &done);
+    let confirmed = enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-1".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = confirmed.token.unwrap();
+    assert_eq!(token.state, pb::TokenState::Active as i32);
+    assert_eq!(token.serial, "20000001");
+    assert_eq!(token.firmware, "5.7.4", "the attested firmware");
+    assert_eq!(token.person_external_id, "E100");
+    assert_eq!(token.form_factor, pb::FormFactor::UsbAKeychain as i32);
+    assert_eq!(token.certificate_serials.len(), 2);
+
+    let got = enroll
+        .get_enrollment(pb::GetEnrollmentRequest {
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(got.state, pb::EnrollmentState::Confirmed as i32);
+    assert_eq!(got.certificates, done.certificates);
+
+    // The card holds the certificate, yubico-piv-tool reads it, and it chains to the CA.
+    let nine_a = done.certificates[0].certificate.as_ref().unwrap();
+    let read = card
+        .yubico_piv_tool(&["-a", "read-certificate", "-s", "9a"], None)
+        .success();
+    assert_eq!(read.stdout.trim(), pem(&nine_a.der).trim());
+    let dir = server.dir.path();
+    for c in &done.certificates {
+        let leaf = dir.join(format!("leaf-{}.pem", c.slot));
+        std::fs::write(&leaf, pem(&c.certificate.as_ref().unwrap().der)).unwrap();
+        let verify = std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(server.data_dir.join("root.pem"))
+            .arg("-untrusted")
+            .arg(server.data_dir.join("issuing.pem"))
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "openssl verify {}: {}{}",
+            c.slot,
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+
+    // The certificate names the person and the token.
+    {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(&nine_a.der).unwrap();
+        assert_eq!(
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "Person E100"
+        );
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let mut names = Vec::new();
+        for n in &san.value.general_names {
+            names.push(match n {
+                GeneralName::RFC822Name(e) => format!("email:{e}"),
+                GeneralName::OtherName(oid, value) => format!("{oid}:{}", hex::encode(value)),
+                other => format!("{other:?}"),
+            });
+        }
+        // UPN: [0] { UTF8String "e100@corp.test" }; HardwareModuleName: [0] { SEQUENCE {
+        // OID 1.3.6.1.4.1.41482.3, OCTET STRING "20000001" } }.
+        assert_eq!(
+            names,
+            [
+                format!(
+                    "1.3.6.1.4.1.311.20.2.3:a0100c0e{}",
+                    hex::encode("e100@corp.test")
+                ),
+                "email:e100@corp.test".to_string(),
+                format!(
+                    "1.3.6.1.5.5.7.8.4:a01730150609{}0408{}",
+                    "2b0601040182c40a03",
+                    hex::encode("20000001")
+                ),
+            ]
+        );
+        let policies: Vec<String> = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::CertificatePolicies(p) => Some(p),
+                _ => None,
+            })
+            .unwrap()
+            .iter()
+            .map(|p| p.policy_id.to_id_string())
+            .collect();
+        assert_eq!(
+            policies,
+            ["1.3.6.1.4.1.32473.1.2.4", "1.3.6.1.4.1.32473.1.1.1"]
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.email_protection);
+    }
+    // pkilint finds no error in either certificate.
+    for c in &done.certificates {
+        assert_eq!(
+            pkilint(
+                dir,
+                &format!("lint-{}", c.slot),
+                &c.certificate.as_ref().unwrap().der
+            ),
+            "",
+            "pkilint findings for the {} certificate",
+            c.slot
+        );
+    }
+
+    // The store and the audit log tell the same story.
+    let store = Store::open(url).await.unwrap();
+    let actions: Vec<String> = store
+        .audit_events(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .filter(|a| !a.starts_with("person."))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "token.register",
+            "enrollment.begin",
+            "enrollment.verify",
+            "certificate.reserve",
+            "certificate.issue",
+            "certificate.reserve",
+            "certificate.issue",
+            "enrollment.confirm",
+            "token.activate",
+        ]
+    );
+    let report = tessera::audit::verify(&store, None).await.unwrap();
+    assert_eq!(report.first_bad, None, "the audit chain is intact");
+    // No secret reached the database: neither the management key nor the PUK in any column
+    // of the idempotency records or the audit log.
+    for e in store.audit_events(0, 100).await.unwrap() {
+        assert!(!e.after_json.contains(&begin.new_puk), "{e:?}");
+    }
+    let key_hex = hex::encode(&new_key.key);
+    for id in ["begin-E100-20000001-piv-login"] {
+        let record = store.idempotency_record(id).await.unwrap().unwrap();
+        assert!(!hex::encode(&record.response).contains(&key_hex));
+        assert!(
+            !record
+                .response
+                .windows(begin.new_puk.len())
+                .any(|w| w == begin.new_puk.as_bytes())
+        );
+    }
+    store.close().await;
+    server.stop().await;
+}
+
+fn metadata(s: &Status, key: &str) -> String {
+    s.get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+        .unwrap_or_default()
+}
+
+async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
+    store
+        .list_certificates(&CertificatesQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// A refusal: the exact code and reason, `certificates_before` certificates still (none
+/// issued), and the refusal as the last audit event, naming its reason.
+async fn assert_refused<T: std::fmt::Debug>(
+    url: &str,
+    result: Result<tonic::Response<T>, Status>,
+    code: Code,
+    expected_reason: &str,
+    certificates_before: usize,
+) -> Status {
+    let status = result.expect_err("the call must be refused");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, expected_reason),
+        "{status:?}"
+    );
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(
+        certificates(&store).await.len(),
+        certificates_before,
+        "no certificate issued"
+    );
+    let events = store.audit_events(0, 1000).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.action, "enrollment.refuse", "{last:?}");
+    let after: serde_json::Value = serde_json::from_str(&last.after_json).unwrap();
+    assert_eq!(after["reason"], expected_reason);
+    assert_eq!(after["message"], status.message());
+    store.close().await;
+    status
+}
+
+/// Begin → station → Complete on a factory-fresh card, for person `person`.
+async fn enroll_until_complete(
+    server: &Server,
+    card: &VirtualCard,
+    person: &str,
+    profile: &str,
+) -> (pb::BeginEnrollmentResponse, pb::CompleteEnrollmentResponse) {
+    let mut enroll = server.enrollments().await;
+    let mut request = begin_request(person, card.options().serial, profile);
+    request.firmware = card.options().firmware.clone();
+    let begin = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    let complete = station_prepares(card, &begin);
+    let done = enroll
+        .complete_enrollment(complete)
+        .await
+        .unwrap()
+        .into_inner();
+    (begin, done)
+}
+
+async fn begin_refusals_name_their_reason(url: &str) {
+    let server = Server::start(url, &[], "").await;
+    server.create_person("E200", "").await;
+    let mut enroll = server.enrollments().await;
+
+    // An operator without the helpdesk (or admin) role is refused before anything happens.
+    for role in ["hr", "auditor", "relying-party"] {
+        let mut other = EnrollmentServiceClient::new(server.channel(role).await);
+        let s = other
+            .begin_enrollment(begin_request("E200", 30_000_001, "piv-login"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (s.code(), reason(&s).as_str()),
+            (Code::PermissionDenied, "ROLE_NOT_ALLOWED"),
+            "{role}"
+        );
+    }
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(
+        store.audit_events(0, 100).await.unwrap().len(),
+        1,
+        "only person.create"
+    );
+    assert!(store.token_by_serial("30000001").await.unwrap().is_none());
+
+    let mut bad = begin_request("E200", 30_000_001, "piv-login");
+    bad.token_serial = "12a".into();
+    let s = enroll.begin_enrollment(bad).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "TOKEN_SERIAL_INVALID")
+    );
+    let mut bad = begin_request("E200", 30_000_001, "piv-login");
+    bad.firmware = "five".into();
+    let s = enroll.begin_enrollment(bad).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "FIRMWARE_INVALID")
+    );
+    let s = enroll
+        .begin_enrollment(begin_request("E999", 30_000_001, "piv-login"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::NotFound, "PERSON_NOT_FOUND")
+    );
+
+    let s = assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E200", 30_000_001, "no-such-profile"))
+            .await,
+        Code::InvalidArgument,
+        "ENROLLMENT_PROFILE_UNKNOWN",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "unknown enrollment profile \"no-such-profile\"; known profiles: piv-login, windows-logon"
+    );
+
+    // A suspended person is not enrolled; nothing but the refusal is recorded.
+    DirectoryServiceClient::new(server.channel("hr").await)
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E200".into(),
+            external_id: "E200".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    let s = assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E200", 30_000_001, "piv-login"))
+            .await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "person E200 is suspended; only an active person can be enrolled"
+    );
+    assert!(store.token_by_serial("30000001").await.unwrap().is_none());
+
+    // Suspended between Begin and Complete: Complete is refused, nothing is issued.
+    server.create_person("E201", "").await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E201", 30_000_002, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    DirectoryServiceClient::new(server.channel("hr").await)
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E201".into(),
+            external_id: "E201".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-E201".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        0,
+    )
+    .await;
+    // An unknown enrollment is named as such.
+    let s = enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-x".into(),
+            enrollment_id: "enr_nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::NotFound, "ENROLLMENT_NOT_FOUND")
+    );
+    // Confirm before Complete is refused.
+    server.create_person("E202", "").await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E202", 30_000_003, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-early".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_NOT_COMPLETED",
+        0,
+    )
+    .await;
+    // A token marked lost while its enrollment is open gets nothing more from it, and is
+    // never enrolled again.
+    server.create_person("E203", "").await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E203", 30_000_004, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    tessera::api::pb::token_service_client::TokenServiceClient::new(
+        server.channel("helpdesk").await,
+    )
+    .mark_token_lost(pb::MarkTokenLostRequest {
+        request_id: "lost-30000004".into(),
+        serial: "30000004".into(),
+        reason: "left in a taxi".into(),
+    })
+    .await
+    .unwrap();
+    let s = assert_refused(
+        url,
+        enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-lost".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30000004 is lost; its enrollment cannot go on"
+    );
+    // As if Complete had happened before the token was marked lost: Confirm is refused too.
+    store
+        .execute_raw(&format!(
+            "UPDATE enrollments SET state = 'completed' WHERE public_id = '{}'",
+            begin.enrollment_id
+        ))
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-lost".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        store
+            .token_by_serial("30000004")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::TokenState::Lost
+    );
+    let mut again = begin_request("E203", 30_000_004, "piv-login");
+    again.request_id = "begin-lost-again".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(again).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30000004 is lost; a lost, damaged or retired token is never enrolled again"
+    );
+    // A new Begin for a token whose open enrollment is past its time expires that one (its
+    // certificates would be revoked) instead of superseding it.
+    server.create_person("E204", "").await;
+    let old = enroll
+        .begin_enrollment(begin_request("E204", 30_000_005, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    store
+        .execute_raw(&format!(
+            "UPDATE enrollments SET expires_at = '2000-01-01T00:00:00Z' WHERE public_id = '{}'",
+            old.enrollment_id
+        ))
+        .await
+        .unwrap();
+    let mut again = begin_request("E204", 30_000_005, "piv-login");
+    again.request_id = "begin-after-expiry".into();
+    let new = enroll.begin_enrollment(again).await.unwrap().into_inner();
+    assert_eq!(
+        store
+            .enrollment_by_public_id(&old.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::EnrollmentState::Expired
+    );
+    assert_eq!(
+        store
+            .enrollment_by_public_id(&new.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::EnrollmentState::Begun
+    );
+    store.close().await;
+    server.stop().await;
+}
+
+async fn proof_over_a_wrong_nonce_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_010));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E300", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E300", 30_000_010, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    let other_nonce = [0x55u8; 32];
+    let complete = station_prepares_signing(&card, &begin, Signing::OverNonce(&other_nonce));
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::InvalidArgument,
+        "PROOF_SIGNATURE_INVALID",
+        0,
+    )
+    .await;
+    assert_eq!(metadata(&s, "slot"), "9a");
+    // The enrollment is still waiting for a good proof.
+    let got = enroll
+        .get_enrollment(pb::GetEnrollmentRequest {
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(got.state, pb::EnrollmentState::Begun as i32);
+    server.stop().await;
+}
+
+/// Tests that need one database only: SQLite.
+macro_rules! on_sqlite {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite_only {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::harness::database::TestDatabase::sqlite();
+                    super::$name(db.url()).await;
+                }
+            )+
+        }
+    };
+}
+
+on_sqlite!(
+    replayed_complete_is_refused,
+    attestation_from_another_token_is_refused,
+    key_that_did_not_sign_is_refused,
+    policy_the_token_does_not_meet_is_refused,
+    abort_revokes_the_certificates,
+    unconfirmed_enrollment_expires_and_its_certificates_are_revoked,
+    release_puk_then_re_enroll_the_same_token,
+    enrollment_resumes_after_the_card_was_pulled,
+    issuance_failure_aborts_the_enrollment,
+);
+
+async fn replayed_complete_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_020));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E400", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E400", 30_000_020, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut complete = station_prepares(&card, &begin);
+    enroll.complete_enrollment(complete.clone()).await.unwrap();
+    // The same proofs under a new request id: the nonce was used.
+    complete.request_id = "complete-again".into();
+    assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::FailedPrecondition,
+        "NONCE_ALREADY_USED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn attestation_from_another_token_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_030));
+    let other = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_031));
+    let server = Server::start(
+        url,
+        &[card.attestation_root(), other.attestation_root()],
+        "",
+    )
+    .await;
+    server.create_person("E500", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E500", 30_000_030, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The station generated and attested on the other card.
+    let complete = station_prepares(&other, &begin);
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::InvalidArgument,
+        "ATTESTATION_FROM_ANOTHER_TOKEN",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "slot 9a: the attestation comes from token 30000031, not from the enrolling token 30000030; use the token the enrollment began with"
+    );
+    server.stop().await;
+}
+
+async fn key_that_did_not_sign_is_refused(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_040));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E600", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E600", 30_000_040, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    // 9a's proof signed by the 9c key: the attested 9a key did not sign it.
+    let complete = station_prepares_signing(&card, &begin, Signing::WithKeyOf("9a", "9c"));
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::InvalidArgument,
+        "PROOF_SIGNATURE_INVALID",
+        0,
+    )
+    .await;
+    assert_eq!(metadata(&s, "slot"), "9a");
+    server.stop().await;
+}
+
+async fn policy_the_token_does_not_meet_is_refused(url: &str) {
+    // Firmware 5.4.3 with ECDSA keys: YSA-2024-03 (EUCLEAK) in the default policy.
+    let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(30_000_050));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E700", "").await;
+    let mut enroll = server.enrollments().await;
+    let mut request = begin_request("E700", 30_000_050, "piv-login");
+    request.firmware = "5.4.3".into();
+    let begin = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    assert_eq!(
+        begin.new_management_key.as_ref().unwrap().algorithm,
+        pb::ManagementKeyAlgorithm::Aes256 as i32,
+        "firmware 5.4 takes AES management keys"
+    );
+    let complete = station_prepares(&card, &begin);
+    let s = assert_refused(
+        url,
+        enroll.complete_enrollment(complete).await,
+        Code::FailedPrecondition,
+        "ATTESTATION_POLICY_DENIED",
+        0,
+    )
+    .await;
+    assert_eq!(metadata(&s, "policy_reasons"), "advisory-ysa-2024-03");
+    assert_eq!(
+        s.message(),
+        "slot 9a: the attestation policy refuses the key: ECDSA key on firmware 5.4.3 (before 5.7.0) is exposed to YSA-2024-03 (EUCLEAK)"
+    );
+    server.stop().await;
+}
+
+async fn abort_revokes_the_certificates(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_060));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E800", "").await;
+    let (begin, done) = enroll_until_complete(&server, &card, "E800", "piv-login").await;
+    assert_eq!(done.certificates.len(), 2);
+    let mut enroll = server.enrollments().await;
+    let aborted = enroll
+        .abort_enrollment(pb::AbortEnrollmentRequest {
+            request_id: "abort-1".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+            reason: "card pulled".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(aborted.state, pb::EnrollmentState::Aborted as i32);
+    for c in &aborted.certificates {
+        let c = c.certificate.as_ref().unwrap();
+        assert_eq!(c.status, pb::CertificateStatus::Revoked as i32);
+        assert_eq!(
+            c.revocation_reason,
+            pb::RevocationReason::CessationOfOperation as i32
+        );
+    }
+    let store = Store::open(url).await.unwrap();
+    assert!(
+        certificates(&store)
+            .await
+            .iter()
+            .all(|c| c.status == CertificateStatus::Revoked)
+    );
+    store.close().await;
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-after-abort".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_ABORTED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_070));
+    let server = Server::start(
+        url,
+        &[card.attestation_root()],
+        "expiry_seconds = 8\nexpiry_sweep_seconds = 1\n",
+    )
+    .await;
+    server.create_person("E900", "").await;
+    let (begin, done) = enroll_until_complete(&server, &card, "E900", "piv-login").await;
+    assert_eq!(done.certificates.len(), 2);
+    // The server's sweep (not a call) expires it: watch the store, not the API.
+    let store = Store::open(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let row = store
+            .enrollment_by_public_id(&begin.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if row.state == tessera::store::EnrollmentState::Expired {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the enrollment never expired: {row:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for c in certificates(&store).await {
+        assert_eq!(c.status, CertificateStatus::Revoked);
+        assert_eq!(c.revocation_reason, Some(5), "cessationOfOperation");
+    }
+    let expire = store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "enrollment.expire")
+        .unwrap();
+    assert_eq!(
+        (expire.actor.as_str(), expire.role.as_str()),
+        ("tessera", "server")
+    );
+    store.close().await;
+    let mut enroll = server.enrollments().await;
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-late".into(),
+                enrollment_id: begin.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_EXPIRED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn release_puk_then_re_enroll_the_same_token(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_080));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server
+        .create_person("E1000", "S-1-5-21-1004336348-1177238915-682003330-1001")
+        .await;
+    server.create_person("E1001", "").await;
+    let mut enroll = server.enrollments().await;
+
+    // Before the token is active there is no PUK to release.
+    let s = enroll
+        .release_puk(pb::ReleasePukRequest {
+            request_id: "puk-0".into(),
+            token_serial: "30000080".into(),
+            reason: "forgotten PIN".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::NotFound, "TOKEN_NOT_FOUND")
+    );
+
+    let (begin, done) = enroll_until_complete(&server, &card, "E1000", "piv-login").await;
+    let s = assert_refused(
+        url,
+        enroll
+            .release_puk(pb::ReleasePukRequest {
+                request_id: "puk-1".into(),
+                token_serial: "30000080".into(),
+                reason: "forgotten PIN".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30000080 is enrolling; the PUK is released only for an active token"
+    );
+    station_finishes(&card, &begin, &done);
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-1".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let released = enroll
+        .release_puk(pb::ReleasePukRequest {
+            request_id: "puk-2".into(),
+            token_serial: "30000080".into(),
+            reason: "forgotten PIN".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    assert_eq!(released.management_key, begin.new_management_key);
+    // A repeat gets the same secrets back (unwrapped again, never stored in the clear).
+    let again = enroll
+        .release_puk(pb::ReleasePukRequest {
+            request_id: "puk-2".into(),
+            token_serial: "30000080".into(),
+            reason: "forgotten PIN".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, released);
+    {
+        // The released PUK is the card's PUK.
+        let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+        token
+            .change_puk(&secret(&released.puk), &secret(&released.puk))
+            .unwrap();
+    }
+    let store = Store::open(url).await.unwrap();
+    let event = store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "token.release_puk")
+        .unwrap();
+    assert_eq!(
+        event.after_json,
+        r#"{"reason":"forgotten PIN","released":"puk"}"#
+    );
+    let record = store.idempotency_record("puk-2").await.unwrap().unwrap();
+    assert!(
+        !record
+            .response
+            .windows(8)
+            .any(|w| w == released.puk.as_bytes())
+    );
+
+    // Another person cannot take the active token.
+    assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E1001", 30_000_080, "piv-login"))
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        2,
+    )
+    .await;
+
+    // Re-enrollment of the same token: the server sends the key the token has now.
+    let mut request = begin_request("E1000", 30_000_080, "windows-logon");
+    request.request_id = "begin-again".into();
+    let second = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    assert_eq!(second.current_management_key, begin.new_management_key);
+    assert_ne!(second.new_management_key, begin.new_management_key);
+    {
+        let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+        token
+            .authenticate(&mgm_key(second.current_management_key.as_ref().unwrap()))
+            .unwrap();
+        let new_key = mgm_key(second.new_management_key.as_ref().unwrap());
+        token.set_management_key(&new_key).unwrap();
+        token.authenticate(&new_key).unwrap();
+        token
+            .change_puk(&secret(&begin.new_puk), &secret(&second.new_puk))
+            .unwrap();
+        let plan = &second.slots[0];
+        token
+            .generate(
+                slot_id(&plan.slot),
+                yk_algorithm(&plan.algorithm),
+                yk_pin_policy(&plan.pin_policy),
+                yk_touch_policy(&plan.touch_policy),
+            )
+            .unwrap();
+        let attestation = token.attest(slot_id(&plan.slot)).unwrap();
+        let intermediate = token.attestation_certificate().unwrap();
+        token.verify_pin(&secret(NEW_PIN)).unwrap();
+        let digest = sha2::Sha256::digest(tessera::enroll::proof_message(
+            &second.enrollment_id,
+            &plan.slot,
+            &second.nonce,
+        ));
+        let signature = token
+            .sign(slot_id(&plan.slot), yk_algorithm(&plan.algorithm), &digest)
+            .unwrap();
+        let done = enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-again".into(),
+                enrollment_id: second.enrollment_id.clone(),
+                attestation_intermediate: intermediate,
+                proofs: vec![pb::EnrollmentProof {
+                    slot: plan.slot.clone(),
+                    attestation_certificate: attestation,
+                    signature,
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let logon = done.certificates[0].certificate.as_ref().unwrap();
+        assert_eq!(logon.profile, "smartcard-logon");
+        // The person's SID from the directory is in the KB5014754 extension.
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(&logon.der).unwrap();
+        let sid = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.311.25.2")
+            .expect("the SID extension")
+            .value;
+        assert!(
+            sid.ends_with(b"S-1-5-21-1004336348-1177238915-682003330-1001"),
+            "{}",
+            hex::encode(sid)
+        );
+        assert_eq!(pkilint(server.dir.path(), "logon", &logon.der), "");
+    }
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-again".into(),
+            enrollment_id: second.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    // The old 9a certificate is superseded (its key is gone); the old 9c one stays good.
+    let rows = certificates(&store).await;
+    let status_of = |profile: &str| {
+        rows.iter()
+            .filter(|c| c.profile == profile)
+            .map(|c| (c.status, c.revocation_reason))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        status_of("piv-authentication"),
+        [(CertificateStatus::Revoked, Some(4))]
+    );
+    assert_eq!(
+        status_of("piv-signature"),
+        [(CertificateStatus::Good, None)]
+    );
+    assert_eq!(
+        status_of("smartcard-logon"),
+        [(CertificateStatus::Good, None)]
+    );
+    store.close().await;
+    server.stop().await;
+}
+
+/// The three enrollment certificate profiles, issued by the SoftHSM2 CA for a software key
+/// with every name they can carry, pass pkilint; their refusals name the missing piece.
+#[test]
+fn enrollment_certificate_profiles_pass_pkilint() {
+    use tessera::ca::{
+        HardwareModule, IssuanceRequest, KeyProvenance, OnlineCa, SerialNumber, SubjectParams,
+    };
+    use x509_parser::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = SoftHsmToken::create("tessera");
+    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+    let data_dir = dir.path().join("ca");
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init",
+            "--hsm-config",
+            hsm.config_path.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let ca = OnlineCa::open(&hsm.config_path, &data_dir, None).unwrap();
+    let key = p256::ecdsa::SigningKey::from_slice(&[11u8; 32]).unwrap();
+    let spki = {
+        use p256::pkcs8::EncodePublicKey as _;
+        key.verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    };
+    let mut subject = SubjectParams::new("Ada Lovelace");
+    subject.emails.push("ada@corp.test".into());
+    subject.upn = Some("ada@corp.test".into());
+    subject.windows_sid = Some("S-1-5-21-3623811015-3361044348-30300820-1013".into());
+    subject.hardware_module = Some(HardwareModule::yubikey(20_000_001));
+    let issue = |profile: &str, subject: &SubjectParams| {
+        ca.issuing.issue(&IssuanceRequest {
+            subject,
+            public_key_der: &spki,
+            profile: ca.profiles.get(profile).unwrap(),
+            serial: &SerialNumber::random().unwrap(),
+            provenance: KeyProvenance::HardwareAttested,
+        })
+    };
+    for profile in ["piv-authentication", "piv-signature", "smartcard-logon"] {
+        let cert = issue(profile, &subject).unwrap();
+        assert_eq!(
+            pkilint(dir.path(), profile, &cert.der),
+            "",
+            "pkilint findings for {profile}"
+        );
+        let (_, parsed) = X509Certificate::from_der(&cert.der).unwrap();
+        let sid_extension = parsed
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.311.25.2");
+        let ekus = parsed.extended_key_usage().unwrap().unwrap().value;
+        let key_usage = parsed.key_usage().unwrap().unwrap().value;
+        match profile {
+            "smartcard-logon" => {
+                // SEQUENCE { [0] { OID 1.3.6.1.4.1.311.25.2.1, [0] { OCTET STRING sid } } }
+                let sid = subject.windows_sid.as_deref().unwrap();
+                let value = sid_extension.expect("the SID extension").value;
+                let inner = format!(
+                    "060a2b0601040182371902 01a0{:02x}04{:02x}{}",
+                    sid.len() + 2,
+                    sid.len(),
+                    hex::encode(sid)
+                )
+                .replace(' ', "");
+                let expected = format!(
+                    "30{:02x}a0{:02x}{inner}",
+                    inner.len() / 2 + 2,
+                    inner.len() / 2
+                );
+                assert_eq!(hex::encode(value), expected);
+                assert!(!sid_extension.unwrap().critical);
+                assert!(ekus.client_auth);
+                assert_eq!(
+                    ekus.other
+                        .iter()
+                        .map(|o| o.to_id_string())
+                        .collect::<Vec<_>>(),
+                    ["1.3.6.1.4.1.311.20.2.2"]
+                );
+            }
+            "piv-signature" => {
+                assert!(sid_extension.is_none());
+                assert!(ekus.email_protection && !ekus.client_auth);
+                assert!(key_usage.digital_signature() && key_usage.non_repudiation());
+            }
+            _ => {
+                assert!(
+                    sid_extension.is_none(),
+                    "only smart-card logon carries the SID"
+                );
+                assert!(ekus.client_auth && ekus.other.is_empty());
+            }
+        }
+    }
+
+    // What each profile refuses, named.
+    let mut no_upn = subject.clone();
+    no_upn.upn = None;
+    assert_eq!(
+        issue("smartcard-logon", &no_upn).unwrap_err().to_string(),
+        "profile smartcard-logon needs the person's user principal name (UPN); set it in the directory"
+    );
+    // The UPN is optional for TLS client authentication.
+    let cert = issue("piv-authentication", &no_upn).unwrap();
+    assert_eq!(pkilint(dir.path(), "no-upn", &cert.der), "");
+    let mut no_token = subject.clone();
+    no_token.hardware_module = None;
+    assert_eq!(
+        issue("piv-authentication", &no_token)
+            .unwrap_err()
+            .to_string(),
+        "profile piv-authentication binds the certificate to a hardware token and no token serial was given"
+    );
+    let mut bad_sid = subject.clone();
+    bad_sid.windows_sid = Some("S-1-5-21-x".into());
+    assert_eq!(
+        issue("smartcard-logon", &bad_sid).unwrap_err().to_string(),
+        "subject is invalid: windows SID \"S-1-5-21-x\" is not of the form S-1-5-21-…"
+    );
+    let mut no_email = subject.clone();
+    no_email.emails.clear();
+    assert_eq!(
+        issue("piv-signature", &no_email).unwrap_err().to_string(),
+        "profile piv-signature needs an email address for the subject; add an rfc822Name subjectAltName to the request"
+    );
+    let mut bad_upn = subject.clone();
+    bad_upn.upn = Some("ada\n@corp.test".into());
+    assert_eq!(
+        issue("piv-authentication", &bad_upn)
+            .unwrap_err()
+            .to_string(),
+        "subject is invalid: UPN \"ada\n@corp.test\" is not valid"
+    );
+}
+
+/// Every `[enrollment]` setting that cannot work stops the server with a message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_configuration_errors_name_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = SoftHsmToken::create("tessera");
+    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+    let hsm_config = hsm.config_path.to_str().unwrap().to_string();
+    let data_dir = dir.path().join("ca");
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let db = harness::database::TestDatabase::sqlite();
+    let config_path = TestPki::new().write_server_config(dir.path(), db.url());
+    let base = std::fs::read_to_string(&config_path).unwrap();
+    let ca = format!(
+        "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n",
+        data_dir.to_str().unwrap()
+    );
+    let bind_error = |extra: String| {
+        std::fs::write(&config_path, format!("{base}{extra}")).unwrap();
+        let config_path = config_path.clone();
+        async move {
+            match ServerConfig::load(&config_path) {
+                Err(e) => e.to_string(),
+                Ok(config) => match BoundServer::bind(&config).await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("the server started with {extra}"),
+                },
+            }
+        }
+    };
+    assert_eq!(
+        bind_error("\n[enrollment]\n".into()).await,
+        "enrollment: the [enrollment] section needs a [ca] section (the CA that certifies the keys)"
+    );
+    let missing_key = bind_error(format!("{ca}\n[enrollment]\n")).await;
+    assert!(
+        missing_key.starts_with("enrollment: enrollment.wrapping_key_label \"tessera-wrap\": ")
+            && missing_key.ends_with("; make the key with `tessera admin init-wrapping-key`"),
+        "{missing_key}"
+    );
+
+    let (code, out, err) = tessera(
+        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
+        &env,
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "made AES-256 wrapping key \"tessera-wrap\" in the HSM\n"),
+        "{err}"
+    );
+    // A second key with the same label is refused: the first one wraps stored secrets.
+    let (code, _, err) = tessera(
+        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
+        &env,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("tessera-wrap"), "{err}");
+
+    let missing_root = dir.path().join("no-such-root.pem");
+    assert!(
+        bind_error(format!(
+            "{ca}\n[enrollment]\nattestation_roots = [{:?}]\n",
+            missing_root.to_str().unwrap()
+        ))
+        .await
+        .starts_with(&format!(
+            "enrollment: enrollment.attestation_roots: cannot read {}: ",
+            missing_root.display()
+        ))
+    );
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "minimum_pin_policy = \"sometimes\"\n",
+    )
+    .unwrap();
+    assert!(
+        bind_error(format!(
+            "{ca}\n[enrollment]\nattestation_policy = \"policy.toml\"\n"
+        ))
+        .await
+        .starts_with("enrollment: attestation policy: "),
+    );
+    let profiles = dir.path().join("enrollment-profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("vpn.toml"),
+        "description = \"VPN\"\n[[slots]]\nslot = \"9a\"\nalgorithm = \"ECCP256\"\npin_policy = \"ONCE\"\ntouch_policy = \"NEVER\"\ncertificate_profile = \"vpn-client\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        bind_error(format!(
+            "{ca}\n[enrollment]\nprofiles_dir = \"enrollment-profiles\"\n"
+        ))
+        .await,
+        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client)"
+    );
+    assert_eq!(
+        bind_error(format!("{ca}\n[enrollment]\nexpiry_seconds = 0\n")).await,
+        "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
+    );
+    assert!(
+        bind_error(format!("{ca}\n[enrollment]\nexpiry = 5\n"))
+            .await
+            .contains("unknown field `expiry`")
+    );
+    // With the key made, the same configuration starts.
+    std::fs::write(&config_path, format!("{base}{ca}\n[enrollment]\n")).unwrap();
+    let config = ServerConfig::load(&config_path).unwrap();
+    BoundServer::bind(&config).await.unwrap();
+}
+
+async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_090));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E1100", "").await;
+    let mut enroll = server.enrollments().await;
+    let first = enroll
+        .begin_enrollment(begin_request("E1100", 30_000_090, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    {
+        // The station set the new management key and PUK, then the card was pulled.
+        let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+        token
+            .authenticate(&ManagementKey {
+                algorithm: tessera::piv::default_management_algorithm(token.firmware()),
+                key: Secret::new(FACTORY_MGM_KEY.to_vec()),
+            })
+            .unwrap();
+        token
+            .set_management_key(&mgm_key(first.new_management_key.as_ref().unwrap()))
+            .unwrap();
+        token
+            .change_puk(&secret(FACTORY_PUK), &secret(&first.new_puk))
+            .unwrap();
+    }
+    // A new Begin for the same token: the first enrollment is superseded, and the credentials
+    // the token may already hold are handed out again.
+    let mut request = begin_request("E1100", 30_000_090, "piv-login");
+    request.request_id = "begin-resume".into();
+    let second = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    assert_ne!(second.enrollment_id, first.enrollment_id);
+    assert_ne!(second.nonce, first.nonce);
+    assert_eq!(second.current_management_key, None);
+    assert_eq!(second.new_management_key, first.new_management_key);
+    assert_eq!(second.new_puk, first.new_puk);
+    let superseded = enroll
+        .get_enrollment(pb::GetEnrollmentRequest {
+            enrollment_id: first.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(superseded.state, pb::EnrollmentState::Aborted as i32);
+
+    let mut token = PivToken::open(Some(card.reader_name())).unwrap();
+    assert_eq!(token.info().unwrap().management_key_is_default, Some(false));
+    token
+        .authenticate(&mgm_key(second.new_management_key.as_ref().unwrap()))
+        .unwrap();
+    let complete = station_generates_and_proves(token, &second, Signing::Honest);
+    let done = enroll
+        .complete_enrollment(complete)
+        .await
+        .unwrap()
+        .into_inner();
+    station_finishes(&card, &second, &done);
+    let token = enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-resume".into(),
+            enrollment_id: second.enrollment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(token.state, pb::TokenState::Active as i32);
+    // The first enrollment's nonce is dead: its Complete is refused.
+    assert_refused(
+        url,
+        enroll
+            .complete_enrollment(pb::CompleteEnrollmentRequest {
+                request_id: "complete-first".into(),
+                enrollment_id: first.enrollment_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ENROLLMENT_ABORTED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn issuance_failure_aborts_the_enrollment(url: &str) {
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_100));
+    let server = Server::start(url, &[card.attestation_root()], "").await;
+    server.create_person("E1200", "").await;
+    let mut enroll = server.enrollments().await;
+    let begin = enroll
+        .begin_enrollment(begin_request("E1200", 30_000_100, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    let complete = station_prepares(&card, &begin);
+    // The serial cannot be reserved: the HSM never signs, and the enrollment is aborted.
+    let store = Store::open(url).await.unwrap();
+    store
+        .execute_raw("ALTER TABLE certificates RENAME TO certificates_elsewhere")
+        .await
+        .unwrap();
+    let s = enroll.complete_enrollment(complete).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::Internal, "ISSUANCE_FAILED")
+    );
+    assert!(
+        s.message()
+            .starts_with("issuing the certificate for slot 9a failed: ")
+            && s.message()
+                .ends_with("; the enrollment was aborted, begin a new one"),
+        "{}",
+        s.message()
+    );
+    store
+        .execute_raw("ALTER TABLE certificates_elsewhere RENAME TO certificates")
+        .await
+        .unwrap();
+    assert!(certificates(&store).await.is_empty(), "nothing was signed");
+    assert_eq!(
+        store
+            .enrollment_by_public_id(&begin.enrollment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tessera::store::EnrollmentState::Aborted
+    );
+    let last = store.audit_events(0, 1000).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.actor.as_str()),
+        ("enrollment.abort", "tessera")
+    );
+    store.close().await;
+    server.stop().await;
+}
