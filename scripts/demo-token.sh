@@ -66,8 +66,9 @@ export TESSERA_STATION_SERVER="https://$grpc" TESSERA_STATION_CA_CERT="$srv/serv
   TESSERA_STATION_CLIENT_CERT="$srv/helpdesk.pem" TESSERA_STATION_CLIENT_KEY="$srv/helpdesk.key" \
   TESSERA_STATION_READER="$reader"
 umask 077
-# A random 8-digit PIN, as the person would type it; only in this 0600 file.
-printf '%08d\n' "$(( $(od -An -N4 -tu4 /dev/urandom) % 100000000 ))" >"$card/pin"
+# A random 8-digit PIN, as the person would type it; only in this 0600 file, without a newline
+# (curl's PKCS#11 engine reads the whole file as the PIN).
+printf '%08d' "$(( $(od -An -N4 -tu4 /dev/urandom) % 100000000 ))" >"$card/pin"
 umask 022
 "$TESSERA_BIN" station enroll --person DEMO-1 --profile piv-login --pin-file "$card/pin" | sed 's/^/  /'
 

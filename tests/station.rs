@@ -748,7 +748,9 @@ fn enroll_aes_token_then_log_in_to_nginx_until_suspended() {
     harness::relying_party::fetch_crl(&http, &root_crl, &crl);
     let nginx = Nginx::start(d, &chain, &crl);
     let cert = world.path("slot-9a.pem");
-    let pin = world.pin_file(NEW_PIN);
+    // libp11's pin-source=file takes the whole file as the PIN: no trailing newline.
+    let pin = world.path("curl-pin");
+    write_private(&pin, NEW_PIN);
     let login = || {
         curl_with_token(
             &nginx.url(),
