@@ -141,7 +141,7 @@ echo "  nginx on https://localhost:$site_port/ (ssl_verify_client on; ssl_crl = 
 reload_nginx() {
   local master old
   master=$(cat "$rp/nginx.pid"); old=$(pgrep -P "$master" | sort)
-  nginx -p "$rp" -c "$rp/nginx.conf" -s reload
+  nginx -p "$rp" -c "$rp/nginx.conf" -s reload 2>/dev/null
   # Wait until the old worker is gone, so that the next connection meets the new CRL.
   for _ in $(seq 1 300); do
     now=$(pgrep -P "$master" | sort)
