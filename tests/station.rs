@@ -1235,3 +1235,138 @@ fn card_pulled_at_write_certificate() {
 fn card_pulled_at_verify_pin() {
     card_pulled_at("20", 32_100_007, "verify the PIN");
 }
+
+// ---------------------------------------------------------------------------------------------
+// At a terminal: the PIN typed twice without echo, and confirmations (tests/python/pty_operator.py
+// plays the operator on a pseudo-terminal).
+
+impl World {
+    fn station_at_terminal(&self, script: &[(&str, &str)], args: &[&str]) -> Output {
+        let script: Vec<[&str; 2]> = script
+            .iter()
+            .map(|(prompt, answer)| [*prompt, *answer])
+            .collect();
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/pty_operator.py"))
+            .arg(serde_json::to_string(&script).unwrap())
+            .arg(TESSERA)
+            .arg("station")
+            .args(args)
+            .env(
+                "TESSERA_STATION_SERVER",
+                format!("https://{}", self.server.grpc),
+            )
+            .env("TESSERA_STATION_CA_CERT", self.path("server-ca.pem"))
+            .env("TESSERA_STATION_CLIENT_CERT", self.path("helpdesk.pem"))
+            .env("TESSERA_STATION_CLIENT_KEY", self.path("helpdesk.key"))
+            .env("TESSERA_STATION_READER", self.card.reader_name())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run python3 tests/python/pty_operator.py")
+    }
+}
+
+#[test]
+fn pin_typed_twice_at_the_terminal_is_never_echoed() {
+    let world = World::start(CardOptions::firmware("5.7.4").serial(32_000_009));
+    world.create_person("IVAN");
+    let enroll = ["enroll", "--person", "IVAN", "--profile", "piv-login"];
+
+    // Two different PINs: nothing happens, not even BeginEnrollment.
+    let out = world.station_at_terminal(
+        &[
+            ("New PIN for the token (6-8 characters): ", NEW_PIN),
+            ("The same PIN again: ", "13572468"),
+        ],
+        &enroll,
+    );
+    let transcript = text(&out.stdout);
+    assert!(!out.status.success(), "{transcript}");
+    assert!(
+        transcript
+            .contains("error: the two PINs differ; nothing was changed, run the command again"),
+        "{transcript}"
+    );
+    assert!(world.token(32_000_009).is_none(), "no enrollment began");
+    world
+        .card
+        .yubico_piv_tool(&["-a", "status"], None)
+        .success()
+        .has_line("PIN tries left:\t3");
+
+    let out = world.station_at_terminal(
+        &[
+            ("New PIN for the token (6-8 characters): ", NEW_PIN),
+            ("The same PIN again: ", NEW_PIN),
+        ],
+        &enroll,
+    );
+    let transcript = text(&out.stdout);
+    assert!(out.status.success(), "{transcript}");
+    assert!(transcript.contains("The same PIN again: "), "{transcript}");
+    assert!(
+        !transcript.contains(NEW_PIN),
+        "the terminal echoed the PIN:\n{transcript}"
+    );
+    assert!(
+        transcript.contains("token 32000009 is TOKEN_STATE_ACTIVE"),
+        "{transcript}"
+    );
+    world
+        .card
+        .yubico_piv_tool(
+            &["--stdin-input", "-a", "verify-pin"],
+            Some(&format!("{NEW_PIN}\n")),
+        )
+        .success();
+}
+
+#[test]
+fn reset_is_asked_at_the_terminal_and_no_means_no() {
+    let policy = include_str!("../config/attestation-policy.toml")
+        .replace("ysa-2024-03 = true", "ysa-2024-03 = false");
+    let policy: &'static str = Box::leak(policy.into_boxed_str());
+    let world = World::start_with(
+        CardOptions::firmware("5.2.7").serial(32_000_010),
+        Setup {
+            attestation_policy: Some(policy),
+        },
+    );
+    world.create_person("JUDY");
+    let pin = world.pin_file(NEW_PIN);
+    let enroll = [
+        "enroll",
+        "--person",
+        "JUDY",
+        "--profile",
+        "piv-login",
+        "--pin-file",
+        pin.to_str().unwrap(),
+    ];
+    let out = world.station_at_terminal(&[("[y/N] ", "n")], &enroll);
+    let transcript = text(&out.stdout);
+    assert!(!out.status.success(), "{transcript}");
+    assert!(
+        transcript.contains("Reset token 32000010? This erases every key and certificate on it"),
+        "{transcript}"
+    );
+    assert!(
+        transcript
+            .contains("error: the reset was not confirmed; the token was not changed; enrollment "),
+        "{transcript}"
+    );
+    world
+        .card
+        .yubico_piv_tool(&["-a", "status"], None)
+        .success()
+        .has_line("PIN tries left:\t3");
+
+    let out = world.station_at_terminal(&[("[y/N] ", "y")], &enroll);
+    let transcript = text(&out.stdout);
+    assert!(out.status.success(), "{transcript}");
+    assert!(
+        transcript.contains("reset the token's PIV application"),
+        "{transcript}"
+    );
+    world.verify_slot_certificate("9a");
+}

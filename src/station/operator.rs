@@ -145,19 +145,21 @@ impl Tty {
     }
 
     /// Reads a line with echo off; the terminal's echo comes back even when reading fails.
+    /// Echo goes off (dropping anything typed ahead) before the prompt appears, so nothing
+    /// typed after the prompt is ever echoed.
     fn read_secret(&mut self, prompt: &str) -> Result<Secret, StationError> {
         use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-        self.file
-            .write_all(prompt.as_bytes())
-            .map_err(StationError::Terminal)?;
         let saved = tcgetattr(&self.file).map_err(|e| StationError::Terminal(e.into()))?;
         let mut quiet = saved.clone();
         quiet.local_modes.remove(LocalModes::ECHO);
         tcsetattr(&self.file, OptionalActions::Flush, &quiet)
             .map_err(|e| StationError::Terminal(e.into()))?;
         let mut line = zeroize::Zeroizing::new(String::new());
-        let read = std::io::BufReader::new(&self.file).read_line(&mut line);
-        let restored = tcsetattr(&self.file, OptionalActions::Flush, &saved);
+        let read = self
+            .file
+            .write_all(prompt.as_bytes())
+            .and_then(|()| std::io::BufReader::new(&self.file).read_line(&mut line));
+        let restored = tcsetattr(&self.file, OptionalActions::Now, &saved);
         let _ = self.file.write_all(b"\n");
         read.map_err(StationError::Terminal)?;
         restored.map_err(|e| StationError::Terminal(e.into()))?;
