@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The README's main job: on a fresh Debian machine (as root) install what is missing, build
-# Tessera, make a throwaway SoftHSM2 token, run the CA ceremony in it, issue a certificate for a
-# CSR made by OpenSSL and check it with `openssl verify`; then plug in a virtual YubiKey
-# (tessera-vpiv behind a private pcscd), have it generate a key, verify the token's attestation
-# with `tessera attest verify`, certify the token's key and store the certificate on the token,
-# and sign with the token through OpenSC's PKCS#11 module. Everything it makes lives in one
-# temporary directory that is removed on exit. The help-desk enrollment through the server
-# (issue 7) will replace the hand-driven token steps.
+# Tessera, make a throwaway SoftHSM2 token and run the CA ceremony in it, then (scripts/demo-token.sh,
+# inside a private pcscd) start the server and a virtual YubiKey, have HR create a person over
+# gRPC, enroll the token at the "help desk" with `tessera station enroll`, and log the person in
+# to a local nginx that requires a client certificate, with curl using the token's key through
+# OpenSC; then HR suspends the person and nginx refuses them, and reinstates them and nginx lets
+# them in again. Everything it makes lives in one temporary directory, removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +13,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "1. install missing Debian and Python packages (scripts/install-deps.sh)"
 scripts/install-deps.sh
-echo "softhsm2, opensc, openssl and pkilint are present"
+echo "softhsm2, pcscd + vpcd, opensc, yubico-piv-tool, nginx, curl, the OpenSSL pkcs11 engine and python grpcio are present"
 
 step "2. build tessera (cargo build)"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -36,29 +35,49 @@ export TESSERA_DATA_DIR=$work/ca
 echo "token \"tessera-demo\", own SOFTHSM2_CONF=$SOFTHSM2_CONF, HSM config $TESSERA_HSM_CONFIG"
 
 step "4. CA ceremony: root (P-384) and issuing (P-256) keys generated in the HSM (tessera ca init)"
-"$tessera" ca init --organization "Tessera Demo"
+"$tessera" ca init --organization "Tessera Demo" | sed 's/^/  /'
 echo "public chain written to $TESSERA_DATA_DIR: $(cd "$TESSERA_DATA_DIR" && echo *)"
-echo "key objects in the token (private keys: sensitive, never extractable):"
-module=$(sed -n 's/^module = "\(.*\)"$/\1/p' "$TESSERA_HSM_CONFIG")
-USER_PIN=$(<"$work/token/user-pin") pkcs11-tool --module "$module" --token-label tessera-demo \
-  --login --pin env:USER_PIN -O 2>/dev/null | grep -E '^(Private|Public) Key Object|label:|Access:' | sed 's/^/  /'
 
-step "5. a user key and CSR made by OpenSSL (EC P-256, CN=Alice Example)"
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/alice.key" \
-  -subj "/CN=Alice Example" -addext "subjectAltName=email:alice@example.org" \
-  -out "$work/alice.csr" 2>/dev/null
-echo "CSR: $work/alice.csr"
+step "5. the HSM's AES key that wraps each token's management key and PUK (tessera admin init-wrapping-key)"
+"$tessera" admin init-wrapping-key --hsm-config "$TESSERA_HSM_CONFIG" | sed 's/^/  /'
 
-step "6. issue a certificate for the CSR under the tls-client profile (tessera ca sign-csr)"
-"$tessera" ca sign-csr --profile tls-client --csr "$work/alice.csr" --out "$work/alice.pem"
-openssl x509 -in "$work/alice.pem" -noout -subject -issuer -serial -dates -ext extendedKeyUsage,certificatePolicies
+step "6. the server's configuration, its TLS certificate, and client certificates for HR and the help desk"
+mkdir -p "$work/server"
+# The server's own TLS certificate: self-signed for localhost here, an end-entity certificate
+# (CA:FALSE, serverAuth) as rustls insists; in production one from your PKI.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/server/server.key" \
+  -out "$work/server/server.pem" 2>/dev/null
+cat >"$work/server/tessera.toml" <<CONF
+[grpc]
+listen = "127.0.0.1:0"
 
-step "7. check the chain and the certificate with OpenSSL (openssl verify)"
-openssl verify -CAfile "$TESSERA_DATA_DIR/root.pem" -untrusted "$TESSERA_DATA_DIR/issuing.pem" \
-  -purpose sslclient "$work/alice.pem"
+[http]
+listen = "127.0.0.1:0"
+ca_chain = "$TESSERA_DATA_DIR/chain.pem"
 
-step "8. the virtual YubiKey part runs beside a private pcscd (scripts/with-pcscd.sh)"
+[tls]
+certificate = "server.pem"
+private_key = "server.key"
+client_ca = "$TESSERA_DATA_DIR/chain.pem"
+
+[database]
+url = "sqlite:tessera.db"
+
+[ca]
+hsm_config = "$TESSERA_HSM_CONFIG"
+data_dir = "$TESSERA_DATA_DIR"
+CONF
+export TESSERA_CONFIG=$work/server/tessera.toml
+for role in hr helpdesk; do
+  "$tessera" admin issue-client-cert --role "$role" --name "demo $role" \
+    --out-cert "$work/server/$role.pem" --out-key "$work/server/$role.key" | sed 's/^/  /'
+done
+echo "  config $TESSERA_CONFIG; client certificates carry their role (tessera:role:hr, tessera:role:helpdesk)"
+
+step "7. the rest runs beside a private pcscd with virtual readers (scripts/with-pcscd.sh)"
 export DEMO_WORK="$work"
 scripts/with-pcscd.sh --readers 2 -- scripts/demo-token.sh
 
-printf '\ndemo: done: CA keys in the HSM; a certificate issued and verified; a virtual YubiKey generated a key, proved it by attestation, got its certificate, and signed through PKCS#11\n'
+printf '\ndemo: done: CA keys in the HSM; a virtual YubiKey enrolled at the help desk (keys born on the token, attested, certified); the person logged in to nginx with it, was refused while suspended, and let in again once reinstated\n'

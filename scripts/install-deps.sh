@@ -9,7 +9,7 @@ apt_packages=(
   yubico-piv-tool                                          # Yubico's own PIV client, used against tessera-vpiv
   nginx curl openssl                                       # relying party in the end-to-end test
   protobuf-compiler pkg-config util-linux                  # protoc for tonic-build; unshare for private pcscd
-  iproute2                                                 # ss and ip for scripts/with-pcscd.sh (free ports, private network)
+  iproute2 procps                                          # ss and ip for scripts/with-pcscd.sh; pgrep for the demo's nginx reload
 )
 python_packages=(pkilint yubikey-manager grpcio grpcio-tools)
 

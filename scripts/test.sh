@@ -17,6 +17,11 @@ fi
 # meet a system pcscd; tests that need no reader simply ignore it.
 scripts/with-pcscd.sh -- cargo nextest run --no-fail-fast --failure-output final "$@"
 
+# The README's main job end to end, as a user runs it (tests/station.rs covers the same flow
+# piece by piece; this proves the script itself works).
+scripts/demo.sh
+echo "demo: 1 passed, 0 failed"
+
 # The parsers that face untrusted bytes (attestation certificates, card APDUs) get a short,
 # bounded coverage-guided fuzz run on the stable toolchain (`-s none`: no sanitizer, which
 # would need nightly). A crash fails the run and leaves the input under fuzz/artifacts/.

@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod hsm;
 pub mod lifecycle;
 pub mod piv;
+pub mod station;
 pub mod store;
 pub mod vpiv;
 pub mod web;

@@ -30,6 +30,8 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Administration: client certificates for the API.
     Admin(cli::admin::AdminArgs),
+    /// The help-desk station: enroll, unblock, replace, retire a YubiKey; token status.
+    Station(cli::station::StationArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Audit(a) => cli::audit::run(a),
         Command::Admin(a) => cli::admin::run(a),
+        Command::Station(a) => cli::station::run(a),
     };
     match result {
         Ok(code) => code,

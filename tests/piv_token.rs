@@ -38,7 +38,7 @@ fn reads_serial_firmware_and_counters_without_trying_secrets() {
     assert_eq!(info.serial, 10_203_040);
     assert_eq!(info.firmware, "5.4.3");
     assert_eq!(info.pin_tries_left, 3);
-    assert_eq!(info.puk_tries_left, 3);
+    assert_eq!(info.puk_tries_left, Some(3));
     assert!(info.is_factory_fresh(), "{info:?}");
     // Reading the info tried nothing: the counters are untouched.
     assert_eq!(token.info().unwrap().pin_tries_left, 3);

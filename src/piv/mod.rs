@@ -94,7 +94,8 @@ pub struct TokenInfo {
     pub serial: u32,
     pub firmware: String,
     pub pin_tries_left: u8,
-    pub puk_tries_left: u8,
+    /// `None` on firmware without GET METADATA (before 5.3), which cannot say it without a try.
+    pub puk_tries_left: Option<u8>,
     /// Whether PIN, PUK and management key still have their factory values (GET METADATA).
     pub pin_is_default: Option<bool>,
     pub puk_is_default: Option<bool>,
@@ -133,9 +134,20 @@ pub enum PivError {
     ManagementKeyRefused,
     #[error("the new PIN must be 6 to 8 characters")]
     PinLength,
-    #[error("touch the YubiKey when it blinks: the operation timed out waiting for a touch")]
+    #[error(
+        "no touch: the token answered 6982 (security status not satisfied) while waiting for a touch; \
+         touch the YubiKey when it blinks and run the command again"
+    )]
     TouchTimeout,
-    #[error("the token refused {operation}: {source}")]
+    #[error(
+        "the token was removed or stopped answering during {operation} (PC/SC: {source}); \
+         put it back in the reader and run the command again"
+    )]
+    Removed {
+        operation: &'static str,
+        source: pcsc::Error,
+    },
+    #[error("the token refused {operation}: {}", describe_card_error(.source))]
     Card {
         operation: &'static str,
         source: yubikey::Error,
@@ -152,7 +164,68 @@ fn filter_text(filter: &Option<String>) -> String {
 }
 
 fn card(operation: &'static str) -> impl FnOnce(yubikey::Error) -> PivError {
-    move |source| PivError::Card { operation, source }
+    move |source| card_error(operation, source)
+}
+
+/// A card error, or [`PivError::Removed`] when PC/SC says the card is gone.
+fn card_error(operation: &'static str, source: yubikey::Error) -> PivError {
+    match source {
+        yubikey::Error::PcscError { inner: Some(pcsc) } if is_removal(pcsc) => PivError::Removed {
+            operation,
+            source: pcsc,
+        },
+        source => PivError::Card { operation, source },
+    }
+}
+
+/// PC/SC errors that mean the card left the reader (or stopped answering mid-command).
+fn is_removal(error: pcsc::Error) -> bool {
+    matches!(
+        error,
+        pcsc::Error::RemovedCard
+            | pcsc::Error::ResetCard
+            | pcsc::Error::NoSmartcard
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::UnresponsiveCard
+            | pcsc::Error::UnpoweredCard
+            | pcsc::Error::NotTransacted
+            | pcsc::Error::CommError
+            | pcsc::Error::UnknownReader
+    )
+}
+
+/// Names the ISO 7816 status behind a `yubikey` error where the driver maps one status to it
+/// (it keeps only the error kind), with what to check; otherwise the driver's own name.
+pub fn describe_card_error(error: &yubikey::Error) -> String {
+    use yubikey::Error as E;
+    match error {
+        E::AuthenticationError => {
+            "ISO 7816 status 6982 (security status not satisfied): the management key, \
+             PIN or touch this needs was not given"
+                .into()
+        }
+        E::PinLocked => "ISO 7816 status 6983 (authentication method blocked)".into(),
+        E::WrongPin { tries } => {
+            format!("ISO 7816 status 63C{tries:X} (verification failed, {tries} tries left)")
+        }
+        E::NotFound => "ISO 7816 status 6A82/6A88 (data object or key not found)".into(),
+        E::NotSupported => {
+            "ISO 7816 status 6D00 (instruction not supported): this firmware lacks it".into()
+        }
+        E::AlgorithmError => {
+            "ISO 7816 status 6A80 (incorrect data): algorithm, PIN or touch policy \
+             not supported by this firmware"
+                .into()
+        }
+        E::KeyError => "ISO 7816 status 6B00 (wrong slot)".into(),
+        E::PcscError { inner: Some(pcsc) } => {
+            format!("PC/SC error: {pcsc}; check the reader and pcscd")
+        }
+        other => match other.name() {
+            Some(name) => format!("{other} ({name}); the driver reports no ISO 7816 status for it"),
+            None => other.to_string(),
+        },
+    }
 }
 
 /// An open PIV token in a PC/SC reader.
@@ -232,8 +305,7 @@ impl PivToken {
         let puk_tries_left = puk
             .as_ref()
             .and_then(|m| m.retries.as_ref())
-            .map(|r| r.remaining_count)
-            .unwrap_or(0);
+            .map(|r| r.remaining_count);
         Ok(TokenInfo {
             reader: self.reader.clone(),
             serial: self.serial(),
@@ -267,10 +339,7 @@ impl PivToken {
         let mgm = key.to_mgm_key()?;
         self.yubikey.authenticate(&mgm).map_err(|e| match e {
             yubikey::Error::AuthenticationError => PivError::ManagementKeyRefused,
-            other => PivError::Card {
-                operation: "management-key authentication",
-                source: other,
-            },
+            other => card_error("management-key authentication", other),
         })
     }
 
@@ -291,10 +360,7 @@ impl PivToken {
                 PivError::PinBlocked
             }
             yubikey::Error::WrongPin { tries } => PivError::WrongPin { tries_left: tries },
-            other => PivError::Card {
-                operation: "PIN verification",
-                source: other,
-            },
+            other => card_error("PIN verification", other),
         })
     }
 
@@ -310,10 +376,7 @@ impl PivToken {
                     PivError::PinBlocked
                 }
                 yubikey::Error::WrongPin { tries } => PivError::WrongPin { tries_left: tries },
-                other => PivError::Card {
-                    operation: "PIN change",
-                    source: other,
-                },
+                other => card_error("PIN change", other),
             })
     }
 
@@ -349,12 +412,7 @@ impl PivToken {
                 }
                 Err(yubikey::Error::WrongPin { .. }) => continue,
                 Ok(()) => continue,
-                Err(other) => {
-                    return Err(PivError::Card {
-                        operation: "block the PIN for reset",
-                        source: other,
-                    });
-                }
+                Err(other) => return Err(card_error("block the PIN for reset", other)),
             }
         }
         self.yubikey
@@ -363,6 +421,20 @@ impl PivToken {
         self.yubikey
             .reset_device()
             .map_err(card("reset the PIV application"))
+    }
+
+    /// Connects again to the same token (a PC/SC reconnect that resets the card and selects
+    /// PIV), as needed after [`reset`](Self::reset); the handle stays the only one open.
+    pub fn reconnect(&mut self) -> Result<(), PivError> {
+        self.yubikey
+            .reconnect()
+            .map_err(card("reconnect to the token"))
+    }
+
+    /// Whether a token still answers in this handle's reader (after a failed command: was the
+    /// token pulled?). Opens a fresh connection; tries no secret.
+    pub fn still_present(&self) -> bool {
+        PivToken::open(Some(&self.reader)).is_ok()
     }
 
     /// Generates a key pair on the token (after [`authenticate`](Self::authenticate)).
@@ -405,6 +477,22 @@ impl PivToken {
         Ok(signature.to_vec())
     }
 
+    /// [`sign`](Self::sign) with a key whose touch policy needs a touch; the caller has told the
+    /// operator to touch the token. The card answers 6982 when no touch came in time, which is
+    /// reported as [`PivError::TouchTimeout`].
+    pub fn sign_with_touch(
+        &mut self,
+        slot: SlotId,
+        algorithm: AlgorithmId,
+        input: &[u8],
+    ) -> Result<Vec<u8>, PivError> {
+        match piv::sign_data(&mut self.yubikey, input, algorithm, slot) {
+            Ok(signature) => Ok(signature.to_vec()),
+            Err(yubikey::Error::AuthenticationError) => Err(PivError::TouchTimeout),
+            Err(other) => Err(card_error("signing", other)),
+        }
+    }
+
     /// Stores a certificate (DER) in a slot's certificate object.
     pub fn write_certificate(&mut self, slot: SlotId, der: &[u8]) -> Result<(), PivError> {
         let certificate = yubikey::Certificate::from_bytes(der.to_vec())
@@ -423,10 +511,7 @@ impl PivToken {
         match self.yubikey.fetch_object(certificate_object_id(slot)) {
             Ok(object) => certificate_from_object(&object, "certificate object").map(Some),
             Err(yubikey::Error::NotFound) => Ok(None),
-            Err(other) => Err(PivError::Card {
-                operation: "read a certificate",
-                source: other,
-            }),
+            Err(other) => Err(card_error("read a certificate", other)),
         }
     }
 
@@ -446,10 +531,7 @@ fn puk_error(operation: &'static str) -> impl FnOnce(yubikey::Error) -> PivError
     move |e| match e {
         yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => PivError::PukBlocked,
         yubikey::Error::WrongPin { tries } => PivError::WrongPuk { tries_left: tries },
-        other => PivError::Card {
-            operation,
-            source: other,
-        },
+        other => card_error(operation, other),
     }
 }
 

@@ -4,5 +4,6 @@
 
 pub mod database;
 pub mod pki;
+pub mod relying_party;
 pub mod softhsm;
 pub mod vpcd;

@@ -1,0 +1,183 @@
+//! `tessera station …`: the help-desk CLI (docs/help-desk.md). Connection settings come from
+//! flags, `TESSERA_STATION_*` environment variables or a TOML file (`--config`); key material
+//! only ever as file paths.
+use crate::station::config::{GivenSettings, StationFile};
+use crate::station::enrollment::{EnrollRequest, Enrolled, enroll};
+use crate::station::{ServerConnection, StationConfig, TerminalOperator, token_care};
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct StationArgs {
+    /// Station config file (TOML: server, ca_cert, client_cert, client_key, reader).
+    #[arg(long, env = "TESSERA_STATION_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// The server, https://HOST:PORT.
+    #[arg(long, env = "TESSERA_STATION_SERVER", global = true)]
+    pub server: Option<String>,
+    /// PEM file of the CA that issued the server's certificate.
+    #[arg(long, env = "TESSERA_STATION_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of this station's client certificate (role helpdesk).
+    #[arg(long, env = "TESSERA_STATION_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of this station's private key (a path; never the key itself).
+    #[arg(long, env = "TESSERA_STATION_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
+    /// Part of the PC/SC reader's name, when several tokens are present.
+    #[arg(long, env = "TESSERA_STATION_READER", global = true)]
+    pub reader: Option<String>,
+    #[command(subcommand)]
+    pub command: StationCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum StationCommand {
+    /// Enroll the token in the reader for a person: keys born on the token, attested, certified.
+    Enroll {
+        /// The person's external id (as HR knows them).
+        #[arg(long)]
+        person: String,
+        /// The enrollment profile (slot plan), e.g. piv-login.
+        #[arg(long)]
+        profile: String,
+        #[command(flatten)]
+        pin: PinArgs,
+        /// Confirm up front that a token that is not factory-fresh may be reset (erased).
+        #[arg(long)]
+        confirm_reset: bool,
+    },
+    /// Unblock a forgotten or blocked PIN with the PUK the server holds (never shown).
+    Unblock {
+        #[command(flatten)]
+        pin: PinArgs,
+    },
+    /// Replace a lost token: mark the old one lost (revoked), enroll the one in the reader.
+    Replace {
+        /// Serial of the lost token.
+        #[arg(long)]
+        old_serial: String,
+        #[arg(long)]
+        person: String,
+        #[arg(long)]
+        profile: String,
+        #[command(flatten)]
+        pin: PinArgs,
+        #[arg(long)]
+        confirm_reset: bool,
+    },
+    /// Retire the token in the reader: revoke its certificates and wipe it.
+    Retire {
+        /// Confirm up front that the token may be revoked and wiped.
+        #[arg(long)]
+        confirm_reset: bool,
+    },
+    /// Show the token in the reader and what the server knows about it.
+    Status,
+}
+
+#[derive(clap::Args)]
+pub struct PinArgs {
+    /// Read the person's new PIN from this file (first line; the file must be mode 0600)
+    /// instead of asking twice on the terminal.
+    #[arg(long)]
+    pub pin_file: Option<PathBuf>,
+}
+
+pub fn run(args: StationArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => StationFile::load(path)?,
+        None => StationFile::default(),
+    };
+    let config = StationConfig::resolve(
+        GivenSettings {
+            server: args.server,
+            ca_cert: args.ca_cert,
+            client_cert: args.client_cert,
+            client_key: args.client_key,
+            reader: args.reader,
+        },
+        file,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut server = ServerConnection::connect(&config).await?;
+        let reader = config.reader.as_deref();
+        match args.command {
+            StationCommand::Enroll {
+                person,
+                profile,
+                pin,
+                confirm_reset,
+            } => {
+                let mut operator = TerminalOperator::new(pin.pin_file, confirm_reset);
+                let enrolled = enroll(
+                    &mut server,
+                    &mut operator,
+                    reader,
+                    &EnrollRequest { person, profile },
+                )
+                .await?;
+                print_enrolled(&enrolled);
+            }
+            StationCommand::Replace {
+                old_serial,
+                person,
+                profile,
+                pin,
+                confirm_reset,
+            } => {
+                let mut operator = TerminalOperator::new(pin.pin_file, confirm_reset);
+                let enrolled = token_care::replace(
+                    &mut server,
+                    &mut operator,
+                    reader,
+                    &old_serial,
+                    &EnrollRequest { person, profile },
+                )
+                .await?;
+                print_enrolled(&enrolled);
+            }
+            StationCommand::Unblock { pin } => {
+                let mut operator = TerminalOperator::new(pin.pin_file, false);
+                token_care::unblock(&mut server, &mut operator, reader).await?;
+                println!("station: the PIN is unblocked and set");
+            }
+            StationCommand::Retire { confirm_reset } => {
+                let mut operator = TerminalOperator::new(None, confirm_reset);
+                token_care::retire(&mut server, &mut operator, reader).await?;
+                println!("station: the token is retired and wiped");
+            }
+            StationCommand::Status => {
+                let mut operator = TerminalOperator::new(None, false);
+                token_care::status(&mut server, &mut operator, reader).await?;
+            }
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_enrolled(enrolled: &Enrolled) {
+    println!(
+        "station: token {} enrolled (enrollment {}); certificates: {}",
+        enrolled.token_serial,
+        enrolled.enrollment_id,
+        enrolled
+            .certificates
+            .iter()
+            .map(|c| format!(
+                "{} in slot {}",
+                c.certificate
+                    .as_ref()
+                    .map(|c| c.serial.as_str())
+                    .unwrap_or("?"),
+                c.slot
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
