@@ -80,27 +80,8 @@ openssl verify -CAfile "$TESSERA_DATA_DIR/root.pem" -untrusted "$TESSERA_DATA_DI
 
 step "13. a relying party: nginx, TLS 1.3 only, client certificate required, Tessera's chain and CRLs"
 # nginx checks revocation for the whole chain, so besides Tessera's CRL (/crl, issuing CA) it
-# needs the root's CRL for the issuing CA: signed here in the HSM with the root key through the
-# OpenSSL pkcs11 engine (the HSM PIN comes from its 0600 file).
-cat >"$rp/engine.cnf" <<CONF
-openssl_conf = conf
-[conf]
-engines = engines
-[engines]
-pkcs11 = pkcs11
-[pkcs11]
-engine_id = pkcs11
-dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
-MODULE_PATH = /usr/lib/softhsm/libsofthsm2.so
-init = 0
-CONF
-printf '[ca]\ndefault_ca = root\n[root]\ndatabase = %s/root-index.txt\ncrlnumber = %s/root-crlnumber\ndefault_md = sha384\ndefault_crl_days = 30\n' \
-  "$rp" "$rp" >"$rp/root-ca.cnf"
-: >"$rp/root-index.txt"; echo 01 >"$rp/root-crlnumber"
-root_key=$(sed -n 's/^root_key = "\(.*\)"$/\1/p' "$TESSERA_DATA_DIR/ca.toml")
-OPENSSL_CONF="$rp/engine.cnf" openssl ca -config "$rp/root-ca.cnf" -gencrl -engine pkcs11 -keyform engine \
-  -keyfile "$root_key?pin-source=file:$DEMO_WORK/token/user-pin" -cert "$TESSERA_DATA_DIR/root.pem" \
-  -out "$rp/root-crl.pem" 2>/dev/null
+# needs the root's CRL for the issuing CA: signed in the HSM with the root key.
+"$TESSERA_BIN" ca root-crl --out "$rp/root-crl.pem" | sed 's/^/  /'
 refresh_crl() {
   curl -sS --fail "http://$http/crl" -o "$rp/tessera.crl"
   { cat "$rp/root-crl.pem"; openssl crl -inform DER -in "$rp/tessera.crl"; } >"$rp/crls.pem"

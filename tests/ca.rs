@@ -1107,3 +1107,100 @@ fn concurrent_issuance_from_one_issuing_ca_gives_correct_certificates() {
     let expected: String = files.iter().map(|f| format!("{f}: OK\n")).collect();
     assert_eq!(stdout(&out), expected);
 }
+
+/// `ca root-crl`: an empty CRL signed by the root key in the HSM, verified by openssl under
+/// root.pem, clean under pkilint, its number growing run by run; bad input named.
+#[test]
+fn root_crl_is_signed_by_the_root_and_its_number_grows() {
+    let token = SoftHsmToken::create("rootcrl");
+    let data_dir = init_ca(&token);
+    let dir = token.dir.path();
+    let out_path = dir.join("root-crl.pem");
+    let args = [
+        "ca",
+        "root-crl",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ];
+    let out = tessera(&token, &args);
+    assert_ok(&out, "ca root-crl");
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "root CRL number 1, next update in 30 days, written to {}\n",
+            out_path.display()
+        )
+    );
+    let out = run_tool(
+        "openssl",
+        &[
+            "crl",
+            "-in",
+            out_path.to_str().unwrap(),
+            "-CAfile",
+            data_dir.join("root.pem").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+        dir,
+    );
+    assert!(stderr(&out).contains("verify OK"), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("No Revoked Certificates."), "{text}");
+    assert!(text.contains("Issuer: CN = Tessera Root CA"), "{text}");
+    assert!(
+        text.contains("X509v3 CRL Number: \n                1\n"),
+        "{text}"
+    );
+
+    let der = pem_to_der(&out_path);
+    let der_path = dir.join("root-crl.der");
+    std::fs::write(&der_path, der).unwrap();
+    let lint = run_tool(
+        "lint_crl",
+        &[
+            "lint",
+            "-t",
+            "CRL",
+            "-p",
+            "PKIX",
+            "-s",
+            "INFO",
+            der_path.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(
+        (
+            lint.status.code(),
+            stdout(&lint).trim(),
+            stderr(&lint).as_str()
+        ),
+        (Some(0), "", "")
+    );
+
+    let out = tessera(&token, &args);
+    assert_ok(&out, "ca root-crl (second)");
+    assert!(
+        stdout(&out).starts_with("root CRL number 2,"),
+        "{}",
+        stdout(&out)
+    );
+
+    let mut bad_days = args.to_vec();
+    bad_days.extend(["--days", "0"]);
+    assert_refused(
+        &tessera(&token, &bad_days),
+        "--days must be between 1 and 366, got 0",
+    );
+    std::fs::write(data_dir.join("root-crl-number"), "two\n").unwrap();
+    assert_refused(
+        &tessera(&token, &args),
+        &format!(
+            "{} is invalid: \"two\" is not a CRL number",
+            data_dir.join("root-crl-number").display()
+        ),
+    );
+}

@@ -730,19 +730,7 @@ fn enroll_aes_token_then_log_in_to_nginx_until_suspended() {
     // Log in to nginx with the token's key through OpenSC.
     let d = world.dir.path();
     let chain = world.data_dir.join("chain.pem");
-    let ca_toml = std::fs::read_to_string(world.data_dir.join("ca.toml")).unwrap();
-    let root_key = ca_toml
-        .lines()
-        .find_map(|l| l.strip_prefix("root_key = \""))
-        .map(|l| l.trim_end_matches('"').to_string())
-        .expect("root_key in ca.toml");
-    let root_crl = harness::relying_party::root_crl_signed_in_hsm(
-        &world.hsm.softhsm2_conf,
-        &root_key,
-        &world.hsm.dir.path().join("user-pin"),
-        &world.data_dir.join("root.pem"),
-        d,
-    );
+    let root_crl = harness::relying_party::root_crl(&world.hsm, &world.data_dir, d);
     let http = world.server.http.clone().expect("the server's HTTP side");
     let crl = d.join("crls.pem");
     harness::relying_party::fetch_crl(&http, &root_crl, &crl);

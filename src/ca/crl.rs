@@ -111,6 +111,41 @@ pub fn sign_crl(issuing: &IssuingCa, contents: &CrlContents) -> Result<Vec<u8>, 
     Ok(crl.der().to_vec())
 }
 
+/// The file in a CA data directory that holds the last root CRL number.
+pub const ROOT_CRL_NUMBER_FILE: &str = "root-crl-number";
+
+/// Takes the next root CRL number: reads the last one from `data_dir/root-crl-number` (none:
+/// 0), writes the next one back (atomically, before anything is signed, so a number is never
+/// used twice) and returns it.
+pub fn next_root_crl_number(data_dir: &std::path::Path) -> Result<u64, CaError> {
+    let path = data_dir.join(ROOT_CRL_NUMBER_FILE);
+    let io = |error| CaError::Io {
+        path: path.clone(),
+        error,
+    };
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| CaError::CaRecordInvalid {
+                path: path.clone(),
+                reason: format!("{:?} is not a CRL number", text.trim()),
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let next = last
+        .checked_add(1)
+        .ok_or_else(|| CaError::CaRecordInvalid {
+            path: path.clone(),
+            reason: "the CRL number cannot grow any further".into(),
+        })?;
+    let tmp = data_dir.join(format!("{ROOT_CRL_NUMBER_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{next}\n")).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(next)
+}
+
 /// Big-endian octets of `n` without leading zero octets (one 0x00 for zero).
 fn minimal_unsigned(n: u64) -> Vec<u8> {
     let bytes = n.to_be_bytes();
@@ -124,6 +159,16 @@ fn minimal_unsigned(n: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_crl_numbers_grow_and_a_damaged_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_root_crl_number(dir.path()).unwrap(), 1);
+        assert_eq!(next_root_crl_number(dir.path()).unwrap(), 2);
+        std::fs::write(dir.path().join(ROOT_CRL_NUMBER_FILE), "two\n").unwrap();
+        let e = next_root_crl_number(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("\"two\" is not a CRL number"), "{e}");
+    }
 
     #[test]
     fn minimal_unsigned_octets() {

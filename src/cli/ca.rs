@@ -97,6 +97,22 @@ enum CaCommand {
         #[arg(long, env = "TESSERA_PROFILES_DIR", value_name = "DIR")]
         profiles_dir: Option<PathBuf>,
     },
+    /// The root CA's CRL (PEM), signed in the HSM with the root key. It lists no certificate
+    /// (the root certifies only the issuing CA); relying parties that check revocation for
+    /// the whole chain (nginx, OpenSSL's CRL_CHECK_ALL) need it besides the server's `/crl`.
+    /// Its CRL number is kept in `root-crl-number` in the data directory and grows each run.
+    RootCrl {
+        #[command(flatten)]
+        hsm: HsmConfigArg,
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Days until nextUpdate; sign a new one before then.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Where to write the CRL (PEM). Replaced if it exists.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Delegated OCSP responder: a P-256 key in the HSM and its certificate from the issuing CA
     /// (profile ocsp-responder), recorded in the server's database; writes ocsp.pem and
     /// ocsp.toml into the CA's data directory, where `tessera serve` finds them.
@@ -229,6 +245,43 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => print!("{pem}"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::RootCrl {
+            hsm,
+            data,
+            days,
+            out,
+        } => {
+            if !(1..=366).contains(&days) {
+                anyhow::bail!("--days must be between 1 and 366, got {days}");
+            }
+            let stored = StoredCa::load(&data.data_dir)?;
+            let number = ca::crl::next_root_crl_number(&data.data_dir)?;
+            let hsm = open_hsm(&hsm.hsm_config)?;
+            let root = ca::IssuingCa::new(
+                stored.root_der.clone(),
+                hsm.find_key(&stored.record.root_key)?,
+            )?;
+            let now = time::OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("0 is a valid nanosecond");
+            let der = ca::crl::sign_crl(
+                &root,
+                &ca::crl::CrlContents {
+                    number,
+                    this_update: now,
+                    next_update: now + time::Duration::days(i64::from(days)),
+                    entries: Vec::new(),
+                },
+            )?;
+            let pem = der::pem::encode_string("X509 CRL", der::pem::LineEnding::LF, &der)
+                .map_err(|e| anyhow::anyhow!("cannot encode the CRL as PEM: {e}"))?;
+            std::fs::write(&out, pem).with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "root CRL number {number}, next update in {days} days, written to {}",
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::InitOcsp {

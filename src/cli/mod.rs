@@ -16,8 +16,9 @@ pub mod station;
 /// crate logs every refused command at ERROR level; `piv` reports those errors itself (with the
 /// ISO 7816 status), so its logs are off by default too.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cryptoki::mechanism=off,yubikey=off"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,cryptoki::mechanism=off,yubikey=off")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

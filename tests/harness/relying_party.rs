@@ -245,59 +245,39 @@ pub fn curl_with_token(
     }
 }
 
-/// The root CA's CRL (empty, 30 days), signed in the HSM with the root key through the OpenSSL
-/// pkcs11 engine and SoftHSM2. nginx checks revocation for every certificate of the chain
-/// (OpenSSL's CRL_CHECK_ALL), so it needs the root's CRL for the issuing CA besides Tessera's
-/// `/crl`. `root_key` is the root key's `pkcs11:` URI (ca.toml); `pin_file` holds the HSM PIN.
-pub fn root_crl_signed_in_hsm(
-    softhsm2_conf: &Path,
-    root_key: &str,
-    pin_file: &Path,
-    root_pem: &Path,
-    work: &Path,
-) -> PathBuf {
-    let dir = work.join("root-crl");
-    std::fs::create_dir_all(&dir).unwrap();
-    let engine_conf = dir.join("engine.cnf");
-    std::fs::write(
-        &engine_conf,
-        format!(
-            "openssl_conf = conf\n[conf]\nengines = engines\n[engines]\npkcs11 = pkcs11\n[pkcs11]\nengine_id = pkcs11\n\
-             dynamic_path = {PKCS11_ENGINE}\nMODULE_PATH = {}\ninit = 0\n",
-            super::softhsm::SOFTHSM_MODULE
-        ),
-    )
-    .unwrap();
-    let ca_conf = dir.join("ca.cnf");
-    std::fs::write(
-        &ca_conf,
-        format!(
-            "[ca]\ndefault_ca = root\n[root]\ndatabase = {0}/index.txt\ncrlnumber = {0}/crlnumber\ndefault_md = sha384\ndefault_crl_days = 30\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.join("index.txt"), "").unwrap();
-    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
-    let out_path = dir.join("root-crl.pem");
-    let key = format!("{root_key}?pin-source=file:{}", pin_file.display());
-    let out = Command::new("openssl")
-        .args(["ca", "-gencrl", "-engine", "pkcs11", "-keyform", "engine"])
-        .arg("-config")
-        .arg(&ca_conf)
-        .args(["-keyfile", &key])
-        .arg("-cert")
-        .arg(root_pem)
-        .arg("-out")
+/// The root CA's CRL (empty, 30 days) from `tessera ca root-crl`, signed in the HSM with the
+/// root key. nginx checks revocation for every certificate of the chain (OpenSSL's
+/// CRL_CHECK_ALL), so it needs the root's CRL for the issuing CA besides Tessera's `/crl`.
+/// Checked with `openssl crl -CAfile root.pem` before it is handed out.
+pub fn root_crl(token: &super::softhsm::SoftHsmToken, data_dir: &Path, work: &Path) -> PathBuf {
+    let out_path = work.join("root-crl.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ca", "root-crl", "--days", "30"])
+        .arg("--hsm-config")
+        .arg(&token.config_path)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--out")
         .arg(&out_path)
-        .env("OPENSSL_CONF", &engine_conf)
-        .env("SOFTHSM2_CONF", softhsm2_conf)
+        .env("SOFTHSM2_CONF", &token.softhsm2_conf)
+        .output()
+        .expect("cannot run tessera");
+    assert!(
+        out.status.success(),
+        "tessera ca root-crl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = Command::new("openssl")
+        .args(["crl", "-noout", "-in"])
+        .arg(&out_path)
+        .arg("-CAfile")
+        .arg(data_dir.join("root.pem"))
         .output()
         .expect("cannot run openssl");
     assert!(
-        out.status.success(),
-        "openssl ca -gencrl (root, in the HSM) failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&verify.stderr).contains("verify OK"),
+        "the root CRL does not verify under root.pem: {}",
+        String::from_utf8_lossy(&verify.stderr)
     );
     out_path
 }
