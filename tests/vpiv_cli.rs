@@ -69,6 +69,10 @@ fn fault_flags_that_do_not_parse_are_refused() {
         run_failing(card().args(["--fault-disconnect-at-ins", "zz"])),
         r#"tessera-vpiv: --fault-disconnect-at-ins "zz" is not a hex byte such as 87: invalid digit found in string"#
     );
+    assert_eq!(
+        run_failing(card().args(["--fault-disconnect-at-ins", "87:0"])),
+        r#"tessera-vpiv: --fault-disconnect-at-ins "87:0": the occurrence after ':' must be a whole number from 1"#
+    );
 }
 
 #[test]

@@ -61,8 +61,9 @@ struct Args {
     /// Fault: drop the connection (card pulled) when APDU number N+1 arrives, then exit.
     #[arg(long, value_name = "N")]
     fault_disconnect_after: Option<u64>,
-    /// Fault: drop the connection when an APDU with this instruction (hex, e.g. 87) arrives.
-    #[arg(long, value_name = "INS")]
+    /// Fault: drop the connection when an APDU with this instruction (hex, e.g. 87) arrives;
+    /// `INS:N` waits for its Nth occurrence (e.g. 87:2).
+    #[arg(long, value_name = "INS[:N]")]
     fault_disconnect_at_ins: Option<String>,
     /// Fault: answer instruction INS with status SW instead of running it (hex, e.g. 47=6A80).
     /// Repeatable.
@@ -106,13 +107,27 @@ fn fault_plan(args: &Args) -> anyhow::Result<FaultPlan> {
             .with_context(|| format!("--fault-status {spec:?}: SW is not 4 hex digits"))?;
         status_by_ins.insert(parse_hex_u8(ins, "--fault-status instruction")?, sw);
     }
+    let (disconnect_at_ins, disconnect_at_ins_occurrence) = match args
+        .fault_disconnect_at_ins
+        .as_deref()
+    {
+        None => (None, 1),
+        Some(spec) => {
+            let (ins, nth) = spec.split_once(':').unwrap_or((spec, "1"));
+            let nth = nth
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .with_context(|| {
+                    format!("--fault-disconnect-at-ins {spec:?}: the occurrence after ':' must be a whole number from 1")
+                })?;
+            (Some(parse_hex_u8(ins, "--fault-disconnect-at-ins")?), nth)
+        }
+    };
     Ok(FaultPlan {
         disconnect_after: args.fault_disconnect_after,
-        disconnect_at_ins: args
-            .fault_disconnect_at_ins
-            .as_deref()
-            .map(|s| parse_hex_u8(s, "--fault-disconnect-at-ins"))
-            .transpose()?,
+        disconnect_at_ins,
+        disconnect_at_ins_occurrence,
         status_by_ins,
         refuse_touch: args.refuse_touch,
     })

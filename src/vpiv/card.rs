@@ -32,8 +32,11 @@ pub const TOUCH_CACHE_SECONDS: u64 = 15;
 pub struct FaultPlan {
     /// Drop the connection (card pulled) when APDU number N+1 arrives.
     pub disconnect_after: Option<u64>,
-    /// Drop the connection when an APDU with this INS arrives.
+    /// Drop the connection when an APDU with this INS arrives…
     pub disconnect_at_ins: Option<u8>,
+    /// …for the Nth time (1 = the first; 0 is taken as 1), e.g. the second GENERAL
+    /// AUTHENTICATE of an enrollment is the first signature after the management-key one.
+    pub disconnect_at_ins_occurrence: u32,
     /// Answer these instructions with this status word instead of running them.
     pub status_by_ins: BTreeMap<u8, u16>,
     /// Touch never arrives: operations needing touch fail as on a timeout (6982).
@@ -105,6 +108,8 @@ pub struct VirtualCard {
     pub(super) faults: FaultPlan,
     pub(super) session: Session,
     apdu_count: u64,
+    /// APDUs seen so far with the fault's disconnect instruction.
+    disconnect_ins_seen: u32,
     pub(super) last_touch: Option<Instant>,
     /// Set by handlers that changed `state`; the card then saves it.
     pub(super) dirty: bool,
@@ -121,6 +126,7 @@ impl VirtualCard {
                 ..Session::default()
             },
             apdu_count: 0,
+            disconnect_ins_seen: 0,
             last_touch: None,
             dirty: false,
         }
@@ -165,7 +171,10 @@ impl VirtualCard {
             return CardReply::Disconnect;
         }
         if let Some(&ins) = raw.get(1) {
-            if self.faults.disconnect_at_ins == Some(ins) {
+            if self.faults.disconnect_at_ins == Some(ins) && {
+                self.disconnect_ins_seen += 1;
+                self.disconnect_ins_seen >= self.faults.disconnect_at_ins_occurrence.max(1)
+            } {
                 tracing::warn!(
                     ins = format_args!("{ins:02X}"),
                     "fault: card pulled at instruction"

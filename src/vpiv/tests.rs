@@ -998,6 +998,22 @@ fn faults_pull_the_card_or_force_a_status() {
         CardReply::Disconnect
     );
 
+    // The second occurrence: the first GENERAL AUTHENTICATE is answered, the second pulls.
+    let faults = FaultPlan {
+        disconnect_at_ins: Some(0x87),
+        disconnect_at_ins_occurrence: 2,
+        ..FaultPlan::default()
+    };
+    let mut card = new_card_with([5, 4, 3], faults);
+    assert!(matches!(
+        card.process(&hexb("0087039B047C028000")),
+        CardReply::Response(_)
+    ));
+    assert_eq!(
+        card.process(&hexb("0087039B047C028000")),
+        CardReply::Disconnect
+    );
+
     let mut status_by_ins = std::collections::BTreeMap::new();
     status_by_ins.insert(0x47, 0x6A80);
     let mut card = new_card_with(
