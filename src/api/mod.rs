@@ -5,9 +5,12 @@
 /// Runs a state-changing RPC once per request id: a repeat gets the stored first answer and
 /// changes nothing; the change, its audit events and the stored answer commit together.
 macro_rules! idempotent {
-    ($store:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {{
+    ($store:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {
+        idempotent!($store, $method, $request, request_id: &$request.request_id, |$tx| $body)
+    };
+    ($store:expr, $method:expr, $request:ident, request_id: $request_id:expr, |$tx:ident| $body:expr) => {{
         let key = crate::lifecycle::RequestKey::new(
-            &$request.request_id,
+            $request_id,
             $method,
             &prost::Message::encode_to_vec(&$request),
         )?;

@@ -3,7 +3,7 @@ use super::authz::authorize;
 use super::pb::{self, token_service_server::TokenService};
 use super::{next_page_token, page_size, parse_page_token, status};
 use crate::lifecycle::{self, LifecycleError, TokenTransition};
-use crate::store::{Store, TokenRow, TokenState, TokensQuery, WriteTx};
+use crate::store::{Store, TokenRow, TokenState, TokensQuery};
 use tonic::{Request, Response, Status};
 
 pub struct Tokens {
@@ -46,28 +46,57 @@ impl Tokens {
         })
     }
 
-    async fn transition(
+    /// One token transition RPC: authorize, then (once per request id) apply `transition` to the
+    /// token named by the request and answer with the token as it now is.
+    async fn transition_rpc<Req: TransitionRequest, Resp: prost::Message + Default>(
         &self,
-        tx: &mut WriteTx,
-        identity: &crate::api::Identity,
-        request_id: &str,
-        serial: &str,
-        reason: &str,
+        request: Request<Req>,
+        rpc: &'static str,
         transition: TokenTransition,
-    ) -> Result<pb::Token, Status> {
-        let row = lifecycle::transition_token(
-            tx,
-            &identity.actor(),
-            request_id,
-            serial,
-            transition,
-            reason,
-        )
-        .await?;
-        // Certificate serials are read outside the transaction: the transition does not change them.
-        self.token_to_pb(row).await
+        respond: fn(pb::Token) -> Resp,
+    ) -> Result<Response<Resp>, Status> {
+        let identity = authorize(&request, &method(rpc))?;
+        let req = request.into_inner();
+        let (request_id, serial, reason) = req.fields();
+        idempotent!(self.store, rpc, req, request_id: request_id, |tx| {
+            let row = lifecycle::transition_token(
+                tx,
+                &identity.actor(),
+                request_id,
+                serial,
+                transition,
+                reason,
+            )
+            .await?;
+            // Certificate serials are read outside the transaction: the transition does not change them.
+            respond(self.token_to_pb(row).await?)
+        })
     }
 }
+
+/// The requests of the token transition RPCs: each names a token and says why.
+trait TransitionRequest: prost::Message + Send + 'static {
+    /// `(request_id, serial, reason)`.
+    fn fields(&self) -> (&str, &str, &str);
+}
+
+macro_rules! transition_request {
+    ($($request:ty),+) => {$(
+        impl TransitionRequest for $request {
+            fn fields(&self) -> (&str, &str, &str) {
+                (&self.request_id, &self.serial, &self.reason)
+            }
+        }
+    )+};
+}
+
+transition_request!(
+    pb::MarkTokenLostRequest,
+    pb::MarkTokenDamagedRequest,
+    pb::RetireTokenRequest,
+    pb::SuspendTokenRequest,
+    pb::ReinstateTokenRequest
+);
 
 #[tonic::async_trait]
 impl TokenService for Tokens {
@@ -155,104 +184,58 @@ impl TokenService for Tokens {
         &self,
         request: Request<pb::MarkTokenLostRequest>,
     ) -> Result<Response<pb::MarkTokenLostResponse>, Status> {
-        let identity = authorize(&request, &method("MarkTokenLost"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "MarkTokenLost", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::MarkLost,
-                )
-                .await?;
-            pb::MarkTokenLostResponse { token: Some(token) }
-        })
+        self.transition_rpc(
+            request,
+            "MarkTokenLost",
+            TokenTransition::MarkLost,
+            |token| pb::MarkTokenLostResponse { token: Some(token) },
+        )
+        .await
     }
 
     async fn mark_token_damaged(
         &self,
         request: Request<pb::MarkTokenDamagedRequest>,
     ) -> Result<Response<pb::MarkTokenDamagedResponse>, Status> {
-        let identity = authorize(&request, &method("MarkTokenDamaged"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "MarkTokenDamaged", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::MarkDamaged,
-                )
-                .await?;
-            pb::MarkTokenDamagedResponse { token: Some(token) }
-        })
+        self.transition_rpc(
+            request,
+            "MarkTokenDamaged",
+            TokenTransition::MarkDamaged,
+            |token| pb::MarkTokenDamagedResponse { token: Some(token) },
+        )
+        .await
     }
 
     async fn retire_token(
         &self,
         request: Request<pb::RetireTokenRequest>,
     ) -> Result<Response<pb::RetireTokenResponse>, Status> {
-        let identity = authorize(&request, &method("RetireToken"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "RetireToken", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::Retire,
-                )
-                .await?;
+        self.transition_rpc(request, "RetireToken", TokenTransition::Retire, |token| {
             pb::RetireTokenResponse { token: Some(token) }
         })
+        .await
     }
 
     async fn suspend_token(
         &self,
         request: Request<pb::SuspendTokenRequest>,
     ) -> Result<Response<pb::SuspendTokenResponse>, Status> {
-        let identity = authorize(&request, &method("SuspendToken"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "SuspendToken", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::Suspend,
-                )
-                .await?;
+        self.transition_rpc(request, "SuspendToken", TokenTransition::Suspend, |token| {
             pb::SuspendTokenResponse { token: Some(token) }
         })
+        .await
     }
 
     async fn reinstate_token(
         &self,
         request: Request<pb::ReinstateTokenRequest>,
     ) -> Result<Response<pb::ReinstateTokenResponse>, Status> {
-        let identity = authorize(&request, &method("ReinstateToken"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "ReinstateToken", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::Reinstate,
-                )
-                .await?;
-            pb::ReinstateTokenResponse { token: Some(token) }
-        })
+        self.transition_rpc(
+            request,
+            "ReinstateToken",
+            TokenTransition::Reinstate,
+            |token| pb::ReinstateTokenResponse { token: Some(token) },
+        )
+        .await
     }
 }
