@@ -1,7 +1,7 @@
 //! `tessera.v1.DirectoryService`.
 use super::authz::authorize;
 use super::pb::{self, directory_service_server::DirectoryService};
-use super::{next_page_token, page_size, parse_page_token, status};
+use super::{named_person, next_page_token, page_size, parse_page_token, status};
 use crate::lifecycle::{self, LifecycleError, PersonInput, PersonTransition};
 use crate::store::{PeopleQuery, PersonRow, PersonState, Store};
 use tonic::{Request, Response, Status};
@@ -163,11 +163,7 @@ impl DirectoryService for Directory {
                 "external_id is empty",
             ));
         }
-        let row = self
-            .store
-            .person_by_external_id(&req.external_id)
-            .await?
-            .ok_or_else(|| Status::from(LifecycleError::PersonNotFound(req.external_id.clone())))?;
+        let row = named_person(&self.store, &req.external_id).await?;
         Ok(Response::new(pb::GetPersonResponse {
             person: Some(person_to_pb(row)),
         }))

@@ -84,3 +84,51 @@ pub(crate) fn parse_page_token(token: &str) -> Result<i64, tonic::Status> {
         )
     })
 }
+
+/// The person a request names by external id, or `PersonNotFound`.
+pub(crate) async fn named_person(
+    store: &crate::store::Store,
+    external_id: &str,
+) -> Result<crate::store::PersonRow, tonic::Status> {
+    store
+        .person_by_external_id(external_id)
+        .await?
+        .ok_or_else(|| {
+            crate::lifecycle::LifecycleError::PersonNotFound(external_id.to_string()).into()
+        })
+}
+
+/// The token a request names by serial, or `TokenNotFound`.
+pub(crate) async fn named_token(
+    store: &crate::store::Store,
+    serial: &str,
+) -> Result<crate::store::TokenRow, tonic::Status> {
+    store
+        .token_by_serial(serial)
+        .await?
+        .ok_or_else(|| crate::lifecycle::LifecycleError::TokenNotFound(serial.to_string()).into())
+}
+
+/// A list filter by person: none when `external_id` is empty, else the id of that person (who
+/// must exist).
+pub(crate) async fn person_filter(
+    store: &crate::store::Store,
+    external_id: &str,
+) -> Result<Option<i64>, tonic::Status> {
+    if external_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(named_person(store, external_id).await?.id))
+}
+
+/// A list filter by token: none when `serial` is empty, else the id of that token (which must
+/// exist).
+pub(crate) async fn token_filter(
+    store: &crate::store::Store,
+    serial: &str,
+) -> Result<Option<i64>, tonic::Status> {
+    if serial.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(named_token(store, serial).await?.id))
+}

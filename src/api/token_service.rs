@@ -1,8 +1,8 @@
 //! `tessera.v1.TokenService`.
 use super::authz::authorize;
 use super::pb::{self, token_service_server::TokenService};
-use super::{next_page_token, page_size, parse_page_token, status};
-use crate::lifecycle::{self, LifecycleError, TokenTransition};
+use super::{named_token, next_page_token, page_size, parse_page_token, person_filter, status};
+use crate::lifecycle::{self, TokenTransition};
 use crate::store::{Store, TokenRow, TokenState, TokensQuery};
 use tonic::{Request, Response, Status};
 
@@ -113,11 +113,7 @@ impl TokenService for Tokens {
                 "serial is empty",
             ));
         }
-        let row = self
-            .store
-            .token_by_serial(&req.serial)
-            .await?
-            .ok_or_else(|| Status::from(LifecycleError::TokenNotFound(req.serial.clone())))?;
+        let row = named_token(&self.store, &req.serial).await?;
         Ok(Response::new(pb::GetTokenResponse {
             token: Some(self.token_to_pb(row).await?),
         }))
@@ -130,20 +126,7 @@ impl TokenService for Tokens {
         authorize(&request, &method("ListTokens"))?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
-        let person_id = if req.person_external_id.is_empty() {
-            None
-        } else {
-            let p = self
-                .store
-                .person_by_external_id(&req.person_external_id)
-                .await?
-                .ok_or_else(|| {
-                    Status::from(LifecycleError::PersonNotFound(
-                        req.person_external_id.clone(),
-                    ))
-                })?;
-            Some(p.id)
-        };
+        let person_id = person_filter(&self.store, &req.person_external_id).await?;
         let state = match pb::TokenState::try_from(req.state) {
             Ok(pb::TokenState::Unspecified) => None,
             Ok(pb::TokenState::Enrolling) => Some(TokenState::Enrolling),
