@@ -1,4 +1,5 @@
 //! `tessera.v1.DirectoryService`.
+use super::TransitionRequest;
 use super::authz::authorize;
 use super::pb::{self, directory_service_server::DirectoryService};
 use super::{named_person, next_page_token, page_size, parse_page_token, status};
@@ -86,23 +87,8 @@ impl Directory {
     }
 }
 
-/// The requests of the person transition RPCs: each names a person and says why.
-trait TransitionRequest: prost::Message + Send + 'static {
-    /// `(request_id, external_id, reason)`.
-    fn fields(&self) -> (&str, &str, &str);
-}
-
-macro_rules! transition_request {
-    ($($request:ty),+) => {$(
-        impl TransitionRequest for $request {
-            fn fields(&self) -> (&str, &str, &str) {
-                (&self.request_id, &self.external_id, &self.reason)
-            }
-        }
-    )+};
-}
-
-transition_request!(
+transition_requests!(
+    external_id:
     pb::SuspendPersonRequest,
     pb::ReinstatePersonRequest,
     pb::OffboardPersonRequest

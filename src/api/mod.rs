@@ -30,6 +30,24 @@ macro_rules! idempotent {
     }};
 }
 
+/// The requests of the state transition RPCs (of tokens and of people): each names what it
+/// changes and says why.
+trait TransitionRequest: prost::Message + Send + 'static {
+    /// `(request_id, name of what changes, reason)`.
+    fn fields(&self) -> (&str, &str, &str);
+}
+
+/// Implements `TransitionRequest` for requests whose field `$name` names what they change.
+macro_rules! transition_requests {
+    ($name:ident: $($request:ty),+ $(,)?) => {$(
+        impl crate::api::TransitionRequest for $request {
+            fn fields(&self) -> (&str, &str, &str) {
+                (&self.request_id, &self.$name, &self.reason)
+            }
+        }
+    )+};
+}
+
 mod audit_service;
 pub mod authz;
 mod certificate_issuance;

@@ -1,4 +1,5 @@
 //! `tessera.v1.TokenService`.
+use super::TransitionRequest;
 use super::authz::authorize;
 use super::pb::{self, token_service_server::TokenService};
 use super::{named_token, next_page_token, page_size, parse_page_token, person_filter, status};
@@ -74,23 +75,8 @@ impl Tokens {
     }
 }
 
-/// The requests of the token transition RPCs: each names a token and says why.
-trait TransitionRequest: prost::Message + Send + 'static {
-    /// `(request_id, serial, reason)`.
-    fn fields(&self) -> (&str, &str, &str);
-}
-
-macro_rules! transition_request {
-    ($($request:ty),+) => {$(
-        impl TransitionRequest for $request {
-            fn fields(&self) -> (&str, &str, &str) {
-                (&self.request_id, &self.serial, &self.reason)
-            }
-        }
-    )+};
-}
-
-transition_request!(
+transition_requests!(
+    serial:
     pb::MarkTokenLostRequest,
     pb::MarkTokenDamagedRequest,
     pb::RetireTokenRequest,
