@@ -2,7 +2,7 @@
 //! and the CA chain are in `certificate_issuance.rs`.
 use super::authz::authorize;
 use super::pb::{self, certificate_service_server::CertificateService};
-use super::{next_page_token, page_size, status};
+use super::{next_page_token, page_size, person_filter, status, token_filter};
 use crate::lifecycle::{self, LifecycleError, RevocationReason};
 use crate::store::{CertificateRow, CertificateStatus, CertificatesQuery, Store};
 use tonic::{Request, Response, Status};
@@ -169,32 +169,8 @@ impl CertificateService for Certificates {
         } else {
             serial_arg("page_token", &req.page_token)?
         };
-        let person_id = if req.person_external_id.is_empty() {
-            None
-        } else {
-            let p = self
-                .store
-                .person_by_external_id(&req.person_external_id)
-                .await?
-                .ok_or_else(|| {
-                    Status::from(LifecycleError::PersonNotFound(
-                        req.person_external_id.clone(),
-                    ))
-                })?;
-            Some(p.id)
-        };
-        let token_id = if req.token_serial.is_empty() {
-            None
-        } else {
-            let t = self
-                .store
-                .token_by_serial(&req.token_serial)
-                .await?
-                .ok_or_else(|| {
-                    Status::from(LifecycleError::TokenNotFound(req.token_serial.clone()))
-                })?;
-            Some(t.id)
-        };
+        let person_id = person_filter(&self.store, &req.person_external_id).await?;
+        let token_id = token_filter(&self.store, &req.token_serial).await?;
         let rows = self
             .store
             .list_certificates(&CertificatesQuery {

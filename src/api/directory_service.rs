@@ -1,7 +1,8 @@
 //! `tessera.v1.DirectoryService`.
+use super::TransitionRequest;
 use super::authz::authorize;
 use super::pb::{self, directory_service_server::DirectoryService};
-use super::{next_page_token, page_size, parse_page_token, status};
+use super::{named_person, next_page_token, page_size, parse_page_token, status};
 use crate::lifecycle::{self, LifecycleError, PersonInput, PersonTransition};
 use crate::store::{PeopleQuery, PersonRow, PersonState, Store};
 use tonic::{Request, Response, Status};
@@ -59,27 +60,39 @@ fn input(record: Option<pb::PersonRecord>, field: &str) -> Result<PersonInput, L
 }
 
 impl Directory {
-    async fn transition(
+    /// One person transition RPC: authorize, then (once per request id) apply `transition` to
+    /// the person named by the request and answer with the person as they now are.
+    async fn transition_rpc<Req: TransitionRequest, Resp: prost::Message + Default>(
         &self,
-        identity: crate::api::Identity,
-        request_id: &str,
-        external_id: &str,
-        reason: &str,
+        request: Request<Req>,
+        rpc: &'static str,
         transition: PersonTransition,
-        tx: &mut crate::store::WriteTx,
-    ) -> Result<pb::Person, Status> {
-        let row = lifecycle::transition_person(
-            tx,
-            &identity.actor(),
-            request_id,
-            external_id,
-            transition,
-            reason,
-        )
-        .await?;
-        Ok(person_to_pb(row))
+        respond: fn(pb::Person) -> Resp,
+    ) -> Result<Response<Resp>, Status> {
+        let identity = authorize(&request, &method(rpc))?;
+        let req = request.into_inner();
+        let (request_id, external_id, reason) = req.fields();
+        idempotent!(self.store, rpc, req, request_id: request_id, |tx| {
+            let row = lifecycle::transition_person(
+                tx,
+                &identity.actor(),
+                request_id,
+                external_id,
+                transition,
+                reason,
+            )
+            .await?;
+            respond(person_to_pb(row))
+        })
     }
 }
+
+transition_requests!(
+    external_id:
+    pb::SuspendPersonRequest,
+    pb::ReinstatePersonRequest,
+    pb::OffboardPersonRequest
+);
 
 #[tonic::async_trait]
 impl DirectoryService for Directory {
@@ -136,11 +149,7 @@ impl DirectoryService for Directory {
                 "external_id is empty",
             ));
         }
-        let row = self
-            .store
-            .person_by_external_id(&req.external_id)
-            .await?
-            .ok_or_else(|| Status::from(LifecycleError::PersonNotFound(req.external_id.clone())))?;
+        let row = named_person(&self.store, &req.external_id).await?;
         Ok(Response::new(pb::GetPersonResponse {
             person: Some(person_to_pb(row)),
         }))
@@ -185,69 +194,45 @@ impl DirectoryService for Directory {
         &self,
         request: Request<pb::SuspendPersonRequest>,
     ) -> Result<Response<pb::SuspendPersonResponse>, Status> {
-        let identity = authorize(&request, &method("SuspendPerson"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "SuspendPerson", req, |tx| {
-            let person = self
-                .transition(
-                    identity,
-                    &req.request_id,
-                    &req.external_id,
-                    &req.reason,
-                    PersonTransition::Suspend,
-                    tx,
-                )
-                .await?;
-            pb::SuspendPersonResponse {
+        self.transition_rpc(
+            request,
+            "SuspendPerson",
+            PersonTransition::Suspend,
+            |person| pb::SuspendPersonResponse {
                 person: Some(person),
-            }
-        })
+            },
+        )
+        .await
     }
 
     async fn reinstate_person(
         &self,
         request: Request<pb::ReinstatePersonRequest>,
     ) -> Result<Response<pb::ReinstatePersonResponse>, Status> {
-        let identity = authorize(&request, &method("ReinstatePerson"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "ReinstatePerson", req, |tx| {
-            let person = self
-                .transition(
-                    identity,
-                    &req.request_id,
-                    &req.external_id,
-                    &req.reason,
-                    PersonTransition::Reinstate,
-                    tx,
-                )
-                .await?;
-            pb::ReinstatePersonResponse {
+        self.transition_rpc(
+            request,
+            "ReinstatePerson",
+            PersonTransition::Reinstate,
+            |person| pb::ReinstatePersonResponse {
                 person: Some(person),
-            }
-        })
+            },
+        )
+        .await
     }
 
     async fn offboard_person(
         &self,
         request: Request<pb::OffboardPersonRequest>,
     ) -> Result<Response<pb::OffboardPersonResponse>, Status> {
-        let identity = authorize(&request, &method("OffboardPerson"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "OffboardPerson", req, |tx| {
-            let person = self
-                .transition(
-                    identity,
-                    &req.request_id,
-                    &req.external_id,
-                    &req.reason,
-                    PersonTransition::Offboard,
-                    tx,
-                )
-                .await?;
-            pb::OffboardPersonResponse {
+        self.transition_rpc(
+            request,
+            "OffboardPerson",
+            PersonTransition::Offboard,
+            |person| pb::OffboardPersonResponse {
                 person: Some(person),
-            }
-        })
+            },
+        )
+        .await
     }
 
     async fn sync_people(

@@ -5,9 +5,12 @@
 /// Runs a state-changing RPC once per request id: a repeat gets the stored first answer and
 /// changes nothing; the change, its audit events and the stored answer commit together.
 macro_rules! idempotent {
-    ($store:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {{
+    ($store:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {
+        idempotent!($store, $method, $request, request_id: &$request.request_id, |$tx| $body)
+    };
+    ($store:expr, $method:expr, $request:ident, request_id: $request_id:expr, |$tx:ident| $body:expr) => {{
         let key = crate::lifecycle::RequestKey::new(
-            &$request.request_id,
+            $request_id,
             $method,
             &prost::Message::encode_to_vec(&$request),
         )?;
@@ -25,6 +28,24 @@ macro_rules! idempotent {
         tx.commit().await?;
         Ok(tonic::Response::new(response))
     }};
+}
+
+/// The requests of the state transition RPCs (of tokens and of people): each names what it
+/// changes and says why.
+trait TransitionRequest: prost::Message + Send + 'static {
+    /// `(request_id, name of what changes, reason)`.
+    fn fields(&self) -> (&str, &str, &str);
+}
+
+/// Implements `TransitionRequest` for requests whose field `$name` names what they change.
+macro_rules! transition_requests {
+    ($name:ident: $($request:ty),+ $(,)?) => {$(
+        impl crate::api::TransitionRequest for $request {
+            fn fields(&self) -> (&str, &str, &str) {
+                (&self.request_id, &self.$name, &self.reason)
+            }
+        }
+    )+};
 }
 
 mod audit_service;
@@ -80,4 +101,52 @@ pub(crate) fn parse_page_token(token: &str) -> Result<i64, tonic::Status> {
             "page_token is not one this server returned",
         )
     })
+}
+
+/// The person a request names by external id, or `PersonNotFound`.
+pub(crate) async fn named_person(
+    store: &crate::store::Store,
+    external_id: &str,
+) -> Result<crate::store::PersonRow, tonic::Status> {
+    store
+        .person_by_external_id(external_id)
+        .await?
+        .ok_or_else(|| {
+            crate::lifecycle::LifecycleError::PersonNotFound(external_id.to_string()).into()
+        })
+}
+
+/// The token a request names by serial, or `TokenNotFound`.
+pub(crate) async fn named_token(
+    store: &crate::store::Store,
+    serial: &str,
+) -> Result<crate::store::TokenRow, tonic::Status> {
+    store
+        .token_by_serial(serial)
+        .await?
+        .ok_or_else(|| crate::lifecycle::LifecycleError::TokenNotFound(serial.to_string()).into())
+}
+
+/// A list filter by person: none when `external_id` is empty, else the id of that person (who
+/// must exist).
+pub(crate) async fn person_filter(
+    store: &crate::store::Store,
+    external_id: &str,
+) -> Result<Option<i64>, tonic::Status> {
+    if external_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(named_person(store, external_id).await?.id))
+}
+
+/// A list filter by token: none when `serial` is empty, else the id of that token (which must
+/// exist).
+pub(crate) async fn token_filter(
+    store: &crate::store::Store,
+    serial: &str,
+) -> Result<Option<i64>, tonic::Status> {
+    if serial.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(named_token(store, serial).await?.id))
 }

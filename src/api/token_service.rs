@@ -1,9 +1,10 @@
 //! `tessera.v1.TokenService`.
+use super::TransitionRequest;
 use super::authz::authorize;
 use super::pb::{self, token_service_server::TokenService};
-use super::{next_page_token, page_size, parse_page_token, status};
-use crate::lifecycle::{self, LifecycleError, TokenTransition};
-use crate::store::{Store, TokenRow, TokenState, TokensQuery, WriteTx};
+use super::{named_token, next_page_token, page_size, parse_page_token, person_filter, status};
+use crate::lifecycle::{self, TokenTransition};
+use crate::store::{Store, TokenRow, TokenState, TokensQuery};
 use tonic::{Request, Response, Status};
 
 pub struct Tokens {
@@ -46,28 +47,42 @@ impl Tokens {
         })
     }
 
-    async fn transition(
+    /// One token transition RPC: authorize, then (once per request id) apply `transition` to the
+    /// token named by the request and answer with the token as it now is.
+    async fn transition_rpc<Req: TransitionRequest, Resp: prost::Message + Default>(
         &self,
-        tx: &mut WriteTx,
-        identity: &crate::api::Identity,
-        request_id: &str,
-        serial: &str,
-        reason: &str,
+        request: Request<Req>,
+        rpc: &'static str,
         transition: TokenTransition,
-    ) -> Result<pb::Token, Status> {
-        let row = lifecycle::transition_token(
-            tx,
-            &identity.actor(),
-            request_id,
-            serial,
-            transition,
-            reason,
-        )
-        .await?;
-        // Certificate serials are read outside the transaction: the transition does not change them.
-        self.token_to_pb(row).await
+        respond: fn(pb::Token) -> Resp,
+    ) -> Result<Response<Resp>, Status> {
+        let identity = authorize(&request, &method(rpc))?;
+        let req = request.into_inner();
+        let (request_id, serial, reason) = req.fields();
+        idempotent!(self.store, rpc, req, request_id: request_id, |tx| {
+            let row = lifecycle::transition_token(
+                tx,
+                &identity.actor(),
+                request_id,
+                serial,
+                transition,
+                reason,
+            )
+            .await?;
+            // Certificate serials are read outside the transaction: the transition does not change them.
+            respond(self.token_to_pb(row).await?)
+        })
     }
 }
+
+transition_requests!(
+    serial:
+    pb::MarkTokenLostRequest,
+    pb::MarkTokenDamagedRequest,
+    pb::RetireTokenRequest,
+    pb::SuspendTokenRequest,
+    pb::ReinstateTokenRequest
+);
 
 #[tonic::async_trait]
 impl TokenService for Tokens {
@@ -84,11 +99,7 @@ impl TokenService for Tokens {
                 "serial is empty",
             ));
         }
-        let row = self
-            .store
-            .token_by_serial(&req.serial)
-            .await?
-            .ok_or_else(|| Status::from(LifecycleError::TokenNotFound(req.serial.clone())))?;
+        let row = named_token(&self.store, &req.serial).await?;
         Ok(Response::new(pb::GetTokenResponse {
             token: Some(self.token_to_pb(row).await?),
         }))
@@ -101,20 +112,7 @@ impl TokenService for Tokens {
         authorize(&request, &method("ListTokens"))?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
-        let person_id = if req.person_external_id.is_empty() {
-            None
-        } else {
-            let p = self
-                .store
-                .person_by_external_id(&req.person_external_id)
-                .await?
-                .ok_or_else(|| {
-                    Status::from(LifecycleError::PersonNotFound(
-                        req.person_external_id.clone(),
-                    ))
-                })?;
-            Some(p.id)
-        };
+        let person_id = person_filter(&self.store, &req.person_external_id).await?;
         let state = match pb::TokenState::try_from(req.state) {
             Ok(pb::TokenState::Unspecified) => None,
             Ok(pb::TokenState::Enrolling) => Some(TokenState::Enrolling),
@@ -155,104 +153,58 @@ impl TokenService for Tokens {
         &self,
         request: Request<pb::MarkTokenLostRequest>,
     ) -> Result<Response<pb::MarkTokenLostResponse>, Status> {
-        let identity = authorize(&request, &method("MarkTokenLost"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "MarkTokenLost", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::MarkLost,
-                )
-                .await?;
-            pb::MarkTokenLostResponse { token: Some(token) }
-        })
+        self.transition_rpc(
+            request,
+            "MarkTokenLost",
+            TokenTransition::MarkLost,
+            |token| pb::MarkTokenLostResponse { token: Some(token) },
+        )
+        .await
     }
 
     async fn mark_token_damaged(
         &self,
         request: Request<pb::MarkTokenDamagedRequest>,
     ) -> Result<Response<pb::MarkTokenDamagedResponse>, Status> {
-        let identity = authorize(&request, &method("MarkTokenDamaged"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "MarkTokenDamaged", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::MarkDamaged,
-                )
-                .await?;
-            pb::MarkTokenDamagedResponse { token: Some(token) }
-        })
+        self.transition_rpc(
+            request,
+            "MarkTokenDamaged",
+            TokenTransition::MarkDamaged,
+            |token| pb::MarkTokenDamagedResponse { token: Some(token) },
+        )
+        .await
     }
 
     async fn retire_token(
         &self,
         request: Request<pb::RetireTokenRequest>,
     ) -> Result<Response<pb::RetireTokenResponse>, Status> {
-        let identity = authorize(&request, &method("RetireToken"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "RetireToken", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::Retire,
-                )
-                .await?;
+        self.transition_rpc(request, "RetireToken", TokenTransition::Retire, |token| {
             pb::RetireTokenResponse { token: Some(token) }
         })
+        .await
     }
 
     async fn suspend_token(
         &self,
         request: Request<pb::SuspendTokenRequest>,
     ) -> Result<Response<pb::SuspendTokenResponse>, Status> {
-        let identity = authorize(&request, &method("SuspendToken"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "SuspendToken", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::Suspend,
-                )
-                .await?;
+        self.transition_rpc(request, "SuspendToken", TokenTransition::Suspend, |token| {
             pb::SuspendTokenResponse { token: Some(token) }
         })
+        .await
     }
 
     async fn reinstate_token(
         &self,
         request: Request<pb::ReinstateTokenRequest>,
     ) -> Result<Response<pb::ReinstateTokenResponse>, Status> {
-        let identity = authorize(&request, &method("ReinstateToken"))?;
-        let req = request.into_inner();
-        idempotent!(self.store, "ReinstateToken", req, |tx| {
-            let token = self
-                .transition(
-                    tx,
-                    &identity,
-                    &req.request_id,
-                    &req.serial,
-                    &req.reason,
-                    TokenTransition::Reinstate,
-                )
-                .await?;
-            pb::ReinstateTokenResponse { token: Some(token) }
-        })
+        self.transition_rpc(
+            request,
+            "ReinstateToken",
+            TokenTransition::Reinstate,
+            |token| pb::ReinstateTokenResponse { token: Some(token) },
+        )
+        .await
     }
 }

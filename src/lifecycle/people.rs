@@ -453,8 +453,12 @@ mod tests {
         }
     }
 
-    fn reason_and_field(r: Result<ValidPerson, LifecycleError>) -> (&'static str, String) {
-        match r {
+    /// The reason and field of the refusal of `input()` changed by `change`, validated under
+    /// `prefix`.
+    fn refusal(change: impl FnOnce(&mut PersonInput), prefix: &str) -> (&'static str, String) {
+        let mut p = input();
+        change(&mut p);
+        match p.validate(prefix) {
             Err(e) => (e.reason(), e.field().unwrap_or_default().to_string()),
             Ok(_) => panic!("accepted"),
         }
@@ -462,42 +466,38 @@ mod tests {
 
     #[test]
     fn refusals_name_reason_and_field() {
-        let mut p = input();
-        p.external_id = " ".into();
-        assert_eq!(
-            reason_and_field(p.validate("")),
-            ("FIELD_REQUIRED", "person.external_id".into())
-        );
-        let mut p = input();
-        p.upn = "ada".into();
-        assert_eq!(
-            reason_and_field(p.validate("")),
-            ("INVALID_UPN", "person.upn".into())
-        );
-        let mut p = input();
-        p.email = "a@b@c".into();
-        assert_eq!(
-            reason_and_field(p.validate("people[2].")),
-            ("INVALID_EMAIL", "people[2].person.email".into())
-        );
-        let mut p = input();
-        p.windows_sid = "S-1-5-x".into();
-        assert_eq!(
-            reason_and_field(p.validate("")),
-            ("INVALID_WINDOWS_SID", "person.windows_sid".into())
-        );
-        let mut p = input();
-        p.display_name = "a\nb".into();
-        assert_eq!(
-            reason_and_field(p.validate("")),
-            ("FIELD_INVALID", "person.display_name".into())
-        );
-        let mut p = input();
-        p.display_name = "x".repeat(257);
-        assert_eq!(
-            reason_and_field(p.validate("")),
-            ("FIELD_TOO_LONG", "person.display_name".into())
-        );
+        type Change = fn(&mut PersonInput);
+        let cases: [(Change, &str, (&str, &str)); 6] = [
+            (
+                |p| p.external_id = " ".into(),
+                "",
+                ("FIELD_REQUIRED", "person.external_id"),
+            ),
+            (|p| p.upn = "ada".into(), "", ("INVALID_UPN", "person.upn")),
+            (
+                |p| p.email = "a@b@c".into(),
+                "people[2].",
+                ("INVALID_EMAIL", "people[2].person.email"),
+            ),
+            (
+                |p| p.windows_sid = "S-1-5-x".into(),
+                "",
+                ("INVALID_WINDOWS_SID", "person.windows_sid"),
+            ),
+            (
+                |p| p.display_name = "a\nb".into(),
+                "",
+                ("FIELD_INVALID", "person.display_name"),
+            ),
+            (
+                |p| p.display_name = "x".repeat(257),
+                "",
+                ("FIELD_TOO_LONG", "person.display_name"),
+            ),
+        ];
+        for (change, prefix, (reason, field)) in cases {
+            assert_eq!(refusal(change, prefix), (reason, field.to_string()));
+        }
     }
 
     #[test]

@@ -291,9 +291,7 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "person", &p.external_id)?;
-        person_by_external_id(&mut *self.tx, &p.external_id)
-            .await?
-            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+        written(person_by_external_id(&mut *self.tx, &p.external_id).await?)
     }
 
     /// Writes every field of `p` (found by its id) and stamps `updated_at`.
@@ -314,9 +312,7 @@ impl WriteTx {
         .bind(p.id)
         .execute(&mut *self.tx)
         .await?;
-        person_by_external_id(&mut *self.tx, &p.external_id)
-            .await?
-            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+        written(person_by_external_id(&mut *self.tx, &p.external_id).await?)
     }
 
     /// People not offboarded whose sync generation differs from `generation`.
@@ -366,9 +362,7 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "token", &t.serial)?;
-        token_by_serial(&mut *self.tx, &t.serial)
-            .await?
-            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+        written(token_by_serial(&mut *self.tx, &t.serial).await?)
     }
 
     /// Writes the state and holder of the token with `t.id`.
@@ -380,9 +374,7 @@ impl WriteTx {
             .bind(t.id)
             .execute(&mut *self.tx)
             .await?;
-        token_by_serial(&mut *self.tx, &t.serial)
-            .await?
-            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))
+        written(token_by_serial(&mut *self.tx, &t.serial).await?)
     }
 
     /// Records a certificate before it is signed (status `reserved`). A serial already used
@@ -405,9 +397,7 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "certificate serial", &c.serial)?;
-        certificate_where(&mut *self.tx, "serial", &c.serial)
-            .await?
-            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+        written(certificate_where(&mut *self.tx, "serial", &c.serial).await?)
     }
 
     /// Stores the signed certificate of a reserved serial and marks it `good`.
@@ -425,9 +415,7 @@ impl WriteTx {
             .bind(serial)
             .execute(&mut *self.tx)
             .await?;
-        certificate_where(&mut *self.tx, "serial", serial)
-            .await?
-            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+        written(certificate_where(&mut *self.tx, "serial", serial).await?)
     }
 
     pub async fn certificate_by_serial(&mut self, serial: &str) -> Result<Option<CertificateRow>> {
@@ -492,9 +480,7 @@ impl WriteTx {
         sqlx::query("UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1")
             .execute(&mut *self.tx)
             .await?;
-        certificate_where(&mut *self.tx, "serial", serial)
-            .await?
-            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+        written(certificate_where(&mut *self.tx, "serial", serial).await?)
     }
 
     /// The CRL state, read inside this transaction (writers are serialised, so a CRL number
@@ -612,6 +598,12 @@ impl WriteTx {
         .await;
         map_unique(result, "audit checkpoint", &c.sequence.to_string())
     }
+}
+
+/// The row a write just made or changed, read back in the same transaction: it is there unless
+/// the database lost it.
+fn written<T>(row: Option<T>) -> Result<T> {
+    row.ok_or(StoreError::Database(sqlx::Error::RowNotFound))
 }
 
 fn map_unique(
