@@ -103,11 +103,7 @@ impl Certificates {
         let person = if req.person_external_id.is_empty() {
             None
         } else {
-            let p = self
-                .store
-                .person_by_external_id(&req.person_external_id)
-                .await?
-                .ok_or_else(|| LifecycleError::PersonNotFound(req.person_external_id.clone()))?;
+            let p = super::named_person(&self.store, &req.person_external_id).await?;
             if p.state != PersonState::Active {
                 return Err(status::failed_precondition(
                     "PERSON_NOT_ACTIVE",
@@ -124,11 +120,7 @@ impl Certificates {
         let token = if req.token_serial.is_empty() {
             None
         } else {
-            let t = self
-                .store
-                .token_by_serial(&req.token_serial)
-                .await?
-                .ok_or_else(|| LifecycleError::TokenNotFound(req.token_serial.clone()))?;
+            let t = super::named_token(&self.store, &req.token_serial).await?;
             if matches!(
                 t.state,
                 TokenState::Lost | TokenState::Damaged | TokenState::Retired
