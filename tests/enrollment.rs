@@ -4,6 +4,7 @@
 mod harness;
 
 use harness::pki::TestPki;
+use harness::server::{ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
 use harness::vpcd::{CardOptions, VirtualCard};
 use sha2::Digest as _;
@@ -15,7 +16,7 @@ use tessera::api::{BoundServer, ServerConfig};
 use tessera::piv::{ManagementKey, PivToken, Secret};
 use tessera::store::Store;
 use tessera::store::{CertificateStatus, CertificatesQuery};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use yubikey::MgmAlgorithmId;
@@ -39,10 +40,8 @@ struct Server {
     dir: tempfile::TempDir,
     _hsm: SoftHsmToken,
     pki: TestPki,
-    addr: std::net::SocketAddr,
     data_dir: PathBuf,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: ServerTask,
 }
 
 fn tessera(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
@@ -106,42 +105,19 @@ impl Server {
             roots.join(", ")
         ));
         std::fs::write(&config_path, config).unwrap();
-        let config = ServerConfig::load(&config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let running = ServerTask::start(&config_path).await;
         Server {
             dir,
             _hsm: hsm,
             pki,
-            addr,
             data_dir,
-            shutdown: Some(tx),
-            task: Some(task),
+            running,
         }
     }
 
     async fn channel(&self, role: &str) -> Channel {
         let client = self.pki.client(role);
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .domain_name("localhost")
-            .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
-        Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await
     }
 
     async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
@@ -165,9 +141,8 @@ impl Server {
             .unwrap();
     }
 
-    async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

@@ -4,12 +4,12 @@
 mod harness;
 
 use harness::pki::{ClientCert, TestPki};
+use harness::server::ServerTask;
 use harness::softhsm::SoftHsmToken;
 use prost::Message;
 use tessera::api::pb;
 use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
-use tessera::api::{BoundServer, ServerConfig};
 use tessera::store::{CertificateStatus, NewToken, Store, TokenState};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
@@ -75,29 +75,16 @@ impl CaSetup {
 struct Running {
     setup: CaSetup,
     addr: std::net::SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: ServerTask,
 }
 
 impl Running {
     async fn start(setup: CaSetup) -> Running {
-        let config = ServerConfig::load(&setup.config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let server = ServerTask::start(&setup.config_path).await;
         Running {
             setup,
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
+            addr: server.addr,
+            server,
         }
     }
 
@@ -106,9 +93,8 @@ impl Running {
     }
 
     /// Stops the server; the CA (token, files, configuration) stays for further checks.
-    async fn stop(mut self) -> CaSetup {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) -> CaSetup {
+        self.server.stop().await;
         self.setup
     }
 }
@@ -118,17 +104,7 @@ async fn connect(addr: std::net::SocketAddr, pki: &TestPki, role: &str) -> Chann
 }
 
 async fn connect_as(addr: std::net::SocketAddr, ca_pem: &str, client: &ClientCert) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    harness::server::connect(addr, ca_pem, Some(client)).await
 }
 
 /// A P-256 key and its PKCS#10 request (PEM) with this CN and email addresses.
@@ -770,19 +746,8 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
     let db = harness::database::TestDatabase::sqlite();
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let config = ServerConfig::load(&pki.write_server_config(dir.path(), db.url())).unwrap();
-    let server = BoundServer::bind(&config).await.unwrap();
-    let addr = server.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let mut c = CertificateServiceClient::new(connect(addr, &pki, "admin").await);
+    let server = ServerTask::start(&pki.write_server_config(dir.path(), db.url())).await;
+    let mut c = CertificateServiceClient::new(connect(server.addr, &pki, "admin").await);
     let (_, pem) = csr("svc", &[]);
     let expected = (Code::FailedPrecondition, "CA_NOT_CONFIGURED".into(), vec![]);
     assert_eq!(
@@ -797,8 +762,7 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
         refusal(&c.get_ca_chain(pb::GetCaChainRequest {}).await.unwrap_err()),
         expected
     );
-    let _ = tx.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 /// Kills the server if the test fails before stopping it.

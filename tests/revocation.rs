@@ -4,6 +4,7 @@
 mod harness;
 
 use harness::pki::TestPki;
+use harness::server::ServerTask;
 use harness::softhsm::SoftHsmToken;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,32 +125,17 @@ struct Server {
     grpc: std::net::SocketAddr,
     http: std::net::SocketAddr,
     ca: Option<Arc<OnlineCa>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: ServerTask,
 }
 
 impl Server {
     async fn start(config_path: &Path) -> Server {
-        let config = ServerConfig::load(config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let http = server.http_addr().unwrap();
-        let grpc = server.local_addr();
-        let ca = server.ca().cloned();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let running = ServerTask::start(config_path).await;
         Server {
-            grpc,
-            http,
-            ca,
-            shutdown: Some(tx),
-            task: Some(task),
+            grpc: running.addr,
+            http: running.http.unwrap(),
+            ca: running.ca.clone(),
+            running,
         }
     }
 
@@ -157,9 +143,8 @@ impl Server {
         format!("http://{}{path}", self.http)
     }
 
-    async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

@@ -3,6 +3,7 @@
 mod harness;
 
 use harness::pki::{ClientCert, TestPki};
+use harness::server::{ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
 use std::collections::BTreeMap;
 use tessera::api::pb;
@@ -40,8 +41,7 @@ struct Running {
     config_path: std::path::PathBuf,
     addr: std::net::SocketAddr,
     database_url: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: ServerTask,
 }
 
 impl Running {
@@ -63,26 +63,14 @@ impl Running {
             assert!(text.contains("require_client_certificate = false"));
             std::fs::write(&config_path, text).unwrap();
         }
-        let config = ServerConfig::load(&config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let server = ServerTask::start(&config_path).await;
         Running {
             _dir: dir,
             pki,
             config_path,
-            addr,
+            addr: server.addr,
             database_url: database_url.to_string(),
-            shutdown: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 
@@ -94,26 +82,9 @@ impl Running {
         self.channel(Some(&self.pki.client(role))).await
     }
 
-    async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
-}
-
-async fn connect(addr: std::net::SocketAddr, ca_pem: &str, client: Option<&ClientCert>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost");
-    if let Some(c) = client {
-        tls = tls.identity(Identity::from_pem(&c.cert_pem, &c.key_pem));
-    }
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 fn record(id: &str) -> pb::PersonRecord {

@@ -5,5 +5,6 @@
 pub mod database;
 pub mod pki;
 pub mod relying_party;
+pub mod server;
 pub mod softhsm;
 pub mod vpcd;
