@@ -70,18 +70,7 @@ impl Server {
         let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
         let hsm_config = hsm.config_path.to_str().unwrap().to_string();
         let data_dir = dir.path().join("ca");
-        let (code, _, err) = tessera(
-            &[
-                "ca",
-                "init",
-                "--hsm-config",
-                &hsm_config,
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ],
-            &env,
-        );
-        assert_eq!(code, 0, "ca init: {err}");
+        hsm.init_ca(&data_dir);
         let (code, out, err) = tessera(
             &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
             &env,
@@ -1434,20 +1423,8 @@ fn enrollment_certificate_profiles_pass_pkilint() {
     use x509_parser::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     let hsm = SoftHsmToken::create("tessera");
-    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
     let data_dir = dir.path().join("ca");
-    let (code, _, err) = tessera(
-        &[
-            "ca",
-            "init",
-            "--hsm-config",
-            hsm.config_path.to_str().unwrap(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{err}");
+    hsm.init_ca(&data_dir);
     let ca = OnlineCa::open(&hsm.config_path, &data_dir, None).unwrap();
     let key = p256::ecdsa::SigningKey::from_slice(&[11u8; 32]).unwrap();
     let spki = {
@@ -1577,18 +1554,7 @@ async fn enrollment_configuration_errors_name_the_setting() {
     let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
     let hsm_config = hsm.config_path.to_str().unwrap().to_string();
     let data_dir = dir.path().join("ca");
-    let (code, _, err) = tessera(
-        &[
-            "ca",
-            "init",
-            "--hsm-config",
-            &hsm_config,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{err}");
+    hsm.init_ca(&data_dir);
     let db = harness::database::TestDatabase::sqlite();
     let config_path = TestPki::new().write_server_config(dir.path(), db.url());
     let base = std::fs::read_to_string(&config_path).unwrap();

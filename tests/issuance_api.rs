@@ -37,19 +37,7 @@ impl CaSetup {
         let dir = tempfile::tempdir().unwrap();
         let token = SoftHsmToken::create("tessera");
         let data_dir = dir.path().join("data");
-        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["ca", "init", "--hsm-config"])
-            .arg(&token.config_path)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("SOFTHSM2_CONF", &token.softhsm2_conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        token.init_ca(&data_dir);
         let pki = TestPki::new();
         let config_path = pki.write_server_config(dir.path(), url);
         let base = std::fs::read_to_string(&config_path).unwrap();

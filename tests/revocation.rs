@@ -67,18 +67,7 @@ impl Setup {
         )];
         let hsm_config = token.config_path.to_str().unwrap().to_string();
         let data_dir = dir.path().join("data");
-        let (code, _, err) = tessera(
-            &[
-                "ca",
-                "init",
-                "--hsm-config",
-                &hsm_config,
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ],
-            &env,
-        );
-        assert_eq!(code, 0, "{err}");
+        token.init_ca(&data_dir);
         let pki = TestPki::new();
         let config_path = pki.write_server_config(dir.path(), database_url);
         let mut text = std::fs::read_to_string(&config_path).unwrap();

@@ -1452,18 +1452,7 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
     let hsm_config = token.config_path.to_str().unwrap().to_string();
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
-    let (code, _, err) = tessera(
-        &[
-            "ca",
-            "init",
-            "--hsm-config",
-            &hsm_config,
-            "--data-dir",
-            data_s,
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{err}");
+    token.init_ca(&data);
     let pki = TestPki::new();
     let config = pki.write_server_config(dir.path(), url);
     std::fs::copy(data.join("root.pem"), dir.path().join("client-ca.pem")).unwrap();
