@@ -4,7 +4,7 @@
 mod harness;
 
 use harness::pki::{ClientCert, TestPki};
-use harness::server::ServerTask;
+use harness::server::{KillOnDrop, ServerTask};
 use harness::softhsm::SoftHsmToken;
 use prost::Message;
 use tessera::api::pb;
@@ -751,17 +751,6 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
         expected
     );
     server.stop().await;
-}
-
-/// Kills the server if the test fails before stopping it.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
 }
 
 /// Starts `tessera serve` as a child process; returns it and its gRPC address.

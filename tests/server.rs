@@ -3,7 +3,7 @@
 mod harness;
 
 use harness::pki::{ClientCert, TestPki};
-use harness::server::{ServerTask, connect};
+use harness::server::{KillOnDrop, ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
 use std::collections::BTreeMap;
 use tessera::api::pb;
@@ -1001,17 +1001,6 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
     server.stop().await;
 }
 
-/// Kills the server if the test fails before stopping it.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
-}
-
 /// The real binary: start-up line, health, TLS 1.3 only, foreign client CA refused.
 #[test]
 fn serve_binary_health_tls13_only_and_foreign_ca() {
@@ -1647,19 +1636,8 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
         .unwrap();
     assert_eq!(store.audit_events(0, 10).await.unwrap().len(), 2);
 
-    let server = BoundServer::bind(&ServerConfig::load(&config).unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
+    let server = ServerTask::start(&config).await;
+    let addr = server.addr;
     let client = ClientCert {
         cert_pem: std::fs::read_to_string(&cert).unwrap(),
         key_pem: std::fs::read_to_string(&key).unwrap(),
@@ -1682,8 +1660,7 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
         (last[0].actor.as_str(), last[0].role.as_str()),
         ("HR system", "hr")
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 async fn certificates_lookup_hold_and_revoke(url: &str) {
@@ -1909,20 +1886,9 @@ async fn http_side_health_chain_and_metrics(url: &str) {
         format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\nca_chain = \"client-ca.pem\"\n"),
     )
     .unwrap();
-    let server = BoundServer::bind(&ServerConfig::load(&config).unwrap())
-        .await
-        .unwrap();
-    let (grpc, http) = (server.local_addr(), server.http_addr().unwrap());
+    let server = ServerTask::start(&config).await;
+    let (grpc, http) = (server.addr, server.http.unwrap());
     assert!(http.ip().is_loopback());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
 
     assert_eq!(
         http_get(http, "/healthz").await,
@@ -1967,8 +1933,7 @@ async fn http_side_health_chain_and_metrics(url: &str) {
         "{body}"
     );
     assert_eq!(http_get(http, "/nothing").await.0, "HTTP/1.1 404 Not Found");
-    let _ = stop.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 #[test]

@@ -70,3 +70,15 @@ pub async fn connect(addr: SocketAddr, ca_pem: &str, client: Option<&ClientCert>
         .await
         .unwrap()
 }
+
+/// Kills the process with this id (a `tessera serve` child) when dropped, so a test that fails
+/// before stopping its server does not leave it running.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
