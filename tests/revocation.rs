@@ -137,6 +137,30 @@ impl Server {
     }
 }
 
+/// `openssl ocsp` asking `url` about `serial` of `issuer`, verifying the answer with `ca_file`;
+/// returns (exit code, stdout, stderr).
+fn openssl_ocsp_serial(
+    issuer: &Path,
+    serial: &str,
+    url: &str,
+    ca_file: &Path,
+) -> (i32, String, String) {
+    run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            issuer.to_str().unwrap(),
+            "-serial",
+            serial,
+            "-url",
+            url,
+            "-CAfile",
+            ca_file.to_str().unwrap(),
+        ],
+    )
+}
+
 /// GET with curl: (HTTP status, content type, body).
 fn curl_get(url: &str) -> (u16, String, Vec<u8>) {
     curl(&[url])
@@ -531,20 +555,8 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
     let chain = s.data_dir.join("chain.pem");
 
     // A serial this CA never issued.
-    let (code, out, err) = run(
-        "openssl",
-        &[
-            "ocsp",
-            "-issuer",
-            issuing.to_str().unwrap(),
-            "-serial",
-            "0x0123456789",
-            "-url",
-            &server.url("/ocsp"),
-            "-CAfile",
-            chain.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) =
+        openssl_ocsp_serial(&issuing, "0x0123456789", &server.url("/ocsp"), &chain);
     assert_eq!((code, err.as_str()), (0, "Response verify OK\n"), "{out}");
     assert_eq!(
         ocsp_blocks(&out),
@@ -574,19 +586,11 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
     );
 
     // A certificate of another issuer (the root's hashes are not the issuing CA's).
-    let (code, out, err) = run(
-        "openssl",
-        &[
-            "ocsp",
-            "-issuer",
-            s.data_dir.join("root.pem").to_str().unwrap(),
-            "-serial",
-            "0x01",
-            "-url",
-            &server.url("/ocsp"),
-            "-CAfile",
-            chain.to_str().unwrap(),
-        ],
+    let (code, out, err) = openssl_ocsp_serial(
+        &s.data_dir.join("root.pem"),
+        "0x01",
+        &server.url("/ocsp"),
+        &chain,
     );
     assert_eq!(
         (code, out.as_str(), err.as_str()),
@@ -1032,19 +1036,11 @@ async fn responder_setup_failures_are_named() {
         responder_pem
     );
     let server = Server::start(&s.config_path).await;
-    let (code, _, err) = run(
-        "openssl",
-        &[
-            "ocsp",
-            "-issuer",
-            s.data_dir.join("issuing.pem").to_str().unwrap(),
-            "-serial",
-            "0x01",
-            "-url",
-            &server.url("/ocsp"),
-            "-CAfile",
-            s.data_dir.join("chain.pem").to_str().unwrap(),
-        ],
+    let (code, _, err) = openssl_ocsp_serial(
+        &s.data_dir.join("issuing.pem"),
+        "0x01",
+        &server.url("/ocsp"),
+        &s.data_dir.join("chain.pem"),
     );
     assert_eq!((code, err.as_str()), (0, "Response verify OK\n"));
     server.stop().await;
