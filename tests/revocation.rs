@@ -3,6 +3,7 @@
 //! revocation` (one SoftHSM2 token per process).
 mod harness;
 
+use harness::binary::tessera;
 use harness::pki::TestPki;
 use harness::server::ServerTask;
 use harness::softhsm::SoftHsmToken;
@@ -19,19 +20,6 @@ use tessera::lifecycle::{
 use tessera::store::{CertificateOwner, Store};
 
 on_both_databases!(crl_and_ocsp_follow_every_status_change);
-
-fn tessera(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Runs a tool; returns (exit code, stdout, stderr).
 fn run(program: &str, args: &[&str]) -> (i32, String, String) {

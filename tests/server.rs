@@ -2,6 +2,7 @@
 //! audit tamper detection through the API and `tessera audit verify`, and the real binary.
 mod harness;
 
+use harness::binary::tessera;
 use harness::pki::{ClientCert, TestPki};
 use harness::server::{KillOnDrop, ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
@@ -1110,20 +1111,6 @@ fn serve_binary_health_tls13_only_and_foreign_ca() {
         status.success(),
         "tessera serve exits cleanly on SIGTERM: {status:?}"
     );
-}
-
-/// Runs `tessera` with `env`; returns (exit code, stdout, stderr).
-fn tessera(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A throwaway SoftHSM2 token (tests/harness/softhsm.rs, made by softhsm/new-token.sh) and the
