@@ -3,6 +3,7 @@
 //! Run under `scripts/with-pcscd.sh -- cargo nextest run --test enrollment`.
 mod harness;
 
+use harness::binary::tessera;
 use harness::pki::TestPki;
 use harness::server::{ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
@@ -44,19 +45,6 @@ struct Server {
     running: ServerTask,
 }
 
-fn tessera(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 impl Server {
     /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
     /// `[ca]` and `[enrollment]` trusting `attestation_roots` (the virtual cards' roots).
@@ -67,7 +55,10 @@ impl Server {
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let hsm = SoftHsmToken::create("tessera");
-        let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+        let env = [(
+            "SOFTHSM2_CONF".to_string(),
+            hsm.softhsm2_conf.to_str().unwrap().to_string(),
+        )];
         let hsm_config = hsm.config_path.to_str().unwrap().to_string();
         let data_dir = dir.path().join("ca");
         hsm.init_ca(&data_dir);
@@ -1551,7 +1542,10 @@ fn enrollment_certificate_profiles_pass_pkilint() {
 async fn enrollment_configuration_errors_name_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let hsm = SoftHsmToken::create("tessera");
-    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+    let env = [(
+        "SOFTHSM2_CONF".to_string(),
+        hsm.softhsm2_conf.to_str().unwrap().to_string(),
+    )];
     let hsm_config = hsm.config_path.to_str().unwrap().to_string();
     let data_dir = dir.path().join("ca");
     hsm.init_ca(&data_dir);
