@@ -3,7 +3,9 @@
 //! Run under `scripts/with-pcscd.sh -- cargo nextest run --test enrollment`.
 mod harness;
 
+use harness::binary::tessera;
 use harness::pki::TestPki;
+use harness::server::{ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
 use harness::vpcd::{CardOptions, VirtualCard};
 use sha2::Digest as _;
@@ -15,7 +17,7 @@ use tessera::api::{BoundServer, ServerConfig};
 use tessera::piv::{ManagementKey, PivToken, Secret};
 use tessera::store::Store;
 use tessera::store::{CertificateStatus, CertificatesQuery};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use yubikey::MgmAlgorithmId;
@@ -39,23 +41,8 @@ struct Server {
     dir: tempfile::TempDir,
     _hsm: SoftHsmToken,
     pki: TestPki,
-    addr: std::net::SocketAddr,
     data_dir: PathBuf,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-fn tessera(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    running: ServerTask,
 }
 
 impl Server {
@@ -68,21 +55,13 @@ impl Server {
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let hsm = SoftHsmToken::create("tessera");
-        let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+        let env = [(
+            "SOFTHSM2_CONF".to_string(),
+            hsm.softhsm2_conf.to_str().unwrap().to_string(),
+        )];
         let hsm_config = hsm.config_path.to_str().unwrap().to_string();
         let data_dir = dir.path().join("ca");
-        let (code, _, err) = tessera(
-            &[
-                "ca",
-                "init",
-                "--hsm-config",
-                &hsm_config,
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ],
-            &env,
-        );
-        assert_eq!(code, 0, "ca init: {err}");
+        hsm.init_ca(&data_dir);
         let (code, out, err) = tessera(
             &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
             &env,
@@ -106,42 +85,19 @@ impl Server {
             roots.join(", ")
         ));
         std::fs::write(&config_path, config).unwrap();
-        let config = ServerConfig::load(&config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let running = ServerTask::start(&config_path).await;
         Server {
             dir,
             _hsm: hsm,
             pki,
-            addr,
             data_dir,
-            shutdown: Some(tx),
-            task: Some(task),
+            running,
         }
     }
 
     async fn channel(&self, role: &str) -> Channel {
         let client = self.pki.client(role);
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .domain_name("localhost")
-            .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
-        Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await
     }
 
     async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
@@ -165,9 +121,8 @@ impl Server {
             .unwrap();
     }
 
-    async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -1459,20 +1414,8 @@ fn enrollment_certificate_profiles_pass_pkilint() {
     use x509_parser::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     let hsm = SoftHsmToken::create("tessera");
-    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
     let data_dir = dir.path().join("ca");
-    let (code, _, err) = tessera(
-        &[
-            "ca",
-            "init",
-            "--hsm-config",
-            hsm.config_path.to_str().unwrap(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{err}");
+    hsm.init_ca(&data_dir);
     let ca = OnlineCa::open(&hsm.config_path, &data_dir, None).unwrap();
     let key = p256::ecdsa::SigningKey::from_slice(&[11u8; 32]).unwrap();
     let spki = {
@@ -1599,21 +1542,13 @@ fn enrollment_certificate_profiles_pass_pkilint() {
 async fn enrollment_configuration_errors_name_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let hsm = SoftHsmToken::create("tessera");
-    let env = [("SOFTHSM2_CONF", hsm.softhsm2_conf.as_path())];
+    let env = [(
+        "SOFTHSM2_CONF".to_string(),
+        hsm.softhsm2_conf.to_str().unwrap().to_string(),
+    )];
     let hsm_config = hsm.config_path.to_str().unwrap().to_string();
     let data_dir = dir.path().join("ca");
-    let (code, _, err) = tessera(
-        &[
-            "ca",
-            "init",
-            "--hsm-config",
-            &hsm_config,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{err}");
+    hsm.init_ca(&data_dir);
     let db = harness::database::TestDatabase::sqlite();
     let config_path = TestPki::new().write_server_config(dir.path(), db.url());
     let base = std::fs::read_to_string(&config_path).unwrap();

@@ -4,12 +4,12 @@
 mod harness;
 
 use harness::pki::{ClientCert, TestPki};
+use harness::server::{KillOnDrop, ServerTask};
 use harness::softhsm::SoftHsmToken;
 use prost::Message;
 use tessera::api::pb;
 use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
-use tessera::api::{BoundServer, ServerConfig};
 use tessera::store::{CertificateStatus, NewToken, Store, TokenState};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
@@ -37,19 +37,7 @@ impl CaSetup {
         let dir = tempfile::tempdir().unwrap();
         let token = SoftHsmToken::create("tessera");
         let data_dir = dir.path().join("data");
-        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-            .args(["ca", "init", "--hsm-config"])
-            .arg(&token.config_path)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("SOFTHSM2_CONF", &token.softhsm2_conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        token.init_ca(&data_dir);
         let pki = TestPki::new();
         let config_path = pki.write_server_config(dir.path(), url);
         let base = std::fs::read_to_string(&config_path).unwrap();
@@ -75,29 +63,16 @@ impl CaSetup {
 struct Running {
     setup: CaSetup,
     addr: std::net::SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: ServerTask,
 }
 
 impl Running {
     async fn start(setup: CaSetup) -> Running {
-        let config = ServerConfig::load(&setup.config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let server = ServerTask::start(&setup.config_path).await;
         Running {
             setup,
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
+            addr: server.addr,
+            server,
         }
     }
 
@@ -106,9 +81,8 @@ impl Running {
     }
 
     /// Stops the server; the CA (token, files, configuration) stays for further checks.
-    async fn stop(mut self) -> CaSetup {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) -> CaSetup {
+        self.server.stop().await;
         self.setup
     }
 }
@@ -118,17 +92,7 @@ async fn connect(addr: std::net::SocketAddr, pki: &TestPki, role: &str) -> Chann
 }
 
 async fn connect_as(addr: std::net::SocketAddr, ca_pem: &str, client: &ClientCert) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    harness::server::connect(addr, ca_pem, Some(client)).await
 }
 
 /// A P-256 key and its PKCS#10 request (PEM) with this CN and email addresses.
@@ -770,19 +734,8 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
     let db = harness::database::TestDatabase::sqlite();
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let config = ServerConfig::load(&pki.write_server_config(dir.path(), db.url())).unwrap();
-    let server = BoundServer::bind(&config).await.unwrap();
-    let addr = server.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let mut c = CertificateServiceClient::new(connect(addr, &pki, "admin").await);
+    let server = ServerTask::start(&pki.write_server_config(dir.path(), db.url())).await;
+    let mut c = CertificateServiceClient::new(connect(server.addr, &pki, "admin").await);
     let (_, pem) = csr("svc", &[]);
     let expected = (Code::FailedPrecondition, "CA_NOT_CONFIGURED".into(), vec![]);
     assert_eq!(
@@ -797,19 +750,7 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
         refusal(&c.get_ca_chain(pb::GetCaChainRequest {}).await.unwrap_err()),
         expected
     );
-    let _ = tx.send(());
-    task.await.unwrap();
-}
-
-/// Kills the server if the test fails before stopping it.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
+    server.stop().await;
 }
 
 /// Starts `tessera serve` as a child process; returns it and its gRPC address.

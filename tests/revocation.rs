@@ -3,7 +3,9 @@
 //! revocation` (one SoftHSM2 token per process).
 mod harness;
 
+use harness::binary::tessera;
 use harness::pki::TestPki;
+use harness::server::ServerTask;
 use harness::softhsm::SoftHsmToken;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,19 +20,6 @@ use tessera::lifecycle::{
 use tessera::store::{CertificateOwner, Store};
 
 on_both_databases!(crl_and_ocsp_follow_every_status_change);
-
-fn tessera(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Runs a tool; returns (exit code, stdout, stderr).
 fn run(program: &str, args: &[&str]) -> (i32, String, String) {
@@ -66,18 +55,7 @@ impl Setup {
         )];
         let hsm_config = token.config_path.to_str().unwrap().to_string();
         let data_dir = dir.path().join("data");
-        let (code, _, err) = tessera(
-            &[
-                "ca",
-                "init",
-                "--hsm-config",
-                &hsm_config,
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ],
-            &env,
-        );
-        assert_eq!(code, 0, "{err}");
+        token.init_ca(&data_dir);
         let pki = TestPki::new();
         let config_path = pki.write_server_config(dir.path(), database_url);
         let mut text = std::fs::read_to_string(&config_path).unwrap();
@@ -124,32 +102,17 @@ struct Server {
     grpc: std::net::SocketAddr,
     http: std::net::SocketAddr,
     ca: Option<Arc<OnlineCa>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: ServerTask,
 }
 
 impl Server {
     async fn start(config_path: &Path) -> Server {
-        let config = ServerConfig::load(config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let http = server.http_addr().unwrap();
-        let grpc = server.local_addr();
-        let ca = server.ca().cloned();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let running = ServerTask::start(config_path).await;
         Server {
-            grpc,
-            http,
-            ca,
-            shutdown: Some(tx),
-            task: Some(task),
+            grpc: running.addr,
+            http: running.http.unwrap(),
+            ca: running.ca.clone(),
+            running,
         }
     }
 
@@ -157,10 +120,33 @@ impl Server {
         format!("http://{}{path}", self.http)
     }
 
-    async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
+}
+
+/// `openssl ocsp` asking `url` about `serial` of `issuer`, verifying the answer with `ca_file`;
+/// returns (exit code, stdout, stderr).
+fn openssl_ocsp_serial(
+    issuer: &Path,
+    serial: &str,
+    url: &str,
+    ca_file: &Path,
+) -> (i32, String, String) {
+    run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            issuer.to_str().unwrap(),
+            "-serial",
+            serial,
+            "-url",
+            url,
+            "-CAfile",
+            ca_file.to_str().unwrap(),
+        ],
+    )
 }
 
 /// GET with curl: (HTTP status, content type, body).
@@ -557,20 +543,8 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
     let chain = s.data_dir.join("chain.pem");
 
     // A serial this CA never issued.
-    let (code, out, err) = run(
-        "openssl",
-        &[
-            "ocsp",
-            "-issuer",
-            issuing.to_str().unwrap(),
-            "-serial",
-            "0x0123456789",
-            "-url",
-            &server.url("/ocsp"),
-            "-CAfile",
-            chain.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) =
+        openssl_ocsp_serial(&issuing, "0x0123456789", &server.url("/ocsp"), &chain);
     assert_eq!((code, err.as_str()), (0, "Response verify OK\n"), "{out}");
     assert_eq!(
         ocsp_blocks(&out),
@@ -600,19 +574,11 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
     );
 
     // A certificate of another issuer (the root's hashes are not the issuing CA's).
-    let (code, out, err) = run(
-        "openssl",
-        &[
-            "ocsp",
-            "-issuer",
-            s.data_dir.join("root.pem").to_str().unwrap(),
-            "-serial",
-            "0x01",
-            "-url",
-            &server.url("/ocsp"),
-            "-CAfile",
-            chain.to_str().unwrap(),
-        ],
+    let (code, out, err) = openssl_ocsp_serial(
+        &s.data_dir.join("root.pem"),
+        "0x01",
+        &server.url("/ocsp"),
+        &chain,
     );
     assert_eq!(
         (code, out.as_str(), err.as_str()),
@@ -1058,19 +1024,11 @@ async fn responder_setup_failures_are_named() {
         responder_pem
     );
     let server = Server::start(&s.config_path).await;
-    let (code, _, err) = run(
-        "openssl",
-        &[
-            "ocsp",
-            "-issuer",
-            s.data_dir.join("issuing.pem").to_str().unwrap(),
-            "-serial",
-            "0x01",
-            "-url",
-            &server.url("/ocsp"),
-            "-CAfile",
-            s.data_dir.join("chain.pem").to_str().unwrap(),
-        ],
+    let (code, _, err) = openssl_ocsp_serial(
+        &s.data_dir.join("issuing.pem"),
+        "0x01",
+        &server.url("/ocsp"),
+        &s.data_dir.join("chain.pem"),
     );
     assert_eq!((code, err.as_str()), (0, "Response verify OK\n"));
     server.stop().await;

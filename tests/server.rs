@@ -2,7 +2,9 @@
 //! audit tamper detection through the API and `tessera audit verify`, and the real binary.
 mod harness;
 
+use harness::binary::tessera;
 use harness::pki::{ClientCert, TestPki};
+use harness::server::{KillOnDrop, ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
 use std::collections::BTreeMap;
 use tessera::api::pb;
@@ -40,8 +42,7 @@ struct Running {
     config_path: std::path::PathBuf,
     addr: std::net::SocketAddr,
     database_url: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: ServerTask,
 }
 
 impl Running {
@@ -63,26 +64,14 @@ impl Running {
             assert!(text.contains("require_client_certificate = false"));
             std::fs::write(&config_path, text).unwrap();
         }
-        let config = ServerConfig::load(&config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let server = ServerTask::start(&config_path).await;
         Running {
             _dir: dir,
             pki,
             config_path,
-            addr,
+            addr: server.addr,
             database_url: database_url.to_string(),
-            shutdown: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 
@@ -94,26 +83,9 @@ impl Running {
         self.channel(Some(&self.pki.client(role))).await
     }
 
-    async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
-}
-
-async fn connect(addr: std::net::SocketAddr, ca_pem: &str, client: Option<&ClientCert>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost");
-    if let Some(c) = client {
-        tls = tls.identity(Identity::from_pem(&c.cert_pem, &c.key_pem));
-    }
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 fn record(id: &str) -> pb::PersonRecord {
@@ -1030,17 +1002,6 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
     server.stop().await;
 }
 
-/// Kills the server if the test fails before stopping it.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
-}
-
 /// The real binary: start-up line, health, TLS 1.3 only, foreign client CA refused.
 #[test]
 fn serve_binary_health_tls13_only_and_foreign_ca() {
@@ -1150,20 +1111,6 @@ fn serve_binary_health_tls13_only_and_foreign_ca() {
         status.success(),
         "tessera serve exits cleanly on SIGTERM: {status:?}"
     );
-}
-
-/// Runs `tessera` with `env`; returns (exit code, stdout, stderr).
-fn tessera(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A throwaway SoftHSM2 token (tests/harness/softhsm.rs, made by softhsm/new-token.sh) and the
@@ -1481,18 +1428,7 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
     let hsm_config = token.config_path.to_str().unwrap().to_string();
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
-    let (code, _, err) = tessera(
-        &[
-            "ca",
-            "init",
-            "--hsm-config",
-            &hsm_config,
-            "--data-dir",
-            data_s,
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{err}");
+    token.init_ca(&data);
     let pki = TestPki::new();
     let config = pki.write_server_config(dir.path(), url);
     std::fs::copy(data.join("root.pem"), dir.path().join("client-ca.pem")).unwrap();
@@ -1687,19 +1623,8 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
         .unwrap();
     assert_eq!(store.audit_events(0, 10).await.unwrap().len(), 2);
 
-    let server = BoundServer::bind(&ServerConfig::load(&config).unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
+    let server = ServerTask::start(&config).await;
+    let addr = server.addr;
     let client = ClientCert {
         cert_pem: std::fs::read_to_string(&cert).unwrap(),
         key_pem: std::fs::read_to_string(&key).unwrap(),
@@ -1722,8 +1647,7 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
         (last[0].actor.as_str(), last[0].role.as_str()),
         ("HR system", "hr")
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 async fn certificates_lookup_hold_and_revoke(url: &str) {
@@ -1949,20 +1873,9 @@ async fn http_side_health_chain_and_metrics(url: &str) {
         format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\nca_chain = \"client-ca.pem\"\n"),
     )
     .unwrap();
-    let server = BoundServer::bind(&ServerConfig::load(&config).unwrap())
-        .await
-        .unwrap();
-    let (grpc, http) = (server.local_addr(), server.http_addr().unwrap());
+    let server = ServerTask::start(&config).await;
+    let (grpc, http) = (server.addr, server.http.unwrap());
     assert!(http.ip().is_loopback());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
 
     assert_eq!(
         http_get(http, "/healthz").await,
@@ -2007,8 +1920,7 @@ async fn http_side_health_chain_and_metrics(url: &str) {
         "{body}"
     );
     assert_eq!(http_get(http, "/nothing").await.0, "HTTP/1.1 404 Not Found");
-    let _ = stop.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 #[test]

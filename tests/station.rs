@@ -6,6 +6,7 @@ mod harness;
 
 use harness::pki::TestPki;
 use harness::relying_party::{Nginx, curl_with_token};
+use harness::server::connect;
 use harness::softhsm::SoftHsmToken;
 use harness::vpcd::{CardOptions, VirtualCard};
 use std::io::BufRead as _;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use tessera::api::pb;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -246,22 +247,17 @@ impl World {
         call: impl FnOnce(Channel) -> Fut,
     ) -> T {
         let c = self.pki.client(role);
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .domain_name("localhost")
-            .identity(Identity::from_pem(&c.cert_pem, &c.key_pem));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let channel = Channel::from_shared(format!("https://{}", self.server.grpc))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let channel = connect(
+                self.server.grpc.parse().unwrap(),
+                &self.pki.ca_pem,
+                Some(&c),
+            )
+            .await;
             call(channel).await
         })
     }

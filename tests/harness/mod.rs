@@ -2,8 +2,10 @@
 //! pcscd + vpcd + tessera-vpiv cards). Each test file includes it with `mod harness;`.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod database;
 pub mod pki;
 pub mod relying_party;
+pub mod server;
 pub mod softhsm;
 pub mod vpcd;

@@ -68,6 +68,24 @@ impl SoftHsmToken {
         }
     }
 
+    /// `tessera ca init --hsm-config <this token's hsm.toml> --data-dir DATA_DIR`: the CA
+    /// ceremony in this token; panics with the command's stderr if it fails.
+    pub fn init_ca(&self, data_dir: &Path) {
+        let out = Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(["ca", "init", "--hsm-config"])
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("SOFTHSM2_CONF", &self.softhsm2_conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tessera ca init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The user PIN (for driving pkcs11-tool through its environment, never argv).
     pub fn user_pin(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("user-pin")).expect("user-pin")

@@ -1,0 +1,84 @@
+//! A `BoundServer` running inside the test's own runtime, and mTLS channels to it: what the
+//! gRPC tests share to start a server from a configuration file, talk to it and stop it.
+use super::pki::ClientCert;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tessera::api::{BoundServer, ServerConfig};
+use tessera::ca::OnlineCa;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// The server bound from one configuration file, serving on a task until `stop` (or until it
+/// is dropped, which drops the shutdown sender and so also ends the server).
+pub struct ServerTask {
+    /// The gRPC listener.
+    pub addr: SocketAddr,
+    /// The `[http]` listener, when the configuration has one.
+    pub http: Option<SocketAddr>,
+    /// The online CA, when the configuration has a `[ca]` section.
+    pub ca: Option<Arc<OnlineCa>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerTask {
+    /// Loads the configuration, binds and spawns the server; panics if any step fails.
+    pub async fn start(config_path: &Path) -> ServerTask {
+        let config = ServerConfig::load(config_path).unwrap();
+        let server = BoundServer::bind(&config).await.unwrap();
+        let addr = server.local_addr();
+        let http = server.http_addr();
+        let ca = server.ca().cloned();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        ServerTask {
+            addr,
+            http,
+            ca,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Asks the server to shut down and waits until it has.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// A TLS channel to `addr` trusting `ca_pem` for "localhost", presenting `client` when given.
+pub async fn connect(addr: SocketAddr, ca_pem: &str, client: Option<&ClientCert>) -> Channel {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        tls = tls.identity(Identity::from_pem(&c.cert_pem, &c.key_pem));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Kills the process with this id (a `tessera serve` child) when dropped, so a test that fails
+/// before stopping its server does not leave it running.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
