@@ -1216,6 +1216,20 @@ fn card_pulled_at_write_certificate() {
 }
 
 #[test]
+fn card_pulled_at_proof_signature() {
+    // GENERAL AUTHENTICATE also authenticates the management key (twice: old and new key);
+    // its fifth occurrence is the first proof-of-possession signature.
+    card_pulled_at("87:5", 32_100_008, "sign the proof with slot 9a");
+}
+
+#[test]
+fn card_pulled_at_set_pin() {
+    // CHANGE REFERENCE DATA sets the PUK first; its second occurrence sets the person's PIN,
+    // after the certificates were issued and written.
+    card_pulled_at("24:2", 32_100_009, "set the PIN");
+}
+
+#[test]
 fn card_pulled_at_verify_pin() {
     card_pulled_at("20", 32_100_007, "verify the PIN");
 }
