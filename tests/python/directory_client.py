@@ -12,7 +12,6 @@ about that certificate: "  crl <not listed | reason>  ocsp <status>[ <reason>]".
 usage: directory_client.py ADDR CA_PEM CLIENT_CERT CLIENT_KEY PROTO_DIR OUT_DIR
            [HTTP_ADDR CHAIN_PEM ISSUER_PEM PERSON_CERT]
 """
-import importlib
 import os
 import re
 import subprocess
@@ -62,29 +61,16 @@ def run(args, expect_stderr=""):
         sys.exit(f"{args[0]} {args[1]} failed ({p.returncode}): {p.stdout}{p.stderr}")
     return p.stdout
 
-from grpc_tools import protoc
 import grpc
+
+from tessera_grpc import directory_modules, mtls_channel
 
 
 def main():
     addr, ca, cert, key, proto_dir, out_dir = sys.argv[1:7]
     rp = RelyingParty(*sys.argv[7:11], out_dir) if len(sys.argv) == 11 else None
-    files = [f"tessera/v1/{n}.proto" for n in ("common", "directory")]
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", *files])
-    if rc != 0:
-        sys.exit(f"protoc failed with {rc}")
-    sys.path.insert(0, out_dir)
-    pb = importlib.import_module("tessera.v1.directory_pb2")
-    rpc = importlib.import_module("tessera.v1.directory_pb2_grpc")
-    common = importlib.import_module("tessera.v1.common_pb2")
-
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=open(ca, "rb").read(),
-        private_key=open(key, "rb").read(),
-        certificate_chain=open(cert, "rb").read(),
-    )
-    options = [("grpc.ssl_target_name_override", "localhost")]
-    with grpc.secure_channel(addr, creds, options=options) as channel:
+    pb, rpc, common = directory_modules(proto_dir, out_dir)
+    with mtls_channel(addr, ca, cert, key) as channel:
         d = rpc.DirectoryServiceStub(channel)
         record = pb.PersonRecord(
             external_id="PY1", display_name="Py Thon", upn="py1@corp.test", email="py1@corp.test"

@@ -9,32 +9,19 @@ usage: hr_client.py ADDR CA_PEM CLIENT_CERT CLIENT_KEY PROTO_DIR OUT_DIR COMMAND
 Prints one line per call: "<command> <ID> <PERSON_STATE_NAME>"; a refusal exits 1 naming the
 gRPC code and message.
 """
-import importlib
 import sys
 import uuid
 
-from grpc_tools import protoc
 import grpc
+
+from tessera_grpc import directory_modules, mtls_channel
 
 
 def main():
     addr, ca, cert, key, proto_dir, out_dir, command, *args = sys.argv[1:]
-    files = [f"tessera/v1/{n}.proto" for n in ("common", "directory")]
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", *files])
-    if rc != 0:
-        sys.exit(f"protoc failed with {rc}")
-    sys.path.insert(0, out_dir)
-    pb = importlib.import_module("tessera.v1.directory_pb2")
-    rpc = importlib.import_module("tessera.v1.directory_pb2_grpc")
-    common = importlib.import_module("tessera.v1.common_pb2")
-
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=open(ca, "rb").read(),
-        private_key=open(key, "rb").read(),
-        certificate_chain=open(cert, "rb").read(),
-    )
+    pb, rpc, common = directory_modules(proto_dir, out_dir)
     request_id = f"hr-{uuid.uuid4()}"
-    with grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+    with mtls_channel(addr, ca, cert, key) as channel:
         d = rpc.DirectoryServiceStub(channel)
         try:
             if command == "create":
