@@ -10,10 +10,12 @@ mod harness;
 
 mod attest;
 mod ca;
+mod config_examples;
 mod enrollment;
 mod hsm;
 mod issuance_api;
 mod piv_token;
+mod reasons;
 mod revocation;
 mod server;
 mod station;
