@@ -3,25 +3,8 @@ use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
 use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, WriteTx, now_rfc3339};
 
-/// RFC 5280 CRLReason, with the RFC's codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationReason {
-    Unspecified = 0,
-    KeyCompromise = 1,
-    CaCompromise = 2,
-    AffiliationChanged = 3,
-    Superseded = 4,
-    CessationOfOperation = 5,
-    CertificateHold = 6,
-    PrivilegeWithdrawn = 9,
-    AaCompromise = 10,
-}
-
-impl RevocationReason {
-    pub fn code(self) -> i64 {
-        self as i64
-    }
-}
+/// RFC 5280 CRLReason, with the RFC's codes (one type, kept in `ca`).
+pub use crate::ca::RevocationReason;
 
 /// Revokes a certificate, or puts it on hold when the reason is `CertificateHold`. A held
 /// certificate may be revoked for good; a revoked one stays revoked; a reserved (unsigned)
