@@ -2,7 +2,7 @@
 //! `openssl verify`, pkilint, serial numbers, and every refusal with its exact message.
 //! Each test makes its own throwaway token (nextest runs each test in its own process).
 
-mod harness;
+use crate::harness;
 
 use harness::softhsm::SoftHsmToken;
 use std::path::{Path, PathBuf};

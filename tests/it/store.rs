@@ -1,5 +1,4 @@
 //! The store, the audit chain and the lifecycle rules on SQLite and on PostgreSQL.
-mod harness;
 
 use std::collections::BTreeMap;
 use tessera::audit::{self, Actor, BadEvent, EcdsaP256Verifier, Problem};

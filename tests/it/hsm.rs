@@ -1,7 +1,7 @@
 //! The `hsm` module against a real SoftHSM2 token (one throwaway token per test; run with
 //! `cargo nextest run --test hsm`).
 
-mod harness;
+use crate::harness;
 
 use std::path::Path;
 use std::process::Command;
