@@ -58,7 +58,7 @@ mod directory_service;
 pub mod enrollment_service;
 pub mod rpc_metrics;
 mod serve;
-mod status;
+pub mod status;
 mod token_service;
 
 pub use authz::{Identity, Role};
