@@ -644,8 +644,8 @@ async fn certificate_serial_is_reserved_once(url: &str) {
         token_id: None,
         profile: "tls-client".into(),
         tbs: b"to be signed".to_vec(),
-        not_before: "2026-01-01T00:00:00Z".into(),
-        not_after: "2027-01-01T00:00:00Z".into(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
     };
     let mut tx = store.begin_write().await.unwrap();
     let row = tx.reserve_certificate(&new).await.unwrap();
@@ -715,8 +715,8 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
             token_id: token,
             profile: "tls-client".into(),
             tbs: vec![1],
-            not_before: "2026-01-01T00:00:00Z".into(),
-            not_after: "2027-01-01T00:00:00Z".into(),
+            not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+            not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
         })
         .await
         .unwrap();
@@ -783,8 +783,8 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
         token_id: None,
         profile: "tls-client".into(),
         tbs: vec![1],
-        not_before: "2026-01-01T00:00:00Z".into(),
-        not_after: "2027-01-01T00:00:00Z".into(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
     })
     .await
     .unwrap();

@@ -21,11 +21,10 @@ use crate::lifecycle::{
 use crate::store::{
     CertificateRow, CertificateStatus, EnrollmentRow, EnrollmentState, NewEnrollment, NewToken,
     PersonRow, PersonState, Store, StoreError, TokenCredentialsRow, TokenRow, TokenState,
-    WrappedCredentials, WriteTx, now_rfc3339,
+    WrappedCredentials, WriteTx,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Why an enrollment request was refused or failed. Each variant has one stable reason
@@ -336,7 +335,7 @@ impl EnrollmentDesk {
     /// Expires open enrollments past their time (all of them, or only `only`): revokes their
     /// certificates and records `enrollment.expire` as the server.
     pub async fn expire_due(&self, only: Option<&str>) -> Result<Vec<String>, EnrollmentRefusal> {
-        let now = now_rfc3339();
+        let now = self.store.now();
         let due = match only {
             Some(id) => match self.store.enrollment_by_public_id(id).await? {
                 Some(row)
@@ -349,7 +348,7 @@ impl EnrollmentDesk {
                 }
                 _ => Vec::new(),
             },
-            None => self.store.enrollments_expired_at(&now).await?,
+            None => self.store.enrollments_expired_at(now).await?,
         };
         let mut expired = Vec::new();
         for id in due {
@@ -358,7 +357,7 @@ impl EnrollmentDesk {
                 continue;
             };
             let loaded = LoadedEnrollment::load(row)?;
-            if !loaded.is_due_to_expire(&now_rfc3339()) {
+            if !loaded.is_due_to_expire(tx.now()) {
                 continue;
             }
             let row = loaded.row().clone();
@@ -488,7 +487,7 @@ impl EnrollmentDesk {
                 row
             }
         };
-        let now = now_rfc3339();
+        let now = tx.now();
         for open in tx.open_enrollments_of_token(token.id).await? {
             if open.expires_at <= now {
                 // Past its time already: it expires (as the sweep would have done).
@@ -564,7 +563,7 @@ impl EnrollmentDesk {
                 nonce: nonce.to_vec(),
                 plan_json: super::plan::plan_to_json(&profile.slots),
                 firmware: req.firmware.to_string(),
-                expires_at: rfc3339_after(settings.expiry),
+                expires_at: now.checked_add(settings.expiry).unwrap_or(now),
                 created_by: actor.name.clone(),
             })
             .await?;
@@ -1018,14 +1017,6 @@ fn token_not_enrolling(token: &TokenRow) -> EnrollmentRefusal {
         serial: token.serial.clone(),
         state: token.state.as_str(),
     }
-}
-
-fn rfc3339_after(d: Duration) -> String {
-    (time::OffsetDateTime::now_utc() + d)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {

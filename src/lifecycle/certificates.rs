@@ -1,7 +1,7 @@
 //! Certificate revocation and hold (RFC 5280 reasons).
 use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
-use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, WriteTx, now_rfc3339};
+use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, WriteTx};
 
 /// RFC 5280 CRLReason, with the RFC's codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +61,9 @@ pub async fn revoke_certificate(
             });
         }
     };
-    let now = now_rfc3339();
+    let now = tx.now();
     let row = tx
-        .update_certificate_status(serial, target, Some(reason.code()), Some(&now))
+        .update_certificate_status(serial, target, Some(reason.code()), Some(now))
         .await?;
     audit::record(
         tx,
@@ -102,12 +102,12 @@ pub async fn apply_certificate_effect(
 ) -> Result<Vec<String>, LifecycleError> {
     let mut changed = Vec::new();
     for before in tx.certificates_of(owner).await? {
-        let now = now_rfc3339();
+        let now = tx.now();
         let (status, reason, at, action) = match (effect, before.status) {
             (CertificateEffect::Hold, CertificateStatus::Good) => (
                 CertificateStatus::OnHold,
                 Some(RevocationReason::CertificateHold.code()),
-                Some(now.as_str()),
+                Some(now),
                 "certificate.hold",
             ),
             (CertificateEffect::Release, CertificateStatus::OnHold) => {
@@ -117,7 +117,7 @@ pub async fn apply_certificate_effect(
                 (
                     CertificateStatus::Revoked,
                     Some(r.code()),
-                    Some(now.as_str()),
+                    Some(now),
                     "certificate.revoke",
                 )
             }

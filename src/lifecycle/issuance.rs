@@ -6,7 +6,7 @@
 use super::{LifecycleError, RequestKey};
 use crate::audit::{self, Actor, Change};
 use crate::ca::{CaError, IssuanceRequest, KeyProvenance, OnlineCa, SerialNumber, SubjectParams};
-use crate::store::{CertificateRow, NewCertificate, Store};
+use crate::store::{CertificateRow, NewCertificate, Store, Timestamp};
 use sha2::Digest;
 use std::sync::Arc;
 
@@ -240,19 +240,14 @@ async fn reserve(
     Ok(())
 }
 
-/// notBefore and notAfter of a DER tbsCertificate, RFC 3339.
-fn validity_of(tbs: &[u8]) -> Result<(String, String), LifecycleError> {
+/// notBefore and notAfter of a DER tbsCertificate.
+fn validity_of(tbs: &[u8]) -> Result<(Timestamp, Timestamp), LifecycleError> {
     use x509_parser::prelude::FromDer;
     let internal = |m: String| super::invalid("certificate", "INTERNAL", m);
     let (_, tbs) = x509_parser::certificate::TbsCertificate::from_der(tbs)
         .map_err(|e| internal(format!("the CA produced an unreadable tbsCertificate: {e}")))?;
-    let rfc3339 = |t: x509_parser::time::ASN1Time| {
-        t.to_datetime()
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| internal(format!("validity time out of range: {e}")))
-    };
     Ok((
-        rfc3339(tbs.validity.not_before)?,
-        rfc3339(tbs.validity.not_after)?,
+        Timestamp::from_datetime(tbs.validity.not_before.to_datetime()),
+        Timestamp::from_datetime(tbs.validity.not_after.to_datetime()),
     ))
 }
