@@ -4,6 +4,8 @@
 use crate::harness;
 
 use harness::binary::tessera;
+use harness::ca::TestCa;
+use harness::config::{Enrollment, ServerToml};
 use harness::pki::TestPki;
 use harness::server::{ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
@@ -47,44 +49,29 @@ struct Server {
 
 impl Server {
     /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
-    /// `[ca]` and `[enrollment]` trusting `attestation_roots` (the virtual cards' roots).
+    /// `[ca]` and `enrollment` (the `[enrollment]` section) trusting `attestation_roots` (the
+    /// virtual cards' roots) besides what `enrollment` says.
     async fn start(
         database_url: &str,
         attestation_roots: &[PathBuf],
-        enrollment_extra: &str,
+        enrollment: Enrollment,
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let hsm = SoftHsmToken::create("tessera");
-        let env = [(
-            "SOFTHSM2_CONF".to_string(),
-            hsm.softhsm2_conf.to_str().unwrap().to_string(),
-        )];
-        let hsm_config = hsm.config_path.to_str().unwrap().to_string();
-        let data_dir = dir.path().join("ca");
-        hsm.init_ca(&data_dir);
-        let (code, out, err) = tessera(
-            &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
-            &env,
-        );
-        assert_eq!(code, 0, "init-wrapping-key: {err}");
-        assert_eq!(
-            out,
-            "made AES-256 wrapping key \"tessera-wrap\" in the HSM\n"
-        );
-
+        let ca = TestCa::init(&dir.path().join("ca"));
+        ca.init_wrapping_key();
+        let TestCa {
+            token: hsm,
+            data_dir,
+            ..
+        } = ca;
         let pki = TestPki::new();
-        let config_path = pki.write_server_config(dir.path(), database_url);
-        let roots: Vec<String> = attestation_roots
-            .iter()
-            .map(|p| format!("{:?}", p.to_str().unwrap()))
-            .collect();
-        let mut config = std::fs::read_to_string(&config_path).unwrap();
-        config.push_str(&format!(
-            "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n\n[enrollment]\nattestation_roots = [{}]\n{enrollment_extra}",
-            data_dir.to_str().unwrap(),
-            roots.join(", ")
-        ));
-        std::fs::write(&config_path, config).unwrap();
+        let config = ServerToml::new(database_url)
+            .with_ca(&hsm.config_path, &data_dir)
+            .with_enrollment(Enrollment {
+                attestation_roots: attestation_roots.to_vec(),
+                ..enrollment
+            });
+        let config_path = config.write(dir.path(), &pki);
         let running = ServerTask::start(&config_path).await;
         Server {
             dir,
@@ -334,7 +321,7 @@ fn happy_begin_request() -> pb::BeginEnrollmentRequest {
 
 async fn happy_path_enrolls_a_virtual_card(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(20_000_001));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E100", "").await;
     let mut enroll = server.enrollments().await;
 
@@ -635,7 +622,7 @@ async fn enroll_until_complete(
 }
 
 async fn begin_refusals_name_their_reason(url: &str) {
-    let server = Server::start(url, &[], "").await;
+    let server = Server::start(url, &[], Enrollment::default()).await;
     server.create_person("E200", "").await;
     let mut enroll = server.enrollments().await;
 
@@ -906,7 +893,7 @@ async fn begin_refusals_name_their_reason(url: &str) {
 
 async fn proof_over_a_wrong_nonce_is_refused(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_010));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E300", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
@@ -968,7 +955,7 @@ on_sqlite!(
 
 async fn replayed_complete_is_refused(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_020));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E400", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
@@ -997,7 +984,7 @@ async fn attestation_from_another_token_is_refused(url: &str) {
     let server = Server::start(
         url,
         &[card.attestation_root(), other.attestation_root()],
-        "",
+        Enrollment::default(),
     )
     .await;
     server.create_person("E500", "").await;
@@ -1026,7 +1013,7 @@ async fn attestation_from_another_token_is_refused(url: &str) {
 
 async fn key_that_did_not_sign_is_refused(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_040));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E600", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
@@ -1051,7 +1038,7 @@ async fn key_that_did_not_sign_is_refused(url: &str) {
 async fn policy_the_token_does_not_meet_is_refused(url: &str) {
     // Firmware 5.4.3 with ECDSA keys: YSA-2024-03 (EUCLEAK) in the default policy.
     let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(30_000_050));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E700", "").await;
     let mut enroll = server.enrollments().await;
     let mut request = begin_request("E700", 30_000_050, "piv-login");
@@ -1081,7 +1068,7 @@ async fn policy_the_token_does_not_meet_is_refused(url: &str) {
 
 async fn abort_revokes_the_certificates(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_060));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E800", "").await;
     let (begin, done) = enroll_until_complete(&server, &card, "E800", "piv-login").await;
     assert_eq!(done.certificates.len(), 2);
@@ -1135,7 +1122,11 @@ async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &s
     let server = Server::start(
         url,
         &[card.attestation_root()],
-        "expiry_seconds = 8\nexpiry_sweep_seconds = 1\n",
+        Enrollment {
+            expiry_seconds: Some(8),
+            expiry_sweep_seconds: Some(1),
+            ..Enrollment::default()
+        },
     )
     .await;
     server.create_person("E900", "").await;
@@ -1194,7 +1185,7 @@ async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &s
 
 async fn release_puk_then_re_enroll_the_same_token(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_080));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server
         .create_person("E1000", "S-1-5-21-1004336348-1177238915-682003330-1001")
         .await;
@@ -1652,7 +1643,7 @@ async fn enrollment_configuration_errors_name_the_setting() {
 
 async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_090));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E1100", "").await;
     let mut enroll = server.enrollments().await;
     let first = enroll
@@ -1740,7 +1731,7 @@ async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
 
 async fn issuance_failure_aborts_the_enrollment(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_100));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E1200", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
