@@ -97,6 +97,113 @@ enum Once<R> {
     Done(R),
 }
 
+impl<R: prost::Message + Default> Once<R> {
+    /// The new answer, or the stored first answer as it was.
+    fn answer(self) -> Result<Response<R>, Status> {
+        match self {
+            Once::Done(answer) => Ok(Response::new(answer)),
+            Once::Replayed(bytes) => decode(&bytes).map(Response::new),
+        }
+    }
+}
+
+/// A request of this service as the steps every RPC begins with see it
+/// ([`Enrollments::admit`]).
+trait EnrollmentRequest: prost::Message {
+    /// The RPC's name: its method and the operation of its idempotency key.
+    const RPC: &'static str;
+
+    /// The enrollment the request names: required, and expired first when it is due.
+    fn enrollment_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// The checks of presence and shape of the other fields.
+    fn check(&self) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// A state-changing request: its request id keys its answer.
+trait ChangeRequest: EnrollmentRequest {
+    fn request_id(&self) -> &str;
+}
+
+impl EnrollmentRequest for pb::BeginEnrollmentRequest {
+    const RPC: &'static str = "BeginEnrollment";
+
+    fn check(&self) -> Result<(), Status> {
+        required("person_external_id", &self.person_external_id)?;
+        required("profile", &self.profile)?;
+        if self.token_serial.is_empty()
+            || !self.token_serial.bytes().all(|b| b.is_ascii_digit())
+            || self.token_serial.parse::<u32>().is_err()
+        {
+            return Err(status::invalid_argument(
+                "token_serial",
+                "TOKEN_SERIAL_INVALID",
+                "token_serial must be the token's decimal serial number",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EnrollmentRequest for pb::ReleasePukRequest {
+    const RPC: &'static str = "ReleasePuk";
+
+    fn check(&self) -> Result<(), Status> {
+        required("token_serial", &self.token_serial)
+    }
+}
+
+/// Implements `EnrollmentRequest` for requests that name an enrollment by `enrollment_id`.
+macro_rules! enrollment_requests {
+    ($($request:ty: $rpc:literal),+ $(,)?) => {$(
+        impl EnrollmentRequest for $request {
+            const RPC: &'static str = $rpc;
+
+            fn enrollment_id(&self) -> Option<&str> {
+                Some(&self.enrollment_id)
+            }
+        }
+    )+};
+}
+
+enrollment_requests!(
+    pb::CompleteEnrollmentRequest: "CompleteEnrollment",
+    pb::ConfirmEnrollmentRequest: "ConfirmEnrollment",
+    pb::AbortEnrollmentRequest: "AbortEnrollment",
+    pb::GetEnrollmentRequest: "GetEnrollment",
+);
+
+/// Implements `ChangeRequest` for requests with a `request_id` field.
+macro_rules! change_requests {
+    ($($request:ty),+ $(,)?) => {$(
+        impl ChangeRequest for $request {
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+        }
+    )+};
+}
+
+change_requests!(
+    pb::BeginEnrollmentRequest,
+    pb::CompleteEnrollmentRequest,
+    pb::ConfirmEnrollmentRequest,
+    pb::AbortEnrollmentRequest,
+    pb::ReleasePukRequest,
+);
+
+/// A state-changing request past the steps every such RPC begins with.
+struct Admitted<'a, T> {
+    identity: Identity,
+    req: T,
+    key: RequestKey,
+    desk: &'a EnrollmentDesk,
+}
+
 fn required(field: &str, value: &str) -> Result<(), Status> {
     if value.trim().is_empty() {
         Err(status::invalid_argument(
@@ -184,6 +291,12 @@ fn begun_to_pb(b: &BegunEnrollment) -> pb::BeginEnrollmentResponse {
     }
 }
 
+/// A step's answer, kept for repeats as it is (it carries no secret).
+fn kept_as_is<R: prost::Message>(tx: WriteTx, answer: R) -> (WriteTx, R, Vec<u8>) {
+    let stored = prost::Message::encode_to_vec(&answer);
+    (tx, answer, stored)
+}
+
 fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
     M::decode(bytes).map_err(|e| status::internal(&e))
 }
@@ -193,6 +306,43 @@ impl Enrollments {
         self.desk
             .as_ref()
             .ok_or_else(|| refusal_status(EnrollmentRefusal::NotConfigured))
+    }
+
+    /// The steps every state-changing RPC begins with, in this order: the caller is
+    /// authorized, the request id keys the request, the server has enrollment configured, the
+    /// request's fields are checked and the enrollment it names is expired if due.
+    async fn admit<T: ChangeRequest>(
+        &self,
+        request: Request<T>,
+    ) -> Result<Admitted<'_, T>, Status> {
+        let identity = authorize(&request, &method(T::RPC))?;
+        let req = request.into_inner();
+        let key = RequestKey::new(
+            req.request_id(),
+            T::RPC,
+            &prost::Message::encode_to_vec(&req),
+        )?;
+        let desk = self.checked_desk(&req).await?;
+        Ok(Admitted {
+            identity,
+            req,
+            key,
+            desk,
+        })
+    }
+
+    /// The desk, once `req`'s fields are checked and the enrollment it names is expired if
+    /// due.
+    async fn checked_desk<T: EnrollmentRequest>(&self, req: &T) -> Result<&EnrollmentDesk, Status> {
+        let desk = self.desk()?;
+        if let Some(id) = req.enrollment_id() {
+            required("enrollment_id", id)?;
+        }
+        req.check()?;
+        if let Some(id) = req.enrollment_id() {
+            self.expire_due(Some(id)).await?;
+        }
+        Ok(desk)
     }
 
     fn converter(&self) -> Certificates {
@@ -242,17 +392,12 @@ impl Enrollments {
     /// stored first answer; otherwise `step` runs in a write transaction and returns the
     /// transaction, its answer and the bytes to keep for repeats, which commit together. A
     /// refusal is recorded in the audit log after the transaction is rolled back.
-    async fn once<R, F, Fut>(
-        &self,
-        desk: &EnrollmentDesk,
-        identity: &Identity,
-        key: &RequestKey,
-        step: F,
-    ) -> Result<Once<R>, Status>
+    async fn once<T, R, F, Fut>(&self, call: &Admitted<'_, T>, step: F) -> Result<Once<R>, Status>
     where
         F: FnOnce(WriteTx) -> Fut,
         Fut: Future<Output = Result<(WriteTx, R, Vec<u8>), Failure>>,
     {
+        let (desk, identity, key) = (call.desk, &call.identity, &call.key);
         let mut tx = self.store.begin_write().await?;
         if let Some(bytes) = lifecycle::replay(&mut tx, key).await? {
             return Ok(Once::Replayed(bytes));
@@ -278,26 +423,8 @@ impl EnrollmentService for Enrollments {
         &self,
         request: Request<pb::BeginEnrollmentRequest>,
     ) -> Result<Response<pb::BeginEnrollmentResponse>, Status> {
-        let identity = authorize(&request, &method("BeginEnrollment"))?;
-        let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            "BeginEnrollment",
-            &prost::Message::encode_to_vec(&req),
-        )?;
-        let desk = self.desk()?;
-        required("person_external_id", &req.person_external_id)?;
-        required("profile", &req.profile)?;
-        if req.token_serial.is_empty()
-            || !req.token_serial.bytes().all(|b| b.is_ascii_digit())
-            || req.token_serial.parse::<u32>().is_err()
-        {
-            return Err(status::invalid_argument(
-                "token_serial",
-                "TOKEN_SERIAL_INVALID",
-                "token_serial must be the token's decimal serial number",
-            ));
-        }
+        let call = self.admit(request).await?;
+        let (desk, req) = (call.desk, &call.req);
         let begin = BeginRequest {
             person_external_id: &req.person_external_id,
             token_serial: &req.token_serial,
@@ -306,9 +433,9 @@ impl EnrollmentService for Enrollments {
             model: &req.model,
             request_id: &req.request_id,
         };
-        let actor = identity.actor();
+        let actor = call.identity.actor();
         let once = self
-            .once(desk, &identity, &key, |mut tx| async move {
+            .once(&call, |mut tx| async move {
                 let begun = desk.begin(&mut tx, &actor, &begin).await?;
                 let redacted = begun_to_pb(&begun);
                 let mut full = redacted.clone();
@@ -339,16 +466,8 @@ impl EnrollmentService for Enrollments {
         &self,
         request: Request<pb::CompleteEnrollmentRequest>,
     ) -> Result<Response<pb::CompleteEnrollmentResponse>, Status> {
-        let identity = authorize(&request, &method("CompleteEnrollment"))?;
-        let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            "CompleteEnrollment",
-            &prost::Message::encode_to_vec(&req),
-        )?;
-        let desk = self.desk()?;
-        required("enrollment_id", &req.enrollment_id)?;
-        self.expire_due(Some(&req.enrollment_id)).await?;
+        let call = self.admit(request).await?;
+        let (desk, req) = (call.desk, &call.req);
         let complete = CompleteRequest {
             enrollment_id: &req.enrollment_id,
             attestation_intermediate: &req.attestation_intermediate,
@@ -363,8 +482,8 @@ impl EnrollmentService for Enrollments {
                 .collect(),
             request_id: &req.request_id,
         };
-        let actor = identity.actor();
-        let certificates = match desk.complete(&actor, &complete, &key).await {
+        let actor = call.identity.actor();
+        let certificates = match desk.complete(&actor, &complete, &call.key).await {
             Ok(Completion::Replayed(bytes)) => return decode(&bytes).map(Response::new),
             Ok(Completion::Issued(certificates)) => certificates,
             Err(f) => {
@@ -378,7 +497,7 @@ impl EnrollmentService for Enrollments {
             certificates: self.slot_certificates_to_pb(certificates).await?,
         };
         let mut tx = self.store.begin_write().await?;
-        lifecycle::remember(&mut tx, &key, prost::Message::encode_to_vec(&response)).await?;
+        lifecycle::remember(&mut tx, &call.key, prost::Message::encode_to_vec(&response)).await?;
         tx.commit().await?;
         Ok(Response::new(response))
     }
@@ -387,86 +506,56 @@ impl EnrollmentService for Enrollments {
         &self,
         request: Request<pb::ConfirmEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmEnrollmentResponse>, Status> {
-        let identity = authorize(&request, &method("ConfirmEnrollment"))?;
-        let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            "ConfirmEnrollment",
-            &prost::Message::encode_to_vec(&req),
-        )?;
-        let desk = self.desk()?;
-        required("enrollment_id", &req.enrollment_id)?;
-        self.expire_due(Some(&req.enrollment_id)).await?;
-        let (actor, req) = (identity.actor(), &req);
-        let once = self
-            .once(desk, &identity, &key, |mut tx| async move {
-                let token = desk
-                    .confirm(&mut tx, &actor, &req.enrollment_id, &req.request_id)
-                    .await?;
-                let tokens = Tokens {
-                    store: self.store.clone(),
-                };
-                let response = pb::ConfirmEnrollmentResponse {
-                    token: Some(tokens.token_to_pb(token).await?),
-                };
-                let stored = prost::Message::encode_to_vec(&response);
-                Ok((tx, response, stored))
-            })
-            .await?;
-        match once {
-            Once::Done(response) => Ok(Response::new(response)),
-            Once::Replayed(bytes) => decode(&bytes).map(Response::new),
-        }
+        let call = self.admit(request).await?;
+        let (desk, req, actor) = (call.desk, &call.req, call.identity.actor());
+        self.once(&call, |mut tx| async move {
+            let token = desk
+                .confirm(&mut tx, &actor, &req.enrollment_id, &req.request_id)
+                .await?;
+            let tokens = Tokens {
+                store: self.store.clone(),
+            };
+            let response = pb::ConfirmEnrollmentResponse {
+                token: Some(tokens.token_to_pb(token).await?),
+            };
+            Ok(kept_as_is(tx, response))
+        })
+        .await?
+        .answer()
     }
 
     async fn abort_enrollment(
         &self,
         request: Request<pb::AbortEnrollmentRequest>,
     ) -> Result<Response<pb::AbortEnrollmentResponse>, Status> {
-        let identity = authorize(&request, &method("AbortEnrollment"))?;
-        let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            "AbortEnrollment",
-            &prost::Message::encode_to_vec(&req),
-        )?;
-        let desk = self.desk()?;
-        required("enrollment_id", &req.enrollment_id)?;
-        self.expire_due(Some(&req.enrollment_id)).await?;
-        let (actor, req) = (identity.actor(), &req);
-        let once = self
-            .once(desk, &identity, &key, |mut tx| async move {
-                let view = desk
-                    .abort(
-                        &mut tx,
-                        &actor,
-                        &req.enrollment_id,
-                        &req.reason,
-                        &req.request_id,
-                    )
-                    .await?;
-                let response = pb::AbortEnrollmentResponse {
-                    enrollment: Some(self.enrollment_to_pb(view).await?),
-                };
-                let stored = prost::Message::encode_to_vec(&response);
-                Ok((tx, response, stored))
-            })
-            .await?;
-        match once {
-            Once::Done(response) => Ok(Response::new(response)),
-            Once::Replayed(bytes) => decode(&bytes).map(Response::new),
-        }
+        let call = self.admit(request).await?;
+        let (desk, req, actor) = (call.desk, &call.req, call.identity.actor());
+        self.once(&call, |mut tx| async move {
+            let view = desk
+                .abort(
+                    &mut tx,
+                    &actor,
+                    &req.enrollment_id,
+                    &req.reason,
+                    &req.request_id,
+                )
+                .await?;
+            let response = pb::AbortEnrollmentResponse {
+                enrollment: Some(self.enrollment_to_pb(view).await?),
+            };
+            Ok(kept_as_is(tx, response))
+        })
+        .await?
+        .answer()
     }
 
     async fn get_enrollment(
         &self,
         request: Request<pb::GetEnrollmentRequest>,
     ) -> Result<Response<pb::GetEnrollmentResponse>, Status> {
-        authorize(&request, &method("GetEnrollment"))?;
+        authorize(&request, &method(pb::GetEnrollmentRequest::RPC))?;
         let req = request.into_inner();
-        let desk = self.desk()?;
-        required("enrollment_id", &req.enrollment_id)?;
-        self.expire_due(Some(&req.enrollment_id)).await?;
+        let desk = self.checked_desk(&req).await?;
         let view = desk.get(&req.enrollment_id).await.map_err(refusal_status)?;
         Ok(Response::new(pb::GetEnrollmentResponse {
             enrollment: Some(self.enrollment_to_pb(view).await?),
@@ -477,18 +566,10 @@ impl EnrollmentService for Enrollments {
         &self,
         request: Request<pb::ReleasePukRequest>,
     ) -> Result<Response<pb::ReleasePukResponse>, Status> {
-        let identity = authorize(&request, &method("ReleasePuk"))?;
-        let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            "ReleasePuk",
-            &prost::Message::encode_to_vec(&req),
-        )?;
-        let desk = self.desk()?;
-        required("token_serial", &req.token_serial)?;
-        let (actor, req) = (identity.actor(), &req);
+        let call = self.admit(request).await?;
+        let (desk, req, actor) = (call.desk, &call.req, call.identity.actor());
         let once = self
-            .once(desk, &identity, &key, |mut tx| async move {
+            .once(&call, |mut tx| async move {
                 let c = desk
                     .release_puk(
                         &mut tx,

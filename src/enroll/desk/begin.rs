@@ -1,0 +1,290 @@
+//! BeginEnrollment: the token registered or re-enrolled, its open enrollments closed, its
+//! credentials kept wrapped, a fresh nonce.
+
+use super::closing::close_enrollment;
+use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, json, record, refusal::refused};
+use crate::attest::FirmwareVersion;
+use crate::audit::Actor;
+use crate::enroll::{
+    EnrollError, LoadedEnrollment, ManagementKeyAlgorithm, SlotPlan, TokenCredentials,
+};
+use crate::lifecycle::{LifecycleError, RevocationReason};
+use crate::store::{
+    EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState,
+    TokenCredentialsRow, TokenState, WriteTx, now_rfc3339,
+};
+use std::time::Duration;
+
+/// What BeginEnrollment asks for (already checked for presence and shape by the API).
+pub struct BeginRequest<'a> {
+    pub person_external_id: &'a str,
+    pub token_serial: &'a str,
+    pub profile: &'a str,
+    pub firmware: &'a str,
+    pub model: &'a str,
+    pub request_id: &'a str,
+}
+
+/// A begun enrollment and the token's credentials: `current` (the confirmed ones, to
+/// authenticate to the token) and `new` (to set).
+pub struct BegunEnrollment {
+    pub enrollment: EnrollmentRow,
+    pub person: PersonRow,
+    pub slots: Vec<SlotPlan>,
+    pub current: Option<TokenCredentials>,
+    pub new: TokenCredentials,
+}
+
+impl EnrollmentDesk {
+    /// BeginEnrollment: registers or re-enrolls the token, closes its open enrollments, keeps
+    /// (or resumes) its wrapped credentials and begins an enrollment with a fresh nonce.
+    pub async fn begin(
+        &self,
+        tx: &mut WriteTx,
+        actor: &Actor,
+        req: &BeginRequest<'_>,
+    ) -> Result<BegunEnrollment, DeskFailure> {
+        let settings = &self.settings;
+        let person = tx
+            .person_by_external_id(req.person_external_id)
+            .await?
+            .ok_or_else(|| LifecycleError::PersonNotFound(req.person_external_id.to_string()))?;
+        if person.state != PersonState::Active {
+            return Err(refused(
+                format!("person:{}", person.external_id),
+                EnrollmentRefusal::PersonNotActive {
+                    person: person.external_id.clone(),
+                    state: person.state.as_str(),
+                },
+            ));
+        }
+        let Some(profile) = settings.profiles.get(req.profile) else {
+            return Err(refused(
+                format!("person:{}", person.external_id),
+                EnrollmentRefusal::ProfileUnknown {
+                    profile: req.profile.to_string(),
+                    known: settings.profiles.names().join(", "),
+                },
+            ));
+        };
+        let firmware: FirmwareVersion = req
+            .firmware
+            .parse()
+            .map_err(|_| EnrollmentRefusal::FirmwareInvalid(req.firmware.to_string()))?;
+        let token_subject = format!("token:{}", req.token_serial);
+        let existing = tx.token_by_serial(req.token_serial).await?;
+        if let Some(t) = &existing {
+            if matches!(
+                t.state,
+                TokenState::Lost | TokenState::Damaged | TokenState::Retired
+            ) {
+                return Err(refused(
+                    token_subject,
+                    EnrollmentRefusal::TokenNeverEnrollable {
+                        serial: t.serial.clone(),
+                        state: t.state.as_str(),
+                    },
+                ));
+            }
+            if t.person_id.is_some_and(|p| p != person.id)
+                && matches!(t.state, TokenState::Active | TokenState::Suspended)
+            {
+                return Err(refused(
+                    token_subject,
+                    EnrollmentRefusal::TokenHeldByAnotherPerson {
+                        serial: t.serial.clone(),
+                        state: t.state.as_str(),
+                    },
+                ));
+            }
+        }
+        // Checks done; changes follow.
+        let token = match existing {
+            None => {
+                let row = tx
+                    .insert_token(&NewToken {
+                        serial: req.token_serial.to_string(),
+                        model: req.model.to_string(),
+                        firmware: req.firmware.to_string(),
+                        form_factor: String::new(),
+                        state: TokenState::Enrolling,
+                        person_id: Some(person.id),
+                    })
+                    .await?;
+                record(
+                    tx,
+                    actor,
+                    "token.register",
+                    &token_subject,
+                    None,
+                    Some(json(&row)),
+                    req.request_id,
+                )
+                .await?;
+                row
+            }
+            Some(before) => {
+                tx.update_token_hardware(before.id, req.model, req.firmware, &before.form_factor)
+                    .await?;
+                let mut after = before.clone();
+                after.state = TokenState::Enrolling;
+                after.person_id = Some(person.id);
+                let row = tx.update_token(&after).await?;
+                record(
+                    tx,
+                    actor,
+                    "token.enroll",
+                    &token_subject,
+                    Some(json(&before)),
+                    Some(json(&row)),
+                    req.request_id,
+                )
+                .await?;
+                row
+            }
+        };
+        let now = now_rfc3339();
+        for open in tx.open_enrollments_of_token(token.id).await? {
+            if open.expires_at <= now {
+                // Past its time already: it expires (as the sweep would have done).
+                close_enrollment(
+                    tx,
+                    &Actor::server(),
+                    &format!("expire:{}", open.public_id),
+                    &open,
+                    EnrollmentState::Expired,
+                    RevocationReason::CessationOfOperation,
+                    "enrollment.expire",
+                    None,
+                )
+                .await?;
+            } else {
+                close_enrollment(
+                    tx,
+                    actor,
+                    req.request_id,
+                    &open,
+                    EnrollmentState::Aborted,
+                    RevocationReason::Superseded,
+                    "enrollment.supersede",
+                    Some("superseded by a new enrollment of the same token"),
+                )
+                .await?;
+            }
+        }
+        let stored = tx.token_credentials(token.id).await?;
+        let label = settings.wrapping_key_label.clone();
+        let current = match stored
+            .as_ref()
+            .and_then(|c| c.confirmed.clone().map(|w| (c, w)))
+        {
+            Some((c, w)) => Some(self.unwrap_credentials(&c.wrapping_key_label, &w).await?),
+            None => None,
+        };
+        let (new, resumed) = match stored
+            .as_ref()
+            .and_then(|c| c.pending.clone().map(|w| (c, w)))
+        {
+            Some((c, w)) => (
+                self.unwrap_credentials(&c.wrapping_key_label, &w).await?,
+                true,
+            ),
+            None => (
+                TokenCredentials::generate(ManagementKeyAlgorithm::for_firmware(firmware))
+                    .map_err(EnrollmentRefusal::internal)?,
+                false,
+            ),
+        };
+        // Everything re-wrapped under the configured key (a changed label takes effect here).
+        let row = TokenCredentialsRow {
+            token_id: token.id,
+            wrapping_key_label: label,
+            confirmed: match &current {
+                Some(c) => Some(self.wrap_credentials(c).await?),
+                None => None,
+            },
+            pending: Some(self.wrap_credentials(&new).await?),
+        };
+        tx.put_token_credentials(&row).await?;
+
+        let public_id =
+            crate::enroll::credentials::new_enrollment_id().map_err(EnrollmentRefusal::internal)?;
+        let nonce = crate::enroll::credentials::new_nonce().map_err(EnrollmentRefusal::internal)?;
+        let enrollment = tx
+            .insert_enrollment(&NewEnrollment {
+                public_id: public_id.clone(),
+                person_id: person.id,
+                token_id: token.id,
+                profile: profile.name.clone(),
+                nonce: nonce.to_vec(),
+                plan_json: crate::enroll::plan::plan_to_json(&profile.slots),
+                firmware: req.firmware.to_string(),
+                expires_at: rfc3339_after(settings.expiry),
+                created_by: actor.name.clone(),
+            })
+            .await?;
+        let mut after = json(&enrollment);
+        after["person"] = person.external_id.clone().into();
+        after["token"] = token.serial.clone().into();
+        after["management_key_algorithm"] = new.management_key.algorithm.as_str().into();
+        after["credentials"] = if resumed { "resumed" } else { "fresh" }.into();
+        record(
+            tx,
+            actor,
+            "enrollment.begin",
+            &format!("enrollment:{public_id}"),
+            None,
+            Some(after),
+            req.request_id,
+        )
+        .await?;
+        Ok(BegunEnrollment {
+            enrollment,
+            person,
+            slots: profile.slots.clone(),
+            current,
+            new,
+        })
+    }
+
+    /// The credentials of a repeated BeginEnrollment, unwrapped again while the enrollment is
+    /// still open: the current ones (when the first answer had them) and the new ones.
+    pub async fn begin_credentials_again(
+        &self,
+        enrollment_id: &str,
+        with_current: bool,
+    ) -> Result<(Option<TokenCredentials>, TokenCredentials), EnrollmentRefusal> {
+        let row = self
+            .store
+            .enrollment_by_public_id(enrollment_id)
+            .await?
+            .ok_or_else(|| EnrollError::StoredPlanInvalid("enrollment vanished".into()))?;
+        let loaded = LoadedEnrollment::load(row)?;
+        if let LoadedEnrollment::Closed(r) = &loaded {
+            return Err(EnrollError::closed(r).into());
+        }
+        let mut tx = self.store.begin_write().await?;
+        let credentials = tx.token_credentials(loaded.row().token_id).await?;
+        drop(tx);
+        let Some(c) = credentials else {
+            return Err(EnrollmentRefusal::NotConfigured);
+        };
+        let new = match &c.pending {
+            Some(w) => self.unwrap_credentials(&c.wrapping_key_label, w).await?,
+            None => return Err(EnrollError::closed(loaded.row()).into()),
+        };
+        let current = match (with_current, &c.confirmed) {
+            (true, Some(w)) => Some(self.unwrap_credentials(&c.wrapping_key_label, w).await?),
+            _ => None,
+        };
+        Ok((current, new))
+    }
+}
+
+fn rfc3339_after(d: Duration) -> String {
+    (time::OffsetDateTime::now_utc() + d)
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

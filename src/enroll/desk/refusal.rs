@@ -1,0 +1,342 @@
+//! Why a desk step did not succeed ([`EnrollmentRefusal`], [`DeskFailure`]) and the audit
+//! record of a refusal.
+
+use super::EnrollmentDesk;
+use crate::audit::{self, Actor, Change};
+use crate::enroll::EnrollError;
+use crate::lifecycle::LifecycleError;
+use crate::store::{StoreError, TokenRow};
+use std::collections::HashMap;
+
+/// Why an enrollment request was refused or failed. Each variant has one stable reason
+/// ([`EnrollmentRefusal::reason`], docs/api.md), the request field at fault
+/// ([`EnrollmentRefusal::field`]) and the `ErrorInfo` metadata
+/// ([`EnrollmentRefusal::metadata`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollmentRefusal {
+    #[error("enrollment is not configured on this server; add the [ca] and [enrollment] sections")]
+    NotConfigured,
+    #[error("no enrollment {0:?}")]
+    EnrollmentNotFound(String),
+    #[error("person {person} is {state}; only an active person can be enrolled")]
+    PersonNotActive { person: String, state: &'static str },
+    #[error("unknown enrollment profile {profile:?}; known profiles: {known}")]
+    ProfileUnknown { profile: String, known: String },
+    #[error("firmware {0:?} is not major.minor.patch")]
+    FirmwareInvalid(String),
+    #[error("the token serial is not a decimal number")]
+    TokenSerialInvalid,
+    #[error("token {serial} is {state}; a lost, damaged or retired token is never enrolled again")]
+    TokenNeverEnrollable { serial: String, state: &'static str },
+    /// The token left `enrolling` while its enrollment was open (marked lost, damaged or
+    /// retired by the help desk); it gets nothing more from that enrollment.
+    #[error("token {serial} is {state}; its enrollment cannot go on")]
+    TokenNotEnrolling { serial: String, state: &'static str },
+    #[error("token {serial} is {state} for another person; retire it first")]
+    TokenHeldByAnotherPerson { serial: String, state: &'static str },
+    #[error("token {serial} is {state}; the PUK is released only for an active token")]
+    TokenNotActive { serial: String, state: &'static str },
+    #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
+    CredentialsNotHeld(String),
+    /// A repeated ReleasePuk after the token's credentials were dropped.
+    #[error("Tessera no longer holds a PUK for this token")]
+    CredentialsGone,
+    #[error("reason exceeds 1024 bytes")]
+    ReasonTooLong,
+    #[error(
+        "issuing the certificate for slot {slot} failed: {error}; the enrollment was aborted, begin a new one"
+    )]
+    IssuanceFailed { slot: String, error: String },
+    #[error(transparent)]
+    Step(#[from] EnrollError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// HSM, entropy or task failures: logged, answered as an internal error.
+    #[error(transparent)]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl EnrollmentRefusal {
+    pub(super) fn internal(e: impl std::error::Error + Send + Sync + 'static) -> EnrollmentRefusal {
+        EnrollmentRefusal::Internal(Box::new(e))
+    }
+
+    /// Every reason [`EnrollmentRefusal::reason`] returns besides those of the wrapped
+    /// [`EnrollError`] and [`LifecycleError`] (docs/api.md lists the same).
+    pub const REASONS: &'static [&'static str] = &[
+        "ENROLLMENT_NOT_CONFIGURED",
+        "ENROLLMENT_NOT_FOUND",
+        "PERSON_NOT_ACTIVE",
+        "ENROLLMENT_PROFILE_UNKNOWN",
+        "FIRMWARE_INVALID",
+        "TOKEN_SERIAL_INVALID",
+        "TOKEN_NOT_ENROLLABLE",
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        "TOKEN_NOT_ACTIVE",
+        "CREDENTIALS_NOT_HELD",
+        "FIELD_TOO_LONG",
+        "ISSUANCE_FAILED",
+        "INTERNAL",
+    ];
+
+    /// The stable reason string a station can act on.
+    pub fn reason(&self) -> &'static str {
+        use EnrollmentRefusal as R;
+        match self {
+            R::NotConfigured => "ENROLLMENT_NOT_CONFIGURED",
+            R::EnrollmentNotFound(_) => "ENROLLMENT_NOT_FOUND",
+            R::PersonNotActive { .. } => "PERSON_NOT_ACTIVE",
+            R::ProfileUnknown { .. } => "ENROLLMENT_PROFILE_UNKNOWN",
+            R::FirmwareInvalid(_) => "FIRMWARE_INVALID",
+            R::TokenSerialInvalid => "TOKEN_SERIAL_INVALID",
+            R::TokenNeverEnrollable { .. } | R::TokenNotEnrolling { .. } => "TOKEN_NOT_ENROLLABLE",
+            R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
+            R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
+            R::CredentialsNotHeld(_) | R::CredentialsGone => "CREDENTIALS_NOT_HELD",
+            R::ReasonTooLong => "FIELD_TOO_LONG",
+            R::IssuanceFailed { .. } => "ISSUANCE_FAILED",
+            R::Step(e) => e.reason(),
+            R::Lifecycle(e) => e.reason(),
+            R::Store(_) | R::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The request field at fault, when one is.
+    pub fn field(&self) -> Option<&str> {
+        use EnrollmentRefusal as R;
+        match self {
+            R::EnrollmentNotFound(_) => Some("enrollment_id"),
+            R::ProfileUnknown { .. } => Some("profile"),
+            R::FirmwareInvalid(_) => Some("firmware"),
+            R::TokenSerialInvalid => Some("token_serial"),
+            R::ReasonTooLong => Some("reason"),
+            R::Step(e) => e.slot().map(|_| "proofs"),
+            R::Lifecycle(e) => e.field(),
+            _ => None,
+        }
+    }
+
+    /// `ErrorInfo` metadata: the slot at fault, policy reason codes, the attestation code.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        match self {
+            EnrollmentRefusal::Step(e) => e.metadata(),
+            _ => HashMap::new(),
+        }
+    }
+
+    /// An internal error: the caller sees only that one happened (the log has the detail).
+    pub fn is_internal(&self) -> bool {
+        use EnrollmentRefusal as R;
+        match self {
+            R::Step(e) => e.is_internal(),
+            R::Lifecycle(e) => e.reason() == "INTERNAL",
+            R::Store(_) | R::Internal(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The message a caller sees (internal errors are not described to the caller).
+    pub fn public_message(&self) -> String {
+        if self.is_internal() {
+            "internal error; see the server log".to_string()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// How a desk step did not succeed: refused (the caller rolls back and records the refusal
+/// with [`EnrollmentDesk::record_refusal`]) or failed (nothing to record).
+#[derive(Debug)]
+pub enum DeskFailure {
+    Refused {
+        /// The audit subject, e.g. `enrollment:<id>`, `token:<serial>`, `person:<id>`.
+        subject: String,
+        refusal: EnrollmentRefusal,
+    },
+    Error(EnrollmentRefusal),
+}
+
+impl<E: Into<EnrollmentRefusal>> From<E> for DeskFailure {
+    fn from(e: E) -> DeskFailure {
+        DeskFailure::Error(e.into())
+    }
+}
+
+pub(super) fn refused(
+    subject: impl Into<String>,
+    refusal: impl Into<EnrollmentRefusal>,
+) -> DeskFailure {
+    DeskFailure::Refused {
+        subject: subject.into(),
+        refusal: refusal.into(),
+    }
+}
+
+impl EnrollmentDesk {
+    /// Records a refusal's `enrollment.refuse` event in a fresh transaction (the request's own
+    /// changes were rolled back) and returns the refusal, or the error that kept it from being
+    /// recorded. A failure that is no refusal comes back as it is.
+    pub async fn record_refusal(
+        &self,
+        actor: &Actor,
+        operation: &str,
+        request_id: &str,
+        failure: DeskFailure,
+    ) -> EnrollmentRefusal {
+        let (subject, refusal) = match failure {
+            DeskFailure::Error(e) => return e,
+            DeskFailure::Refused { subject, refusal } => (subject, refusal),
+        };
+        let result: Result<(), EnrollmentRefusal> = async {
+            let mut tx = self.store.begin_write().await?;
+            audit::record(
+                &mut tx,
+                actor,
+                Change {
+                    action: "enrollment.refuse",
+                    subject,
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "operation": operation,
+                        "reason": refusal.reason(),
+                        "message": refusal.public_message(),
+                    })),
+                    request_id,
+                },
+            )
+            .await
+            .map_err(LifecycleError::from)?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => refusal,
+            Err(e) => e,
+        }
+    }
+}
+
+pub(super) fn token_not_enrolling(token: &TokenRow) -> EnrollmentRefusal {
+    EnrollmentRefusal::TokenNotEnrolling {
+        serial: token.serial.clone(),
+        state: token.state.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_reasons_fields_and_metadata() {
+        let cases: Vec<(EnrollmentRefusal, &str, Option<&str>)> = vec![
+            (
+                EnrollmentRefusal::NotConfigured,
+                "ENROLLMENT_NOT_CONFIGURED",
+                None,
+            ),
+            (
+                EnrollmentRefusal::EnrollmentNotFound("e1".into()),
+                "ENROLLMENT_NOT_FOUND",
+                Some("enrollment_id"),
+            ),
+            (
+                EnrollmentRefusal::ProfileUnknown {
+                    profile: "x".into(),
+                    known: "piv-login".into(),
+                },
+                "ENROLLMENT_PROFILE_UNKNOWN",
+                Some("profile"),
+            ),
+            (
+                EnrollmentRefusal::FirmwareInvalid("5.x".into()),
+                "FIRMWARE_INVALID",
+                Some("firmware"),
+            ),
+            (
+                EnrollmentRefusal::TokenSerialInvalid,
+                "TOKEN_SERIAL_INVALID",
+                Some("token_serial"),
+            ),
+            (
+                EnrollmentRefusal::TokenNeverEnrollable {
+                    serial: "1".into(),
+                    state: "lost",
+                },
+                "TOKEN_NOT_ENROLLABLE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::TokenNotEnrolling {
+                    serial: "1".into(),
+                    state: "retired",
+                },
+                "TOKEN_NOT_ENROLLABLE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::CredentialsGone,
+                "CREDENTIALS_NOT_HELD",
+                None,
+            ),
+            (
+                EnrollmentRefusal::ReasonTooLong,
+                "FIELD_TOO_LONG",
+                Some("reason"),
+            ),
+            (
+                EnrollmentRefusal::IssuanceFailed {
+                    slot: "9a".into(),
+                    error: "x".into(),
+                },
+                "ISSUANCE_FAILED",
+                None,
+            ),
+            (
+                EnrollError::SlotMissing("9c".into()).into(),
+                "SLOT_MISSING",
+                Some("proofs"),
+            ),
+            (
+                LifecycleError::TokenNotFound("7".into()).into(),
+                "TOKEN_NOT_FOUND",
+                None,
+            ),
+        ];
+        for (refusal, reason, field) in cases {
+            assert_eq!(refusal.reason(), reason, "{refusal}");
+            assert_eq!(refusal.field(), field, "{refusal}");
+            assert!(!refusal.is_internal(), "{refusal}");
+            assert_eq!(refusal.public_message(), refusal.to_string());
+        }
+    }
+
+    #[test]
+    fn policy_refusal_carries_slot_and_reason_codes() {
+        let r: EnrollmentRefusal = EnrollError::PolicyDenied {
+            slot: "9a".into(),
+            codes: "EUCLEAK".into(),
+            reasons: "firmware".into(),
+        }
+        .into();
+        let m = r.metadata();
+        assert_eq!(m.get("slot").map(String::as_str), Some("9a"));
+        assert_eq!(m.get("policy_reasons").map(String::as_str), Some("EUCLEAK"));
+        assert_eq!(r.reason(), "ATTESTATION_POLICY_DENIED");
+    }
+
+    #[test]
+    fn internal_errors_are_not_described_to_the_caller() {
+        let r: EnrollmentRefusal = EnrollError::StoredPlanInvalid("bad".into()).into();
+        assert!(r.is_internal());
+        assert_eq!(r.reason(), "INTERNAL");
+        assert_eq!(r.public_message(), "internal error; see the server log");
+        let r = EnrollmentRefusal::Store(StoreError::Database(sqlx::Error::RowNotFound));
+        assert!(r.is_internal());
+        assert_eq!(r.reason(), "INTERNAL");
+    }
+}
