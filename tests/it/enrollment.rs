@@ -17,8 +17,8 @@ use tessera::api::pb::directory_service_client::DirectoryServiceClient;
 use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::piv::{ManagementKey, PivToken, Secret};
-use tessera::store::Store;
 use tessera::store::{CertificateStatus, CertificatesQuery};
+use tessera::store::{Clock, ManualClock, Store};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -56,6 +56,16 @@ impl Server {
         attestation_roots: &[PathBuf],
         enrollment: Enrollment,
     ) -> Server {
+        Server::start_with_clock(database_url, attestation_roots, enrollment, Clock::system()).await
+    }
+
+    /// [`Server::start`] with the server's times from `clock`.
+    async fn start_with_clock(
+        database_url: &str,
+        attestation_roots: &[PathBuf],
+        enrollment: Enrollment,
+        clock: Clock,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::init(&dir.path().join("ca"));
         ca.init_wrapping_key();
@@ -72,7 +82,7 @@ impl Server {
                 ..enrollment
             });
         let config_path = config.write(dir.path(), &pki);
-        let running = ServerTask::start(&config_path).await;
+        let running = ServerTask::start_with_clock(&config_path, clock).await;
         Server {
             dir,
             _hsm: hsm,
@@ -1119,7 +1129,9 @@ async fn abort_revokes_the_certificates(url: &str) {
 
 async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_070));
-    let server = Server::start(
+    // The server's time stands still until the test moves it past the expiry.
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
         url,
         &[card.attestation_root()],
         Enrollment {
@@ -1127,11 +1139,13 @@ async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &s
             expiry_sweep_seconds: Some(1),
             ..Enrollment::default()
         },
+        clock.clock(),
     )
     .await;
     server.create_person("E900", "").await;
     let (begin, done) = enroll_until_complete(&server, &card, "E900", "piv-login").await;
     assert_eq!(done.certificates.len(), 2);
+    clock.advance(std::time::Duration::from_secs(8));
     // The server's sweep (not a call) expires it: watch the store, not the API.
     let store = Store::open(url).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -1532,39 +1546,37 @@ fn enrollment_certificate_profiles_pass_pkilint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_configuration_errors_name_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let hsm = SoftHsmToken::create("tessera");
-    let env = [(
-        "SOFTHSM2_CONF".to_string(),
-        hsm.softhsm2_conf.to_str().unwrap().to_string(),
-    )];
-    let hsm_config = hsm.config_path.to_str().unwrap().to_string();
-    let data_dir = dir.path().join("ca");
-    hsm.init_ca(&data_dir);
+    let ca = TestCa::init(&dir.path().join("ca"));
+    let (env, hsm_config) = (&ca.env, ca.hsm_config_str());
     let db = harness::database::TestDatabase::sqlite();
     let config_path = TestPki::new().write_server_config(dir.path(), db.url());
-    let base = std::fs::read_to_string(&config_path).unwrap();
-    let ca = format!(
-        "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n",
-        data_dir.to_str().unwrap()
-    );
-    let bind_error = |extra: String| {
-        std::fs::write(&config_path, format!("{base}{extra}")).unwrap();
+    let base = ServerToml::new(db.url());
+    let with_ca = base.clone().with_ca(ca.hsm_config(), &ca.data_dir);
+    // The configuration with [ca] and this [enrollment] section, as TOML text.
+    let enrollment = |e: Enrollment| with_ca.clone().with_enrollment(e).to_toml();
+    let bind_error = |text: String| {
+        std::fs::write(&config_path, &text).unwrap();
         let config_path = config_path.clone();
         async move {
             match ServerConfig::load(&config_path) {
                 Err(e) => e.to_string(),
                 Ok(config) => match BoundServer::bind(&config).await {
                     Err(e) => e.to_string(),
-                    Ok(_) => panic!("the server started with {extra}"),
+                    Ok(_) => panic!("the server started with {text}"),
                 },
             }
         }
     };
     assert_eq!(
-        bind_error("\n[enrollment]\n".into()).await,
+        bind_error(
+            base.clone()
+                .with_enrollment(Enrollment::default())
+                .to_toml()
+        )
+        .await,
         "enrollment: the [enrollment] section needs a [ca] section (the CA that certifies the keys)"
     );
-    let missing_key = bind_error(format!("{ca}\n[enrollment]\n")).await;
+    let missing_key = bind_error(enrollment(Enrollment::default())).await;
     assert!(
         missing_key.starts_with("enrollment: enrollment.wrapping_key_label \"tessera-wrap\": ")
             && missing_key.ends_with("; make the key with `tessera admin init-wrapping-key`"),
@@ -1572,8 +1584,8 @@ async fn enrollment_configuration_errors_name_the_setting() {
     );
 
     let (code, out, err) = tessera(
-        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
-        &env,
+        &["admin", "init-wrapping-key", "--hsm-config", hsm_config],
+        env,
     );
     assert_eq!(
         (code, out.as_str()),
@@ -1582,18 +1594,18 @@ async fn enrollment_configuration_errors_name_the_setting() {
     );
     // A second key with the same label is refused: the first one wraps stored secrets.
     let (code, _, err) = tessera(
-        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
-        &env,
+        &["admin", "init-wrapping-key", "--hsm-config", hsm_config],
+        env,
     );
     assert_eq!(code, 1);
     assert!(err.contains("tessera-wrap"), "{err}");
 
     let missing_root = dir.path().join("no-such-root.pem");
     assert!(
-        bind_error(format!(
-            "{ca}\n[enrollment]\nattestation_roots = [{:?}]\n",
-            missing_root.to_str().unwrap()
-        ))
+        bind_error(enrollment(Enrollment {
+            attestation_roots: vec![missing_root.clone()],
+            ..Enrollment::default()
+        }))
         .await
         .starts_with(&format!(
             "enrollment: enrollment.attestation_roots: cannot read {}: ",
@@ -1606,9 +1618,10 @@ async fn enrollment_configuration_errors_name_the_setting() {
     )
     .unwrap();
     assert!(
-        bind_error(format!(
-            "{ca}\n[enrollment]\nattestation_policy = \"policy.toml\"\n"
-        ))
+        bind_error(enrollment(Enrollment {
+            attestation_policy: Some("policy.toml".into()),
+            ..Enrollment::default()
+        }))
         .await
         .starts_with("enrollment: attestation policy: "),
     );
@@ -1620,23 +1633,30 @@ async fn enrollment_configuration_errors_name_the_setting() {
     )
     .unwrap();
     assert_eq!(
-        bind_error(format!(
-            "{ca}\n[enrollment]\nprofiles_dir = \"enrollment-profiles\"\n"
-        ))
+        bind_error(enrollment(Enrollment {
+            profiles_dir: Some("enrollment-profiles".into()),
+            ..Enrollment::default()
+        }))
         .await,
         "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client)"
     );
     assert_eq!(
-        bind_error(format!("{ca}\n[enrollment]\nexpiry_seconds = 0\n")).await,
+        bind_error(enrollment(Enrollment {
+            expiry_seconds: Some(0),
+            ..Enrollment::default()
+        }))
+        .await,
         "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
     );
     assert!(
-        bind_error(format!("{ca}\n[enrollment]\nexpiry = 5\n"))
+        // A key the server does not know cannot be typed: appended as text to [enrollment],
+        // the last section.
+        bind_error(format!("{}expiry = 5\n", enrollment(Enrollment::default())))
             .await
             .contains("unknown field `expiry`")
     );
     // With the key made, the same configuration starts.
-    std::fs::write(&config_path, format!("{base}{ca}\n[enrollment]\n")).unwrap();
+    std::fs::write(&config_path, enrollment(Enrollment::default())).unwrap();
     let config = ServerConfig::load(&config_path).unwrap();
     BoundServer::bind(&config).await.unwrap();
 }
