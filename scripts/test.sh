@@ -13,6 +13,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  echo "test: installing the clippy and rustfmt components" >&2
+  rustup component add clippy rustfmt
+fi
+
+# Formatting and lints first, failing fast: a style or lint error costs seconds, not a test run.
+# The lint levels are in Cargo.toml's [lints]; -D warnings makes every warning an error.
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+
 # Every test runs inside one private pcscd (its own mount namespace) so that card tests never
 # meet a system pcscd; tests that need no reader simply ignore it.
 scripts/with-pcscd.sh -- cargo nextest run --no-fail-fast --failure-output final "$@"

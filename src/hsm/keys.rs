@@ -172,7 +172,7 @@ impl HsmKey {
         // hash here and sign the digest with CKM_ECDSA (SoftHSM2 2.6). Same signature either way.
         let offered = |m: MechanismType| self.inner.hsm.inner.mechanisms.contains(&m);
         let digest: Vec<u8>;
-        let (mechanism, input): (Mechanism, &[u8]) = match scheme {
+        let (mechanism, input): (Mechanism<'_>, &[u8]) = match scheme {
             SignatureScheme::EcdsaSha256 if offered(MechanismType::ECDSA_SHA256) => {
                 (Mechanism::EcdsaSha256, message)
             }

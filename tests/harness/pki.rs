@@ -70,22 +70,10 @@ impl TestPki {
         sign_client(&issuer, "intruder", &[&format!("tessera:role:{role}")])
     }
 
-    /// Writes the server's TLS files and a configuration for `database_url` into `dir`;
-    /// returns the configuration file's path.
+    /// Writes the server's TLS files and the minimal configuration for `database_url` into
+    /// `dir` (`ServerToml::new(database_url).write(dir, self)`); returns the configuration's path.
     pub fn write_server_config(&self, dir: &Path, database_url: &str) -> PathBuf {
-        std::fs::write(dir.join("server.pem"), &self.server_cert_pem).unwrap();
-        std::fs::write(dir.join("server.key"), &self.server_key_pem).unwrap();
-        std::fs::write(dir.join("client-ca.pem"), &self.ca_pem).unwrap();
-        let path = dir.join("tessera.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[grpc]\nlisten = \"127.0.0.1:0\"\n\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\n\
-                 client_ca = \"client-ca.pem\"\n\n[database]\nurl = \"{database_url}\"\n"
-            ),
-        )
-        .unwrap();
-        path
+        super::config::ServerToml::new(database_url).write(dir, self)
     }
 }
 

@@ -89,3 +89,97 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+/// A server started from a typed configuration in a temp dir of its own, with mTLS channels per
+/// role: `TestServer::builder(url).with_http().with_ca(&ca).start().await`.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub pki: super::pki::TestPki,
+    pub config: super::config::ServerToml,
+    pub config_path: std::path::PathBuf,
+    pub task: ServerTask,
+}
+
+/// What a `TestServer` will be started with; `write` stops before starting it.
+pub struct TestServerBuilder {
+    pub dir: tempfile::TempDir,
+    pub pki: super::pki::TestPki,
+    pub config: super::config::ServerToml,
+}
+
+impl TestServer {
+    /// The minimal server (gRPC, mTLS with a fresh `TestPki`, the database at `database_url`).
+    pub fn builder(database_url: &str) -> TestServerBuilder {
+        TestServerBuilder {
+            dir: tempfile::tempdir().unwrap(),
+            pki: super::pki::TestPki::new(),
+            config: super::config::ServerToml::new(database_url),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.task.addr
+    }
+
+    /// A channel presenting `client` (none: no client certificate).
+    pub async fn channel(&self, client: Option<&ClientCert>) -> Channel {
+        connect(self.task.addr, &self.pki.ca_pem, client).await
+    }
+
+    /// A channel with a client certificate for `role`.
+    pub async fn as_role(&self, role: &str) -> Channel {
+        self.channel(Some(&self.pki.client(role))).await
+    }
+
+    pub async fn stop(self) {
+        self.task.stop().await;
+    }
+}
+
+impl TestServerBuilder {
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn require_client_certificate(mut self, required: bool) -> TestServerBuilder {
+        self.config = self.config.require_client_certificate(required);
+        self
+    }
+
+    pub fn with_http(mut self) -> TestServerBuilder {
+        self.config = self.config.with_http();
+        self
+    }
+
+    /// `[ca]` naming this CA's token and data directory.
+    pub fn with_ca(mut self, ca: &super::ca::TestCa) -> TestServerBuilder {
+        self.config = self.config.with_ca(ca.hsm_config(), &ca.data_dir);
+        self
+    }
+
+    /// Any other change to the configuration.
+    pub fn configure(
+        mut self,
+        change: impl FnOnce(&mut super::config::ServerToml),
+    ) -> TestServerBuilder {
+        change(&mut self.config);
+        self
+    }
+
+    /// Writes the TLS files and the configuration; returns the configuration's path.
+    pub fn write(&self) -> std::path::PathBuf {
+        self.config.write(self.dir.path(), &self.pki)
+    }
+
+    pub async fn start(self) -> TestServer {
+        let config_path = self.write();
+        let task = ServerTask::start(&config_path).await;
+        TestServer {
+            dir: self.dir,
+            pki: self.pki,
+            config: self.config,
+            config_path,
+            task,
+        }
+    }
+}

@@ -57,9 +57,12 @@ impl SoftHsmToken {
         );
         let softhsm2_conf = dir.path().join("softhsm2.conf");
         let config_path = dir.path().join("hsm.toml");
+        #[allow(unsafe_code)]
         // SAFETY: nextest runs each test in its own process; this happens before any thread
         // that reads the environment (the PKCS#11 module) is started.
-        unsafe { std::env::set_var("SOFTHSM2_CONF", &softhsm2_conf) };
+        unsafe {
+            std::env::set_var("SOFTHSM2_CONF", &softhsm2_conf)
+        };
         SoftHsmToken {
             dir,
             label: label.to_string(),

@@ -4,6 +4,8 @@
 use crate::harness;
 
 use harness::binary::tessera;
+use harness::ca::TestCa;
+use harness::config::{Enrollment, ServerToml};
 use harness::pki::TestPki;
 use harness::server::{ServerTask, connect};
 use harness::softhsm::SoftHsmToken;
@@ -47,60 +49,39 @@ struct Server {
 
 impl Server {
     /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
-    /// `[ca]` and `[enrollment]` trusting `attestation_roots` (the virtual cards' roots).
+    /// `[ca]` and `enrollment` (the `[enrollment]` section) trusting `attestation_roots` (the
+    /// virtual cards' roots) besides what `enrollment` says.
     async fn start(
         database_url: &str,
         attestation_roots: &[PathBuf],
-        enrollment_extra: &str,
+        enrollment: Enrollment,
     ) -> Server {
-        Server::start_with_clock(
-            database_url,
-            attestation_roots,
-            enrollment_extra,
-            Clock::system(),
-        )
-        .await
+        Server::start_with_clock(database_url, attestation_roots, enrollment, Clock::system()).await
     }
 
     /// [`Server::start`] with the server's times from `clock`.
     async fn start_with_clock(
         database_url: &str,
         attestation_roots: &[PathBuf],
-        enrollment_extra: &str,
+        enrollment: Enrollment,
         clock: Clock,
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let hsm = SoftHsmToken::create("tessera");
-        let env = [(
-            "SOFTHSM2_CONF".to_string(),
-            hsm.softhsm2_conf.to_str().unwrap().to_string(),
-        )];
-        let hsm_config = hsm.config_path.to_str().unwrap().to_string();
-        let data_dir = dir.path().join("ca");
-        hsm.init_ca(&data_dir);
-        let (code, out, err) = tessera(
-            &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
-            &env,
-        );
-        assert_eq!(code, 0, "init-wrapping-key: {err}");
-        assert_eq!(
-            out,
-            "made AES-256 wrapping key \"tessera-wrap\" in the HSM\n"
-        );
-
+        let ca = TestCa::init(&dir.path().join("ca"));
+        ca.init_wrapping_key();
+        let TestCa {
+            token: hsm,
+            data_dir,
+            ..
+        } = ca;
         let pki = TestPki::new();
-        let config_path = pki.write_server_config(dir.path(), database_url);
-        let roots: Vec<String> = attestation_roots
-            .iter()
-            .map(|p| format!("{:?}", p.to_str().unwrap()))
-            .collect();
-        let mut config = std::fs::read_to_string(&config_path).unwrap();
-        config.push_str(&format!(
-            "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n\n[enrollment]\nattestation_roots = [{}]\n{enrollment_extra}",
-            data_dir.to_str().unwrap(),
-            roots.join(", ")
-        ));
-        std::fs::write(&config_path, config).unwrap();
+        let config = ServerToml::new(database_url)
+            .with_ca(&hsm.config_path, &data_dir)
+            .with_enrollment(Enrollment {
+                attestation_roots: attestation_roots.to_vec(),
+                ..enrollment
+            });
+        let config_path = config.write(dir.path(), &pki);
         let running = ServerTask::start_with_clock(&config_path, clock).await;
         Server {
             dir,
@@ -350,7 +331,7 @@ fn happy_begin_request() -> pb::BeginEnrollmentRequest {
 
 async fn happy_path_enrolls_a_virtual_card(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(20_000_001));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E100", "").await;
     let mut enroll = server.enrollments().await;
 
@@ -651,7 +632,7 @@ async fn enroll_until_complete(
 }
 
 async fn begin_refusals_name_their_reason(url: &str) {
-    let server = Server::start(url, &[], "").await;
+    let server = Server::start(url, &[], Enrollment::default()).await;
     server.create_person("E200", "").await;
     let mut enroll = server.enrollments().await;
 
@@ -922,7 +903,7 @@ async fn begin_refusals_name_their_reason(url: &str) {
 
 async fn proof_over_a_wrong_nonce_is_refused(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_010));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E300", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
@@ -984,7 +965,7 @@ on_sqlite!(
 
 async fn replayed_complete_is_refused(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_020));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E400", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
@@ -1013,7 +994,7 @@ async fn attestation_from_another_token_is_refused(url: &str) {
     let server = Server::start(
         url,
         &[card.attestation_root(), other.attestation_root()],
-        "",
+        Enrollment::default(),
     )
     .await;
     server.create_person("E500", "").await;
@@ -1042,7 +1023,7 @@ async fn attestation_from_another_token_is_refused(url: &str) {
 
 async fn key_that_did_not_sign_is_refused(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_040));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E600", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll
@@ -1067,7 +1048,7 @@ async fn key_that_did_not_sign_is_refused(url: &str) {
 async fn policy_the_token_does_not_meet_is_refused(url: &str) {
     // Firmware 5.4.3 with ECDSA keys: YSA-2024-03 (EUCLEAK) in the default policy.
     let card = VirtualCard::start(CardOptions::firmware("5.4.3").serial(30_000_050));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E700", "").await;
     let mut enroll = server.enrollments().await;
     let mut request = begin_request("E700", 30_000_050, "piv-login");
@@ -1097,7 +1078,7 @@ async fn policy_the_token_does_not_meet_is_refused(url: &str) {
 
 async fn abort_revokes_the_certificates(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_060));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E800", "").await;
     let (begin, done) = enroll_until_complete(&server, &card, "E800", "piv-login").await;
     assert_eq!(done.certificates.len(), 2);
@@ -1153,7 +1134,11 @@ async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &s
     let server = Server::start_with_clock(
         url,
         &[card.attestation_root()],
-        "expiry_seconds = 8\nexpiry_sweep_seconds = 1\n",
+        Enrollment {
+            expiry_seconds: Some(8),
+            expiry_sweep_seconds: Some(1),
+            ..Enrollment::default()
+        },
         clock.clock(),
     )
     .await;
@@ -1214,7 +1199,7 @@ async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &s
 
 async fn release_puk_then_re_enroll_the_same_token(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_080));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server
         .create_person("E1000", "S-1-5-21-1004336348-1177238915-682003330-1001")
         .await;
@@ -1562,39 +1547,37 @@ fn enrollment_certificate_profiles_pass_pkilint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_configuration_errors_name_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let hsm = SoftHsmToken::create("tessera");
-    let env = [(
-        "SOFTHSM2_CONF".to_string(),
-        hsm.softhsm2_conf.to_str().unwrap().to_string(),
-    )];
-    let hsm_config = hsm.config_path.to_str().unwrap().to_string();
-    let data_dir = dir.path().join("ca");
-    hsm.init_ca(&data_dir);
+    let ca = TestCa::init(&dir.path().join("ca"));
+    let (env, hsm_config) = (&ca.env, ca.hsm_config_str());
     let db = harness::database::TestDatabase::sqlite();
     let config_path = TestPki::new().write_server_config(dir.path(), db.url());
-    let base = std::fs::read_to_string(&config_path).unwrap();
-    let ca = format!(
-        "\n[ca]\nhsm_config = {hsm_config:?}\ndata_dir = {:?}\n",
-        data_dir.to_str().unwrap()
-    );
-    let bind_error = |extra: String| {
-        std::fs::write(&config_path, format!("{base}{extra}")).unwrap();
+    let base = ServerToml::new(db.url());
+    let with_ca = base.clone().with_ca(ca.hsm_config(), &ca.data_dir);
+    // The configuration with [ca] and this [enrollment] section, as TOML text.
+    let enrollment = |e: Enrollment| with_ca.clone().with_enrollment(e).to_toml();
+    let bind_error = |text: String| {
+        std::fs::write(&config_path, &text).unwrap();
         let config_path = config_path.clone();
         async move {
             match ServerConfig::load(&config_path) {
                 Err(e) => e.to_string(),
                 Ok(config) => match BoundServer::bind(&config).await {
                     Err(e) => e.to_string(),
-                    Ok(_) => panic!("the server started with {extra}"),
+                    Ok(_) => panic!("the server started with {text}"),
                 },
             }
         }
     };
     assert_eq!(
-        bind_error("\n[enrollment]\n".into()).await,
+        bind_error(
+            base.clone()
+                .with_enrollment(Enrollment::default())
+                .to_toml()
+        )
+        .await,
         "enrollment: the [enrollment] section needs a [ca] section (the CA that certifies the keys)"
     );
-    let missing_key = bind_error(format!("{ca}\n[enrollment]\n")).await;
+    let missing_key = bind_error(enrollment(Enrollment::default())).await;
     assert!(
         missing_key.starts_with("enrollment: enrollment.wrapping_key_label \"tessera-wrap\": ")
             && missing_key.ends_with("; make the key with `tessera admin init-wrapping-key`"),
@@ -1602,8 +1585,8 @@ async fn enrollment_configuration_errors_name_the_setting() {
     );
 
     let (code, out, err) = tessera(
-        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
-        &env,
+        &["admin", "init-wrapping-key", "--hsm-config", hsm_config],
+        env,
     );
     assert_eq!(
         (code, out.as_str()),
@@ -1612,18 +1595,18 @@ async fn enrollment_configuration_errors_name_the_setting() {
     );
     // A second key with the same label is refused: the first one wraps stored secrets.
     let (code, _, err) = tessera(
-        &["admin", "init-wrapping-key", "--hsm-config", &hsm_config],
-        &env,
+        &["admin", "init-wrapping-key", "--hsm-config", hsm_config],
+        env,
     );
     assert_eq!(code, 1);
     assert!(err.contains("tessera-wrap"), "{err}");
 
     let missing_root = dir.path().join("no-such-root.pem");
     assert!(
-        bind_error(format!(
-            "{ca}\n[enrollment]\nattestation_roots = [{:?}]\n",
-            missing_root.to_str().unwrap()
-        ))
+        bind_error(enrollment(Enrollment {
+            attestation_roots: vec![missing_root.clone()],
+            ..Enrollment::default()
+        }))
         .await
         .starts_with(&format!(
             "enrollment: enrollment.attestation_roots: cannot read {}: ",
@@ -1636,9 +1619,10 @@ async fn enrollment_configuration_errors_name_the_setting() {
     )
     .unwrap();
     assert!(
-        bind_error(format!(
-            "{ca}\n[enrollment]\nattestation_policy = \"policy.toml\"\n"
-        ))
+        bind_error(enrollment(Enrollment {
+            attestation_policy: Some("policy.toml".into()),
+            ..Enrollment::default()
+        }))
         .await
         .starts_with("enrollment: attestation policy: "),
     );
@@ -1650,30 +1634,37 @@ async fn enrollment_configuration_errors_name_the_setting() {
     )
     .unwrap();
     assert_eq!(
-        bind_error(format!(
-            "{ca}\n[enrollment]\nprofiles_dir = \"enrollment-profiles\"\n"
-        ))
+        bind_error(enrollment(Enrollment {
+            profiles_dir: Some("enrollment-profiles".into()),
+            ..Enrollment::default()
+        }))
         .await,
         "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client)"
     );
     assert_eq!(
-        bind_error(format!("{ca}\n[enrollment]\nexpiry_seconds = 0\n")).await,
+        bind_error(enrollment(Enrollment {
+            expiry_seconds: Some(0),
+            ..Enrollment::default()
+        }))
+        .await,
         "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
     );
     assert!(
-        bind_error(format!("{ca}\n[enrollment]\nexpiry = 5\n"))
+        // A key the server does not know cannot be typed: appended as text to [enrollment],
+        // the last section.
+        bind_error(format!("{}expiry = 5\n", enrollment(Enrollment::default())))
             .await
             .contains("unknown field `expiry`")
     );
     // With the key made, the same configuration starts.
-    std::fs::write(&config_path, format!("{base}{ca}\n[enrollment]\n")).unwrap();
+    std::fs::write(&config_path, enrollment(Enrollment::default())).unwrap();
     let config = ServerConfig::load(&config_path).unwrap();
     BoundServer::bind(&config).await.unwrap();
 }
 
 async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_090));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E1100", "").await;
     let mut enroll = server.enrollments().await;
     let first = enroll
@@ -1761,7 +1752,7 @@ async fn enrollment_resumes_after_the_card_was_pulled(url: &str) {
 
 async fn issuance_failure_aborts_the_enrollment(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_100));
-    let server = Server::start(url, &[card.attestation_root()], "").await;
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
     server.create_person("E1200", "").await;
     let mut enroll = server.enrollments().await;
     let begin = enroll

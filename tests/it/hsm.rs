@@ -560,8 +560,11 @@ fn open_errors_name_the_problem() {
 fn pin_from_environment_and_token_by_serial() {
     let token = SoftHsmToken::create("by-serial");
     let serial = token.serial();
+    #[allow(unsafe_code)]
     // SAFETY: one process per test (nextest); no other thread reads the environment yet.
-    unsafe { std::env::set_var("TESSERA_TEST_PIN", token.user_pin()) };
+    unsafe {
+        std::env::set_var("TESSERA_TEST_PIN", token.user_pin())
+    };
     let path = token.write_config(
         "serial.toml",
         format!("module = \"{SOFTHSM_MODULE}\"\ntoken_serial = \"{serial}\"\npin_env = \"TESSERA_TEST_PIN\"\n\n[keys]\nroot = \"pkcs11:object=r\"\n"),
@@ -605,6 +608,7 @@ impl SessionKiller {
             .into_iter()
             .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token_label)
             .expect("the test token");
+        #[allow(unsafe_code)]
         // SAFETY: loads the same module again (dlopen returns the already loaded copy).
         let lib = unsafe { cryptoki_sys::Pkcs11::new(SOFTHSM_MODULE) }.unwrap();
         SessionKiller {
@@ -617,6 +621,7 @@ impl SessionKiller {
     /// SoftHSM2 would free a session under a running C_Sign and crash; see
     /// `Hsm::with_no_call_in_flight`). Sessions borrowed by signing threads die all the same.
     fn close_all_sessions(&self, hsm: &Hsm) {
+        #[allow(unsafe_code)]
         // SAFETY: a plain PKCS#11 call with a valid slot id on an initialised module.
         let rv = hsm.with_no_call_in_flight(|| unsafe { self.lib.C_CloseAllSessions(self.slot) });
         assert_eq!(rv, cryptoki_sys::CKR_OK, "C_CloseAllSessions");
@@ -812,9 +817,12 @@ fn a_caller_that_finds_no_free_session_gets_a_retryable_timeout() {
 
 #[test]
 fn a_module_that_fails_to_initialise_is_named() {
+    #[allow(unsafe_code)]
     // No token made here: SoftHSM2 is pointed at a configuration file that does not exist.
     // SAFETY: one process per test (nextest); no other thread reads the environment yet.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", "/nonexistent/softhsm2.conf") };
+    unsafe {
+        std::env::set_var("SOFTHSM2_CONF", "/nonexistent/softhsm2.conf")
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hsm.toml");
     std::fs::write(

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)]
 use crate::harness;
 
+use harness::ca::TestCa;
+use harness::config::ServerToml;
 use harness::pki::{ClientCert, TestPki};
 use harness::server::{KillOnDrop, ServerTask};
 use harness::softhsm::SoftHsmToken;
@@ -31,6 +33,7 @@ struct CaSetup {
     dir: tempfile::TempDir,
     token: SoftHsmToken,
     pki: TestPki,
+    config: ServerToml,
     config_path: std::path::PathBuf,
     data_dir: std::path::PathBuf,
 }
@@ -38,28 +41,26 @@ struct CaSetup {
 impl CaSetup {
     fn new(url: &str) -> CaSetup {
         let dir = tempfile::tempdir().unwrap();
-        let token = SoftHsmToken::create("tessera");
-        let data_dir = dir.path().join("data");
-        token.init_ca(&data_dir);
+        let TestCa {
+            token, data_dir, ..
+        } = TestCa::init(&dir.path().join("data"));
         let pki = TestPki::new();
-        let config_path = pki.write_server_config(dir.path(), url);
-        let base = std::fs::read_to_string(&config_path).unwrap();
-        std::fs::write(
-            &config_path,
-            format!(
-                "{base}\n[ca]\nhsm_config = \"{}\"\ndata_dir = \"{}\"\n",
-                token.config_path.display(),
-                data_dir.display()
-            ),
-        )
-        .unwrap();
+        let config = ServerToml::new(url).with_ca(&token.config_path, &data_dir);
+        let config_path = config.write(dir.path(), &pki);
         CaSetup {
             dir,
             token,
             pki,
+            config,
             config_path,
             data_dir,
         }
+    }
+
+    /// Changes the configuration and writes it again.
+    fn reconfigure(&mut self, change: impl FnOnce(&mut ServerToml)) {
+        change(&mut self.config);
+        self.config_path = self.config.write(self.dir.path(), &self.pki);
     }
 }
 
@@ -532,7 +533,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
 
 async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     // The shipped profiles plus one that needs an email address.
-    let setup = CaSetup::new(url);
+    let mut setup = CaSetup::new(url);
     let profiles = setup.dir.path().join("profiles");
     std::fs::create_dir(&profiles).unwrap();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
@@ -550,12 +551,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         tls.replace("require_email = false\n", "require_email = true\n"),
     )
     .unwrap();
-    let config = std::fs::read_to_string(&setup.config_path).unwrap();
-    std::fs::write(
-        &setup.config_path,
-        format!("{config}profiles_dir = \"{}\"\n", profiles.display()),
-    )
-    .unwrap();
+    setup.reconfigure(|c| c.ca.as_mut().unwrap().profiles_dir = Some(profiles));
     let server = Running::start(setup).await;
     let mut c = server.certificates("helpdesk").await;
     let (_, pem) = csr("svc", &[]);

@@ -4,6 +4,8 @@
 use crate::harness;
 
 use harness::binary::tessera;
+use harness::ca::TestCa;
+use harness::config::ServerToml;
 use harness::pki::TestPki;
 use harness::server::ServerTask;
 use harness::softhsm::SoftHsmToken;
@@ -41,6 +43,7 @@ struct Setup {
     env: Vec<(String, String)>,
     hsm_config: String,
     data_dir: PathBuf,
+    config: ServerToml,
     config_path: PathBuf,
     pki: TestPki,
 }
@@ -48,27 +51,25 @@ struct Setup {
 impl Setup {
     fn new(database_url: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let token = SoftHsmToken::create("tessera");
-        let env = vec![(
-            "SOFTHSM2_CONF".to_string(),
-            token.softhsm2_conf.to_str().unwrap().to_string(),
-        )];
+        let TestCa {
+            token,
+            data_dir,
+            env,
+        } = TestCa::init(&dir.path().join("data"));
         let hsm_config = token.config_path.to_str().unwrap().to_string();
-        let data_dir = dir.path().join("data");
-        token.init_ca(&data_dir);
         let pki = TestPki::new();
-        let config_path = pki.write_server_config(dir.path(), database_url);
-        let mut text = std::fs::read_to_string(&config_path).unwrap();
-        text.push_str(&format!(
-            "\n[http]\nlisten = \"127.0.0.1:0\"\n\n[ca]\nhsm_config = \"{hsm_config}\"\ndata_dir = \"data\"\n"
-        ));
-        std::fs::write(&config_path, text).unwrap();
+        // `data_dir` relative: the server takes it from the configuration's directory.
+        let config = ServerToml::new(database_url)
+            .with_http()
+            .with_ca(&hsm_config, "data");
+        let config_path = config.write(dir.path(), &pki);
         Setup {
             dir,
             token,
             env,
             hsm_config,
             data_dir,
+            config,
             config_path,
             pki,
         }
@@ -498,9 +499,10 @@ async fn ocsp_refusals_missing_parts_and_the_get_form() {
     let s = Setup::new(db.url());
 
     // No [ca] section: neither CRL nor OCSP.
-    let text = std::fs::read_to_string(&s.config_path).unwrap();
     let without_ca = s.path("without-ca.toml");
-    std::fs::write(&without_ca, &text[..text.find("[ca]").unwrap()]).unwrap();
+    let mut config = s.config.clone();
+    config.ca = None;
+    std::fs::write(&without_ca, config.to_toml()).unwrap();
     let server = Server::start(&without_ca).await;
     let no_ca = b"no CA configured (the server configuration has no [ca] section)\n".to_vec();
     assert_eq!(
@@ -946,13 +948,10 @@ async fn responder_setup_failures_are_named() {
     );
 
     // The database cannot be opened after the key was made: the key is destroyed again.
-    let text = std::fs::read_to_string(&s.config_path).unwrap();
     let bad_db = s.path("bad-db.toml");
-    std::fs::write(
-        &bad_db,
-        text.replace(db.url(), "sqlite:/nonexistent-dir/tessera.db"),
-    )
-    .unwrap();
+    let mut config = s.config.clone();
+    config.database.url = "sqlite:/nonexistent-dir/tessera.db".into();
+    std::fs::write(&bad_db, config.to_toml()).unwrap();
     let (code, _, err) = tessera(
         &[
             "ca",
@@ -1013,10 +1012,10 @@ async fn responder_setup_failures_are_named() {
     );
     std::fs::write(s.data_dir.join("ocsp.pem"), &responder_pem).unwrap();
 
-    let mut bad_validity = text.clone();
-    bad_validity.push_str("crl_validity_hours = 0\n");
+    let mut bad_validity = s.config.clone();
+    bad_validity.ca.as_mut().unwrap().crl_validity_hours = Some(0);
     let bad_validity_path = s.path("bad-validity.toml");
-    std::fs::write(&bad_validity_path, bad_validity).unwrap();
+    std::fs::write(&bad_validity_path, bad_validity.to_toml()).unwrap();
     assert_eq!(
         bind_error(&bad_validity_path).await,
         "ca.crl_validity_hours must be between 1 and 8760"

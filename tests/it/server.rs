@@ -3,8 +3,9 @@
 use crate::harness;
 
 use harness::binary::tessera;
+use harness::config::{Audit, CLIENT_CA, ServerToml};
 use harness::pki::{ClientCert, TestPki};
-use harness::server::{KillOnDrop, ServerTask, connect};
+use harness::server::{KillOnDrop, ServerTask, TestServer, connect};
 use harness::softhsm::SoftHsmToken;
 use std::collections::BTreeMap;
 use tessera::protocol::pb;
@@ -35,58 +36,6 @@ on_both_databases!(
     audit_stream_follows_new_events,
     revoked_client_certificate_is_refused_on_open_connections,
 );
-
-struct Running {
-    _dir: tempfile::TempDir,
-    pki: TestPki,
-    config_path: std::path::PathBuf,
-    addr: std::net::SocketAddr,
-    database_url: String,
-    server: ServerTask,
-}
-
-impl Running {
-    async fn start(database_url: &str) -> Running {
-        Running::start_with(database_url, true).await
-    }
-
-    /// `require_client_certificate` as given (the default, true, when `start` is used).
-    async fn start_with(database_url: &str, require_client_certificate: bool) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::new();
-        let config_path = pki.write_server_config(dir.path(), database_url);
-        if !require_client_certificate {
-            let text = std::fs::read_to_string(&config_path).unwrap();
-            let text = text.replace(
-                "client_ca = \"client-ca.pem\"\n",
-                "client_ca = \"client-ca.pem\"\nrequire_client_certificate = false\n",
-            );
-            assert!(text.contains("require_client_certificate = false"));
-            std::fs::write(&config_path, text).unwrap();
-        }
-        let server = ServerTask::start(&config_path).await;
-        Running {
-            _dir: dir,
-            pki,
-            config_path,
-            addr: server.addr,
-            database_url: database_url.to_string(),
-            server,
-        }
-    }
-
-    async fn channel(&self, client: Option<&ClientCert>) -> Channel {
-        connect(self.addr, &self.pki.ca_pem, client).await
-    }
-
-    async fn as_role(&self, role: &str) -> Channel {
-        self.channel(Some(&self.pki.client(role))).await
-    }
-
-    async fn stop(self) {
-        self.server.stop().await;
-    }
-}
 
 fn record(id: &str) -> pb::PersonRecord {
     pb::PersonRecord {
@@ -342,9 +291,12 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
 async fn role_matrix(url: &str) {
     // Both settings of [tls] require_client_certificate; the roles behave the same in both.
     for require in [true, false] {
-        let server = Running::start_with(url, require).await;
+        let server = TestServer::builder(url)
+            .require_client_certificate(require)
+            .start()
+            .await;
         if require {
-            refused_in_tls(server.addr, &server.pki.ca_pem).await;
+            refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
             assert_eq!(anonymous.len(), 30);
@@ -364,7 +316,7 @@ async fn role_matrix(url: &str) {
     assert!(store.audit_events(0, 10).await.unwrap().is_empty());
 }
 
-async fn role_matrix_for_roles(server: &Running) {
+async fn role_matrix_for_roles(server: &TestServer) {
     for role in ["hr", "helpdesk", "auditor", "admin", "relying-party"] {
         let results = call_every_rpc(server.as_role(role).await).await;
         for (method, code) in results {
@@ -385,7 +337,7 @@ async fn role_matrix_for_roles(server: &Running) {
 }
 
 async fn certificates_without_a_usable_role_are_refused(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let cases = [
         (
             server.pki.client_with_uris("no-role", &[]),
@@ -425,7 +377,10 @@ async fn certificates_without_a_usable_role_are_refused(url: &str) {
     );
     server.stop().await;
     // With client certificates optional, a caller without one gets the reason.
-    let server = Running::start_with(url, false).await;
+    let server = TestServer::builder(url)
+        .require_client_certificate(false)
+        .start()
+        .await;
     let mut d = DirectoryServiceClient::new(server.channel(None).await);
     let s = d
         .list_people(pb::ListPeopleRequest::default())
@@ -436,7 +391,7 @@ async fn certificates_without_a_usable_role_are_refused(url: &str) {
 }
 
 async fn idempotent_create_returns_the_first_answer(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     let req = pb::CreatePersonRequest {
         request_id: "create-E1".into(),
@@ -471,7 +426,7 @@ async fn idempotent_create_returns_the_first_answer(url: &str) {
 }
 
 async fn idempotent_transition_replays_and_refuses_reuse(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     d.create_person(pb::CreatePersonRequest {
         request_id: "c".into(),
@@ -545,7 +500,7 @@ async fn idempotent_transition_replays_and_refuses_reuse(url: &str) {
 }
 
 async fn directory_flow_and_errors(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     for i in 0..5 {
         d.create_person(pb::CreatePersonRequest {
@@ -728,7 +683,7 @@ async fn directory_flow_and_errors(url: &str) {
 }
 
 async fn sync_reports_changes(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     let sync = |rid: &str,
                 generation: i64,
@@ -803,7 +758,7 @@ async fn sync_reports_changes(url: &str) {
 }
 
 async fn token_transitions_over_grpc(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     d.create_person(pb::CreatePersonRequest {
         request_id: "c".into(),
@@ -919,7 +874,7 @@ async fn token_transitions_over_grpc(url: &str) {
 }
 
 async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     for i in 0..4 {
         d.create_person(pb::CreatePersonRequest {
@@ -973,7 +928,7 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
     );
     assert!(out.status.success());
 
-    let store = Store::open(&server.database_url).await.unwrap();
+    let store = Store::open(&server.config.database.url).await.unwrap();
     store
         .execute_raw("UPDATE audit_events SET after_json = '{}' WHERE sequence = 2")
         .await
@@ -1340,14 +1295,16 @@ fn serve_signs_a_checkpoint_at_shutdown() {
     assert_eq!(code, 0, "{err}");
     let uri = uri.trim().to_string();
     let pki = TestPki::new();
-    let config = pki.write_server_config(dir.path(), "sqlite:tessera.db");
-    let base = std::fs::read_to_string(&config).unwrap();
-
-    std::fs::write(
-        &config,
-        format!("{base}\n[audit]\nhsm_config = \"{hsm_config}\"\ncheckpoint_key = \"{uri}\"\ncheckpoint_interval_seconds = 0\n"),
-    )
-    .unwrap();
+    let with_audit = |checkpoint_interval_seconds| {
+        ServerToml::new("sqlite:tessera.db")
+            .with_audit(Audit {
+                hsm_config: hsm_config.clone().into(),
+                checkpoint_key: uri.clone(),
+                checkpoint_interval_seconds: Some(checkpoint_interval_seconds),
+            })
+            .write(dir.path(), &pki)
+    };
+    let config = with_audit(0);
     let (code, _, err) = tessera(&["serve", "--config", config.to_str().unwrap()], &env);
     assert_eq!(
         (code, err.as_str()),
@@ -1357,11 +1314,7 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         )
     );
 
-    std::fs::write(
-        &config,
-        format!("{base}\n[audit]\nhsm_config = \"{hsm_config}\"\ncheckpoint_key = \"{uri}\"\ncheckpoint_interval_seconds = 3600\n"),
-    )
-    .unwrap();
+    let config = with_audit(3600);
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -1652,7 +1605,7 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
 
 async fn certificates_lookup_hold_and_revoke(url: &str) {
     use tessera::store::NewCertificate;
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     d.create_person(pb::CreatePersonRequest {
         request_id: "c".into(),
@@ -1866,13 +1819,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 async fn http_side_health_chain_and_metrics(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
-    let config = pki.write_server_config(dir.path(), url);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\nca_chain = \"client-ca.pem\"\n"),
-    )
-    .unwrap();
+    let config = ServerToml::new(url)
+        .with_http_chain(CLIENT_CA)
+        .write(dir.path(), &pki);
     let server = ServerTask::start(&config).await;
     let (grpc, http) = (server.addr, server.http.unwrap());
     assert!(http.ip().is_loopback());
@@ -1997,10 +1946,9 @@ async fn tls_and_listen_errors_are_named() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&path, text).unwrap();
+    let mut taken_port = ServerToml::new("sqlite:t.db");
+    taken_port.grpc.listen = format!("127.0.0.1:{port}");
+    assert_eq!(taken_port.write(dir.path(), &pki), path);
     let err = bind().await;
     assert!(
         err.starts_with(&format!("cannot listen on 127.0.0.1:{port}: ")),
@@ -2012,7 +1960,7 @@ async fn tls_and_listen_errors_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_drives_a_person() {
     let db = harness::database::TestDatabase::sqlite();
-    let server = Running::start(db.url()).await;
+    let server = TestServer::builder(db.url()).start().await;
     let dir = tempfile::tempdir().unwrap();
     let hr = server.pki.client("hr");
     for (name, text) in [
@@ -2025,7 +1973,7 @@ async fn python_grpcio_client_drives_a_person() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tokio::process::Command::new("python3")
         .arg(root.join("tests/python/directory_client.py"))
-        .arg(server.addr.to_string())
+        .arg(server.addr().to_string())
         .args(["ca.pem", "hr.pem", "hr.key"].map(|f| dir.path().join(f)))
         .arg(root.join("proto"))
         .arg(dir.path())
@@ -2050,8 +1998,8 @@ async fn python_grpcio_client_drives_a_person() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_postgres_database() {
     let db = harness::database::TestDatabase::postgres().await;
-    let a = Running::start(db.url()).await;
-    let b = Running::start(db.url()).await;
+    let a = TestServer::builder(db.url()).start().await;
+    let b = TestServer::builder(db.url()).start().await;
     let mut tasks = Vec::new();
     for (n, server) in [&a, &b].into_iter().enumerate() {
         let ch = server.as_role("hr").await;
@@ -2107,7 +2055,7 @@ async fn next_event(
 /// event as it commits (also one written by another process on the same database), and ends
 /// when the server shuts down.
 async fn audit_stream_follows_new_events(url: &str) {
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     let create = |id: &str| pb::CreatePersonRequest {
         request_id: format!("create-{id}"),
@@ -2189,7 +2137,7 @@ async fn audit_stream_follows_new_events(url: &str) {
 async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
     use tessera::store::NewCertificate;
     use x509_parser::prelude::FromDer;
-    let server = Running::start(url).await;
+    let server = TestServer::builder(url).start().await;
     let door = server.pki.client("relying-party");
     let (_, der) = x509_parser::pem::parse_x509_pem(door.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();

@@ -4,6 +4,7 @@
 //! curl through OpenSC. Run under `scripts/with-pcscd.sh -- cargo nextest run --test station`.
 use crate::harness;
 
+use harness::config::{Enrollment, ServerToml};
 use harness::pki::TestPki;
 use harness::relying_party::{Nginx, curl_with_token};
 use harness::server::connect;
@@ -169,25 +170,20 @@ impl World {
         // The card first: it exports its (test) attestation root, which the server must trust.
         let card = VirtualCard::start(card);
         let pki = TestPki::new();
-        let config = pki.write_server_config(dir.path(), "sqlite:tessera.db");
-        let base = std::fs::read_to_string(&config).unwrap();
-        let mut enrollment = format!(
-            "[enrollment]\nattestation_roots = [\"{}\"]\ntrust_yubico_roots = false\n",
-            card.attestation_root().display()
-        );
+        let mut enrollment = Enrollment {
+            attestation_roots: vec![card.attestation_root()],
+            trust_yubico_roots: Some(false),
+            ..Enrollment::default()
+        };
         if let Some(policy) = setup.attestation_policy {
             std::fs::write(dir.path().join("attestation-policy.toml"), policy).unwrap();
-            enrollment.push_str("attestation_policy = \"attestation-policy.toml\"\n");
+            enrollment.attestation_policy = Some("attestation-policy.toml".into());
         }
-        std::fs::write(
-            &config,
-            format!(
-                "{base}\n[http]\nlisten = \"127.0.0.1:0\"\n\n[ca]\nhsm_config = \"{}\"\ndata_dir = \"{}\"\n\n{enrollment}",
-                hsm.config_path.display(),
-                data_dir.display()
-            ),
-        )
-        .unwrap();
+        let config = ServerToml::new("sqlite:tessera.db")
+            .with_http()
+            .with_ca(&hsm.config_path, &data_dir)
+            .with_enrollment(enrollment)
+            .write(dir.path(), &pki);
         for role in ["helpdesk", "hr", "auditor"] {
             let c = pki.client(role);
             std::fs::write(dir.path().join(format!("{role}.pem")), &c.cert_pem).unwrap();
