@@ -206,7 +206,7 @@ pub struct DatabaseReadings {
 }
 
 impl Collector for DatabaseReadings {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
         struct Status {
             status: String,
@@ -285,7 +285,7 @@ impl std::fmt::Debug for HsmPool {
 }
 
 impl Collector for HsmPool {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let hsm = &self.0;
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let mut sessions = encoder.encode_descriptor(
