@@ -18,7 +18,7 @@ fi
 # package and the virtual card `tessera-vpiv` (whose binary the card tests start).
 scripts/with-pcscd.sh -- cargo nextest run --workspace --no-fail-fast --failure-output final "$@"
 
-# The README's main job end to end, as a user runs it (tests/station.rs covers the same flow
+# The README's main job end to end, as a user runs it (tests/it/station.rs covers the same flow
 # piece by piece; this proves the script itself works).
 scripts/demo.sh
 echo "demo: 1 passed, 0 failed"

@@ -42,50 +42,51 @@ fn serial_arg(field: &str, serial: &str) -> Result<String, Status> {
     })
 }
 
-fn reason_from_pb(value: i32) -> Result<RevocationReason, Status> {
+/// The proto's reasons and ours (RFC 5280), one pair each; both directions read this table.
+const PB_REASONS: [(pb::RevocationReason, RevocationReason); 9] = {
     use pb::RevocationReason as P;
-    let r = match P::try_from(value) {
-        Ok(P::KeyCompromise) => RevocationReason::KeyCompromise,
-        Ok(P::CaCompromise) => RevocationReason::CaCompromise,
-        Ok(P::AffiliationChanged) => RevocationReason::AffiliationChanged,
-        Ok(P::Superseded) => RevocationReason::Superseded,
-        Ok(P::CessationOfOperation) => RevocationReason::CessationOfOperation,
-        Ok(P::CertificateHold) => RevocationReason::CertificateHold,
-        Ok(P::PrivilegeWithdrawn) => RevocationReason::PrivilegeWithdrawn,
-        Ok(P::AaCompromise) => RevocationReason::AaCompromise,
-        Ok(P::NoReasonGiven) => RevocationReason::Unspecified,
-        Ok(P::Unspecified) => {
-            return Err(status::invalid_argument(
-                "reason",
-                "FIELD_REQUIRED",
-                "reason is required (REVOCATION_REASON_NO_REASON_GIVEN when there is none)",
-            ));
-        }
-        Err(_) => {
-            return Err(status::invalid_argument(
+    [
+        (P::NoReasonGiven, RevocationReason::Unspecified),
+        (P::KeyCompromise, RevocationReason::KeyCompromise),
+        (P::CaCompromise, RevocationReason::CaCompromise),
+        (P::AffiliationChanged, RevocationReason::AffiliationChanged),
+        (P::Superseded, RevocationReason::Superseded),
+        (
+            P::CessationOfOperation,
+            RevocationReason::CessationOfOperation,
+        ),
+        (P::CertificateHold, RevocationReason::CertificateHold),
+        (P::PrivilegeWithdrawn, RevocationReason::PrivilegeWithdrawn),
+        (P::AaCompromise, RevocationReason::AaCompromise),
+    ]
+};
+
+fn reason_from_pb(value: i32) -> Result<RevocationReason, Status> {
+    if value == pb::RevocationReason::Unspecified as i32 {
+        return Err(status::invalid_argument(
+            "reason",
+            "FIELD_REQUIRED",
+            "reason is required (REVOCATION_REASON_NO_REASON_GIVEN when there is none)",
+        ));
+    }
+    PB_REASONS
+        .into_iter()
+        .find_map(|(p, r)| (p as i32 == value).then_some(r))
+        .ok_or_else(|| {
+            status::invalid_argument(
                 "reason",
                 "INVALID_ENUM_VALUE",
                 "reason is not a RevocationReason",
-            ));
-        }
-    };
-    Ok(r)
+            )
+        })
 }
 
+/// The proto reason of a stored RFC 5280 code (UNSPECIFIED for a code Tessera never stores).
 fn reason_to_pb(code: i64) -> pb::RevocationReason {
-    use pb::RevocationReason as P;
-    match code {
-        0 => P::NoReasonGiven,
-        1 => P::KeyCompromise,
-        2 => P::CaCompromise,
-        3 => P::AffiliationChanged,
-        4 => P::Superseded,
-        5 => P::CessationOfOperation,
-        6 => P::CertificateHold,
-        9 => P::PrivilegeWithdrawn,
-        10 => P::AaCompromise,
-        _ => P::Unspecified,
-    }
+    PB_REASONS
+        .into_iter()
+        .find_map(|(p, r)| (r.code() == code).then_some(p))
+        .unwrap_or(pb::RevocationReason::Unspecified)
 }
 
 /// The API's view of a stored certificate, with its owner's names already looked up.

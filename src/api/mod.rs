@@ -57,7 +57,7 @@ mod directory_service;
 pub mod enrollment_service;
 pub mod rpc_metrics;
 pub mod server;
-mod status;
+pub mod status;
 mod token_service;
 
 pub use authz::{Identity, Role};

@@ -8,6 +8,40 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub const DOMAIN: &str = "tessera";
 
+/// Every reason the gRPC edge gives itself (authorization, request checks, CA errors mapped to
+/// reasons); the lifecycle and enrollment reasons are in `LifecycleError::REASONS`,
+/// `EnrollError::REASONS` and `EnrollmentRefusal::REASONS`. docs/api.md lists them all; a test
+/// compares the two and scans the sources for reasons missing from these lists.
+pub const REASONS: &[&str] = &[
+    "CLIENT_CERTIFICATE_REQUIRED",
+    "CLIENT_CERTIFICATE_REVOKED",
+    "CLIENT_CERTIFICATE_INVALID",
+    "NO_ROLE_IN_CERTIFICATE",
+    "UNKNOWN_ROLE",
+    "SEVERAL_ROLES_IN_CERTIFICATE",
+    "ROLE_NOT_ALLOWED",
+    "FIELD_REQUIRED",
+    "INVALID_PAGE_TOKEN",
+    "INVALID_ENUM_VALUE",
+    "INVALID_SERIAL",
+    "INVALID_FINGERPRINT",
+    "TOKEN_SERIAL_INVALID",
+    "CA_NOT_CONFIGURED",
+    "PROFILE_REQUIRES_ATTESTATION",
+    "UNKNOWN_PROFILE",
+    "CSR_UNREADABLE",
+    "CSR_SIGNATURE_INVALID",
+    "CSR_WITHOUT_COMMON_NAME",
+    "UNSUPPORTED_KEY_ALGORITHM",
+    "PUBLIC_KEY_UNREADABLE",
+    "SUBJECT_INVALID",
+    "PROFILE_REQUIRES_EMAIL",
+    "PERSON_NOT_ACTIVE",
+    "TOKEN_NOT_USABLE",
+    "TOKEN_OF_ANOTHER_PERSON",
+    "INTERNAL",
+];
+
 fn with_reason(code: Code, reason: &str, message: &str, field: Option<&str>) -> Status {
     let mut details =
         ErrorDetails::with_error_info(reason, DOMAIN, HashMap::<String, String>::new());

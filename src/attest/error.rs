@@ -198,6 +198,38 @@ pub enum AttestError {
 }
 
 impl AttestError {
+    /// Every code [`AttestError::code`] returns (docs/attestation.md lists the same; a test
+    /// compares the two and scans `code` for codes missing here).
+    pub const CODES: &'static [&'static str] = &[
+        "input-empty",
+        "input-too-large",
+        "input-pem-invalid",
+        "input-malformed",
+        "input-certificate-count",
+        "input-too-many-certificates",
+        "unsupported-critical-extension",
+        "duplicate-extension",
+        "missing-firmware-extension",
+        "missing-serial-extension",
+        "missing-policy-extension",
+        "missing-form-factor-extension",
+        "malformed-extension",
+        "unknown-slot",
+        "unsupported-key-algorithm",
+        "unsupported-signature-algorithm",
+        "signature-algorithm-mismatch",
+        "slot-signature-invalid",
+        "chain-signature-invalid",
+        "issuer-not-ca",
+        "unknown-root",
+        "chain-too-long",
+        "serial-mismatch",
+        "public-key-mismatch",
+        "presented-key-malformed",
+        "trust-bundle-pin-mismatch",
+        "no-trust-anchors",
+    ];
+
     /// Stable reason code (kebab-case). Documented in docs/attestation.md; never renamed.
     pub fn code(&self) -> &'static str {
         match self {

@@ -147,6 +147,20 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every code [`DenyReason::code`] returns (docs/attestation.md lists the same).
+    pub const CODES: &'static [&'static str] = &[
+        "slot-not-allowed",
+        "algorithm-not-allowed",
+        "pin-policy-below-minimum",
+        "touch-policy-below-minimum",
+        "form-factor-not-allowed",
+        "firmware-below-minimum",
+        "rsa-key-below-minimum",
+        "fips-required",
+        "advisory-ysa-2017-01",
+        "advisory-ysa-2024-03",
+    ];
+
     /// Stable reason code, documented in docs/attestation.md.
     pub fn code(&self) -> &'static str {
         match self {

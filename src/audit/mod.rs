@@ -1,9 +1,11 @@
 //! The append-only, hash-chained audit log. Every state change writes one event in the same
 //! [`WriteTx`] as the change itself. Each event carries the SHA-256 of the previous event and
 //! its own hash over all its fields, so [`verify`] finds an edited, deleted or reordered row and
-//! names the first bad one. Checkpoints sign the chain head through [`CheckpointSigner`] (an HSM
-//! key in production), which also catches rows deleted from the end of the log.
+//! names the first bad one. Checkpoints sign the chain head through the one signing seam,
+//! [`crate::hsm::Signer`] ([`HsmCheckpointSigner`], an EC P-256 HSM key, in production), which
+//! also catches rows deleted from the end of the log.
 
+use crate::hsm::{HsmError, SignatureScheme, Signer};
 use crate::store::{AuditRow, CheckpointRow, Store, StoreError, WriteTx, now_rfc3339};
 use sha2::{Digest, Sha256};
 
@@ -113,12 +115,6 @@ pub fn checkpoint_message(sequence: i64, head_hash: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Signs checkpoints: key id in, signature out. The HSM implements it in production.
-pub trait CheckpointSigner: Send + Sync {
-    fn key_id(&self) -> &str;
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
-}
-
 /// Checks checkpoint signatures (with the public half of the signer's key).
 pub trait CheckpointVerifier: Send + Sync {
     fn verify(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool;
@@ -145,36 +141,39 @@ impl CheckpointVerifier for EcdsaP256Verifier {
     }
 }
 
-/// A checkpoint signer backed by an HSM key (any PKCS#11 token; SoftHSM2 in tests): ECDSA P-256
-/// with SHA-256, hashed and signed inside the HSM, DER signature out. Signing blocks on the HSM
-/// for one signature.
+/// The checkpoint key: an HSM key (any PKCS#11 token; SoftHSM2 in tests) checked to be EC
+/// P-256, because checkpoints are verified as ECDSA P-256 with SHA-256 signatures. It signs
+/// through [`Signer`] like every other key (hashed and signed inside the HSM, DER signature
+/// out; one signature blocks on the HSM).
 pub struct HsmCheckpointSigner {
     key: crate::hsm::HsmKey,
-    key_id: String,
 }
 
 impl HsmCheckpointSigner {
     /// Refuses a key that is not EC P-256 (checkpoints are verified as P-256 signatures).
     pub fn new(key: crate::hsm::HsmKey) -> Result<HsmCheckpointSigner, AuditError> {
-        let key_id = key.uri();
         if key.spec() != crate::hsm::KeySpec::EcP256 {
             return Err(AuditError::CheckpointKeyNotP256 {
-                key_id,
+                key_id: key.uri(),
                 spec: key.spec().name(),
             });
         }
-        Ok(HsmCheckpointSigner { key, key_id })
+        Ok(HsmCheckpointSigner { key })
     }
 }
 
-impl CheckpointSigner for HsmCheckpointSigner {
-    fn key_id(&self) -> &str {
-        &self.key_id
+impl Signer for HsmCheckpointSigner {
+    fn key_id(&self) -> String {
+        self.key.key_id()
     }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.key
-            .sign(crate::hsm::SignatureScheme::EcdsaSha256, message)
-            .map_err(|e| e.to_string())
+    fn public_key_der(&self) -> &[u8] {
+        self.key.public_key_der()
+    }
+    fn scheme(&self) -> SignatureScheme {
+        Signer::scheme(&self.key)
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        Signer::sign(&self.key, message)
     }
 }
 
@@ -193,7 +192,7 @@ impl EcdsaP256Verifier {
 /// Signs the current head of the chain, unless the last checkpoint already covers it.
 pub async fn checkpoint(
     store: &Store,
-    signer: &dyn CheckpointSigner,
+    signer: &dyn Signer,
 ) -> Result<Option<CheckpointRow>, AuditError> {
     let mut tx = store.begin_write().await?;
     let Some(head) = tx.last_audit_event().await? else {
@@ -211,14 +210,15 @@ pub async fn checkpoint(
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(sign),
         _ => sign(),
     };
-    let signature = signed.map_err(|reason| AuditError::Signing {
-        key_id: signer.key_id().to_string(),
-        reason,
+    let key_id = signer.key_id();
+    let signature = signed.map_err(|e| AuditError::Signing {
+        key_id: key_id.clone(),
+        reason: e.to_string(),
     })?;
     let row = CheckpointRow {
         sequence: head.sequence,
         head_hash: head.hash,
-        key_id: signer.key_id().to_string(),
+        key_id,
         signature,
         at: now_rfc3339(),
     };

@@ -7,7 +7,7 @@ use super::CaError;
 use super::issue::{IssuingCa, certificate_pem};
 use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
 use super::serial::SerialNumber;
-use super::signer::HsmSigningKey;
+use super::signing::{EncodeOnlyKey, sign_encoded};
 use crate::hsm::{Hsm, HsmKey, KeySpec};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer,
@@ -223,8 +223,10 @@ fn run_ceremony(
         .generate_key_pair(&params.issuing_key_label, params.issuing_key_spec)?;
     ledger.keys.push(issuing_key.clone());
 
-    let root_signer = HsmSigningKey::new(root_key.clone())?;
-    let issuing_signer = HsmSigningKey::new(issuing_key.clone())?;
+    // rcgen encodes around the keys' public halves; each certificate is then signed once by
+    // the root key through the signing seam.
+    let root_public = EncodeOnlyKey::of(&root_key)?;
+    let issuing_public = EncodeOnlyKey::of(&issuing_key)?;
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is a valid nanosecond");
@@ -237,9 +239,13 @@ fn run_ceremony(
         params.root_validity_days,
         params.root_path_len,
     )?;
-    let root_cert = root_params
-        .self_signed(&root_signer)
-        .map_err(HsmSigningKey::take_error)?;
+    let root_der = sign_encoded(
+        root_params
+            .self_signed(&root_public)
+            .map_err(|e| CaError::CertificateEncoding(e.to_string()))?
+            .der(),
+        &root_key,
+    )?;
 
     let mut issuing_params = ca_params(
         &params.issuing_common_name,
@@ -256,12 +262,14 @@ fn run_ceremony(
             CERTIFICATE_POLICIES_EXTENSION,
             any_policy,
         ));
-    let root_issuer = Issuer::from_params(&root_params, &root_signer);
-    let issuing_cert = issuing_params
-        .signed_by(&issuing_signer, &root_issuer)
-        .map_err(HsmSigningKey::take_error)?;
-    let root_der = root_cert.der().to_vec();
-    let issuing_der = issuing_cert.der().to_vec();
+    let root_issuer = Issuer::from_params(&root_params, &root_public);
+    let issuing_der = sign_encoded(
+        issuing_params
+            .signed_by(&issuing_public, &root_issuer)
+            .map_err(|e| CaError::CertificateEncoding(e.to_string()))?
+            .der(),
+        &root_key,
+    )?;
     // Proves the pair works before anything is written: the issuing key matches its certificate.
     IssuingCa::new(issuing_der.clone(), issuing_key.clone())?;
 
@@ -308,15 +316,14 @@ pub fn self_signed_ca_certificate(
     common_name: &str,
     validity_days: u32,
 ) -> Result<Vec<u8>, CaError> {
-    let signer = HsmSigningKey::new(key.clone())?;
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is a valid nanosecond");
     let params = ca_params(common_name, None, now, validity_days, Some(0))?;
-    let cert = params
-        .self_signed(&signer)
-        .map_err(HsmSigningKey::take_error)?;
-    Ok(cert.der().to_vec())
+    let encoded = params
+        .self_signed(&EncodeOnlyKey::of(key)?)
+        .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;
+    sign_encoded(encoded.der(), key)
 }
 
 /// A CA read back from its data directory (no HSM needed).

@@ -1,5 +1,5 @@
 //! CRL signing (RFC 5280 §5, version 2): revoked entries + CRL number + times in, DER out,
-//! signed by the issuing CA key in the HSM. Pure: it neither reads the store nor decides when
+//! signed by the issuing CA's `hsm::Signer` (the HSM). Pure: it neither reads the store nor decides when
 //! to re-sign (`web::revocation` does).
 //!
 //! Profile: issuer = the issuing CA's subject; thisUpdate / nextUpdate; extensions
@@ -9,7 +9,8 @@
 
 use super::CaError;
 use super::issue::IssuingCa;
-use super::signer::HsmSigningKey;
+use super::revocation_reason::RevocationReason;
+use super::signing::{self, EncodeOnlyKey};
 use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
@@ -34,25 +35,24 @@ pub struct CrlContents {
     pub entries: Vec<RevokedEntry>,
 }
 
-/// rcgen's reason for an RFC 5280 code (7 is unassigned; removeFromCRL (8) belongs to delta
-/// CRLs, which Tessera does not make).
+/// rcgen's reason for an RFC 5280 code; 0 (unspecified) writes no reasonCode extension.
 fn reason(code: i64) -> Result<Option<rcgen::RevocationReason>, CaError> {
     use rcgen::RevocationReason as R;
-    Ok(Some(match code {
-        0 => return Ok(None),
-        1 => R::KeyCompromise,
-        2 => R::CaCompromise,
-        3 => R::AffiliationChanged,
-        4 => R::Superseded,
-        5 => R::CessationOfOperation,
-        6 => R::CertificateHold,
-        9 => R::PrivilegeWithdrawn,
-        10 => R::AaCompromise,
-        other => {
-            return Err(CaError::RevocationEncoding(format!(
-                "revocation reason code {other} cannot appear on a CRL"
-            )));
-        }
+    let reason = RevocationReason::from_code(code).ok_or_else(|| {
+        CaError::RevocationEncoding(format!(
+            "revocation reason code {code} cannot appear on a CRL"
+        ))
+    })?;
+    Ok(Some(match reason {
+        RevocationReason::Unspecified => return Ok(None),
+        RevocationReason::KeyCompromise => R::KeyCompromise,
+        RevocationReason::CaCompromise => R::CaCompromise,
+        RevocationReason::AffiliationChanged => R::AffiliationChanged,
+        RevocationReason::Superseded => R::Superseded,
+        RevocationReason::CessationOfOperation => R::CessationOfOperation,
+        RevocationReason::CertificateHold => R::CertificateHold,
+        RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise => R::AaCompromise,
     }))
 }
 
@@ -73,16 +73,21 @@ pub fn subject_key_identifier(certificate_der: &[u8]) -> Result<Vec<u8>, CaError
         })
 }
 
-/// Signs a CRL over `contents` with the issuing CA key (one HSM signature); returns its DER.
+/// Signs a CRL over `contents` with the issuing CA's signer (one signature); returns its DER.
+/// rcgen encodes the CertificateList; its tbsCertList is signed as a certificate's is
+/// (`signing.rs`).
 pub fn sign_crl(issuing: &IssuingCa, contents: &CrlContents) -> Result<Vec<u8>, CaError> {
     if contents.next_update <= contents.this_update {
         return Err(CaError::RevocationEncoding(
             "nextUpdate must be after thisUpdate".into(),
         ));
     }
-    let signer = HsmSigningKey::new(issuing.key().clone())?;
-    let issuer = Issuer::from_ca_cert_der(&issuing.certificate_der().to_vec().into(), signer)
-        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+    let signer = issuing.signer().as_ref();
+    let issuer = Issuer::from_ca_cert_der(
+        &issuing.certificate_der().to_vec().into(),
+        EncodeOnlyKey::of(signer)?,
+    )
+    .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
     let revoked_certs = contents
         .entries
         .iter()
@@ -105,10 +110,10 @@ pub fn sign_crl(issuing: &IssuingCa, contents: &CrlContents) -> Result<Vec<u8>, 
             issuing.certificate_der(),
         )?),
     };
-    let crl = params
+    let encoded = params
         .signed_by(&issuer)
-        .map_err(HsmSigningKey::take_error)?;
-    Ok(crl.der().to_vec())
+        .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;
+    signing::sign_encoded(encoded.der(), signer)
 }
 
 /// The file in a CA data directory that holds the last root CRL number.

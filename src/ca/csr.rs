@@ -4,7 +4,7 @@
 
 use super::CaError;
 use super::issue::SubjectParams;
-use super::signer::SubjectPublicKey;
+use super::subject_key::SubjectPublicKey;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;

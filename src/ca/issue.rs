@@ -1,17 +1,23 @@
-//! Issuance: subject names + the subject's public key + a profile + a serial chosen before
-//! signing → a DER certificate signed by the issuing CA key in the HSM.
+//! Issuance in two phases (Boulder's `Prepare`/`Issue`): subject names + the subject's public
+//! key + a profile + a serial chosen by the caller → [`IssuingCa::prepare`] → a
+//! [`PreparedCertificate`] holding the exact tbsCertificate DER; the caller records it, signs
+//! those bytes with [`IssuingCa::signer`], and [`PreparedCertificate::assemble`]s the
+//! certificate. `ca` itself neither stores nor waits: the server's order (reserve, sign,
+//! record) lives in `lifecycle::issuance`.
 
 use super::CaError;
 use super::der_encoding;
 use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
 use super::profile::Profile;
 use super::serial::SerialNumber;
-use super::signer::{CapturingSigner, HsmSigningKey, SubjectPublicKey};
-use crate::hsm::HsmKey;
+use super::signing::{self, EncodeOnlyKey};
+use super::subject_key::SubjectPublicKey;
+use crate::hsm::{SignatureScheme, Signer};
 use rcgen::{
     CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, PublicKeyData,
     SanType,
 };
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 
@@ -127,42 +133,92 @@ pub fn certificate_pem(der: &[u8]) -> String {
         .expect("PEM encoding of an in-memory buffer cannot fail")
 }
 
-/// The issuing CA: its certificate and its key in the HSM. Built once, then shared by every
-/// issuance (Send + Sync; each `issue` call signs once in the HSM).
+/// A certificate ready to be signed: its serial, validity and the exact tbsCertificate DER the
+/// issuing key will sign. Only [`IssuingCa::prepare`] makes one; the caller records it (the
+/// server stores serial and bytes before anything is signed), has the issuing CA's
+/// [`Signer`] sign [`PreparedCertificate::to_be_signed`], and then
+/// [`PreparedCertificate::assemble`]s the certificate from these same bytes.
+#[derive(Clone, Debug)]
+pub struct PreparedCertificate {
+    serial: SerialNumber,
+    to_be_signed: Vec<u8>,
+    scheme: SignatureScheme,
+    signature_algorithm: &'static [u8],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl PreparedCertificate {
+    pub fn serial(&self) -> &SerialNumber {
+        &self.serial
+    }
+
+    /// The tbsCertificate, DER: exactly what the signature covers and the certificate holds.
+    pub fn to_be_signed(&self) -> &[u8] {
+        &self.to_be_signed
+    }
+
+    /// The scheme the issuing key signs with (named in the tbsCertificate).
+    pub fn signature_scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }, with the
+    /// prepared bytes as they are and `signature` from the issuing CA's signer.
+    pub fn assemble(self, signature: &[u8]) -> Result<IssuedCertificate, CaError> {
+        Ok(IssuedCertificate {
+            der: signing::assemble(&self.to_be_signed, self.signature_algorithm, signature)?,
+            serial: self.serial,
+            not_before: self.not_before,
+            not_after: self.not_after,
+        })
+    }
+}
+
+/// The issuing CA: its certificate and its key (a [`Signer`], the HSM in production). Built
+/// once, then shared by every issuance (Send + Sync). It never signs on its own initiative:
+/// [`IssuingCa::prepare`] only encodes; the caller signs with [`IssuingCa::signer`].
 pub struct IssuingCa {
     certificate_der: Vec<u8>,
     not_after: OffsetDateTime,
-    issuer: Issuer<'static, CapturingSigner>,
+    signer: Arc<dyn Signer>,
+    issuer: Issuer<'static, EncodeOnlyKey>,
 }
 
 impl IssuingCa {
     /// `certificate_der` must be the certificate of `key`; a mismatch is refused (it would make
     /// every issued certificate unverifiable).
-    pub fn new(certificate_der: Vec<u8>, key: HsmKey) -> Result<IssuingCa, CaError> {
+    pub fn new(certificate_der: Vec<u8>, key: impl Signer + 'static) -> Result<IssuingCa, CaError> {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&certificate_der)
             .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
-        let signer = HsmSigningKey::new(key)?;
+        let encode_only = EncodeOnlyKey::of(&key)?;
         if cert
             .tbs_certificate
             .subject_pki
             .subject_public_key
             .data
             .as_ref()
-            != signer.der_bytes()
+            != encode_only.der_bytes()
         {
             return Err(CaError::CaKeyMismatch {
-                key_uri: signer.hsm_key().uri(),
+                key_uri: key.key_id(),
             });
         }
         let not_after = cert.validity().not_after.to_datetime();
-        let issuer = Issuer::from_ca_cert_der(
-            &certificate_der.clone().into(),
-            CapturingSigner::new(signer),
-        )
-        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&certificate_der.clone().into(), encode_only)
+            .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
         Ok(IssuingCa {
             certificate_der,
             not_after,
+            signer: Arc::new(key),
             issuer,
         })
     }
@@ -171,26 +227,23 @@ impl IssuingCa {
         &self.certificate_der
     }
 
-    pub fn key(&self) -> &HsmKey {
-        self.issuer.key().signing_key().hsm_key()
+    /// The issuing CA's key: what signs [`PreparedCertificate::to_be_signed`] (and CRLs).
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
     }
 
-    /// Builds, signs (one HSM signature) and returns the certificate.
+    /// One-shot issuance without recording (`ca sign-csr`, benchmarks, tests): prepare, sign
+    /// once with the issuing key (blocking on the HSM), assemble.
     pub fn issue(&self, request: &IssuanceRequest<'_>) -> Result<IssuedCertificate, CaError> {
-        self.issue_recorded(request, |_, _| Ok(()))
+        let prepared = self.prepare(request)?;
+        let signature = self.signer.sign(prepared.to_be_signed())?;
+        prepared.assemble(&signature)
     }
 
-    /// Like [`IssuingCa::issue`], but first hands the serial and the exact tbsCertificate DER
-    /// to `record_to_be_signed` (the server stores them); the HSM signs only if that succeeds,
-    /// so no signed certificate can exist that the store does not know.
-    pub fn issue_recorded<F>(
-        &self,
-        request: &IssuanceRequest<'_>,
-        record_to_be_signed: F,
-    ) -> Result<IssuedCertificate, CaError>
-    where
-        F: FnOnce(&SerialNumber, &[u8]) -> Result<(), String>,
-    {
+    /// Checks the request against its profile and encodes the certificate: serial, validity,
+    /// and the exact tbsCertificate the issuing key is to sign. Pure: nothing is signed,
+    /// nothing is stored.
+    pub fn prepare(&self, request: &IssuanceRequest<'_>) -> Result<PreparedCertificate, CaError> {
         let profile = request.profile;
         let public_key = SubjectPublicKey::from_spki_der(request.public_key_der)?;
         let provenance_policy = match request.provenance {
@@ -321,23 +374,17 @@ impl IssuingCa {
                 ));
         }
 
-        // rcgen encodes; the capturing signer hands back the tbsCertificate instead of signing.
-        let _ = CapturingSigner::take_captured();
-        params
+        // rcgen encodes around the issuing key's public half; the placeholder signature it
+        // writes is cut away with everything but the tbsCertificate.
+        let encoded = params
             .signed_by(&public_key, &self.issuer)
             .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;
-        let to_be_signed = CapturingSigner::take_captured().ok_or_else(|| {
-            CaError::CertificateEncoding("rcgen produced no tbsCertificate".into())
-        })?;
-        record_to_be_signed(request.serial, &to_be_signed).map_err(CaError::RecordBeforeSigning)?;
-        let signing_key = self.issuer.key().signing_key();
-        let signature = signing_key.sign_in_hsm(&to_be_signed)?;
-        let mut content = to_be_signed;
-        content.extend_from_slice(signing_key.signature_algorithm_identifier());
-        content.extend(der_encoding::bit_string(&signature));
-        Ok(IssuedCertificate {
-            der: der_encoding::sequence(&content),
+        let to_be_signed = signing::to_be_signed(encoded.der(), self.signer.as_ref())?;
+        Ok(PreparedCertificate {
             serial: request.serial.clone(),
+            to_be_signed,
+            scheme: self.signer.scheme(),
+            signature_algorithm: self.signer.algorithm_identifier_der(),
             not_before: now,
             not_after,
         })

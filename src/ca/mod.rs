@@ -1,8 +1,11 @@
-//! The certificate authority: profiles, serial numbers, issuance with rcgen using the HSM as
-//! remote signer, CSR checking, and the CA ceremony. It never talks to tokens and never sees a
-//! PKCS#11 handle: every private-key operation goes through `crate::hsm::HsmKey::sign`.
+//! The certificate authority: profiles, serial numbers, two-phase issuance (prepare the exact
+//! tbsCertificate, then assemble it with a signature), CSR checking, CRL and OCSP signing, and
+//! the CA ceremony. Pure of storage and runtime: it never sees the store, never waits on a
+//! runtime, never calls back into its caller. It never talks to tokens and never sees a
+//! PKCS#11 handle: every private-key operation goes through the one `crate::hsm::Signer` seam.
+//! rcgen encodes; the signer signs (`signing.rs`).
 //!
-//! Start reading at [`issue::IssuingCa::issue`] (one certificate) and
+//! Start reading at [`issue::IssuingCa::prepare`] (one certificate) and
 //! [`ceremony::init_ca`] (the ceremony).
 
 pub mod ceremony;
@@ -14,16 +17,20 @@ pub mod ocsp;
 pub mod online;
 pub mod policy_oid;
 pub mod profile;
+mod revocation_reason;
 pub mod serial;
-pub mod signer;
+mod signing;
+pub mod subject_key;
 
 pub use ceremony::{CaInitParams, CaRecord, StoredCa, init_ca};
 pub use csr::{VerifiedCsr, parse_and_verify_csr};
 pub use issue::{
-    HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance, SubjectParams,
+    HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance,
+    PreparedCertificate, SubjectParams,
 };
 pub use online::OnlineCa;
 pub use profile::{Profile, ProfileSet};
+pub use revocation_reason::RevocationReason;
 pub use serial::SerialNumber;
 
 use crate::hsm::HsmError;

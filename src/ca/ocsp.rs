@@ -1,5 +1,5 @@
 //! OCSP responder (RFC 6960): reads an OCSPRequest, and signs a BasicOCSPResponse with a
-//! delegated responder key in the HSM whose certificate (issued by the issuing CA, EKU
+//! delegated responder key (an `hsm::Signer`, in the HSM) whose certificate (issued by the issuing CA, EKU
 //! id-kp-OCSPSigning, id-pkix-ocsp-nocheck) is included in every response. Pure: the caller
 //! (`web`) looks the serials up in the store and hands in their states.
 //!
@@ -13,8 +13,9 @@
 
 use super::CaError;
 use super::issue::certificate_pem;
-use super::signer::HsmSigningKey;
-use crate::hsm::{Hsm, HsmKey};
+use super::revocation_reason::RevocationReason;
+use super::signing::public_key_bits;
+use crate::hsm::{Hsm, Signer};
 use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, GeneralizedTime, Null, OctetString};
 use der::{Choice, Decode, Encode, Enumerated, Sequence};
@@ -179,44 +180,8 @@ enum CertStatus {
 struct RevokedInfo {
     revocation_time: GeneralizedTime,
     #[asn1(context_specific = "0", optional = "true", tag_mode = "EXPLICIT")]
-    revocation_reason: Option<CrlReasonCode>,
-}
-
-/// CRLReason ::= ENUMERATED (the codes Tessera records).
-#[derive(Enumerated, Copy, Clone, Debug, Eq, PartialEq)]
-#[repr(u32)]
-enum CrlReasonCode {
-    Unspecified = 0,
-    KeyCompromise = 1,
-    CaCompromise = 2,
-    AffiliationChanged = 3,
-    Superseded = 4,
-    CessationOfOperation = 5,
-    CertificateHold = 6,
-    PrivilegeWithdrawn = 9,
-    AaCompromise = 10,
-}
-
-impl CrlReasonCode {
-    fn from_code(code: i64) -> Result<CrlReasonCode, CaError> {
-        use CrlReasonCode as R;
-        Ok(match code {
-            0 => R::Unspecified,
-            1 => R::KeyCompromise,
-            2 => R::CaCompromise,
-            3 => R::AffiliationChanged,
-            4 => R::Superseded,
-            5 => R::CessationOfOperation,
-            6 => R::CertificateHold,
-            9 => R::PrivilegeWithdrawn,
-            10 => R::AaCompromise,
-            other => {
-                return Err(CaError::RevocationEncoding(format!(
-                    "revocation reason code {other} cannot appear in an OCSP response"
-                )));
-            }
-        })
-    }
+    /// CRLReason ::= ENUMERATED
+    revocation_reason: Option<RevocationReason>,
 }
 
 // ---- requests ----
@@ -314,7 +279,7 @@ pub struct OcspRecord {
 /// The delegated responder: its key in the HSM, its certificate, and the issuing CA it answers
 /// for.
 pub struct OcspResponder {
-    signer: HsmSigningKey,
+    signer: Box<dyn Signer>,
     certificate: Certificate,
     /// SHA-1 of the responder's subjectPublicKey (responderID byKey).
     key_hash: [u8; 20],
@@ -330,31 +295,31 @@ fn unreadable(e: impl std::fmt::Display) -> CaError {
 impl OcspResponder {
     /// `responder_der` must be the certificate of `key`, issued by `issuing_der`.
     pub fn new(
-        key: HsmKey,
+        key: impl Signer + 'static,
         responder_der: &[u8],
         issuing_der: &[u8],
     ) -> Result<OcspResponder, CaError> {
         let certificate = Certificate::from_der(responder_der).map_err(unreadable)?;
         let issuing = Certificate::from_der(issuing_der).map_err(unreadable)?;
-        let signer = HsmSigningKey::new(key)?;
+        let key_bits = public_key_bits(&key)?;
         let responder_bits = certificate
             .tbs_certificate()
             .subject_public_key_info()
             .subject_public_key
             .raw_bytes()
             .to_vec();
-        if responder_bits != rcgen::PublicKeyData::der_bytes(&signer) {
+        if responder_bits != key_bits {
             return Err(CaError::OcspKeyMismatch {
-                key_uri: signer.hsm_key().uri(),
+                key_uri: key.key_id(),
             });
         }
         signed_by(responder_der, issuing_der)?;
         let signature_algorithm =
-            AlgorithmIdentifierOwned::from_der(signer.signature_algorithm_identifier())
+            AlgorithmIdentifierOwned::from_der(key.algorithm_identifier_der())
                 .map_err(unreadable)?;
         Ok(OcspResponder {
             key_hash: Sha1::digest(&responder_bits).into(),
-            signer,
+            signer: Box::new(key),
             certificate,
             issuer_name_der: issuing
                 .tbs_certificate()
@@ -479,9 +444,14 @@ impl OcspResponder {
                         CertStatus::Revoked(RevokedInfo {
                             revocation_time: generalized_time(*at)?,
                             // RFC 5280 §5.3.1: absent rather than unspecified.
-                            revocation_reason: match reason_code {
-                                0 => None,
-                                code => Some(CrlReasonCode::from_code(*code)?),
+                            revocation_reason: match RevocationReason::from_code(*reason_code) {
+                                Some(RevocationReason::Unspecified) => None,
+                                Some(reason) => Some(reason),
+                                None => {
+                                    return Err(CaError::RevocationEncoding(format!(
+                                        "revocation reason code {reason_code} cannot appear in an OCSP response"
+                                    )));
+                                }
                             },
                         })
                     }
@@ -505,7 +475,7 @@ impl OcspResponder {
             response_extensions: query.nonce.clone().map(|n| vec![n]),
         };
         let tbs_der = tbs.to_der().map_err(encoding)?;
-        let signature = self.signer.sign_in_hsm(&tbs_der)?;
+        let signature = self.signer.sign(&tbs_der)?;
         let basic = BasicOcspResponse {
             tbs_response_data: tbs,
             signature_algorithm: self.signature_algorithm.clone(),

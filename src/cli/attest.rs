@@ -57,6 +57,15 @@ pub fn run(args: AttestArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Why the command could not even judge the attestation (exit 2).
+/// The codes `tessera attest verify` adds to [`AttestError::CODES`] and
+/// [`crate::attest::DenyReason::CODES`] for inputs it cannot read (docs/attestation.md).
+pub const CLI_CODES: &[&str] = &[
+    "input-unreadable",
+    "input-too-large",
+    "policy-unreadable",
+    "policy-invalid",
+];
+
 struct Unreadable {
     code: &'static str,
     message: String,

@@ -144,11 +144,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let subject_key = p256.public_key_der().to_vec();
 
     let sign_p256 = |_| -> anyhow::Result<()> {
-        p256.sign(SignatureScheme::EcdsaSha256, &message)?;
+        p256.sign_with(SignatureScheme::EcdsaSha256, &message)?;
         Ok(())
     };
     let sign_rsa = |_| -> anyhow::Result<()> {
-        rsa.sign(SignatureScheme::RsaPkcs1Sha256, &message)?;
+        rsa.sign_with(SignatureScheme::RsaPkcs1Sha256, &message)?;
         Ok(())
     };
     let issue = |i: u32| -> anyhow::Result<()> {

@@ -233,7 +233,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let p256 = keys.generate(format!("tessera-bench-grpc-p256-{tag}"), KeySpec::EcP256)?;
     let message = vec![0x5a_u8; 400];
     let sign = |_| -> anyhow::Result<()> {
-        p256.sign(SignatureScheme::EcdsaSha256, &message)?;
+        p256.sign_with(SignatureScheme::EcdsaSha256, &message)?;
         Ok(())
     };
 

@@ -109,6 +109,25 @@ impl EnrollError {
         }
     }
 
+    /// Every reason [`EnrollError::reason`] returns (docs/api.md lists the same).
+    pub const REASONS: &'static [&'static str] = &[
+        "INTERNAL",
+        "NONCE_ALREADY_USED",
+        "ENROLLMENT_NOT_COMPLETED",
+        "ENROLLMENT_EXPIRED",
+        "ENROLLMENT_ABORTED",
+        "ENROLLMENT_ALREADY_CONFIRMED",
+        "SLOT_NOT_PLANNED",
+        "SLOT_DUPLICATE",
+        "SLOT_MISSING",
+        "ATTESTATION_FROM_ANOTHER_TOKEN",
+        "ATTESTATION_INVALID",
+        "ATTESTATION_SLOT_MISMATCH",
+        "ATTESTATION_NOT_AS_PLANNED",
+        "PROOF_SIGNATURE_INVALID",
+        "ATTESTATION_POLICY_DENIED",
+    ];
+
     /// The stable reason string a station can act on.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -87,7 +87,7 @@ impl std::fmt::Display for KeySpec {
     }
 }
 
-/// How `HsmKey::sign` hashes and signs (always inside the HSM).
+/// How `HsmKey::sign_with` hashes and signs (always inside the HSM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignatureScheme {
     /// CKM_ECDSA_SHA256; the signature is returned as a DER ECDSA-Sig-Value.
@@ -160,8 +160,10 @@ impl HsmKey {
         &self.inner.public_der
     }
 
-    /// Hashes and signs `message` inside the HSM. ECDSA signatures come back DER-encoded.
-    pub fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    /// Hashes and signs `message` inside the HSM with `scheme`. ECDSA signatures come back
+    /// DER-encoded. Everything outside `hsm` signs through [`super::Signer`], which picks the
+    /// scheme from the key's kind; this is the lower-level call (tests use it for PSS).
+    pub fn sign_with(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, HsmError> {
         let spec = self.inner.spec;
         if !scheme.fits(spec) {
             return Err(HsmError::SchemeMismatch { scheme, spec });

@@ -3,25 +3,8 @@ use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
 use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, WriteTx, now_rfc3339};
 
-/// RFC 5280 CRLReason, with the RFC's codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationReason {
-    Unspecified = 0,
-    KeyCompromise = 1,
-    CaCompromise = 2,
-    AffiliationChanged = 3,
-    Superseded = 4,
-    CessationOfOperation = 5,
-    CertificateHold = 6,
-    PrivilegeWithdrawn = 9,
-    AaCompromise = 10,
-}
-
-impl RevocationReason {
-    pub fn code(self) -> i64 {
-        self as i64
-    }
-}
+/// RFC 5280 CRLReason, with the RFC's codes (one type, kept in `ca`).
+pub use crate::ca::RevocationReason;
 
 /// Revokes a certificate, or puts it on hold when the reason is `CertificateHold`. A held
 /// certificate may be revoked for good; a revoked one stays revoked; a reserved (unsigned)
@@ -62,21 +45,13 @@ pub async fn revoke_certificate(
         }
     };
     let now = now_rfc3339();
-    let row = tx
-        .update_certificate_status(serial, target, Some(reason.code()), Some(&now))
-        .await?;
-    audit::record(
-        tx,
-        actor,
-        Change {
-            action,
-            subject: format!("certificate:{serial}"),
-            before: Some(serde_json::to_value(&before).unwrap_or_default()),
-            after: Some(serde_json::to_value(&row).unwrap_or_default()),
-            request_id,
-        },
-    )
-    .await?;
+    let change = StatusChange {
+        status: target,
+        reason: Some(reason.code()),
+        at: Some(&now),
+        action,
+    };
+    let row = change_status(tx, actor, request_id, &before, change).await?;
     Ok(row)
 }
 
@@ -123,22 +98,49 @@ pub async fn apply_certificate_effect(
             }
             _ => continue,
         };
-        let row = tx
-            .update_certificate_status(&before.serial, status, reason, at)
-            .await?;
-        audit::record(
-            tx,
-            actor,
-            Change {
-                action,
-                subject: format!("certificate:{}", row.serial),
-                before: Some(serde_json::to_value(&before).unwrap_or_default()),
-                after: Some(serde_json::to_value(&row).unwrap_or_default()),
-                request_id,
-            },
-        )
-        .await?;
+        let change = StatusChange {
+            status,
+            reason,
+            at,
+            action,
+        };
+        let row = change_status(tx, actor, request_id, &before, change).await?;
         changed.push(row.serial);
     }
     Ok(changed)
+}
+
+/// One status change of one certificate: the new status, reason code and time, and the audit
+/// action that records it.
+struct StatusChange<'a> {
+    status: CertificateStatus,
+    reason: Option<i64>,
+    at: Option<&'a str>,
+    action: &'static str,
+}
+
+/// Applies `change` to the certificate `before` and audits it (before and after rows).
+async fn change_status(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    request_id: &str,
+    before: &CertificateRow,
+    change: StatusChange<'_>,
+) -> Result<CertificateRow, LifecycleError> {
+    let row = tx
+        .update_certificate_status(&before.serial, change.status, change.reason, change.at)
+        .await?;
+    audit::record(
+        tx,
+        actor,
+        Change {
+            action: change.action,
+            subject: format!("certificate:{}", row.serial),
+            before: Some(serde_json::to_value(before).unwrap_or_default()),
+            after: Some(serde_json::to_value(&row).unwrap_or_default()),
+            request_id,
+        },
+    )
+    .await?;
+    Ok(row)
 }

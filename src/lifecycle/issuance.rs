@@ -1,11 +1,16 @@
-//! Issuance as one unit with its record (Boulder's rule): the serial is reserved and the exact
-//! tbsCertificate stored (and audited) in one committed transaction *before* the HSM signs;
-//! the signed certificate is then stored and audited in a second one. A crash between the two
-//! leaves a `reserved` row whose tbsCertificate tells exactly what may have been signed — never
-//! a signed certificate the store does not know.
+//! Issuance as one unit with its record (Boulder's rule), read top to bottom in `issue`:
+//! `ca` prepares the exact tbsCertificate; the serial is reserved and those bytes stored (and
+//! audited) in one committed transaction *before* the HSM signs; the issuing key signs them on a
+//! blocking thread; `ca` assembles the certificate; it is stored and audited in a second
+//! transaction. A crash between the two leaves a `reserved` row whose tbsCertificate tells
+//! exactly what may have been signed — never a signed certificate the store does not know.
+//! Data only flows down: `ca` never calls back into the store.
 use super::{LifecycleError, RequestKey};
 use crate::audit::{self, Actor, Change};
-use crate::ca::{CaError, IssuanceRequest, KeyProvenance, OnlineCa, SerialNumber, SubjectParams};
+use crate::ca::{
+    CaError, IssuanceRequest, KeyProvenance, OnlineCa, PreparedCertificate, SerialNumber,
+    SubjectParams,
+};
 use crate::store::{CertificateRow, NewCertificate, Store};
 use sha2::Digest;
 use std::sync::Arc;
@@ -97,66 +102,42 @@ async fn issue(
     request_id: &str,
     once: Option<&IssueOnce>,
 ) -> Result<CertificateRow, IssuanceError> {
+    // 1. Prepare: the CA checks the request against its profile and encodes the exact
+    //    tbsCertificate. Nothing is signed yet.
     let serial = SerialNumber::random()?;
     let serial_hex = hex::encode(serial.as_bytes());
-    let runtime = tokio::runtime::Handle::current();
-    // The reservation's own error, kept typed (the CA's callback only carries a message).
-    let reserve_error = Arc::new(std::sync::Mutex::new(None::<LifecycleError>));
-    let issued = {
-        let ca = Arc::clone(ca);
-        let store = store.clone();
-        let actor = actor.clone();
-        let request_id = request_id.to_string();
-        let params = params.clone();
-        let serial_hex = serial_hex.clone();
-        let key = once.map(|o| o.key.clone());
-        let reserve_error = Arc::clone(&reserve_error);
-        tokio::task::spawn_blocking(move || {
-            let profile = ca.profiles.get(&params.profile)?;
-            let request = IssuanceRequest {
-                subject: &params.subject,
-                public_key_der: &params.public_key_der,
-                profile,
-                serial: &serial,
-                provenance: params.provenance.clone(),
-            };
-            ca.issuing.issue_recorded(&request, |_, tbs| {
-                runtime
-                    .block_on(reserve(
-                        &store,
-                        &params,
-                        &serial_hex,
-                        tbs,
-                        &actor,
-                        &request_id,
-                        key.as_ref(),
-                    ))
-                    .map_err(|e| {
-                        let message = e.to_string();
-                        if let Ok(mut slot) = reserve_error.lock() {
-                            *slot = Some(e);
-                        }
-                        message
-                    })
-            })
-        })
+    let request = IssuanceRequest {
+        subject: &params.subject,
+        public_key_der: &params.public_key_der,
+        profile: ca.profiles.get(&params.profile)?,
+        serial: &serial,
+        provenance: params.provenance.clone(),
+    };
+    let prepared = ca.issuing.prepare(&request)?;
+
+    // 2. Reserve: serial, tbsCertificate and its audit event (and the request id's claim)
+    //    commit before the HSM is asked for anything.
+    let once_key = once.map(|o| &o.key);
+    if let Err(e) = reserve(store, &params, &prepared, actor, request_id, once_key).await {
+        // A claimed request id is the caller's to handle (it replays); any other failure to
+        // record stays "not signed: recording it before signing failed".
+        return Err(match e {
+            typed @ LifecycleError::RequestInProgress(_) => IssuanceError::Lifecycle(typed),
+            other => IssuanceError::Ca(CaError::RecordBeforeSigning(other.to_string())),
+        });
+    }
+
+    // 3. Sign the recorded bytes with the issuing key; the HSM call blocks, so it runs on a
+    //    blocking thread.
+    let signer = Arc::clone(ca.issuing.signer());
+    let to_be_signed = prepared.to_be_signed().to_vec();
+    let signature = tokio::task::spawn_blocking(move || signer.sign(&to_be_signed))
         .await
         .map_err(|e| CaError::CertificateEncoding(format!("issuance task failed: {e}")))?
-    };
-    let issued = match issued {
-        Ok(issued) => issued,
-        Err(e) => {
-            // A claimed request id is the caller's to handle (it replays); any other failure
-            // to record stays "not signed: recording it before signing failed".
-            let reserve_error = reserve_error.lock().ok().and_then(|mut slot| slot.take());
-            return Err(match reserve_error {
-                Some(typed @ LifecycleError::RequestInProgress(_)) => {
-                    IssuanceError::Lifecycle(typed)
-                }
-                _ => IssuanceError::Ca(e),
-            });
-        }
-    };
+        .map_err(CaError::from)?;
+
+    // 4. Assemble the certificate from the same bytes, then record it.
+    let issued = prepared.assemble(&signature)?;
     let sha256 = hex::encode(sha2::Sha256::digest(&issued.der));
     let mut tx = store.begin_write().await.map_err(LifecycleError::from)?;
     let row = tx
@@ -189,26 +170,30 @@ async fn issue(
     Ok(row)
 }
 
+/// Stores the prepared certificate as `reserved` (serial, tbsCertificate, validity) with a
+/// `certificate.reserve` audit event, and claims the request id, in one committed transaction.
 async fn reserve(
     store: &Store,
     params: &IssueParams,
-    serial_hex: &str,
-    tbs: &[u8],
+    prepared: &PreparedCertificate,
     actor: &Actor,
     request_id: &str,
     once: Option<&RequestKey>,
 ) -> Result<(), LifecycleError> {
-    let (not_before, not_after) = validity_of(tbs)?;
+    let serial_hex = hex::encode(prepared.serial().as_bytes());
+    let tbs = prepared.to_be_signed();
+    let not_before = rfc3339(prepared.not_before())?;
+    let not_after = rfc3339(prepared.not_after())?;
     let mut tx = store.begin_write().await?;
     if let Some(key) = once {
         // Claimed by a concurrent repeat since the caller's replay check: do not sign twice.
         if super::replay(&mut tx, key).await?.is_some() {
             return Err(LifecycleError::RequestInProgress(key.request_id.clone()));
         }
-        super::remember(&mut tx, key, pending_answer(serial_hex)).await?;
+        super::remember(&mut tx, key, pending_answer(&serial_hex)).await?;
     }
     tx.reserve_certificate(&NewCertificate {
-        serial: serial_hex.to_string(),
+        serial: serial_hex.clone(),
         person_id: params.person_id,
         token_id: params.token_id,
         profile: params.profile.clone(),
@@ -240,19 +225,14 @@ async fn reserve(
     Ok(())
 }
 
-/// notBefore and notAfter of a DER tbsCertificate, RFC 3339.
-fn validity_of(tbs: &[u8]) -> Result<(String, String), LifecycleError> {
-    use x509_parser::prelude::FromDer;
-    let internal = |m: String| super::invalid("certificate", "INTERNAL", m);
-    let (_, tbs) = x509_parser::certificate::TbsCertificate::from_der(tbs)
-        .map_err(|e| internal(format!("the CA produced an unreadable tbsCertificate: {e}")))?;
-    let rfc3339 = |t: x509_parser::time::ASN1Time| {
-        t.to_datetime()
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| internal(format!("validity time out of range: {e}")))
-    };
-    Ok((
-        rfc3339(tbs.validity.not_before)?,
-        rfc3339(tbs.validity.not_after)?,
-    ))
+/// A validity time as the store keeps it (RFC 3339, UTC, whole seconds).
+fn rfc3339(t: time::OffsetDateTime) -> Result<String, LifecycleError> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            super::invalid(
+                "certificate",
+                "INTERNAL",
+                format!("validity time out of range: {e}"),
+            )
+        })
 }

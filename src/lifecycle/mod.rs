@@ -54,6 +54,30 @@ pub enum LifecycleError {
 }
 
 impl LifecycleError {
+    /// Every reason [`LifecycleError::reason`] returns, those of `InvalidField` included
+    /// (docs/api.md lists the same; a test compares the two and scans the sources for reasons
+    /// missing here).
+    pub const REASONS: &'static [&'static str] = &[
+        "FIELD_REQUIRED",
+        "FIELD_TOO_LONG",
+        "FIELD_INVALID",
+        "INVALID_UPN",
+        "INVALID_EMAIL",
+        "INVALID_WINDOWS_SID",
+        "DUPLICATE_EXTERNAL_ID",
+        "REQUEST_ID_MISSING",
+        "REQUEST_ID_INVALID",
+        "PERSON_NOT_FOUND",
+        "PERSON_EXISTS",
+        "TOKEN_NOT_FOUND",
+        "CERTIFICATE_NOT_FOUND",
+        "INVALID_STATE_TRANSITION",
+        "STALE_SYNC_GENERATION",
+        "REQUEST_ID_REUSED",
+        "REQUEST_IN_PROGRESS",
+        "INTERNAL",
+    ];
+
     /// The stable reason string a client can act on.
     pub fn reason(&self) -> &'static str {
         match self {

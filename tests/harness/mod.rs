@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+#[macro_use]
 pub mod database;
 pub mod pki;
 pub mod relying_party;

@@ -2,9 +2,9 @@
 """A Python grpcio client for tessera.v1, generated from proto/ at run time.
 
 Drives a person through create -> suspend -> reinstate -> offboard over mTLS and prints one
-line per step: "<step> <PERSON_STATE_NAME>". Used by tests/server.rs.
+line per step: "<step> <PERSON_STATE_NAME>". Used by tests/it/server.rs.
 
-With the revocation arguments it also acts as a relying party (tests/revocation.rs): after
+With the revocation arguments it also acts as a relying party (tests/it/revocation.rs): after
 "create" it waits for one line on stdin (the test issues the person a certificate to
 PERSON_CERT meanwhile), and after every step prints what `openssl crl` and `openssl ocsp` say
 about that certificate: "  crl <not listed | reason>  ocsp <status>[ <reason>]".

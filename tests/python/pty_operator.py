@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Plays the operator at a terminal: runs a command on a new pseudo-terminal (its controlling
-terminal, so /dev/tty is this pty) and answers prompts as they appear. Used by tests/station.rs
+terminal, so /dev/tty is this pty) and answers prompts as they appear. Used by tests/it/station.rs
 to check the station's PIN entry (twice, no echo) and its confirmations.
 
 usage: pty_operator.py SCRIPT_JSON CMD ARGS...

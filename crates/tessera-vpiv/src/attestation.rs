@@ -297,21 +297,13 @@ pub fn rsa_modulus_len(key: &rsa::RsaPrivateKey) -> usize {
     key.size()
 }
 
-// --- a minimal DER writer: the exact bytes matter here, so they are written by hand ---
+// --- a minimal DER writer: the exact bytes matter here, so each value is tagged by hand; the
+// tag and length are the `der` crate's encoding ---
 
 fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
+    der::Tag::from_der(&[tag])
+        .and_then(|tag| der::asn1::AnyRef::new(tag, content)?.to_der())
+        .expect("attestation values are small and their tags one octet")
 }
 
 fn seq(parts: &[&[u8]]) -> Vec<u8> {

@@ -63,6 +63,24 @@ impl EnrollmentRefusal {
         EnrollmentRefusal::Internal(Box::new(e))
     }
 
+    /// Every reason [`EnrollmentRefusal::reason`] returns besides those of the wrapped
+    /// [`EnrollError`] and [`LifecycleError`] (docs/api.md lists the same).
+    pub const REASONS: &'static [&'static str] = &[
+        "ENROLLMENT_NOT_CONFIGURED",
+        "ENROLLMENT_NOT_FOUND",
+        "PERSON_NOT_ACTIVE",
+        "ENROLLMENT_PROFILE_UNKNOWN",
+        "FIRMWARE_INVALID",
+        "TOKEN_SERIAL_INVALID",
+        "TOKEN_NOT_ENROLLABLE",
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        "TOKEN_NOT_ACTIVE",
+        "CREDENTIALS_NOT_HELD",
+        "FIELD_TOO_LONG",
+        "ISSUANCE_FAILED",
+        "INTERNAL",
+    ];
+
     /// The stable reason string a station can act on.
     pub fn reason(&self) -> &'static str {
         use EnrollmentRefusal as R;

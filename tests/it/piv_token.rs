@@ -1,7 +1,7 @@
 //! The `piv` token driver against a real PC/SC stack: pcscd + vpcd + `tessera-vpiv`.
 //! Run under `scripts/with-pcscd.sh` (scripts/test.sh does).
 
-mod harness;
+use crate::harness;
 
 use harness::vpcd::{CardOptions, VirtualCard};
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
@@ -337,7 +337,7 @@ fn card_attestation_passes_the_attest_verifier() {
     assert_eq!(err.code(), "serial-mismatch");
 
     // Firmware 5.7.4 is past EUCLEAK: the shipped example policy allows this key.
-    let policy = Policy::from_toml(include_str!("../config/attestation-policy.toml")).unwrap();
+    let policy = Policy::from_toml(include_str!("../../config/attestation-policy.toml")).unwrap();
     let decision = policy.evaluate(&verified);
     assert!(decision.allowed(), "{:?}", decision.reason_codes());
 }

@@ -1,7 +1,7 @@
 //! The CRL and the OCSP responder against a running server with a SoftHSM2 CA, read by
 //! `openssl crl`, `openssl ocsp`, curl and pkilint. Run with `cargo nextest run --test
 //! revocation` (one SoftHSM2 token per process).
-mod harness;
+use crate::harness;
 
 use harness::binary::tessera;
 use harness::pki::TestPki;

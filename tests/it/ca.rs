@@ -2,7 +2,7 @@
 //! `openssl verify`, pkilint, serial numbers, and every refusal with its exact message.
 //! Each test makes its own throwaway token (nextest runs each test in its own process).
 
-mod harness;
+use crate::harness;
 
 use harness::softhsm::SoftHsmToken;
 use std::path::{Path, PathBuf};
@@ -861,18 +861,19 @@ fn the_to_be_signed_certificate_is_recorded_before_the_hsm_signs() {
         serial: &serial,
         provenance: KeyProvenance::HardwareAttested,
     };
-    let mut recorded = None;
-    let issued = issuing
-        .issue_recorded(&request, |serial, tbs| {
-            recorded = Some((serial.clone(), tbs.to_vec()));
-            Ok(())
-        })
-        .unwrap();
-    let (recorded_serial, recorded_tbs) = recorded.expect("recorder called");
+    // Phase 1: the exact tbsCertificate, before anything is signed (the server records it).
+    let prepared = issuing.prepare(&request).unwrap();
+    let (recorded_serial, recorded_tbs) =
+        (prepared.serial().clone(), prepared.to_be_signed().to_vec());
     assert_eq!(recorded_serial, serial);
+    // Phase 2: the issuing key signs exactly those bytes; the certificate is assembled around them.
+    let signature = issuing.signer().sign(prepared.to_be_signed()).unwrap();
+    let issued = prepared.assemble(&signature).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.der).unwrap();
     assert_eq!(cert.tbs_certificate.as_ref(), recorded_tbs.as_slice());
     assert_eq!(cert.raw_serial(), serial.as_bytes());
+    assert_eq!(cert.validity().not_before.to_datetime(), issued.not_before);
+    assert_eq!(cert.validity().not_after.to_datetime(), issued.not_after);
     // The hand-assembled certificate verifies with OpenSSL.
     let dir = token.dir.path();
     std::fs::write(dir.join("leaf.pem"), issued.to_pem()).unwrap();
@@ -889,9 +890,8 @@ fn the_to_be_signed_certificate_is_recorded_before_the_hsm_signs() {
     );
     assert_eq!(stdout(&out), "leaf.pem: OK\n");
 
-    let err = issuing
-        .issue_recorded(&request, |_, _| Err("database is read-only".into()))
-        .unwrap_err();
+    // What the server answers when recording fails: nothing was signed.
+    let err = tessera::ca::CaError::RecordBeforeSigning("database is read-only".into());
     assert_eq!(
         err.to_string(),
         "the certificate was not signed: recording it before signing failed: database is read-only"

@@ -1,7 +1,7 @@
 //! CertificateService.IssueFromCsr and GetCaChain against a server whose `[ca]` is a CA made by
 //! `tessera ca init` in a throwaway SoftHSM2 token, on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used)]
-mod harness;
+use crate::harness;
 
 use harness::pki::{ClientCert, TestPki};
 use harness::server::{KillOnDrop, ServerTask};

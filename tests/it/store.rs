@@ -1,8 +1,8 @@
 //! The store, the audit chain and the lifecycle rules on SQLite and on PostgreSQL.
-mod harness;
 
 use std::collections::BTreeMap;
-use tessera::audit::{self, Actor, BadEvent, CheckpointSigner, EcdsaP256Verifier, Problem};
+use tessera::audit::{self, Actor, BadEvent, EcdsaP256Verifier, Problem};
+use tessera::hsm::{HsmError, SignatureScheme, Signer};
 use tessera::lifecycle::{
     self, LifecycleError, PersonInput, PersonTransition, RequestKey, TokenTransition,
 };
@@ -515,15 +515,24 @@ async fn reordered_rows_are_named(url: &str) {
     );
 }
 
-struct SoftwareSigner(p256::ecdsa::SigningKey);
+/// A software P-256 key behind the same signing seam as the HSM's keys.
+struct SoftwareSigner {
+    key: p256::ecdsa::SigningKey,
+    public_key_der: Vec<u8>,
+}
 
-impl CheckpointSigner for SoftwareSigner {
-    fn key_id(&self) -> &str {
-        "test-checkpoint-key"
+impl Signer for SoftwareSigner {
+    fn key_id(&self) -> String {
+        "test-checkpoint-key".into()
     }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        use signature::Signer;
-        let sig: p256::ecdsa::Signature = self.0.sign(message);
+    fn public_key_der(&self) -> &[u8] {
+        &self.public_key_der
+    }
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::EcdsaSha256
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let sig: p256::ecdsa::Signature = signature::Signer::sign(&self.key, message);
         Ok(sig.to_bytes().to_vec())
     }
 }
@@ -534,7 +543,17 @@ fn software_signer() -> (SoftwareSigner, EcdsaP256Verifier) {
         key_id: "test-checkpoint-key".into(),
         key: *key.verifying_key(),
     };
-    (SoftwareSigner(key), verifier)
+    let public_key_der = {
+        use p256::pkcs8::EncodePublicKey;
+        key.verifying_key().to_public_key_der().unwrap().into_vec()
+    };
+    (
+        SoftwareSigner {
+            key,
+            public_key_der,
+        },
+        verifier,
+    )
 }
 
 async fn deleted_tail_is_caught_by_checkpoint(url: &str) {

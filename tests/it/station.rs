@@ -2,7 +2,7 @@
 //! process, a virtual YubiKey (pcscd + vpcd + tessera-vpiv), and the station as a real process;
 //! then the token is checked with yubico-piv-tool and openssl, and used to log in to nginx with
 //! curl through OpenSC. Run under `scripts/with-pcscd.sh -- cargo nextest run --test station`.
-mod harness;
+use crate::harness;
 
 use harness::pki::TestPki;
 use harness::relying_party::{Nginx, curl_with_token};
@@ -791,7 +791,7 @@ fn enroll_aes_token_then_log_in_to_nginx_until_suspended() {
 fn enroll_3des_token_without_metadata_needs_a_confirmed_reset() {
     // The virtual card's ECDSA is not EUCLEAK-affected; this test is about 3DES, so the policy
     // does not apply that advisory.
-    let policy = include_str!("../config/attestation-policy.toml")
+    let policy = include_str!("../../config/attestation-policy.toml")
         .replace("ysa-2024-03 = true", "ysa-2024-03 = false");
     let policy: &'static str = Box::leak(policy.into_boxed_str());
     let world = World::start_with(
@@ -1321,7 +1321,7 @@ fn pin_typed_twice_at_the_terminal_is_never_echoed() {
 
 #[test]
 fn reset_is_asked_at_the_terminal_and_no_means_no() {
-    let policy = include_str!("../config/attestation-policy.toml")
+    let policy = include_str!("../../config/attestation-policy.toml")
         .replace("ysa-2024-03 = true", "ysa-2024-03 = false");
     let policy: &'static str = Box::leak(policy.into_boxed_str());
     let world = World::start_with(

@@ -1,6 +1,6 @@
 //! The gRPC server over mTLS on SQLite and PostgreSQL: the role matrix, idempotency, errors,
 //! audit tamper detection through the API and `tessera audit verify`, and the real binary.
-mod harness;
+use crate::harness;
 
 use harness::binary::tessera;
 use harness::pki::{ClientCert, TestPki};

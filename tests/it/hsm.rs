@@ -1,7 +1,7 @@
 //! The `hsm` module against a real SoftHSM2 token (one throwaway token per test; run with
 //! `cargo nextest run --test hsm`).
 
-mod harness;
+use crate::harness;
 
 use std::path::Path;
 use std::process::Command;
@@ -148,7 +148,7 @@ fn generated_keys_of_every_spec_are_sensitive_and_never_extractable() {
         assert_eq!(key.label(), label);
         // Every key signs, and the signature verifies against the SPKI we return.
         let scheme = scheme_for(spec);
-        let sig = key.sign(scheme, MESSAGE).unwrap();
+        let sig = key.sign_with(scheme, MESSAGE).unwrap();
         verify_rustcrypto(&key, scheme, MESSAGE, &sig);
         // Found again through its URI, with the same public key.
         let again = hsm.find_key(&key.uri()).unwrap();
@@ -202,7 +202,7 @@ fn ecdsa_signatures_verify_with_openssl_and_rustcrypto() {
         (KeySpec::EcP384, SignatureScheme::EcdsaSha384),
     ] {
         let key = hsm.generate_key_pair(&format!("ec-{spec}"), spec).unwrap();
-        let sig = key.sign(scheme, MESSAGE).unwrap();
+        let sig = key.sign_with(scheme, MESSAGE).unwrap();
         assert_eq!(sig[0], 0x30, "DER SEQUENCE");
         verify_rustcrypto(&key, scheme, MESSAGE, &sig);
         assert_eq!(
@@ -210,7 +210,7 @@ fn ecdsa_signatures_verify_with_openssl_and_rustcrypto() {
             "Verified OK"
         );
         // A different message does not verify.
-        let other = key.sign(scheme, b"another message").unwrap();
+        let other = key.sign_with(scheme, b"another message").unwrap();
         let text = Command::new("openssl")
             .args([
                 "dgst",
@@ -246,7 +246,7 @@ fn rsa_pkcs1_and_pss_signatures_verify_with_openssl_and_rustcrypto() {
         SignatureScheme::RsaPkcs1Sha256,
         SignatureScheme::RsaPssSha256,
     ] {
-        let sig = key.sign(scheme, MESSAGE).unwrap();
+        let sig = key.sign_with(scheme, MESSAGE).unwrap();
         assert_eq!(sig.len(), 256);
         verify_rustcrypto(&key, scheme, MESSAGE, &sig);
         assert_eq!(
@@ -254,7 +254,9 @@ fn rsa_pkcs1_and_pss_signatures_verify_with_openssl_and_rustcrypto() {
             "Verified OK"
         );
     }
-    let err = key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap_err();
+    let err = key
+        .sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "signature scheme EcdsaSha256 cannot be used with a Rsa2048 key; use an ECDSA scheme for EC keys and an RSA scheme for RSA keys"
@@ -313,7 +315,9 @@ fn key_uris_find_exactly_one_key() {
     let one = hsm
         .find_key("pkcs11:object=dup;id=%02;type=private")
         .unwrap();
-    let sig = one.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
+    let sig = one
+        .sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
+        .unwrap();
     verify_rustcrypto(&one, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
 
     let wrong_token = hsm.find_key("pkcs11:token=other;object=root").unwrap_err();
@@ -572,7 +576,8 @@ fn pin_from_environment_and_token_by_serial() {
     assert_eq!(hsm.token_label(), "by-serial");
     let key = hsm.generate_key_pair("r", KeySpec::EcP256).unwrap();
     hsm.find_key(config.key_uri("root").unwrap()).unwrap();
-    key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
+    key.sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
+        .unwrap();
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -622,12 +627,15 @@ impl SessionKiller {
 fn signing_recovers_after_all_sessions_are_closed() {
     let (_token, hsm) = token_and_hsm("recover-one");
     let key = hsm.generate_key_pair("k", KeySpec::EcP256).unwrap();
-    key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
+    key.sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
+        .unwrap();
     assert_eq!(hsm.recoveries(), 0);
     let killer = SessionKiller::new("recover-one");
     killer.close_all_sessions(&hsm);
     // The pooled session is dead and the login gone; the next call reopens, logs in, retries.
-    let sig = key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
+    let sig = key
+        .sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
+        .unwrap();
     verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
     assert!(
         hsm.recoveries() >= 1,
@@ -657,7 +665,7 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
                 (key.clone(), stop.clone(), signed.clone(), retryable.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    match key.sign(SignatureScheme::EcdsaSha256, MESSAGE) {
+                    match key.sign_with(SignatureScheme::EcdsaSha256, MESSAGE) {
                         Ok(sig) => {
                             verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
                             signed.fetch_add(1, Ordering::SeqCst);
@@ -676,7 +684,7 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
                 // After the storm every signature succeeds and verifies.
                 for _ in 0..20 {
                     let sig = key
-                        .sign(SignatureScheme::EcdsaSha256, MESSAGE)
+                        .sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
                         .expect("signing after recovery");
                     verify_rustcrypto(&key, SignatureScheme::EcdsaSha256, MESSAGE, &sig);
                 }
@@ -713,7 +721,8 @@ fn signing_under_load_recovers_while_sessions_are_closed_repeatedly() {
         hsm.recoveries()
     );
     // One more signature from this thread, after all of it.
-    key.sign(SignatureScheme::EcdsaSha256, MESSAGE).unwrap();
+    key.sign_with(SignatureScheme::EcdsaSha256, MESSAGE)
+        .unwrap();
 }
 
 #[test]
@@ -740,7 +749,7 @@ fn many_tokio_tasks_share_a_small_pool() {
                 let key = key.clone();
                 tokio::task::spawn_blocking(move || {
                     let message = format!("message {i}");
-                    let sig = key.sign(SignatureScheme::EcdsaSha256, message.as_bytes());
+                    let sig = key.sign_with(SignatureScheme::EcdsaSha256, message.as_bytes());
                     (message, sig)
                 })
             })
@@ -782,7 +791,7 @@ fn a_caller_that_finds_no_free_session_gets_a_retryable_timeout() {
         for _ in 0..2 {
             let (key, tx) = (key.clone(), tx.clone());
             std::thread::spawn(move || {
-                let _ = tx.send(key.sign(SignatureScheme::EcdsaSha256, MESSAGE));
+                let _ = tx.send(key.sign_with(SignatureScheme::EcdsaSha256, MESSAGE));
             });
         }
         rx.recv().unwrap()

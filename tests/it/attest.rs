@@ -1,7 +1,7 @@
 //! `tessera attest verify` as a user runs it: the real binary on real Yubico samples and on
 //! forged chains under a throwaway root given with --roots (as tests of `tessera-vpiv` will).
 
-#[path = "support/attestation_forge.rs"]
+#[path = "../support/attestation_forge.rs"]
 mod forge;
 
 use std::path::{Path, PathBuf};
@@ -249,7 +249,9 @@ fn rsa_key_below_policy_is_denied() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = ForgedPki::new();
     let spec = SlotSpec {
-        subject_spki_der: Some(include_bytes!("data/attestation/keys/rsa1024-spki.der").to_vec()),
+        subject_spki_der: Some(
+            include_bytes!("../data/attestation/keys/rsa1024-spki.der").to_vec(),
+        ),
         ..SlotSpec::typical()
     };
     let slot = write(tmp.path(), "slot.der", &pki.slot(&spec));

@@ -1,7 +1,7 @@
 //! Help-desk enrollment end to end on the server side: SoftHSM2 CA + the gRPC server + a real
 //! virtual card (pcscd + vpcd + tessera-vpiv) driven with the `piv` module, as the station does.
 //! Run under `scripts/with-pcscd.sh -- cargo nextest run --test enrollment`.
-mod harness;
+use crate::harness;
 
 use harness::binary::tessera;
 use harness::pki::TestPki;

@@ -1,0 +1,22 @@
+//! The integration tests, as one test binary: each file below was its own binary, and each
+//! binary linked the whole library and its dependencies again. Run one file's tests with a
+//! nextest filter on the module, e.g. `cargo nextest run --test it -E 'test(/^server::/)'`.
+//! `tests/vpiv_cli.rs` and `tests/vpiv_clients.rs` stay binaries of their own (the virtual
+//! card's tests, which do not use the tessera library's server parts).
+
+#[macro_use]
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod attest;
+mod ca;
+mod config_examples;
+mod enrollment;
+mod hsm;
+mod issuance_api;
+mod piv_token;
+mod reasons;
+mod revocation;
+mod server;
+mod station;
+mod store;
