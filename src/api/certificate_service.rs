@@ -108,13 +108,13 @@ pub(super) fn certificate_pb(
         person_external_id,
         token_serial,
         profile: c.profile,
-        not_before: c.not_before,
-        not_after: c.not_after,
+        not_before: c.not_before.to_string(),
+        not_after: c.not_after.to_string(),
         revocation_reason: c
             .revocation_reason
             .map(reason_to_pb)
             .unwrap_or(pb::RevocationReason::Unspecified) as i32,
-        revoked_at: c.revoked_at.unwrap_or_default(),
+        revoked_at: c.revoked_at.map(|t| t.to_string()).unwrap_or_default(),
         der: c.der.unwrap_or_default(),
     }
 }

@@ -38,8 +38,8 @@ fn person_to_pb(p: PersonRow) -> pb::Person {
         }),
         state: person_state_to_pb(p.state) as i32,
         sync_generation: p.sync_generation,
-        created_at: p.created_at,
-        updated_at: p.updated_at,
+        created_at: p.created_at.to_string(),
+        updated_at: p.updated_at.to_string(),
     }
 }
 

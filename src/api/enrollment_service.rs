@@ -285,7 +285,7 @@ fn begun_to_pb(b: &BegunEnrollment) -> pb::BeginEnrollmentResponse {
             .map(|c| redacted_key_to_pb(&c.management_key)),
         new_management_key: Some(redacted_key_to_pb(&b.new.management_key)),
         new_puk: String::new(),
-        expires_at: b.enrollment.expires_at.clone(),
+        expires_at: b.enrollment.expires_at.to_string(),
         person_display_name: b.person.display_name.clone(),
         person_upn: b.person.upn.clone(),
     }
@@ -375,7 +375,7 @@ impl Enrollments {
             person_external_id: v.person_external_id,
             token_serial: v.token_serial,
             profile: v.row.profile,
-            expires_at: v.row.expires_at,
+            expires_at: v.row.expires_at.to_string(),
         })
     }
 

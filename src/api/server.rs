@@ -300,6 +300,15 @@ pub struct BoundServer {
 
 impl BoundServer {
     pub async fn bind(config: &ServerConfig) -> Result<BoundServer, ServerConfigError> {
+        BoundServer::bind_with_clock(config, crate::store::Clock::system()).await
+    }
+
+    /// [`BoundServer::bind`] with the clock the store, and so every stored or compared time,
+    /// reads (a `store::ManualClock` in tests).
+    pub async fn bind_with_clock(
+        config: &ServerConfig,
+        clock: crate::store::Clock,
+    ) -> Result<BoundServer, ServerConfigError> {
         let tls = Arc::new(tls_server_config(&config.tls)?);
         let checkpoints = match &config.audit {
             None => None,
@@ -361,7 +370,7 @@ impl BoundServer {
                     .map_err(ServerConfigError::Enrollment)?,
             )),
         };
-        let store = Store::open(&config.database.url).await?;
+        let store = Store::open_with_clock(&config.database.url, clock).await?;
         let http = match &config.http {
             None => None,
             Some(h) => Some((

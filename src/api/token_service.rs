@@ -42,8 +42,8 @@ impl Tokens {
             firmware: t.firmware,
             person_external_id: t.person_external_id.unwrap_or_default(),
             certificate_serials,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
+            created_at: t.created_at.to_string(),
+            updated_at: t.updated_at.to_string(),
         })
     }
 

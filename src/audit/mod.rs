@@ -6,7 +6,7 @@
 //! also catches rows deleted from the end of the log.
 
 use crate::hsm::{HsmError, SignatureScheme, Signer};
-use crate::store::{AuditRow, CheckpointRow, Store, StoreError, WriteTx, now_rfc3339};
+use crate::store::{AuditRow, CheckpointRow, Store, StoreError, WriteTx};
 use sha2::{Digest, Sha256};
 
 /// Who made a change: the client certificate's common name and its role.
@@ -66,7 +66,8 @@ pub async fn record(
     };
     let mut row = AuditRow {
         sequence,
-        at: now_rfc3339(),
+        // Hashed as this text (see `AuditRow::at`).
+        at: tx.now().to_string(),
         actor: actor.name.clone(),
         role: actor.role.clone(),
         action: change.action.to_string(),
@@ -220,7 +221,7 @@ pub async fn checkpoint(
         head_hash: head.hash,
         key_id,
         signature,
-        at: now_rfc3339(),
+        at: tx.now(),
     };
     tx.insert_checkpoint(&row).await?;
     tx.commit().await?;

@@ -5,7 +5,7 @@
 use super::plan::{SlotPlan, plan_from_json};
 use super::{EnrollError, proof, proof_message};
 use crate::attest::{self, AttestError, AttestationFacts, AttestationInput, Policy, TrustAnchors};
-use crate::store::{EnrollmentRow, EnrollmentState};
+use crate::store::{EnrollmentRow, EnrollmentState, Timestamp};
 use std::marker::PhantomData;
 
 /// Nonce handed out, no proof accepted yet.
@@ -48,9 +48,9 @@ impl LoadedEnrollment {
         }
     }
 
-    /// Open (begun or completed) and past its expiry time (`now`, RFC 3339 UTC).
-    pub fn is_due_to_expire(&self, now: &str) -> bool {
-        !matches!(self, LoadedEnrollment::Closed(_)) && self.row().expires_at.as_str() <= now
+    /// Open (begun or completed) and at or past its expiry time.
+    pub fn is_due_to_expire(&self, now: Timestamp) -> bool {
+        !matches!(self, LoadedEnrollment::Closed(_)) && self.row().expires_at <= now
     }
 
     /// The enrollment ready for CompleteEnrollment, or the reason it is not.

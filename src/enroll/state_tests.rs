@@ -29,11 +29,15 @@ fn row(state: EnrollmentState) -> EnrollmentRow {
         nonce: NONCE.to_vec(),
         plan_json: crate::enroll::plan::plan_to_json(plan),
         firmware: "5.7.4".into(),
-        expires_at: "2030-01-01T00:00:00Z".into(),
+        expires_at: at("2030-01-01T00:00:00Z"),
         created_by: "helpdesk".into(),
-        created_at: String::new(),
-        updated_at: String::new(),
+        created_at: at("2029-12-31T23:00:00Z"),
+        updated_at: at("2029-12-31T23:00:00Z"),
     }
+}
+
+fn at(text: &str) -> crate::store::Timestamp {
+    crate::store::Timestamp::parse(text).unwrap()
 }
 
 fn key(seed: u8) -> p256::ecdsa::SigningKey {
@@ -270,7 +274,7 @@ fn states_allow_only_their_next_step() {
         (EnrollmentState::Expired, "ENROLLMENT_EXPIRED"),
     ] {
         let closed = LoadedEnrollment::load(row(state)).unwrap();
-        assert!(!closed.is_due_to_expire("2031-01-01T00:00:00Z"));
+        assert!(!closed.is_due_to_expire(at("2031-01-01T00:00:00Z")));
         assert_eq!(closed.into_begun().unwrap_err().reason(), reason);
         assert_eq!(
             LoadedEnrollment::load(row(state))
@@ -282,6 +286,6 @@ fn states_allow_only_their_next_step() {
         );
     }
     let open = LoadedEnrollment::load(row(EnrollmentState::Begun)).unwrap();
-    assert!(!open.is_due_to_expire("2029-12-31T23:59:59Z"));
-    assert!(open.is_due_to_expire("2030-01-01T00:00:00Z"));
+    assert!(!open.is_due_to_expire(at("2029-12-31T23:59:59Z")));
+    assert!(open.is_due_to_expire(at("2030-01-01T00:00:00Z")));
 }

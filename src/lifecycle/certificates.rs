@@ -1,7 +1,7 @@
 //! Certificate revocation and hold (RFC 5280 reasons).
 use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
-use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, WriteTx, now_rfc3339};
+use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, Timestamp, WriteTx};
 
 /// RFC 5280 CRLReason, with the RFC's codes (one type, kept in `ca`).
 pub use crate::ca::RevocationReason;
@@ -44,11 +44,11 @@ pub async fn revoke_certificate(
             });
         }
     };
-    let now = now_rfc3339();
+    let now = tx.now();
     let change = StatusChange {
         status: target,
         reason: Some(reason.code()),
-        at: Some(&now),
+        at: Some(now),
         action,
     };
     let row = change_status(tx, actor, request_id, &before, change).await?;
@@ -77,12 +77,12 @@ pub async fn apply_certificate_effect(
 ) -> Result<Vec<String>, LifecycleError> {
     let mut changed = Vec::new();
     for before in tx.certificates_of(owner).await? {
-        let now = now_rfc3339();
+        let now = tx.now();
         let (status, reason, at, action) = match (effect, before.status) {
             (CertificateEffect::Hold, CertificateStatus::Good) => (
                 CertificateStatus::OnHold,
                 Some(RevocationReason::CertificateHold.code()),
-                Some(now.as_str()),
+                Some(now),
                 "certificate.hold",
             ),
             (CertificateEffect::Release, CertificateStatus::OnHold) => {
@@ -92,7 +92,7 @@ pub async fn apply_certificate_effect(
                 (
                     CertificateStatus::Revoked,
                     Some(r.code()),
-                    Some(now.as_str()),
+                    Some(now),
                     "certificate.revoke",
                 )
             }
@@ -112,10 +112,10 @@ pub async fn apply_certificate_effect(
 
 /// One status change of one certificate: the new status, reason code and time, and the audit
 /// action that records it.
-struct StatusChange<'a> {
+struct StatusChange {
     status: CertificateStatus,
     reason: Option<i64>,
-    at: Option<&'a str>,
+    at: Option<Timestamp>,
     action: &'static str,
 }
 
@@ -125,7 +125,7 @@ async fn change_status(
     actor: &Actor,
     request_id: &str,
     before: &CertificateRow,
-    change: StatusChange<'_>,
+    change: StatusChange,
 ) -> Result<CertificateRow, LifecycleError> {
     let row = tx
         .update_certificate_status(&before.serial, change.status, change.reason, change.at)

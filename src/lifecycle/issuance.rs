@@ -11,7 +11,7 @@ use crate::ca::{
     CaError, IssuanceRequest, KeyProvenance, OnlineCa, PreparedCertificate, SerialNumber,
     SubjectParams,
 };
-use crate::store::{CertificateRow, NewCertificate, Store};
+use crate::store::{CertificateRow, NewCertificate, Store, Timestamp};
 use sha2::Digest;
 use std::sync::Arc;
 
@@ -182,8 +182,8 @@ async fn reserve(
 ) -> Result<(), LifecycleError> {
     let serial_hex = hex::encode(prepared.serial().as_bytes());
     let tbs = prepared.to_be_signed();
-    let not_before = rfc3339(prepared.not_before())?;
-    let not_after = rfc3339(prepared.not_after())?;
+    let not_before = Timestamp::from_datetime(prepared.not_before());
+    let not_after = Timestamp::from_datetime(prepared.not_after());
     let mut tx = store.begin_write().await?;
     if let Some(key) = once {
         // Claimed by a concurrent repeat since the caller's replay check: do not sign twice.
@@ -223,16 +223,4 @@ async fn reserve(
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// A validity time as the store keeps it (RFC 3339, UTC, whole seconds).
-fn rfc3339(t: time::OffsetDateTime) -> Result<String, LifecycleError> {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| {
-            super::invalid(
-                "certificate",
-                "INTERNAL",
-                format!("validity time out of range: {e}"),
-            )
-        })
 }

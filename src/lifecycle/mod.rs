@@ -14,7 +14,7 @@ pub use people::*;
 pub use tokens::*;
 
 use crate::audit::AuditError;
-use crate::store::{IdempotencyRow, StoreError, WriteTx, now_rfc3339};
+use crate::store::{IdempotencyRow, StoreError, WriteTx};
 
 /// Why a request was refused. Each variant has one stable reason string (see `docs/api.md`).
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +199,7 @@ pub async fn remember(
         operation: key.operation.to_string(),
         request_hash: key.request_hash.clone(),
         response,
-        created_at: now_rfc3339(),
+        created_at: tx.now(),
     })
     .await?;
     Ok(())

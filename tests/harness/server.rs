@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::ca::OnlineCa;
+use tessera::store::Clock;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// The server bound from one configuration file, serving on a task until `stop` (or until it
@@ -24,8 +25,14 @@ pub struct ServerTask {
 impl ServerTask {
     /// Loads the configuration, binds and spawns the server; panics if any step fails.
     pub async fn start(config_path: &Path) -> ServerTask {
+        ServerTask::start_with_clock(config_path, Clock::system()).await
+    }
+
+    /// [`ServerTask::start`] with the server's times from `clock` (a `ManualClock`'s, for
+    /// tests that move time on instead of sleeping).
+    pub async fn start_with_clock(config_path: &Path, clock: Clock) -> ServerTask {
         let config = ServerConfig::load(config_path).unwrap();
-        let server = BoundServer::bind(&config).await.unwrap();
+        let server = BoundServer::bind_with_clock(&config, clock).await.unwrap();
         let addr = server.local_addr();
         let http = server.http_addr();
         let ca = server.ca().cloned();

@@ -15,8 +15,8 @@ use tessera::api::pb::directory_service_client::DirectoryServiceClient;
 use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
 use tessera::api::{BoundServer, ServerConfig};
 use tessera::piv::{ManagementKey, PivToken, Secret};
-use tessera::store::Store;
 use tessera::store::{CertificateStatus, CertificatesQuery};
+use tessera::store::{Clock, ManualClock, Store};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -53,6 +53,22 @@ impl Server {
         attestation_roots: &[PathBuf],
         enrollment_extra: &str,
     ) -> Server {
+        Server::start_with_clock(
+            database_url,
+            attestation_roots,
+            enrollment_extra,
+            Clock::system(),
+        )
+        .await
+    }
+
+    /// [`Server::start`] with the server's times from `clock`.
+    async fn start_with_clock(
+        database_url: &str,
+        attestation_roots: &[PathBuf],
+        enrollment_extra: &str,
+        clock: Clock,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let hsm = SoftHsmToken::create("tessera");
         let env = [(
@@ -85,7 +101,7 @@ impl Server {
             roots.join(", ")
         ));
         std::fs::write(&config_path, config).unwrap();
-        let running = ServerTask::start(&config_path).await;
+        let running = ServerTask::start_with_clock(&config_path, clock).await;
         Server {
             dir,
             _hsm: hsm,
@@ -1132,15 +1148,19 @@ async fn abort_revokes_the_certificates(url: &str) {
 
 async fn unconfirmed_enrollment_expires_and_its_certificates_are_revoked(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_000_070));
-    let server = Server::start(
+    // The server's time stands still until the test moves it past the expiry.
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
         url,
         &[card.attestation_root()],
         "expiry_seconds = 8\nexpiry_sweep_seconds = 1\n",
+        clock.clock(),
     )
     .await;
     server.create_person("E900", "").await;
     let (begin, done) = enroll_until_complete(&server, &card, "E900", "piv-login").await;
     assert_eq!(done.certificates.len(), 2);
+    clock.advance(std::time::Duration::from_secs(8));
     // The server's sweep (not a call) expires it: watch the store, not the API.
     let store = Store::open(url).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);

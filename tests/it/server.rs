@@ -1522,7 +1522,7 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
             [x509_parser::extensions::GeneralName::URI("tessera:role:hr")]
         );
         assert_eq!(
-            (row.not_before.clone(), row.not_after.clone()),
+            (row.not_before.to_string(), row.not_after.to_string()),
             (
                 parsed
                     .validity()
@@ -1671,8 +1671,8 @@ async fn certificates_lookup_hold_and_revoke(url: &str) {
             token_id: None,
             profile: "tls-client".into(),
             tbs: b"tbs".to_vec(),
-            not_before: "2026-01-01T00:00:00Z".into(),
-            not_after: "2027-01-01T00:00:00Z".into(),
+            not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+            not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
         })
         .await
         .unwrap();
@@ -2202,8 +2202,8 @@ async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
         token_id: None,
         profile: "operator-client".into(),
         tbs: b"tbs".to_vec(),
-        not_before: "2026-01-01T00:00:00Z".into(),
-        not_after: "2027-01-01T00:00:00Z".into(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
     })
     .await
     .unwrap();

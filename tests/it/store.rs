@@ -29,6 +29,9 @@ on_both_databases!(
     concurrent_writers_keep_the_chain_intact,
     certificate_serial_is_reserved_once,
     transitions_hold_release_and_revoke_certificates,
+    times_written_before_migration_0004_are_carried_over,
+    bad_stored_values_are_named,
+    stamps_come_from_the_stores_clock,
 );
 
 fn hr() -> Actor {
@@ -663,8 +666,8 @@ async fn certificate_serial_is_reserved_once(url: &str) {
         token_id: None,
         profile: "tls-client".into(),
         tbs: b"to be signed".to_vec(),
-        not_before: "2026-01-01T00:00:00Z".into(),
-        not_after: "2027-01-01T00:00:00Z".into(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
     };
     let mut tx = store.begin_write().await.unwrap();
     let row = tx.reserve_certificate(&new).await.unwrap();
@@ -734,8 +737,8 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
             token_id: token,
             profile: "tls-client".into(),
             tbs: vec![1],
-            not_before: "2026-01-01T00:00:00Z".into(),
-            not_after: "2027-01-01T00:00:00Z".into(),
+            not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+            not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
         })
         .await
         .unwrap();
@@ -802,8 +805,8 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
         token_id: None,
         profile: "tls-client".into(),
         tbs: vec![1],
-        not_before: "2026-01-01T00:00:00Z".into(),
-        not_after: "2027-01-01T00:00:00Z".into(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
     })
     .await
     .unwrap();
@@ -858,4 +861,254 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
         ]
     );
     assert_eq!(audit::verify(&store, None).await.unwrap().first_bad, None);
+}
+
+/// A database as migrations 0001–0003 left it, with times in the format written before
+/// 0004 (a variable-length fraction of a second), and an audit chain hashed over such times:
+/// opening it migrates every time but the hashed ones to whole seconds, and the chain still
+/// verifies.
+async fn times_written_before_migration_0004_are_carried_over(url: &str) {
+    use sqlx::Executor;
+    use tessera::store::{AuditRow, Timestamp};
+    let dialect = if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let old_migrations = tempfile::tempdir().unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, old_migrations.path().join(name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let connect_url = match url.strip_prefix("sqlite:") {
+        Some(path) => format!("sqlite://{path}?mode=rwc"),
+        None => url.to_string(),
+    };
+    let pool = sqlx::AnyPool::connect(&connect_url).await.unwrap();
+    sqlx::migrate::Migrator::new(old_migrations.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool.execute(
+        "INSERT INTO people (external_id, display_name, upn, email, attributes_json, state, created_at, updated_at) \
+         VALUES ('E1', 'P', 'p@corp.test', 'p@corp.test', '{}', 'active', '2026-01-02T03:04:05.123456789Z', '2026-01-02T03:04:06.5Z')",
+    )
+    .await
+    .unwrap();
+    pool.execute(
+        "INSERT INTO tokens (serial, model, firmware, form_factor, state, created_at, updated_at) \
+         VALUES ('100', 'YubiKey 5', '5.7.1', 'usb_a_keychain', 'active', '2026-01-02T03:04:05.9Z', '2026-01-02T03:04:05Z')",
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO certificates (serial, profile, status, tbs, not_before, not_after, revocation_reason, revoked_at, created_at, updated_at) \
+         VALUES ('0a', 'tls-client', 'revoked', $1, '2026-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1, '2026-01-02T03:04:07.000001Z', '2026-01-02T03:04:05.1Z', '2026-01-02T03:04:07.000001Z')",
+    )
+    .bind(b"tbs".to_vec())
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency (request_id, operation, request_hash, response, created_at) \
+         VALUES ('r1', 'op', $1, $2, '2026-01-02T03:04:05.25Z')",
+    )
+    .bind(vec![1u8])
+    .bind(vec![2u8])
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.execute(
+        "UPDATE crl_state SET this_update = '2026-01-02T03:00:00Z', next_update = '2026-01-03T03:00:00Z' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    let mut prev_hash = audit::GENESIS_HASH.to_vec();
+    for (sequence, at) in [
+        (1, "2026-01-02T03:04:05.123456789Z"),
+        (2, "2026-01-02T03:04:07.000001Z"),
+    ] {
+        let mut e = AuditRow {
+            sequence,
+            at: at.into(),
+            actor: "hr-sync".into(),
+            role: "hr".into(),
+            action: "certificate.revoke".into(),
+            subject: "certificate:0a".into(),
+            before_json: String::new(),
+            after_json: format!("{{\"revoked_at\":\"{at}\"}}"),
+            request_id: format!("r{sequence}"),
+            prev_hash: prev_hash.clone(),
+            hash: Vec::new(),
+        };
+        e.hash = audit::event_hash(&e).to_vec();
+        prev_hash = e.hash.clone();
+        sqlx::query(
+            "INSERT INTO audit_events (sequence, at, actor, role, action, subject, before_json, after_json, request_id, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(e.sequence)
+        .bind(e.at.clone())
+        .bind(e.actor.clone())
+        .bind(e.role.clone())
+        .bind(e.action.clone())
+        .bind(e.subject.clone())
+        .bind(e.before_json.clone())
+        .bind(e.after_json.clone())
+        .bind(e.request_id.clone())
+        .bind(e.prev_hash.clone())
+        .bind(e.hash.clone())
+        .execute(&pool)
+        .await
+        .unwrap();
+        events.push(e);
+    }
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (sequence, head_hash, key_id, signature, at) VALUES (2, $1, 'k', $2, '2026-01-02T03:05:00.75Z')",
+    )
+    .bind(prev_hash.clone())
+    .bind(vec![0u8; 64])
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(url).await.unwrap();
+    let at = |text: &str| text.parse::<Timestamp>().unwrap();
+    let person = store.person_by_external_id("E1").await.unwrap().unwrap();
+    assert_eq!(
+        (person.created_at, person.updated_at),
+        (at("2026-01-02T03:04:05Z"), at("2026-01-02T03:04:06Z"))
+    );
+    let token = store.token_by_serial("100").await.unwrap().unwrap();
+    assert_eq!(token.created_at, at("2026-01-02T03:04:05Z"));
+    let cert = store.certificate_by_serial("0a").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            cert.not_before,
+            cert.not_after,
+            cert.revoked_at,
+            cert.created_at
+        ),
+        (
+            at("2026-01-01T00:00:00Z"),
+            at("2027-01-01T00:00:00Z"),
+            Some(at("2026-01-02T03:04:07Z")),
+            at("2026-01-02T03:04:05Z")
+        )
+    );
+    let crl = store.crl_state().await.unwrap();
+    assert_eq!(crl.this_update, Some(at("2026-01-02T03:00:00Z")));
+    assert_eq!(
+        store
+            .idempotency_record("r1")
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at,
+        at("2026-01-02T03:04:05Z")
+    );
+    assert_eq!(
+        store.audit_checkpoints().await.unwrap()[0].at,
+        at("2026-01-02T03:05:00Z")
+    );
+    // The text itself was rewritten (SQL compares it), not only read leniently.
+    for (table, column) in [
+        ("people", "created_at"),
+        ("people", "updated_at"),
+        ("tokens", "created_at"),
+        ("certificates", "revoked_at"),
+        ("certificates", "created_at"),
+        ("certificates", "updated_at"),
+        ("idempotency", "created_at"),
+        ("audit_checkpoints", "at"),
+    ] {
+        let moved = store
+            .execute_raw(&format!(
+                "UPDATE {table} SET {column} = {column} WHERE length({column}) = 20 AND {column} LIKE '%Z'"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(moved, 1, "{table}.{column} is not in the one format");
+    }
+    // The audit events keep the text they were hashed with, and the chain verifies.
+    assert_eq!(store.audit_events(0, 10).await.unwrap(), events);
+    let report = audit::verify(&store, None).await.unwrap();
+    assert_eq!(
+        (report.events, report.checkpoints, report.first_bad),
+        (2, 1, None)
+    );
+    // New events chain on after the old ones.
+    create(&store, "E2").await;
+    let report = audit::verify(&store, None).await.unwrap();
+    assert_eq!((report.events, report.first_bad), (3, None));
+    store.close().await;
+}
+
+async fn bad_stored_values_are_named(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    create(&store, "E1").await;
+    store
+        .execute_raw("UPDATE crl_state SET this_update = 'yesterday' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.crl_state().await.unwrap_err().to_string(),
+        "stored time \"yesterday\" is not RFC 3339"
+    );
+    store
+        .execute_raw("UPDATE people SET state = 'gone' WHERE external_id = 'E1'")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .person_by_external_id("E1")
+            .await
+            .unwrap_err()
+            .to_string(),
+        "stored people.state value \"gone\" is not valid"
+    );
+    store.close().await;
+}
+
+async fn stamps_come_from_the_stores_clock(url: &str) {
+    use tessera::store::{ManualClock, Timestamp};
+    let start: Timestamp = "2030-05-06T07:08:09Z".parse().unwrap();
+    let clock = ManualClock::new(start);
+    let store = Store::open_with_clock(url, clock.clock()).await.unwrap();
+    create(&store, "E1").await;
+    clock.advance(std::time::Duration::from_secs(3600));
+    let mut tx = store.begin_write().await.unwrap();
+    lifecycle::transition_person(
+        &mut tx,
+        &hr(),
+        "suspend-E1",
+        "E1",
+        PersonTransition::Suspend,
+        "",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let person = store.person_by_external_id("E1").await.unwrap().unwrap();
+    assert_eq!(
+        (person.created_at.to_string(), person.updated_at.to_string()),
+        ("2030-05-06T07:08:09Z".into(), "2030-05-06T08:08:09Z".into())
+    );
+    let events = store.audit_events(0, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.at.as_str()).collect::<Vec<_>>(),
+        ["2030-05-06T07:08:09Z", "2030-05-06T08:08:09Z"]
+    );
+    store.close().await;
 }

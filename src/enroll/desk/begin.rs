@@ -11,9 +11,8 @@ use crate::enroll::{
 use crate::lifecycle::{LifecycleError, RevocationReason};
 use crate::store::{
     EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState,
-    TokenCredentialsRow, TokenState, WriteTx, now_rfc3339,
+    TokenCredentialsRow, TokenState, WriteTx,
 };
-use std::time::Duration;
 
 /// What BeginEnrollment asks for (already checked for presence and shape by the API).
 pub struct BeginRequest<'a> {
@@ -143,7 +142,7 @@ impl EnrollmentDesk {
                 row
             }
         };
-        let now = now_rfc3339();
+        let now = tx.now();
         for open in tx.open_enrollments_of_token(token.id).await? {
             if open.expires_at <= now {
                 // Past its time already: it expires (as the sweep would have done).
@@ -219,7 +218,7 @@ impl EnrollmentDesk {
                 nonce: nonce.to_vec(),
                 plan_json: crate::enroll::plan::plan_to_json(&profile.slots),
                 firmware: req.firmware.to_string(),
-                expires_at: rfc3339_after(settings.expiry),
+                expires_at: now.checked_add(settings.expiry).unwrap_or(now),
                 created_by: actor.name.clone(),
             })
             .await?;
@@ -279,12 +278,4 @@ impl EnrollmentDesk {
         };
         Ok((current, new))
     }
-}
-
-fn rfc3339_after(d: Duration) -> String {
-    (time::OffsetDateTime::now_utc() + d)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -9,13 +9,13 @@ use super::{
 use crate::audit::Actor;
 use crate::enroll::{EnrollError, LoadedEnrollment};
 use crate::lifecycle::{self, LifecycleError, RevocationReason};
-use crate::store::{CertificateStatus, EnrollmentRow, EnrollmentState, WriteTx, now_rfc3339};
+use crate::store::{CertificateStatus, EnrollmentRow, EnrollmentState, WriteTx};
 
 impl EnrollmentDesk {
     /// Expires open enrollments past their time (all of them, or only `only`): revokes their
     /// certificates and records `enrollment.expire` as the server.
     pub async fn expire_due(&self, only: Option<&str>) -> Result<Vec<String>, EnrollmentRefusal> {
-        let now = now_rfc3339();
+        let now = self.store.now();
         let due = match only {
             Some(id) => match self.store.enrollment_by_public_id(id).await? {
                 Some(row)
@@ -28,7 +28,7 @@ impl EnrollmentDesk {
                 }
                 _ => Vec::new(),
             },
-            None => self.store.enrollments_expired_at(&now).await?,
+            None => self.store.enrollments_expired_at(now).await?,
         };
         let mut expired = Vec::new();
         for id in due {
@@ -37,7 +37,7 @@ impl EnrollmentDesk {
                 continue;
             };
             let loaded = LoadedEnrollment::load(row)?;
-            if !loaded.is_due_to_expire(&now_rfc3339()) {
+            if !loaded.is_due_to_expire(tx.now()) {
                 continue;
             }
             let row = loaded.row().clone();

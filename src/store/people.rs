@@ -1,0 +1,175 @@
+//! Table `people`: the directory's people.
+use super::{Result, Store, Timestamp, WriteTx, map_unique, written};
+use serde::Serialize;
+use sqlx::{Any, Executor};
+
+stored_enum!(PersonState, "people.state", {
+    Active => "active", Suspended => "suspended", Offboarded => "offboarded",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct PersonRow {
+    #[serde(skip)]
+    pub id: i64,
+    pub external_id: String,
+    pub display_name: String,
+    pub upn: String,
+    pub email: String,
+    pub windows_sid: Option<String>,
+    pub attributes_json: String,
+    pub state: PersonState,
+    pub sync_generation: i64,
+    #[serde(skip)]
+    pub created_at: Timestamp,
+    #[serde(skip)]
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPerson {
+    pub external_id: String,
+    pub display_name: String,
+    pub upn: String,
+    pub email: String,
+    pub windows_sid: Option<String>,
+    pub attributes_json: String,
+    pub state: PersonState,
+    pub sync_generation: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PeopleQuery {
+    /// Rows with a greater id (paging).
+    pub after_id: i64,
+    pub limit: i64,
+    pub state: Option<PersonState>,
+}
+
+const PERSON_COLUMNS: &str = "id, external_id, display_name, upn, email, windows_sid, attributes_json, state, \
+     sync_generation, created_at, updated_at";
+
+/// How a person is looked up.
+enum PersonKey<'a> {
+    ExternalId(&'a str),
+    Id(i64),
+}
+
+async fn person_where<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+    key: PersonKey<'_>,
+) -> Result<Option<PersonRow>> {
+    let column = match key {
+        PersonKey::ExternalId(_) => "external_id",
+        PersonKey::Id(_) => "id",
+    };
+    let query = sqlx::query_as(sql!(
+        "SELECT {PERSON_COLUMNS} FROM people WHERE {column} = $1"
+    ));
+    let query = match key {
+        PersonKey::ExternalId(id) => query.bind(id.to_string()),
+        PersonKey::Id(id) => query.bind(id),
+    };
+    Ok(query.fetch_optional(e).await?)
+}
+
+impl Store {
+    pub async fn person_by_external_id(&self, external_id: &str) -> Result<Option<PersonRow>> {
+        person_where(&self.pool, PersonKey::ExternalId(external_id)).await
+    }
+
+    pub async fn list_people(&self, q: &PeopleQuery) -> Result<Vec<PersonRow>> {
+        let rows = match q.state {
+            Some(state) => sqlx::query_as(sql!(
+                "SELECT {PERSON_COLUMNS} FROM people WHERE id > $1 AND state = $2 ORDER BY id LIMIT $3"
+            ))
+            .bind(q.after_id)
+            .bind(state.as_str())
+            .bind(q.limit)
+            .fetch_all(&self.pool)
+            .await?,
+            None => {
+                sqlx::query_as(sql!(
+                    "SELECT {PERSON_COLUMNS} FROM people WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .bind(q.after_id)
+                .bind(q.limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// The external id of a person, by row id (for answers).
+    pub async fn person_external_id(&self, person_id: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT external_id FROM people WHERE id = $1")
+                .bind(person_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+impl WriteTx {
+    pub async fn person_by_external_id(&mut self, external_id: &str) -> Result<Option<PersonRow>> {
+        person_where(&mut *self.tx, PersonKey::ExternalId(external_id)).await
+    }
+
+    pub async fn person_by_id(&mut self, id: i64) -> Result<Option<PersonRow>> {
+        person_where(&mut *self.tx, PersonKey::Id(id)).await
+    }
+
+    pub async fn insert_person(&mut self, p: &NewPerson) -> Result<PersonRow> {
+        let now = self.now();
+        let result = sqlx::query(
+            "INSERT INTO people (external_id, display_name, upn, email, windows_sid, attributes_json, \
+             state, sync_generation, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&p.external_id)
+        .bind(&p.display_name)
+        .bind(&p.upn)
+        .bind(&p.email)
+        .bind(p.windows_sid.clone())
+        .bind(&p.attributes_json)
+        .bind(p.state.as_str())
+        .bind(p.sync_generation)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await;
+        map_unique(result, "person", &p.external_id)?;
+        written(self.person_by_external_id(&p.external_id).await?)
+    }
+
+    /// Writes every field of `p` (found by its id) and stamps `updated_at`.
+    pub async fn update_person(&mut self, p: &PersonRow) -> Result<PersonRow> {
+        let now = self.now();
+        sqlx::query(
+            "UPDATE people SET display_name = $1, upn = $2, email = $3, windows_sid = $4, attributes_json = $5, \
+             state = $6, sync_generation = $7, updated_at = $8 WHERE id = $9",
+        )
+        .bind(&p.display_name)
+        .bind(&p.upn)
+        .bind(&p.email)
+        .bind(p.windows_sid.clone())
+        .bind(&p.attributes_json)
+        .bind(p.state.as_str())
+        .bind(p.sync_generation)
+        .bind(now)
+        .bind(p.id)
+        .execute(&mut *self.tx)
+        .await?;
+        written(self.person_by_external_id(&p.external_id).await?)
+    }
+
+    /// People not offboarded whose sync generation differs from `generation`.
+    pub async fn people_missing_from_sync(&mut self, generation: i64) -> Result<Vec<PersonRow>> {
+        Ok(sqlx::query_as(sql!(
+            "SELECT {PERSON_COLUMNS} FROM people WHERE state <> $1 AND sync_generation <> $2 ORDER BY id"
+        ))
+        .bind(PersonState::Offboarded.as_str())
+        .bind(generation)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+}
