@@ -4,7 +4,7 @@
 //! files it wrote are removed. Also reads an existing CA back (`ca show`, issuance).
 
 use super::CaError;
-use super::issue::{IssuingCa, certificate_pem};
+use super::issue::{IssuingCa, certificate_pem, whole_seconds};
 use super::policy_oid::{self, CERTIFICATE_POLICIES_EXTENSION};
 use super::serial::SerialNumber;
 use super::signing::{EncodeOnlyKey, sign_encoded};
@@ -156,11 +156,13 @@ impl CeremonyLedger<'_> {
     }
 }
 
-/// Runs the ceremony. Nothing is left behind on failure.
+/// Runs the ceremony; both certificates are valid from `now` (the caller's clock; its fraction
+/// of a second dropped). Nothing is left behind on failure.
 pub fn init_ca(
     hsm: &Hsm,
     data_dir: &Path,
     params: &CaInitParams,
+    now: OffsetDateTime,
 ) -> Result<InitializedCa, CaError> {
     params.check()?;
     ensure_no_ca(data_dir)?;
@@ -170,7 +172,7 @@ pub fn init_ca(
         files: Vec::new(),
         created_dir: None,
     };
-    match run_ceremony(&mut ledger, data_dir, params) {
+    match run_ceremony(&mut ledger, data_dir, params, whole_seconds(now)) {
         Ok(ca) => Ok(ca),
         Err(e) => {
             ledger.roll_back();
@@ -213,6 +215,7 @@ fn run_ceremony(
     ledger: &mut CeremonyLedger<'_>,
     data_dir: &Path,
     params: &CaInitParams,
+    now: OffsetDateTime,
 ) -> Result<InitializedCa, CaError> {
     let root_key = ledger
         .hsm
@@ -227,9 +230,6 @@ fn run_ceremony(
     // the root key through the signing seam.
     let root_public = EncodeOnlyKey::of(&root_key)?;
     let issuing_public = EncodeOnlyKey::of(&issuing_key)?;
-    let now = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("0 is a valid nanosecond");
     let org = params.organization.as_deref();
 
     let root_params = ca_params(
@@ -309,17 +309,22 @@ fn run_ceremony(
     })
 }
 
-/// A self-signed CA certificate (keyCertSign, cRLSign, pathLen 0) for `key`, valid from now for
-/// `validity_days`: for `tessera bench` and tests that need an issuer without a full ceremony.
+/// A self-signed CA certificate (keyCertSign, cRLSign, pathLen 0) for `key`, valid from `now`
+/// (the caller's clock) for `validity_days`: for `tessera bench` and tests that need an issuer
+/// without a full ceremony.
 pub fn self_signed_ca_certificate(
     key: &HsmKey,
     common_name: &str,
     validity_days: u32,
+    now: OffsetDateTime,
 ) -> Result<Vec<u8>, CaError> {
-    let now = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("0 is a valid nanosecond");
-    let params = ca_params(common_name, None, now, validity_days, Some(0))?;
+    let params = ca_params(
+        common_name,
+        None,
+        whole_seconds(now),
+        validity_days,
+        Some(0),
+    )?;
     let encoded = params
         .self_signed(&EncodeOnlyKey::of(key)?)
         .map_err(|e| CaError::CertificateEncoding(e.to_string()))?;

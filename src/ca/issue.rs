@@ -101,7 +101,7 @@ pub enum KeyProvenance {
 }
 
 /// Everything one issuance needs. The serial is chosen (and, in the server, reserved in the
-/// store) before the HSM signs.
+/// store) before the HSM signs. So is the time: `ca` has no clock of its own.
 #[derive(Clone, Debug)]
 pub struct IssuanceRequest<'a> {
     pub subject: &'a SubjectParams,
@@ -110,6 +110,10 @@ pub struct IssuanceRequest<'a> {
     pub profile: &'a Profile,
     pub serial: &'a SerialNumber,
     pub provenance: KeyProvenance,
+    /// The time of issuance: notBefore (its fraction of a second dropped), and where the
+    /// profile's validity starts. The server takes it from the store's clock, the CLI from the
+    /// system clock.
+    pub now: OffsetDateTime,
 }
 
 /// A signed certificate.
@@ -321,9 +325,7 @@ impl IssuingCa {
             }
         }
 
-        let now = OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .expect("0 is a valid nanosecond");
+        let now = whole_seconds(request.now);
         let not_after =
             (now + Duration::days(i64::from(profile.validity_days))).min(self.not_after);
         if not_after <= now {
@@ -389,6 +391,11 @@ impl IssuingCa {
             not_after,
         })
     }
+}
+
+/// `t` without its fraction of a second: certificate times are whole seconds.
+pub(super) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).expect("0 is a valid nanosecond")
 }
 
 /// GeneralNames with the subject's emails, DNS names, URIs, and the UPN and

@@ -1,7 +1,8 @@
 //! The certificate authority: profiles, serial numbers, two-phase issuance (prepare the exact
 //! tbsCertificate, then assemble it with a signature), CSR checking, CRL and OCSP signing, and
-//! the CA ceremony. Pure of storage and runtime: it never sees the store, never waits on a
-//! runtime, never calls back into its caller. It never talks to tokens and never sees a
+//! the CA ceremony. Pure of storage, runtime and clock: it never sees the store, never waits on
+//! a runtime, never reads the time (every issuance, ceremony, CRL and OCSP answer is given its
+//! time by the caller), never calls back into its caller. It never talks to tokens and never sees a
 //! PKCS#11 handle: every private-key operation goes through the one `crate::hsm::Signer` seam.
 //! rcgen encodes; the signer signs (`signing.rs`).
 //!

@@ -135,7 +135,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let p256 = keys.generate(format!("tessera-bench-p256-{tag}"), KeySpec::EcP256)?;
     let rsa = keys.generate(format!("tessera-bench-rsa2048-{tag}"), KeySpec::Rsa2048)?;
     let ca_key = keys.generate(format!("tessera-bench-ca-p256-{tag}"), KeySpec::EcP256)?;
-    let ca_der = self_signed_ca_certificate(&ca_key, "Tessera Bench CA", 30)?;
+    let ca_der = self_signed_ca_certificate(
+        &ca_key,
+        "Tessera Bench CA",
+        30,
+        time::OffsetDateTime::now_utc(),
+    )?;
     let issuing = IssuingCa::new(ca_der, ca_key)?;
     let profiles = ProfileSet::built_in();
     let profile = profiles.get("tls-client")?;
@@ -161,6 +166,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 profile,
                 serial: &serial,
                 provenance: KeyProvenance::Unattested,
+                now: time::OffsetDateTime::now_utc(),
             })
             .context("issuance failed")?;
         Ok(())

@@ -180,7 +180,12 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             // Refuse before touching the HSM when a CA is already there.
             ca::ceremony::ensure_no_ca(&data.data_dir)?;
             let hsm = open_hsm(&hsm.hsm_config)?;
-            let made = ca::init_ca(&hsm, &data.data_dir, &params)?;
+            let made = ca::init_ca(
+                &hsm,
+                &data.data_dir,
+                &params,
+                time::OffsetDateTime::now_utc(),
+            )?;
             println!("CA created in {}", data.data_dir.display());
             print_chain(&made.root_der, &made.issuing_der, &made.record)?;
             Ok(ExitCode::SUCCESS)
@@ -224,6 +229,7 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
                 profile,
                 serial: &serial,
                 provenance: KeyProvenance::Unattested,
+                now: time::OffsetDateTime::now_utc(),
             })?;
             let pem = issued.to_pem();
             match out {

@@ -103,7 +103,7 @@ async fn issue(
     once: Option<&IssueOnce>,
 ) -> Result<CertificateRow, IssuanceError> {
     // 1. Prepare: the CA checks the request against its profile and encodes the exact
-    //    tbsCertificate. Nothing is signed yet.
+    //    tbsCertificate, valid from the store's clock's now. Nothing is signed yet.
     let serial = SerialNumber::random()?;
     let serial_hex = hex::encode(serial.as_bytes());
     let request = IssuanceRequest {
@@ -112,6 +112,7 @@ async fn issue(
         profile: ca.profiles.get(&params.profile)?,
         serial: &serial,
         provenance: params.provenance.clone(),
+        now: store.now().datetime(),
     };
     let prepared = ca.issuing.prepare(&request)?;
 

@@ -388,6 +388,7 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
                         profile,
                         serial: &serial,
                         provenance: provenance.clone(),
+                        now: time::OffsetDateTime::now_utc(),
                     })
                     .unwrap_or_else(|e| panic!("profile {}: {e}", profile.name));
                 let path = token
@@ -704,6 +705,7 @@ fn profile_requiring_email_refuses_a_subject_without_one() {
             profile: profiles.get("smime-signing").unwrap(),
             serial: &SerialNumber::random().unwrap(),
             provenance: KeyProvenance::HardwareAttested,
+            now: time::OffsetDateTime::now_utc(),
         })
         .unwrap_err();
     assert_eq!(
@@ -733,6 +735,7 @@ fn ceremony_with_rsa_keys_and_path_lengths() {
             root_key_label: "rsa-root".into(),
             issuing_key_label: "rsa-issuing".into(),
         },
+        time::OffsetDateTime::now_utc(),
     )
     .unwrap();
     assert!(made.record.issuing_key.contains("object=rsa-issuing"));
@@ -860,6 +863,7 @@ fn the_to_be_signed_certificate_is_recorded_before_the_hsm_signs() {
         profile: profiles.get("tls-client").unwrap(),
         serial: &serial,
         provenance: KeyProvenance::HardwareAttested,
+        now: time::OffsetDateTime::now_utc(),
     };
     // Phase 1: the exact tbsCertificate, before anything is signed (the server records it).
     let prepared = issuing.prepare(&request).unwrap();
@@ -1015,6 +1019,7 @@ fn a_subject_email_that_is_not_ascii_is_refused() {
             profile: profiles.get("tls-client").unwrap(),
             serial: &SerialNumber::random().unwrap(),
             provenance: KeyProvenance::HardwareAttested,
+            now: time::OffsetDateTime::now_utc(),
         })
         .unwrap_err();
     assert_eq!(
@@ -1040,6 +1045,7 @@ fn a_subject_uri_that_is_not_ascii_is_refused() {
             profile: profiles.get("tls-client").unwrap(),
             serial: &SerialNumber::random().unwrap(),
             provenance: KeyProvenance::HardwareAttested,
+            now: time::OffsetDateTime::now_utc(),
         })
         .unwrap_err();
     assert_eq!(
@@ -1072,6 +1078,7 @@ fn concurrent_issuance_from_one_issuing_ca_gives_correct_certificates() {
                                     profile,
                                     serial: &SerialNumber::random().unwrap(),
                                     provenance: KeyProvenance::HardwareAttested,
+                                    now: time::OffsetDateTime::now_utc(),
                                 })
                                 .unwrap();
                             (cn, cert.der)

@@ -1458,6 +1458,7 @@ fn enrollment_certificate_profiles_pass_pkilint() {
             profile: ca.profiles.get(profile).unwrap(),
             serial: &SerialNumber::random().unwrap(),
             provenance: KeyProvenance::HardwareAttested,
+            now: ::time::OffsetDateTime::now_utc(),
         })
     };
     for profile in ["piv-authentication", "piv-signature", "smartcard-logon"] {

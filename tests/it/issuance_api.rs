@@ -10,13 +10,16 @@ use prost::Message;
 use tessera::api::pb;
 use tessera::api::pb::certificate_service_client::CertificateServiceClient;
 use tessera::api::pb::directory_service_client::DirectoryServiceClient;
-use tessera::store::{CertificateStatus, NewToken, Store, TokenState};
+use tessera::store::{
+    CertificateStatus, Clock, ManualClock, NewToken, Store, Timestamp, TokenState,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 on_both_databases!(
     issue_from_csr_subjects_policy_and_chain,
+    issued_validity_starts_at_the_store_clock,
     issue_from_csr_is_idempotent_across_its_transactions,
     issue_from_csr_refusals_name_reason_and_field,
     client_key_in_a_pkcs11_token_authenticates_over_mtls,
@@ -68,7 +71,12 @@ struct Running {
 
 impl Running {
     async fn start(setup: CaSetup) -> Running {
-        let server = ServerTask::start(&setup.config_path).await;
+        Running::start_with_clock(setup, Clock::system()).await
+    }
+
+    /// [`Running::start`] with the server's times from `clock`.
+    async fn start_with_clock(setup: CaSetup, clock: Clock) -> Running {
+        let server = ServerTask::start_with_clock(&setup.config_path, clock).await;
         Running {
             setup,
             addr: server.addr,
@@ -371,6 +379,45 @@ async fn issue_from_csr_subjects_policy_and_chain(url: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    server.stop().await;
+}
+
+/// `ca` has no clock: the server hands it the store's time, so a certificate issued while the
+/// store's clock stands at a fixed time is valid from exactly that time (no backdating), for
+/// the profile's days, and its row says the same.
+async fn issued_validity_starts_at_the_store_clock(url: &str) {
+    // A time the system clock cannot give during the test: a day ahead (the CA, made now by
+    // `tessera ca init`, is already valid then).
+    let fixed = Timestamp::from_datetime(time::OffsetDateTime::now_utc() + time::Duration::days(1));
+    let clock = ManualClock::new(fixed);
+    let server = Running::start_with_clock(CaSetup::new(url), clock.clock()).await;
+    let mut helpdesk = server.certificates("helpdesk").await;
+    let (_, pem) = csr("build-agent-8", &[]);
+    let cert = helpdesk
+        .issue_from_csr(issue_request("r1", &pem, "tls-client"))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    let validity = parse(&cert.der).validity().clone();
+    let one_year = time::Duration::days(365); // profiles/tls-client.toml's validity_days
+    assert_eq!(validity.not_before.timestamp(), fixed.unix_seconds());
+    assert_eq!(
+        validity.not_after.timestamp(),
+        (fixed + one_year).unix_seconds()
+    );
+    let store = Store::open(url).await.unwrap();
+    let row = store
+        .certificate_by_serial(&cert.serial)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.not_before, row.not_after, row.created_at),
+        (fixed, fixed + one_year, fixed)
+    );
+    store.close().await;
     server.stop().await;
 }
 

@@ -995,7 +995,13 @@ async fn responder_setup_failures_are_named() {
     // ocsp.pem with the responder's key, but not issued by the issuing CA (self-signed).
     let hsm = tessera::hsm::Hsm::open(&s.token.config()).unwrap();
     let key = hsm.find_key(&key_uri).unwrap();
-    let foreign = tessera::ca::ceremony::self_signed_ca_certificate(&key, "Foreign", 1).unwrap();
+    let foreign = tessera::ca::ceremony::self_signed_ca_certificate(
+        &key,
+        "Foreign",
+        1,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     std::fs::write(
         s.data_dir.join("ocsp.pem"),
         tessera::ca::issue::certificate_pem(&foreign),
