@@ -16,5 +16,4 @@ pub mod protocol;
 pub mod server;
 pub mod station;
 pub mod store;
-pub mod vpiv;
 pub mod web;
