@@ -15,6 +15,7 @@ mod config_examples;
 mod enrollment;
 mod hsm;
 mod issuance_api;
+mod layers;
 mod piv_token;
 mod reasons;
 mod revocation;
