@@ -42,7 +42,44 @@ pub fn vpiv_binary() -> PathBuf {
         "{} is not built: run `cargo build -p tessera-vpiv` (or `cargo build` at the root)",
         path.display()
     );
+    // Cargo builds only the test's own package: a run of `--test it` without `--workspace`
+    // would otherwise start a card built from older sources without saying so.
+    let built = modified(&path);
+    let card_sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/tessera-vpiv/src");
+    if let Some(newer) = newest_source(&card_sources).filter(|(t, _)| *t > built) {
+        panic!(
+            "{} is older than {}: run `cargo build -p tessera-vpiv` (or the tests with \
+             `--workspace`)",
+            path.display(),
+            newer.1.display()
+        );
+    }
     path
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The most recently modified file under `dir`, with its time.
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        let candidate = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            Some((modified(&path), path))
+        };
+        if let Some(c) = candidate
+            && newest.as_ref().is_none_or(|n| c.0 > n.0)
+        {
+            newest = Some(c);
+        }
+    }
+    newest
 }
 
 /// How long a test waits for a free reader or for pcscd to see a card before it gives up.
