@@ -113,12 +113,17 @@ fn no_module_imports_one_above_it_or_beside_it() {
         "modules in no layer of tests/it/layers.rs (place each in LAYERS and in \
          docs/ARCHITECTURE.md): {unplaced:?}"
     );
-    assert!(climbs.is_empty(), "imports that climb:\n{}", climbs.join("\n"));
+    assert!(
+        climbs.is_empty(),
+        "imports that climb:\n{}",
+        climbs.join("\n")
+    );
 }
 
 #[test]
 fn the_import_reader_sees_paths_and_groups() {
-    let text = "use crate::ca::IssuingCa;\nuse crate::{store::Store, audit};\nlet x = crate::hsm::open();";
+    let text =
+        "use crate::ca::IssuingCa;\nuse crate::{store::Store, audit};\nlet x = crate::hsm::open();";
     assert_eq!(imports(text), ["ca", "store", "audit", "hsm"]);
 }
 
