@@ -2520,6 +2520,55 @@ async fn helpdesk_cannot_revoke_operator_certificates_and_releases_holds(url: &s
     let row = store.certificate_by_serial("0a03").await.unwrap().unwrap();
     assert_eq!(row.status, tessera::store::CertificateStatus::OnHold);
 
+    // Likewise a hold from the token's suspension.
+    let mut tx = store.begin_write().await.unwrap();
+    let token = tx
+        .insert_token(&NewToken {
+            serial: "31000001".into(),
+            model: "YubiKey 5C NFC".into(),
+            firmware: "5.7.1".into(),
+            form_factor: "usb_c_keychain".into(),
+            state: TokenState::Active,
+            person_id: Some(e1.id),
+        })
+        .await
+        .unwrap();
+    tx.reserve_certificate(&tessera::store::NewCertificate {
+        serial: "0a04".into(),
+        person_id: Some(e1.id),
+        token_id: Some(token.id),
+        profile: "piv-authentication".into(),
+        tbs: b"tbs".to_vec(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    tx.record_issued_certificate("0a04", b"DER4", &"04".repeat(32))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    TokenServiceClient::new(server.as_role("helpdesk").await)
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "suspend-token".into(),
+            serial: "31000001".into(),
+            reason: "left at home".into(),
+        })
+        .await
+        .unwrap();
+    let s = desk
+        .release_certificate_hold(release("d16", "0a04"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason_and_fields(&s).0.as_str(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "HOLD_IS_FROM_PERSON_OR_TOKEN",
+            "certificate 0a04 is on hold because its token is suspended; reinstate the token instead"
+        )
+    );
+
     // Every change audited once, none of the refusals; the release carries its reason.
     let events = store.audit_events(0, 100).await.unwrap();
     let actions: Vec<_> = events[events_before..]
@@ -2538,6 +2587,8 @@ async fn helpdesk_cannot_revoke_operator_certificates_and_releases_holds(url: &s
             ("certificate.revoke", "helpdesk"),
             ("person.suspend", "hr"),
             ("certificate.hold", "hr"),
+            ("token.suspend", "helpdesk"),
+            ("certificate.hold", "helpdesk"),
         ]
     );
     let release_event = &events[events_before + 4];
