@@ -6,6 +6,7 @@
 //! the audit log is the certificate's subject common name.
 
 use crate::audit::Actor;
+use crate::lifecycle::CertificateScope;
 use tonic::{Request, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,6 +57,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The certificates this caller may revoke, hold and release: every one for `admin`, all
+    /// but operator certificates for the others (only `helpdesk` reaches those RPCs).
+    pub fn certificate_scope(&self) -> CertificateScope {
+        if self.role == Role::Admin {
+            CertificateScope::Every
+        } else {
+            CertificateScope::ExceptOperators
+        }
+    }
+
     pub fn actor(&self) -> Actor {
         Actor {
             name: self.name.clone(),
@@ -143,7 +154,10 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         "/tessera.v1.CertificateService/GetCertificate"
         | "/tessera.v1.CertificateService/ListCertificates" => &[Helpdesk, Auditor, Admin],
         // Issuing hands out a credential, a decision of the same weight as revoking one.
+        // Operator certificates (API clients, OCSP responder) only for admin: see
+        // `lifecycle::CertificateScope`.
         "/tessera.v1.CertificateService/RevokeCertificate"
+        | "/tessera.v1.CertificateService/ReleaseCertificateHold"
         | "/tessera.v1.CertificateService/IssueFromCsr" => &[Helpdesk, Admin],
         // The chain is public.
         "/tessera.v1.CertificateService/GetCaChain" => &Role::ALL,

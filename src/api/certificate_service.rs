@@ -1,4 +1,4 @@
-//! `tessera.v1.CertificateService`: read, look up and revoke certificates; issuing from a CSR
+//! `tessera.v1.CertificateService`: read, look up, revoke, hold and release certificates; issuing from a CSR
 //! and the CA chain are in `certificate_issuance.rs`.
 use super::authz::authorize;
 use super::pb::{self, certificate_service_server::CertificateService};
@@ -201,8 +201,15 @@ impl CertificateService for Certificates {
         let serial = serial_arg("serial", &req.serial)?;
         let reason = reason_from_pb(req.reason)?;
         idempotent!(self.store, "RevokeCertificate", req, |tx| {
-            lifecycle::revoke_certificate(tx, &identity.actor(), &req.request_id, &serial, reason)
-                .await?;
+            lifecycle::revoke_certificate_within(
+                tx,
+                &identity.actor(),
+                identity.certificate_scope(),
+                &req.request_id,
+                &serial,
+                reason,
+            )
+            .await?;
             // Read back outside the transaction's borrow for the answer's names.
             let row = tx.certificate_by_serial(&serial).await?;
             let certificate = match row {
@@ -210,6 +217,29 @@ impl CertificateService for Certificates {
                 None => None,
             };
             pb::RevokeCertificateResponse { certificate }
+        })
+    }
+
+    async fn release_certificate_hold(
+        &self,
+        request: Request<pb::ReleaseCertificateHoldRequest>,
+    ) -> Result<Response<pb::ReleaseCertificateHoldResponse>, Status> {
+        let identity = authorize(&request, &method("ReleaseCertificateHold"))?;
+        let req = request.into_inner();
+        let serial = serial_arg("serial", &req.serial)?;
+        idempotent!(self.store, "ReleaseCertificateHold", req, |tx| {
+            let row = lifecycle::release_certificate_hold(
+                tx,
+                &identity.actor(),
+                identity.certificate_scope(),
+                &req.request_id,
+                &serial,
+                &req.reason,
+            )
+            .await?;
+            pb::ReleaseCertificateHoldResponse {
+                certificate: Some(self.to_pb(row).await?),
+            }
         })
     }
 

@@ -114,7 +114,10 @@ impl From<LifecycleError> for Status {
             | LifecycleError::TokenNotFound(_)
             | LifecycleError::CertificateNotFound(_) => Code::NotFound,
             LifecycleError::PersonExists(_) => Code::AlreadyExists,
-            LifecycleError::InvalidTransition { .. }
+            LifecycleError::CertificateRequiresAdmin { .. } => Code::PermissionDenied,
+            LifecycleError::CertificateNotOnHold { .. }
+            | LifecycleError::HoldFromOwner { .. }
+            | LifecycleError::InvalidTransition { .. }
             | LifecycleError::StaleSyncGeneration { .. } => Code::FailedPrecondition,
             LifecycleError::RequestInProgress(_) => Code::Aborted,
             LifecycleError::Store(_) | LifecycleError::Audit(_) => return internal(&e),

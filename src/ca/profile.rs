@@ -163,6 +163,11 @@ impl Profile {
     }
 }
 
+/// The profile of API client (operator) certificates, made by `tessera admin issue-client-cert`.
+pub const OPERATOR_CLIENT_PROFILE: &str = "operator-client";
+/// The reserved profile of the OCSP responder's certificate, made by `tessera ca init-ocsp`.
+pub const OCSP_RESPONDER_PROFILE: &str = "ocsp-responder";
+
 /// id-kp-OCSPSigning
 const OCSP_SIGNING: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 9];
 

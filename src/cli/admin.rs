@@ -67,7 +67,7 @@ pub enum AdminCommand {
 }
 
 const OPERATOR_PROFILE: &str = include_str!("../../profiles/operator-client.toml");
-const OPERATOR_PROFILE_NAME: &str = "operator-client";
+const OPERATOR_PROFILE_NAME: &str = crate::ca::profile::OPERATOR_CLIENT_PROFILE;
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     match args.command {

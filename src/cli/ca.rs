@@ -319,7 +319,7 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
 }
 
 const OCSP_PROFILE: &str = include_str!("../../profiles/reserved/ocsp-responder.toml");
-const OCSP_PROFILE_NAME: &str = "ocsp-responder";
+const OCSP_PROFILE_NAME: &str = crate::ca::profile::OCSP_RESPONDER_PROFILE;
 
 /// `ca init-ocsp`: key in the HSM, certificate through `lifecycle::issue_certificate` (so the
 /// store and the audit log know it), then ocsp.pem and ocsp.toml (last: its presence means a

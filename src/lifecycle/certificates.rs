@@ -1,10 +1,124 @@
 //! Certificate revocation and hold (RFC 5280 reasons).
 use super::{LifecycleError, invalid};
 use crate::audit::{self, Actor, Change};
-use crate::store::{CertificateOwner, CertificateRow, CertificateStatus, Timestamp, WriteTx};
+use crate::store::{
+    CertificateOwner, CertificateRow, CertificateStatus, PersonState, Timestamp, TokenState,
+    WriteTx,
+};
 
 /// RFC 5280 CRLReason, with the RFC's codes (one type, kept in `ca`).
 pub use crate::ca::RevocationReason;
+
+/// Which certificates a caller may revoke, hold and release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateScope {
+    /// Every certificate (the `admin` role).
+    Every,
+    /// Every certificate except operator certificates: API client certificates and the OCSP
+    /// responder's (the `helpdesk` role), so that the help desk cannot lock out HR, the
+    /// auditors, the admins or the responder.
+    ExceptOperators,
+}
+
+impl CertificateScope {
+    /// Whether `certificate` is within this scope.
+    pub fn covers(self, certificate: &CertificateRow) -> bool {
+        self == CertificateScope::Every || !is_operator_certificate(certificate)
+    }
+
+    fn check(self, certificate: &CertificateRow) -> Result<(), LifecycleError> {
+        if self.covers(certificate) {
+            Ok(())
+        } else {
+            Err(LifecycleError::CertificateRequiresAdmin {
+                serial: certificate.serial.clone(),
+                profile: certificate.profile.clone(),
+            })
+        }
+    }
+}
+
+/// An operator certificate: an API client certificate (`tessera admin issue-client-cert`) or
+/// the OCSP responder's (`tessera ca init-ocsp`), told apart by the profile stored with it.
+pub fn is_operator_certificate(certificate: &CertificateRow) -> bool {
+    use crate::ca::profile::{OCSP_RESPONDER_PROFILE, OPERATOR_CLIENT_PROFILE};
+    [OPERATOR_CLIENT_PROFILE, OCSP_RESPONDER_PROFILE].contains(&certificate.profile.as_str())
+}
+
+/// [`revoke_certificate`] for a caller limited to `scope`: a certificate outside it is refused
+/// (`CERTIFICATE_REQUIRES_ADMIN`) and nothing changes.
+pub async fn revoke_certificate_within(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    scope: CertificateScope,
+    request_id: &str,
+    serial: &str,
+    reason: RevocationReason,
+) -> Result<CertificateRow, LifecycleError> {
+    if let Some(before) = tx.certificate_by_serial(serial).await? {
+        scope.check(&before)?;
+    }
+    revoke_certificate(tx, actor, request_id, serial, reason).await
+}
+
+/// Takes one certificate off hold (on hold → good), audited as `certificate.release` with
+/// `note` (at most 1024 bytes) in the event. Refused for a certificate outside `scope`
+/// (`CERTIFICATE_REQUIRES_ADMIN`), one that is not on hold (`CERTIFICATE_NOT_ON_HOLD`, revoked
+/// for good included), and one whose person or token is suspended
+/// (`HOLD_IS_FROM_PERSON_OR_TOKEN`): that hold ends when the person or token is reinstated,
+/// never certificate by certificate, or suspension would mean nothing.
+pub async fn release_certificate_hold(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    scope: CertificateScope,
+    request_id: &str,
+    serial: &str,
+    note: &str,
+) -> Result<CertificateRow, LifecycleError> {
+    if serial.is_empty() {
+        return Err(invalid("serial", "FIELD_REQUIRED", "is empty"));
+    }
+    if note.len() > 1024 {
+        return Err(invalid("reason", "FIELD_TOO_LONG", "exceeds 1024 bytes"));
+    }
+    let before = tx
+        .certificate_by_serial(serial)
+        .await?
+        .ok_or_else(|| LifecycleError::CertificateNotFound(serial.to_string()))?;
+    scope.check(&before)?;
+    if before.status != CertificateStatus::OnHold {
+        return Err(LifecycleError::CertificateNotOnHold {
+            serial: before.serial.clone(),
+            status: before.status.as_str(),
+        });
+    }
+    if let Some(person_id) = before.person_id
+        && let Some(person) = tx.person_by_id(person_id).await?
+        && person.state == PersonState::Suspended
+    {
+        return Err(LifecycleError::HoldFromOwner {
+            serial: before.serial.clone(),
+            owner: "person",
+        });
+    }
+    if let Some(token_id) = before.token_id
+        && let Some(token) = tx.token_by_id(token_id).await?
+        && token.state == TokenState::Suspended
+    {
+        return Err(LifecycleError::HoldFromOwner {
+            serial: before.serial.clone(),
+            owner: "token",
+        });
+    }
+    let change = StatusChange {
+        status: CertificateStatus::Good,
+        reason: None,
+        at: None,
+        action: "certificate.release",
+        note,
+    };
+    change_status(tx, actor, request_id, &before, change).await
+}
 
 /// Revokes a certificate, or puts it on hold when the reason is `CertificateHold`. A held
 /// certificate may be revoked for good; a revoked one stays revoked; a reserved (unsigned)
@@ -50,6 +164,7 @@ pub async fn revoke_certificate(
         reason: Some(reason.code()),
         at: Some(now),
         action,
+        note: "",
     };
     let row = change_status(tx, actor, request_id, &before, change).await?;
     Ok(row)
@@ -103,6 +218,7 @@ pub async fn apply_certificate_effect(
             reason,
             at,
             action,
+            note: "",
         };
         let row = change_status(tx, actor, request_id, &before, change).await?;
         changed.push(row.serial);
@@ -112,11 +228,13 @@ pub async fn apply_certificate_effect(
 
 /// One status change of one certificate: the new status, reason code and time, and the audit
 /// action that records it.
-struct StatusChange {
+struct StatusChange<'a> {
     status: CertificateStatus,
     reason: Option<i64>,
     at: Option<Timestamp>,
     action: &'static str,
+    /// The caller's reason text, kept in the event's `after` as `reason` when not empty.
+    note: &'a str,
 }
 
 /// Applies `change` to the certificate `before` and audits it (before and after rows).
@@ -125,11 +243,15 @@ async fn change_status(
     actor: &Actor,
     request_id: &str,
     before: &CertificateRow,
-    change: StatusChange,
+    change: StatusChange<'_>,
 ) -> Result<CertificateRow, LifecycleError> {
     let row = tx
         .update_certificate_status(&before.serial, change.status, change.reason, change.at)
         .await?;
+    let mut after = serde_json::to_value(&row).unwrap_or_default();
+    if !change.note.is_empty() {
+        after["reason"] = serde_json::Value::String(change.note.to_string());
+    }
     audit::record(
         tx,
         actor,
@@ -137,7 +259,7 @@ async fn change_status(
             action: change.action,
             subject: format!("certificate:{}", row.serial),
             before: Some(serde_json::to_value(before).unwrap_or_default()),
-            after: Some(serde_json::to_value(&row).unwrap_or_default()),
+            after: Some(after),
             request_id,
         },
     )

@@ -33,6 +33,19 @@ pub enum LifecycleError {
     TokenNotFound(String),
     #[error("no certificate with serial {0:?}")]
     CertificateNotFound(String),
+    #[error(
+        "certificate {serial} (profile {profile}) is an operator certificate; only the admin role may revoke, hold or release it"
+    )]
+    CertificateRequiresAdmin { serial: String, profile: String },
+    #[error("certificate {serial} is not on hold (it is {status})")]
+    CertificateNotOnHold {
+        serial: String,
+        status: &'static str,
+    },
+    #[error(
+        "certificate {serial} is on hold because its {owner} is suspended; reinstate the {owner} instead"
+    )]
+    HoldFromOwner { serial: String, owner: &'static str },
     #[error("cannot {action} a {kind} that is {from}")]
     InvalidTransition {
         kind: &'static str,
@@ -71,6 +84,9 @@ impl LifecycleError {
         "PERSON_EXISTS",
         "TOKEN_NOT_FOUND",
         "CERTIFICATE_NOT_FOUND",
+        "CERTIFICATE_REQUIRES_ADMIN",
+        "CERTIFICATE_NOT_ON_HOLD",
+        "HOLD_IS_FROM_PERSON_OR_TOKEN",
         "INVALID_STATE_TRANSITION",
         "STALE_SYNC_GENERATION",
         "REQUEST_ID_REUSED",
@@ -86,6 +102,9 @@ impl LifecycleError {
             LifecycleError::PersonExists(_) => "PERSON_EXISTS",
             LifecycleError::TokenNotFound(_) => "TOKEN_NOT_FOUND",
             LifecycleError::CertificateNotFound(_) => "CERTIFICATE_NOT_FOUND",
+            LifecycleError::CertificateRequiresAdmin { .. } => "CERTIFICATE_REQUIRES_ADMIN",
+            LifecycleError::CertificateNotOnHold { .. } => "CERTIFICATE_NOT_ON_HOLD",
+            LifecycleError::HoldFromOwner { .. } => "HOLD_IS_FROM_PERSON_OR_TOKEN",
             LifecycleError::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
             LifecycleError::StaleSyncGeneration { .. } => "STALE_SYNC_GENERATION",
             LifecycleError::RequestIdReused(_) => "REQUEST_ID_REUSED",

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tessera::audit::Actor;
 use tessera::ca::{KeyProvenance, OnlineCa, SubjectParams};
 use tessera::lifecycle::{
-    CertificateEffect, IssueParams, RevocationReason, apply_certificate_effect, issue_certificate,
-    revoke_certificate,
+    CertificateEffect, CertificateScope, IssueParams, RevocationReason, apply_certificate_effect,
+    issue_certificate, release_certificate_hold, revoke_certificate, revoke_certificate_within,
 };
 use tessera::server::{BoundServer, ServerConfig};
 use tessera::store::{CertificateOwner, Store};
@@ -480,6 +480,72 @@ async fn crl_and_ocsp_follow_every_status_change(url: &str) {
         out.starts_with(&format!("{}: good\n", s.path_s("held.pem"))),
         "{out}"
     );
+
+    // One certificate held and released on its own (`ReleaseCertificateHold`, as the help
+    // desk): on the CRL, then off it with a new number; OCSP good again at once.
+    let mut tx = store.begin_write().await.unwrap();
+    revoke_certificate_within(
+        &mut tx,
+        &actor(),
+        CertificateScope::ExceptOperators,
+        "hold-again",
+        &held,
+        RevocationReason::CertificateHold,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let text = openssl_crl(&s, &server);
+    assert_eq!(crl_number(&text), 4, "{text}");
+    assert!(text.contains(&upper(&held)), "{text}");
+    let mut tx = store.begin_write().await.unwrap();
+    release_certificate_hold(
+        &mut tx,
+        &actor(),
+        CertificateScope::ExceptOperators,
+        "release-one",
+        &held,
+        "",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let text = openssl_crl(&s, &server);
+    assert_eq!(crl_number(&text), 5, "{text}");
+    assert!(!text.contains(&upper(&held)), "{text}");
+    let out = openssl_ocsp(&s, &server, &issuing, &[&s.path("held.pem")]);
+    assert!(
+        out.starts_with(&format!("{}: good\n", s.path_s("held.pem"))),
+        "{out}"
+    );
+
+    // The responder's own certificate is out of the help desk's reach.
+    let responder = store
+        .list_certificates(&tessera::store::CertificatesQuery {
+            after_serial: String::new(),
+            limit: 100,
+            person_id: None,
+            token_id: None,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.profile == "ocsp-responder")
+        .expect("init-ocsp records the responder's certificate");
+    let mut tx = store.begin_write().await.unwrap();
+    let refused = revoke_certificate_within(
+        &mut tx,
+        &actor(),
+        CertificateScope::ExceptOperators,
+        "hold-responder",
+        &responder.serial,
+        RevocationReason::CertificateHold,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.reason(), "CERTIFICATE_REQUIRES_ADMIN");
+    drop(tx);
+    assert_eq!(crl_number(&openssl_crl(&s, &server)), 5);
 
     server.stop().await;
 }

@@ -35,6 +35,7 @@ on_both_databases!(
     http_side_health_chain_and_metrics,
     audit_stream_follows_new_events,
     revoked_client_certificate_is_refused_on_open_connections,
+    helpdesk_cannot_revoke_operator_certificates_and_releases_holds,
 );
 
 fn record(id: &str) -> pb::PersonRecord {
@@ -179,6 +180,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "ReleaseCertificateHold",
+        code(
+            c.release_certificate_hold(pb::ReleaseCertificateHoldRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "LookupCertificate",
         code(
             c.lookup_certificate(pb::LookupCertificateRequest::default())
@@ -250,7 +258,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         | "ReinstateToken" => &["helpdesk", "admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
         "GetCertificate" | "ListCertificates" => &["helpdesk", "auditor", "admin"],
-        "RevokeCertificate" | "IssueFromCsr" => &["helpdesk", "admin"],
+        "RevokeCertificate" | "ReleaseCertificateHold" | "IssueFromCsr" => &["helpdesk", "admin"],
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
@@ -275,7 +283,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 30);
+        assert_eq!(results.len(), 31);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -299,7 +307,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 30);
+            assert_eq!(anonymous.len(), 31);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
@@ -2208,6 +2216,386 @@ async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
     assert_eq!(
         other.lookup_certificate(chain()).await.unwrap_err().code(),
         Code::NotFound
+    );
+    store.close().await;
+    server.stop().await;
+}
+
+/// Records a signed certificate row directly (the tests' stand-in for issuance).
+async fn record_certificate(
+    store: &Store,
+    serial: &str,
+    person_id: Option<i64>,
+    profile: &str,
+    der: &[u8],
+) {
+    use tessera::store::NewCertificate;
+    let mut tx = store.begin_write().await.unwrap();
+    tx.reserve_certificate(&NewCertificate {
+        serial: serial.into(),
+        person_id,
+        token_id: None,
+        profile: profile.into(),
+        tbs: b"tbs".to_vec(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(serial.as_bytes()));
+    tx.record_issued_certificate(serial, der, &sha)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Issue 12, finding 3: the help desk may revoke, hold and release people's certificates but
+/// not operator certificates (API clients, the OCSP responder); `ReleaseCertificateHold` takes
+/// one certificate off hold, idempotently, but never one held by its person's suspension.
+async fn helpdesk_cannot_revoke_operator_certificates_and_releases_holds(url: &str) {
+    use x509_parser::prelude::FromDer;
+    let server = TestServer::builder(url).start().await;
+    let store = Store::open(url).await.unwrap();
+    // HR's API client certificate, recorded as `tessera admin issue-client-cert` records it.
+    let hr = server.pki.client("hr");
+    let (_, der) = x509_parser::pem::parse_x509_pem(hr.cert_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
+    let hr_serial = hex::encode(cert.raw_serial());
+    record_certificate(&store, &hr_serial, None, "operator-client", &der.contents).await;
+    record_certificate(&store, "0c01", None, "ocsp-responder", b"OCSP").await;
+
+    let mut directory = DirectoryServiceClient::new(server.channel(Some(&hr)).await);
+    for id in ["E1", "E2"] {
+        directory
+            .create_person(pb::CreatePersonRequest {
+                request_id: format!("create-{id}"),
+                person: Some(record(id)),
+            })
+            .await
+            .unwrap();
+    }
+    let e1 = store.person_by_external_id("E1").await.unwrap().unwrap();
+    let e2 = store.person_by_external_id("E2").await.unwrap().unwrap();
+    record_certificate(&store, "0a01", Some(e1.id), "tls-client", b"DER1").await;
+    record_certificate(&store, "0a02", Some(e1.id), "tls-client", b"DER2").await;
+    record_certificate(&store, "0a03", Some(e2.id), "tls-client", b"DER3").await;
+    let events_before = store.audit_events(0, 100).await.unwrap().len();
+
+    let revoke =
+        |rid: &str, serial: &str, reason: pb::RevocationReason| pb::RevokeCertificateRequest {
+            request_id: rid.into(),
+            serial: serial.into(),
+            reason: reason as i32,
+        };
+    let release = |rid: &str, serial: &str| pb::ReleaseCertificateHoldRequest {
+        request_id: rid.into(),
+        serial: serial.into(),
+        reason: "called the owner back".into(),
+    };
+    let status_of = |c: Option<pb::Certificate>| c.unwrap().status;
+    let mut desk = CertificateServiceClient::new(server.as_role("helpdesk").await);
+    let mut admin = CertificateServiceClient::new(server.as_role("admin").await);
+
+    // The help desk can neither hold nor revoke HR's client certificate or the responder's.
+    for (rid, serial, reason) in [
+        (
+            "d1",
+            hr_serial.as_str(),
+            pb::RevocationReason::CertificateHold,
+        ),
+        (
+            "d2",
+            hr_serial.as_str(),
+            pb::RevocationReason::KeyCompromise,
+        ),
+        ("d3", "0c01", pb::RevocationReason::CertificateHold),
+        ("d4", "0c01", pb::RevocationReason::KeyCompromise),
+    ] {
+        let s = desk
+            .revoke_certificate(revoke(rid, serial, reason))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied, "{serial} {reason:?}");
+        assert_eq!(
+            reason_and_fields(&s),
+            ("CERTIFICATE_REQUIRES_ADMIN".into(), vec![])
+        );
+        let profile = if serial == "0c01" {
+            "ocsp-responder"
+        } else {
+            "operator-client"
+        };
+        assert_eq!(
+            s.message(),
+            format!(
+                "certificate {serial} (profile {profile}) is an operator certificate; only the admin role may revoke, hold or release it"
+            )
+        );
+    }
+    // Nothing changed: both rows good, no event, HR still works.
+    for serial in [hr_serial.as_str(), "0c01"] {
+        let row = store.certificate_by_serial(serial).await.unwrap().unwrap();
+        assert_eq!(row.status, tessera::store::CertificateStatus::Good);
+    }
+    assert_eq!(
+        store.audit_events(0, 100).await.unwrap().len(),
+        events_before
+    );
+    directory
+        .get_person(pb::GetPersonRequest {
+            external_id: "E1".into(),
+        })
+        .await
+        .unwrap();
+
+    // The admin can hold it; then only the admin can release it.
+    let held = admin
+        .revoke_certificate(revoke(
+            "a1",
+            &hr_serial,
+            pb::RevocationReason::CertificateHold,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status_of(held.certificate),
+        pb::CertificateStatus::OnHold as i32
+    );
+    let s = directory
+        .get_person(pb::GetPersonRequest {
+            external_id: "E1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
+    let s = desk
+        .release_certificate_hold(release("d5", &hr_serial))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason_and_fields(&s).0.as_str()),
+        (Code::PermissionDenied, "CERTIFICATE_REQUIRES_ADMIN")
+    );
+    let released = admin
+        .release_certificate_hold(release("a2", &hr_serial))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status_of(released.certificate),
+        pb::CertificateStatus::Good as i32
+    );
+    directory
+        .get_person(pb::GetPersonRequest {
+            external_id: "E1".into(),
+        })
+        .await
+        .unwrap();
+    // The admin can revoke an operator certificate for good.
+    let revoked = admin
+        .revoke_certificate(revoke("a3", "0c01", pb::RevocationReason::Superseded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status_of(revoked.certificate),
+        pb::CertificateStatus::Revoked as i32
+    );
+
+    // The help desk holds and releases a person's certificate; a repeat answers the same.
+    let crl_changes = || async { store.crl_state().await.unwrap().status_changes };
+    desk.revoke_certificate(revoke("d6", "0a01", pb::RevocationReason::CertificateHold))
+        .await
+        .unwrap();
+    let changes_on_hold = crl_changes().await;
+    let first = desk
+        .release_certificate_hold(release("d7", "0a01"))
+        .await
+        .unwrap()
+        .into_inner();
+    let certificate = first.certificate.clone().unwrap();
+    assert_eq!(certificate.status, pb::CertificateStatus::Good as i32);
+    assert_eq!(
+        (
+            certificate.revocation_reason,
+            certificate.revoked_at.as_str()
+        ),
+        (pb::RevocationReason::Unspecified as i32, "")
+    );
+    assert_eq!(certificate.person_external_id, "E1");
+    assert_eq!(crl_changes().await, changes_on_hold + 1);
+    let again = desk
+        .release_certificate_hold(release("d7", "0a01"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    assert_eq!(crl_changes().await, changes_on_hold + 1);
+
+    // Not on hold: good, revoked for good, reserved-free but unknown, malformed.
+    let s = desk
+        .release_certificate_hold(release("d8", "0a01"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason_and_fields(&s).0.as_str(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "CERTIFICATE_NOT_ON_HOLD",
+            "certificate 0a01 is not on hold (it is good)"
+        )
+    );
+    desk.revoke_certificate(revoke("d9", "0a02", pb::RevocationReason::CertificateHold))
+        .await
+        .unwrap();
+    desk.revoke_certificate(revoke("d10", "0a02", pb::RevocationReason::KeyCompromise))
+        .await
+        .unwrap();
+    let s = desk
+        .release_certificate_hold(release("d11", "0a02"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason_and_fields(&s).0.as_str(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "CERTIFICATE_NOT_ON_HOLD",
+            "certificate 0a02 is not on hold (it is revoked)"
+        )
+    );
+    let s = desk
+        .release_certificate_hold(release("d12", "0b99"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason_and_fields(&s).0.as_str()),
+        (Code::NotFound, "CERTIFICATE_NOT_FOUND")
+    );
+    let s = desk
+        .release_certificate_hold(release("d13", "zz"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_and_fields(&s),
+        ("INVALID_SERIAL".into(), vec!["serial".to_string()])
+    );
+    let s = desk
+        .release_certificate_hold(pb::ReleaseCertificateHoldRequest {
+            request_id: "d14".into(),
+            serial: "0a01".into(),
+            reason: "x".repeat(1025),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_and_fields(&s),
+        ("FIELD_TOO_LONG".into(), vec!["reason".to_string()])
+    );
+
+    // A hold that comes from the person's suspension is not released certificate by
+    // certificate, not even by the admin; reinstating the person releases it.
+    directory
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E2".into(),
+            external_id: "E2".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    for (client, rid) in [(&mut desk, "d15"), (&mut admin, "a4")] {
+        let s = client
+            .release_certificate_hold(release(rid, "0a03"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (s.code(), reason_and_fields(&s).0.as_str(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "HOLD_IS_FROM_PERSON_OR_TOKEN",
+                "certificate 0a03 is on hold because its person is suspended; reinstate the person instead"
+            )
+        );
+    }
+    let row = store.certificate_by_serial("0a03").await.unwrap().unwrap();
+    assert_eq!(row.status, tessera::store::CertificateStatus::OnHold);
+
+    // Likewise a hold from the token's suspension.
+    let mut tx = store.begin_write().await.unwrap();
+    let token = tx
+        .insert_token(&NewToken {
+            serial: "31000001".into(),
+            model: "YubiKey 5C NFC".into(),
+            firmware: "5.7.1".into(),
+            form_factor: "usb_c_keychain".into(),
+            state: TokenState::Active,
+            person_id: Some(e1.id),
+        })
+        .await
+        .unwrap();
+    tx.reserve_certificate(&tessera::store::NewCertificate {
+        serial: "0a04".into(),
+        person_id: Some(e1.id),
+        token_id: Some(token.id),
+        profile: "piv-authentication".into(),
+        tbs: b"tbs".to_vec(),
+        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
+        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    tx.record_issued_certificate("0a04", b"DER4", &"04".repeat(32))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    TokenServiceClient::new(server.as_role("helpdesk").await)
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "suspend-token".into(),
+            serial: "31000001".into(),
+            reason: "left at home".into(),
+        })
+        .await
+        .unwrap();
+    let s = desk
+        .release_certificate_hold(release("d16", "0a04"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason_and_fields(&s).0.as_str(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "HOLD_IS_FROM_PERSON_OR_TOKEN",
+            "certificate 0a04 is on hold because its token is suspended; reinstate the token instead"
+        )
+    );
+
+    // Every change audited once, none of the refusals; the release carries its reason.
+    let events = store.audit_events(0, 100).await.unwrap();
+    let actions: Vec<_> = events[events_before..]
+        .iter()
+        .map(|e| (e.action.as_str(), e.role.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("certificate.hold", "admin"),
+            ("certificate.release", "admin"),
+            ("certificate.revoke", "admin"),
+            ("certificate.hold", "helpdesk"),
+            ("certificate.release", "helpdesk"),
+            ("certificate.hold", "helpdesk"),
+            ("certificate.revoke", "helpdesk"),
+            ("person.suspend", "hr"),
+            ("certificate.hold", "hr"),
+            ("token.suspend", "helpdesk"),
+            ("certificate.hold", "helpdesk"),
+        ]
+    );
+    let release_event = &events[events_before + 4];
+    assert_eq!(release_event.subject, "certificate:0a01");
+    assert!(
+        release_event.after_json.contains("called the owner back"),
+        "{release_event:?}"
     );
     store.close().await;
     server.stop().await;
