@@ -12,5 +12,4 @@ pub mod lifecycle;
 pub mod piv;
 pub mod station;
 pub mod store;
-pub mod vpiv;
 pub mod web;
