@@ -54,7 +54,6 @@ pub mod authz;
 mod certificate_issuance;
 mod certificate_service;
 pub mod client_revocation;
-pub mod codec;
 mod directory_service;
 pub mod enrollment_service;
 pub mod rpc_metrics;

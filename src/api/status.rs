@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-pub const DOMAIN: &str = "tessera";
+pub const DOMAIN: &str = crate::protocol::ERROR_DOMAIN;
 
 /// Every reason the gRPC edge gives itself (authorization, request checks, CA errors mapped to
 /// reasons); the lifecycle and enrollment reasons are in `LifecycleError::REASONS`,

@@ -1,7 +1,8 @@
 //! The protobuf codec of the generated services and clients: tonic-prost's, except that a
 //! request that does not decode (random bytes, invalid UTF-8 in a string field) is the caller's
 //! mistake and answers `INVALID_ARGUMENT` with reason `MESSAGE_UNDECODABLE`, where tonic-prost
-//! answers `INTERNAL`. build.rs names this codec for every service of `proto/tessera/v1`.
+//! answers `INTERNAL`. build.rs names this codec for every service and client of
+//! `proto/tessera/v1` (a client meets it only for an answer that does not decode).
 use std::collections::HashMap;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
@@ -51,7 +52,7 @@ impl<U: prost::Message + Default> Decoder for ProstDecoder<U> {
             }
             let details = ErrorDetails::with_error_info(
                 "MESSAGE_UNDECODABLE",
-                super::status::DOMAIN,
+                super::ERROR_DOMAIN,
                 HashMap::<String, String>::new(),
             );
             Status::with_error_details(
