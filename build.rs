@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Decode errors answer INVALID_ARGUMENT, not tonic-prost's INTERNAL.
+        .codec_path("crate::protocol::codec::ProstCodec")
         .file_descriptor_set_path(out.join("tessera_v1_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     Ok(())

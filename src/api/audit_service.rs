@@ -51,7 +51,7 @@ impl AuditService for AuditLog {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         authorize(&request, &method("ListAuditEvents"))?;
         let req = request.into_inner();
-        let limit = page_size(req.page_size);
+        let limit = page_size(req.page_size)?;
         let rows = self
             .store
             .audit_events(req.after_sequence.max(0), limit)

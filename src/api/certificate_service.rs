@@ -164,7 +164,7 @@ impl CertificateService for Certificates {
     ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
         authorize(&request, &method("ListCertificates"))?;
         let req = request.into_inner();
-        let limit = page_size(req.page_size);
+        let limit = page_size(req.page_size)?;
         let after_serial = if req.page_token.is_empty() {
             String::new()
         } else {

@@ -161,7 +161,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::ListPeopleResponse>, Status> {
         authorize(&request, &method("ListPeople"))?;
         let req = request.into_inner();
-        let limit = page_size(req.page_size);
+        let limit = page_size(req.page_size)?;
         let state = match pb::PersonState::try_from(req.state) {
             Ok(pb::PersonState::Unspecified) => None,
             Ok(pb::PersonState::Active) => Some(PersonState::Active),

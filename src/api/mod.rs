@@ -66,11 +66,22 @@ pub use serve::{GrpcEdge, TlsConnections};
 
 use crate::protocol::pb;
 
-/// Page sizes: 0 means the default; larger than the maximum is clamped.
-pub(crate) fn page_size(requested: i32) -> i64 {
+/// The page size of a List RPC when the request gives 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: i32 = 100;
+/// The largest page a List RPC returns; a larger `page_size` is clamped to it (AIP-158).
+pub const MAX_PAGE_SIZE: i32 = 1000;
+
+/// Page sizes: 0 means the default, a negative one is refused, larger than the maximum is
+/// clamped.
+pub(crate) fn page_size(requested: i32) -> Result<i64, tonic::Status> {
     match requested {
-        n if n <= 0 => 100,
-        n => i64::from(n.min(1000)),
+        n if n < 0 => Err(status::invalid_argument(
+            "page_size",
+            "INVALID_PAGE_SIZE",
+            "page_size must not be negative",
+        )),
+        0 => Ok(i64::from(DEFAULT_PAGE_SIZE)),
+        n => Ok(i64::from(n.min(MAX_PAGE_SIZE))),
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-pub const DOMAIN: &str = "tessera";
+pub const DOMAIN: &str = crate::protocol::ERROR_DOMAIN;
 
 /// Every reason the gRPC edge gives itself (authorization, request checks, CA errors mapped to
 /// reasons); the lifecycle and enrollment reasons are in `LifecycleError::REASONS`,
@@ -22,6 +22,9 @@ pub const REASONS: &[&str] = &[
     "ROLE_NOT_ALLOWED",
     "FIELD_REQUIRED",
     "INVALID_PAGE_TOKEN",
+    "INVALID_PAGE_SIZE",
+    "MESSAGE_UNDECODABLE",
+    "DATABASE_UNAVAILABLE",
     "INVALID_ENUM_VALUE",
     "INVALID_SERIAL",
     "INVALID_FINGERPRINT",
@@ -88,7 +91,23 @@ pub fn unauthenticated() -> Status {
     )
 }
 
-pub fn internal(error: &dyn std::error::Error) -> Status {
+/// An error of the server, not of the request: `UNAVAILABLE` with reason `DATABASE_UNAVAILABLE`
+/// when its cause is an unreachable database (a retry may succeed; the failed call changed
+/// nothing), else `INTERNAL`. The details go to the log, never to the caller.
+pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if store_cause(e).is_some_and(StoreError::is_unavailable) {
+            tracing::warn!(%error, "database unavailable");
+            return with_reason(
+                Code::Unavailable,
+                "DATABASE_UNAVAILABLE",
+                "the database is unavailable; retry later",
+                None,
+            );
+        }
+        cause = e.source();
+    }
     tracing::error!(%error, "internal error");
     with_reason(
         Code::Internal,
@@ -96,6 +115,32 @@ pub fn internal(error: &dyn std::error::Error) -> Status {
         "internal error; see the server log",
         None,
     )
+}
+
+/// The store error `e` is or wraps transparently (`#[error(transparent)]` hides it from
+/// `source()`).
+fn store_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a StoreError> {
+    use crate::audit::AuditError;
+    use crate::enroll::EnrollmentRefusal;
+    fn of_lifecycle(e: &LifecycleError) -> Option<&StoreError> {
+        match e {
+            LifecycleError::Store(s) | LifecycleError::Audit(AuditError::Store(s)) => Some(s),
+            _ => None,
+        }
+    }
+    if let Some(s) = e.downcast_ref::<StoreError>() {
+        Some(s)
+    } else if let Some(AuditError::Store(s)) = e.downcast_ref::<AuditError>() {
+        Some(s)
+    } else if let Some(l) = e.downcast_ref::<LifecycleError>() {
+        of_lifecycle(l)
+    } else {
+        match e.downcast_ref::<EnrollmentRefusal>()? {
+            EnrollmentRefusal::Store(s) => Some(s),
+            EnrollmentRefusal::Lifecycle(l) => of_lifecycle(l),
+            _ => None,
+        }
+    }
 }
 
 impl From<StoreError> for Status {

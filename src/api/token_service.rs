@@ -111,7 +111,7 @@ impl TokenService for Tokens {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         authorize(&request, &method("ListTokens"))?;
         let req = request.into_inner();
-        let limit = page_size(req.page_size);
+        let limit = page_size(req.page_size)?;
         let person_id = person_filter(&self.store, &req.person_external_id).await?;
         let state = match pb::TokenState::try_from(req.state) {
             Ok(pb::TokenState::Unspecified) => None,

@@ -74,6 +74,7 @@ impl LifecycleError {
         "FIELD_REQUIRED",
         "FIELD_TOO_LONG",
         "FIELD_INVALID",
+        "TOO_MANY_ITEMS",
         "INVALID_UPN",
         "INVALID_EMAIL",
         "INVALID_WINDOWS_SID",

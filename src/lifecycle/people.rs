@@ -17,6 +17,11 @@ pub struct PersonInput {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// At most this many attributes per person (keys up to 128 bytes, values up to 4096 bytes).
+pub const MAX_ATTRIBUTES: usize = 64;
+/// At most this many people in one `SyncPeople` request.
+pub const MAX_SYNC_PEOPLE: usize = 50_000;
+
 /// A person input that passed validation.
 struct ValidPerson {
     input: PersonInput,
@@ -50,6 +55,13 @@ impl PersonInput {
                 f("person.windows_sid"),
                 "INVALID_WINDOWS_SID",
                 "must be empty or a SID such as S-1-5-21-1-2-3-1001",
+            ));
+        }
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(invalid(
+                f("person.attributes"),
+                "TOO_MANY_ITEMS",
+                format!("has more than {MAX_ATTRIBUTES} entries"),
             ));
         }
         for (k, v) in &self.attributes {
@@ -349,6 +361,13 @@ pub async fn sync_people(
     records: Vec<PersonInput>,
     offboard_missing: bool,
 ) -> Result<SyncOutcome, LifecycleError> {
+    if records.len() > MAX_SYNC_PEOPLE {
+        return Err(invalid(
+            "people",
+            "TOO_MANY_ITEMS",
+            format!("has more than {MAX_SYNC_PEOPLE} entries; sync in several requests"),
+        ));
+    }
     if generation <= 0 {
         return Err(invalid(
             "generation",
@@ -467,7 +486,16 @@ mod tests {
     #[test]
     fn refusals_name_reason_and_field() {
         type Change = fn(&mut PersonInput);
-        let cases: [(Change, &str, (&str, &str)); 6] = [
+        let cases: [(Change, &str, (&str, &str)); 7] = [
+            (
+                |p| {
+                    p.attributes = (0..=MAX_ATTRIBUTES)
+                        .map(|i| (format!("k{i}"), "v".into()))
+                        .collect()
+                },
+                "people[1].",
+                ("TOO_MANY_ITEMS", "people[1].person.attributes"),
+            ),
             (
                 |p| p.external_id = " ".into(),
                 "",

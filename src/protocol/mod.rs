@@ -3,6 +3,7 @@
 //! ([`proof_message`]) and the slot plan as types ([`SlotPlan`]). Pure: no I/O. The station,
 //! `api` and `enroll` all use it; it knows neither of them.
 
+pub mod codec;
 pub mod slot_plan;
 
 pub use slot_plan::SlotPlan;
@@ -14,6 +15,9 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("tessera_v1_descriptor");
 }
+
+/// The `google.rpc.ErrorInfo` domain of every error Tessera's gRPC services give.
+pub const ERROR_DOMAIN: &str = "tessera";
 
 /// Domain tag of the proof-of-possession message (see `proto/tessera/v1/enrollment.proto`).
 pub const PROOF_DOMAIN: &[u8] = b"tessera-enrollment-proof-v1";

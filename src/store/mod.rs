@@ -131,6 +131,34 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (no connection within the pool's timeout, the
+    /// connection broke, or the server refused connections for now): a retry may succeed, and
+    /// the failed call changed nothing.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => is_unreachable(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (class 08), the server shutting down or starting
+        // (57P01..57P03), too many connections (53300).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ mod harness;
 mod attest;
 mod ca;
 mod config_examples;
+mod edge_errors;
 mod enrollment;
 mod hsm;
 mod issuance_api;
