@@ -24,8 +24,9 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 
 # Every test runs inside one private pcscd (its own mount namespace) so that card tests never
-# meet a system pcscd; tests that need no reader simply ignore it.
-scripts/with-pcscd.sh -- cargo nextest run --no-fail-fast --failure-output final "$@"
+# meet a system pcscd; tests that need no reader simply ignore it. `--workspace`: the `tessera`
+# package and the virtual card `tessera-vpiv` (whose binary the card tests start).
+scripts/with-pcscd.sh -- cargo nextest run --workspace --no-fail-fast --failure-output final "$@"
 
 # The README's main job end to end, as a user runs it (tests/it/station.rs covers the same flow
 # piece by piece; this proves the script itself works).

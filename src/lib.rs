@@ -4,13 +4,16 @@
 pub mod api;
 pub mod attest;
 pub mod audit;
+pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod enroll;
 pub mod hsm;
 pub mod lifecycle;
+pub mod metrics;
 pub mod piv;
+pub mod protocol;
+pub mod server;
 pub mod station;
 pub mod store;
-pub mod vpiv;
 pub mod web;

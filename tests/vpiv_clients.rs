@@ -3,7 +3,8 @@
 //! card in its own reader and asserts what a real YubiKey 5 answers: exit codes, the tools' own
 //! output lines (taken from the tools' sources), status words.
 //!
-//! Run under the harness: `scripts/with-pcscd.sh -- cargo nextest run --test vpiv_clients`.
+//! Run under the harness: `scripts/with-pcscd.sh -- cargo nextest run -E 'binary(vpiv_clients)'`
+//! (at the root, so that cargo also builds the card of the `tessera-vpiv` package).
 
 mod harness;
 

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tessera::vpiv::attestation::{DeviceFacts, TestRoot};
-use tessera::vpiv::{CardState, FaultPlan, VirtualCard};
+use tessera_vpiv::attestation::{DeviceFacts, TestRoot};
+use tessera_vpiv::{CardState, FaultPlan, VirtualCard};
 
 fn base_state() -> &'static CardState {
     static STATE: OnceLock<CardState> = OnceLock::new();

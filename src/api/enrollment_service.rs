@@ -265,20 +265,7 @@ fn begun_to_pb(b: &BegunEnrollment) -> pb::BeginEnrollmentResponse {
     pb::BeginEnrollmentResponse {
         enrollment_id: b.enrollment.public_id.clone(),
         nonce: b.enrollment.nonce.clone(),
-        slots: b
-            .slots
-            .iter()
-            .map(|s| {
-                let t = s.to_text();
-                pb::SlotPlan {
-                    slot: t.slot,
-                    algorithm: t.algorithm,
-                    pin_policy: t.pin_policy,
-                    touch_policy: t.touch_policy,
-                    certificate_profile: t.certificate_profile,
-                }
-            })
-            .collect(),
+        slots: b.slots.iter().map(pb::SlotPlan::from).collect(),
         current_management_key: b
             .current
             .as_ref()

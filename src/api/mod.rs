@@ -1,6 +1,7 @@
-//! gRPC services over TLS 1.3 with mutual authentication. This module turns requests into
-//! calls on `lifecycle`, `store` and `audit`, checks the caller's role, and maps errors to gRPC
-//! status; the rules themselves live in those modules.
+//! The gRPC edge: services over TLS 1.3 with mutual authentication. This module turns
+//! requests into calls on `lifecycle`, `enroll`, `store` and `audit`, checks the caller's role,
+//! and maps errors to gRPC status; the rules themselves live in those modules. The composition
+//! root (`server`) hands it its parts and the accepted connections ([`GrpcEdge`]).
 
 /// Runs a state-changing RPC once per request id: a repeat gets the stored first answer and
 /// changes nothing; the change, its audit events and the stored answer commit together.
@@ -56,20 +57,14 @@ pub mod client_revocation;
 mod directory_service;
 pub mod enrollment_service;
 pub mod rpc_metrics;
-pub mod server;
+mod serve;
 pub mod status;
 mod token_service;
 
 pub use authz::{Identity, Role};
-pub use server::{BoundServer, ServerConfig, ServerConfigError};
+pub use serve::{GrpcEdge, TlsConnections};
 
-/// Code generated from `proto/tessera/v1` by `build.rs`.
-pub mod pb {
-    tonic::include_proto!("tessera.v1");
-    /// Served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("tessera_v1_descriptor");
-}
+use crate::protocol::pb;
 
 /// Page sizes: 0 means the default; larger than the maximum is clamped.
 pub(crate) fn page_size(requested: i32) -> i64 {

@@ -77,7 +77,7 @@ pub(crate) fn decode_certificates(
             limit: MAX_CERTIFICATE_INPUT_BYTES,
         });
     }
-    let trimmed = trim_ascii(bytes);
+    let trimmed = bytes.trim_ascii_start();
     if trimmed.is_empty() {
         return Err(AttestError::EmptyInput { role: role.clone() });
     }
@@ -108,6 +108,14 @@ pub(crate) fn decode_one_certificate(
     Ok(all.remove(0))
 }
 
+/// Splits PEM input into its blocks and decodes each with the der crate's PEM decoder
+/// (`der::pem::decode_vec`, RFC 7468), keeping each certificate's exact DER.
+///
+/// Only the splitting is ours. x509-cert's `Certificate::load_pem_chain` would do it but cannot
+/// keep what docs/attestation.md promises: it refuses explanatory text after the last block
+/// (RFC 7468 allows it), lets binary bytes before a block pass as preamble, cannot name a wrong
+/// label (it only looks for `-----END CERTIFICATE-----`, so a PRIVATE KEY block is a missing
+/// boundary), and returns re-encoded certificates rather than the bytes that were signed.
 fn decode_pem_blocks(
     bytes: &[u8],
     role: &CertificateRole,
@@ -161,14 +169,6 @@ fn check_outside_text(bytes: &[u8]) -> Result<(), String> {
     } else {
         Err("binary bytes outside the PEM blocks".into())
     }
-}
-
-fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    &bytes[start..]
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -1,11 +1,12 @@
 //! `tessera admin issue-client-cert`: a client certificate for the gRPC API, from Tessera's CA,
 //! with the caller's role bound as a `tessera:role:<role>` URI SAN (see docs/api.md).
-use crate::api::{Role, ServerConfig};
+use crate::api::Role;
 use crate::audit::Actor;
 use crate::ca::issue::certificate_pem;
 use crate::ca::{KeyProvenance, OnlineCa, Profile, ProfileSet, StoredCa, SubjectParams};
 use crate::hsm::{Hsm, HsmConfig, HsmKey, KeySpec};
 use crate::lifecycle::{IssueParams, issue_certificate};
+use crate::server::ServerConfig;
 use crate::store::Store;
 use anyhow::Context;
 use std::io::Write;

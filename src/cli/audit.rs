@@ -1,7 +1,7 @@
 //! `tessera audit verify`: recompute the audit hash chain and check the signed checkpoints.
-use crate::api::ServerConfig;
 use crate::audit::{self, EcdsaP256Verifier, HsmCheckpointSigner};
 use crate::hsm::{Hsm, HsmConfig, KeySpec};
+use crate::server::ServerConfig;
 use crate::store::Store;
 use anyhow::Context;
 use std::path::{Path, PathBuf};

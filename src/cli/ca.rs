@@ -348,7 +348,7 @@ fn init_ocsp(
             data_dir.display()
         );
     }
-    let config = crate::api::ServerConfig::load(config)?;
+    let config = crate::server::ServerConfig::load(config)?;
     let mut online = ca::OnlineCa::open(hsm_config, data_dir, None)?;
     online.profiles = ProfileSet::from_profiles(vec![ca::Profile::from_toml(
         OCSP_PROFILE_NAME,

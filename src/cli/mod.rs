@@ -5,7 +5,6 @@ pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod bench;
-mod bench_grpc;
 pub mod ca;
 pub mod serve;
 pub mod station;

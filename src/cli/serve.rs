@@ -1,5 +1,5 @@
 //! `tessera serve --config FILE`: the gRPC server until SIGINT or SIGTERM.
-use crate::api::{BoundServer, ServerConfig};
+use crate::server::{BoundServer, ServerConfig};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,7 +3,7 @@
 //! in `profiles/enrollment/` are compiled in, and a directory can replace them.
 
 use super::EnrollError;
-use crate::attest::{KeyAlgorithm, PinPolicy, Slot, TouchPolicy};
+use crate::protocol::SlotPlan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +19,8 @@ const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
-/// One key the station generates, as the wire (proto `SlotPlan`) names things.
+/// One key the station generates, as the wire (proto `SlotPlan`) names things: the form of
+/// the profile files and of the stored plan; `protocol::SlotPlan` reads and writes the names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotPlanText {
@@ -30,86 +31,34 @@ pub struct SlotPlanText {
     pub certificate_profile: String,
 }
 
-/// One planned key, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlotPlan {
-    pub slot: Slot,
-    pub algorithm: KeyAlgorithm,
-    pub pin_policy: PinPolicy,
-    pub touch_policy: TouchPolicy,
-    pub certificate_profile: String,
+impl TryFrom<&SlotPlanText> for SlotPlan {
+    type Error = String;
+    fn try_from(t: &SlotPlanText) -> Result<SlotPlan, String> {
+        SlotPlan::from_names(
+            &t.slot,
+            &t.algorithm,
+            &t.pin_policy,
+            &t.touch_policy,
+            &t.certificate_profile,
+        )
+    }
 }
 
-impl SlotPlan {
-    pub fn from_text(t: &SlotPlanText) -> Result<SlotPlan, String> {
-        let slot: Slot = t.slot.parse()?;
-        let algorithm = match t.algorithm.as_str() {
-            "ECCP256" => KeyAlgorithm::P256,
-            "ECCP384" => KeyAlgorithm::P384,
-            "RSA2048" => KeyAlgorithm::Rsa2048,
-            "RSA3072" => KeyAlgorithm::Rsa3072,
-            "RSA4096" => KeyAlgorithm::Rsa4096,
-            other => {
-                return Err(format!(
-                    "algorithm {other:?} is not one of ECCP256, ECCP384, RSA2048, RSA3072, RSA4096"
-                ));
-            }
-        };
-        let pin_policy = match t.pin_policy.as_str() {
-            "NEVER" => PinPolicy::Never,
-            "ONCE" => PinPolicy::Once,
-            "ALWAYS" => PinPolicy::Always,
-            other => {
-                return Err(format!(
-                    "pin_policy {other:?} is not one of NEVER, ONCE, ALWAYS"
-                ));
-            }
-        };
-        let touch_policy = match t.touch_policy.as_str() {
-            "NEVER" => TouchPolicy::Never,
-            "ALWAYS" => TouchPolicy::Always,
-            "CACHED" => TouchPolicy::Cached,
-            other => {
-                return Err(format!(
-                    "touch_policy {other:?} is not one of NEVER, ALWAYS, CACHED"
-                ));
-            }
-        };
-        if t.certificate_profile.trim().is_empty() {
-            return Err("certificate_profile is empty".into());
-        }
-        Ok(SlotPlan {
-            slot,
-            algorithm,
-            pin_policy,
-            touch_policy,
-            certificate_profile: t.certificate_profile.clone(),
-        })
-    }
-
-    pub fn to_text(&self) -> SlotPlanText {
+impl From<&SlotPlan> for SlotPlanText {
+    fn from(s: &SlotPlan) -> SlotPlanText {
         SlotPlanText {
-            slot: self.slot.to_string(),
-            algorithm: match self.algorithm {
-                KeyAlgorithm::P256 => "ECCP256",
-                KeyAlgorithm::P384 => "ECCP384",
-                KeyAlgorithm::Rsa2048 => "RSA2048",
-                KeyAlgorithm::Rsa3072 => "RSA3072",
-                KeyAlgorithm::Rsa4096 => "RSA4096",
-                // from_text makes no other algorithm
-                other => other.as_str(),
-            }
-            .to_string(),
-            pin_policy: self.pin_policy.as_str().to_ascii_uppercase(),
-            touch_policy: self.touch_policy.as_str().to_ascii_uppercase(),
-            certificate_profile: self.certificate_profile.clone(),
+            slot: s.slot_name(),
+            algorithm: s.algorithm_name().to_string(),
+            pin_policy: s.pin_policy_name(),
+            touch_policy: s.touch_policy_name(),
+            certificate_profile: s.certificate_profile.clone(),
         }
     }
 }
 
 /// The slot plan as stored with an enrollment (JSON of the wire form).
 pub fn plan_to_json(plan: &[SlotPlan]) -> String {
-    serde_json::to_string(&plan.iter().map(SlotPlan::to_text).collect::<Vec<_>>())
+    serde_json::to_string(&plan.iter().map(SlotPlanText::from).collect::<Vec<_>>())
         .expect("plain strings serialize")
 }
 
@@ -118,7 +67,7 @@ pub fn plan_from_json(json: &str) -> Result<Vec<SlotPlan>, EnrollError> {
         serde_json::from_str(json).map_err(|e| EnrollError::StoredPlanInvalid(e.to_string()))?;
     texts
         .iter()
-        .map(|t| SlotPlan::from_text(t).map_err(EnrollError::StoredPlanInvalid))
+        .map(|t| SlotPlan::try_from(t).map_err(EnrollError::StoredPlanInvalid))
         .collect()
 }
 
@@ -152,7 +101,7 @@ impl EnrollmentProfile {
         let mut slots = Vec::new();
         for t in &file.slots {
             let plan =
-                SlotPlan::from_text(t).map_err(|r| invalid(format!("slot {}: {r}", t.slot)))?;
+                SlotPlan::try_from(t).map_err(|r| invalid(format!("slot {}: {r}", t.slot)))?;
             if slots.iter().any(|s: &SlotPlan| s.slot == plan.slot) {
                 return Err(invalid(format!("slot {} is planned twice", plan.slot)));
             }
@@ -260,7 +209,7 @@ mod tests {
             login
                 .slots
                 .iter()
-                .map(SlotPlan::to_text)
+                .map(SlotPlanText::from)
                 .collect::<Vec<_>>(),
             [
                 SlotPlanText {

@@ -77,7 +77,7 @@ mod tests {
         let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let other = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
         let spki = key.verifying_key().to_public_key_der().unwrap();
-        let message = super::super::proof_message("enr_1", "9a", &[1; 32]);
+        let message = crate::protocol::proof_message("enr_1", "9a", &[1; 32]);
         let sig: p256::ecdsa::Signature = key.sign_prehash(&Sha256::digest(&message)).unwrap();
         let der = sig.to_der();
         assert!(signature_verifies(
@@ -85,7 +85,7 @@ mod tests {
             &message,
             der.as_bytes()
         ));
-        let wrong = super::super::proof_message("enr_1", "9a", &[2; 32]);
+        let wrong = crate::protocol::proof_message("enr_1", "9a", &[2; 32]);
         assert!(!signature_verifies(spki.as_bytes(), &wrong, der.as_bytes()));
         let other_spki = other.verifying_key().to_public_key_der().unwrap();
         assert!(!signature_verifies(
@@ -102,7 +102,7 @@ mod tests {
         use p384::pkcs8::EncodePublicKey as _;
         let key = p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap();
         let spki = key.verifying_key().to_public_key_der().unwrap();
-        let message = super::super::proof_message("enr_1", "9c", &[1; 32]);
+        let message = crate::protocol::proof_message("enr_1", "9c", &[1; 32]);
         let sig: p384::ecdsa::Signature = key.sign_prehash(&Sha256::digest(&message)).unwrap();
         assert!(signature_verifies(
             spki.as_bytes(),
@@ -123,7 +123,7 @@ mod tests {
         // 1024 bits keeps the test fast; the size is the attestation policy's business.
         let key = rsa::RsaPrivateKey::new(&mut rand::rng(), 1024).unwrap();
         let spki = key.to_public_key().to_public_key_der().unwrap();
-        let message = super::super::proof_message("enr_1", "9a", &[1; 32]);
+        let message = crate::protocol::proof_message("enr_1", "9a", &[1; 32]);
         let sig = rsa::pkcs1v15::SigningKey::<Sha256>::new(key).sign(&message);
         assert!(signature_verifies(spki.as_bytes(), &message, &sig.to_vec()));
         assert!(!signature_verifies(

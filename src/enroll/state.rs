@@ -2,9 +2,10 @@
 //! unused), only an `Enrollment<Completed>` can be confirmed. Loading a stored row sorts it
 //! into one of them, or says why it can do nothing more.
 
-use super::plan::{SlotPlan, plan_from_json};
+use super::plan::plan_from_json;
 use super::{EnrollError, proof, proof_message};
 use crate::attest::{self, AttestError, AttestationFacts, AttestationInput, Policy, TrustAnchors};
+use crate::protocol::SlotPlan;
 use crate::store::{EnrollmentRow, EnrollmentState, Timestamp};
 use std::marker::PhantomData;
 

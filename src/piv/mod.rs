@@ -11,9 +11,9 @@
 
 use std::fmt;
 
+use der::{Decode as _, Tagged as _};
 use rand::TryRng as _;
 use subtle::ConstantTimeEq;
-use x509_cert::der::Decode as _;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use yubikey::piv::{self, AlgorithmId, ManagementSlotId, SlotId};
 use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, TouchPolicy, YubiKey};
@@ -549,30 +549,24 @@ fn certificate_from_object(object: &[u8], what: &'static str) -> Result<Vec<u8>,
         what,
         detail: detail.to_owned(),
     };
-    let (tag, value, _) = read_tlv(object).ok_or_else(|| malformed("not a TLV"))?;
-    if tag != 0x70 {
+    // The first TLV, read by the der crate (tag 70 is [APPLICATION 16], constructed); the 71
+    // and FE TLVs after it are left unread.
+    let first = der::SliceReader::new(object)
+        .and_then(|mut reader| der::asn1::AnyRef::decode(&mut reader))
+        .map_err(|_| malformed("not a TLV"))?;
+    if first.tag() != CERTIFICATE_TAG {
         return Err(malformed("no certificate (tag 70)"));
     }
+    let value = first.value();
     x509_cert::Certificate::from_der(value).map_err(|e| malformed(&e.to_string()))?;
     Ok(value.to_vec())
 }
 
-/// Reads one BER-TLV with a one-byte tag; returns (tag, value, rest).
-fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        0x00..=0x7f => (first as usize, rest),
-        0x81 => (*rest.first()? as usize, &rest[1..]),
-        0x82 => (
-            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
-            rest.get(2..)?,
-        ),
-        _ => return None,
-    };
-    let value = rest.get(..len)?;
-    Some((tag, value, &rest[len..]))
-}
+/// Tag 70 of a certificate data object: the certificate itself.
+const CERTIFICATE_TAG: der::Tag = der::Tag::Application {
+    constructed: true,
+    number: der::TagNumber(16),
+};
 
 /// The data object that holds a slot's certificate (SP 800-73-4 table 3; retired slots 82–95
 /// map to 5FC10D–5FC120).

@@ -1,10 +1,10 @@
 //! The gRPC client: one channel over TLS 1.3 (rustls through tonic) presenting the station's
 //! client certificate, and the three services the station calls.
 use super::{ServerError, StationConfig, StationError};
-use crate::api::pb;
-use crate::api::pb::certificate_service_client::CertificateServiceClient;
-use crate::api::pb::enrollment_service_client::EnrollmentServiceClient;
-use crate::api::pb::token_service_client::TokenServiceClient;
+use crate::protocol::pb;
+use crate::protocol::pb::certificate_service_client::CertificateServiceClient;
+use crate::protocol::pb::enrollment_service_client::EnrollmentServiceClient;
+use crate::protocol::pb::token_service_client::TokenServiceClient;
 use std::path::Path;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use zeroize::Zeroizing;

@@ -12,11 +12,10 @@
 //! (`AbortEnrollment`, which revokes whatever it issued), so a retry starts clean.
 use super::slot_plan::{PlannedKey, slot_name};
 use super::{Operator, ServerConnection, ServerError, StationError, request_id};
-use crate::api::pb;
-use crate::enroll::proof_message;
 use crate::piv::{
     ManagementKey, PivError, PivToken, Secret, TokenInfo, default_management_algorithm,
 };
+use crate::protocol::{pb, proof_message};
 use yubikey::MgmAlgorithmId;
 use yubikey::piv::SlotId;
 

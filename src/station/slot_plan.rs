@@ -1,11 +1,14 @@
-//! The server's slot plan in the `piv` driver's terms, and the proof-of-possession signature
-//! input for each algorithm.
-use crate::api::pb;
+//! The server's slot plan (`protocol::SlotPlan`, read once from the wire) in the `piv`
+//! driver's terms, and the proof-of-possession signature input for each algorithm.
+use crate::attest::{
+    KeyAlgorithm, PinPolicy as PlannedPinPolicy, Slot, TouchPolicy as PlannedTouchPolicy,
+};
+use crate::protocol::{SlotPlan, pb};
 use sha2::Digest as _;
-use yubikey::piv::{AlgorithmId, RetiredSlotId, SlotId};
+use yubikey::piv::{AlgorithmId, SlotId};
 use yubikey::{PinPolicy, TouchPolicy};
 
-/// One planned key, parsed.
+/// One planned key in the driver's types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlannedKey {
     pub slot: SlotId,
@@ -15,33 +18,35 @@ pub struct PlannedKey {
 }
 
 impl PlannedKey {
+    /// The key the server planned, read from its answer.
     pub fn parse(plan: &pb::SlotPlan) -> Result<PlannedKey, String> {
+        PlannedKey::from_plan(&SlotPlan::try_from(plan)?)
+    }
+
+    pub fn from_plan(plan: &SlotPlan) -> Result<PlannedKey, String> {
+        let cannot = |what: String| format!("slot {}: {what} cannot be generated", plan.slot);
         Ok(PlannedKey {
-            slot: parse_slot(&plan.slot)?,
-            algorithm: match plan.algorithm.as_str() {
-                "ECCP256" => AlgorithmId::EccP256,
-                "ECCP384" => AlgorithmId::EccP384,
-                "RSA2048" => AlgorithmId::Rsa2048,
-                "RSA3072" => AlgorithmId::Rsa3072,
-                "RSA4096" => AlgorithmId::Rsa4096,
-                other => return Err(format!("slot {}: unknown algorithm {other:?}", plan.slot)),
+            slot: slot_id(plan.slot)?,
+            algorithm: match plan.algorithm {
+                KeyAlgorithm::P256 => AlgorithmId::EccP256,
+                KeyAlgorithm::P384 => AlgorithmId::EccP384,
+                KeyAlgorithm::Rsa1024 => AlgorithmId::Rsa1024,
+                KeyAlgorithm::Rsa2048 => AlgorithmId::Rsa2048,
+                KeyAlgorithm::Rsa3072 => AlgorithmId::Rsa3072,
+                KeyAlgorithm::Rsa4096 => AlgorithmId::Rsa4096,
+                KeyAlgorithm::Ed25519 => AlgorithmId::Ed25519,
+                KeyAlgorithm::X25519 => AlgorithmId::X25519,
             },
-            pin_policy: match plan.pin_policy.as_str() {
-                "NEVER" => PinPolicy::Never,
-                "ONCE" => PinPolicy::Once,
-                "ALWAYS" => PinPolicy::Always,
-                other => return Err(format!("slot {}: unknown PIN policy {other:?}", plan.slot)),
+            pin_policy: match plan.pin_policy {
+                PlannedPinPolicy::Never => PinPolicy::Never,
+                PlannedPinPolicy::Once => PinPolicy::Once,
+                PlannedPinPolicy::Always => PinPolicy::Always,
+                other => return Err(cannot(format!("PIN policy {other}"))),
             },
-            touch_policy: match plan.touch_policy.as_str() {
-                "NEVER" => TouchPolicy::Never,
-                "ALWAYS" => TouchPolicy::Always,
-                "CACHED" => TouchPolicy::Cached,
-                other => {
-                    return Err(format!(
-                        "slot {}: unknown touch policy {other:?}",
-                        plan.slot
-                    ));
-                }
+            touch_policy: match plan.touch_policy {
+                PlannedTouchPolicy::Never => TouchPolicy::Never,
+                PlannedTouchPolicy::Always => TouchPolicy::Always,
+                PlannedTouchPolicy::Cached => TouchPolicy::Cached,
             },
         })
     }
@@ -65,22 +70,13 @@ impl PlannedKey {
     }
 }
 
-/// "9a", "9c", "9d", "9e" or a retired slot "82".."95".
+/// A slot the server names ("9a", "9c", "9d", "9e" or a retired slot "82".."95").
 pub fn parse_slot(text: &str) -> Result<SlotId, String> {
-    let byte = u8::from_str_radix(text, 16)
-        .ok()
-        .filter(|_| text.len() == 2)
-        .ok_or_else(|| format!("slot {text:?} is not two hex digits"))?;
-    match byte {
-        0x9a => Ok(SlotId::Authentication),
-        0x9c => Ok(SlotId::Signature),
-        0x9d => Ok(SlotId::KeyManagement),
-        0x9e => Ok(SlotId::CardAuthentication),
-        0x82..=0x95 => RetiredSlotId::try_from(byte)
-            .map(SlotId::Retired)
-            .map_err(|_| format!("slot {text:?} is not a retired slot")),
-        _ => Err(format!("slot {text:?} cannot hold an enrolled key")),
-    }
+    slot_id(text.parse()?)
+}
+
+fn slot_id(slot: Slot) -> Result<SlotId, String> {
+    SlotId::try_from(slot.id()).map_err(|_| format!("slot {slot} cannot hold an enrolled key"))
 }
 
 /// The slot as two lower-case hex digits, as the protocol names it.
@@ -119,34 +115,39 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_protocol_names() {
+    fn maps_the_plan_to_the_driver() {
         let k = PlannedKey::parse(&plan("9a", "ECCP256", "ONCE", "CACHED")).unwrap();
         assert_eq!(k.slot, SlotId::Authentication);
         assert_eq!(k.algorithm, AlgorithmId::EccP256);
+        assert_eq!(k.pin_policy, PinPolicy::Once);
         assert!(k.needs_touch());
         let k = PlannedKey::parse(&plan("82", "RSA2048", "ALWAYS", "NEVER")).unwrap();
         assert_eq!(slot_name(k.slot), "82");
+        assert_eq!(k.algorithm, AlgorithmId::Rsa2048);
         assert!(!k.needs_touch());
         assert_eq!(slot_name(SlotId::Signature), "9c");
+        assert_eq!(parse_slot("9d").unwrap(), SlotId::KeyManagement);
     }
 
     #[test]
     fn refuses_what_it_cannot_do() {
         assert_eq!(
             PlannedKey::parse(&plan("9a", "ED448", "ONCE", "NEVER")).unwrap_err(),
-            "slot 9a: unknown algorithm \"ED448\""
+            "slot 9a: algorithm \"ED448\" is not one of ECCP256, ECCP384, RSA2048, RSA3072, RSA4096"
         );
         assert_eq!(
             PlannedKey::parse(&plan("f9", "ECCP256", "ONCE", "NEVER")).unwrap_err(),
-            "slot \"f9\" cannot hold an enrolled key"
+            "slot f9: \"f9\" is not a PIV key slot (9a, 9c, 9d, 9e, 82 … 95)"
         );
         assert_eq!(
-            PlannedKey::parse(&plan("9a", "ECCP256", "SOMETIMES", "NEVER")).unwrap_err(),
-            "slot 9a: unknown PIN policy \"SOMETIMES\""
+            parse_slot("9").unwrap_err(),
+            "\"9\" is not a PIV key slot (9a, 9c, 9d, 9e, 82 … 95)"
         );
+        let mut bio = SlotPlan::try_from(&plan("9a", "ECCP256", "ONCE", "NEVER")).unwrap();
+        bio.pin_policy = PlannedPinPolicy::MatchOnce;
         assert_eq!(
-            PlannedKey::parse(&plan("9", "ECCP256", "ONCE", "NEVER")).unwrap_err(),
-            "slot \"9\" is not two hex digits"
+            PlannedKey::from_plan(&bio).unwrap_err(),
+            "slot 9a: PIN policy match-once cannot be generated"
         );
     }
 

@@ -2,8 +2,8 @@
 //! PUK, replace a lost token, retire (revoke and wipe), and show what Tessera knows.
 use super::enrollment::{EnrollRequest, Enrolled, certificate_on_token, describe_token, enroll};
 use super::{Operator, ServerConnection, ServerError, StationError, request_id};
-use crate::api::pb;
 use crate::piv::{PivToken, Secret};
+use crate::protocol::pb;
 use yubikey::piv::SlotId;
 
 /// `unblock`: ReleasePuk → unblock the PIN with the PUK (never shown) → the person's new PIN.

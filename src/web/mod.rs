@@ -1,9 +1,9 @@
-//! The HTTP side (plain HTTP, its own port): `/healthz`, `/ca.pem`, `/metrics` (Prometheus
-//! text), and with a CA configured `/crl` and OCSP (`GET /ocsp/{base64}`, `POST /ocsp`; see
+//! The HTTP side (plain HTTP, its own port): `/healthz`, `/ca.pem`, `/metrics` (OpenMetrics
+//! text of `crate::metrics`), and with a CA configured `/crl` and OCSP (`GET /ocsp/{base64}`, `POST /ocsp`; see
 //! [`revocation`]).
 pub mod revocation;
 
-use crate::api::rpc_metrics::RpcLatency;
+use crate::metrics::{DatabaseReadings, Metrics};
 use crate::store::Store;
 use axum::Router;
 use axum::body::Bytes;
@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use revocation::Revocation;
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,7 +19,7 @@ struct WebState {
     store: Store,
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
-    rpc_latency: Arc<RpcLatency>,
+    metrics: Arc<Metrics>,
 }
 
 /// Largest OCSP request body accepted (a request for [`crate::ca::ocsp::MAX_REQUESTS`]
@@ -28,18 +27,18 @@ struct WebState {
 const MAX_OCSP_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The HTTP routes over `store`; `/ca.pem` serves the PEM file `ca_chain` (404 without one);
-/// `/crl` and `/ocsp` answer 404 without `revocation` (no `[ca]` section); `/metrics` includes
-/// the gRPC latencies the server records into `rpc_latency`.
+/// `/crl` and `/ocsp` answer 404 without `revocation` (no `[ca]` section); `/metrics` serves
+/// `metrics` (what the server's parts record into it) with what it reads from the store.
 pub fn router(
     store: Store,
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
-    rpc_latency: Arc<RpcLatency>,
+    metrics: Arc<Metrics>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/ca.pem", get(ca_pem))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_page))
         .route("/crl", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
@@ -48,7 +47,7 @@ pub fn router(
             store,
             ca_chain,
             revocation,
-            rpc_latency,
+            metrics,
         }))
 }
 
@@ -151,7 +150,7 @@ async fn ca_pem(State(s): State<Arc<WebState>>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Arc<WebState>>) -> Response {
+async fn metrics_page(State(s): State<Arc<WebState>>) -> Response {
     let counts = match s.store.state_counts().await {
         Ok(c) => c,
         Err(e) => {
@@ -159,56 +158,31 @@ async fn metrics(State(s): State<Arc<WebState>>) -> Response {
             return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response();
         }
     };
-    let head = s.store.audit_head_sequence().await.unwrap_or(-1);
-    let (open, idle) = s.store.pool_usage();
-    let mut out = String::new();
-    for (table, help) in [
-        ("people", "People by state."),
-        ("tokens", "Tokens by state."),
-        ("certificates", "Certificates by status."),
-    ] {
-        let label = if table == "certificates" {
-            "status"
-        } else {
-            "state"
-        };
-        let _ = writeln!(
-            out,
-            "# HELP tessera_{table} {help}\n# TYPE tessera_{table} gauge"
-        );
-        for (t, value, n) in counts.iter().filter(|(t, _, _)| *t == table) {
-            let _ = t;
-            let _ = writeln!(out, "tessera_{table}{{{label}=\"{value}\"}} {n}");
+    let certificates_signed = match s.store.certificates_signed().await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: database query failed");
+            None
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tessera_audit_head_sequence Sequence of the last audit event."
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE tessera_audit_head_sequence gauge\ntessera_audit_head_sequence {head}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tessera_db_pool_connections Database pool connections."
-    );
-    let _ = writeln!(out, "# TYPE tessera_db_pool_connections gauge");
-    let _ = writeln!(out, "tessera_db_pool_connections{{state=\"open\"}} {open}");
-    let _ = writeln!(out, "tessera_db_pool_connections{{state=\"idle\"}} {idle}");
-    match s.store.certificates_signed().await {
-        Ok(n) => {
-            let _ = writeln!(
-                out,
-                "# HELP tessera_certificates_issued_total Certificates signed (all replicas; revoked ones included).\n\
-                 # TYPE tessera_certificates_issued_total counter\ntessera_certificates_issued_total {n}"
-            );
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: database query failed"),
-    }
-    s.rpc_latency.render(&mut out);
-    if let Some(r) = &s.revocation {
-        r.render_metrics(&mut out).await;
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    };
+    let crl_number = match &s.revocation {
+        None => None,
+        Some(_) => Some(match s.store.crl_state().await {
+            Ok(state) => state.number,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: database query failed");
+                -1
+            }
+        }),
+    };
+    let (pool_open, pool_idle) = s.store.pool_usage();
+    let text = s.metrics.encode(DatabaseReadings {
+        state_counts: counts,
+        audit_head_sequence: s.store.audit_head_sequence().await.unwrap_or(-1),
+        pool_open,
+        pool_idle,
+        certificates_signed,
+        crl_number,
+    });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -9,10 +9,10 @@
 use crate::ca::OnlineCa;
 use crate::ca::crl::{CrlContents, RevokedEntry, sign_crl};
 use crate::ca::ocsp::{CertificateState, OcspQuery, OcspResponder, OcspResponseStatus};
+use crate::metrics::RevocationCounters;
 use crate::store::{CertificateStatus, CrlStateRow, NewCrl, Store, Timestamp};
 use base64::Engine;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use time::Duration;
 
 /// Why no CRL or OCSP answer could be made (logged; the client sees a generic error).
@@ -26,21 +26,13 @@ pub enum RevocationError {
     Task(String),
 }
 
-/// Counters for `/metrics`.
-#[derive(Default)]
-pub struct RevocationCounters {
-    pub crls_signed: AtomicU64,
-    pub ocsp_responses: AtomicU64,
-    pub ocsp_errors: AtomicU64,
-}
-
 /// What the CRL and OCSP routes need.
 pub struct Revocation {
     store: Store,
     ca: Arc<OnlineCa>,
     responder: Option<Arc<OcspResponder>>,
     crl_validity: Duration,
-    pub counters: RevocationCounters,
+    counters: RevocationCounters,
 }
 
 impl Revocation {
@@ -49,67 +41,19 @@ impl Revocation {
         ca: Arc<OnlineCa>,
         responder: Option<Arc<OcspResponder>>,
         crl_validity: Duration,
+        counters: RevocationCounters,
     ) -> Revocation {
         Revocation {
             store,
             ca,
             responder,
             crl_validity,
-            counters: RevocationCounters::default(),
+            counters,
         }
     }
 
     pub fn has_responder(&self) -> bool {
         self.responder.is_some()
-    }
-
-    /// Prometheus text: CRL and OCSP counters, the current CRL number, and the CA's HSM pool.
-    pub async fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let c = &self.counters;
-        let number = match self.store.crl_state().await {
-            Ok(state) => state.number,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: database query failed");
-                -1
-            }
-        };
-        let hsm = &self.ca.hsm;
-        let _ = write!(
-            out,
-            "# HELP tessera_crl_number Number of the current CRL (shared by replicas; 0 before the first).\n\
-             # TYPE tessera_crl_number gauge\ntessera_crl_number {number}\n\
-             # HELP tessera_crls_signed_total CRLs this process signed.\n\
-             # TYPE tessera_crls_signed_total counter\ntessera_crls_signed_total {}\n\
-             # HELP tessera_ocsp_responses_total OCSP answers by result (signed, or an unsigned error status).\n\
-             # TYPE tessera_ocsp_responses_total counter\n\
-             tessera_ocsp_responses_total{{result=\"signed\"}} {}\n\
-             tessera_ocsp_responses_total{{result=\"error\"}} {}\n\
-             # HELP tessera_hsm_sessions CA HSM sessions: open now, and the pool's maximum.\n\
-             # TYPE tessera_hsm_sessions gauge\n\
-             tessera_hsm_sessions{{state=\"open\"}} {}\n\
-             tessera_hsm_sessions{{state=\"max\"}} {}\n\
-             # HELP tessera_hsm_errors_total CA HSM operations that failed (after the one retry).\n\
-             # TYPE tessera_hsm_errors_total counter\ntessera_hsm_errors_total {}\n\
-             # HELP tessera_hsm_recoveries_total Times the CA HSM pool found dead sessions and reopened them.\n\
-             # TYPE tessera_hsm_recoveries_total counter\ntessera_hsm_recoveries_total {}\n",
-            c.crls_signed.load(Ordering::Relaxed),
-            c.ocsp_responses.load(Ordering::Relaxed),
-            c.ocsp_errors.load(Ordering::Relaxed),
-            hsm.open_sessions(),
-            hsm.pool_size(),
-            hsm.errors(),
-            hsm.recoveries(),
-        );
-        if let Some(responder) = &self.responder {
-            let _ = write!(
-                out,
-                "# HELP tessera_ocsp_responder_not_after_seconds When the OCSP responder certificate expires (Unix time).\n\
-                 # TYPE tessera_ocsp_responder_not_after_seconds gauge\n\
-                 tessera_ocsp_responder_not_after_seconds {}\n",
-                responder.not_after_unix()
-            );
-        }
     }
 
     /// The current CRL (DER), signing a new one first when the stored one is stale.
@@ -162,7 +106,7 @@ impl Revocation {
         })
         .await?;
         tx.commit().await?;
-        self.counters.crls_signed.fetch_add(1, Ordering::Relaxed);
+        self.counters.crl_signed();
         tracing::info!(number, "CRL signed");
         Ok(der)
     }
@@ -182,7 +126,7 @@ impl Revocation {
         }
         match self.sign_ocsp(responder, query).await {
             Ok(der) => {
-                self.counters.ocsp_responses.fetch_add(1, Ordering::Relaxed);
+                self.counters.ocsp_signed();
                 der
             }
             Err(e) => {
@@ -194,7 +138,7 @@ impl Revocation {
 
     fn refuse(&self, why: &str, status: OcspResponseStatus) -> Vec<u8> {
         tracing::info!(reason = why, ?status, "OCSP request refused");
-        self.counters.ocsp_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.ocsp_refused();
         crate::ca::ocsp::error_response(status)
     }
 

@@ -4,8 +4,8 @@ use super::pki::ClientCert;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use tessera::api::{BoundServer, ServerConfig};
 use tessera::ca::OnlineCa;
+use tessera::server::{BoundServer, ServerConfig};
 use tessera::store::Clock;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

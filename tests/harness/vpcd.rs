@@ -25,6 +25,26 @@ pub const OPENSC_PKCS11_MODULE: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.
 /// The message every card test fails with when it is not run inside the harness.
 pub const RUN_UNDER_HARNESS: &str = "run the tests under scripts/with-pcscd.sh (see README)";
 
+/// The built `tessera-vpiv`: the binary of the workspace package `tessera-vpiv` in this test's
+/// target directory (`target/<profile>/`, the parent of the `deps/` this test binary runs from).
+/// Cargo gives `CARGO_BIN_EXE_*` only for the test's own package; `cargo build` and
+/// `cargo nextest run` at the root cover both packages and so build it.
+pub fn vpiv_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .filter(|deps| deps.ends_with("deps"))
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} does not run from target/<profile>/deps", exe.display()));
+    let path = profile_dir.join("tessera-vpiv");
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build -p tessera-vpiv` (or `cargo build` at the root)",
+        path.display()
+    );
+    path
+}
+
 /// How long a test waits for a free reader or for pcscd to see a card before it gives up.
 /// Only a guard against hanging forever; nothing asserts on it.
 const CLAIM_DEADLINE: Duration = Duration::from_secs(600);
@@ -208,7 +228,7 @@ impl VirtualCard {
 
     /// The command line that starts this card (also used by [`VirtualCard::insert`]).
     fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tessera-vpiv"));
+        let mut command = Command::new(vpiv_binary());
         command
             .arg("--port")
             .arg(self.reader.port.to_string())
@@ -315,9 +335,7 @@ impl VirtualCard {
             .stdout(log.try_clone().expect("cannot share the card's log file"))
             .stderr(log)
             .spawn()
-            .expect(
-                "cannot start tessera-vpiv (is it built? cargo builds it for integration tests)",
-            );
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", vpiv_binary().display()));
         record_card_pid(&self.claim, Some(child.id()));
         self.child = Some(child);
         let child = self.child.as_mut().expect("just set");

@@ -7,7 +7,7 @@
 //! (`profiles/`) are parsed by the unit tests of `hsm::config`, `ca::profile` and
 //! `enroll::plan`.
 use std::path::Path;
-use tessera::api::ServerConfig;
+use tessera::server::ServerConfig;
 
 /// The ```` ```toml ```` blocks of `text`: (info string after "toml", first line number, body).
 fn toml_blocks(text: &str) -> Vec<(String, usize, String)> {

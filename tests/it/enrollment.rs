@@ -12,11 +12,11 @@ use harness::softhsm::SoftHsmToken;
 use harness::vpcd::{CardOptions, VirtualCard};
 use sha2::Digest as _;
 use std::path::{Path, PathBuf};
-use tessera::api::pb;
-use tessera::api::pb::directory_service_client::DirectoryServiceClient;
-use tessera::api::pb::enrollment_service_client::EnrollmentServiceClient;
-use tessera::api::{BoundServer, ServerConfig};
 use tessera::piv::{ManagementKey, PivToken, Secret};
+use tessera::protocol::pb;
+use tessera::protocol::pb::directory_service_client::DirectoryServiceClient;
+use tessera::protocol::pb::enrollment_service_client::EnrollmentServiceClient;
+use tessera::server::{BoundServer, ServerConfig};
 use tessera::store::{CertificateStatus, CertificatesQuery};
 use tessera::store::{Clock, ManualClock, Store};
 use tonic::transport::Channel;
@@ -250,7 +250,7 @@ fn station_generates_and_proves(
             Signing::WithKeyOf(..) => (begin.nonce.as_slice(), plan.slot.as_str()),
         };
         token.verify_pin(&secret(FACTORY_PIN)).unwrap();
-        let message = tessera::enroll::proof_message(&begin.enrollment_id, &plan.slot, nonce);
+        let message = tessera::protocol::proof_message(&begin.enrollment_id, &plan.slot, nonce);
         let digest = sha2::Sha256::digest(&message);
         let signature = token
             .sign(slot_id(signer), yk_algorithm(&plan.algorithm), &digest)
@@ -791,7 +791,7 @@ async fn begin_refusals_name_their_reason(url: &str) {
         .await
         .unwrap()
         .into_inner();
-    tessera::api::pb::token_service_client::TokenServiceClient::new(
+    tessera::protocol::pb::token_service_client::TokenServiceClient::new(
         server.channel("helpdesk").await,
     )
     .mark_token_lost(pb::MarkTokenLostRequest {
@@ -1340,7 +1340,7 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
         let attestation = token.attest(slot_id(&plan.slot)).unwrap();
         let intermediate = token.attestation_certificate().unwrap();
         token.verify_pin(&secret(NEW_PIN)).unwrap();
-        let digest = sha2::Sha256::digest(tessera::enroll::proof_message(
+        let digest = sha2::Sha256::digest(tessera::protocol::proof_message(
             &second.enrollment_id,
             &plan.slot,
             &second.nonce,

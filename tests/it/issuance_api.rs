@@ -9,9 +9,9 @@ use harness::pki::{ClientCert, TestPki};
 use harness::server::{KillOnDrop, ServerTask};
 use harness::softhsm::SoftHsmToken;
 use prost::Message;
-use tessera::api::pb;
-use tessera::api::pb::certificate_service_client::CertificateServiceClient;
-use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::protocol::pb;
+use tessera::protocol::pb::certificate_service_client::CertificateServiceClient;
+use tessera::protocol::pb::directory_service_client::DirectoryServiceClient;
 use tessera::store::{
     CertificateStatus, Clock, ManualClock, NewToken, Store, Timestamp, TokenState,
 };

@@ -1,8 +1,9 @@
 //! The integration tests, as one test binary: each file below was its own binary, and each
 //! binary linked the whole library and its dependencies again. Run one file's tests with a
 //! nextest filter on the module, e.g. `cargo nextest run --test it -E 'test(/^server::/)'`.
-//! `tests/vpiv_cli.rs` and `tests/vpiv_clients.rs` stay binaries of their own (the virtual
-//! card's tests, which do not use the tessera library's server parts).
+//! `tests/vpiv_clients.rs` stays a binary of its own (the virtual card against real clients,
+//! which does not use the tessera library's server parts); the card's command-line tests are
+//! in its own package (`crates/tessera-vpiv/tests/vpiv_cli.rs`).
 
 #[macro_use]
 #[path = "../harness/mod.rs"]

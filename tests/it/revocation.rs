@@ -12,13 +12,13 @@ use harness::softhsm::SoftHsmToken;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use tessera::api::{BoundServer, ServerConfig};
 use tessera::audit::Actor;
 use tessera::ca::{KeyProvenance, OnlineCa, SubjectParams};
 use tessera::lifecycle::{
     CertificateEffect, IssueParams, RevocationReason, apply_certificate_effect, issue_certificate,
     revoke_certificate,
 };
+use tessera::server::{BoundServer, ServerConfig};
 use tessera::store::{CertificateOwner, Store};
 
 on_both_databases!(crl_and_ocsp_follow_every_status_change);
@@ -828,7 +828,7 @@ async fn python_client_sees_crl_and_ocsp_follow_the_person() {
     for line in [
         "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/CreatePerson\"} 1",
         "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/ReinstatePerson\"} 2",
-        "tessera_rpc_duration_seconds_bucket{method=\"/tessera.v1.DirectoryService/SuspendPerson\",le=\"+Inf\"} 1",
+        "tessera_rpc_duration_seconds_bucket{le=\"+Inf\",method=\"/tessera.v1.DirectoryService/SuspendPerson\"} 1",
         "tessera_certificates_issued_total 2",
         "tessera_certificates{status=\"revoked\"} 1",
         "tessera_crl_number 4",

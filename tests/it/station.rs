@@ -14,8 +14,8 @@ use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use tessera::api::pb;
-use tessera::api::pb::directory_service_client::DirectoryServiceClient;
+use tessera::protocol::pb;
+use tessera::protocol::pb::directory_service_client::DirectoryServiceClient;
 use tonic::transport::Channel;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
@@ -527,7 +527,7 @@ impl World {
     }
 
     fn certificates_of_token(&self, serial: u32) -> Vec<pb::Certificate> {
-        use tessera::api::pb::certificate_service_client::CertificateServiceClient;
+        use tessera::protocol::pb::certificate_service_client::CertificateServiceClient;
         self.rpc("auditor", |channel| async move {
             CertificateServiceClient::new(channel)
                 .list_certificates(pb::ListCertificatesRequest {
@@ -549,7 +549,7 @@ impl World {
     }
 
     fn token(&self, serial: u32) -> Option<pb::Token> {
-        use tessera::api::pb::token_service_client::TokenServiceClient;
+        use tessera::protocol::pb::token_service_client::TokenServiceClient;
         self.rpc("hr", |channel| async move {
             match TokenServiceClient::new(channel)
                 .get_token(pb::GetTokenRequest {

@@ -1,4 +1,11 @@
 //! BER-TLV as PIV uses it: one- or two-byte tags, lengths in 1..=3 bytes (81/82 forms).
+//!
+//! Written here rather than taken from a crate, because neither candidate reads what clients
+//! send the card or writes what a YubiKey answers: the `der` crate (which `tessera`'s token
+//! driver uses for the one TLV it reads) refuses universal-class tags it does not know, such as
+//! 07 and 08 of IMPORT ASYMMETRIC KEY (the Ed25519 and X25519 private keys), and `iso7816-tlv`
+//! parses every constructed tag recursively (tag 70 around a certificate too, without a depth
+//! limit), copies every value and writes a 127-byte length as `81 7F` instead of `7F`.
 
 /// One parsed TLV: tag (one or two bytes, big-endian) and value.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,14 +7,14 @@
 //! certificate, each on its own connection, issuing one request after another. CSRs are made
 //! before the clock starts. Measurements are interleaved round by round; each line is the
 //! median round.
-use super::bench::{BenchArgs, BenchKeys, Measurement, measure};
-use crate::api::pb::{self, certificate_service_client::CertificateServiceClient};
-use crate::api::{BoundServer, Role, ServerConfig};
+use super::{BenchKeys, Measurement, measure, median};
+use crate::api::Role;
 use crate::ca::SerialNumber;
 use crate::hsm::{KeySpec, SignatureScheme};
+use crate::protocol::pb::{self, certificate_service_client::CertificateServiceClient};
+use crate::server::{BoundServer, ServerConfig};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 
 /// Concurrent clients per gRPC measurement, and the raw-signing thread count each is compared
@@ -22,6 +22,22 @@ use std::time::Instant;
 const CLIENTS: [(usize, usize); 2] = [(1, 1), (4, 2)];
 /// Distinct CSRs the clients cycle through (the key is certified again; request ids differ).
 const CSR_POOL: usize = 64;
+
+/// What to measure.
+pub struct GrpcBench {
+    /// HSM configuration file of the CA's token.
+    pub hsm_config: PathBuf,
+    /// The CA's data directory (`tessera ca init` on the same token).
+    pub data_dir: PathBuf,
+    /// A throwaway database (`sqlite:PATH` or `postgres://…`).
+    pub database_url: String,
+    /// Raw P-256 signatures per thread and measurement.
+    pub count: u32,
+    /// IssueFromCsr calls per client and measurement.
+    pub grpc_count: u32,
+    /// Interleaved rounds; each line reports the median round.
+    pub rounds: u32,
+}
 
 /// A directory removed when the run ends.
 struct RunDir(PathBuf);
@@ -172,10 +188,8 @@ async fn measure_grpc(
     })
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let (Some(data_dir), Some(database_url)) = (&args.data_dir, &args.database_url) else {
-        anyhow::bail!("--grpc needs --data-dir and --database-url");
-    };
+pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
+    let (data_dir, database_url) = (&args.data_dir, &args.database_url);
     let tag = SerialNumber::random()?.to_hex()[..8].to_string();
     let dir = RunDir(std::env::temp_dir().join(format!("tessera-bench-grpc-{tag}")));
     {
@@ -264,10 +278,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .context("the server task panicked")?
         .context("the server failed")?;
 
-    let median = |mut runs: Vec<Measurement>| {
-        runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
-        runs.swap_remove(runs.len() / 2)
-    };
     let raw: Vec<Measurement> = raw.into_iter().map(median).collect();
     let grpc: Vec<Measurement> = grpc.into_iter().map(median).collect();
     println!(
@@ -301,5 +311,5 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             g.per_second() / r.per_second() * 100.0
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -114,8 +114,8 @@ pub fn serve<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vpiv::attestation::{DeviceFacts, TestRoot};
-    use crate::vpiv::{CardState, FaultPlan};
+    use crate::attestation::{DeviceFacts, TestRoot};
+    use crate::{CardState, FaultPlan};
 
     /// A byte pipe standing in for the socket: what pcscd sends, and what the card wrote.
     struct Wire {
@@ -168,7 +168,7 @@ mod tests {
             serve(&mut wire, &mut card, "test").unwrap(),
             SessionEnd::ReaderClosed
         );
-        let atr = crate::vpiv::card::YUBIKEY5_ATR;
+        let atr = crate::card::YUBIKEY5_ATR;
         let expected = frames(&[&atr, &[5, 4, 3, 0x90, 0x00]]);
         assert_eq!(wire.output, expected);
     }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tessera::vpiv::attestation::{DeviceFacts, TestRoot, certificate_pem};
-use tessera::vpiv::state::{CardState, parse_firmware};
-use tessera::vpiv::transport::{self, SessionEnd};
-use tessera::vpiv::{FaultPlan, VirtualCard};
+use tessera_vpiv::attestation::{DeviceFacts, TestRoot, certificate_pem};
+use tessera_vpiv::state::{CardState, parse_firmware};
+use tessera_vpiv::transport::{self, SessionEnd};
+use tessera_vpiv::{FaultPlan, VirtualCard};
 
 /// A virtual YubiKey PIV card for tests and demos. It connects to pcscd's vpcd reader as a
 /// TCP client. Never use it to hold real keys: its state file stores them in clear.

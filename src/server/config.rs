@@ -1,0 +1,217 @@
+//! The server's configuration file (`tessera serve --config`, docs/operations.md): its
+//! sections, how relative paths are resolved, and every error of start-up.
+use crate::store::StoreError;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The server's configuration file (TOML). Relative paths are taken from the file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub grpc: GrpcConfig,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+    /// The HTTP side (health, CA chain, metrics); without this section it is not served.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Signed audit checkpoints; without this section none are made.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+    /// The CA the server issues with (CSR issuance, enrollment, CRL, OCSP); without this
+    /// section those RPCs answer FAILED_PRECONDITION and the HTTP side has no /crl or OCSP.
+    #[serde(default)]
+    pub ca: Option<CaConfig>,
+    /// Help-desk enrollment (EnrollmentService); requires `[ca]`. Without this section the
+    /// enrollment RPCs answer FAILED_PRECONDITION ENROLLMENT_NOT_CONFIGURED.
+    #[serde(default)]
+    pub enrollment: Option<crate::enroll::EnrollmentConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// The HSM configuration file (see docs/hsm.md).
+    pub hsm_config: PathBuf,
+    /// The CA's data directory, as made by `tessera ca init` (ca.toml, root.pem, issuing.pem).
+    pub data_dir: PathBuf,
+    /// Certificate profiles directory; the built-in profiles without it.
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
+    /// CRL validity (nextUpdate − thisUpdate) in hours; a new CRL is signed after half of it,
+    /// and at once after any revocation change.
+    #[serde(default = "default_crl_validity_hours")]
+    pub crl_validity_hours: u32,
+}
+
+fn default_crl_validity_hours() -> u32 {
+    24
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// e.g. `127.0.0.1:8080`; plain HTTP.
+    pub listen: SocketAddr,
+    /// PEM chain served at `/ca.pem` (the CA's `DATA/ca/chain.pem`).
+    #[serde(default)]
+    pub ca_chain: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The HSM configuration file (see docs/hsm.md).
+    pub hsm_config: PathBuf,
+    /// pkcs11: URI of the P-256 checkpoint key (`tessera audit init-key` makes it).
+    pub checkpoint_key: String,
+    /// How often the chain head is signed (when it moved); a last checkpoint is signed at
+    /// shutdown.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// e.g. `127.0.0.1:8443`; port 0 picks a free port (printed at start-up).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server certificate first, then its intermediates.
+    pub certificate: PathBuf,
+    /// PEM: the server's private key (PKCS#8, SEC1 or PKCS#1).
+    pub private_key: PathBuf,
+    /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
+    pub client_ca: PathBuf,
+    /// true (default): the TLS handshake fails without a client certificate from `client_ca`.
+    /// false: a connection without one is let through TLS (for load-balancer health checks
+    /// over gRPC) and every Tessera RPC answers UNAUTHENTICATED.
+    #[serde(default = "default_require_client_certificate")]
+    pub require_client_certificate: bool,
+}
+
+fn default_require_client_certificate() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` (relative to the configuration file) or `postgres://…`.
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot read {what} from {path}: {message}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{path} holds no {what}")]
+    EmptyPem { what: &'static str, path: PathBuf },
+    #[error("TLS configuration is not usable: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit checkpoint key: {0}")]
+    CheckpointKey(#[from] crate::hsm::HsmError),
+    #[error(transparent)]
+    CheckpointSigner(#[from] crate::audit::AuditError),
+    #[error("ca: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    #[error("ca.crl_validity_hours must be between 1 and 8760")]
+    CrlValidity,
+    #[error("enrollment: {0}")]
+    Enrollment(String),
+    #[error("audit.checkpoint_interval_seconds must be at least 1")]
+    CheckpointInterval,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ServerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: ServerConfig =
+            toml::from_str(&text).map_err(|e| ServerConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = config.http.as_mut().and_then(|h| h.ca_chain.as_mut())
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(a) = config.audit.as_mut()
+            && a.hsm_config.is_relative()
+        {
+            a.hsm_config = base.join(&a.hsm_config);
+        }
+        if let Some(ca) = config.ca.as_mut() {
+            for p in [
+                Some(&mut ca.hsm_config),
+                Some(&mut ca.data_dir),
+                ca.profiles_dir.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        if let Some(e) = config.enrollment.as_mut() {
+            for p in e
+                .attestation_roots
+                .iter_mut()
+                .chain(e.attestation_policy.as_mut())
+                .chain(e.profiles_dir.as_mut())
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        for p in [
+            &mut config.tls.certificate,
+            &mut config.tls.private_key,
+            &mut config.tls.client_ca,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(rest) = config.database.url.strip_prefix("sqlite:") {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            if !file.is_empty() && Path::new(file).is_relative() {
+                config.database.url = format!("sqlite:{}", base.join(file).display());
+            }
+        }
+        Ok(config)
+    }
+}
