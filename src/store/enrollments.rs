@@ -1,6 +1,6 @@
 //! Table `enrollments`: help-desk enrollments of one token for one person (migration 0003).
 //! Rows only; the rules are in `enroll` (`enroll::desk`).
-use super::{Result, Store, Timestamp, WriteTx, map_unique, written};
+use super::{Result, Store, Timestamp, TokenState, WriteTx, map_unique, written};
 use serde::Serialize;
 use sqlx::{Any, Executor};
 
@@ -9,7 +9,7 @@ stored_enum!(EnrollmentState, "enrollments.state", {
     Aborted => "aborted", Expired => "expired",
 });
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnrollmentRow {
     #[serde(skip)]
     pub id: i64,
@@ -31,6 +31,63 @@ pub struct EnrollmentRow {
     pub created_at: Timestamp,
     #[serde(skip)]
     pub updated_at: Timestamp,
+    /// The token as it was before this enrollment (or the open one it superseded) moved it to
+    /// `enrolling`: what abort and expiry put back (migration 0005). `None` for an enrollment
+    /// begun before that migration.
+    pub token_prior: Option<TokenPrior>,
+}
+
+/// A token's state and holder before an enrollment moved it to `enrolling`. A token the
+/// enrollment registered is recorded as `enrolling` with no holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TokenPrior {
+    pub state: TokenState,
+    #[serde(skip)]
+    pub person_id: Option<i64>,
+}
+
+/// The stored columns of an enrollment row; [`EnrollmentRow`] gathers the token's prior state.
+#[derive(sqlx::FromRow)]
+struct StoredEnrollment {
+    id: i64,
+    public_id: String,
+    person_id: i64,
+    token_id: i64,
+    profile: String,
+    state: EnrollmentState,
+    nonce: Vec<u8>,
+    plan_json: String,
+    firmware: String,
+    expires_at: Timestamp,
+    created_by: String,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    token_prior_state: Option<TokenState>,
+    token_prior_person_id: Option<i64>,
+}
+
+impl From<StoredEnrollment> for EnrollmentRow {
+    fn from(s: StoredEnrollment) -> Self {
+        EnrollmentRow {
+            id: s.id,
+            public_id: s.public_id,
+            person_id: s.person_id,
+            token_id: s.token_id,
+            profile: s.profile,
+            state: s.state,
+            nonce: s.nonce,
+            plan_json: s.plan_json,
+            firmware: s.firmware,
+            expires_at: s.expires_at,
+            created_by: s.created_by,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            token_prior: s.token_prior_state.map(|state| TokenPrior {
+                state,
+                person_id: s.token_prior_person_id,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,21 +101,23 @@ pub struct NewEnrollment {
     pub firmware: String,
     pub expires_at: Timestamp,
     pub created_by: String,
+    pub token_prior: TokenPrior,
 }
 
 const ENROLLMENT_COLUMNS: &str = "id, public_id, person_id, token_id, profile, state, nonce, plan_json, \
-     firmware, expires_at, created_by, created_at, updated_at";
+     firmware, expires_at, created_by, created_at, updated_at, token_prior_state, token_prior_person_id";
 
 async fn enrollment_where<'e, E: Executor<'e, Database = Any>>(
     e: E,
     public_id: &str,
 ) -> Result<Option<EnrollmentRow>> {
-    Ok(sqlx::query_as(sql!(
+    let row: Option<StoredEnrollment> = sqlx::query_as(sql!(
         "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE public_id = $1"
     ))
     .bind(public_id)
     .fetch_optional(e)
-    .await?)
+    .await?;
+    Ok(row.map(EnrollmentRow::from))
 }
 
 impl Store {
@@ -83,7 +142,8 @@ impl WriteTx {
         let now = self.now();
         let result = sqlx::query(
             "INSERT INTO enrollments (public_id, person_id, token_id, profile, state, nonce, plan_json, firmware, \
-             expires_at, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+             expires_at, created_by, created_at, updated_at, token_prior_state, token_prior_person_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)",
         )
         .bind(&n.public_id)
         .bind(n.person_id)
@@ -96,6 +156,8 @@ impl WriteTx {
         .bind(n.expires_at)
         .bind(&n.created_by)
         .bind(now)
+        .bind(n.token_prior.state.as_str())
+        .bind(n.token_prior.person_id)
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "enrollment", &n.public_id)?;
@@ -111,12 +173,13 @@ impl WriteTx {
 
     /// Enrollments of a token still in `begun` or `completed`.
     pub async fn open_enrollments_of_token(&mut self, token_id: i64) -> Result<Vec<EnrollmentRow>> {
-        Ok(sqlx::query_as(sql!(
+        let rows: Vec<StoredEnrollment> = sqlx::query_as(sql!(
             "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE token_id = $1 AND state IN ('begun', 'completed') ORDER BY id"
         ))
         .bind(token_id)
         .fetch_all(&mut *self.tx)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(EnrollmentRow::from).collect())
     }
 
     /// Sets the state of enrollment `id`, but only when it is still `from` (so two writers

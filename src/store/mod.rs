@@ -79,7 +79,7 @@ pub use certificates::{
 pub use clock::{Clock, ManualClock};
 pub use crl_state::{CrlStateRow, NewCrl};
 pub use enrollment_certificates::EnrollmentCertificateRow;
-pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment};
+pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
 pub use people::{NewPerson, PeopleQuery, PersonRow, PersonState};
 pub use timestamp::{BadTimestamp, Timestamp};

@@ -29,6 +29,8 @@ on_both_databases!(
     happy_path_enrolls_a_virtual_card,
     begin_refusals_name_their_reason,
     proof_over_a_wrong_nonce_is_refused,
+    begin_for_another_person_is_refused_and_abort_restores_the_token,
+    expiry_restores_the_token,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -1805,5 +1807,335 @@ async fn issuance_failure_aborts_the_enrollment(url: &str) {
         ("enrollment.abort", "tessera")
     );
     store.close().await;
+    server.stop().await;
+}
+
+/// Begin → station → Complete → station writes → Confirm on a factory-fresh card.
+async fn enroll_and_confirm(
+    server: &Server,
+    card: &VirtualCard,
+    person: &str,
+) -> (pb::BeginEnrollmentResponse, pb::CompleteEnrollmentResponse) {
+    let (begin, done) = enroll_until_complete(server, card, person, "piv-login").await;
+    station_finishes(card, &begin, &done);
+    server
+        .enrollments()
+        .await
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: format!("confirm-{}", begin.enrollment_id),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    (begin, done)
+}
+
+/// The token as GetToken shows it: state and holder.
+async fn token_state(server: &Server, serial: u32) -> (pb::TokenState, String) {
+    let token = pb::token_service_client::TokenServiceClient::new(server.channel("helpdesk").await)
+        .get_token(pb::GetTokenRequest {
+            serial: serial.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    (token.state(), token.person_external_id)
+}
+
+/// The status of each certificate of `done` as LookupCertificate shows it to a relying party.
+async fn statuses(
+    server: &Server,
+    done: &pb::CompleteEnrollmentResponse,
+) -> Vec<pb::CertificateStatus> {
+    let mut lookup = pb::certificate_service_client::CertificateServiceClient::new(
+        server.channel("relying-party").await,
+    );
+    let mut out = Vec::new();
+    for c in &done.certificates {
+        let serial = c.certificate.as_ref().unwrap().serial.clone();
+        let found = lookup
+            .lookup_certificate(pb::LookupCertificateRequest {
+                key: Some(pb::lookup_certificate_request::Key::Serial(serial)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .certificate
+            .unwrap();
+        out.push(found.status());
+    }
+    out
+}
+
+/// The `token.restore` events of `serial`: (actor, state before, state after, holder after).
+async fn restores(url: &str, serial: u32) -> Vec<(String, String, String, serde_json::Value)> {
+    let store = Store::open(url).await.unwrap();
+    let events = store.audit_events(0, 10_000).await.unwrap();
+    store.close().await;
+    events
+        .into_iter()
+        .filter(|e| e.action == "token.restore" && e.subject == format!("token:{serial}"))
+        .map(|e| {
+            let before: serde_json::Value = serde_json::from_str(&e.before_json).unwrap();
+            let after: serde_json::Value = serde_json::from_str(e.after_json.as_str()).unwrap();
+            (
+                e.actor,
+                before["state"].as_str().unwrap_or_default().to_string(),
+                after["state"].as_str().unwrap_or_default().to_string(),
+                after["person_external_id"].clone(),
+            )
+        })
+        .collect()
+}
+
+async fn abort(server: &Server, enrollment_id: &str) {
+    server
+        .enrollments()
+        .await
+        .abort_enrollment(pb::AbortEnrollmentRequest {
+            request_id: format!("abort-{enrollment_id}"),
+            enrollment_id: enrollment_id.into(),
+            reason: "wrong card".into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Issue 12, finding 5: an enrolling token is still its person's. Another person's Begin is
+/// refused and changes nothing; abort puts the token back as it was before Begin.
+async fn begin_for_another_person_is_refused_and_abort_restores_the_token(url: &str) {
+    use pb::CertificateStatus as S;
+    use pb::TokenState as T;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_001_100));
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
+    server.create_person("E1100", "").await;
+    server.create_person("E1101", "").await;
+    let mut enroll = server.enrollments().await;
+    let (_, first) = enroll_and_confirm(&server, &card, "E1100").await;
+    assert_eq!(
+        token_state(&server, 30_001_100).await,
+        (T::Active, "E1100".into())
+    );
+    assert_eq!(statuses(&server, &first).await, [S::Good, S::Good]);
+
+    // E1100 re-enrolls the token (twice: the second Begin supersedes the first).
+    let mut again = begin_request("E1100", 30_001_100, "piv-login");
+    again.request_id = "re-begin-1".into();
+    enroll.begin_enrollment(again.clone()).await.unwrap();
+    again.request_id = "re-begin-2".into();
+    let reenrolling = enroll.begin_enrollment(again).await.unwrap().into_inner();
+    assert_eq!(
+        token_state(&server, 30_001_100).await,
+        (T::Enrolling, "E1100".into())
+    );
+
+    // Another person's Begin for the enrolling token is refused: no credentials, no move.
+    let s = assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E1101", 30_001_100, "piv-login"))
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "token 30001100 is enrolling for another person; retire it first"
+    );
+    assert_eq!(
+        token_state(&server, 30_001_100).await,
+        (T::Enrolling, "E1100".into())
+    );
+    assert_eq!(statuses(&server, &first).await, [S::Good, S::Good]);
+    let store = Store::open(url).await.unwrap();
+    assert!(
+        store
+            .idempotency_record("begin-E1101-30001100-piv-login")
+            .await
+            .unwrap()
+            .is_none(),
+        "no answer (and no credentials) kept for the refused Begin"
+    );
+    store.close().await;
+
+    // Abort: the token is active and E1100's again, the certificates untouched.
+    abort(&server, &reenrolling.enrollment_id).await;
+    assert_eq!(
+        token_state(&server, 30_001_100).await,
+        (T::Active, "E1100".into())
+    );
+    assert_eq!(statuses(&server, &first).await, [S::Good, S::Good]);
+    assert_eq!(
+        restores(url, 30_001_100).await,
+        [(
+            "helpdesk-client".to_string(),
+            "enrolling".to_string(),
+            "active".to_string(),
+            serde_json::json!("E1100")
+        )]
+    );
+    // Still E1100's: another person is refused as before.
+    let mut other = begin_request("E1101", 30_001_100, "piv-login");
+    other.request_id = "begin-other-after-abort".into();
+    assert_refused(
+        url,
+        enroll.begin_enrollment(other).await,
+        Code::FailedPrecondition,
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        2,
+    )
+    .await;
+
+    // A suspended token may be re-begun by its person (as before); abort suspends it again.
+    pb::token_service_client::TokenServiceClient::new(server.channel("helpdesk").await)
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "suspend-30001100".into(),
+            serial: "30001100".into(),
+            reason: "left at home".into(),
+        })
+        .await
+        .unwrap();
+    let held = statuses(&server, &first).await;
+    assert_eq!(
+        token_state(&server, 30_001_100).await,
+        (T::Suspended, "E1100".into())
+    );
+    let mut again = begin_request("E1100", 30_001_100, "piv-login");
+    again.request_id = "re-begin-suspended".into();
+    let suspended = enroll.begin_enrollment(again).await.unwrap().into_inner();
+    abort(&server, &suspended.enrollment_id).await;
+    assert_eq!(
+        token_state(&server, 30_001_100).await,
+        (T::Suspended, "E1100".into())
+    );
+    assert_eq!(statuses(&server, &first).await, held);
+
+    // A token Tessera never saw: begun for E1100, refused for E1101, aborted: unassigned, and
+    // then E1101 may begin it.
+    let fresh = enroll
+        .begin_enrollment(begin_request("E1100", 30_001_101, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_refused(
+        url,
+        enroll
+            .begin_enrollment(begin_request("E1101", 30_001_101, "piv-login"))
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_HELD_BY_ANOTHER_PERSON",
+        2,
+    )
+    .await;
+    abort(&server, &fresh.enrollment_id).await;
+    assert_eq!(
+        token_state(&server, 30_001_101).await,
+        (T::Enrolling, String::new())
+    );
+    assert_eq!(
+        restores(url, 30_001_101).await,
+        [(
+            "helpdesk-client".to_string(),
+            "enrolling".to_string(),
+            "enrolling".to_string(),
+            serde_json::Value::Null
+        )]
+    );
+    let mut other = begin_request("E1101", 30_001_101, "piv-login");
+    other.request_id = "begin-other-after-fresh-abort".into();
+    enroll.begin_enrollment(other).await.unwrap();
+    assert_eq!(
+        token_state(&server, 30_001_101).await,
+        (T::Enrolling, "E1101".into())
+    );
+    server.stop().await;
+}
+
+/// Issue 12, finding 5: expiry puts the token back as it was before Begin, as the server.
+async fn expiry_restores_the_token(url: &str) {
+    use pb::CertificateStatus as S;
+    use pb::TokenState as T;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(30_001_110));
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            expiry_seconds: Some(8),
+            expiry_sweep_seconds: Some(1),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1110", "").await;
+    let (_, first) = enroll_and_confirm(&server, &card, "E1110").await;
+    let mut enroll = server.enrollments().await;
+    let mut again = begin_request("E1110", 30_001_110, "piv-login");
+    again.request_id = "re-begin".into();
+    let reenrolling = enroll.begin_enrollment(again).await.unwrap().into_inner();
+    let fresh = enroll
+        .begin_enrollment(begin_request("E1110", 30_001_111, "piv-login"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        token_state(&server, 30_001_110).await,
+        (T::Enrolling, "E1110".into())
+    );
+    assert_eq!(
+        token_state(&server, 30_001_111).await,
+        (T::Enrolling, "E1110".into())
+    );
+
+    clock.advance(std::time::Duration::from_secs(8));
+    // The server's sweep (not a call) expires them: watch the store, not the API.
+    let store = Store::open(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    for id in [&reenrolling.enrollment_id, &fresh.enrollment_id] {
+        loop {
+            let row = store.enrollment_by_public_id(id).await.unwrap().unwrap();
+            if row.state == tessera::store::EnrollmentState::Expired {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the enrollment never expired: {row:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    store.close().await;
+    assert_eq!(
+        token_state(&server, 30_001_110).await,
+        (T::Active, "E1110".into())
+    );
+    assert_eq!(statuses(&server, &first).await, [S::Good, S::Good]);
+    assert_eq!(
+        token_state(&server, 30_001_111).await,
+        (T::Enrolling, String::new())
+    );
+    assert_eq!(
+        restores(url, 30_001_110).await,
+        [(
+            "tessera".to_string(),
+            "enrolling".to_string(),
+            "active".to_string(),
+            serde_json::json!("E1110")
+        )]
+    );
+    assert_eq!(
+        restores(url, 30_001_111).await,
+        [(
+            "tessera".to_string(),
+            "enrolling".to_string(),
+            "enrolling".to_string(),
+            serde_json::Value::Null
+        )]
+    );
     server.stop().await;
 }

@@ -11,7 +11,7 @@ use crate::enroll::{
 use crate::lifecycle::{LifecycleError, RevocationReason};
 use crate::store::{
     EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState,
-    TokenCredentialsRow, TokenState, WriteTx,
+    TokenCredentialsRow, TokenPrior, TokenState, WriteTx,
 };
 
 /// What BeginEnrollment asks for (already checked for presence and shape by the API).
@@ -85,9 +85,9 @@ impl EnrollmentDesk {
                     },
                 ));
             }
-            if t.person_id.is_some_and(|p| p != person.id)
-                && matches!(t.state, TokenState::Active | TokenState::Suspended)
-            {
+            // Whatever its state: an `enrolling` token is held too, by the person its open
+            // enrollment is for (their certificates of earlier enrollments are still good).
+            if t.person_id.is_some_and(|p| p != person.id) {
                 return Err(refused(
                     token_subject,
                     EnrollmentRefusal::TokenHeldByAnotherPerson {
@@ -97,7 +97,23 @@ impl EnrollmentDesk {
                 ));
             }
         }
-        // Checks done; changes follow.
+        // Checks done; changes follow. What abort or expiry of this enrollment puts back: the
+        // token as an open enrollment it supersedes found it, else as it is now.
+        let token_prior = match &existing {
+            None => TokenPrior {
+                state: TokenState::Enrolling,
+                person_id: None,
+            },
+            Some(t) => tx
+                .open_enrollments_of_token(t.id)
+                .await?
+                .iter()
+                .find_map(|open| open.token_prior)
+                .unwrap_or(TokenPrior {
+                    state: t.state,
+                    person_id: t.person_id,
+                }),
+        };
         let token = match existing {
             None => {
                 let row = tx
@@ -220,6 +236,7 @@ impl EnrollmentDesk {
                 firmware: req.firmware.to_string(),
                 expires_at: now.checked_add(settings.expiry).unwrap_or(now),
                 created_by: actor.name.clone(),
+                token_prior,
             })
             .await?;
         let mut after = json(&enrollment);

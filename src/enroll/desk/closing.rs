@@ -1,15 +1,15 @@
 //! How open enrollments end: aborted by the help desk or expired by the sweep; either way the
-//! certificates they issued are revoked.
+//! certificates they issued are revoked and the token goes back to its state before Begin.
 
 use super::refusal::refused;
 use super::{
-    DeskFailure, EnrollmentDesk, EnrollmentRefusal, EnrollmentView, enrollment_or_not_found,
-    record, view_in,
+    DeskFailure, EnrollmentDesk, EnrollmentRefusal, EnrollmentView, enrollment_or_not_found, json,
+    record, token_of, view_in,
 };
 use crate::audit::Actor;
 use crate::enroll::{EnrollError, LoadedEnrollment};
 use crate::lifecycle::{self, LifecycleError, RevocationReason};
-use crate::store::{CertificateStatus, EnrollmentRow, EnrollmentState, WriteTx};
+use crate::store::{CertificateStatus, EnrollmentRow, EnrollmentState, TokenState, WriteTx};
 
 impl EnrollmentDesk {
     /// Expires open enrollments past their time (all of them, or only `only`): revokes their
@@ -42,7 +42,7 @@ impl EnrollmentDesk {
             }
             let row = loaded.row().clone();
             let request_id = format!("expire:{id}");
-            close_enrollment(
+            if close_enrollment(
                 &mut tx,
                 &Actor::server(),
                 &request_id,
@@ -52,7 +52,10 @@ impl EnrollmentDesk {
                 "enrollment.expire",
                 None,
             )
-            .await?;
+            .await?
+            {
+                restore_token(&mut tx, &Actor::server(), &request_id, &row).await?;
+            }
             tx.commit().await?;
             tracing::info!(enrollment = %id, "enrollment expired; its certificates were revoked");
             expired.push(id);
@@ -79,7 +82,7 @@ impl EnrollmentDesk {
             return Err(refused(subject, EnrollError::closed(r)));
         }
         let row = loaded.row().clone();
-        close_enrollment(
+        if close_enrollment(
             tx,
             actor,
             request_id,
@@ -89,14 +92,18 @@ impl EnrollmentDesk {
             "enrollment.abort",
             Some(reason).filter(|r| !r.is_empty()),
         )
-        .await?;
+        .await?
+        {
+            restore_token(tx, actor, request_id, &row).await?;
+        }
         let row = enrollment_or_not_found(tx, enrollment_id).await?;
         Ok(view_in(tx, row).await?)
     }
 }
 
 /// Ends an open enrollment (aborted or expired): revokes the certificates it issued and records
-/// `action`.
+/// `action`. Returns whether it ended it (false: another writer moved it first). The token is
+/// left as it is: see [`restore_token`].
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn close_enrollment(
     tx: &mut WriteTx,
@@ -107,9 +114,9 @@ pub(super) async fn close_enrollment(
     revocation: RevocationReason,
     action: &str,
     reason: Option<&str>,
-) -> Result<(), LifecycleError> {
+) -> Result<bool, LifecycleError> {
     if !tx.move_enrollment_state(row.id, row.state, to).await? {
-        return Ok(());
+        return Ok(false);
     }
     let mut revoked = Vec::new();
     for c in tx.enrollment_certificates(row.id).await? {
@@ -134,6 +141,41 @@ pub(super) async fn close_enrollment(
         &format!("enrollment:{}", row.public_id),
         Some(serde_json::json!({ "state": row.state.as_str() })),
         Some(after),
+        request_id,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// After an abort or expiry: puts the token back as it was before the enrollment moved it to
+/// `enrolling` (state and holder, recorded at Begin), as `token.restore`. A token that is no
+/// longer `enrolling` for the enrollment's person (marked lost meanwhile, released at
+/// offboarding) is left as it is, and so is one whose enrollment was begun before migration
+/// 0005 (nothing recorded).
+async fn restore_token(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    request_id: &str,
+    row: &EnrollmentRow,
+) -> Result<(), LifecycleError> {
+    let Some(prior) = row.token_prior else {
+        return Ok(());
+    };
+    let before = token_of(tx, row.token_id).await?;
+    if before.state != TokenState::Enrolling || before.person_id != Some(row.person_id) {
+        return Ok(());
+    }
+    let mut after = before.clone();
+    after.state = prior.state;
+    after.person_id = prior.person_id;
+    let token = tx.update_token(&after).await?;
+    record(
+        tx,
+        actor,
+        "token.restore",
+        &format!("token:{}", token.serial),
+        Some(json(&before)),
+        Some(json(&token)),
         request_id,
     )
     .await
