@@ -174,7 +174,7 @@ impl EnrollmentDesk {
                     tx.commit().await?;
                     return Err(DeskFailure::Error(EnrollmentRefusal::IssuanceFailed {
                         slot: slot_name,
-                        error: e.to_string(),
+                        enrollment: enrollment.public_id.clone(),
                     }));
                 }
             }

@@ -43,10 +43,12 @@ pub enum EnrollmentRefusal {
     CredentialsGone,
     #[error("reason exceeds 1024 bytes")]
     ReasonTooLong,
+    /// The CA failed while issuing; the cause is in the server log only (it may name
+    /// internal detail: SQL, HSM or file errors), never in the answer.
     #[error(
-        "issuing the certificate for slot {slot} failed: {error}; the enrollment was aborted, begin a new one"
+        "issuing the certificate for slot {slot} of enrollment {enrollment} failed (see the server log); the enrollment was aborted, begin a new one"
     )]
-    IssuanceFailed { slot: String, error: String },
+    IssuanceFailed { slot: String, enrollment: String },
     #[error(transparent)]
     Step(#[from] EnrollError),
     #[error(transparent)]
@@ -291,7 +293,7 @@ mod tests {
             (
                 EnrollmentRefusal::IssuanceFailed {
                     slot: "9a".into(),
-                    error: "x".into(),
+                    enrollment: "e".into(),
                 },
                 "ISSUANCE_FAILED",
                 None,
