@@ -100,6 +100,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot create the SQLite database file {path}: {source}")]
+    CreateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a {kind} with key {key:?} already exists")]
@@ -195,6 +201,10 @@ impl Store {
             if path.is_empty() || path.contains('?') {
                 return Err(StoreError::UnsupportedUrl(url.to_string()));
             }
+            create_private_sqlite_file(path).map_err(|source| StoreError::CreateFile {
+                path: path.to_string(),
+                source,
+            })?;
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
@@ -345,6 +355,34 @@ fn map_unique(
             key: key.to_string(),
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates a new SQLite database file readable and writable by its owner only (0600), whatever
+/// the umask: it holds the directory, the audit log and the wrapped secrets. SQLite gives the
+/// `-wal` and `-shm` files it creates next to it the database file's mode. An existing file is
+/// left as it is (its mode is the operator's choice), with a warning when others can read it.
+fn create_private_sqlite_file(path: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path,
+                    mode = format!("{:o}", mode & 0o777),
+                    "the SQLite database file is readable by others than its owner; chmod 600 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

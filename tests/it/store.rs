@@ -657,6 +657,25 @@ async fn unsupported_database_url_is_named() {
     assert!(!text.contains("hunter2"));
 }
 
+/// A new SQLite database, and the `-wal` and `-shm` files SQLite makes next to it, are readable
+/// and writable by their owner only, whatever the umask (0022 would give 0644).
+#[tokio::test]
+async fn new_sqlite_database_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let store = Store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    create(&store, "E1").await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+    store.close().await;
+}
+
 async fn certificate_serial_is_reserved_once(url: &str) {
     use tessera::store::{CertificateStatus, NewCertificate};
     let store = Store::open(url).await.unwrap();
