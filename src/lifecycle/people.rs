@@ -335,7 +335,27 @@ pub async fn transition_person(
         PersonTransition::Offboard => {
             let revoke = CertificateEffect::Revoke(RevocationReason::AffiliationChanged);
             apply_certificate_effect(tx, actor, request_id, owner, revoke).await?;
-            tx.release_tokens_of_person(row.id).await?;
+            // Each token the person held goes back to the pool: audited one event per token,
+            // so the log says who held a token until when.
+            for serial in tx.release_tokens_of_person(row.id).await? {
+                let Some(token) = tx.token_by_serial(&serial).await? else {
+                    continue;
+                };
+                let mut held = token.clone();
+                held.person_external_id = Some(external_id.to_string());
+                audit::record(
+                    tx,
+                    actor,
+                    Change {
+                        action: "token.unassign",
+                        subject: format!("token:{serial}"),
+                        before: Some(serde_json::to_value(&held).unwrap_or_default()),
+                        after: Some(serde_json::to_value(&token).unwrap_or_default()),
+                        request_id,
+                    },
+                )
+                .await?;
+            }
         }
     }
     Ok(row)

@@ -850,13 +850,8 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
         None
     );
 
-    let actions: Vec<_> = store
-        .audit_events(0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let events = store.audit_events(0, 100).await.unwrap();
+    let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
         [
@@ -877,6 +872,42 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
             "certificate.revoke",
             "person.offboard",
             "certificate.revoke",
+            "token.unassign",
+            "token.unassign",
+        ]
+    );
+    // Offboarding released both tokens, each with its own event naming the former holder.
+    let unassigned: Vec<_> = events[events.len() - 2..]
+        .iter()
+        .map(|e| {
+            let before: serde_json::Value = serde_json::from_str(&e.before_json).unwrap();
+            let after: serde_json::Value = serde_json::from_str(&e.after_json).unwrap();
+            (
+                e.subject.as_str(),
+                e.actor.as_str(),
+                e.request_id.as_str(),
+                before["person_external_id"].clone(),
+                after["person_external_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        unassigned,
+        [
+            (
+                "token:T1",
+                "hr-sync",
+                "p3",
+                "E1".into(),
+                serde_json::Value::Null
+            ),
+            (
+                "token:T2",
+                "hr-sync",
+                "p3",
+                "E1".into(),
+                serde_json::Value::Null
+            ),
         ]
     );
     assert_eq!(audit::verify(&store, None).await.unwrap().first_bad, None);
