@@ -75,6 +75,11 @@ impl AuditService for AuditLog {
         request: Request<pb::StreamAuditEventsRequest>,
     ) -> Result<Response<Self::StreamAuditEventsStream>, Status> {
         authorize(&request, &method("StreamAuditEvents"))?;
+        // The caller's certificate, looked up again on each poll of a following stream: once it
+        // is revoked or put on hold the stream ends with the refusal a new call would get.
+        let leaf: Option<Vec<u8>> = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
         let req = request.into_inner();
         let mut after = req.after_sequence.max(0);
         let follow = req.follow;
@@ -111,6 +116,12 @@ impl AuditService for AuditLog {
                         _ = tx.closed() => return,
                         _ = stopping.wait_for(|s| *s) => return,
                         _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    }
+                    if let Some(leaf) = &leaf
+                        && let Some(status) = super::client_revocation::refusal(&store, leaf).await
+                    {
+                        let _ = tx.send(Err(status)).await;
+                        return;
                     }
                 }
             }

@@ -2,7 +2,8 @@
 //! certificate's chain and validity; this tower layer then looks its serial up in the store
 //! (Tessera issued it, so Tessera knows its status) and answers UNAUTHENTICATED with reason
 //! `CLIENT_CERTIFICATE_REVOKED` when it is revoked or on hold. It runs per call, not per
-//! connection, so a revocation takes effect on connections that are already open.
+//! connection, so a revocation takes effect on connections that are already open; a following
+//! `StreamAuditEvents` asks again on each poll and ends with the same answer.
 //! Certificates the store does not know (issued by the CA outside Tessera, e.g. before the
 //! store existed) pass on to the role check.
 
@@ -40,8 +41,9 @@ fn serial_hex(der: &[u8]) -> Option<String> {
     Some(hex::encode(cert.raw_serial()))
 }
 
-/// Why a client certificate may not be used, when it may not.
-async fn refusal(store: &Store, leaf_der: &[u8]) -> Option<tonic::Status> {
+/// Why a client certificate may not be used, when it may not. Also asked by long-running
+/// calls (a following `StreamAuditEvents`) on each poll, so a revocation ends them too.
+pub(super) async fn refusal(store: &Store, leaf_der: &[u8]) -> Option<tonic::Status> {
     let serial = serial_hex(leaf_der)?;
     match store.certificate_by_serial(&serial).await {
         Ok(Some(row))

@@ -35,6 +35,7 @@ on_both_databases!(
     http_side_health_chain_and_metrics,
     audit_stream_follows_new_events,
     revoked_client_certificate_is_refused_on_open_connections,
+    following_audit_stream_ends_when_its_callers_certificate_is_revoked,
     helpdesk_cannot_revoke_operator_certificates_and_releases_holds,
 );
 
@@ -2216,6 +2217,73 @@ async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
     assert_eq!(
         other.lookup_certificate(chain()).await.unwrap_err().code(),
         Code::NotFound
+    );
+    store.close().await;
+    server.stop().await;
+}
+
+/// Issue 12, finding 10: a following StreamAuditEvents looks its caller's certificate up again
+/// on each poll; once the certificate is revoked the stream ends with the answer a new call
+/// would get, instead of following the log forever.
+async fn following_audit_stream_ends_when_its_callers_certificate_is_revoked(url: &str) {
+    use x509_parser::prelude::FromDer;
+    let server = TestServer::builder(url).start().await;
+    let store = Store::open(url).await.unwrap();
+    let auditor = server.pki.client("auditor");
+    let (_, der) = x509_parser::pem::parse_x509_pem(auditor.cert_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
+    let serial = hex::encode(cert.raw_serial());
+    record_certificate(&store, &serial, None, "operator-client", &der.contents).await;
+    let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
+    d.create_person(pb::CreatePersonRequest {
+        request_id: "create-F1".into(),
+        person: Some(record("F1")),
+    })
+    .await
+    .unwrap();
+    let mut a = AuditServiceClient::new(server.channel(Some(&auditor)).await);
+    let mut stream = a
+        .stream_audit_events(pb::StreamAuditEventsRequest {
+            after_sequence: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_event(&mut stream).await,
+        (1, "person.create".into(), "person:F1".into())
+    );
+    CertificateServiceClient::new(server.as_role("admin").await)
+        .revoke_certificate(pb::RevokeCertificateRequest {
+            request_id: "revoke-auditor".into(),
+            serial: serial.clone(),
+            reason: pb::RevocationReason::KeyCompromise as i32,
+        })
+        .await
+        .unwrap();
+    // The revocation's own event may still arrive (it commits with the new status); then the
+    // stream ends with the refusal.
+    let mut seen = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream ends after the revocation")
+        {
+            Ok(Some(m)) => seen.push(m.event.unwrap().action),
+            Ok(None) => panic!("the stream ended without a status after {seen:?}"),
+            Err(s) => break s,
+        }
+    };
+    assert!(
+        seen.iter().all(|a| a == "certificate.revoke"),
+        "only the revocation's own event comes first: {seen:?}"
+    );
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason_and_fields(&status).0, "CLIENT_CERTIFICATE_REVOKED");
+    assert_eq!(
+        status.message(),
+        format!("the client certificate (serial {serial}) is revoked; use a current one")
     );
     store.close().await;
     server.stop().await;
