@@ -20,6 +20,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(http) = server.http_addr() {
             println!("tessera: HTTP listening on {http}");
         }
+        if let Some(metrics) = server.metrics_addr() {
+            println!("tessera: metrics listening on {metrics}");
+        }
         server
             .run(shutdown_signal())
             .await

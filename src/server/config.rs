@@ -56,6 +56,10 @@ pub struct HttpConfig {
     /// PEM chain served at `/ca.pem` (the CA's `DATA/ca/chain.pem`).
     #[serde(default)]
     pub ca_chain: Option<PathBuf>,
+    /// e.g. `127.0.0.1:9100`: when set, `/metrics` is served only here (plain HTTP) and not on
+    /// `listen`, so it can stay on an address only the monitoring system reaches.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

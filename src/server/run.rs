@@ -23,6 +23,8 @@ pub struct BoundServer {
     store: Store,
     checkpoints: Option<(Arc<HsmCheckpointSigner>, Duration)>,
     http: Option<(TcpListener, Option<PathBuf>)>,
+    /// `[http] metrics_listen`: `/metrics` is served here and not on the HTTP listener.
+    metrics_listener: Option<TcpListener>,
     ca: Option<Arc<OnlineCa>>,
     /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
     /// validity.
@@ -111,6 +113,14 @@ impl BoundServer {
                 h.ca_chain.clone(),
             )),
         };
+        let metrics_listener = match config.http.as_ref().and_then(|h| h.metrics_listen) {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerConfigError::Listen { addr, source })?,
+            ),
+        };
         let listener = TcpListener::bind(config.grpc.listen)
             .await
             .map_err(|source| ServerConfigError::Listen {
@@ -123,6 +133,7 @@ impl BoundServer {
             store,
             checkpoints,
             http,
+            metrics_listener,
             ca,
             revocation,
             enrollment,
@@ -138,6 +149,13 @@ impl BoundServer {
     /// The HTTP side's address, when configured.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The `/metrics` listener, when `[http] metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn store(&self) -> &Store {
@@ -176,12 +194,12 @@ impl BoundServer {
         let metrics = Arc::new(metrics);
 
         let (accept_loop, connections) = accept_tls(self.listener, self.tls);
-        let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
-        let http_task = self.http.map(|(listener, ca_chain)| {
-            let app = crate::web::router(store.clone(), ca_chain, revocation, metrics);
+        let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+        let serve_http = |listener: TcpListener, app: axum::Router| {
+            let mut stopped = http_stopped.clone();
             tokio::spawn(async move {
                 let stopped = async move {
-                    let _ = http_stopped.wait_for(|s| *s).await;
+                    let _ = stopped.wait_for(|s| *s).await;
                 };
                 if let Err(e) = axum::serve(listener, app)
                     .with_graceful_shutdown(stopped)
@@ -190,7 +208,26 @@ impl BoundServer {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             })
-        });
+        };
+        let mut http_tasks = Vec::new();
+        if let Some((listener, ca_chain)) = self.http {
+            match self.metrics_listener {
+                None => {
+                    let app = crate::web::router(store.clone(), ca_chain, revocation, metrics);
+                    http_tasks.push(serve_http(listener, app));
+                }
+                Some(metrics_listener) => {
+                    let (app, metrics_app) = crate::web::routers_with_separate_metrics(
+                        store.clone(),
+                        ca_chain,
+                        revocation,
+                        metrics,
+                    );
+                    http_tasks.push(serve_http(listener, app));
+                    http_tasks.push(serve_http(metrics_listener, metrics_app));
+                }
+            }
+        }
         let shutdown = async move {
             shutdown.await;
             let _ = stop_http.send(true);
@@ -232,7 +269,7 @@ impl BoundServer {
         };
         let result = grpc.serve(connections, shutdown).await;
         accept_loop.abort();
-        if let Some(task) = http_task {
+        for task in http_tasks {
             let _ = task.await;
         }
         if let Some(task) = checkpoint_loop {

@@ -35,20 +35,48 @@ pub fn router(
     revocation: Option<Arc<Revocation>>,
     metrics: Arc<Metrics>,
 ) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/ca.pem", get(ca_pem))
+    public_routes()
         .route("/metrics", get(metrics_page))
-        .route("/crl", get(crl))
-        .route("/ocsp", post(ocsp_post))
-        .route("/ocsp/{*request}", get(ocsp_get))
-        .layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST_BYTES))
         .with_state(Arc::new(WebState {
             store,
             ca_chain,
             revocation,
             metrics,
         }))
+}
+
+/// The routes of [`router`] split over two listeners (`[http] metrics_listen`): the first
+/// serves everything but `/metrics` (which answers 404 there), the second only `/metrics`, so
+/// that the metrics can be kept off the address relying parties reach.
+pub fn routers_with_separate_metrics(
+    store: Store,
+    ca_chain: Option<PathBuf>,
+    revocation: Option<Arc<Revocation>>,
+    metrics: Arc<Metrics>,
+) -> (Router, Router) {
+    let state = Arc::new(WebState {
+        store,
+        ca_chain,
+        revocation,
+        metrics,
+    });
+    (
+        public_routes().with_state(Arc::clone(&state)),
+        Router::new()
+            .route("/metrics", get(metrics_page))
+            .with_state(state),
+    )
+}
+
+/// Health, CA chain, CRL and OCSP.
+fn public_routes() -> Router<Arc<WebState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/ca.pem", get(ca_pem))
+        .route("/crl", get(crl))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
+        .layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST_BYTES))
 }
 
 const NO_CA: &str = "no CA configured (the server configuration has no [ca] section)\n";

@@ -47,6 +47,8 @@ pub struct Http {
     pub listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_chain: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -128,6 +130,7 @@ impl ServerToml {
         self.http = Some(Http {
             listen: "127.0.0.1:0".into(),
             ca_chain: None,
+            metrics_listen: None,
         });
         self
     }
@@ -137,7 +140,14 @@ impl ServerToml {
         self.http = Some(Http {
             listen: "127.0.0.1:0".into(),
             ca_chain: Some(ca_chain.into()),
+            metrics_listen: None,
         });
+        self
+    }
+
+    /// `[http] metrics_listen` on 127.0.0.1:0 (after `with_http*`): `/metrics` moves there.
+    pub fn with_separate_metrics(mut self) -> ServerToml {
+        self.http.as_mut().expect("with_http first").metrics_listen = Some("127.0.0.1:0".into());
         self
     }
 

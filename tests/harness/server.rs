@@ -16,6 +16,8 @@ pub struct ServerTask {
     pub addr: SocketAddr,
     /// The `[http]` listener, when the configuration has one.
     pub http: Option<SocketAddr>,
+    /// The `[http] metrics_listen` listener, when the configuration has one.
+    pub metrics: Option<SocketAddr>,
     /// The online CA, when the configuration has a `[ca]` section.
     pub ca: Option<Arc<OnlineCa>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -35,6 +37,7 @@ impl ServerTask {
         let server = BoundServer::bind_with_clock(&config, clock).await.unwrap();
         let addr = server.local_addr();
         let http = server.http_addr();
+        let metrics = server.metrics_addr();
         let ca = server.ca().cloned();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -48,6 +51,7 @@ impl ServerTask {
         ServerTask {
             addr,
             http,
+            metrics,
             ca,
             shutdown: Some(tx),
             task: Some(task),

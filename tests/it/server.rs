@@ -33,6 +33,7 @@ on_both_databases!(
     issued_client_certificate_carries_its_role,
     certificates_lookup_hold_and_revoke,
     http_side_health_chain_and_metrics,
+    metrics_on_their_own_listener_only,
     audit_stream_follows_new_events,
     revoked_client_certificate_is_refused_on_open_connections,
     following_audit_stream_ends_when_its_callers_certificate_is_revoked,
@@ -1878,6 +1879,41 @@ async fn http_side_health_chain_and_metrics(url: &str) {
         "{body}"
     );
     assert_eq!(http_get(http, "/nothing").await.0, "HTTP/1.1 404 Not Found");
+    server.stop().await;
+}
+
+/// `[http] metrics_listen`: `/metrics` is served on that address only; the main HTTP port
+/// answers 404 for it and still serves everything else.
+async fn metrics_on_their_own_listener_only(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let config = ServerToml::new(url)
+        .with_http_chain(CLIENT_CA)
+        .with_separate_metrics()
+        .write(dir.path(), &pki);
+    let server = ServerTask::start(&config).await;
+    let (http, metrics) = (server.http.unwrap(), server.metrics.unwrap());
+    assert_ne!(http, metrics);
+    assert_eq!(http_get(http, "/metrics").await.0, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        http_get(http, "/healthz").await,
+        ("HTTP/1.1 200 OK".to_string(), "ok\n".to_string())
+    );
+    assert_eq!(http_get(http, "/ca.pem").await.0, "HTTP/1.1 200 OK");
+    let (status, body) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("tessera_audit_head_sequence ")),
+        "{body}"
+    );
+    for path in ["/healthz", "/ca.pem", "/crl"] {
+        assert_eq!(
+            http_get(metrics, path).await.0,
+            "HTTP/1.1 404 Not Found",
+            "{path} on the metrics listener"
+        );
+    }
     server.stop().await;
 }
 
