@@ -30,6 +30,8 @@ fn ca_reason(e: &CaError) -> Option<&'static str> {
         CaError::CsrUnreadable(_) => "CSR_UNREADABLE",
         CaError::CsrSignatureInvalid => "CSR_SIGNATURE_INVALID",
         CaError::CsrWithoutCommonName => "CSR_WITHOUT_COMMON_NAME",
+        CaError::CsrNameTooLong(_) => "FIELD_TOO_LONG",
+        CaError::CsrTooManyNames(_) => "TOO_MANY_ITEMS",
         CaError::UnsupportedKeyAlgorithm(_) => "UNSUPPORTED_KEY_ALGORITHM",
         CaError::PublicKeyUnreadable(_) => "PUBLIC_KEY_UNREADABLE",
         CaError::SubjectInvalid(_) => "SUBJECT_INVALID",

@@ -1,6 +1,6 @@
 //! PKCS#10 certificate requests: read PEM or DER, refuse unsupported key algorithms by name,
 //! check the request's own signature (proof that the requester holds the private key), and take
-//! the subject's common name and email / DNS names from it.
+//! the subject's common name and email / DNS names from it, within [`NAME_LIMITS`].
 
 use super::CaError;
 use super::issue::SubjectParams;
@@ -77,9 +77,193 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     }
     subject.emails.sort();
     subject.emails.dedup();
+    check_names(&subject)?;
     Ok(VerifiedCsr {
         subject,
         public_key_der,
         public_key,
     })
+}
+
+/// The limits on the names a CSR may carry (docs/api.md): a common name of 1–64 characters
+/// (RFC 5280's upper bound) without control characters; at most 16 email addresses of at most
+/// 254 bytes, printable ASCII without spaces, `local@domain`; at most 64 DNS names of at most
+/// 253 bytes, dot-separated labels of 1–63 letters, digits and hyphens (not at a label's ends),
+/// the first label may be `*`. Other name forms (URIs, IP addresses, …) are never taken from a
+/// request.
+pub const NAME_LIMITS: NameLimits = NameLimits {
+    common_name_chars: 64,
+    emails: 16,
+    email_bytes: 254,
+    dns_names: 64,
+    dns_name_bytes: 253,
+};
+
+/// See [`NAME_LIMITS`].
+#[derive(Clone, Copy, Debug)]
+pub struct NameLimits {
+    pub common_name_chars: usize,
+    pub emails: usize,
+    pub email_bytes: usize,
+    pub dns_names: usize,
+    pub dns_name_bytes: usize,
+}
+
+/// Refuses names beyond [`NAME_LIMITS`]: too long (`CsrNameTooLong`), too many
+/// (`CsrTooManyNames`) or with characters a certificate should not carry (`SubjectInvalid`).
+fn check_names(subject: &SubjectParams) -> Result<(), CaError> {
+    let l = NAME_LIMITS;
+    let cn = &subject.common_name;
+    if cn.chars().count() > l.common_name_chars {
+        return Err(CaError::CsrNameTooLong(format!(
+            "commonName exceeds {} characters",
+            l.common_name_chars
+        )));
+    }
+    if cn.chars().any(char::is_control) {
+        return Err(CaError::SubjectInvalid(
+            "the CSR's commonName contains control characters".into(),
+        ));
+    }
+    if subject.emails.len() > l.emails {
+        return Err(CaError::CsrTooManyNames(format!(
+            "has more than {} email addresses",
+            l.emails
+        )));
+    }
+    for email in &subject.emails {
+        if email.len() > l.email_bytes {
+            return Err(CaError::CsrNameTooLong(format!(
+                "email address exceeds {} bytes",
+                l.email_bytes
+            )));
+        }
+        let well_formed = email.bytes().all(|b| b.is_ascii_graphic())
+            && matches!(email.split_once('@'), Some((local, domain))
+                if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+        if !well_formed {
+            return Err(CaError::SubjectInvalid(format!(
+                "the CSR's email address {email:?} is not local@domain in printable ASCII"
+            )));
+        }
+    }
+    if subject.dns_names.len() > l.dns_names {
+        return Err(CaError::CsrTooManyNames(format!(
+            "has more than {} DNS names",
+            l.dns_names
+        )));
+    }
+    for dns in &subject.dns_names {
+        if dns.len() > l.dns_name_bytes {
+            return Err(CaError::CsrNameTooLong(format!(
+                "DNS name exceeds {} bytes",
+                l.dns_name_bytes
+            )));
+        }
+        if !is_dns_name(dns) {
+            return Err(CaError::SubjectInvalid(format!(
+                "the CSR's DNS name {dns:?} is not a host name (labels of letters, digits and hyphens)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `label(.label)*`, each label 1–63 letters, digits or hyphens not at its ends; the first
+/// label may be the wildcard `*`.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(cn: &str, emails: &[&str], dns: &[&str]) -> SubjectParams {
+        let mut s = SubjectParams::new(cn.to_string());
+        s.emails = emails.iter().map(|e| e.to_string()).collect();
+        s.dns_names = dns.iter().map(|d| d.to_string()).collect();
+        s
+    }
+
+    fn refusal(s: &SubjectParams) -> String {
+        check_names(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn names_within_the_limits_pass() {
+        let cn = "é".repeat(64);
+        let email = format!("{}@corp.test", "a".repeat(244));
+        let dns = format!(
+            "{}.{}.{}.test",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63)
+        );
+        let emails: Vec<String> = (0..16).map(|i| format!("u{i}@corp.test")).collect();
+        let many_dns: Vec<String> = (0..64).map(|i| format!("h{i}.corp.test")).collect();
+        check_names(&subject(&cn, &[&email], &[&dns, "*.corp.test"])).unwrap();
+        let mut s = subject("svc", &[], &[]);
+        s.emails = emails;
+        s.dns_names = many_dns;
+        check_names(&s).unwrap();
+    }
+
+    #[test]
+    fn names_beyond_the_limits_are_refused() {
+        assert_eq!(
+            refusal(&subject(&"a".repeat(65), &[], &[])),
+            "CSR commonName exceeds 64 characters"
+        );
+        assert_eq!(
+            refusal(&subject("a\u{7}b", &[], &[])),
+            "subject is invalid: the CSR's commonName contains control characters"
+        );
+        assert_eq!(
+            refusal(&subject(
+                "a",
+                &[&format!("{}@corp.test", "a".repeat(245))],
+                &[]
+            )),
+            "CSR email address exceeds 254 bytes"
+        );
+        assert_eq!(
+            refusal(&subject("a", &["two words@corp.test"], &[])),
+            "subject is invalid: the CSR's email address \"two words@corp.test\" is not local@domain in printable ASCII"
+        );
+        assert_eq!(
+            refusal(&subject("a", &["no-at-sign"], &[])),
+            "subject is invalid: the CSR's email address \"no-at-sign\" is not local@domain in printable ASCII"
+        );
+        let mut many = subject("a", &[], &[]);
+        many.emails = (0..17).map(|i| format!("u{i}@corp.test")).collect();
+        assert_eq!(refusal(&many), "CSR has more than 16 email addresses");
+        let mut many = subject("a", &[], &[]);
+        many.dns_names = (0..65).map(|i| format!("h{i}.corp.test")).collect();
+        assert_eq!(refusal(&many), "CSR has more than 64 DNS names");
+        let long = format!("{}.test", vec!["a".repeat(63); 4].join("."));
+        assert_eq!(
+            refusal(&subject("a", &[], &[&long])),
+            "CSR DNS name exceeds 253 bytes"
+        );
+        for bad in ["a_b.test", "-a.test", "a..test", "a.test\n", "a*.test", "*"] {
+            assert_eq!(
+                refusal(&subject("a", &[], &[bad])),
+                format!(
+                    "subject is invalid: the CSR's DNS name {bad:?} is not a host name (labels of letters, digits and hyphens)"
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 }

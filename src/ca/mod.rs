@@ -72,6 +72,12 @@ pub enum CaError {
     CsrSignatureInvalid,
     #[error("CSR subject has no commonName; make the request with a CN")]
     CsrWithoutCommonName,
+    /// A name in the CSR is longer than [`csr::NAME_LIMITS`] allows.
+    #[error("CSR {0}")]
+    CsrNameTooLong(String),
+    /// The CSR carries more names of one kind than [`csr::NAME_LIMITS`] allows.
+    #[error("CSR {0}")]
+    CsrTooManyNames(String),
     #[error(
         "unsupported key algorithm {0}; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys"
     )]

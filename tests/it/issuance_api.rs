@@ -660,6 +660,60 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
             fields("csr")
         )
     );
+    // Names beyond the limits (issue 12, finding 10): a 65-character CN, a control character
+    // in the CN, 17 email addresses, a DNS name that is not a host name.
+    let (_, long_cn) = csr(&"a".repeat(65), &[]);
+    let s = c
+        .issue_from_csr(issue_request("long-cn", &long_cn, "tls-client"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refusal(&s), s.message()),
+        (
+            (
+                Code::InvalidArgument,
+                "FIELD_TOO_LONG".into(),
+                fields("csr")
+            ),
+            "CSR commonName exceeds 64 characters"
+        )
+    );
+    let (_, control) = csr("svc\u{1b}[31m", &[]);
+    assert_eq!(
+        refuse(issue_request("", &control, "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "SUBJECT_INVALID".into(),
+            fields("csr")
+        )
+    );
+    let emails: Vec<String> = (0..17).map(|i| format!("u{i}@corp.test")).collect();
+    let (_, many) = csr(
+        "svc",
+        &emails.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        refuse(issue_request("", &many, "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "TOO_MANY_ITEMS".into(),
+            fields("csr")
+        )
+    );
+    let bad_dns = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["bad_host.corp.test".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "svc");
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    assert_eq!(
+        refuse(issue_request("", &bad_dns, "tls-client")).await,
+        (
+            Code::InvalidArgument,
+            "SUBJECT_INVALID".into(),
+            fields("csr")
+        )
+    );
     // A profile that needs an email address, and a CSR without one.
     assert_eq!(
         refuse(issue_request("", &pem, "mail-client")).await,
