@@ -96,6 +96,11 @@ enum CaCommand {
         /// Directory of profile TOML files replacing the built-in ones.
         #[arg(long, env = "TESSERA_PROFILES_DIR", value_name = "DIR")]
         profiles_dir: Option<PathBuf>,
+        /// Required: says on purpose that this certificate is recorded nowhere (no database
+        /// row, no audit event, never on a CRL). Certificates for people and services are
+        /// issued through the server (IssueFromCsr), which records and audits them.
+        #[arg(long)]
+        offline_ceremony: bool,
     },
     /// The root CA's CRL (PEM), signed in the HSM with the root key. It lists no certificate
     /// (the root certifies only the issuing CA); relying parties that check revocation for
@@ -202,7 +207,11 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             csr,
             out,
             profiles_dir,
+            offline_ceremony,
         } => {
+            if !offline_ceremony {
+                anyhow::bail!("{SIGN_CSR_UNRECORDED}");
+            }
             let profiles = match &profiles_dir {
                 Some(dir) => ProfileSet::load_dir(dir)?,
                 None => ProfileSet::built_in(),
@@ -444,3 +453,8 @@ fn print_chain(root_der: &[u8], issuing_der: &[u8], record: &ca::CaRecord) -> an
     }
     Ok(())
 }
+
+/// Why `ca sign-csr` refuses without `--offline-ceremony`.
+const SIGN_CSR_UNRECORDED: &str = "ca sign-csr keeps no record: the certificate would be in no \
+database, no audit log and never on a CRL. Issue it through the server (IssueFromCsr), which \
+records and audits it, or pass --offline-ceremony to sign an unrecorded certificate on purpose";

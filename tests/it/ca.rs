@@ -128,6 +128,7 @@ fn sign_csr(
             csr.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
+            "--offline-ceremony",
         ],
     )
 }
@@ -620,6 +621,29 @@ fn sign_csr_refusals_name_the_problem() {
         ),
     );
     let data_dir = init_ca(&token);
+    // Without --offline-ceremony nothing is signed: the certificate would be recorded nowhere
+    // (issue 12, finding 10).
+    assert_refused(
+        &tessera(
+            &token,
+            &[
+                "ca",
+                "sign-csr",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--profile",
+                "tls-client",
+                "--csr",
+                csr.to_str().unwrap(),
+                "--out",
+                leaf.to_str().unwrap(),
+            ],
+        ),
+        "ca sign-csr keeps no record: the certificate would be in no database, no audit log and \
+         never on a CRL. Issue it through the server (IssueFromCsr), which records and audits it, \
+         or pass --offline-ceremony to sign an unrecorded certificate on purpose",
+    );
+    assert!(!leaf.exists());
     assert_refused(
         &sign_csr(&token, &data_dir, "server", &csr, &leaf),
         "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client",
