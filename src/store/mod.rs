@@ -100,12 +100,6 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("cannot create the SQLite database file {path}: {source}")]
-    CreateFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a {kind} with key {key:?} already exists")]
@@ -201,10 +195,7 @@ impl Store {
             if path.is_empty() || path.contains('?') {
                 return Err(StoreError::UnsupportedUrl(url.to_string()));
             }
-            create_private_sqlite_file(path).map_err(|source| StoreError::CreateFile {
-                path: path.to_string(),
-                source,
-            })?;
+            create_private_sqlite_file(path);
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
@@ -362,7 +353,9 @@ fn map_unique(
 /// the umask: it holds the directory, the audit log and the wrapped secrets. SQLite gives the
 /// `-wal` and `-shm` files it creates next to it the database file's mode. An existing file is
 /// left as it is (its mode is the operator's choice), with a warning when others can read it.
-fn create_private_sqlite_file(path: &str) -> std::io::Result<()> {
+/// When the file cannot be made (no such directory, no permission), opening it fails next and
+/// names the database as before.
+fn create_private_sqlite_file(path: &str) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     match std::fs::OpenOptions::new()
         .write(true)
@@ -370,9 +363,12 @@ fn create_private_sqlite_file(path: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
+            let Ok(meta) = std::fs::metadata(path) else {
+                return;
+            };
+            let mode = meta.permissions().mode();
             if mode & 0o077 != 0 {
                 tracing::warn!(
                     path,
@@ -380,9 +376,10 @@ fn create_private_sqlite_file(path: &str) -> std::io::Result<()> {
                     "the SQLite database file is readable by others than its owner; chmod 600 it"
                 );
             }
-            Ok(())
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            tracing::debug!(path, error = %e, "cannot create the SQLite database file");
+        }
     }
 }
 
