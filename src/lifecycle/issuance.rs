@@ -343,7 +343,12 @@ async fn state_at_recording(
     if let Some(effect) = effect {
         return Ok(Some(ChangedState {
             effect,
-            reason: "TOKEN_NOT_USABLE",
+            // An enrollment refuses a lost, damaged or retired token as TOKEN_NOT_ENROLLABLE.
+            reason: if params.enrollment.is_some() {
+                "TOKEN_NOT_ENROLLABLE"
+            } else {
+                "TOKEN_NOT_USABLE"
+            },
             detail: format!(
                 "token {:?} became {} while the certificate was being signed",
                 token.serial,
