@@ -194,6 +194,7 @@ impl Certificates {
             provenance: KeyProvenance::Unattested,
             person_id: person.as_ref().map(|p| p.id),
             token_id: token.as_ref().map(|t| t.id),
+            enrollment: None,
         };
         match issue_certificate_once(&self.store, ca, params, &identity.actor(), &once).await {
             Ok(row) => Ok(Response::new(pb::IssueFromCsrResponse {

@@ -46,6 +46,8 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         _ if e.is_internal() => return status::internal(&e),
         R::EnrollmentNotFound(_) => Code::NotFound,
         R::IssuanceFailed { .. } => Code::Internal,
+        // Not the caller's fault, and no retry helps: the stored row is corrupt.
+        R::CredentialsTampered(_) => Code::DataLoss,
         R::NotConfigured
         | R::PersonNotActive { .. }
         | R::TokenNeverEnrollable { .. }

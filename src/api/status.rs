@@ -163,7 +163,8 @@ impl From<LifecycleError> for Status {
             LifecycleError::CertificateNotOnHold { .. }
             | LifecycleError::HoldFromOwner { .. }
             | LifecycleError::InvalidTransition { .. }
-            | LifecycleError::StaleSyncGeneration { .. } => Code::FailedPrecondition,
+            | LifecycleError::StaleSyncGeneration { .. }
+            | LifecycleError::StateChangedWhileSigning { .. } => Code::FailedPrecondition,
             LifecycleError::RequestInProgress(_) => Code::Aborted,
             LifecycleError::Store(_) | LifecycleError::Audit(_) => return internal(&e),
         };

@@ -154,6 +154,7 @@ fn issue_client_cert(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 provenance: KeyProvenance::Unattested,
                 person_id: None,
                 token_id: None,
+                enrollment: None,
             },
             &actor,
             &request_id,

@@ -380,6 +380,7 @@ fn init_ocsp(
                     provenance: KeyProvenance::Unattested,
                     person_id: None,
                     token_id: None,
+                    enrollment: None,
                 },
                 &Actor {
                     name: "tessera ca init-ocsp".into(),

@@ -111,7 +111,11 @@ impl EnrollmentSettings {
             );
         }
         ca.hsm
-            .wrap_secret(&config.wrapping_key_label, b"tessera wrapping key check")
+            .wrap_secret(
+                &config.wrapping_key_label,
+                b"tessera wrapping key check",
+                b"tessera/wrapping-key-check",
+            )
             .map_err(|e| {
                 format!(
                     "enrollment.wrapping_key_label {:?}: {e}; make the key with `tessera admin init-wrapping-key`",

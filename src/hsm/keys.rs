@@ -21,8 +21,6 @@ use super::uri::Pkcs11Uri;
 /// DER of the namedCurve OIDs in CKA_EC_PARAMS.
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-/// Associated data bound into every wrapped blob (versions the format).
-const WRAP_AAD: &[u8] = b"tessera-wrap-v1";
 const GCM_IV_LEN: usize = 12;
 const GCM_TAG_LEN: usize = 16;
 const KEY_ID_LEN: usize = 16;
@@ -473,19 +471,21 @@ impl Hsm {
     }
 
     /// Encrypts `secret` with CKM_AES_GCM under the named AES key. The blob is
-    /// IV (12 random bytes from the HSM) ‖ ciphertext ‖ 16-byte tag, with fixed associated data.
+    /// IV (12 random bytes from the HSM) ‖ ciphertext ‖ 16-byte tag. `aad` is the associated
+    /// data: the caller's description of what the secret is and where it belongs (not stored in
+    /// the blob); `unwrap_secret` must be given the same bytes.
     pub fn wrap_secret(
         &self,
         wrapping_key_label: &str,
         secret: &[u8],
+        aad: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
         self.run("C_Encrypt", |session| {
             let key = self.wrapping_key(session, wrapping_key_label)?;
             let mut iv = [0u8; GCM_IV_LEN];
             session.generate_random_slice(&mut iv)?;
             let mut iv_param = iv;
-            let params =
-                GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
+            let params = GcmParams::new(&mut iv_param, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
             let ciphertext = session.encrypt(&Mechanism::AesGcm(params), key, secret)?;
             let mut out = Vec::with_capacity(GCM_IV_LEN + ciphertext.len());
             out.extend_from_slice(&iv);
@@ -494,11 +494,13 @@ impl Hsm {
         })
     }
 
-    /// Reverses `wrap_secret`; a damaged or tampered blob is refused.
+    /// Reverses `wrap_secret`; a damaged or tampered blob, or associated data other than the
+    /// blob was wrapped with, is refused ([`HsmError::WrappedSecretRejected`]).
     pub fn unwrap_secret(
         &self,
         wrapping_key_label: &str,
         wrapped: &[u8],
+        aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         if wrapped.len() < GCM_IV_LEN + GCM_TAG_LEN {
             return Err(HsmError::WrappedSecretRejected {
@@ -511,8 +513,7 @@ impl Hsm {
             let key = self.wrapping_key(session, wrapping_key_label)?;
             let mut iv_param = [0u8; GCM_IV_LEN];
             iv_param.copy_from_slice(iv);
-            let params =
-                GcmParams::new(&mut iv_param, WRAP_AAD, ((GCM_TAG_LEN * 8) as u64).into())?;
+            let params = GcmParams::new(&mut iv_param, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
             match session.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
                 Ok(plain) => Ok(Zeroizing::new(plain)),
                 // A wrong tag is CKR_ENCRYPTED_DATA_INVALID in the standard; SoftHSM2 2.6

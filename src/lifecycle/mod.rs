@@ -60,6 +60,15 @@ pub enum LifecycleError {
         "request id {0:?} is still being carried out, or was interrupted before its certificate was recorded; retry later, or use a fresh request id"
     )]
     RequestInProgress(String),
+    /// The person, token or enrollment changed while the HSM was signing: the certificate
+    /// was recorded and at once held or revoked, and is not handed out.
+    #[error("{detail}; certificate {serial} was recorded {status} and is not handed out")]
+    StateChangedWhileSigning {
+        serial: String,
+        status: &'static str,
+        reason: &'static str,
+        detail: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -92,6 +101,11 @@ impl LifecycleError {
         "STALE_SYNC_GENERATION",
         "REQUEST_ID_REUSED",
         "REQUEST_IN_PROGRESS",
+        "PERSON_NOT_ACTIVE",
+        "TOKEN_NOT_USABLE",
+        "TOKEN_NOT_ENROLLABLE",
+        "ENROLLMENT_EXPIRED",
+        "ENROLLMENT_ABORTED",
         "INTERNAL",
     ];
 
@@ -110,6 +124,7 @@ impl LifecycleError {
             LifecycleError::StaleSyncGeneration { .. } => "STALE_SYNC_GENERATION",
             LifecycleError::RequestIdReused(_) => "REQUEST_ID_REUSED",
             LifecycleError::RequestInProgress(_) => "REQUEST_IN_PROGRESS",
+            LifecycleError::StateChangedWhileSigning { reason, .. } => reason,
             LifecycleError::Store(_) | LifecycleError::Audit(_) => "INTERNAL",
         }
     }
@@ -122,6 +137,11 @@ impl LifecycleError {
             LifecycleError::RequestIdReused(_) | LifecycleError::RequestInProgress(_) => {
                 Some("request_id")
             }
+            LifecycleError::StateChangedWhileSigning { reason, .. } => match *reason {
+                "PERSON_NOT_ACTIVE" => Some("person_external_id"),
+                "TOKEN_NOT_USABLE" | "TOKEN_NOT_ENROLLABLE" => Some("token_serial"),
+                _ => None,
+            },
             _ => None,
         }
     }

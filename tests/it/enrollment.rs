@@ -31,6 +31,8 @@ on_both_databases!(
     proof_over_a_wrong_nonce_is_refused,
     begin_for_another_person_is_refused_and_abort_restores_the_token,
     expiry_restores_the_token,
+    wrapped_credentials_moved_to_another_token_are_refused,
+    credentials_wrapped_before_migration_0006_are_released_and_rebound,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -2140,5 +2142,259 @@ async fn expiry_restores_the_token(url: &str) {
             serde_json::Value::Null
         )]
     );
+    server.stop().await;
+}
+
+/// A connection to the test database for SQL a database writer would run.
+async fn database_writer(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let connect_url = match url.strip_prefix("sqlite:") {
+        Some(path) => format!("sqlite://{path}?mode=rwc"),
+        None => url.to_string(),
+    };
+    sqlx::AnyPool::connect(&connect_url).await.unwrap()
+}
+
+/// `columns` of token `to`'s credentials row set to those of token `from`'s (SQL as a
+/// database writer would run it).
+async fn copy_credential_columns(url: &str, from: u32, to: u32, columns: &[&str]) {
+    let pool = database_writer(url).await;
+    for column in columns {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE token_credentials SET {column} = \
+             (SELECT c.{column} FROM token_credentials c JOIN tokens t ON t.id = c.token_id WHERE t.serial = $1) \
+             WHERE token_id = (SELECT id FROM tokens WHERE serial = $2)"
+        )))
+        .bind(from.to_string())
+        .bind(to.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+}
+
+/// Token `serial`'s stored row: aad_version, generation, wrapped management key, wrapped PUK.
+async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u8>) {
+    use sqlx::Row;
+    let pool = database_writer(url).await;
+    let row = sqlx::query(
+        "SELECT c.aad_version, c.generation, c.management_key_wrapped, c.puk_wrapped \
+         FROM token_credentials c JOIN tokens t ON t.id = c.token_id WHERE t.serial = $1",
+    )
+    .bind(serial.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+/// Token `serial`'s row overwritten with these values.
+async fn put_stored_credentials(
+    url: &str,
+    serial: u32,
+    (aad_version, generation, management_key, puk): (i64, i64, Vec<u8>, Vec<u8>),
+) {
+    let pool = database_writer(url).await;
+    sqlx::query(
+        "UPDATE token_credentials SET aad_version = $1, generation = $2, management_key_wrapped = $3, puk_wrapped = $4 \
+         WHERE token_id = (SELECT id FROM tokens WHERE serial = $5)",
+    )
+    .bind(aad_version)
+    .bind(generation)
+    .bind(management_key)
+    .bind(puk)
+    .bind(serial.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+fn release_request(request_id: &str, serial: u32) -> pb::ReleasePukRequest {
+    pb::ReleasePukRequest {
+        request_id: request_id.into(),
+        token_serial: serial.to_string(),
+        reason: "forgotten PIN".into(),
+    }
+}
+
+/// Issue 12, finding 8: a database writer copies token A's wrapped PUK (with its generation)
+/// into token B's row: ReleasePuk for B is refused as CREDENTIALS_TAMPERED (DATA_LOSS), audited,
+/// and discloses nothing; the same for A's wrapped management key when B is re-enrolled, and
+/// for B's own PUK blob put in B's management key column.
+async fn wrapped_credentials_moved_to_another_token_are_refused(url: &str) {
+    const A: u32 = 30_001_200;
+    const B: u32 = 30_001_201;
+    let card_a = VirtualCard::start(CardOptions::firmware("5.7.4").serial(A));
+    let card_b = VirtualCard::start(CardOptions::firmware("5.7.4").serial(B));
+    let server = Server::start(
+        url,
+        &[card_a.attestation_root(), card_b.attestation_root()],
+        Enrollment::default(),
+    )
+    .await;
+    server.create_person("E1200", "").await;
+    server.create_person("E1201", "").await;
+    let (begin_a, _) = enroll_and_confirm(&server, &card_a, "E1200").await;
+    let (begin_b, _) = enroll_and_confirm(&server, &card_b, "E1201").await;
+    let mut enroll = server.enrollments().await;
+    let untouched = stored_credentials(url, B).await;
+
+    copy_credential_columns(url, A, B, &["puk_wrapped", "generation"]).await;
+    let s = assert_refused(
+        url,
+        enroll.release_puk(release_request("puk-moved", B)).await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        4,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "the stored credentials of token {B} do not belong to it (the database was altered); nothing was released"
+        )
+    );
+    assert!(!format!("{s:?}").contains(&begin_a.new_puk));
+    let store = Store::open(url).await.unwrap();
+    let releases = store
+        .audit_events(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "token.release_puk")
+        .count();
+    assert_eq!(releases, 0, "nothing released");
+    store.close().await;
+    // A repeat of the refused request is refused again.
+    let s = enroll
+        .release_puk(release_request("puk-moved", B))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::DataLoss, "CREDENTIALS_TAMPERED")
+    );
+
+    // Put back, B's own PUK is released.
+    put_stored_credentials(url, B, untouched.clone()).await;
+    let released = enroll
+        .release_puk(release_request("puk-b", B))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin_b.new_puk);
+    let untouched = stored_credentials(url, B).await;
+
+    // A's management key in B's row: re-enrolling B is refused and changes nothing.
+    copy_credential_columns(url, A, B, &["management_key_wrapped", "generation"]).await;
+    let mut again = begin_request("E1201", B, "piv-login");
+    again.request_id = "re-begin-moved".into();
+    assert_refused(
+        url,
+        enroll.begin_enrollment(again).await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        4,
+    )
+    .await;
+    assert_eq!(
+        token_state(&server, B).await,
+        (pb::TokenState::Active, "E1201".into())
+    );
+
+    // B's own PUK blob in B's management key column: refused too.
+    let (version, generation, _, puk) = untouched.clone();
+    put_stored_credentials(url, B, (version, generation, puk.clone(), puk)).await;
+    assert_refused(
+        url,
+        enroll.release_puk(release_request("puk-swapped", B)).await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        4,
+    )
+    .await;
+
+    // B's own blobs claimed for another generation: refused as well.
+    let (version, generation, key, puk) = untouched.clone();
+    put_stored_credentials(url, B, (version, generation + 1, key, puk)).await;
+    assert_refused(
+        url,
+        enroll
+            .release_puk(release_request("puk-generation", B))
+            .await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        4,
+    )
+    .await;
+
+    // And A is unaffected throughout.
+    let released = enroll
+        .release_puk(release_request("puk-a", A))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin_a.new_puk);
+    assert_eq!(released.management_key, begin_a.new_management_key);
+    server.stop().await;
+}
+
+/// A row wrapped before migration 0006 (the fixed associated data `tessera-wrap-v1`,
+/// aad_version 1) still releases the token's own PUK and management key, and is bound
+/// (aad_version 2, a new generation) from then on.
+async fn credentials_wrapped_before_migration_0006_are_released_and_rebound(url: &str) {
+    const SERIAL: u32 = 30_001_210;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
+    server.create_person("E1210", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1210").await;
+    let (version, generation, ..) = stored_credentials(url, SERIAL).await;
+    assert_eq!((version, generation), (2, 2), "a new row is bound");
+
+    // The row as the server wrote it before migration 0006.
+    let hsm = &server.running.ca.as_ref().unwrap().hsm;
+    let key = &begin.new_management_key.as_ref().unwrap().key;
+    let old = (
+        1,
+        0,
+        hsm.wrap_secret("tessera-wrap", key, b"tessera-wrap-v1")
+            .unwrap(),
+        hsm.wrap_secret("tessera-wrap", begin.new_puk.as_bytes(), b"tessera-wrap-v1")
+            .unwrap(),
+    );
+    put_stored_credentials(url, SERIAL, old.clone()).await;
+
+    let mut enroll = server.enrollments().await;
+    let released = enroll
+        .release_puk(release_request("puk-v1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    assert_eq!(released.management_key, begin.new_management_key);
+    let (version, generation, key_wrapped, puk_wrapped) = stored_credentials(url, SERIAL).await;
+    assert_eq!((version, generation), (2, 1), "re-wrapped bound");
+    assert_ne!((key_wrapped, puk_wrapped), (old.2.clone(), old.3.clone()));
+    // The bound row releases the same secrets; the old blobs put back as a bound row do not.
+    let again = enroll
+        .release_puk(release_request("puk-v2", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, released);
+    put_stored_credentials(url, SERIAL, (2, 1, old.2, old.3)).await;
+    assert_refused(
+        url,
+        enroll
+            .release_puk(release_request("puk-v1-as-v2", SERIAL))
+            .await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        2,
+    )
+    .await;
     server.stop().await;
 }

@@ -13,6 +13,9 @@ use tessera::hsm::{Hsm, HsmConfig, HsmError, HsmKey, KeySpec, SignatureScheme};
 
 const MESSAGE: &[u8] = b"to be signed inside the HSM";
 
+/// Associated data the wrapping tests bind their blobs to.
+const AAD: &[u8] = b"tessera/test/place-1";
+
 fn token_and_hsm(label: &str) -> (SoftHsmToken, Hsm) {
     let token = SoftHsmToken::create(label);
     let hsm = Hsm::open(&token.config()).expect("open the HSM");
@@ -357,13 +360,15 @@ fn wrapped_secrets_round_trip_and_tampering_is_refused() {
     let (token, hsm) = token_and_hsm("wrap");
     hsm.generate_wrapping_key("secrets").unwrap();
     let secret = b"management key 0123456789abcdef";
-    let wrapped = hsm.wrap_secret("secrets", secret).unwrap();
+    let wrapped = hsm.wrap_secret("secrets", secret, AAD).unwrap();
     assert_eq!(wrapped.len(), 12 + secret.len() + 16);
     assert!(!wrapped.windows(secret.len()).any(|w| w == secret));
-    let again = hsm.wrap_secret("secrets", secret).unwrap();
+    let again = hsm.wrap_secret("secrets", secret, AAD).unwrap();
     assert_ne!(wrapped, again, "a fresh IV each time");
     assert_eq!(
-        hsm.unwrap_secret("secrets", &wrapped).unwrap().as_slice(),
+        hsm.unwrap_secret("secrets", &wrapped, AAD)
+            .unwrap()
+            .as_slice(),
         secret
     );
 
@@ -372,7 +377,7 @@ fn wrapped_secrets_round_trip_and_tampering_is_refused() {
         let mut tampered = wrapped.clone();
         tampered[i] ^= 0x01;
         assert_eq!(
-            hsm.unwrap_secret("secrets", &tampered)
+            hsm.unwrap_secret("secrets", &tampered, AAD)
                 .unwrap_err()
                 .to_string(),
             refused,
@@ -380,21 +385,34 @@ fn wrapped_secrets_round_trip_and_tampering_is_refused() {
         );
     }
     assert_eq!(
-        hsm.unwrap_secret("secrets", &wrapped[..20])
+        hsm.unwrap_secret("secrets", &wrapped[..20], AAD)
             .unwrap_err()
             .to_string(),
         "wrapped secret refused by key `secrets` (20 bytes is too short for IV and tag); the blob is damaged, was tampered with, or was wrapped by another key"
     );
+    // Other associated data (another place for the secret) cannot open it, nor none.
+    for other in [&b"tessera/test/place-2"[..], b"", b"tessera-wrap-v1"] {
+        assert_eq!(
+            hsm.unwrap_secret("secrets", &wrapped, other)
+                .unwrap_err()
+                .to_string(),
+            refused,
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
     // Another key cannot open it.
     hsm.generate_wrapping_key("other").unwrap();
     assert_eq!(
-        hsm.unwrap_secret("other", &wrapped)
+        hsm.unwrap_secret("other", &wrapped, AAD)
             .unwrap_err()
             .to_string(),
         refused.replace("`secrets`", "`other`")
     );
     assert_eq!(
-        hsm.wrap_secret("absent", secret).unwrap_err().to_string(),
+        hsm.wrap_secret("absent", secret, AAD)
+            .unwrap_err()
+            .to_string(),
         "no AES wrapping key labelled `absent` on token wrap; create it with generate_wrapping_key"
     );
     // The wrapping key is sensitive and never extractable too.
@@ -649,9 +667,12 @@ fn signing_recovers_after_all_sessions_are_closed() {
     // Wrapping keys and lookups work again too.
     hsm.generate_wrapping_key("w").unwrap();
     killer.close_all_sessions(&hsm);
-    let wrapped = hsm.wrap_secret("w", b"s").unwrap();
+    let wrapped = hsm.wrap_secret("w", b"s", AAD).unwrap();
     killer.close_all_sessions(&hsm);
-    assert_eq!(hsm.unwrap_secret("w", &wrapped).unwrap().as_slice(), b"s");
+    assert_eq!(
+        hsm.unwrap_secret("w", &wrapped, AAD).unwrap().as_slice(),
+        b"s"
+    );
     killer.close_all_sessions(&hsm);
     hsm.find_key(&key.uri()).unwrap();
 }

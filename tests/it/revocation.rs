@@ -21,7 +21,10 @@ use tessera::lifecycle::{
 use tessera::server::{BoundServer, ServerConfig};
 use tessera::store::{CertificateOwner, Store};
 
-on_both_databases!(crl_and_ocsp_follow_every_status_change);
+on_both_databases!(
+    crl_and_ocsp_follow_every_status_change,
+    state_changed_while_signing_records_the_certificate_revoked
+);
 
 /// Runs a tool; returns (exit code, stdout, stderr).
 fn run(program: &str, args: &[&str]) -> (i32, String, String) {
@@ -193,6 +196,7 @@ async fn issue(store: &Store, ca: &Arc<OnlineCa>, person_id: i64, cn: &str, path
             provenance: KeyProvenance::Unattested,
             person_id: Some(person_id),
             token_id: None,
+            enrollment: None,
         },
         &actor(),
         &format!("issue-{cn}"),
@@ -1102,5 +1106,273 @@ async fn responder_setup_failures_are_named() {
         &s.data_dir.join("chain.pem"),
     );
     assert_eq!((code, err.as_str()), (0, "Response verify OK\n"));
+    server.stop().await;
+}
+
+/// The refusal an API caller gets for `e`: gRPC code, ErrorInfo reason, BadRequest fields.
+fn refusal_of(e: tessera::lifecycle::IssuanceError) -> (tonic::Code, String, Vec<String>) {
+    use tonic_types::StatusExt;
+    let tessera::lifecycle::IssuanceError::Lifecycle(e) = e else {
+        panic!("not a lifecycle refusal: {e}");
+    };
+    let s = tonic::Status::from(e);
+    let d = s.get_error_details();
+    (
+        s.code(),
+        d.error_info().map(|i| i.reason.clone()).unwrap_or_default(),
+        d.bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// Issue 12 item 6: a person offboarded, a person suspended or a token lost while the HSM
+/// signs (between the reservation and the record, driven phase by phase) — the certificate is
+/// recorded revoked (or held) with the reason that transition gives, the caller is refused,
+/// CRL and OCSP list it, and the audit chain verifies.
+async fn state_changed_while_signing_records_the_certificate_revoked(url: &str) {
+    use tessera::lifecycle::{
+        PersonTransition, TokenTransition, reserve_issuance, transition_person, transition_token,
+    };
+    use tessera::store::{CertificateStatus, NewToken, TokenState};
+    let s = Setup::new(url);
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let store = Store::open(url).await.unwrap();
+    let leaver = create_person(&store, "LEAVER").await;
+    let resting = create_person(&store, "RESTING").await;
+    let loser = create_person(&store, "LOSER").await;
+    let mut tx = store.begin_write().await.unwrap();
+    let token = tx
+        .insert_token(&NewToken {
+            serial: "3001".into(),
+            model: "YubiKey 5C NFC".into(),
+            firmware: "5.7.4".into(),
+            form_factor: "usb_c_keychain".into(),
+            state: TokenState::Active,
+            person_id: Some(loser),
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let params = |person_id: i64, token_id: Option<i64>, cn: &str| IssueParams {
+        subject: SubjectParams::new(cn),
+        public_key_der: rcgen::PublicKeyData::subject_public_key_info(
+            &rcgen::KeyPair::generate().unwrap(),
+        ),
+        profile: "tls-client".into(),
+        provenance: KeyProvenance::Unattested,
+        person_id: Some(person_id),
+        token_id,
+        enrollment: None,
+    };
+
+    // (certificate, its person, its token, what happens between reserve and record)
+    let cases = [
+        ("leaver", leaver, None, "offboard"),
+        ("resting", resting, None, "suspend"),
+        ("loser", loser, Some(token.id), "lose"),
+    ];
+    let mut serials = Vec::new();
+    for (cn, person, token_id, change) in cases {
+        let reserved = reserve_issuance(
+            &store,
+            &ca,
+            params(person, token_id, cn),
+            &actor(),
+            &format!("issue-{cn}"),
+            None,
+        )
+        .await
+        .unwrap();
+        let serial = reserved.serial_hex();
+        // The HSM is signing; meanwhile the person or token changes.
+        let mut tx = store.begin_write().await.unwrap();
+        match change {
+            "offboard" => {
+                transition_person(
+                    &mut tx,
+                    &actor(),
+                    "offboard",
+                    "LEAVER",
+                    PersonTransition::Offboard,
+                    "left",
+                )
+                .await
+                .unwrap();
+            }
+            "suspend" => {
+                transition_person(
+                    &mut tx,
+                    &actor(),
+                    "suspend",
+                    "RESTING",
+                    PersonTransition::Suspend,
+                    "leave",
+                )
+                .await
+                .unwrap();
+            }
+            _ => {
+                transition_token(
+                    &mut tx,
+                    &actor(),
+                    "lose",
+                    "3001",
+                    TokenTransition::MarkLost,
+                    "lost on a train",
+                )
+                .await
+                .unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+        let signed = reserved.sign(&ca).await.unwrap();
+        let refused = signed.record(&store, &actor(), None).await.unwrap_err();
+        serials.push((cn, serial, refusal_of(refused)));
+    }
+    let field = |f: &str| vec![f.to_string()];
+    assert_eq!(
+        serials
+            .iter()
+            .map(|(cn, _, r)| (*cn, r.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                "leaver",
+                (
+                    tonic::Code::FailedPrecondition,
+                    "PERSON_NOT_ACTIVE".to_string(),
+                    field("person_external_id")
+                )
+            ),
+            (
+                "resting",
+                (
+                    tonic::Code::FailedPrecondition,
+                    "PERSON_NOT_ACTIVE".to_string(),
+                    field("person_external_id")
+                )
+            ),
+            (
+                "loser",
+                (
+                    tonic::Code::FailedPrecondition,
+                    "TOKEN_NOT_USABLE".to_string(),
+                    field("token_serial")
+                )
+            ),
+        ]
+    );
+    let mut rows = Vec::new();
+    for (cn, serial, _) in &serials {
+        let row = store.certificate_by_serial(serial).await.unwrap().unwrap();
+        std::fs::write(
+            s.path(&format!("{cn}.pem")),
+            tessera::ca::issue::certificate_pem(row.der.as_ref().unwrap()),
+        )
+        .unwrap();
+        rows.push((row.status, row.revocation_reason));
+    }
+    assert_eq!(
+        rows,
+        vec![
+            (
+                CertificateStatus::Revoked,
+                Some(RevocationReason::AffiliationChanged.code())
+            ),
+            (
+                CertificateStatus::OnHold,
+                Some(RevocationReason::CertificateHold.code())
+            ),
+            (
+                CertificateStatus::Revoked,
+                Some(RevocationReason::KeyCompromise.code())
+            ),
+        ]
+    );
+
+    // Audited: reserve, issue, then the revocation or hold, in that order, per certificate.
+    let report = tessera::audit::verify(&store, None).await.unwrap();
+    assert_eq!(report.first_bad, None);
+    for (cn, serial, _) in &serials {
+        let subject = format!("certificate:{serial}");
+        let actions: Vec<String> = store
+            .audit_events(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.subject == subject)
+            .map(|e| e.action)
+            .collect();
+        let last = if *cn == "resting" {
+            "certificate.hold"
+        } else {
+            "certificate.revoke"
+        };
+        assert_eq!(
+            actions,
+            ["certificate.reserve", "certificate.issue", last],
+            "{cn}"
+        );
+    }
+
+    let text = openssl_crl(&s, &server);
+    let entry = |serial: &str| {
+        let at = text
+            .find(&format!("Serial Number: {}", upper(serial)))
+            .unwrap_or_else(|| panic!("{serial} not on the CRL: {text}"));
+        text[at..]
+            .split("Serial Number:")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    for ((_, serial, _), reason) in
+        serials
+            .iter()
+            .zip(["Affiliation Changed", "Certificate Hold", "Key Compromise"])
+    {
+        assert!(
+            entry(serial).contains(&format!(
+                "X509v3 CRL Reason Code: \n                {reason}"
+            )),
+            "{text}"
+        );
+    }
+    let issuing = s.data_dir.join("issuing.pem");
+    let out = openssl_ocsp(
+        &s,
+        &server,
+        &issuing,
+        &[
+            &s.path("leaver.pem"),
+            &s.path("resting.pem"),
+            &s.path("loser.pem"),
+        ],
+    );
+    assert_eq!(
+        ocsp_blocks(&out),
+        vec![
+            (
+                s.path_s("leaver.pem"),
+                "revoked".to_string(),
+                Some("affiliationChanged".into())
+            ),
+            (
+                s.path_s("resting.pem"),
+                "revoked".into(),
+                Some("certificateHold".into())
+            ),
+            (
+                s.path_s("loser.pem"),
+                "revoked".into(),
+                Some("keyCompromise".into())
+            ),
+        ],
+        "{out}"
+    );
     server.stop().await;
 }

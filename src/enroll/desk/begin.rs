@@ -2,6 +2,7 @@
 //! credentials kept wrapped, a fresh nonce.
 
 use super::closing::close_enrollment;
+use super::secrets::refused_if_tampered;
 use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, json, record, refusal::refused};
 use crate::attest::FirmwareVersion;
 use crate::audit::Actor;
@@ -10,8 +11,8 @@ use crate::enroll::{
 };
 use crate::lifecycle::{LifecycleError, RevocationReason};
 use crate::store::{
-    EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState,
-    TokenCredentialsRow, TokenPrior, TokenState, WriteTx,
+    EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState, TokenPrior,
+    TokenState, WriteTx,
 };
 
 /// What BeginEnrollment asks for (already checked for presence and shape by the API).
@@ -188,38 +189,37 @@ impl EnrollmentDesk {
             }
         }
         let stored = tx.token_credentials(token.id).await?;
-        let label = settings.wrapping_key_label.clone();
-        let current = match stored
-            .as_ref()
-            .and_then(|c| c.confirmed.clone().map(|w| (c, w)))
-        {
-            Some((c, w)) => Some(self.unwrap_credentials(&c.wrapping_key_label, &w).await?),
+        let unwrapped = match &stored {
+            Some(row) => Some(
+                self.unwrap_row(row, &token.serial)
+                    .await
+                    .map_err(|e| refused_if_tampered(&token_subject, e))?,
+            ),
             None => None,
         };
-        let (new, resumed) = match stored
-            .as_ref()
-            .and_then(|c| c.pending.clone().map(|w| (c, w)))
-        {
-            Some((c, w)) => (
-                self.unwrap_credentials(&c.wrapping_key_label, &w).await?,
-                true,
-            ),
+        let (current, pending) = match unwrapped {
+            Some(u) => (u.confirmed, u.pending),
+            None => (None, None),
+        };
+        let (new, resumed) = match pending {
+            Some(pending) => (pending, true),
             None => (
                 TokenCredentials::generate(ManagementKeyAlgorithm::for_firmware(firmware))
                     .map_err(EnrollmentRefusal::internal)?,
                 false,
             ),
         };
-        // Everything re-wrapped under the configured key (a changed label takes effect here).
-        let row = TokenCredentialsRow {
-            token_id: token.id,
-            wrapping_key_label: label,
-            confirmed: match &current {
-                Some(c) => Some(self.wrap_credentials(c).await?),
-                None => None,
-            },
-            pending: Some(self.wrap_credentials(&new).await?),
-        };
+        // Everything re-wrapped under the configured key (a changed label takes effect here),
+        // as new generations bound to the token.
+        let row = self
+            .wrap_row(
+                token.id,
+                &token.serial,
+                stored.as_ref(),
+                current.as_ref(),
+                Some(&new),
+            )
+            .await?;
         tx.put_token_credentials(&row).await?;
 
         let public_id =
@@ -279,18 +279,20 @@ impl EnrollmentDesk {
         if let LoadedEnrollment::Closed(r) = &loaded {
             return Err(EnrollError::closed(r).into());
         }
+        let token_id = loaded.row().token_id;
         let mut tx = self.store.begin_write().await?;
-        let credentials = tx.token_credentials(loaded.row().token_id).await?;
+        let credentials = tx.token_credentials(token_id).await?;
         drop(tx);
         let Some(c) = credentials else {
             return Err(EnrollmentRefusal::NotConfigured);
         };
+        let serial = self.store.token_serial(token_id).await?.unwrap_or_default();
         let new = match &c.pending {
-            Some(w) => self.unwrap_credentials(&c.wrapping_key_label, w).await?,
+            Some(w) => self.unwrap_credentials(&c, &serial, w).await?,
             None => return Err(EnrollError::closed(loaded.row()).into()),
         };
         let current = match (with_current, &c.confirmed) {
-            (true, Some(w)) => Some(self.unwrap_credentials(&c.wrapping_key_label, w).await?),
+            (true, Some(w)) => Some(self.unwrap_credentials(&c, &serial, w).await?),
             _ => None,
         };
         Ok((current, new))

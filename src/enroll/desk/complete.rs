@@ -10,7 +10,10 @@ use super::{
 use crate::audit::Actor;
 use crate::ca::{HardwareModule, KeyProvenance, SubjectParams};
 use crate::enroll::{EnrollError, LoadedEnrollment, SlotProof, Verifier};
-use crate::lifecycle::{self, IssueParams, RequestKey, RevocationReason, issue_certificate};
+use crate::lifecycle::{
+    self, IssuanceError, IssueParams, LifecycleError, RequestKey, RevocationReason,
+    issue_certificate,
+};
 use crate::store::{
     CertificateRow, CertificateStatus, EnrollmentState, PersonState, TokenRow, TokenState, WriteTx,
 };
@@ -143,6 +146,7 @@ impl EnrollmentDesk {
                     provenance: KeyProvenance::HardwareAttested,
                     person_id: Some(person.id),
                     token_id: Some(token.id),
+                    enrollment: Some(enrollment.public_id.clone()),
                 },
                 actor,
                 req.request_id,
@@ -172,6 +176,14 @@ impl EnrollmentDesk {
                     )
                     .await?;
                     tx.commit().await?;
+                    // Person, token or enrollment changed while the HSM signed: the
+                    // certificate is already recorded revoked or held; refuse as Begin would.
+                    if let IssuanceError::Lifecycle(
+                        e @ LifecycleError::StateChangedWhileSigning { .. },
+                    ) = e
+                    {
+                        return Err(DeskFailure::Error(EnrollmentRefusal::Lifecycle(e)));
+                    }
                     return Err(DeskFailure::Error(EnrollmentRefusal::IssuanceFailed {
                         slot: slot_name,
                         enrollment: enrollment.public_id.clone(),

@@ -38,6 +38,12 @@ pub enum EnrollmentRefusal {
     TokenNotActive { serial: String, state: &'static str },
     #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
     CredentialsNotHeld(String),
+    /// A wrapped PUK or management key of the token does not unwrap for its place (token,
+    /// field, generation): a database writer copied or altered it. Nothing is released.
+    #[error(
+        "the stored credentials of token {0} do not belong to it (the database was altered); nothing was released"
+    )]
+    CredentialsTampered(String),
     /// A repeated ReleasePuk after the token's credentials were dropped.
     #[error("Tessera no longer holds a PUK for this token")]
     CredentialsGone,
@@ -78,6 +84,7 @@ impl EnrollmentRefusal {
         "TOKEN_HELD_BY_ANOTHER_PERSON",
         "TOKEN_NOT_ACTIVE",
         "CREDENTIALS_NOT_HELD",
+        "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
         "ISSUANCE_FAILED",
         "INTERNAL",
@@ -97,6 +104,7 @@ impl EnrollmentRefusal {
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
             R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
             R::CredentialsNotHeld(_) | R::CredentialsGone => "CREDENTIALS_NOT_HELD",
+            R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
             R::IssuanceFailed { .. } => "ISSUANCE_FAILED",
             R::Step(e) => e.reason(),
@@ -283,6 +291,11 @@ mod tests {
             (
                 EnrollmentRefusal::CredentialsGone,
                 "CREDENTIALS_NOT_HELD",
+                None,
+            ),
+            (
+                EnrollmentRefusal::CredentialsTampered("1".into()),
+                "CREDENTIALS_TAMPERED",
                 None,
             ),
             (
