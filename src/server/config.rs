@@ -111,7 +111,18 @@ fn default_require_client_certificate() -> bool {
 pub struct DatabaseConfig {
     /// `sqlite:PATH` (relative to the configuration file) or `postgres://…`.
     pub url: String,
+    /// How long a call waits for a database connection before it answers UNAVAILABLE
+    /// `DATABASE_UNAVAILABLE` (1 to 600 seconds; default 30).
+    #[serde(default = "default_acquire_timeout_seconds")]
+    pub acquire_timeout_seconds: u64,
 }
+
+fn default_acquire_timeout_seconds() -> u64 {
+    crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_secs()
+}
+
+/// The longest `[database] acquire_timeout_seconds` accepted.
+pub const MAX_ACQUIRE_TIMEOUT_SECONDS: u64 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerConfigError {
@@ -144,6 +155,10 @@ pub enum ServerConfigError {
     CrlValidity,
     #[error("enrollment: {0}")]
     Enrollment(String),
+    #[error(
+        "database.acquire_timeout_seconds must be between 1 and {MAX_ACQUIRE_TIMEOUT_SECONDS}, not {0}"
+    )]
+    AcquireTimeout(u64),
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error("cannot listen on {addr}: {source}")]
@@ -164,6 +179,11 @@ impl ServerConfig {
                 path: path.to_path_buf(),
                 message: e.message().to_string(),
             })?;
+        if !(1..=MAX_ACQUIRE_TIMEOUT_SECONDS).contains(&config.database.acquire_timeout_seconds) {
+            return Err(ServerConfigError::AcquireTimeout(
+                config.database.acquire_timeout_seconds,
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(p) = config.http.as_mut().and_then(|h| h.ca_chain.as_mut())
             && p.is_relative()

@@ -100,7 +100,12 @@ impl BoundServer {
                 EnrollmentSettings::load(e, ca).map_err(ServerConfigError::Enrollment)?,
             )),
         };
-        let store = Store::open_with_clock(&config.database.url, clock).await?;
+        let store = Store::open_with(
+            &config.database.url,
+            clock,
+            Duration::from_secs(config.database.acquire_timeout_seconds),
+        )
+        .await?;
         let http = match &config.http {
             None => None,
             Some(h) => Some((

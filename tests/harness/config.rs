@@ -40,6 +40,8 @@ pub struct Tls {
 #[derive(Clone, Debug, Serialize)]
 pub struct Database {
     pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acquire_timeout_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,6 +113,7 @@ impl ServerToml {
             },
             database: Database {
                 url: database_url.into(),
+                acquire_timeout_seconds: None,
             },
             http: None,
             audit: None,

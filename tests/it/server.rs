@@ -1953,6 +1953,33 @@ fn configuration_paths_and_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("cannot read configuration file "), "{err}");
+
+    assert_eq!(c.database.acquire_timeout_seconds, 30, "the default");
+    for (value, accepted) in [("0", false), ("1", true), ("600", true), ("601", false)] {
+        std::fs::write(
+            &path,
+            base.replace(
+                "[database]\n",
+                &format!("[database]\nacquire_timeout_seconds = {value}\n"),
+            ),
+        )
+        .unwrap();
+        match ServerConfig::load(&path) {
+            Ok(c) => {
+                assert!(accepted, "{value} accepted");
+                assert_eq!(c.database.acquire_timeout_seconds.to_string(), value);
+            }
+            Err(e) => {
+                assert!(!accepted, "{value} refused: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "database.acquire_timeout_seconds must be between 1 and 600, not {value}"
+                    )
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
