@@ -857,7 +857,13 @@ fn unblock_a_blocked_pin_with_the_escrowed_puk() {
         .success()
         .has_line("PIN tries left:\t0");
     let new_pin = world.pin_file("97531864");
-    let out = world.station(&["unblock", "--pin-file", new_pin.to_str().unwrap()]);
+    let out = world.station(&[
+        "unblock",
+        "--pin-file",
+        new_pin.to_str().unwrap(),
+        "--reason",
+        "forgotten PIN, ticket 4711",
+    ]);
     assert_ok(&out, "station unblock");
     stdout_has_line(&out, "     PIN: 0 tries left (changed)");
     stdout_has_line(&out, "     PIN set; 3 tries left");
