@@ -26,8 +26,7 @@ pub mod state;
 pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 pub use desk::{
     BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure,
-    EnrollmentDesk, EnrollmentRefusal, EnrollmentView, PendingRelease, PukRelease,
-    PukReleaseView,
+    EnrollmentDesk, EnrollmentRefusal, EnrollmentView, PendingRelease, PukRelease, PukReleaseView,
 };
 pub use plan::{EnrollmentProfile, EnrollmentProfiles};
 pub use settings::{EnrollmentConfig, EnrollmentSettings, PukReleaseRules};

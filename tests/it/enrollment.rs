@@ -114,7 +114,9 @@ impl Server {
         let client = self
             .pki
             .client_with_uris(name, &[&format!("tessera:role:{role}")]);
-        EnrollmentServiceClient::new(connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await)
+        EnrollmentServiceClient::new(
+            connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await,
+        )
     }
 
     async fn create_person(&self, id: &str, sid: &str) {
@@ -2508,7 +2510,11 @@ async fn puk_release_needs_a_reason_and_is_rate_limited_per_certificate(url: &st
             "reason is empty; say why the PUK is released (it is recorded in the audit log)"
         );
         assert_eq!(
-            s.get_error_details().bad_request().unwrap().field_violations[0].field,
+            s.get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations[0]
+                .field,
             "reason"
         );
     }
@@ -2524,7 +2530,11 @@ async fn puk_release_needs_a_reason_and_is_rate_limited_per_certificate(url: &st
 
     let first = clock.now();
     let released = alice
-        .release_puk(puk_request("puk-1", SERIAL, "  forgotten PIN, ticket 4711\n"))
+        .release_puk(puk_request(
+            "puk-1",
+            SERIAL,
+            "  forgotten PIN, ticket 4711\n",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -2645,7 +2655,9 @@ async fn puk_release_under_dual_control(url: &str) {
     for (client, id) in [(&mut alice, "self-1"), (&mut alice_second, "self-2")] {
         let s = assert_refused(
             url,
-            client.approve_puk_release(approval(id, &release_id, SERIAL)).await,
+            client
+                .approve_puk_release(approval(id, &release_id, SERIAL))
+                .await,
             Code::PermissionDenied,
             "APPROVER_IS_REQUESTER",
             2,
@@ -2726,7 +2738,11 @@ async fn puk_release_under_dual_control(url: &str) {
 
     // The requester collects the secrets, once.
     let released = alice
-        .release_puk(puk_request("collect-1", SERIAL, "forgotten PIN, ticket 4711"))
+        .release_puk(puk_request(
+            "collect-1",
+            SERIAL,
+            "forgotten PIN, ticket 4711",
+        ))
         .await
         .unwrap()
         .into_inner();
