@@ -54,6 +54,9 @@ pub const ROLE_URI_PREFIX: &str = "tessera:role:";
 pub struct Identity {
     pub name: String,
     pub role: Role,
+    /// The client certificate's serial, lower-case hex (as the store keys certificates): what
+    /// tells two certificates with the same name apart (PUK release rate limit, dual control).
+    pub certificate_serial: String,
 }
 
 impl Identity {
@@ -114,6 +117,7 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
             ));
         }
     };
+    let certificate_serial = hex::encode(cert.raw_serial());
     let name = cert
         .subject()
         .iter_common_name()
@@ -121,7 +125,11 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| format!("serial:{}", cert.raw_serial_as_string()));
-    Ok(Identity { name, role })
+    Ok(Identity {
+        name,
+        role,
+        certificate_serial,
+    })
 }
 
 /// The roles allowed to call each RPC (full gRPC method name → roles).
@@ -167,7 +175,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/ConfirmEnrollment"
         | "/tessera.v1.EnrollmentService/AbortEnrollment"
         | "/tessera.v1.EnrollmentService/GetEnrollment"
-        | "/tessera.v1.EnrollmentService/ReleasePuk" => TOKEN_WRITE,
+        | "/tessera.v1.EnrollmentService/ReleasePuk"
+        | "/tessera.v1.EnrollmentService/ApprovePukRelease" => TOKEN_WRITE,
         _ => &[],
     }
 }

@@ -35,6 +35,17 @@ pub struct EnrollmentConfig {
     /// Enrollment profiles directory; the built-in profiles without it.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
+    /// Dual control of ReleasePuk: a request waits until a second helpdesk or admin
+    /// certificate approves it (ApprovePukRelease), then the requester collects it once.
+    #[serde(default)]
+    pub puk_release_approval: bool,
+    /// How long a PUK release request waits for its approval, and then how long an approval
+    /// waits to be collected.
+    #[serde(default = "default_puk_release_approval_minutes")]
+    pub puk_release_approval_minutes: u64,
+    /// PUK releases one client certificate may receive in any 60 minutes.
+    #[serde(default = "default_puk_releases_per_hour")]
+    pub puk_releases_per_hour: u32,
 }
 
 fn yes() -> bool {
@@ -49,6 +60,28 @@ fn default_expiry_seconds() -> u64 {
 fn default_expiry_sweep_seconds() -> u64 {
     30
 }
+fn default_puk_release_approval_minutes() -> u64 {
+    30
+}
+fn default_puk_releases_per_hour() -> u32 {
+    10
+}
+
+/// The controls on ReleasePuk (docs/api.md, docs/help-desk.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PukReleaseRules {
+    /// A second certificate approves each release (dual control).
+    pub approval: bool,
+    /// How long a request waits for its approval, then the approval for its collection.
+    pub approval_window: Duration,
+    /// Releases one client certificate may receive in any [`PukReleaseRules::RATE_WINDOW`].
+    pub per_hour: u32,
+}
+
+impl PukReleaseRules {
+    /// The sliding window of the rate limit.
+    pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
+}
 
 /// The shipped attestation policy.
 const DEFAULT_ATTESTATION_POLICY: &str = include_str!("../../config/attestation-policy.toml");
@@ -61,6 +94,7 @@ pub struct EnrollmentSettings {
     pub expiry: Duration,
     pub sweep: Duration,
     pub profiles: EnrollmentProfiles,
+    pub puk_release: PukReleaseRules,
 }
 
 impl EnrollmentSettings {
@@ -110,6 +144,15 @@ impl EnrollmentSettings {
                 "enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1".into(),
             );
         }
+        if config.puk_release_approval_minutes == 0 || config.puk_release_approval_minutes > 24 * 60
+        {
+            return Err(
+                "enrollment.puk_release_approval_minutes must be 1 to 1440 (minutes)".into(),
+            );
+        }
+        if config.puk_releases_per_hour == 0 {
+            return Err("enrollment.puk_releases_per_hour must be at least 1".into());
+        }
         ca.hsm
             .wrap_secret(
                 &config.wrapping_key_label,
@@ -129,6 +172,11 @@ impl EnrollmentSettings {
             expiry: Duration::from_secs(config.expiry_seconds),
             sweep: Duration::from_secs(config.expiry_sweep_seconds),
             profiles,
+            puk_release: PukReleaseRules {
+                approval: config.puk_release_approval,
+                approval_window: Duration::from_secs(config.puk_release_approval_minutes * 60),
+                per_hour: config.puk_releases_per_hour,
+            },
         })
     }
 }

@@ -88,6 +88,12 @@ pub struct Enrollment {
     pub expiry_sweep_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiles_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub puk_release_approval: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub puk_release_approval_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub puk_releases_per_hour: Option<u32>,
 }
 
 /// The file names `write` gives the server's TLS files, next to the configuration.

@@ -33,6 +33,9 @@ on_both_databases!(
     expiry_restores_the_token,
     wrapped_credentials_moved_to_another_token_are_refused,
     credentials_wrapped_before_migration_0006_are_released_and_rebound,
+    puk_release_needs_a_reason_and_is_rate_limited_per_certificate,
+    puk_release_under_dual_control,
+    puk_release_requests_and_approvals_expire,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -103,6 +106,17 @@ impl Server {
 
     async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
         EnrollmentServiceClient::new(self.channel("helpdesk").await)
+    }
+
+    /// The enrollment service as one client certificate with common name `name` and `role`
+    /// (every call of the returned client uses that one certificate).
+    async fn enrollments_as(&self, name: &str, role: &str) -> EnrollmentServiceClient<Channel> {
+        let client = self
+            .pki
+            .client_with_uris(name, &[&format!("tessera:role:{role}")]);
+        EnrollmentServiceClient::new(
+            connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await,
+        )
     }
 
     async fn create_person(&self, id: &str, sid: &str) {
@@ -1289,10 +1303,11 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
         .into_iter()
         .find(|e| e.action == "token.release_puk")
         .unwrap();
-    assert_eq!(
-        event.after_json,
-        r#"{"reason":"forgotten PIN","released":"puk"}"#
-    );
+    let after: serde_json::Value = serde_json::from_str(&event.after_json).unwrap();
+    assert_eq!(after["reason"], "forgotten PIN");
+    assert_eq!(after["released"], "puk");
+    assert!(after["release_id"].as_str().unwrap().starts_with("pkr_"));
+    assert!(after.get("approved_by").is_none());
     let record = store.idempotency_record("puk-2").await.unwrap().unwrap();
     assert!(
         !record
@@ -1652,6 +1667,23 @@ async fn enrollment_configuration_errors_name_the_setting() {
         }))
         .await,
         "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
+    );
+    assert_eq!(
+        bind_error(enrollment(Enrollment {
+            puk_releases_per_hour: Some(0),
+            ..Enrollment::default()
+        }))
+        .await,
+        "enrollment: enrollment.puk_releases_per_hour must be at least 1"
+    );
+    assert_eq!(
+        bind_error(enrollment(Enrollment {
+            puk_release_approval: Some(true),
+            puk_release_approval_minutes: Some(0),
+            ..Enrollment::default()
+        }))
+        .await,
+        "enrollment: enrollment.puk_release_approval_minutes must be 1 to 1440 (minutes)"
     );
     assert!(
         // A key the server does not know cannot be typed: appended as text to [enrollment],
@@ -2396,5 +2428,424 @@ async fn credentials_wrapped_before_migration_0006_are_released_and_rebound(url:
         2,
     )
     .await;
+    server.stop().await;
+}
+
+fn puk_request(request_id: &str, serial: u32, reason: &str) -> pb::ReleasePukRequest {
+    pb::ReleasePukRequest {
+        request_id: request_id.into(),
+        token_serial: serial.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn approval(request_id: &str, release_id: &str, serial: u32) -> pb::ApprovePukReleaseRequest {
+    pb::ApprovePukReleaseRequest {
+        request_id: request_id.into(),
+        release_id: release_id.into(),
+        token_serial: serial.to_string(),
+        reason: "called the person back on their desk phone".into(),
+    }
+}
+
+/// The audit events with `action`, their `after` parsed, and the actor's name.
+async fn events(url: &str, action: &str) -> Vec<(String, serde_json::Value)> {
+    let store = Store::open(url).await.unwrap();
+    let found = store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == action)
+        .map(|e| (e.actor, serde_json::from_str(&e.after_json).unwrap()))
+        .collect();
+    store.close().await;
+    found
+}
+
+/// The exact code and reason of a refusal that is not audited (a bad request).
+fn assert_invalid<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("the call must be refused");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, expected_reason),
+        "{status:?}"
+    );
+    status
+}
+
+/// Issue 12, finding 9: ReleasePuk needs a reason (trimmed, bounded) and records it; one client
+/// certificate receives at most `puk_releases_per_hour` releases in any 60 minutes, counted
+/// from the store, and the refusal is audited; another certificate is not limited by it.
+async fn puk_release_needs_a_reason_and_is_rate_limited_per_certificate(url: &str) {
+    const SERIAL: u32 = 30_001_300;
+    let clock = ManualClock::starting_now();
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_releases_per_hour: Some(2),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1300", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1300").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+
+    for (id, blank) in [("no-reason", ""), ("blank-reason", " \t\n ")] {
+        let s = assert_invalid(
+            alice.release_puk(puk_request(id, SERIAL, blank)).await,
+            Code::InvalidArgument,
+            "RELEASE_REASON_REQUIRED",
+        );
+        assert_eq!(
+            s.message(),
+            "reason is empty; say why the PUK is released (it is recorded in the audit log)"
+        );
+        assert_eq!(
+            s.get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations[0]
+                .field,
+            "reason"
+        );
+    }
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("long-reason", SERIAL, &"x".repeat(1025)))
+            .await,
+        Code::InvalidArgument,
+        "FIELD_TOO_LONG",
+    );
+    assert_eq!(s.message(), "reason exceeds 1024 bytes");
+    assert!(events(url, "token.release_puk").await.is_empty());
+
+    let first = clock.now();
+    let released = alice
+        .release_puk(puk_request(
+            "puk-1",
+            SERIAL,
+            "  forgotten PIN, ticket 4711\n",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    clock.advance(std::time::Duration::from_secs(600));
+    alice
+        .release_puk(puk_request("puk-2", SERIAL, "blocked again"))
+        .await
+        .unwrap();
+    let released_events = events(url, "token.release_puk").await;
+    assert_eq!(released_events.len(), 2);
+    assert_eq!(released_events[0].0, "helpdesk-alice");
+    assert_eq!(released_events[0].1["reason"], "forgotten PIN, ticket 4711");
+
+    // The third within the hour: refused, audited, nothing released.
+    let s = assert_refused(
+        url,
+        alice
+            .release_puk(puk_request("puk-3", SERIAL, "third time"))
+            .await,
+        Code::ResourceExhausted,
+        "PUK_RELEASE_RATE_LIMITED",
+        2,
+    )
+    .await;
+    let next_at = (first + time::Duration::hours(1)).to_string();
+    assert_eq!(metadata(&s, "next_at"), next_at);
+    assert_eq!(
+        s.message(),
+        format!(
+            "this client certificate has received 2 PUK releases in the last 60 minutes, the limit ([enrollment] puk_releases_per_hour); the next is possible at {next_at}"
+        )
+    );
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    assert_eq!(events(url, "token.release_puk").await.len(), 2);
+
+    // Another certificate has its own count.
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+    bob.release_puk(puk_request("puk-bob", SERIAL, "forgotten PIN"))
+        .await
+        .unwrap();
+
+    // The window slides: an hour after the first release, one more.
+    clock.set(first + time::Duration::hours(1));
+    alice
+        .release_puk(puk_request("puk-4", SERIAL, "forgotten PIN again"))
+        .await
+        .unwrap();
+    assert_invalid(
+        alice
+            .release_puk(puk_request("puk-5", SERIAL, "and again"))
+            .await,
+        Code::ResourceExhausted,
+        "PUK_RELEASE_RATE_LIMITED",
+    );
+    server.stop().await;
+}
+
+/// Issue 12, finding 9: with `puk_release_approval`, ReleasePuk stores a request and answers
+/// PUK_RELEASE_PENDING_APPROVAL with its id; the requester cannot approve it (neither with the
+/// same certificate nor with another certificate in the same name); a second operator approves
+/// it; the requester then receives the secrets once. Every step and refusal is audited.
+async fn puk_release_under_dual_control(url: &str) {
+    const SERIAL: u32 = 30_001_310;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_release_approval: Some(true),
+            ..Enrollment::default()
+        },
+    )
+    .await;
+    server.create_person("E1310", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1310").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut alice_second = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+    let mut carol = server.enrollments_as("admin-carol", "admin").await;
+
+    assert_invalid(
+        alice.release_puk(puk_request("ask-0", SERIAL, "")).await,
+        Code::InvalidArgument,
+        "RELEASE_REASON_REQUIRED",
+    );
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("ask-1", SERIAL, "forgotten PIN, ticket 4711"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let release_id = metadata(&s, "release_id");
+    assert!(release_id.starts_with("pkr_"), "{release_id}");
+    assert!(s.message().contains(&release_id), "{}", s.message());
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    let requested = events(url, "token.puk_release_request").await;
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0].0, "helpdesk-alice");
+    assert_eq!(requested[0].1["release_id"], release_id.as_str());
+    assert_eq!(requested[0].1["reason"], "forgotten PIN, ticket 4711");
+    assert!(events(url, "token.release_puk").await.is_empty());
+
+    // Asking again (a new request id) finds the same request.
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("ask-2", SERIAL, "forgotten PIN, ticket 4711"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_eq!(metadata(&s, "release_id"), release_id);
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 1);
+
+    // The requester cannot approve: not with the same certificate, not with another one in
+    // the same name.
+    for (client, id) in [(&mut alice, "self-1"), (&mut alice_second, "self-2")] {
+        let s = assert_refused(
+            url,
+            client
+                .approve_puk_release(approval(id, &release_id, SERIAL))
+                .await,
+            Code::PermissionDenied,
+            "APPROVER_IS_REQUESTER",
+            2,
+        )
+        .await;
+        assert_eq!(metadata(&s, "release_id"), release_id);
+    }
+    // Bad approvals: another token's serial, an unknown id, no reason.
+    assert_refused(
+        url,
+        bob.approve_puk_release(approval("wrong-token", &release_id, SERIAL + 1))
+            .await,
+        Code::InvalidArgument,
+        "PUK_RELEASE_TOKEN_MISMATCH",
+        2,
+    )
+    .await;
+    assert_refused(
+        url,
+        bob.approve_puk_release(approval("unknown", "pkr_00", SERIAL))
+            .await,
+        Code::NotFound,
+        "PUK_RELEASE_NOT_FOUND",
+        2,
+    )
+    .await;
+    let mut no_reason = approval("no-reason", &release_id, SERIAL);
+    no_reason.reason = "  ".into();
+    assert_invalid(
+        bob.approve_puk_release(no_reason).await,
+        Code::InvalidArgument,
+        "RELEASE_REASON_REQUIRED",
+    );
+    assert_invalid(
+        bob.approve_puk_release(approval("no-id", "", SERIAL)).await,
+        Code::InvalidArgument,
+        "FIELD_REQUIRED",
+    );
+
+    // A second operator approves.
+    let approved = bob
+        .approve_puk_release(approval("approve-1", &release_id, SERIAL))
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    assert_eq!(approved.release_id, release_id);
+    assert_eq!(approved.token_serial, SERIAL.to_string());
+    assert_eq!(approved.state, pb::PukReleaseState::Approved as i32);
+    assert_eq!(approved.requested_by, "helpdesk-alice");
+    assert_eq!(approved.approved_by, "helpdesk-bob");
+    assert_eq!(approved.reason, "forgotten PIN, ticket 4711");
+    let approvals = events(url, "token.puk_release_approve").await;
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0].0, "helpdesk-bob");
+    assert_eq!(approvals[0].1["release_id"], release_id.as_str());
+    assert_eq!(approvals[0].1["requested_by"], "helpdesk-alice");
+    // Approving twice is refused.
+    assert_refused(
+        url,
+        carol
+            .approve_puk_release(approval("approve-2", &release_id, SERIAL))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_NOT_PENDING",
+        2,
+    )
+    .await;
+    // The approver does not receive the secrets: their ReleasePuk is a request of their own.
+    let s = assert_invalid(
+        bob.release_puk(puk_request("bob-asks", SERIAL, "curious"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_ne!(metadata(&s, "release_id"), release_id);
+
+    // The requester collects the secrets, once.
+    let released = alice
+        .release_puk(puk_request(
+            "collect-1",
+            SERIAL,
+            "forgotten PIN, ticket 4711",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    assert_eq!(released.management_key, begin.new_management_key);
+    let releases = events(url, "token.release_puk").await;
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0].0, "helpdesk-alice");
+    assert_eq!(releases[0].1["release_id"], release_id.as_str());
+    assert_eq!(releases[0].1["approved_by"], "helpdesk-bob");
+    assert_eq!(
+        releases[0].1["approval_reason"],
+        "called the person back on their desk phone"
+    );
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("collect-2", SERIAL, "once more"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let next_id = metadata(&s, "release_id");
+    assert_ne!(next_id, release_id);
+    // An admin may approve too.
+    carol
+        .approve_puk_release(approval("carol-approves", &next_id, SERIAL))
+        .await
+        .unwrap();
+    alice
+        .release_puk(puk_request("collect-3", SERIAL, "once more"))
+        .await
+        .unwrap();
+    assert_eq!(events(url, "token.release_puk").await.len(), 2);
+    server.stop().await;
+}
+
+/// Issue 12, finding 9: a request not approved within `puk_release_approval_minutes` cannot be
+/// approved (PUK_RELEASE_EXPIRED); an approval not collected in as long gives nothing, and the
+/// next ReleasePuk is a new request.
+async fn puk_release_requests_and_approvals_expire(url: &str) {
+    const SERIAL: u32 = 30_001_320;
+    let clock = ManualClock::starting_now();
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_release_approval: Some(true),
+            puk_release_approval_minutes: Some(10),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1320", "").await;
+    enroll_and_confirm(&server, &card, "E1320").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+
+    let ask = |id: &str| puk_request(id, SERIAL, "forgotten PIN");
+    let s = alice.release_puk(ask("ask-1")).await.unwrap_err();
+    let first = metadata(&s, "release_id");
+    assert_eq!(
+        metadata(&s, "expires_at"),
+        (clock.now() + time::Duration::minutes(10)).to_string()
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let s = assert_refused(
+        url,
+        bob.approve_puk_release(approval("late", &first, SERIAL))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_EXPIRED",
+        2,
+    )
+    .await;
+    assert_eq!(metadata(&s, "release_id"), first);
+
+    // Asking again makes a new request; approved, but not collected in time.
+    let s = alice.release_puk(ask("ask-2")).await.unwrap_err();
+    let second = metadata(&s, "release_id");
+    assert_ne!(second, first);
+    clock.advance(std::time::Duration::from_secs(540));
+    let approved = bob
+        .approve_puk_release(approval("in-time", &second, SERIAL))
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    // The approval has its own ten minutes.
+    assert_eq!(
+        approved.expires_at,
+        (clock.now() + time::Duration::minutes(10)).to_string()
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let s = assert_invalid(
+        alice.release_puk(ask("too-late")).await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let third = metadata(&s, "release_id");
+    assert!(third != first && third != second);
+    assert!(events(url, "token.release_puk").await.is_empty());
     server.stop().await;
 }

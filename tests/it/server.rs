@@ -240,6 +240,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(e.release_puk(pb::ReleasePukRequest::default()).await),
     );
     out.insert(
+        "ApprovePukRelease",
+        code(
+            e.approve_puk_release(pb::ApprovePukReleaseRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -264,7 +271,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
-        | "GetEnrollment" | "ReleasePuk" => &["helpdesk", "admin"],
+        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" => &["helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -285,7 +292,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 31);
+        assert_eq!(results.len(), 32);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -309,7 +316,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 31);
+            assert_eq!(anonymous.len(), 32);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,

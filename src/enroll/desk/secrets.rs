@@ -8,8 +8,8 @@
 //! migration 0006 (`aad_version` 1) were wrapped with a fixed tag; they are unwrapped so once
 //! and re-wrapped bound (version 2) when ReleasePuk or BeginEnrollment uses them.
 
+use super::puk_release::{Caller, PendingRelease, ReleaseGrant, ReleaseReason};
 use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record, refusal::refused};
-use crate::audit::Actor;
 use crate::enroll::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 use crate::hsm::HsmError;
 use crate::lifecycle::LifecycleError;
@@ -67,6 +67,14 @@ fn last_generation(row: Option<&TokenCredentialsRow>) -> i64 {
         .map(|w| w.generation)
         .max()
         .unwrap_or(0)
+}
+
+/// What ReleasePuk gives: the token's credentials, or under dual control the caller's request
+/// that waits for its approval.
+#[derive(Debug)]
+pub enum PukRelease {
+    Released(TokenCredentials),
+    Pending(PendingRelease),
 }
 
 /// A token's credentials unwrapped from its row: the confirmed ones and the pending ones.
@@ -246,19 +254,20 @@ impl EnrollmentDesk {
     }
 
     /// ReleasePuk: the PUK and management key of an active token, recorded as
-    /// `token.release_puk`.
+    /// `token.release_puk` with the caller's reason, within the caller certificate's rate limit;
+    /// under dual control only once a second certificate approved the caller's request, and
+    /// otherwise the request, made or found (`puk_release.rs`). A pending request is stored in
+    /// `tx` too: the caller commits it and answers PUK_RELEASE_PENDING_APPROVAL.
     pub async fn release_puk(
         &self,
         tx: &mut WriteTx,
-        actor: &Actor,
+        caller: &Caller,
         token_serial: &str,
         reason: &str,
         request_id: &str,
-    ) -> Result<TokenCredentials, DeskFailure> {
+    ) -> Result<PukRelease, DeskFailure> {
+        let reason = ReleaseReason::parse(reason)?;
         let subject = format!("token:{token_serial}");
-        if reason.len() > 1024 {
-            return Err(DeskFailure::Error(EnrollmentRefusal::ReasonTooLong));
-        }
         let token = tx
             .token_by_serial(token_serial)
             .await?
@@ -281,6 +290,14 @@ impl EnrollmentDesk {
                 subject,
                 EnrollmentRefusal::CredentialsNotHeld(token.serial.clone()),
             ));
+        };
+        let approved = match self
+            .grant_release(tx, caller, &token, &reason, request_id)
+            .await?
+        {
+            ReleaseGrant::Pending(pending) => return Ok(PukRelease::Pending(pending)),
+            ReleaseGrant::Direct => None,
+            ReleaseGrant::Approved(row) => Some(row),
         };
         let unwrapped = self
             .unwrap_row(&row, &token.serial)
@@ -305,13 +322,12 @@ impl EnrollmentDesk {
                 .await?;
             tx.put_token_credentials(&bound).await?;
         }
-        let mut after = serde_json::json!({ "released": "puk" });
-        if !reason.is_empty() {
-            after["reason"] = reason.into();
-        }
+        let after = self
+            .record_release(tx, caller, &token, &reason, approved)
+            .await?;
         record(
             tx,
-            actor,
+            &caller.actor,
             "token.release_puk",
             &subject,
             None,
@@ -319,7 +335,7 @@ impl EnrollmentDesk {
             request_id,
         )
         .await?;
-        Ok(c)
+        Ok(PukRelease::Released(c))
     }
 
     /// The credentials of a repeated ReleasePuk, unwrapped again.
