@@ -568,8 +568,14 @@ mod tests {
         p.check_allowed_names(&subject("x.svc.corp.test", &[], &[]))
             .unwrap();
         for (s, refused) in [
-            (subject("svc.corp.test", &[], &[]), "commonName \"svc.corp.test\""),
-            (subject("evilsvc.corp.test", &[], &[]), "commonName \"evilsvc.corp.test\""),
+            (
+                subject("svc.corp.test", &[], &[]),
+                "commonName \"svc.corp.test\"",
+            ),
+            (
+                subject("evilsvc.corp.test", &[], &[]),
+                "commonName \"evilsvc.corp.test\"",
+            ),
             (
                 subject("build-agent", &["ci@x.svc.corp.test"], &[]),
                 "email address \"ci@x.svc.corp.test\"",
@@ -587,10 +593,22 @@ mod tests {
             );
         }
         for (names, reason) in [
-            (r#"["*"]"#, "allowed_names entry \"*\": a pattern is `*.suffix`, `*@domain` or an exact name"),
-            (r#"["a*.corp.test"]"#, "allowed_names entry \"a*.corp.test\": `*` may only start a pattern"),
-            (r#"["*.*.corp.test"]"#, "allowed_names entry \"*.*.corp.test\": `*` may only start a pattern"),
-            (r#"[""]"#, "allowed_names entry \"\" is empty or has control characters or surrounding blanks"),
+            (
+                r#"["*"]"#,
+                "allowed_names entry \"*\": a pattern is `*.suffix`, `*@domain` or an exact name",
+            ),
+            (
+                r#"["a*.corp.test"]"#,
+                "allowed_names entry \"a*.corp.test\": `*` may only start a pattern",
+            ),
+            (
+                r#"["*.*.corp.test"]"#,
+                "allowed_names entry \"*.*.corp.test\": `*` may only start a pattern",
+            ),
+            (
+                r#"[""]"#,
+                "allowed_names entry \"\" is empty or has control characters or surrounding blanks",
+            ),
         ] {
             assert_eq!(
                 with(names).unwrap_err().to_string(),

@@ -375,6 +375,12 @@ fn check_profile_takes_csr_subject(
     profile: &ca::Profile,
     subject: &ca::SubjectParams,
 ) -> anyhow::Result<()> {
+    if !profile.allow_unattested_keys {
+        return Err(ca::CaError::ProfileRequiresAttestation {
+            profile: profile.name.clone(),
+        }
+        .into());
+    }
     if !profile.subject_from_csr {
         anyhow::bail!(
             "profile {} certifies people (subject_from_csr = false); ca sign-csr binds the certificate to nobody with the CSR's names, so it needs a profile with subject_from_csr = true, such as service-client. Issue a person's certificate through the server (IssueFromCsr with person_external_id)",
@@ -439,7 +445,10 @@ fn same_as_configured(
             "{option} {} is not the server's: with --config the certificate is issued by the CA of {}'s [ca] section ({}); leave {option} out",
             given.display(),
             config.display(),
-            configured.map_or_else(|| "built-in profiles".to_string(), |p| p.display().to_string())
+            configured.map_or_else(
+                || "built-in profiles".to_string(),
+                |p| p.display().to_string()
+            )
         );
     }
     Ok(())

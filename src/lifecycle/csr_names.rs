@@ -34,7 +34,10 @@ pub async fn check_csr_names(
             .collect();
     let names: Vec<String> = csr_names.iter().map(|(_, n)| (*n).clone()).collect();
     // Enough rows to find one that is not `person` (external ids, and so rows, are unique).
-    let people = store.people_named(&names, 2).await.map_err(LifecycleError::from)?;
+    let people = store
+        .people_named(&names, 2)
+        .await
+        .map_err(LifecycleError::from)?;
     let Some(other) = people
         .iter()
         .find(|p| Some(p.id) != person.map(|named| named.id))

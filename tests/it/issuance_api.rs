@@ -870,7 +870,10 @@ async fn csr_names_are_bound_to_the_people_they_name(url: &str) {
     let refuse = |names: (&str, &[&str]), profile: &str, person: &str| {
         let (_, pem) = csr(names.0, names.1);
         let mut req = issue_request(
-            &format!("refused-{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            &format!(
+                "refused-{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             &pem,
             profile,
         );
@@ -998,10 +1001,7 @@ async fn ca_sign_csr_with_config_records_audits_and_refuses(url: &str) {
     let setup = CaSetup::new(url);
     let config = setup.config_path.to_str().unwrap().to_string();
     let dir = setup.dir.path().to_path_buf();
-    let env = vec![(
-        "SOFTHSM2_CONF".to_string(),
-        setup.token.softhsm2_conf.to_str().unwrap().to_string(),
-    )];
+    let softhsm2_conf = setup.token.softhsm2_conf.clone();
     let server = Running::start(setup).await;
     create_person(&server, "E1").await;
     let write_csr = |name: &str, cn: &str, emails: &[&str]| {
@@ -1014,7 +1014,7 @@ async fn ca_sign_csr_with_config_records_audits_and_refuses(url: &str) {
         args.extend_from_slice(extra);
         std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
             .args(&args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("SOFTHSM2_CONF", &softhsm2_conf)
             .env_remove("TESSERA_HSM_CONFIG")
             .env_remove("TESSERA_DATA_DIR")
             .env_remove("TESSERA_PROFILES_DIR")
@@ -1022,7 +1022,11 @@ async fn ca_sign_csr_with_config_records_audits_and_refuses(url: &str) {
             .unwrap()
     };
     let err = |out: &std::process::Output| {
-        assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let store = Store::open(url).await.unwrap();
@@ -1040,7 +1044,11 @@ async fn ca_sign_csr_with_config_records_audits_and_refuses(url: &str) {
         "--out",
         leaf.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let der = x509_parser::pem::parse_x509_pem(&std::fs::read(&leaf).unwrap())
         .unwrap()
         .1
