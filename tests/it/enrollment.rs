@@ -1658,7 +1658,7 @@ async fn enrollment_configuration_errors_name_the_setting() {
             ..Enrollment::default()
         }))
         .await,
-        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client)"
+        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client)"
     );
     assert_eq!(
         bind_error(enrollment(Enrollment {
