@@ -75,7 +75,8 @@ mod tokens;
 pub use audit_checkpoints::CheckpointRow;
 pub use audit_events::AuditRow;
 pub use certificates::{
-    CertificateOwner, CertificateRow, CertificateStatus, CertificatesQuery, NewCertificate,
+    CertificateOwner, CertificateRow, CertificateStatus, CertificatesQuery, ExpiringQuery,
+    NewCertificate,
 };
 pub use clock::{Clock, ManualClock};
 pub use crl_state::{CrlStateRow, NewCrl};

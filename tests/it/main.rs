@@ -14,6 +14,7 @@ mod ca;
 mod config_examples;
 mod edge_errors;
 mod enrollment;
+mod expiry;
 mod hsm;
 mod issuance_api;
 mod layers;
