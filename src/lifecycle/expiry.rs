@@ -3,7 +3,7 @@
 //! set in days by its profile, and an operator plans renewals in days.
 
 use super::LifecycleError;
-use crate::store::Timestamp;
+use crate::store::{ExpiringQuery, NewNotification, Store, Timestamp};
 
 /// The longest window, in days: longer than any profile's validity (a year and a bit), so a
 /// window of the maximum lists every good certificate that has not expired yet.
@@ -70,6 +70,69 @@ impl ExpiryWindow {
     pub fn range(self, now: Timestamp) -> (Timestamp, Timestamp) {
         (now, now + time::Duration::days(self.days))
     }
+}
+
+/// The expiry scan: one `certificate.expiring` notice per good certificate and threshold whose
+/// notAfter is within that many days from now, written once — the dedup key
+/// `certificate.expiring/<serial>/<days>` makes a later scan write nothing for it again.
+/// Returns the notices written by this scan.
+pub async fn enqueue_expiry_notices(
+    store: &Store,
+    thresholds_days: &[i64],
+) -> Result<usize, LifecycleError> {
+    const PAGE: i64 = 500;
+    let now = store.now();
+    let mut written = 0;
+    for &days in thresholds_days {
+        let mut query = ExpiringQuery {
+            from: now,
+            until: now + time::Duration::days(days),
+            after: None,
+            limit: PAGE,
+            profile: None,
+            person_id: None,
+        };
+        loop {
+            let rows = store.expiring_certificates(&query).await?;
+            let mut notices = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let person = match r.person_id {
+                    Some(id) => store.person_external_id(id).await?,
+                    None => None,
+                };
+                let token = match r.token_id {
+                    Some(id) => store.token_serial(id).await?,
+                    None => None,
+                };
+                notices.push(NewNotification {
+                    event: "certificate.expiring",
+                    dedup_key: Some(format!("certificate.expiring/{}/{days}", r.serial)),
+                    payload: serde_json::json!({
+                        "serial": r.serial,
+                        "not_after": r.not_after,
+                        "profile": r.profile,
+                        "person_external_id": person,
+                        "token_serial": token,
+                        "within_days": days,
+                    }),
+                });
+            }
+            let mut tx = store.begin_write().await?;
+            for n in &notices {
+                if tx.enqueue_notification(n).await? {
+                    written += 1;
+                }
+            }
+            tx.commit().await?;
+            match rows.last() {
+                Some(last) if rows.len() as i64 == PAGE => {
+                    query.after = Some((last.not_after, last.serial.clone()));
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

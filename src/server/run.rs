@@ -30,6 +30,7 @@ pub struct BoundServer {
     /// validity.
     revocation: Option<(Option<Arc<OcspResponder>>, time::Duration)>,
     enrollment: Option<Arc<EnrollmentSettings>>,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl BoundServer {
@@ -100,6 +101,12 @@ impl BoundServer {
                 EnrollmentSettings::load(e, ca).map_err(ServerConfigError::Enrollment)?,
             )),
         };
+        let notifier = match &config.notifications {
+            None => None,
+            Some(n) => {
+                Some(crate::notify::Notifier::new(n).map_err(ServerConfigError::Notifications)?)
+            }
+        };
         let store = Store::open_with(
             &config.database.url,
             clock,
@@ -142,6 +149,7 @@ impl BoundServer {
             ca,
             revocation,
             enrollment,
+            notifier,
         })
     }
 
@@ -266,6 +274,7 @@ impl BoundServer {
                 }
             })
         });
+        let notifier_loop = self.notifier.map(|n| n.spawn(store.clone()));
         let grpc = crate::api::GrpcEdge {
             store: store.clone(),
             ca: self.ca.clone(),
@@ -281,6 +290,9 @@ impl BoundServer {
             task.abort();
         }
         if let Some(task) = expiry_loop {
+            task.abort();
+        }
+        if let Some(task) = notifier_loop {
             task.abort();
         }
         if let Some((signer, _)) = &self.checkpoints {

@@ -18,6 +18,7 @@ mod expiry;
 mod hsm;
 mod issuance_api;
 mod layers;
+mod notifications;
 mod piv_token;
 mod reasons;
 mod revocation;
