@@ -149,9 +149,10 @@ impl AuditService for AuditLog {
             }
             None => Vec::new(),
         };
-        let report = audit::verify_with_file(&self.store, self.verifier.as_deref(), &file_checkpoints)
-            .await
-            .map_err(|e| super::status::internal(&e))?;
+        let report =
+            audit::verify_with_file(&self.store, self.verifier.as_deref(), &file_checkpoints)
+                .await
+                .map_err(|e| super::status::internal(&e))?;
         let (first_bad_sequence, problem) = match &report.first_bad {
             Some(b) => (b.sequence, b.problem.to_string()),
             None => (0, String::new()),

@@ -44,7 +44,8 @@ impl CheckpointLine {
             .filter(|h| h.len() == 32)
             .ok_or("event_hash is not 64 hex digits")?;
         let signature = hex::decode(&self.signature).map_err(|_| "signature is not hex")?;
-        let at = Timestamp::parse(&self.at).map_err(|_| format!("at {:?} is not a time", self.at))?;
+        let at =
+            Timestamp::parse(&self.at).map_err(|_| format!("at {:?} is not a time", self.at))?;
         if self.sequence < 1 {
             return Err(format!("sequence {} is not positive", self.sequence));
         }
@@ -88,8 +89,8 @@ impl CheckpointFile {
 
     /// Appends `row` as one line (one `write` of the whole line, then synced to disk).
     pub fn append(&self, row: &CheckpointRow) -> Result<(), AuditError> {
-        let mut line = serde_json::to_string(&CheckpointLine::of(row))
-            .expect("a checkpoint line serialises");
+        let mut line =
+            serde_json::to_string(&CheckpointLine::of(row)).expect("a checkpoint line serialises");
         line.push('\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         file.write_all(line.as_bytes())
@@ -153,7 +154,10 @@ mod tests {
         file.append(&row()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
-        assert!(text.starts_with("{\"sequence\":7,\"event_hash\":\"abab"), "{text}");
+        assert!(
+            text.starts_with("{\"sequence\":7,\"event_hash\":\"abab"),
+            "{text}"
+        );
         assert_eq!(read_checkpoint_file(&path).unwrap(), vec![row(), row()]);
     }
 

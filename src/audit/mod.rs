@@ -89,7 +89,9 @@ pub const CHECKPOINT_PUBLIC_KEY_FILE: &str = "audit-checkpoint.pem";
 /// The P-256 key labelled [`CHECKPOINT_KEY_LABEL`] in `hsm`, generated when there is none;
 /// `true` when it was generated now.
 pub fn find_or_make_checkpoint_key(hsm: &Hsm) -> Result<(HsmKey, bool), HsmError> {
-    match hsm.find_key(&format!("pkcs11:object={CHECKPOINT_KEY_LABEL};type=private")) {
+    match hsm.find_key(&format!(
+        "pkcs11:object={CHECKPOINT_KEY_LABEL};type=private"
+    )) {
         Ok(key) => Ok((key, false)),
         Err(HsmError::KeyNotFound { .. }) => Ok((
             hsm.generate_key_pair(CHECKPOINT_KEY_LABEL, KeySpec::EcP256)?,

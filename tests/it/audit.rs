@@ -166,10 +166,16 @@ async fn checkpoint_file_catches_a_rewritten_chain(url: &str) {
         "{first}"
     );
     s.create_people(3..5).await;
-    assert!(s.checkpoint().starts_with("checkpoint at event 5 signed by"));
+    assert!(
+        s.checkpoint()
+            .starts_with("checkpoint at event 5 signed by")
+    );
     let lines = std::fs::read_to_string(&file).unwrap();
     assert_eq!(lines.lines().count(), 2, "{lines}");
-    assert!(lines.starts_with("{\"sequence\":3,\"event_hash\":\""), "{lines}");
+    assert!(
+        lines.starts_with("{\"sequence\":3,\"event_hash\":\""),
+        "{lines}"
+    );
 
     let intact = (
         0,
@@ -216,10 +222,13 @@ async fn checkpoint_file_catches_a_rewritten_chain(url: &str) {
 
     // A line whose signature is not the key's.
     let forged = s.dir.path().join("forged.jsonl");
-    let mut line: serde_json::Value =
-        serde_json::from_str(lines.lines().nth(1).unwrap()).unwrap();
+    let mut line: serde_json::Value = serde_json::from_str(lines.lines().nth(1).unwrap()).unwrap();
     line["signature"] = hex::encode([0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01]).into();
-    std::fs::write(&forged, format!("{}\n{line}\n", lines.lines().next().unwrap())).unwrap();
+    std::fs::write(
+        &forged,
+        format!("{}\n{line}\n", lines.lines().next().unwrap()),
+    )
+    .unwrap();
     let (code, out, _) = s.verify(Some(&forged));
     assert_eq!(
         (code, out.as_str()),
@@ -230,7 +239,11 @@ async fn checkpoint_file_catches_a_rewritten_chain(url: &str) {
     );
     // A file that is not a checkpoint file, and none at all.
     let garbled = s.dir.path().join("garbled.jsonl");
-    std::fs::write(&garbled, format!("{}\nnot json\n", lines.lines().next().unwrap())).unwrap();
+    std::fs::write(
+        &garbled,
+        format!("{}\nnot json\n", lines.lines().next().unwrap()),
+    )
+    .unwrap();
     let (code, out, err) = s.verify(Some(&garbled));
     assert_eq!((code, out.as_str()), (1, ""));
     assert!(
@@ -517,7 +530,10 @@ async fn server_signs_checkpoints_by_default_and_serves_them(url: &str) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(body.starts_with("{\"sequence\":1,\"event_hash\":\""), "{body:?}");
+    assert!(
+        body.starts_with("{\"sequence\":1,\"event_hash\":\""),
+        "{body:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(server.dir.path().join("audit-checkpoints.jsonl")).unwrap(),
         body

@@ -1271,7 +1271,14 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
         )
     );
     let (code, _, err) = tessera(
-        &["audit", "verify", "--config", config, "--checkpoint-key-id", &uri],
+        &[
+            "audit",
+            "verify",
+            "--config",
+            config,
+            "--checkpoint-key-id",
+            &uri,
+        ],
         &[],
     );
     assert_eq!(code, 2, "clap usage error");
