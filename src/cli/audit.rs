@@ -30,8 +30,9 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         checkpoints: Option<PathBuf>,
         /// PEM public key (P-256) of the checkpoint signing key; default: `audit-checkpoint.pem`
-        /// in the `[ca]` data directory (written by `tessera ca init`). Without either,
-        /// checkpoint signatures are not checked (their head hashes still are).
+        /// in the `[ca]` data directory (written by `tessera ca init`) when `[audit]` names no
+        /// other HSM or key. Without either, checkpoint signatures are not checked (their head
+        /// hashes still are).
         #[arg(long)]
         checkpoint_public_key: Option<PathBuf>,
         /// Key id the checkpoints must name (the key's pkcs11: URI); any, when not given.
@@ -121,9 +122,16 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             checkpoint_key_id,
         } => {
             let config = ServerConfig::load(&config)?;
+            // The PEM `ca init` wrote is the default key's: the one the server signs with when
+            // `[audit]` names no other HSM or key.
+            let default_key_in_use = config
+                .audit
+                .as_ref()
+                .is_none_or(|a| a.hsm_config.is_none() && a.checkpoint_key.is_none());
             let default_key = config
                 .ca
                 .as_ref()
+                .filter(|_| default_key_in_use)
                 .map(|c| c.data_dir.join(audit::CHECKPOINT_PUBLIC_KEY_FILE))
                 .filter(|p| p.exists());
             let verifier = match checkpoint_public_key.or(default_key) {
@@ -151,7 +159,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     if verifier.is_none() {
                         anyhow::bail!(
                             "cannot check the signatures of the checkpoints in {}: no checkpoint public key \
-                             (give --checkpoint-public-key, or configure [ca] with a data directory holding {})",
+                             (give --checkpoint-public-key; {} in the [ca] data directory is used when [audit] names no hsm_config or checkpoint_key)",
                             path.display(),
                             audit::CHECKPOINT_PUBLIC_KEY_FILE
                         );

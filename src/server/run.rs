@@ -337,7 +337,7 @@ fn checkpointing(
             if made {
                 tracing::warn!(key = %key.uri(), "made the audit checkpoint key (none was in the HSM)");
             }
-            if let Some(c) = &config.ca {
+            if let (None, Some(c)) = (&audit.hsm_config, &config.ca) {
                 write_checkpoint_public_key(&c.data_dir, &key);
             }
             key

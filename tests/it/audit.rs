@@ -186,6 +186,35 @@ async fn checkpoint_file_catches_a_rewritten_chain(url: &str) {
     );
     assert_eq!(s.verify(Some(&file)), intact);
 
+    // With a key of its own in `[audit]`, the PEM `ca init` wrote (the default key's) is not
+    // taken for it.
+    let own_key = tempfile::tempdir().unwrap();
+    let own_key_config = ServerToml::new(url)
+        .with_ca(s.ca.hsm_config(), &s.ca.data_dir)
+        .with_audit(Audit {
+            checkpoint_key: Some("pkcs11:object=another-key;type=private".into()),
+            ..Default::default()
+        })
+        .write(own_key.path(), &TestPki::new());
+    assert_eq!(
+        tessera(
+            &[
+                "audit",
+                "verify",
+                "--config",
+                own_key_config.to_str().unwrap()
+            ],
+            &[]
+        ),
+        (
+            0,
+            "audit chain intact: 5 events, 2 checkpoints (signatures not checked)\n\
+             state tables explained by the audit log: 5 people, 0 tokens, 0 certificates\n"
+                .to_string(),
+            String::new()
+        )
+    );
+
     // Later checkpoints deleted from the database: the file still has them.
     let saved = s.store.audit_checkpoints().await.unwrap();
     s.store
@@ -286,7 +315,7 @@ async fn checkpoint_file_catches_a_rewritten_chain(url: &str) {
             1,
             format!(
                 "error: cannot check the signatures of the checkpoints in {file_s}: no checkpoint public key \
-                 (give --checkpoint-public-key, or configure [ca] with a data directory holding audit-checkpoint.pem)\n"
+                 (give --checkpoint-public-key; audit-checkpoint.pem in the [ca] data directory is used when [audit] names no hsm_config or checkpoint_key)\n"
             )
         )
     );
