@@ -641,3 +641,46 @@ async fn server_signs_checkpoints_by_default_and_serves_them(url: &str) {
     off.stop().await;
     assert!(!off_dir.join("audit-checkpoints.jsonl").exists());
 }
+
+/// Start-up errors of the checkpoint configuration name what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_configuration_errors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bind_error = |config: ServerToml| {
+        let path = config.write(dir.path(), &TestPki::new());
+        async move {
+            let config = tessera::server::ServerConfig::load(&path).unwrap();
+            match tessera::server::BoundServer::bind(&config).await {
+                Ok(_) => panic!("the server started"),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let url = format!("sqlite:{}", dir.path().join("t.db").display());
+    // A key named, but no HSM to find it in.
+    assert_eq!(
+        bind_error(ServerToml::new(&url).with_audit(Audit {
+            checkpoint_key: Some(CHECKPOINT_KEY.into()),
+            ..Default::default()
+        }))
+        .await,
+        "audit.checkpoint_key needs an HSM: set audit.hsm_config, or add a [ca] section (its HSM is used)"
+    );
+    // A checkpoint file that cannot be opened for appending.
+    let ca = TestCa::init(&dir.path().join("ca"));
+    assert_eq!(
+        bind_error(
+            ServerToml::new(&url)
+                .with_ca(ca.hsm_config(), &ca.data_dir)
+                .with_audit(Audit {
+                    checkpoint_file: Some("no-such-dir/checkpoints.jsonl".into()),
+                    ..Default::default()
+                })
+        )
+        .await,
+        format!(
+            "audit checkpoint file: cannot append to checkpoint file {}: No such file or directory (os error 2)",
+            dir.path().join("no-such-dir/checkpoints.jsonl").display()
+        )
+    );
+}
