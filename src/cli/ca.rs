@@ -33,7 +33,9 @@ struct HsmConfigArg {
 
 #[derive(clap::Subcommand)]
 enum CaCommand {
-    /// CA ceremony: root and issuing keys in the HSM, root and issuing certificates, chain files.
+    /// CA ceremony: root and issuing keys in the HSM, root and issuing certificates, chain files;
+    /// then the audit checkpoint key (label `tessera-audit-checkpoint`, kept if already there)
+    /// and its public half, `audit-checkpoint.pem`, in the data directory.
     Init {
         #[command(flatten)]
         hsm: HsmConfigArg,
@@ -205,6 +207,17 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             )?;
             println!("CA created in {}", data.data_dir.display());
             print_chain(&made.root_der, &made.issuing_der, &made.record)?;
+            // The audit checkpoint key (`tessera serve` signs checkpoints with it by default),
+            // its public half beside the chain for `tessera audit verify`.
+            let (key, _) = crate::audit::find_or_make_checkpoint_key(&hsm)?;
+            let pem = crate::audit::public_key_pem(key.public_key_der())
+                .map_err(|e| anyhow::anyhow!("the checkpoint key's public key is {e}"))?;
+            let pem_path = data.data_dir.join(crate::audit::CHECKPOINT_PUBLIC_KEY_FILE);
+            std::fs::write(&pem_path, pem)
+                .with_context(|| format!("cannot write {}", pem_path.display()))?;
+            println!("audit checkpoint key");
+            println!("  key:        {}", key.uri());
+            println!("  public key: {}", pem_path.display());
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Show { data } => {

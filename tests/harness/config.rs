@@ -53,12 +53,20 @@ pub struct Http {
     pub metrics_listen: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// `[audit]`; `None` fields are left to the server's defaults (the `[ca]` HSM, the key
+/// labelled `tessera-audit-checkpoint`, `audit-checkpoints.jsonl` next to the configuration).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Audit {
-    pub hsm_config: PathBuf,
-    pub checkpoint_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsm_config: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]

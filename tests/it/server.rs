@@ -941,7 +941,8 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n"
+        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n\
+         state tables explained by the audit log: 4 people, 0 tokens, 0 certificates\n"
     );
     assert!(out.status.success());
 
@@ -1236,7 +1237,8 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
         (code, out.as_str()),
         (
             0,
-            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n"
+            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n\
+             state tables explained by the audit log: 3 people, 0 tokens, 0 certificates\n"
         ),
         "{err}"
     );
@@ -1281,13 +1283,13 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
             "verify",
             "--config",
             config,
-            "--checkpoint-public-key",
-            "x.pem",
+            "--checkpoint-key-id",
+            &uri,
         ],
         &[],
     );
     assert_eq!(code, 2, "clap usage error");
-    assert!(err.contains("--checkpoint-key-id"), "{err}");
+    assert!(err.contains("--checkpoint-public-key"), "{err}");
 }
 
 /// `tessera serve` with an `[audit]` section signs a checkpoint in the HSM at shutdown.
@@ -1315,9 +1317,10 @@ fn serve_signs_a_checkpoint_at_shutdown() {
     let with_audit = |checkpoint_interval_seconds| {
         ServerToml::new("sqlite:tessera.db")
             .with_audit(Audit {
-                hsm_config: hsm_config.clone().into(),
-                checkpoint_key: uri.clone(),
+                hsm_config: Some(hsm_config.clone().into()),
+                checkpoint_key: Some(uri.clone()),
                 checkpoint_interval_seconds: Some(checkpoint_interval_seconds),
+                ..Default::default()
             })
             .write(dir.path(), &pki)
     };
@@ -1384,7 +1387,8 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         (code, out.as_str()),
         (
             0,
-            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n"
+            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n\
+             state tables explained by the audit log: 1 people, 0 tokens, 0 certificates\n"
         ),
         "{err}"
     );
@@ -1943,8 +1947,18 @@ fn configuration_paths_and_errors() {
     );
     let audit = c.audit.unwrap();
     assert_eq!(
-        (audit.hsm_config, audit.checkpoint_interval_seconds),
-        (dir.path().join("hsm.toml"), 300)
+        (
+            audit.hsm_config,
+            audit.checkpoint_interval_seconds,
+            audit.checkpoint_file,
+            audit.checkpoints
+        ),
+        (
+            Some(dir.path().join("hsm.toml")),
+            300,
+            Some(dir.path().join("audit-checkpoints.jsonl")),
+            true
+        )
     );
 
     std::fs::write(&path, format!("{base}[extra]\nx = 1\n")).unwrap();
