@@ -38,6 +38,7 @@ fn ca_reason(e: &CaError) -> Option<&'static str> {
         CaError::ProfileRequiresEmail { .. } => "PROFILE_REQUIRES_EMAIL",
         CaError::UnknownProfile { .. } => "UNKNOWN_PROFILE",
         CaError::ProfileRequiresAttestation { .. } => "PROFILE_REQUIRES_ATTESTATION",
+        CaError::ProfileNeedsOperatorCa { .. } => "PROFILE_NEEDS_OPERATOR_CA",
         _ => return None,
     })
 }
@@ -45,9 +46,10 @@ fn ca_reason(e: &CaError) -> Option<&'static str> {
 /// A CA error as status: refusals of the request name `field`; anything else is internal.
 fn ca_status(e: &CaError, field: &str) -> Status {
     match (e, ca_reason(e)) {
-        (CaError::ProfileRequiresAttestation { .. }, Some(reason)) => {
-            status::failed_precondition(reason, &e.to_string(), Some("profile"))
-        }
+        (
+            CaError::ProfileRequiresAttestation { .. } | CaError::ProfileNeedsOperatorCa { .. },
+            Some(reason),
+        ) => status::failed_precondition(reason, &e.to_string(), Some("profile")),
         (CaError::UnknownProfile { .. }, Some(reason)) => {
             status::invalid_argument("profile", reason, &e.to_string())
         }
@@ -93,6 +95,11 @@ impl Certificates {
         let profile = ca
             .profiles
             .get(&req.profile)
+            .map_err(|e| ca_status(&e, "profile"))?;
+        // Operator certificates come only from the operator CA (`tessera admin
+        // issue-client-cert`), never from the issuing CA of people's certificates.
+        ca.issuing
+            .check_profile(profile)
             .map_err(|e| ca_status(&e, "profile"))?;
         if !profile.allow_unattested_keys {
             let e = CaError::ProfileRequiresAttestation {

@@ -574,6 +574,8 @@ fn metadata(s: &Status, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The certificates in the store but the API client certificates the harness records
+/// (profile `operator-client`).
 async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
     store
         .list_certificates(&CertificatesQuery {
@@ -582,6 +584,9 @@ async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
         })
         .await
         .unwrap()
+        .into_iter()
+        .filter(|c| c.profile != "operator-client")
+        .collect()
 }
 
 /// A refusal: the exact code and reason, `certificates_before` certificates still (none
