@@ -510,6 +510,18 @@ pub fn init_operator_ca(
             return Err(CaError::OperatorCaExists { path });
         }
     }
+    let root_not_after = {
+        use x509_parser::prelude::FromDer;
+        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&stored.root_der)
+            .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+        root.validity().not_after.to_datetime()
+    };
+    if whole_seconds(now) + Duration::days(i64::from(params.validity_days)) > root_not_after {
+        return Err(CaError::InitParameter(format!(
+            "the operator CA validity ({} days) would outlast the root certificate (valid until {root_not_after}); shorten --validity-days",
+            params.validity_days
+        )));
+    }
     let mut ledger = CeremonyLedger {
         hsm,
         keys: Vec::new(),

@@ -394,6 +394,54 @@ async fn operator_profile_is_issued_only_by_the_operator_ca(url: &str) {
     }
 }
 
+/// `ca init-operators` refuses, naming the problem and writing nothing, without a CA in the
+/// data directory and when the operator CA would outlast the root.
+#[test]
+fn init_operators_refuses_what_it_cannot_make() {
+    use harness::binary::tessera;
+    let dir = tempfile::tempdir().unwrap();
+    let token = harness::softhsm::SoftHsmToken::create("tessera");
+    let env = vec![(
+        "SOFTHSM2_CONF".to_string(),
+        token.softhsm2_conf.to_str().unwrap().to_string(),
+    )];
+    let data = dir.path().join("data");
+    let init = |extra: &[&str]| {
+        let mut args = vec![
+            "ca",
+            "init-operators",
+            "--hsm-config",
+            token.config_path.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args, &env)
+    };
+    let (code, _, err) = init(&[]);
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: no CA in {} (ca.toml not found); run `tessera ca init` first or point --data-dir at the CA\n",
+                data.display()
+            )
+        )
+    );
+    token.init_ca(&data);
+    let (code, _, err) = init(&["--validity-days", "7306"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: ca init: the operator CA validity (7306 days) would outlast the root certificate (valid until ")
+            && err.ends_with("); shorten --validity-days\n"),
+        "{err}"
+    );
+    assert!(!data.join("operator-ca.pem").exists() && !data.join("operator-ca.toml").exists());
+    let (code, _, err) = init(&[]);
+    assert_eq!(code, 0, "{err}");
+}
+
 on_both_databases!(
     person_certificate_from_the_people_ca_is_refused_at_the_api,
     operator_certificate_without_the_operator_policy_is_refused,
