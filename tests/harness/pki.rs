@@ -180,55 +180,10 @@ pub async fn record_operator_certificate(url: &str, der: &[u8]) {
         })
         .await
         .unwrap();
-        // The events `tessera admin issue-client-cert` writes (lifecycle::issue_certificate), so
-        // that `tessera audit verify`'s replay explains the row like any other.
-        let actor = tessera::audit::Actor {
-            name: "test harness".into(),
-            role: "admin".into(),
-        };
-        let request_id = format!("harness-client-cert-{serial}");
-        let tbs = cert.tbs_certificate.as_ref();
-        tessera::audit::record(
-            &mut tx,
-            &actor,
-            tessera::audit::Change {
-                action: "certificate.reserve",
-                subject: format!("certificate:{serial}"),
-                before: None,
-                after: Some(serde_json::json!({
-                    "subject_cn": cert.subject().iter_common_name().next()
-                        .and_then(|cn| cn.as_str().ok()),
-                    "profile": "operator-client",
-                    "attested": false,
-                    "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tbs)),
-                })),
-                request_id: &request_id,
-            },
-        )
-        .await
-        .unwrap();
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der));
-        let row = tx
-            .record_issued_certificate(&serial, der, &sha)
+        tx.record_issued_certificate(&serial, der, &sha)
             .await
             .unwrap();
-        tessera::audit::record(
-            &mut tx,
-            &actor,
-            tessera::audit::Change {
-                action: "certificate.issue",
-                subject: format!("certificate:{serial}"),
-                before: None,
-                after: Some(serde_json::json!({
-                    "status": row.status.as_str(),
-                    "sha256": sha,
-                    "profile": "operator-client",
-                })),
-                request_id: &request_id,
-            },
-        )
-        .await
-        .unwrap();
         tx.commit().await.unwrap();
     }
     store.close().await;
