@@ -10,6 +10,7 @@
 mod harness;
 
 mod attest;
+mod audit;
 mod ca;
 mod config_examples;
 mod edge_errors;
@@ -19,6 +20,7 @@ mod hsm;
 mod issuance_api;
 mod layers;
 mod notifications;
+mod operator_ca;
 mod piv_token;
 mod reasons;
 mod revocation;
