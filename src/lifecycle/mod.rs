@@ -7,12 +7,14 @@ mod certificates;
 mod csr_names;
 mod issuance;
 mod people;
+mod recheck;
 mod tokens;
 
 pub use certificates::*;
 pub use csr_names::*;
 pub use issuance::*;
 pub use people::*;
+pub use recheck::*;
 pub use tokens::*;
 
 use crate::audit::AuditError;

@@ -19,6 +19,7 @@ mod issuance_api;
 mod layers;
 mod piv_token;
 mod reasons;
+mod recheck;
 mod revocation;
 mod server;
 mod station;
