@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use crate::harness;
 use harness::config::ServerToml;
 use harness::pki::TestPki;
+use harness::server::TestServer;
 use serde_json::Value;
+use tessera::protocol::pb;
+use tessera::protocol::pb::token_service_client::TokenServiceClient;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
 use tessera::attest::{AttestationInput, TrustAnchors};
 use tessera::audit::Actor;
 use tessera::lifecycle::{self, PersonInput};
@@ -17,6 +22,7 @@ use tessera::store::{CertificateStatus, NewCertificate, NewToken, Store, TokenSt
 on_both_databases!(
     eucleak_recheck_lists_holds_and_notifies_only_the_old_firmware,
     recheck_refuses_bad_policy_and_apply_values,
+    recheck_fleet_rpc_reports_holds_and_refuses,
 );
 
 const SAMPLES: &str = concat!(
@@ -363,4 +369,163 @@ async fn recheck_refuses_bad_policy_and_apply_values(url: &str) {
         let row = store.certificate_by_serial(serial).await.unwrap().unwrap();
         assert_eq!(row.status, CertificateStatus::Good);
     }
+}
+
+/// Code, reason (google.rpc.ErrorInfo) and fields (google.rpc.BadRequest) of a refusal.
+fn refusal(s: &Status) -> (Code, String, Vec<String>) {
+    let d = s.get_error_details();
+    (
+        s.code(),
+        d.error_info().map(|i| i.reason.clone()).unwrap_or_default(),
+        d.bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default(),
+    )
+}
+
+const EUCLEAK_ON: &str = "[advisories]\nysa-2024-03 = true\n";
+
+async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let certs = fleet(&store).await;
+    let server = TestServer::builder(url).start().await;
+    let mut admin = TokenServiceClient::new(server.as_role("admin").await);
+    let head = store.audit_head_sequence().await.unwrap();
+
+    // A report: only the 5.4.3 certificates, nothing changed.
+    let report = admin
+        .recheck_fleet(pb::RecheckFleetRequest {
+            policy_toml: EUCLEAK_ON.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.action, pb::RecheckAction::Unspecified as i32);
+    assert_eq!((report.tokens_checked, report.certificates_checked), (4, 4));
+    let denied: Vec<_> = report.denied.iter().map(|e| e.certificate_serial.clone()).collect();
+    assert_eq!(denied, [certs["fw543-9a"].clone(), certs["fw543-9c"].clone()]);
+    assert_eq!(report.denied_total, 2);
+    assert_eq!(report.denied[0].token_serial, "15732500");
+    assert_eq!(report.denied[0].person_external_id, "E1");
+    assert_eq!(report.denied[0].firmware, "5.4.3");
+    assert_eq!(report.denied[0].reasons, ["advisory-ysa-2024-03"]);
+    assert_eq!(report.unknown_total, 1);
+    assert_eq!(report.unknown[0].certificate_serial, certs["legacy"]);
+    assert_eq!(report.policy_sha256.len(), 64);
+    assert_eq!(store.audit_head_sequence().await.unwrap(), head);
+
+    // Refusals, each with its code and reason; nothing changes.
+    let call = |req: pb::RecheckFleetRequest| {
+        let mut admin = admin.clone();
+        async move { admin.recheck_fleet(req).await.unwrap_err() }
+    };
+    let s = call(pb::RecheckFleetRequest::default()).await;
+    assert_eq!(
+        refusal(&s),
+        (Code::InvalidArgument, "FIELD_REQUIRED".into(), vec!["policy_toml".into()])
+    );
+    let s = call(pb::RecheckFleetRequest {
+        policy_toml: "[advisories]\nysa-2099-01 = true\n".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::InvalidArgument,
+            "ATTESTATION_POLICY_INVALID".into(),
+            vec!["policy_toml".into()]
+        )
+    );
+    assert!(
+        s.message()
+            .starts_with("attestation policy: line 2: unknown field `ysa-2099-01`"),
+        "{}",
+        s.message()
+    );
+    let s = call(pb::RecheckFleetRequest {
+        policy_toml: "#".repeat(65_537),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        refusal(&s),
+        (Code::InvalidArgument, "FIELD_TOO_LONG".into(), vec!["policy_toml".into()])
+    );
+    let s = call(pb::RecheckFleetRequest {
+        policy_toml: EUCLEAK_ON.into(),
+        action: 7,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        refusal(&s),
+        (Code::InvalidArgument, "INVALID_ENUM_VALUE".into(), vec!["action".into()])
+    );
+    let s = call(pb::RecheckFleetRequest {
+        policy_toml: EUCLEAK_ON.into(),
+        action: pb::RecheckAction::Hold as i32,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        refusal(&s),
+        (Code::InvalidArgument, "REQUEST_ID_MISSING".into(), vec!["request_id".into()])
+    );
+    for role in ["helpdesk", "hr", "auditor", "relying-party"] {
+        let mut other = TokenServiceClient::new(server.as_role(role).await);
+        let s = other
+            .recheck_fleet(pb::RecheckFleetRequest {
+                request_id: "r-hold".into(),
+                policy_toml: EUCLEAK_ON.into(),
+                action: pb::RecheckAction::Hold as i32,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&s).0, Code::PermissionDenied, "{role}");
+        assert_eq!(refusal(&s).1, "ROLE_NOT_ALLOWED", "{role}");
+        assert_eq!(
+            s.message(),
+            format!("role {role} may not call /tessera.v1.TokenService/RecheckFleet")
+        );
+    }
+    assert_eq!(store.audit_head_sequence().await.unwrap(), head);
+    assert!(statuses(&store, &certs).await.values().all(|s| *s == CertificateStatus::Good));
+
+    // HOLD: only the 5.4.3 certificates go on hold, audited under the admin's name; a repeat
+    // of the request id gets the same answer and changes nothing more.
+    let hold = pb::RecheckFleetRequest {
+        request_id: "r-hold".into(),
+        policy_toml: EUCLEAK_ON.into(),
+        action: pb::RecheckAction::Hold as i32,
+    };
+    let first = admin.recheck_fleet(hold.clone()).await.unwrap().into_inner();
+    assert_eq!(first.action, pb::RecheckAction::Hold as i32);
+    assert_eq!(first.denied_total, 2);
+    let after = statuses(&store, &certs).await;
+    assert_eq!(after["fw543-9a"], CertificateStatus::OnHold);
+    assert_eq!(after["fw543-9c"], CertificateStatus::OnHold);
+    assert_eq!(after["fw574-82"], CertificateStatus::Good);
+    assert_eq!(after["legacy"], CertificateStatus::Good);
+    let events = store.audit_events(head, 100).await.unwrap();
+    let holds: Vec<_> = events.iter().filter(|e| e.action == "certificate.hold").collect();
+    assert_eq!(holds.len(), 2);
+    for e in &holds {
+        assert_eq!(e.role, "admin");
+        assert_eq!(e.request_id, "r-hold");
+        let after: Value = serde_json::from_str(&e.after_json).unwrap();
+        assert_eq!(
+            after["reason"],
+            format!(
+                "attestation recheck (RecheckFleet sha256:{}): advisory-ysa-2024-03",
+                report.policy_sha256
+            )
+        );
+    }
+    let head = store.audit_head_sequence().await.unwrap();
+    let again = admin.recheck_fleet(hold).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    assert_eq!(store.audit_head_sequence().await.unwrap(), head);
+    server.stop().await;
 }

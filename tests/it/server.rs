@@ -147,6 +147,10 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "RecheckFleet",
+        code(t.recheck_fleet(pb::RecheckFleetRequest::default()).await),
+    );
+    out.insert(
         "ListAuditEvents",
         code(
             a.list_audit_events(pb::ListAuditEventsRequest::default())
@@ -265,6 +269,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetToken" | "ListTokens" => &["hr", "helpdesk", "admin"],
         "MarkTokenLost" | "MarkTokenDamaged" | "RetireToken" | "SuspendToken"
         | "ReinstateToken" => &["helpdesk", "admin"],
+        "RecheckFleet" => &["admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
         "GetCertificate" | "ListCertificates" => &["helpdesk", "auditor", "admin"],
         "RevokeCertificate" | "ReleaseCertificateHold" | "IssueFromCsr" => &["helpdesk", "admin"],
@@ -292,7 +297,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 32);
+        assert_eq!(results.len(), 33);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -316,7 +321,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 32);
+            assert_eq!(anonymous.len(), 33);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
