@@ -166,7 +166,11 @@ impl TokenService for Tokens {
         let apply = match action {
             pb::RecheckAction::Unspecified => {
                 let report = lifecycle::recheck_fleet_dry_run(&self.store, &policy).await?;
-                return Ok(Response::new(recheck_to_pb(&report, action, &policy_sha256)));
+                return Ok(Response::new(recheck_to_pb(
+                    &report,
+                    action,
+                    &policy_sha256,
+                )));
             }
             pb::RecheckAction::Hold => lifecycle::RecheckApply::Hold,
             pb::RecheckAction::Notify => lifecycle::RecheckApply::Notify,

@@ -88,7 +88,11 @@ pub struct RecheckReport {
 impl RecheckReport {
     /// Serials of the tokens with a denied certificate, in order, once each.
     pub fn affected_tokens(&self) -> Vec<&str> {
-        let mut tokens: Vec<&str> = self.denied.iter().map(|e| e.token_serial.as_str()).collect();
+        let mut tokens: Vec<&str> = self
+            .denied
+            .iter()
+            .map(|e| e.token_serial.as_str())
+            .collect();
         tokens.dedup();
         tokens
     }

@@ -48,7 +48,10 @@ impl Store {
     }
 
     /// The stored facts of one certificate (JSON), if any.
-    pub async fn certificate_attestation(&self, certificate_serial: &str) -> Result<Option<String>> {
+    pub async fn certificate_attestation(
+        &self,
+        certificate_serial: &str,
+    ) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT facts_json FROM certificate_attestations WHERE certificate_serial = $1",
         )

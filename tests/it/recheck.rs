@@ -10,14 +10,14 @@ use harness::config::ServerToml;
 use harness::pki::TestPki;
 use harness::server::TestServer;
 use serde_json::Value;
-use tessera::protocol::pb;
-use tessera::protocol::pb::token_service_client::TokenServiceClient;
-use tonic::{Code, Status};
-use tonic_types::StatusExt;
 use tessera::attest::{AttestationInput, TrustAnchors};
 use tessera::audit::Actor;
 use tessera::lifecycle::{self, PersonInput};
+use tessera::protocol::pb;
+use tessera::protocol::pb::token_service_client::TokenServiceClient;
 use tessera::store::{CertificateStatus, NewCertificate, NewToken, Store, TokenState};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 on_both_databases!(
     eucleak_recheck_lists_holds_and_notifies_only_the_old_firmware,
@@ -79,9 +79,10 @@ async fn fleet(store: &Store) -> BTreeMap<&'static str, String> {
         ("E4", "legacy", None),
     ];
     for (i, (person_id, label, sample)) in samples.into_iter().enumerate() {
-        let owner = lifecycle::create_person(&mut tx, &hr, &format!("c-{person_id}"), person(person_id))
-            .await
-            .unwrap();
+        let owner =
+            lifecycle::create_person(&mut tx, &hr, &format!("c-{person_id}"), person(person_id))
+                .await
+                .unwrap();
         let (token_serial, slot, facts, firmware) = match sample {
             Some(name) => {
                 let (serial, slot, facts) = sample_facts(name);
@@ -176,7 +177,10 @@ fn serials(list: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn statuses(store: &Store, certs: &BTreeMap<&str, String>) -> BTreeMap<String, CertificateStatus> {
+async fn statuses(
+    store: &Store,
+    certs: &BTreeMap<&str, String>,
+) -> BTreeMap<String, CertificateStatus> {
     let mut out = BTreeMap::new();
     for (label, serial) in certs {
         let row = store.certificate_by_serial(serial).await.unwrap().unwrap();
@@ -220,7 +224,10 @@ async fn eucleak_recheck_lists_holds_and_notifies_only_the_old_firmware(url: &st
     assert_eq!(first["firmware"], "5.4.3");
     assert_eq!(first["slot"], "9a");
     assert_eq!(first["key_algorithm"], "p256");
-    assert_eq!(first["reasons"], serde_json::json!(["advisory-ysa-2024-03"]));
+    assert_eq!(
+        first["reasons"],
+        serde_json::json!(["advisory-ysa-2024-03"])
+    );
     assert_eq!(
         first["messages"][0],
         "ECDSA key on firmware 5.4.3 (before 5.7.0) is exposed to YSA-2024-03 (EUCLEAK)"
@@ -307,7 +314,13 @@ async fn eucleak_recheck_lists_holds_and_notifies_only_the_old_firmware(url: &st
         assert_eq!(after["status"], "on_hold");
     }
     assert_eq!(events.last().unwrap().action, "attestation.recheck");
-    assert!(tessera::audit::verify(&store, None).await.unwrap().first_bad.is_none());
+    assert!(
+        tessera::audit::verify(&store, None)
+            .await
+            .unwrap()
+            .first_bad
+            .is_none()
+    );
 
     // Held certificates are no longer good: a second run finds nothing to deny.
     let (code, out, _) = recheck(&s, &s.policy_on, &["--json"]);
@@ -403,8 +416,15 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
         .into_inner();
     assert_eq!(report.action, pb::RecheckAction::Unspecified as i32);
     assert_eq!((report.tokens_checked, report.certificates_checked), (4, 4));
-    let denied: Vec<_> = report.denied.iter().map(|e| e.certificate_serial.clone()).collect();
-    assert_eq!(denied, [certs["fw543-9a"].clone(), certs["fw543-9c"].clone()]);
+    let denied: Vec<_> = report
+        .denied
+        .iter()
+        .map(|e| e.certificate_serial.clone())
+        .collect();
+    assert_eq!(
+        denied,
+        [certs["fw543-9a"].clone(), certs["fw543-9c"].clone()]
+    );
     assert_eq!(report.denied_total, 2);
     assert_eq!(report.denied[0].token_serial, "15732500");
     assert_eq!(report.denied[0].person_external_id, "E1");
@@ -423,7 +443,11 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
     let s = call(pb::RecheckFleetRequest::default()).await;
     assert_eq!(
         refusal(&s),
-        (Code::InvalidArgument, "FIELD_REQUIRED".into(), vec!["policy_toml".into()])
+        (
+            Code::InvalidArgument,
+            "FIELD_REQUIRED".into(),
+            vec!["policy_toml".into()]
+        )
     );
     let s = call(pb::RecheckFleetRequest {
         policy_toml: "[advisories]\nysa-2099-01 = true\n".into(),
@@ -451,7 +475,11 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
     .await;
     assert_eq!(
         refusal(&s),
-        (Code::InvalidArgument, "FIELD_TOO_LONG".into(), vec!["policy_toml".into()])
+        (
+            Code::InvalidArgument,
+            "FIELD_TOO_LONG".into(),
+            vec!["policy_toml".into()]
+        )
     );
     let s = call(pb::RecheckFleetRequest {
         policy_toml: EUCLEAK_ON.into(),
@@ -461,7 +489,11 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
     .await;
     assert_eq!(
         refusal(&s),
-        (Code::InvalidArgument, "INVALID_ENUM_VALUE".into(), vec!["action".into()])
+        (
+            Code::InvalidArgument,
+            "INVALID_ENUM_VALUE".into(),
+            vec!["action".into()]
+        )
     );
     let s = call(pb::RecheckFleetRequest {
         policy_toml: EUCLEAK_ON.into(),
@@ -471,7 +503,11 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
     .await;
     assert_eq!(
         refusal(&s),
-        (Code::InvalidArgument, "REQUEST_ID_MISSING".into(), vec!["request_id".into()])
+        (
+            Code::InvalidArgument,
+            "REQUEST_ID_MISSING".into(),
+            vec!["request_id".into()]
+        )
     );
     for role in ["helpdesk", "hr", "auditor", "relying-party"] {
         let mut other = TokenServiceClient::new(server.as_role(role).await);
@@ -491,7 +527,12 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
         );
     }
     assert_eq!(store.audit_head_sequence().await.unwrap(), head);
-    assert!(statuses(&store, &certs).await.values().all(|s| *s == CertificateStatus::Good));
+    assert!(
+        statuses(&store, &certs)
+            .await
+            .values()
+            .all(|s| *s == CertificateStatus::Good)
+    );
 
     // HOLD: only the 5.4.3 certificates go on hold, audited under the admin's name; a repeat
     // of the request id gets the same answer and changes nothing more.
@@ -500,7 +541,11 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
         policy_toml: EUCLEAK_ON.into(),
         action: pb::RecheckAction::Hold as i32,
     };
-    let first = admin.recheck_fleet(hold.clone()).await.unwrap().into_inner();
+    let first = admin
+        .recheck_fleet(hold.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first.action, pb::RecheckAction::Hold as i32);
     assert_eq!(first.denied_total, 2);
     let after = statuses(&store, &certs).await;
@@ -509,7 +554,10 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
     assert_eq!(after["fw574-82"], CertificateStatus::Good);
     assert_eq!(after["legacy"], CertificateStatus::Good);
     let events = store.audit_events(head, 100).await.unwrap();
-    let holds: Vec<_> = events.iter().filter(|e| e.action == "certificate.hold").collect();
+    let holds: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "certificate.hold")
+        .collect();
     assert_eq!(holds.len(), 2);
     for e in &holds {
         assert_eq!(e.role, "admin");

@@ -164,7 +164,7 @@ impl EnrollmentDesk {
                         &slot_name,
                         &json(&slot.facts).to_string(),
                     )
-                        .await?;
+                    .await?;
                     tx.commit().await?;
                     certificates.push((slot_name, row));
                 }
