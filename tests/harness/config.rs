@@ -53,12 +53,20 @@ pub struct Http {
     pub metrics_listen: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// `[audit]`; `None` fields are left to the server's defaults (the `[ca]` HSM, the key
+/// labelled `tessera-audit-checkpoint`, `audit-checkpoints.jsonl` next to the configuration).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Audit {
-    pub hsm_config: PathBuf,
-    pub checkpoint_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsm_config: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -94,6 +102,22 @@ pub struct Enrollment {
     pub puk_release_approval_minutes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub puk_releases_per_hour: Option<u32>,
+}
+
+/// `url` as the server resolves it from a configuration in `dir` (a relative SQLite path is
+/// taken from the configuration's directory).
+fn database_url_from(dir: &Path, url: &str) -> String {
+    match url.strip_prefix("sqlite:") {
+        Some(rest) => {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            if !file.is_empty() && Path::new(file).is_relative() {
+                format!("sqlite:{}", dir.join(file).display())
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 /// The file names `write` gives the server's TLS files, next to the configuration.
@@ -189,7 +213,10 @@ impl ServerToml {
 
     /// Writes `pki`'s server certificate, key and client CA and this configuration into `dir`;
     /// returns the configuration file's path.
+    /// Client certificates `pki` makes from then on are recorded in this configuration's
+    /// database (as a real deployment's `tessera admin issue-client-cert` records them).
     pub fn write(&self, dir: &Path, pki: &TestPki) -> PathBuf {
+        pki.record_clients_in(&database_url_from(dir, &self.database.url));
         std::fs::write(dir.join(SERVER_CERTIFICATE), &pki.server_cert_pem).unwrap();
         std::fs::write(dir.join(SERVER_KEY), &pki.server_key_pem).unwrap();
         std::fs::write(dir.join(CLIENT_CA), &pki.ca_pem).unwrap();

@@ -10,6 +10,7 @@
 mod harness;
 
 mod attest;
+mod audit;
 mod ca;
 mod config_examples;
 mod edge_errors;
@@ -17,6 +18,7 @@ mod enrollment;
 mod hsm;
 mod issuance_api;
 mod layers;
+mod operator_ca;
 mod piv_token;
 mod reasons;
 mod recheck;

@@ -944,13 +944,35 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
         .arg(&server.config_path)
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n"
-    );
-    assert!(out.status.success());
-
+    // The chain verifies; the replay then names the harness's own client certificates, which
+    // the harness wrote into the table without the events `tessera admin issue-client-cert`
+    // would have logged — exactly what it must say of rows written behind the log's back.
     let store = Store::open(&server.config.database.url).await.unwrap();
+    let mut harness_rows: Vec<String> = store
+        .list_certificates(&tessera::store::CertificatesQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.profile == "operator-client")
+        .map(|c| c.serial)
+        .collect();
+    harness_rows.sort();
+    assert_eq!(harness_rows.len(), 2, "the hr and auditor clients");
+    let expected: String = std::iter::once(
+        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n".to_string(),
+    )
+    .chain(harness_rows.iter().map(|serial| {
+        format!(
+            "row not explained by the audit log: certificates serial={serial}: no audit event records this row\n"
+        )
+    }))
+    .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(out.status.code(), Some(2));
+
     store
         .execute_raw("UPDATE audit_events SET after_json = '{}' WHERE sequence = 2")
         .await
@@ -1241,7 +1263,8 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
         (code, out.as_str()),
         (
             0,
-            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n"
+            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n\
+             state tables explained by the audit log: 3 people, 0 tokens, 0 certificates\n"
         ),
         "{err}"
     );
@@ -1286,13 +1309,13 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
             "verify",
             "--config",
             config,
-            "--checkpoint-public-key",
-            "x.pem",
+            "--checkpoint-key-id",
+            &uri,
         ],
         &[],
     );
     assert_eq!(code, 2, "clap usage error");
-    assert!(err.contains("--checkpoint-key-id"), "{err}");
+    assert!(err.contains("--checkpoint-public-key"), "{err}");
 }
 
 /// `tessera serve` with an `[audit]` section signs a checkpoint in the HSM at shutdown.
@@ -1320,9 +1343,10 @@ fn serve_signs_a_checkpoint_at_shutdown() {
     let with_audit = |checkpoint_interval_seconds| {
         ServerToml::new("sqlite:tessera.db")
             .with_audit(Audit {
-                hsm_config: hsm_config.clone().into(),
-                checkpoint_key: uri.clone(),
+                hsm_config: Some(hsm_config.clone().into()),
+                checkpoint_key: Some(uri.clone()),
                 checkpoint_interval_seconds: Some(checkpoint_interval_seconds),
+                ..Default::default()
             })
             .write(dir.path(), &pki)
     };
@@ -1372,6 +1396,22 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+    // The harness wrote its client certificate into the table without the events
+    // `tessera admin issue-client-cert` logs; take it out so the replay sees only this test's
+    // rows (the replay naming such rows is tested in audit_tamper_is_named_by_the_api_and_the_cli).
+    rt.block_on(async {
+        let store = Store::open(&format!(
+            "sqlite:{}",
+            dir.path().join("tessera.db").display()
+        ))
+        .await
+        .unwrap();
+        store
+            .execute_raw("DELETE FROM certificates WHERE profile = 'operator-client'")
+            .await
+            .unwrap();
+        store.close().await;
+    });
     let (code, out, err) = tessera(
         &[
             "audit",
@@ -1389,7 +1429,8 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         (code, out.as_str()),
         (
             0,
-            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n"
+            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n\
+             state tables explained by the audit log: 1 people, 0 tokens, 0 certificates\n"
         ),
         "{err}"
     );
@@ -1406,7 +1447,6 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
     token.init_ca(&data);
     let pki = TestPki::new();
     let config = pki.write_server_config(dir.path(), url);
-    std::fs::copy(data.join("root.pem"), dir.path().join("client-ca.pem")).unwrap();
     let config_s = config.to_str().unwrap();
     let (cert, key) = (dir.path().join("hr.pem"), dir.path().join("hr.key"));
     let issue = |role: &str| {
@@ -1432,6 +1472,65 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
             &env,
         )
     };
+    // Issue 12, finding 4: API client certificates come only from the operator CA.
+    let (code, out, err) = issue("hr");
+    assert_eq!(
+        (code, out.as_str(), err),
+        (
+            1,
+            "",
+            format!(
+                "error: no operator CA in {} (operator-ca.toml not found); run `tessera ca init-operators` first\n",
+                data.display()
+            )
+        )
+    );
+    let (code, out, err) = tessera(
+        &[
+            "ca",
+            "init-operators",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_s,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "operator CA created in {}: CN=Tessera Operator CA (serial ",
+            data.display()
+        )),
+        "{out}"
+    );
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init-operators",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_s,
+        ],
+        &env,
+    );
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: an operator CA already exists ({}/operator-ca.toml is present); refusing to overwrite it\n",
+                data.display()
+            )
+        )
+    );
+    // The server trusts the operator CA for API clients, not the root over people's CA.
+    std::fs::copy(
+        data.join("operator-ca.pem"),
+        dir.path().join("client-ca.pem"),
+    )
+    .unwrap();
     let (code, _, err) = issue("superuser");
     assert_eq!(
         (code, err.as_str()),
@@ -1948,8 +2047,18 @@ fn configuration_paths_and_errors() {
     );
     let audit = c.audit.unwrap();
     assert_eq!(
-        (audit.hsm_config, audit.checkpoint_interval_seconds),
-        (dir.path().join("hsm.toml"), 300)
+        (
+            audit.hsm_config,
+            audit.checkpoint_interval_seconds,
+            audit.checkpoint_file,
+            audit.checkpoints
+        ),
+        (
+            Some(dir.path().join("hsm.toml")),
+            300,
+            Some(dir.path().join("audit-checkpoints.jsonl")),
+            true
+        )
     );
 
     std::fs::write(&path, format!("{base}[extra]\nx = 1\n")).unwrap();
@@ -2219,30 +2328,14 @@ async fn audit_stream_follows_new_events(url: &str) {
 /// every call — also on a connection opened before the revocation — and works again when
 /// released from hold.
 async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
-    use tessera::store::NewCertificate;
     use x509_parser::prelude::FromDer;
     let server = TestServer::builder(url).start().await;
+    // Recorded as `tessera admin issue-client-cert` records it (the harness does).
     let door = server.pki.client("relying-party");
     let (_, der) = x509_parser::pem::parse_x509_pem(door.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
     let serial = hex::encode(cert.raw_serial());
     let store = Store::open(url).await.unwrap();
-    let mut tx = store.begin_write().await.unwrap();
-    tx.reserve_certificate(&NewCertificate {
-        serial: serial.clone(),
-        person_id: None,
-        token_id: None,
-        profile: "operator-client".into(),
-        tbs: b"tbs".to_vec(),
-        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
-        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
-    })
-    .await
-    .unwrap();
-    tx.record_issued_certificate(&serial, &der.contents, &"ef".repeat(32))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
 
     let mut rp = CertificateServiceClient::new(server.channel(Some(&door)).await);
     let chain = || pb::LookupCertificateRequest {
@@ -2287,7 +2380,7 @@ async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
     assert_eq!(s.code(), Code::Unauthenticated);
     assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
     assert!(s.message().contains("is revoked"), "{}", s.message());
-    // A certificate the store does not know still reaches the role check.
+    // A good certificate of another caller still reaches the role check.
     let mut other = CertificateServiceClient::new(server.as_role("helpdesk").await);
     assert_eq!(
         other.lookup_certificate(chain()).await.unwrap_err().code(),
@@ -2308,7 +2401,6 @@ async fn following_audit_stream_ends_when_its_callers_certificate_is_revoked(url
     let (_, der) = x509_parser::pem::parse_x509_pem(auditor.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
     let serial = hex::encode(cert.raw_serial());
-    record_certificate(&store, &serial, None, "operator-client", &der.contents).await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     d.create_person(pb::CreatePersonRequest {
         request_id: "create-F1".into(),
@@ -2399,12 +2491,12 @@ async fn helpdesk_cannot_revoke_operator_certificates_and_releases_holds(url: &s
     use x509_parser::prelude::FromDer;
     let server = TestServer::builder(url).start().await;
     let store = Store::open(url).await.unwrap();
-    // HR's API client certificate, recorded as `tessera admin issue-client-cert` records it.
+    // HR's API client certificate, recorded as `tessera admin issue-client-cert` records it
+    // (the harness does).
     let hr = server.pki.client("hr");
     let (_, der) = x509_parser::pem::parse_x509_pem(hr.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
     let hr_serial = hex::encode(cert.raw_serial());
-    record_certificate(&store, &hr_serial, None, "operator-client", &der.contents).await;
     record_certificate(&store, "0c01", None, "ocsp-responder", b"OCSP").await;
 
     let mut directory = DirectoryServiceClient::new(server.channel(Some(&hr)).await);
