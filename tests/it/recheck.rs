@@ -23,6 +23,7 @@ on_both_databases!(
     eucleak_recheck_lists_holds_and_notifies_only_the_old_firmware,
     recheck_refuses_bad_policy_and_apply_values,
     recheck_fleet_rpc_reports_holds_and_refuses,
+    certificates_from_before_migration_0013_are_reported_unknown,
 );
 
 const SAMPLES: &str = concat!(
@@ -328,7 +329,6 @@ async fn eucleak_recheck_lists_holds_and_notifies_only_the_old_firmware(url: &st
     let report = json(&out);
     assert_eq!(report["certificates_checked"], 2);
     assert_eq!(serials(&report["denied"]), Vec::<String>::new());
-    let _ = &s.dir;
 }
 
 async fn recheck_refuses_bad_policy_and_apply_values(url: &str) {
@@ -576,4 +576,118 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
     assert_eq!(again, first);
     assert_eq!(store.audit_head_sequence().await.unwrap(), head);
     server.stop().await;
+}
+
+/// A database made by the migrations before 0013, with an active token and its good
+/// certificate, is migrated by `Store::open`: the rows survive, and the re-check reports the
+/// certificate's facts as unknown (the token's recorded firmware shown, nothing judged).
+async fn certificates_from_before_migration_0013_are_reported_unknown(url: &str) {
+    use sqlx::Executor;
+    let dialect = if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let old_migrations = tempfile::tempdir().unwrap();
+    let all = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < "0013" {
+            std::fs::copy(&path, old_migrations.path().join(name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let connect_url = match url.strip_prefix("sqlite:") {
+        Some(path) => format!("sqlite://{path}?mode=rwc"),
+        None => url.to_string(),
+    };
+    let pool = sqlx::AnyPool::connect(&connect_url).await.unwrap();
+    sqlx::migrate::Migrator::new(old_migrations.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool.execute(
+        "INSERT INTO people (external_id, display_name, upn, email, attributes_json, state, created_at, updated_at) \
+         VALUES ('E9', 'Old Timer', 'e9@corp.test', 'e9@corp.test', '{}', 'active', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z')",
+    )
+    .await
+    .unwrap();
+    pool.execute(
+        "INSERT INTO tokens (serial, model, firmware, form_factor, state, person_id, created_at, updated_at) \
+         SELECT '15732500', 'YubiKey 5', '5.4.3', 'usb_c_nano', 'active', id, '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z' FROM people WHERE external_id = 'E9'",
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO certificates (serial, person_id, token_id, profile, status, tbs, der, sha256, not_before, not_after, created_at, updated_at) \
+         SELECT '0abc', t.person_id, t.id, 'piv-login', 'good', $1, $2, 'sha-0abc', '2026-01-01T00:00:00Z', '2027-01-01T00:00:00Z', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z' \
+         FROM tokens t WHERE t.serial = '15732500'",
+    )
+    .bind(b"tbs".to_vec())
+    .bind(b"der".to_vec())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(
+        store
+            .certificate_by_serial("0abc")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CertificateStatus::Good
+    );
+    assert_eq!(store.certificate_attestation("0abc").await.unwrap(), None);
+    let policy = tessera::attest::Policy::from_toml(EUCLEAK_ON).unwrap();
+    let report = lifecycle::recheck_fleet_dry_run(&store, &policy)
+        .await
+        .unwrap();
+    assert_eq!((report.tokens_checked, report.certificates_checked), (1, 1));
+    assert!(
+        report.denied.is_empty(),
+        "facts are never guessed: {report:?}"
+    );
+    assert_eq!(report.unknown.len(), 1);
+    let unknown = &report.unknown[0];
+    assert_eq!(unknown.certificate_serial, "0abc");
+    assert_eq!(unknown.token_serial, "15732500");
+    assert_eq!(unknown.person.as_deref(), Some("E9"));
+    assert_eq!(unknown.firmware, "5.4.3");
+    assert_eq!(unknown.slot, None);
+    assert!(unknown.reasons.is_empty());
+
+    // `--apply hold` leaves it alone.
+    let mut tx = store.begin_write().await.unwrap();
+    let applied = lifecycle::recheck_fleet_apply(
+        &mut tx,
+        &Actor {
+            name: "test".into(),
+            role: "admin".into(),
+        },
+        "r-old",
+        &policy,
+        "test",
+        lifecycle::RecheckApply::Hold,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(applied.unknown, report.unknown);
+    assert_eq!(
+        store
+            .certificate_by_serial("0abc")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CertificateStatus::Good
+    );
 }
