@@ -47,6 +47,7 @@ pub const REASONS: &[&str] = &[
     "PERSON_NOT_ACTIVE",
     "TOKEN_NOT_USABLE",
     "TOKEN_OF_ANOTHER_PERSON",
+    "ATTESTATION_POLICY_INVALID",
     "INTERNAL",
 ];
 

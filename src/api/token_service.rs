@@ -75,6 +75,51 @@ impl Tokens {
     }
 }
 
+/// Largest `policy_toml` RecheckFleet accepts.
+const MAX_POLICY_BYTES: usize = 65_536;
+/// Most entries per list in a RecheckFleet answer (the totals count them all).
+const MAX_RECHECK_ENTRIES: usize = 10_000;
+
+fn recheck_entry_to_pb(e: &lifecycle::RecheckEntry) -> pb::RecheckEntry {
+    pb::RecheckEntry {
+        token_serial: e.token_serial.clone(),
+        person_external_id: e.person.clone().unwrap_or_default(),
+        person_display_name: e.person_name.clone().unwrap_or_default(),
+        firmware: e.firmware.clone(),
+        slot: e.slot.clone().unwrap_or_default(),
+        key_algorithm: e.key_algorithm.unwrap_or_default().to_string(),
+        certificate_serial: e.certificate_serial.clone(),
+        profile: e.profile.clone(),
+        reasons: e.reasons.iter().map(|r| r.to_string()).collect(),
+        messages: e.messages.clone(),
+    }
+}
+
+fn recheck_to_pb(
+    report: &lifecycle::RecheckReport,
+    action: pb::RecheckAction,
+    policy_sha256: &str,
+) -> pb::RecheckFleetResponse {
+    let list = |entries: &[lifecycle::RecheckEntry]| {
+        entries
+            .iter()
+            .take(MAX_RECHECK_ENTRIES)
+            .map(recheck_entry_to_pb)
+            .collect()
+    };
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    pb::RecheckFleetResponse {
+        action: action as i32,
+        tokens_checked: count(report.tokens_checked),
+        certificates_checked: count(report.certificates_checked),
+        denied: list(&report.denied),
+        unknown: list(&report.unknown),
+        denied_total: count(report.denied.len()),
+        unknown_total: count(report.unknown.len()),
+        policy_sha256: policy_sha256.to_string(),
+    }
+}
+
 transition_requests!(
     serial:
     pb::MarkTokenLostRequest,
@@ -86,6 +131,65 @@ transition_requests!(
 
 #[tonic::async_trait]
 impl TokenService for Tokens {
+    async fn recheck_fleet(
+        &self,
+        request: Request<pb::RecheckFleetRequest>,
+    ) -> Result<Response<pb::RecheckFleetResponse>, Status> {
+        use sha2::Digest;
+        let identity = authorize(&request, &method("RecheckFleet"))?;
+        let req = request.into_inner();
+        let action = pb::RecheckAction::try_from(req.action).map_err(|_| {
+            status::invalid_argument(
+                "action",
+                "INVALID_ENUM_VALUE",
+                "action is not a RecheckAction",
+            )
+        })?;
+        if req.policy_toml.is_empty() {
+            return Err(status::invalid_argument(
+                "policy_toml",
+                "FIELD_REQUIRED",
+                "policy_toml is empty; send the text of an attestation policy file",
+            ));
+        }
+        if req.policy_toml.len() > MAX_POLICY_BYTES {
+            return Err(status::invalid_argument(
+                "policy_toml",
+                "FIELD_TOO_LONG",
+                &format!("policy_toml exceeds {MAX_POLICY_BYTES} bytes"),
+            ));
+        }
+        let policy = crate::attest::Policy::from_toml(&req.policy_toml).map_err(|e| {
+            status::invalid_argument("policy_toml", "ATTESTATION_POLICY_INVALID", &e.to_string())
+        })?;
+        let policy_sha256 = hex::encode(sha2::Sha256::digest(req.policy_toml.as_bytes()));
+        let apply = match action {
+            pb::RecheckAction::Unspecified => {
+                let report = lifecycle::recheck_fleet_dry_run(&self.store, &policy).await?;
+                return Ok(Response::new(recheck_to_pb(
+                    &report,
+                    action,
+                    &policy_sha256,
+                )));
+            }
+            pb::RecheckAction::Hold => lifecycle::RecheckApply::Hold,
+            pb::RecheckAction::Notify => lifecycle::RecheckApply::Notify,
+        };
+        let source = format!("RecheckFleet sha256:{policy_sha256}");
+        idempotent!(self.store, "RecheckFleet", req, |tx| {
+            let report = lifecycle::recheck_fleet_apply(
+                tx,
+                &identity.actor(),
+                &req.request_id,
+                &policy,
+                &source,
+                apply,
+            )
+            .await?;
+            recheck_to_pb(&report, action, &policy_sha256)
+        })
+    }
+
     async fn get_token(
         &self,
         request: Request<pb::GetTokenRequest>,

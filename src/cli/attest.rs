@@ -20,6 +20,26 @@ pub struct AttestArgs {
 enum AttestCommand {
     /// Verify a slot attestation certificate up to a trusted root and decide by policy.
     Verify(VerifyArgs),
+    /// Re-check every active token's stored attestation facts against a new policy (after an
+    /// advisory): a dry-run report, or with --apply hold|notify, act on what it denies.
+    Recheck(RecheckArgs),
+}
+
+#[derive(clap::Args)]
+struct RecheckArgs {
+    /// The server's configuration (for its database).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The new attestation policy (TOML, see config/attestation-policy.toml).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// `hold`: put every denied certificate on hold (certificateHold, audited);
+    /// `notify`: record an audit event per affected token. Without it: a dry run.
+    #[arg(long, value_name = "hold|notify")]
+    apply: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -53,6 +73,7 @@ struct VerifyArgs {
 pub fn run(args: AttestArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         AttestCommand::Verify(v) => Ok(verify(&v)),
+        AttestCommand::Recheck(r) => recheck(&r),
     }
 }
 
@@ -64,6 +85,7 @@ pub const CLI_CODES: &[&str] = &[
     "input-too-large",
     "policy-unreadable",
     "policy-invalid",
+    "apply-unknown",
 ];
 
 struct Unreadable {
@@ -118,6 +140,142 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     }
 }
 
+/// `tessera attest recheck`. Exit 0 when the policy denies no certificate, 1 when it denies
+/// some (listed; held or notified with --apply), 2 when the policy or --apply is unusable.
+fn recheck(args: &RecheckArgs) -> anyhow::Result<ExitCode> {
+    use crate::lifecycle::{self, RecheckApply};
+    let refuse = |u: Unreadable| {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"error": u.code, "message": u.message})
+            );
+        } else {
+            eprintln!("error: {}", u.message);
+        }
+        Ok(ExitCode::from(2))
+    };
+    let apply = match args.apply.as_deref().map(str::parse::<RecheckApply>) {
+        None => None,
+        Some(Ok(apply)) => Some(apply),
+        Some(Err(e)) => {
+            return refuse(Unreadable {
+                code: "apply-unknown",
+                message: e.to_string(),
+            });
+        }
+    };
+    let (policy, source) = match read_policy(&args.policy) {
+        Ok(p) => p,
+        Err(u) => return refuse(u),
+    };
+    let config = crate::server::ServerConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(async {
+        let store = crate::store::Store::open(&config.database.url).await?;
+        let report = match apply {
+            None => lifecycle::recheck_fleet_dry_run(&store, &policy).await?,
+            Some(apply) => {
+                let actor = crate::audit::Actor {
+                    name: "tessera attest recheck".into(),
+                    role: "admin".into(),
+                };
+                let request_id = format!(
+                    "attest-recheck-{}",
+                    hex::encode(crate::ca::SerialNumber::random()?.as_bytes())
+                );
+                let mut tx = store.begin_write().await?;
+                let report = lifecycle::recheck_fleet_apply(
+                    &mut tx,
+                    &actor,
+                    &request_id,
+                    &policy,
+                    &source,
+                    apply,
+                )
+                .await?;
+                tx.commit().await?;
+                report
+            }
+        };
+        store.close().await;
+        anyhow::Ok(report)
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        print_recheck(&report, &source);
+    }
+    Ok(ExitCode::from(if report.denied.is_empty() { 0 } else { 1 }))
+}
+
+fn print_recheck(report: &crate::lifecycle::RecheckReport, source: &str) {
+    let mode = match report.applied {
+        None => "dry run, nothing changed".to_string(),
+        Some(a) => format!("applied: {}", a.as_str()),
+    };
+    println!("policy:       {source}");
+    println!(
+        "checked:      {} good certificates of {} active tokens ({mode})",
+        report.certificates_checked, report.tokens_checked
+    );
+    println!(
+        "denied:       {} certificates of {} tokens",
+        report.denied.len(),
+        report.affected_tokens().len()
+    );
+    if !report.denied.is_empty() {
+        println!("TOKEN\tPERSON\tFIRMWARE\tSLOT\tCERTIFICATE\tREASONS");
+    }
+    for e in &report.denied {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            e.token_serial,
+            e.person.as_deref().unwrap_or("-"),
+            e.firmware,
+            e.slot.as_deref().unwrap_or("-"),
+            e.certificate_serial,
+            e.reasons.join(",")
+        );
+        for m in &e.messages {
+            println!("  {m}");
+        }
+    }
+    if !report.unknown.is_empty() {
+        println!(
+            "unknown:      {} certificates have no stored attestation facts (not judged, not changed)",
+            report.unknown.len()
+        );
+        for e in &report.unknown {
+            println!(
+                "{}\t{}\t{}\t-\t{}\tfacts unknown",
+                e.token_serial,
+                e.person.as_deref().unwrap_or("-"),
+                e.firmware,
+                e.certificate_serial
+            );
+        }
+    }
+}
+
+/// Reads and parses a policy file; also returns how audit events name it (path and SHA-256).
+fn read_policy(path: &Path) -> Result<(Policy, String), Unreadable> {
+    use sha2::Digest;
+    let text = std::fs::read_to_string(path).map_err(|e| Unreadable {
+        code: "policy-unreadable",
+        message: format!("cannot read policy {}: {e}", path.display()),
+    })?;
+    let policy = Policy::from_toml(&text).map_err(|e| Unreadable {
+        code: "policy-invalid",
+        message: format!("{}: {e}", path.display()),
+    })?;
+    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    Ok((policy, format!("{} sha256:{digest}", path.display())))
+}
+
 fn prepare(args: &VerifyArgs) -> Result<(AttestationInput, TrustAnchors, Policy), Unreadable> {
     let slot = read_limited(&args.attestation)?;
     let (device_path, further) = args.intermediates.split_first().ok_or_else(|| Unreadable {
@@ -144,16 +302,7 @@ fn prepare(args: &VerifyArgs) -> Result<(AttestationInput, TrustAnchors, Policy)
 
     let policy = match &args.policy {
         None => Policy::default(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Unreadable {
-                code: "policy-unreadable",
-                message: format!("cannot read policy {}: {e}", path.display()),
-            })?;
-            Policy::from_toml(&text).map_err(|e| Unreadable {
-                code: "policy-invalid",
-                message: format!("{}: {e}", path.display()),
-            })?
-        }
+        Some(path) => read_policy(path)?.0,
     };
     Ok((input, trust, policy))
 }

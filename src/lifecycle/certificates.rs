@@ -130,6 +130,19 @@ pub async fn revoke_certificate(
     serial: &str,
     reason: RevocationReason,
 ) -> Result<CertificateRow, LifecycleError> {
+    revoke_certificate_noted(tx, actor, request_id, serial, reason, "").await
+}
+
+/// [`revoke_certificate`] with `note` (why, e.g. the attestation rule a fleet re-check found
+/// broken) kept in the audit event's `after` as `reason`.
+pub async fn revoke_certificate_noted(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    request_id: &str,
+    serial: &str,
+    reason: RevocationReason,
+    note: &str,
+) -> Result<CertificateRow, LifecycleError> {
     if serial.is_empty() {
         return Err(invalid("serial", "FIELD_REQUIRED", "is empty"));
     }
@@ -164,7 +177,7 @@ pub async fn revoke_certificate(
         reason: Some(reason.code()),
         at: Some(now),
         action,
-        note: "",
+        note,
     };
     let row = change_status(tx, actor, request_id, &before, change).await?;
     Ok(row)

@@ -8,6 +8,7 @@ mod csr_names;
 mod expiry;
 mod issuance;
 mod people;
+mod recheck;
 mod tokens;
 
 pub use certificates::*;
@@ -15,6 +16,7 @@ pub use csr_names::*;
 pub use expiry::*;
 pub use issuance::*;
 pub use people::*;
+pub use recheck::*;
 pub use tokens::*;
 
 use crate::audit::AuditError;

@@ -59,6 +59,7 @@ macro_rules! stored_enum {
 
 mod audit_checkpoints;
 mod audit_events;
+mod certificate_attestations;
 mod certificates;
 mod clock;
 mod crl_state;
@@ -75,6 +76,7 @@ mod tokens;
 
 pub use audit_checkpoints::CheckpointRow;
 pub use audit_events::AuditRow;
+pub use certificate_attestations::FleetCertificateRow;
 pub use certificates::{
     CertificateOwner, CertificateRow, CertificateStatus, CertificatesQuery, ExpiringQuery,
     NewCertificate,

@@ -561,6 +561,17 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
     );
     let report = tessera::audit::verify(&store, None).await.unwrap();
     assert_eq!(report.first_bad, None, "the audit chain is intact");
+    // Each certificate's attestation facts are kept for `tessera attest recheck`.
+    for slot_cert in &done.certificates {
+        let serial = &slot_cert.certificate.as_ref().unwrap().serial;
+        let stored = store.certificate_attestation(serial).await.unwrap();
+        let facts: tessera::attest::AttestationFacts =
+            serde_json::from_str(&stored.unwrap_or_else(|| panic!("no facts for {serial}")))
+                .unwrap();
+        assert_eq!(facts.serial, 20_000_001);
+        assert_eq!(facts.firmware.to_string(), "5.7.4");
+        assert_eq!(facts.slot.to_string(), slot_cert.slot);
+    }
     // No secret reached the database: neither the management key nor the PUK in any column
     // of the idempotency records or the audit log.
     for e in store.audit_events(0, 100).await.unwrap() {

@@ -23,6 +23,7 @@ mod notifications;
 mod operator_ca;
 mod piv_token;
 mod reasons;
+mod recheck;
 mod revocation;
 mod server;
 mod station;

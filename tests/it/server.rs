@@ -147,6 +147,10 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "RecheckFleet",
+        code(t.recheck_fleet(pb::RecheckFleetRequest::default()).await),
+    );
+    out.insert(
         "ListAuditEvents",
         code(
             a.list_audit_events(pb::ListAuditEventsRequest::default())
@@ -272,6 +276,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetToken" | "ListTokens" => &["hr", "helpdesk", "admin"],
         "MarkTokenLost" | "MarkTokenDamaged" | "RetireToken" | "SuspendToken"
         | "ReinstateToken" => &["helpdesk", "admin"],
+        "RecheckFleet" => &["admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
         "GetCertificate" | "ListCertificates" | "ListExpiringCertificates" => {
             &["helpdesk", "auditor", "admin"]

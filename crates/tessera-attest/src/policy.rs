@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::facts::{FirmwareVersion, FormFactor, KeyAlgorithm, PinPolicy, Slot, TouchPolicy};
-use super::verify::VerifiedAttestation;
+use super::verify::{AttestationFacts, VerifiedAttestation};
 
 /// Firmware range of YSA-2017-01 (ROCA, Infineon RSA key generation): 4.2.6 to 4.3.4.
 pub const YSA_2017_01_FIRST: FirmwareVersion = FirmwareVersion::new(4, 2, 6);
@@ -286,10 +286,38 @@ impl Policy {
 
     /// Decides, collecting every reason that applies.
     pub fn evaluate(&self, attestation: &VerifiedAttestation) -> Decision {
+        self.decide(&Judged {
+            slot: attestation.slot(),
+            algorithm: attestation.key_algorithm(),
+            firmware: attestation.firmware(),
+            pin_policy: attestation.pin_policy(),
+            touch_policy: attestation.touch_policy(),
+            form_factor: attestation.form_factor(),
+            fips: attestation.fips(),
+        })
+    }
+
+    /// Decides over facts stored when a key was verified (a fleet re-check after an advisory
+    /// or a policy change), with the same rules and reasons as [`Policy::evaluate`]. The facts
+    /// prove nothing by themselves: only facts kept from a [`VerifiedAttestation`] should be
+    /// judged this way.
+    pub fn evaluate_facts(&self, facts: &AttestationFacts) -> Decision {
+        self.decide(&Judged {
+            slot: facts.slot,
+            algorithm: facts.key_algorithm,
+            firmware: facts.firmware,
+            pin_policy: facts.pin_policy,
+            touch_policy: facts.touch_policy,
+            form_factor: facts.form_factor,
+            fips: facts.fips,
+        })
+    }
+
+    fn decide(&self, attestation: &Judged) -> Decision {
         let mut reasons = Vec::new();
-        let slot = attestation.slot();
-        let algorithm = attestation.key_algorithm();
-        let firmware = attestation.firmware();
+        let slot = attestation.slot;
+        let algorithm = attestation.algorithm;
+        let firmware = attestation.firmware;
 
         let slot_rule = match &self.slots {
             None => None,
@@ -319,7 +347,7 @@ impl Policy {
             .and_then(|r| r.minimum_pin_policy)
             .or(self.minimum_pin_policy);
         if let Some(minimum) = minimum_pin {
-            let found = attestation.pin_policy();
+            let found = attestation.pin_policy;
             if found.strength() < minimum.strength() {
                 reasons.push(DenyReason::PinPolicyBelowMinimum { found, minimum });
             }
@@ -328,13 +356,13 @@ impl Policy {
             .and_then(|r| r.minimum_touch_policy)
             .or(self.minimum_touch_policy);
         if let Some(minimum) = minimum_touch {
-            let found = attestation.touch_policy();
+            let found = attestation.touch_policy;
             if found.strength() < minimum.strength() {
                 reasons.push(DenyReason::TouchPolicyBelowMinimum { found, minimum });
             }
         }
         if let Some(allowed) = &self.allowed_form_factors {
-            let found = attestation.form_factor();
+            let found = attestation.form_factor;
             if !allowed.contains(&found) {
                 reasons.push(DenyReason::FormFactorNotAllowed { found });
             }
@@ -347,7 +375,7 @@ impl Policy {
                 minimum,
             });
         }
-        if self.require_fips && !attestation.fips() {
+        if self.require_fips && !attestation.fips {
             reasons.push(DenyReason::FipsRequired);
         }
         if self.advisories.ysa_2017_01
@@ -361,6 +389,17 @@ impl Policy {
         }
         Decision { reasons }
     }
+}
+
+/// What the rules look at, from a verified attestation or from stored facts.
+struct Judged {
+    slot: Slot,
+    algorithm: KeyAlgorithm,
+    firmware: FirmwareVersion,
+    pin_policy: PinPolicy,
+    touch_policy: TouchPolicy,
+    form_factor: FormFactor,
+    fips: bool,
 }
 
 fn one_line(s: &str) -> String {
@@ -688,5 +727,68 @@ mod tests {
             Policy::default().evaluate(&v).reason_codes(),
             ["advisory-ysa-2024-03"]
         );
+    }
+
+    #[test]
+    fn stored_facts_are_judged_as_the_attestation_was() {
+        let samples = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/data/attestation/samples/"
+        );
+        let trust = crate::TrustAnchors::yubico().unwrap();
+        let eucleak_only = Policy::from_toml(
+            "minimum_rsa_bits = 1024\n[advisories]\nysa-2017-01 = false\nysa-2024-03 = true",
+        )
+        .unwrap();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(samples).unwrap() {
+            let dir = entry.unwrap().path();
+            let read = |name: &str| {
+                std::fs::read(dir.join(format!("{name}.pem")))
+                    .or_else(|_| std::fs::read(dir.join(format!("{name}.der"))))
+            };
+            let (Ok(slot), Ok(device)) = (read("slot"), read("device")) else {
+                continue;
+            };
+            let Ok(v) = crate::verify(&crate::AttestationInput::new(slot, device), &trust) else {
+                continue;
+            };
+            let stored = serde_json::to_string(&v.facts()).unwrap();
+            let facts: AttestationFacts = serde_json::from_str(&stored).unwrap();
+            assert_eq!(facts, v.facts(), "{}", dir.display());
+            for policy in [Policy::default(), example(), eucleak_only.clone()] {
+                assert_eq!(
+                    policy.evaluate_facts(&facts),
+                    policy.evaluate(&v),
+                    "{}",
+                    dir.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 5, "only {checked} samples verified");
+    }
+
+    #[test]
+    fn eucleak_rule_over_stored_facts_lists_only_old_firmware() {
+        let mut facts = crate::verify::tests::for_policy_tests(
+            FirmwareVersion::new(5, 4, 3),
+            PinPolicy::Once,
+            TouchPolicy::Never,
+            Some(0x01),
+            false,
+            slot("9a"),
+            KeyAlgorithm::P256,
+        )
+        .facts();
+        let off = Policy::from_toml("[advisories]\nysa-2024-03 = false").unwrap();
+        let on = Policy::from_toml("[advisories]\nysa-2024-03 = true").unwrap();
+        assert!(off.evaluate_facts(&facts).allowed());
+        assert_eq!(
+            on.evaluate_facts(&facts).reason_codes(),
+            ["advisory-ysa-2024-03"]
+        );
+        facts.firmware = FirmwareVersion::new(5, 7, 4);
+        assert!(on.evaluate_facts(&facts).allowed());
     }
 }

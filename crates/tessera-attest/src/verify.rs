@@ -68,8 +68,9 @@ impl AttestationInput {
 }
 
 /// The facts of a [`VerifiedAttestation`] as plain data, for storing with an enrollment or
-/// printing. Having one proves nothing; only a `VerifiedAttestation` does.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// printing. Having one proves nothing; only a `VerifiedAttestation` does. Stored facts are read
+/// back (serde) to re-check a fleet against a new policy ([`crate::Policy::evaluate_facts`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttestationFacts {
     pub serial: u32,
     pub firmware: FirmwareVersion,

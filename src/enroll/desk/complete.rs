@@ -158,6 +158,13 @@ impl EnrollmentDesk {
                     let mut tx = self.store.begin_write().await?;
                     tx.insert_enrollment_certificate(enrollment.id, &slot_name, &row.serial)
                         .await?;
+                    // Kept for `tessera attest recheck`: the facts this key was verified with.
+                    tx.insert_certificate_attestation(
+                        &row.serial,
+                        &slot_name,
+                        &json(&slot.facts).to_string(),
+                    )
+                    .await?;
                     tx.commit().await?;
                     certificates.push((slot_name, row));
                 }
