@@ -306,7 +306,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 33);
+        assert_eq!(results.len(), 34);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -330,7 +330,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 33);
+            assert_eq!(anonymous.len(), 34);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
