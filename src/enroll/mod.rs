@@ -26,7 +26,7 @@ pub mod state;
 pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 pub use desk::{
     BeginRequest, BegunEnrollment, CompleteRequest, Completion, DeskFailure, EnrollmentDesk,
-    EnrollmentRefusal, EnrollmentView,
+    EnrollmentRefusal, EnrollmentView, ReleasedPuk, SecretRepeat,
 };
 pub use plan::{EnrollmentProfile, EnrollmentProfiles};
 pub use settings::{EnrollmentConfig, EnrollmentSettings};

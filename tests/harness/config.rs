@@ -86,6 +86,8 @@ pub struct Enrollment {
     pub expiry_sweep_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiles_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_replay_minutes: Option<u64>,
 }
 
 /// The file names `write` gives the server's TLS files, next to the configuration.

@@ -33,6 +33,8 @@ on_both_databases!(
     expiry_restores_the_token,
     wrapped_credentials_moved_to_another_token_are_refused,
     credentials_wrapped_before_migration_0006_are_released_and_rebound,
+    repeated_release_puk_is_checked_audited_and_expires,
+    repeated_begin_is_checked_audited_and_expires,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -1389,6 +1391,25 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
         })
         .await
         .unwrap();
+    // A repeat of the release before the re-enrollment does not release the new credentials.
+    let s = assert_refused(
+        url,
+        enroll
+            .release_puk(pb::ReleasePukRequest {
+                request_id: "puk-2".into(),
+                token_serial: "30000080".into(),
+                reason: "forgotten PIN".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        3,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "request id \"puk-2\" is not answered again: the token's credentials changed since (it was re-enrolled); its answer carried secrets, send a fresh request id"
+    );
     // The old 9a certificate is superseded (its key is gone); the old 9c one stays good.
     let rows = certificates(&store).await;
     let status_of = |profile: &str| {
@@ -1652,6 +1673,14 @@ async fn enrollment_configuration_errors_name_the_setting() {
         }))
         .await,
         "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
+    );
+    assert_eq!(
+        bind_error(enrollment(Enrollment {
+            secret_replay_minutes: Some(24 * 60 + 1),
+            ..Enrollment::default()
+        }))
+        .await,
+        "enrollment: enrollment.secret_replay_minutes must be at most 1440 (0 never repeats secrets)"
     );
     assert!(
         // A key the server does not know cannot be typed: appended as text to [enrollment],
@@ -2396,5 +2425,309 @@ async fn credentials_wrapped_before_migration_0006_are_released_and_rebound(url:
         2,
     )
     .await;
+    server.stop().await;
+}
+
+/// An EnrollmentService client presenting a `helpdesk` certificate of its own, named `name`
+/// (each call of `Server::channel` makes a fresh certificate as well).
+async fn desk(server: &Server, name: &str) -> (EnrollmentServiceClient<Channel>, Channel) {
+    let client = server
+        .pki
+        .client_with_uris(name, &["tessera:role:helpdesk"]);
+    let channel = connect(server.running.addr, &server.pki.ca_pem, Some(&client)).await;
+    (EnrollmentServiceClient::new(channel.clone()), channel)
+}
+
+/// The audit events with this action and request id: (actor, after).
+async fn events_of(url: &str, action: &str, request_id: &str) -> Vec<(String, serde_json::Value)> {
+    let store = Store::open(url).await.unwrap();
+    let events = store.audit_events(0, 10_000).await.unwrap();
+    store.close().await;
+    events
+        .into_iter()
+        .filter(|e| e.action == action && e.request_id == request_id)
+        .map(|e| (e.actor, serde_json::from_str(&e.after_json).unwrap()))
+        .collect()
+}
+
+/// Issue 12, finding 2: a repeated ReleasePuk (same request id) is a release of its own. From
+/// the certificate that made it, within `secret_replay_minutes`, it gets the same secrets and is
+/// audited as `token.release_puk` marked as a repeat; from another operator's certificate it is
+/// refused (REQUEST_ID_OF_ANOTHER_CALLER); after the window, or once the token was declared
+/// lost, it is refused as a first call would be (REQUEST_ID_EXPIRED, TOKEN_NOT_ACTIVE), each
+/// refusal audited. Plain idempotent requests are repeated as before, without a window, and
+/// also belong to their caller.
+async fn repeated_release_puk_is_checked_audited_and_expires(url: &str) {
+    use pb::token_service_client::TokenServiceClient;
+    const SERIAL: u32 = 30_001_300;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment::default(),
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1300", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1300").await;
+    let (mut desk_a, channel_a) = desk(&server, "desk-a").await;
+    let (mut desk_b, channel_b) = desk(&server, "desk-b").await;
+
+    let first = desk_a
+        .release_puk(release_request("puk-r1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.puk, begin.new_puk);
+    clock.advance(std::time::Duration::from_secs(4 * 60 + 59));
+    let again = desk_a
+        .release_puk(release_request("puk-r1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    assert_eq!(
+        events_of(url, "token.release_puk", "puk-r1").await,
+        [
+            (
+                "desk-a".to_string(),
+                serde_json::json!({"reason": "forgotten PIN", "released": "puk"})
+            ),
+            (
+                "desk-a".to_string(),
+                serde_json::json!({"reason": "forgotten PIN", "released": "puk", "repeat": true})
+            ),
+        ]
+    );
+
+    // Another operator's certificate (same role) cannot repeat it, whatever it sends.
+    let s = assert_refused(
+        url,
+        desk_b.release_puk(release_request("puk-r1", SERIAL)).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_OF_ANOTHER_CALLER",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "request id \"puk-r1\" was already used by another client certificate; use a fresh request id"
+    );
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    let mut other_reason = release_request("puk-r1", SERIAL);
+    other_reason.reason = "something else".into();
+    let s = desk_b.release_puk(other_reason).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "REQUEST_ID_OF_ANOTHER_CALLER")
+    );
+
+    // Past the window the repeat is refused, and so on; a fresh request id releases again.
+    clock.advance(std::time::Duration::from_secs(1));
+    let s = assert_refused(
+        url,
+        desk_a.release_puk(release_request("puk-r1", SERIAL)).await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        2,
+    )
+    .await;
+    assert!(
+        s.message().starts_with("request id \"puk-r1\" is not answered again: it was first answered at ")
+            && s.message().ends_with(", and secrets are answered again only for 5 minutes (enrollment.secret_replay_minutes); its answer carried secrets, send a fresh request id"),
+        "{}",
+        s.message()
+    );
+    assert_eq!(events_of(url, "token.release_puk", "puk-r1").await.len(), 2);
+
+    // Plain idempotent requests: repeated with their first answer however late, but only to
+    // their caller.
+    let mut tokens_a = TokenServiceClient::new(channel_a);
+    let suspend = pb::SuspendTokenRequest {
+        request_id: "suspend-r".into(),
+        serial: SERIAL.to_string(),
+        reason: "desk check".into(),
+    };
+    let suspended = tokens_a
+        .suspend_token(suspend.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        tokens_a
+            .suspend_token(suspend.clone())
+            .await
+            .unwrap()
+            .into_inner(),
+        suspended
+    );
+    let s = TokenServiceClient::new(channel_b)
+        .suspend_token(suspend)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "REQUEST_ID_OF_ANOTHER_CALLER")
+    );
+    tokens_a
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "reinstate-r".into(),
+            serial: SERIAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Released, then the token is declared lost: the repeat gets the refusal a first call gets.
+    desk_a
+        .release_puk(release_request("puk-r2", SERIAL))
+        .await
+        .unwrap();
+    tokens_a
+        .mark_token_lost(pb::MarkTokenLostRequest {
+            request_id: "lost-r".into(),
+            serial: SERIAL.to_string(),
+            reason: "left on a train".into(),
+        })
+        .await
+        .unwrap();
+    let repeat = assert_refused(
+        url,
+        desk_a.release_puk(release_request("puk-r2", SERIAL)).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    let fresh = assert_refused(
+        url,
+        desk_a.release_puk(release_request("puk-r3", SERIAL)).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    assert_eq!(repeat.message(), fresh.message());
+    assert_eq!(
+        repeat.message(),
+        format!("token {SERIAL} is lost; the PUK is released only for an active token")
+    );
+    assert_eq!(events_of(url, "token.release_puk", "puk-r2").await.len(), 1);
+    server.stop().await;
+}
+
+/// Issue 12, finding 2: a repeated BeginEnrollment is a release of its own too: the same
+/// secrets to the same certificate within the window, audited as `enrollment.begin` marked as a
+/// repeat; another certificate's repeat refused; the person suspended meanwhile gets the
+/// refusal a first call gets (PERSON_NOT_ACTIVE); past the window REQUEST_ID_EXPIRED.
+async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
+    const SERIAL: u32 = 30_001_310;
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[],
+        Enrollment {
+            secret_replay_minutes: Some(2),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1310", "").await;
+    let (mut desk_a, _) = desk(&server, "desk-a").await;
+    let (mut desk_b, _) = desk(&server, "desk-b").await;
+    let mut request = begin_request("E1310", SERIAL, "piv-login");
+    request.request_id = "begin-r".into();
+
+    let first = desk_a
+        .begin_enrollment(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.new_puk.len(), 8);
+    let again = desk_a
+        .begin_enrollment(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let subject = format!("enrollment:{}", first.enrollment_id);
+    let store = Store::open(url).await.unwrap();
+    let begins: Vec<_> = store
+        .audit_events(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "enrollment.begin" && e.subject == subject)
+        .map(|e| {
+            (
+                e.actor,
+                serde_json::from_str::<serde_json::Value>(&e.after_json).unwrap(),
+            )
+        })
+        .collect();
+    store.close().await;
+    assert_eq!(begins.len(), 2, "{begins:?}");
+    assert_eq!(begins[0].1["repeat"], serde_json::Value::Null);
+    assert_eq!(
+        begins[1],
+        (
+            "desk-a".to_string(),
+            serde_json::json!({
+                "repeat": true,
+                "person": "E1310",
+                "token": SERIAL.to_string(),
+                "released": "new credentials"
+            })
+        )
+    );
+
+    let s = assert_refused(
+        url,
+        desk_b.begin_enrollment(request.clone()).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_OF_ANOTHER_CALLER",
+        0,
+    )
+    .await;
+    assert!(!format!("{s:?}").contains(&first.new_puk));
+
+    DirectoryServiceClient::new(server.channel("hr").await)
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E1310".into(),
+            external_id: "E1310".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    let s = assert_refused(
+        url,
+        desk_a.begin_enrollment(request.clone()).await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "person E1310 is suspended; only an active person can be enrolled"
+    );
+
+    clock.advance(std::time::Duration::from_secs(2 * 60));
+    let s = assert_refused(
+        url,
+        desk_a.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        0,
+    )
+    .await;
+    assert!(
+        s.message().contains("only for 2 minutes"),
+        "{}",
+        s.message()
+    );
     server.stop().await;
 }

@@ -424,7 +424,10 @@ async fn issued_validity_starts_at_the_store_clock(url: &str) {
 
 async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     let server = Running::start(CaSetup::new(url)).await;
-    let mut c = server.certificates("admin").await;
+    let admin = server.setup.pki.client("admin");
+    let mut c = CertificateServiceClient::new(
+        connect_as(server.addr, &server.setup.pki.ca_pem, &admin).await,
+    );
     let store = Store::open(url).await.unwrap();
     let (_, pem) = csr("svc", &[]);
     let first = c
@@ -511,8 +514,13 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     // a repeat is told so and nothing new is signed.
     let (_, pem) = csr("interrupted", &[]);
     let req = issue_request("cut", &pem, "tls-client");
-    let key =
-        tessera::lifecycle::RequestKey::new("cut", "IssueFromCsr", &req.encode_to_vec()).unwrap();
+    let key = tessera::lifecycle::RequestKey::new(
+        "cut",
+        "IssueFromCsr",
+        &req.encode_to_vec(),
+        &admin.sha256(),
+    )
+    .unwrap();
     let mut tx = store.begin_write().await.unwrap();
     tessera::lifecycle::remember(&mut tx, &key, tessera::lifecycle::pending_answer("0abc"))
         .await

@@ -44,11 +44,15 @@ pub enum EnrollmentRefusal {
         "the stored credentials of token {0} do not belong to it (the database was altered); nothing was released"
     )]
     CredentialsTampered(String),
-    /// A repeated ReleasePuk after the token's credentials were dropped.
-    #[error("Tessera no longer holds a PUK for this token")]
-    CredentialsGone,
     #[error("reason exceeds 1024 bytes")]
     ReasonTooLong,
+    /// A repeat (same request id, same caller) of a request whose answer carried secrets,
+    /// which is no longer answered: too late, stored before request ids were bound to their
+    /// caller, or the token's credentials changed since.
+    #[error(
+        "request id {request_id:?} is not answered again: {why}; its answer carried secrets, send a fresh request id"
+    )]
+    RepeatExpired { request_id: String, why: String },
     /// The CA failed while issuing; the cause is in the server log only (it may name
     /// internal detail: SQL, HSM or file errors), never in the answer.
     #[error(
@@ -86,6 +90,7 @@ impl EnrollmentRefusal {
         "CREDENTIALS_NOT_HELD",
         "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
+        "REQUEST_ID_EXPIRED",
         "ISSUANCE_FAILED",
         "INTERNAL",
     ];
@@ -103,9 +108,10 @@ impl EnrollmentRefusal {
             R::TokenNeverEnrollable { .. } | R::TokenNotEnrolling { .. } => "TOKEN_NOT_ENROLLABLE",
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
             R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
-            R::CredentialsNotHeld(_) | R::CredentialsGone => "CREDENTIALS_NOT_HELD",
+            R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
+            R::RepeatExpired { .. } => "REQUEST_ID_EXPIRED",
             R::IssuanceFailed { .. } => "ISSUANCE_FAILED",
             R::Step(e) => e.reason(),
             R::Lifecycle(e) => e.reason(),
@@ -122,6 +128,7 @@ impl EnrollmentRefusal {
             R::FirmwareInvalid(_) => Some("firmware"),
             R::TokenSerialInvalid => Some("token_serial"),
             R::ReasonTooLong => Some("reason"),
+            R::RepeatExpired { .. } => Some("request_id"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
             _ => None,
@@ -289,11 +296,6 @@ mod tests {
                 None,
             ),
             (
-                EnrollmentRefusal::CredentialsGone,
-                "CREDENTIALS_NOT_HELD",
-                None,
-            ),
-            (
                 EnrollmentRefusal::CredentialsTampered("1".into()),
                 "CREDENTIALS_TAMPERED",
                 None,
@@ -302,6 +304,14 @@ mod tests {
                 EnrollmentRefusal::ReasonTooLong,
                 "FIELD_TOO_LONG",
                 Some("reason"),
+            ),
+            (
+                EnrollmentRefusal::RepeatExpired {
+                    request_id: "r".into(),
+                    why: "it was answered more than 5 minutes ago".into(),
+                },
+                "REQUEST_ID_EXPIRED",
+                Some("request_id"),
             ),
             (
                 EnrollmentRefusal::IssuanceFailed {

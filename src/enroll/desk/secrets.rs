@@ -8,7 +8,9 @@
 //! migration 0006 (`aad_version` 1) were wrapped with a fixed tag; they are unwrapped so once
 //! and re-wrapped bound (version 2) when ReleasePuk or BeginEnrollment uses them.
 
-use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record, refusal::refused};
+use super::{
+    DeskFailure, EnrollmentDesk, EnrollmentRefusal, SecretRepeat, record, refusal::refused,
+};
 use crate::audit::Actor;
 use crate::enroll::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 use crate::hsm::HsmError;
@@ -67,6 +69,13 @@ fn last_generation(row: Option<&TokenCredentialsRow>) -> i64 {
         .map(|w| w.generation)
         .max()
         .unwrap_or(0)
+}
+
+/// What ReleasePuk released: the token's confirmed credentials and their generation (kept with
+/// the answer, so a repeat releases that generation or nothing).
+pub struct ReleasedPuk {
+    pub credentials: TokenCredentials,
+    pub generation: i64,
 }
 
 /// A token's credentials unwrapped from its row: the confirmed ones and the pending ones.
@@ -246,7 +255,7 @@ impl EnrollmentDesk {
     }
 
     /// ReleasePuk: the PUK and management key of an active token, recorded as
-    /// `token.release_puk`.
+    /// `token.release_puk`, and the generation of the credentials released.
     pub async fn release_puk(
         &self,
         tx: &mut WriteTx,
@@ -254,7 +263,22 @@ impl EnrollmentDesk {
         token_serial: &str,
         reason: &str,
         request_id: &str,
-    ) -> Result<TokenCredentials, DeskFailure> {
+    ) -> Result<ReleasedPuk, DeskFailure> {
+        self.release(tx, actor, token_serial, reason, request_id, None)
+            .await
+    }
+
+    /// ReleasePuk for a first call, or (`repeat`) for a repeat of one: the same checks in the
+    /// same order, and a repeat gets only the generation its first answer released.
+    pub(super) async fn release(
+        &self,
+        tx: &mut WriteTx,
+        actor: &Actor,
+        token_serial: &str,
+        reason: &str,
+        request_id: &str,
+        repeat: Option<&SecretRepeat>,
+    ) -> Result<ReleasedPuk, DeskFailure> {
         let subject = format!("token:{token_serial}");
         if reason.len() > 1024 {
             return Err(DeskFailure::Error(EnrollmentRefusal::ReasonTooLong));
@@ -282,16 +306,26 @@ impl EnrollmentDesk {
                 EnrollmentRefusal::CredentialsNotHeld(token.serial.clone()),
             ));
         };
+        if let Some(repeat) = repeat {
+            let now_held = row.confirmed.as_ref().map(|w| w.generation);
+            if repeat.released_generation.is_none() || now_held != repeat.released_generation {
+                return Err(refused(
+                    subject,
+                    repeat.expired("the token's credentials changed since (it was re-enrolled)"),
+                ));
+            }
+        }
         let unwrapped = self
             .unwrap_row(&row, &token.serial)
             .await
             .map_err(|e| refused_if_tampered(&subject, e))?;
-        let Some(c) = unwrapped.confirmed else {
+        let (Some(c), Some(confirmed)) = (unwrapped.confirmed, &row.confirmed) else {
             return Err(refused(
                 subject,
                 EnrollmentRefusal::CredentialsNotHeld(token.serial.clone()),
             ));
         };
+        let mut generation = confirmed.generation;
         if row.aad_version != AAD_BOUND {
             // A row from before migration 0006: bound from now on.
             let bound = self
@@ -303,11 +337,18 @@ impl EnrollmentDesk {
                     unwrapped.pending.as_ref(),
                 )
                 .await?;
+            generation = bound
+                .confirmed
+                .as_ref()
+                .map_or(generation, |w| w.generation);
             tx.put_token_credentials(&bound).await?;
         }
         let mut after = serde_json::json!({ "released": "puk" });
         if !reason.is_empty() {
             after["reason"] = reason.into();
+        }
+        if repeat.is_some() {
+            after["repeat"] = true.into();
         }
         record(
             tx,
@@ -319,26 +360,10 @@ impl EnrollmentDesk {
             request_id,
         )
         .await?;
-        Ok(c)
-    }
-
-    /// The credentials of a repeated ReleasePuk, unwrapped again.
-    pub async fn release_puk_again(
-        &self,
-        token_serial: &str,
-    ) -> Result<TokenCredentials, EnrollmentRefusal> {
-        let mut tx = self.store.begin_write().await?;
-        let token = tx
-            .token_by_serial(token_serial)
-            .await?
-            .ok_or_else(|| LifecycleError::TokenNotFound(token_serial.to_string()))?;
-        let credentials = tx.token_credentials(token.id).await?;
-        drop(tx);
-        let Some((row, wrapped)) = credentials.and_then(|c| c.confirmed.clone().map(|w| (c, w)))
-        else {
-            return Err(EnrollmentRefusal::CredentialsGone);
-        };
-        self.unwrap_credentials(&row, &token.serial, &wrapped).await
+        Ok(ReleasedPuk {
+            credentials: c,
+            generation,
+        })
     }
 }
 
