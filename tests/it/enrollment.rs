@@ -366,7 +366,8 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
             .collect::<Vec<_>>(),
         [("9a", "piv-authentication"), ("9c", "piv-signature")]
     );
-    // A repeated Begin (same request id) gets the same answer, secrets included.
+    // A repeated Begin (same request id, same client certificate) gets the same answer, secrets
+    // included.
     let again = enroll
         .begin_enrollment(happy_begin_request())
         .await
@@ -537,6 +538,8 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
         actions,
         [
             "token.register",
+            "enrollment.begin",
+            // The repeated Begin released the credentials again: audited, marked as a repeat.
             "enrollment.begin",
             "enrollment.verify",
             "certificate.reserve",
