@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod attest;
+pub use tessera_attest as attest;
 pub mod audit;
 pub mod bench;
 pub mod ca;

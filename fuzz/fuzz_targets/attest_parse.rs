@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tessera::attest::{self, AttestationInput, TrustAnchors};
+use tessera_attest::{self as attest, AttestationInput, TrustAnchors};
 
 static TRUST: OnceLock<TrustAnchors> = OnceLock::new();
 

@@ -11,7 +11,10 @@ use tonic::{Request, Response, Status};
 
 pub struct AuditLog {
     pub store: Store,
+    /// The checkpoint key's public half; without it signatures are not checked.
     pub verifier: Option<Arc<dyn CheckpointVerifier>>,
+    /// The append-only checkpoint file, checked against too when present.
+    pub checkpoint_file: Option<std::path::PathBuf>,
     /// Becomes true when the server shuts down: following streams then end, so that graceful
     /// shutdown does not wait for clients that would follow forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -136,9 +139,20 @@ impl AuditService for AuditLog {
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
         authorize(&request, &method("VerifyAuditChain"))?;
-        let report = audit::verify(&self.store, self.verifier.as_deref())
-            .await
-            .map_err(|e| super::status::internal(&e))?;
+        let file_checkpoints = match &self.checkpoint_file {
+            Some(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || audit::read_checkpoint_file(&path))
+                    .await
+                    .map_err(|e| super::status::internal(&e))?
+                    .map_err(|e| super::status::internal(&e))?
+            }
+            None => Vec::new(),
+        };
+        let report =
+            audit::verify_with_file(&self.store, self.verifier.as_deref(), &file_checkpoints)
+                .await
+                .map_err(|e| super::status::internal(&e))?;
         let (first_bad_sequence, problem) = match &report.first_bad {
             Some(b) => (b.sequence, b.problem.to_string()),
             None => (0, String::new()),
@@ -149,6 +163,8 @@ impl AuditService for AuditLog {
             checkpoints: report.checkpoints,
             first_bad_sequence,
             problem,
+            signatures_checked: self.verifier.is_some(),
+            file_checkpoints: report.file_checkpoints,
         }))
     }
 }

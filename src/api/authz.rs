@@ -59,6 +59,9 @@ pub struct Identity {
     /// SHA-256 of the client certificate (DER), lower-case hex: the owner of the request ids
     /// this caller uses.
     pub certificate_sha256: String,
+    /// The client certificate's serial, lower-case hex (as the store keys certificates): what
+    /// tells two certificates with the same name apart (PUK release rate limit, dual control).
+    pub certificate_serial: String,
 }
 
 impl Identity {
@@ -119,6 +122,7 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
             ));
         }
     };
+    let certificate_serial = hex::encode(cert.raw_serial());
     let name = cert
         .subject()
         .iter_common_name()
@@ -134,6 +138,7 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
         name,
         role,
         certificate_sha256,
+        certificate_serial,
     })
 }
 
@@ -180,7 +185,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/ConfirmEnrollment"
         | "/tessera.v1.EnrollmentService/AbortEnrollment"
         | "/tessera.v1.EnrollmentService/GetEnrollment"
-        | "/tessera.v1.EnrollmentService/ReleasePuk" => TOKEN_WRITE,
+        | "/tessera.v1.EnrollmentService/ReleasePuk"
+        | "/tessera.v1.EnrollmentService/ApprovePukRelease" => TOKEN_WRITE,
         _ => &[],
     }
 }

@@ -7,7 +7,8 @@ use super::status;
 use crate::api::Identity;
 use crate::ca::{CaError, KeyProvenance, OnlineCa, SubjectParams, parse_and_verify_csr};
 use crate::lifecycle::{
-    self, IssuanceError, IssueOnce, IssueParams, LifecycleError, RequestKey, issue_certificate_once,
+    self, IssuanceError, IssueOnce, IssueParams, LifecycleError, RequestKey, check_csr_names,
+    issue_certificate_once,
 };
 use crate::store::{PersonState, TokenState};
 use prost::Message;
@@ -38,6 +39,8 @@ fn ca_reason(e: &CaError) -> Option<&'static str> {
         CaError::ProfileRequiresEmail { .. } => "PROFILE_REQUIRES_EMAIL",
         CaError::UnknownProfile { .. } => "UNKNOWN_PROFILE",
         CaError::ProfileRequiresAttestation { .. } => "PROFILE_REQUIRES_ATTESTATION",
+        CaError::ProfileRequiresPerson { .. } => "PROFILE_REQUIRES_PERSON",
+        CaError::NameNotAllowed { .. } => "NAME_NOT_ALLOWED",
         _ => return None,
     })
 }
@@ -47,6 +50,9 @@ fn ca_status(e: &CaError, field: &str) -> Status {
     match (e, ca_reason(e)) {
         (CaError::ProfileRequiresAttestation { .. }, Some(reason)) => {
             status::failed_precondition(reason, &e.to_string(), Some("profile"))
+        }
+        (CaError::ProfileRequiresPerson { .. }, Some(reason)) => {
+            status::failed_precondition(reason, &e.to_string(), Some("person_external_id"))
         }
         (CaError::UnknownProfile { .. }, Some(reason)) => {
             status::invalid_argument("profile", reason, &e.to_string())
@@ -156,6 +162,13 @@ impl Certificates {
             }
             Some(t)
         };
+        // Without a person only a subject_from_csr profile, within its allowed names; never a
+        // CSR naming a directory person other than the one named (issue 12, finding 1).
+        match check_csr_names(&self.store, profile, &csr.subject, person.as_ref()).await {
+            Ok(()) => {}
+            Err(IssuanceError::Ca(e)) => return Err(ca_status(&e, "csr")),
+            Err(IssuanceError::Lifecycle(e)) => return Err(e.into()),
+        }
 
         // The subject: from the directory when a person is named, else from the CSR.
         let (subject, subject_field) = match &person {

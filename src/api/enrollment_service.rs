@@ -9,7 +9,9 @@
 //! refused (and audited). Answers that carry secrets (BeginEnrollment, ReleasePuk) are stored
 //! without them, so no plaintext management key or PUK is ever written to the database; their
 //! repeats are releases of their own ([`Enrollments::repeat`], `enroll::desk` `repeat.rs`):
-//! checked again as a first call, audited, and answered only for `secret_replay_minutes`.
+//! checked again as a first call, audited, and answered only for `secret_replay_minutes`. A
+//! ReleasePuk that waits for its approval (dual control) commits its request but is not kept as
+//! an answer (`Failure::Committed`): the same request id then collects the approved release.
 
 use super::authz::{Identity, authorize};
 use super::certificate_service::Certificates;
@@ -17,12 +19,14 @@ use super::pb::{self, enrollment_service_server::EnrollmentService};
 use super::status;
 use super::token_service::Tokens;
 use crate::enroll::{
-    BeginRequest, BegunEnrollment, CompleteRequest, Completion, DeskFailure, EnrollError,
+    BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure, EnrollError,
     EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm, ManagementKeySecret,
-    SecretRepeat, SlotProof, TokenCredentials,
+    PukRelease, PukReleaseView, SecretRepeat, SlotProof, TokenCredentials,
 };
 use crate::lifecycle::{self, LifecycleError, RequestKey};
-use crate::store::{CertificateRow, EnrollmentState, IdempotencyRow, Store, WriteTx};
+use crate::store::{
+    CertificateRow, EnrollmentState, IdempotencyRow, PukReleaseState, Store, WriteTx,
+};
 use std::future::Future;
 use tonic::{Code, Request, Response, Status};
 
@@ -46,7 +50,9 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
     };
     let code = match &e {
         _ if e.is_internal() => return status::internal(&e),
-        R::EnrollmentNotFound(_) => Code::NotFound,
+        R::EnrollmentNotFound(_) | R::PukReleaseNotFound(_) => Code::NotFound,
+        R::ApproverIsRequester(_) => Code::PermissionDenied,
+        R::PukReleaseRateLimited { .. } => Code::ResourceExhausted,
         R::IssuanceFailed { .. } => Code::Internal,
         // Not the caller's fault, and no retry helps: the stored row is corrupt.
         R::CredentialsTampered(_) => Code::DataLoss,
@@ -58,6 +64,9 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::TokenNotActive { .. }
         | R::CredentialsNotHeld(_)
         | R::RepeatExpired { .. }
+        | R::PukReleasePendingApproval { .. }
+        | R::PukReleaseNotPending { .. }
+        | R::PukReleaseExpired { .. }
         | R::Step(
             EnrollError::NonceAlreadyUsed(_)
             | EnrollError::NotCompleted(_)
@@ -70,6 +79,8 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::FirmwareInvalid(_)
         | R::TokenSerialInvalid
         | R::ReasonTooLong
+        | R::ReleaseReasonRequired
+        | R::PukReleaseTokenMismatch { .. }
         | R::Step(_) => Code::InvalidArgument,
         R::Lifecycle(_) | R::Store(_) | R::Internal(_) => return status::internal(&e),
     };
@@ -77,10 +88,12 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
 }
 
 /// A failed step of a state-changing RPC: from the desk (a refusal is recorded) or from the
-/// translation to protobuf.
+/// translation to protobuf; or a step whose changes commit though its answer is a status
+/// (a PUK release request waiting for approval), not kept for repeats.
 enum Failure {
     Desk(DeskFailure),
     Status(Status),
+    Committed(WriteTx, Status),
 }
 
 impl From<DeskFailure> for Failure {
@@ -169,6 +182,15 @@ impl EnrollmentRequest for pb::ReleasePukRequest {
     }
 }
 
+impl EnrollmentRequest for pb::ApprovePukReleaseRequest {
+    const RPC: &'static str = "ApprovePukRelease";
+
+    fn check(&self) -> Result<(), Status> {
+        required("release_id", &self.release_id)?;
+        required("token_serial", &self.token_serial)
+    }
+}
+
 /// Implements `EnrollmentRequest` for requests that name an enrollment by `enrollment_id`.
 macro_rules! enrollment_requests {
     ($($request:ty: $rpc:literal),+ $(,)?) => {$(
@@ -206,6 +228,7 @@ change_requests!(
     pb::ConfirmEnrollmentRequest,
     pb::AbortEnrollmentRequest,
     pb::ReleasePukRequest,
+    pb::ApprovePukReleaseRequest,
 );
 
 /// A state-changing request past the steps every such RPC begins with.
@@ -249,6 +272,33 @@ fn redacted_key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
     pb::ManagementKey {
         algorithm: algorithm_to_pb(k.algorithm) as i32,
         key: Vec::new(),
+    }
+}
+
+/// The caller as the desk's PUK release rules see it.
+fn caller(identity: &Identity) -> Caller {
+    Caller {
+        actor: identity.actor(),
+        certificate_serial: identity.certificate_serial.clone(),
+    }
+}
+
+fn puk_release_to_pb(v: PukReleaseView) -> pb::PukRelease {
+    let state = match v.row.state {
+        PukReleaseState::Pending => pb::PukReleaseState::Pending,
+        PukReleaseState::Approved => pb::PukReleaseState::Approved,
+        PukReleaseState::Released => pb::PukReleaseState::Released,
+    };
+    pb::PukRelease {
+        release_id: v.row.public_id,
+        token_serial: v.token_serial,
+        state: state as i32,
+        reason: v.row.reason,
+        requested_by: v.row.requester_name,
+        requested_at: v.row.requested_at.to_string(),
+        approved_by: v.row.approver_name.unwrap_or_default(),
+        approval_reason: v.row.approval_reason.unwrap_or_default(),
+        expires_at: v.row.expires_at.to_string(),
     }
 }
 
@@ -424,6 +474,10 @@ impl Enrollments {
                 Ok(Once::Done(answer))
             }
             Err(Failure::Status(s)) => Err(s),
+            Err(Failure::Committed(tx, s)) => {
+                tx.commit().await?;
+                Err(s)
+            }
             Err(Failure::Desk(f)) => Err(self.refusal(call, f).await),
         }
     }
@@ -630,8 +684,8 @@ impl EnrollmentService for Enrollments {
         request: Request<pb::ReleasePukRequest>,
     ) -> Result<Response<pb::ReleasePukResponse>, Status> {
         let call = self.admit(request).await?;
-        let actor = call.identity.actor();
-        let (desk, req, actor) = (call.desk, &call.req, &actor);
+        let caller = caller(&call.identity);
+        let (desk, req, caller) = (call.desk, &call.req, &caller);
         let full = |c: &TokenCredentials| pb::ReleasePukResponse {
             puk: c.puk.to_string(),
             management_key: Some(key_to_pb(&c.management_key)),
@@ -641,22 +695,37 @@ impl EnrollmentService for Enrollments {
                 let released = desk
                     .release_puk(
                         &mut tx,
-                        actor,
+                        caller,
                         &req.token_serial,
                         &req.reason,
                         &req.request_id,
                     )
                     .await?;
-                let c = &released.credentials;
+                let (c, generation) = match released {
+                    PukRelease::Released {
+                        credentials,
+                        generation,
+                    } => (credentials, generation),
+                    PukRelease::Pending(pending) => {
+                        // The request is kept (not as an answer for repeats); the caller
+                        // learns its id from the status.
+                        let status = refusal_status(EnrollmentRefusal::PukReleasePendingApproval {
+                            release_id: pending.release_id,
+                            token_serial: pending.token_serial,
+                            expires_at: pending.expires_at,
+                        });
+                        return Err(Failure::Committed(tx, status));
+                    }
+                };
                 let redacted = pb::ReleasePukResponse {
                     puk: String::new(),
                     management_key: Some(redacted_key_to_pb(&c.management_key)),
                 };
                 let kept = Kept {
                     answer: prost::Message::encode_to_vec(&redacted),
-                    released_generation: Some(released.generation),
+                    released_generation: Some(generation),
                 };
-                Ok((tx, full(c), kept))
+                Ok((tx, full(&c), kept))
             })
             .await?;
         match once {
@@ -670,7 +739,7 @@ impl EnrollmentService for Enrollments {
                         let c = desk
                             .release_puk_repeat(
                                 &mut tx,
-                                actor,
+                                caller,
                                 &req.token_serial,
                                 &req.reason,
                                 &repeat,
@@ -682,5 +751,31 @@ impl EnrollmentService for Enrollments {
                 Ok(Response::new(full(&c)))
             }
         }
+    }
+
+    async fn approve_puk_release(
+        &self,
+        request: Request<pb::ApprovePukReleaseRequest>,
+    ) -> Result<Response<pb::ApprovePukReleaseResponse>, Status> {
+        let call = self.admit(request).await?;
+        let (desk, req, caller) = (call.desk, &call.req, caller(&call.identity));
+        self.once(&call, |mut tx| async move {
+            let view = desk
+                .approve_puk_release(
+                    &mut tx,
+                    &caller,
+                    &req.release_id,
+                    &req.token_serial,
+                    &req.reason,
+                    &req.request_id,
+                )
+                .await?;
+            let response = pb::ApprovePukReleaseResponse {
+                release: Some(puk_release_to_pb(view)),
+            };
+            Ok(kept_as_is(tx, response))
+        })
+        .await?
+        .answer()
     }
 }

@@ -9,6 +9,7 @@ use super::enrollment_service::Enrollments;
 use super::pb;
 use super::rpc_metrics::RpcLatencyLayer;
 use super::token_service::Tokens;
+use crate::audit::CheckpointVerifier;
 use crate::ca::OnlineCa;
 use crate::enroll::EnrollmentDesk;
 use crate::metrics::RpcLatency;
@@ -31,6 +32,10 @@ pub struct GrpcEdge {
     pub enrollment: Option<EnrollmentDesk>,
     /// Where each call's latency is recorded.
     pub rpc_latency: RpcLatency,
+    /// Checks checkpoint signatures in VerifyAuditChain (present when checkpoints are signed).
+    pub audit_verifier: Option<Arc<dyn CheckpointVerifier>>,
+    /// The checkpoint file VerifyAuditChain also checks the chain against.
+    pub checkpoint_file: Option<std::path::PathBuf>,
 }
 
 impl GrpcEdge {
@@ -84,7 +89,8 @@ impl GrpcEdge {
             .add_service(pb::audit_service_server::AuditServiceServer::new(
                 AuditLog {
                     store: store.clone(),
-                    verifier: None,
+                    verifier: self.audit_verifier,
+                    checkpoint_file: self.checkpoint_file,
                     stopping: streams_stopping,
                 },
             ))

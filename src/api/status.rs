@@ -39,6 +39,8 @@ pub const REASONS: &[&str] = &[
     "PUBLIC_KEY_UNREADABLE",
     "SUBJECT_INVALID",
     "PROFILE_REQUIRES_EMAIL",
+    "PROFILE_REQUIRES_PERSON",
+    "NAME_NOT_ALLOWED",
     "PERSON_NOT_ACTIVE",
     "TOKEN_NOT_USABLE",
     "TOKEN_OF_ANOTHER_PERSON",
@@ -164,7 +166,8 @@ impl From<LifecycleError> for Status {
             | LifecycleError::HoldFromOwner { .. }
             | LifecycleError::InvalidTransition { .. }
             | LifecycleError::StaleSyncGeneration { .. }
-            | LifecycleError::StateChangedWhileSigning { .. } => Code::FailedPrecondition,
+            | LifecycleError::StateChangedWhileSigning { .. }
+            | LifecycleError::CsrNamesAPerson { .. } => Code::FailedPrecondition,
             LifecycleError::RequestInProgress(_) => Code::Aborted,
             LifecycleError::Store(_) | LifecycleError::Audit(_) => return internal(&e),
         };

@@ -3,9 +3,19 @@
 //! its own hash over all its fields, so [`verify`] finds an edited, deleted or reordered row and
 //! names the first bad one. Checkpoints sign the chain head through the one signing seam,
 //! [`crate::hsm::Signer`] ([`HsmCheckpointSigner`], an EC P-256 HSM key, in production), which
-//! also catches rows deleted from the end of the log.
+//! also catches rows deleted from the end of the log. Each checkpoint is also appended to a
+//! file outside the database ([`CheckpointFile`], `checkpoint_file.rs`), which [`verify_with_file`]
+//! checks the chain against, so that a database writer who rewrites the chain and deletes the
+//! later checkpoints is caught; [`replay`] (`replay.rs`) derives the state tables from the
+//! events and names every row the log does not explain.
 
-use crate::hsm::{HsmError, SignatureScheme, Signer};
+mod checkpoint_file;
+mod replay;
+
+pub use checkpoint_file::*;
+pub use replay::*;
+
+use crate::hsm::{Hsm, HsmError, HsmKey, KeySpec, SignatureScheme, Signer};
 use crate::store::{AuditRow, CheckpointRow, Store, StoreError, WriteTx};
 use sha2::{Digest, Sha256};
 
@@ -49,6 +59,55 @@ pub enum AuditError {
         "checkpoint key {key_id} is {spec}, not EC P-256; make one with `tessera audit init-key`"
     )]
     CheckpointKeyNotP256 { key_id: String, spec: &'static str },
+    #[error("cannot read checkpoint file {path}: {reason}")]
+    CheckpointFileRead {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("checkpoint file {path}, line {line}: {reason}")]
+    CheckpointFileLine {
+        path: std::path::PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("cannot append to checkpoint file {path}: {reason}")]
+    CheckpointFileWrite {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{what} in the audit log is not valid JSON: {reason}")]
+    EventJson { what: String, reason: String },
+}
+
+/// CKA_LABEL of the checkpoint key `tessera ca init` makes, and that `tessera serve` looks for
+/// (and makes when it is missing) in the `[ca]` HSM when `[audit]` names no key.
+pub const CHECKPOINT_KEY_LABEL: &str = "tessera-audit-checkpoint";
+/// The checkpoint key's public half (PEM), as `tessera ca init` writes it into the CA's data
+/// directory; `tessera audit verify` reads it from there when not given another.
+pub const CHECKPOINT_PUBLIC_KEY_FILE: &str = "audit-checkpoint.pem";
+
+/// The P-256 key labelled [`CHECKPOINT_KEY_LABEL`] in `hsm`, generated when there is none;
+/// `true` when it was generated now.
+pub fn find_or_make_checkpoint_key(hsm: &Hsm) -> Result<(HsmKey, bool), HsmError> {
+    match hsm.find_key(&format!(
+        "pkcs11:object={CHECKPOINT_KEY_LABEL};type=private"
+    )) {
+        Ok(key) => Ok((key, false)),
+        Err(HsmError::KeyNotFound { .. }) => Ok((
+            hsm.generate_key_pair(CHECKPOINT_KEY_LABEL, KeySpec::EcP256)?,
+            true,
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// A P-256 public key (SubjectPublicKeyInfo DER) as PEM, for `verify --checkpoint-public-key`.
+pub fn public_key_pem(spki_der: &[u8]) -> Result<String, String> {
+    use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
+    p256::PublicKey::from_public_key_der(spki_der)
+        .map_err(|e| format!("not a P-256 public key: {e}"))?
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .map_err(|e| format!("cannot encode the public key: {e}"))
 }
 
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -122,15 +181,17 @@ pub trait CheckpointVerifier: Send + Sync {
 }
 
 /// ECDSA P-256 with SHA-256; signatures as raw r‖s (64 bytes, as PKCS#11 returns them) or DER.
+/// With a `key_id`, a checkpoint that names another key does not verify; without one, only
+/// the signature counts (the key id recorded in a checkpoint is not signed).
 pub struct EcdsaP256Verifier {
-    pub key_id: String,
+    pub key_id: Option<String>,
     pub key: p256::ecdsa::VerifyingKey,
 }
 
 impl CheckpointVerifier for EcdsaP256Verifier {
     fn verify(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool {
         use signature::Verifier;
-        if key_id != self.key_id {
+        if self.key_id.as_deref().is_some_and(|k| k != key_id) {
             return false;
         }
         let sig = p256::ecdsa::Signature::from_slice(signature)
@@ -184,7 +245,7 @@ impl EcdsaP256Verifier {
         use p256::pkcs8::DecodePublicKey;
         let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der).ok()?;
         Some(EcdsaP256Verifier {
-            key_id: key_id.to_string(),
+            key_id: Some(key_id.to_string()),
             key,
         })
     }
@@ -228,6 +289,20 @@ pub async fn checkpoint(
     Ok(Some(row))
 }
 
+/// [`checkpoint`], then the new checkpoint appended to `file` (after the database committed
+/// it: a checkpoint in the file is always one the database had).
+pub async fn checkpoint_to_file(
+    store: &Store,
+    signer: &dyn Signer,
+    file: Option<&CheckpointFile>,
+) -> Result<Option<CheckpointRow>, AuditError> {
+    let made = checkpoint(store, signer).await?;
+    if let (Some(row), Some(file)) = (&made, file) {
+        file.append(row)?;
+    }
+    Ok(made)
+}
+
 /// What is wrong with the first bad event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
@@ -243,6 +318,15 @@ pub enum Problem {
     CheckpointMismatch,
     /// The checkpoint's signature does not verify.
     BadCheckpointSignature,
+    /// A signed checkpoint in the checkpoint file names a different head hash: the chain was
+    /// rewritten after it was signed.
+    FileCheckpointMismatch,
+    /// A checkpoint in the checkpoint file covers this sequence but the event is gone.
+    MissingAfterFileCheckpoint,
+    /// The checkpoint file has a checkpoint at this sequence that the database does not.
+    CheckpointDeleted,
+    /// A checkpoint in the checkpoint file has a signature that does not verify.
+    BadFileCheckpointSignature,
 }
 
 impl std::fmt::Display for Problem {
@@ -269,6 +353,22 @@ impl std::fmt::Display for Problem {
                 write!(f, "signed checkpoint names a different hash for this event")
             }
             Problem::BadCheckpointSignature => write!(f, "checkpoint signature does not verify"),
+            Problem::FileCheckpointMismatch => write!(
+                f,
+                "the checkpoint file's signed checkpoint names a different hash for this event (chain rewritten after it was signed)"
+            ),
+            Problem::MissingAfterFileCheckpoint => write!(
+                f,
+                "the checkpoint file's signed checkpoint covers this event but it is missing (rows deleted at the end)"
+            ),
+            Problem::CheckpointDeleted => write!(
+                f,
+                "the checkpoint file has a signed checkpoint at this event that the database does not (checkpoints deleted)"
+            ),
+            Problem::BadFileCheckpointSignature => write!(
+                f,
+                "the checkpoint file's checkpoint at this event has a signature that does not verify"
+            ),
         }
     }
 }
@@ -283,6 +383,8 @@ pub struct BadEvent {
 pub struct VerifyReport {
     pub events: i64,
     pub checkpoints: i64,
+    /// Checkpoints read from the checkpoint file (0 without one).
+    pub file_checkpoints: i64,
     /// `None` when the chain is intact.
     pub first_bad: Option<BadEvent>,
 }
@@ -295,10 +397,39 @@ pub async fn verify(
     store: &Store,
     verifier: Option<&dyn CheckpointVerifier>,
 ) -> Result<VerifyReport, AuditError> {
+    verify_with_file(store, verifier, &[]).await
+}
+
+/// [`verify`], and the chain also checked against `file_checkpoints` (read from the checkpoint
+/// file by [`read_checkpoint_file`]): each must name the hash of the event at its sequence,
+/// verify (when a verifier is given) and still be in the database. A chain rewritten from
+/// event k on, its later checkpoints deleted from the database, is caught by any checkpoint in
+/// the file at k or later.
+pub async fn verify_with_file(
+    store: &Store,
+    verifier: Option<&dyn CheckpointVerifier>,
+    file_checkpoints: &[CheckpointRow],
+) -> Result<VerifyReport, AuditError> {
     let checkpoints = store.audit_checkpoints().await?;
     let mut checkpoint_at = std::collections::BTreeMap::new();
     for c in &checkpoints {
         checkpoint_at.insert(c.sequence, c);
+    }
+    let signed = |c: &CheckpointRow| {
+        verifier.is_none_or(|v| {
+            v.verify(
+                &c.key_id,
+                &checkpoint_message(c.sequence, &c.head_hash),
+                &c.signature,
+            )
+        })
+    };
+    // Only the file's checkpoints that verify vouch for a hash; the others are named below.
+    let (file_signed, file_unsigned): (Vec<&CheckpointRow>, Vec<&CheckpointRow>) =
+        file_checkpoints.iter().partition(|c| signed(c));
+    let mut file_at = std::collections::BTreeMap::new();
+    for c in &file_signed {
+        file_at.insert(c.sequence, *c);
     }
     let mut bad: Option<BadEvent> = None;
     let note = |sequence: i64, problem: Problem, bad: &mut Option<BadEvent>| {
@@ -336,6 +467,12 @@ pub async fn verify(
                 note(e.sequence, Problem::CheckpointMismatch, &mut bad);
                 break 'pages;
             }
+            if let Some(c) = file_at.get(&e.sequence)
+                && c.head_hash != e.hash
+            {
+                note(e.sequence, Problem::FileCheckpointMismatch, &mut bad);
+                break 'pages;
+            }
             prev_hash = e.hash.clone();
             expected += 1;
         }
@@ -344,19 +481,25 @@ pub async fn verify(
         if bad.is_none() && c.sequence >= expected {
             note(expected, Problem::MissingAfterCheckpoint, &mut bad);
         }
-        if let Some(v) = verifier
-            && !v.verify(
-                &c.key_id,
-                &checkpoint_message(c.sequence, &c.head_hash),
-                &c.signature,
-            )
-        {
+        if !signed(c) {
             note(c.sequence, Problem::BadCheckpointSignature, &mut bad);
+        }
+    }
+    for c in file_unsigned {
+        note(c.sequence, Problem::BadFileCheckpointSignature, &mut bad);
+    }
+    for c in file_signed {
+        if bad.is_none() && c.sequence >= expected {
+            note(expected, Problem::MissingAfterFileCheckpoint, &mut bad);
+        }
+        if !checkpoint_at.contains_key(&c.sequence) {
+            note(c.sequence, Problem::CheckpointDeleted, &mut bad);
         }
     }
     Ok(VerifyReport {
         events,
         checkpoints: checkpoints.len() as i64,
+        file_checkpoints: file_checkpoints.len() as i64,
         first_bad: bad,
     })
 }

@@ -167,7 +167,7 @@ async fn measure_grpc(
                     .issue_from_csr(pb::IssueFromCsrRequest {
                         request_id: format!("{prefix}-{i}"),
                         csr: csrs[(c * 7 + i) % csrs.len()].clone(),
-                        profile: "tls-client".into(),
+                        profile: "service-client".into(),
                         person_external_id: String::new(),
                         token_serial: String::new(),
                     })
@@ -181,7 +181,7 @@ async fn measure_grpc(
         t.await.context("a bench client panicked")??;
     }
     Ok(Measurement {
-        operation: "gRPC IssueFromCsr (tls-client, P-256 CA)",
+        operation: "gRPC IssueFromCsr (service-client, P-256 CA)",
         threads: clients,
         operations: u64::from(count) * clients as u64,
         elapsed: start.elapsed(),

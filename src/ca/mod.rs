@@ -55,6 +55,19 @@ pub enum CaError {
     )]
     ProfileRequiresEmail { profile: String },
     #[error(
+        "profile {profile} certifies people: name the person (person_external_id), whose directory names the certificate then carries; a certificate with names from the CSR and bound to nobody needs a profile with subject_from_csr = true, such as service-client"
+    )]
+    ProfileRequiresPerson { profile: String },
+    #[error(
+        "the CSR's {kind} {name:?} is not allowed by profile {profile} (allowed_names: {allowed})"
+    )]
+    NameNotAllowed {
+        profile: String,
+        kind: &'static str,
+        name: String,
+        allowed: String,
+    },
+    #[error(
         "profile {profile} needs the person's user principal name (UPN); set it in the directory"
     )]
     ProfileRequiresUpn { profile: String },

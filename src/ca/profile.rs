@@ -28,6 +28,10 @@ const BUILT_IN_PROFILES: &[(&str, &str)] = &[
         "smartcard-logon",
         include_str!("../../profiles/smartcard-logon.toml"),
     ),
+    (
+        "service-client",
+        include_str!("../../profiles/service-client.toml"),
+    ),
 ];
 
 /// The on-disk form of a profile.
@@ -55,6 +59,10 @@ struct ProfileFile {
     bind_hardware_module: bool,
     #[serde(default)]
     windows_sid_extension: bool,
+    #[serde(default)]
+    subject_from_csr: bool,
+    #[serde(default)]
+    allowed_names: Vec<String>,
 }
 
 /// A checked end-entity profile.
@@ -83,6 +91,72 @@ pub struct Profile {
     pub bind_hardware_module: bool,
     /// Add the KB5014754 SID extension when the subject has a Windows SID.
     pub windows_sid_extension: bool,
+    /// A CSR without a person may be certified with the CSR's own names (service clients).
+    /// When false, `IssueFromCsr` and `ca sign-csr` need a person, whose directory names the
+    /// certificate carries.
+    pub subject_from_csr: bool,
+    /// When not empty, every name a CSR puts in the certificate (commonName, each email
+    /// address, each DNS name) must match one of these patterns ([`NamePattern`]).
+    pub allowed_names: Vec<NamePattern>,
+}
+
+/// One entry of a profile's `allowed_names`: `*.suffix` (any name without `@` ending in
+/// `.suffix`, e.g. `*.svc.corp.test` matches `build.svc.corp.test` and `a.b.svc.corp.test`),
+/// `*@domain` (any email address at exactly that domain) or an exact name. Compared ignoring
+/// ASCII case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamePattern {
+    /// `*.suffix` or `*@domain`: the stored text is `.suffix` / `@domain`.
+    EndsWith(String),
+    Exact(String),
+}
+
+impl NamePattern {
+    /// Parses one pattern; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<NamePattern, String> {
+        if text.is_empty() || text.chars().any(|c| c.is_control()) || text.trim() != text {
+            return Err(format!(
+                "allowed_names entry {text:?} is empty or has control characters or surrounding blanks"
+            ));
+        }
+        match text.strip_prefix('*') {
+            Some(rest) if (rest.starts_with('.') || rest.starts_with('@')) && rest.len() > 1 => {
+                if rest.contains('*') {
+                    return Err(format!(
+                        "allowed_names entry {text:?}: `*` may only start a pattern"
+                    ));
+                }
+                Ok(NamePattern::EndsWith(rest.to_ascii_lowercase()))
+            }
+            Some(_) => Err(format!(
+                "allowed_names entry {text:?}: a pattern is `*.suffix`, `*@domain` or an exact name"
+            )),
+            None if text.contains('*') => Err(format!(
+                "allowed_names entry {text:?}: `*` may only start a pattern"
+            )),
+            None => Ok(NamePattern::Exact(text.to_ascii_lowercase())),
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        match self {
+            // `*.suffix` matches host-like names only, `*@domain` one local part at the domain.
+            NamePattern::EndsWith(suffix) => name
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|head| !head.is_empty() && !head.contains('@')),
+            NamePattern::Exact(exact) => name == *exact,
+        }
+    }
+}
+
+impl std::fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NamePattern::EndsWith(suffix) => write!(f, "*{suffix}"),
+            NamePattern::Exact(exact) => f.write_str(exact),
+        }
+    }
 }
 
 /// Longest end-entity validity a profile may ask for (about 5 years).
@@ -143,6 +217,21 @@ impl Profile {
             }
             _ => {}
         }
+        if !file.allowed_names.is_empty() && !file.subject_from_csr {
+            return Err(invalid(
+                "allowed_names is set but subject_from_csr = false (the names come from the directory)".into(),
+            ));
+        }
+        if file.subject_from_csr && !file.allow_unattested_keys {
+            return Err(invalid(
+                "subject_from_csr = true needs allow_unattested_keys = true (a CSR's key is not attested)".into(),
+            ));
+        }
+        let allowed_names = file
+            .allowed_names
+            .iter()
+            .map(|p| NamePattern::parse(p).map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Profile {
             name: name.to_string(),
             description: file.description,
@@ -159,6 +248,8 @@ impl Profile {
             require_upn: file.require_upn,
             bind_hardware_module: file.bind_hardware_module,
             windows_sid_extension: file.windows_sid_extension,
+            subject_from_csr: file.subject_from_csr,
+            allowed_names,
         })
     }
 }
@@ -172,6 +263,33 @@ pub const OCSP_RESPONDER_PROFILE: &str = "ocsp-responder";
 const OCSP_SIGNING: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 9];
 
 impl Profile {
+    /// Refuses a CSR subject with a name outside `allowed_names` (when the list is set),
+    /// naming the name: the commonName, then each email address, then each DNS name.
+    pub fn check_allowed_names(&self, subject: &super::SubjectParams) -> Result<(), CaError> {
+        if self.allowed_names.is_empty() {
+            return Ok(());
+        }
+        let names = std::iter::once(("commonName", &subject.common_name))
+            .chain(subject.emails.iter().map(|e| ("email address", e)))
+            .chain(subject.dns_names.iter().map(|d| ("DNS name", d)));
+        for (kind, name) in names {
+            if !self.allowed_names.iter().any(|p| p.matches(name)) {
+                return Err(CaError::NameNotAllowed {
+                    profile: self.name.clone(),
+                    kind,
+                    name: name.clone(),
+                    allowed: self
+                        .allowed_names
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether certificates of this profile could sign OCSP responses for the CA. Only
     /// `tessera ca init-ocsp` issues such certificates; profile directories may not hold one.
     pub fn signs_ocsp(&self) -> bool {
@@ -310,11 +428,23 @@ mod tests {
             vec![
                 "piv-authentication",
                 "piv-signature",
+                "service-client",
                 "smartcard-logon",
                 "smime-signing",
                 "tls-client"
             ]
         );
+        // Only the service-client profile takes its subject from a CSR (issue 12, finding 1).
+        for p in set.iter() {
+            assert_eq!(p.subject_from_csr, p.name == "service-client", "{}", p.name);
+        }
+        let service = set.get("service-client").unwrap();
+        assert_eq!(
+            service.extended_key_usage,
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        );
+        assert_eq!(service.certificate_policies, ["1.3.6.1.4.1.32473.1.2.7"]);
+        assert!(service.allow_unattested_keys && service.allowed_names.is_empty());
         for name in ["piv-authentication", "piv-signature", "smartcard-logon"] {
             let p = set.get(name).unwrap();
             assert!(p.bind_hardware_module && !p.allow_unattested_keys, "{name}");
@@ -358,7 +488,7 @@ mod tests {
         let err = ProfileSet::built_in().get("server").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client"
+            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client"
         );
     }
 
@@ -409,6 +539,96 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "certificate profile p.toml is invalid: allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates"
+        );
+    }
+
+    #[test]
+    fn allowed_names_patterns() {
+        let service = include_str!("../../profiles/service-client.toml");
+        let with = |names: &str| {
+            Profile::from_toml(
+                "svc",
+                &format!("{service}allowed_names = {names}\n"),
+                "svc.toml",
+            )
+        };
+        let p = with(r#"["*.svc.corp.test", "*@svc.corp.test", "Build-Agent"]"#).unwrap();
+        let subject = |cn: &str, emails: &[&str], dns: &[&str]| {
+            let mut s = crate::ca::SubjectParams::new(cn);
+            s.emails = emails.iter().map(|e| e.to_string()).collect();
+            s.dns_names = dns.iter().map(|d| d.to_string()).collect();
+            s
+        };
+        p.check_allowed_names(&subject(
+            "build-agent",
+            &["ci@SVC.corp.test"],
+            &["a.b.svc.corp.test", "*.svc.corp.test"],
+        ))
+        .unwrap();
+        p.check_allowed_names(&subject("x.svc.corp.test", &[], &[]))
+            .unwrap();
+        for (s, refused) in [
+            (
+                subject("svc.corp.test", &[], &[]),
+                "commonName \"svc.corp.test\"",
+            ),
+            (
+                subject("evilsvc.corp.test", &[], &[]),
+                "commonName \"evilsvc.corp.test\"",
+            ),
+            (
+                subject("build-agent", &["ci@x.svc.corp.test"], &[]),
+                "email address \"ci@x.svc.corp.test\"",
+            ),
+            (
+                subject("build-agent", &[], &["svc.corp.test.evil.test"]),
+                "DNS name \"svc.corp.test.evil.test\"",
+            ),
+        ] {
+            assert_eq!(
+                p.check_allowed_names(&s).unwrap_err().to_string(),
+                format!(
+                    "the CSR's {refused} is not allowed by profile svc (allowed_names: *.svc.corp.test, *@svc.corp.test, build-agent)"
+                )
+            );
+        }
+        for (names, reason) in [
+            (
+                r#"["*"]"#,
+                "allowed_names entry \"*\": a pattern is `*.suffix`, `*@domain` or an exact name",
+            ),
+            (
+                r#"["a*.corp.test"]"#,
+                "allowed_names entry \"a*.corp.test\": `*` may only start a pattern",
+            ),
+            (
+                r#"["*.*.corp.test"]"#,
+                "allowed_names entry \"*.*.corp.test\": `*` may only start a pattern",
+            ),
+            (
+                r#"[""]"#,
+                "allowed_names entry \"\" is empty or has control characters or surrounding blanks",
+            ),
+        ] {
+            assert_eq!(
+                with(names).unwrap_err().to_string(),
+                format!("certificate profile svc.toml is invalid: {reason}"),
+                "{names}"
+            );
+        }
+        let tls = include_str!("../../profiles/tls-client.toml");
+        assert_eq!(
+            Profile::from_toml("t", &format!("{tls}allowed_names = [\"x\"]\n"), "t.toml")
+                .unwrap_err()
+                .to_string(),
+            "certificate profile t.toml is invalid: allowed_names is set but subject_from_csr = false (the names come from the directory)"
+        );
+        let smime = include_str!("../../profiles/smime-signing.toml");
+        assert_eq!(
+            Profile::from_toml("s", &format!("{smime}subject_from_csr = true\n"), "s.toml")
+                .unwrap_err()
+                .to_string(),
+            "certificate profile s.toml is invalid: subject_from_csr = true needs allow_unattested_keys = true (a CSR's key is not attested)"
         );
     }
 

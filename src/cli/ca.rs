@@ -33,7 +33,9 @@ struct HsmConfigArg {
 
 #[derive(clap::Subcommand)]
 enum CaCommand {
-    /// CA ceremony: root and issuing keys in the HSM, root and issuing certificates, chain files.
+    /// CA ceremony: root and issuing keys in the HSM, root and issuing certificates, chain files;
+    /// then the audit checkpoint key (label `tessera-audit-checkpoint`, kept if already there)
+    /// and its public half, `audit-checkpoint.pem`, in the data directory.
     Init {
         #[command(flatten)]
         hsm: HsmConfigArg,
@@ -78,13 +80,20 @@ enum CaCommand {
         #[command(flatten)]
         data: DataDirArg,
     },
-    /// Issues a certificate for a PKCS#10 request (PEM or DER) under a profile.
+    /// Issues a certificate for a PKCS#10 request (PEM or DER) under a profile that takes its
+    /// subject from the CSR (subject_from_csr = true, e.g. service-client). With --config it is
+    /// issued through the server's store like IssueFromCsr (reserved, recorded, audited,
+    /// revocable) by the server's CA; without, --offline-ceremony is required.
     SignCsr {
-        #[command(flatten)]
-        hsm: HsmConfigArg,
-        #[command(flatten)]
-        data: DataDirArg,
-        /// Certificate profile name (tls-client, smime-signing, …).
+        /// HSM configuration file (see hsm-config/softhsm2.toml); with --config, the server's
+        /// [ca] hsm_config (this may be left out, or must name the same file).
+        #[arg(long, env = "TESSERA_HSM_CONFIG", value_name = "FILE")]
+        hsm_config: Option<PathBuf>,
+        /// Directory of the CA's public files; with --config, the server's [ca] data_dir (this
+        /// may be left out, or must name the same directory).
+        #[arg(long, env = "TESSERA_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Certificate profile name (service-client, …).
         #[arg(long)]
         profile: String,
         /// The request file.
@@ -93,12 +102,17 @@ enum CaCommand {
         /// Where to write the certificate (PEM); stdout when absent.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Directory of profile TOML files replacing the built-in ones.
+        /// Directory of profile TOML files replacing the built-in ones; with --config, the
+        /// server's [ca] profiles_dir (this may be left out, or must name the same directory).
         #[arg(long, env = "TESSERA_PROFILES_DIR", value_name = "DIR")]
         profiles_dir: Option<PathBuf>,
-        /// Required: says on purpose that this certificate is recorded nowhere (no database
-        /// row, no audit event, never on a CRL). Certificates for people and services are
-        /// issued through the server (IssueFromCsr), which records and audits them.
+        /// The server configuration file: the certificate is issued by the server's CA through
+        /// its database (reserved, recorded, audited as "tessera ca sign-csr", revocable), and
+        /// refused when the CSR names a directory person.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Without --config, required: says on purpose that this certificate is recorded
+        /// nowhere (no database row, no audit event, never on a CRL).
         #[arg(long)]
         offline_ceremony: bool,
     },
@@ -193,6 +207,17 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             )?;
             println!("CA created in {}", data.data_dir.display());
             print_chain(&made.root_der, &made.issuing_der, &made.record)?;
+            // The audit checkpoint key (`tessera serve` signs checkpoints with it by default),
+            // its public half beside the chain for `tessera audit verify`.
+            let (key, _) = crate::audit::find_or_make_checkpoint_key(&hsm)?;
+            let pem = crate::audit::public_key_pem(key.public_key_der())
+                .map_err(|e| anyhow::anyhow!("the checkpoint key's public key is {e}"))?;
+            let pem_path = data.data_dir.join(crate::audit::CHECKPOINT_PUBLIC_KEY_FILE);
+            std::fs::write(&pem_path, pem)
+                .with_context(|| format!("cannot write {}", pem_path.display()))?;
+            println!("audit checkpoint key");
+            println!("  key:        {}", key.uri());
+            println!("  public key: {}", pem_path.display());
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Show { data } => {
@@ -201,64 +226,30 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::SignCsr {
-            hsm,
-            data,
+            hsm_config,
+            data_dir,
             profile,
             csr,
             out,
             profiles_dir,
+            config,
             offline_ceremony,
         } => {
-            if !offline_ceremony {
-                anyhow::bail!("{SIGN_CSR_UNRECORDED}");
-            }
-            let profiles = match &profiles_dir {
-                Some(dir) => ProfileSet::load_dir(dir)?,
-                None => ProfileSet::built_in(),
-            };
-            let profile = profiles.get(&profile)?;
-            let csr_bytes = std::fs::read(&csr)
-                .with_context(|| format!("cannot read the CSR {}", csr.display()))?;
-            let request = ca::parse_and_verify_csr(&csr_bytes)?;
-            if let Some(out) = &out
-                && out.exists()
-            {
-                anyhow::bail!(
-                    "{} already exists; refusing to overwrite it, choose another --out",
-                    out.display()
-                );
-            }
-            let stored = StoredCa::load(&data.data_dir)?;
-            let hsm = open_hsm(&hsm.hsm_config)?;
-            let issuing = stored.issuing_ca(&hsm)?;
-            let serial = SerialNumber::random()?;
-            let issued = issuing.issue(&IssuanceRequest {
-                subject: &request.subject,
-                public_key_der: &request.public_key_der,
+            let request = SignCsrRequest {
+                hsm_config,
+                data_dir,
                 profile,
-                serial: &serial,
-                provenance: KeyProvenance::Unattested,
-                now: time::OffsetDateTime::now_utc(),
-            })?;
-            let pem = issued.to_pem();
-            match out {
-                Some(path) => {
-                    std::fs::write(&path, &pem)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    println!(
-                        "issued certificate serial {} for CN={} ({}, profile {}, valid until {}) to {}",
-                        issued.serial,
-                        request.subject.common_name,
-                        request.public_key.description,
-                        profile.name,
-                        issued
-                            .not_after
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .unwrap_or_default(),
-                        path.display()
-                    );
-                }
-                None => print!("{pem}"),
+                csr,
+                out,
+                profiles_dir,
+            };
+            match (config, offline_ceremony) {
+                (Some(_), true) => anyhow::bail!(
+                    "--config records the certificate and --offline-ceremony signs one recorded nowhere; pass one of them"
+                ),
+                (None, false) => anyhow::bail!("{SIGN_CSR_UNRECORDED}"),
+                (Some(config), false) => sign_csr_recorded(&request, &config)?,
+                (None, true) => sign_csr_offline(&request)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -326,6 +317,249 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// The arguments of `ca sign-csr` both of its paths share.
+struct SignCsrRequest {
+    hsm_config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    profile: String,
+    csr: PathBuf,
+    out: Option<PathBuf>,
+    profiles_dir: Option<PathBuf>,
+}
+
+impl SignCsrRequest {
+    /// The CSR, read and its signature checked; refuses an existing `--out` before signing.
+    fn read_csr(&self) -> anyhow::Result<ca::VerifiedCsr> {
+        let csr_bytes = std::fs::read(&self.csr)
+            .with_context(|| format!("cannot read the CSR {}", self.csr.display()))?;
+        let request = ca::parse_and_verify_csr(&csr_bytes)?;
+        if let Some(out) = &self.out
+            && out.exists()
+        {
+            anyhow::bail!(
+                "{} already exists; refusing to overwrite it, choose another --out",
+                out.display()
+            );
+        }
+        Ok(request)
+    }
+
+    /// Writes the certificate to `--out` (with a summary line) or stdout.
+    fn write(
+        &self,
+        der: &[u8],
+        serial: &str,
+        request: &ca::VerifiedCsr,
+        profile: &str,
+        recorded: &str,
+    ) -> anyhow::Result<()> {
+        let pem = ca::issue::certificate_pem(der);
+        match &self.out {
+            Some(path) => {
+                std::fs::write(path, &pem)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let not_after = x509_parser::parse_x509_certificate(der)
+                    .ok()
+                    .and_then(|(_, c)| {
+                        c.validity()
+                            .not_after
+                            .to_datetime()
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "issued certificate serial {serial} for CN={} ({}, profile {profile}, valid until {not_after}{recorded}) to {}",
+                    request.subject.common_name,
+                    request.public_key.description,
+                    path.display()
+                );
+            }
+            None => print!("{pem}"),
+        }
+        Ok(())
+    }
+}
+
+/// `ca sign-csr` takes the subject from the CSR and binds the certificate to nobody, so only a
+/// profile with subject_from_csr = true is used, within its allowed names.
+fn check_profile_takes_csr_subject(
+    profile: &ca::Profile,
+    subject: &ca::SubjectParams,
+) -> anyhow::Result<()> {
+    if !profile.allow_unattested_keys {
+        return Err(ca::CaError::ProfileRequiresAttestation {
+            profile: profile.name.clone(),
+        }
+        .into());
+    }
+    if !profile.subject_from_csr {
+        anyhow::bail!(
+            "profile {} certifies people (subject_from_csr = false); ca sign-csr binds the certificate to nobody with the CSR's names, so it needs a profile with subject_from_csr = true, such as service-client. Issue a person's certificate through the server (IssueFromCsr with person_external_id)",
+            profile.name
+        );
+    }
+    profile.check_allowed_names(subject)?;
+    Ok(())
+}
+
+/// `ca sign-csr --offline-ceremony`: signs with the CA in `--data-dir`, records nothing.
+fn sign_csr_offline(r: &SignCsrRequest) -> anyhow::Result<()> {
+    let hsm_config = r
+        .hsm_config
+        .as_ref()
+        .context("--hsm-config (or TESSERA_HSM_CONFIG) is required with --offline-ceremony")?;
+    let data_dir = r
+        .data_dir
+        .as_ref()
+        .context("--data-dir (or TESSERA_DATA_DIR) is required with --offline-ceremony")?;
+    let profiles = match &r.profiles_dir {
+        Some(dir) => ProfileSet::load_dir(dir)?,
+        None => ProfileSet::built_in(),
+    };
+    let profile = profiles.get(&r.profile)?;
+    let request = r.read_csr()?;
+    check_profile_takes_csr_subject(profile, &request.subject)?;
+    let stored = StoredCa::load(data_dir)?;
+    let hsm = open_hsm(hsm_config)?;
+    let issuing = stored.issuing_ca(&hsm)?;
+    let serial = SerialNumber::random()?;
+    let issued = issuing.issue(&IssuanceRequest {
+        subject: &request.subject,
+        public_key_der: &request.public_key_der,
+        profile,
+        serial: &serial,
+        provenance: KeyProvenance::Unattested,
+        now: time::OffsetDateTime::now_utc(),
+    })?;
+    r.write(
+        &issued.der,
+        &issued.serial.to_string(),
+        &request,
+        &profile.name,
+        "",
+    )
+}
+
+/// Whether `given` (when given) names the same file or directory as the server's `configured`.
+fn same_as_configured(
+    option: &str,
+    given: Option<&Path>,
+    configured: Option<&Path>,
+    config: &Path,
+) -> anyhow::Result<()> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if configured.map(canonical) != Some(canonical(given)) {
+        anyhow::bail!(
+            "{option} {} is not the server's: with --config the certificate is issued by the CA of {}'s [ca] section ({}); leave {option} out",
+            given.display(),
+            config.display(),
+            configured.map_or_else(
+                || "built-in profiles".to_string(),
+                |p| p.display().to_string()
+            )
+        );
+    }
+    Ok(())
+}
+
+/// `ca sign-csr --config`: the server's CA issues through `lifecycle::issue_certificate`
+/// (reserve → HSM signs → record, each audited with "tessera ca sign-csr" as actor), after the
+/// same checks as IssueFromCsr without a person (`lifecycle::check_csr_names`).
+fn sign_csr_recorded(r: &SignCsrRequest, config_path: &Path) -> anyhow::Result<()> {
+    use crate::audit::Actor;
+    use crate::lifecycle::{IssueParams, check_csr_names, issue_certificate};
+    use std::sync::Arc;
+
+    let config = crate::server::ServerConfig::load(config_path)?;
+    let Some(ca_config) = &config.ca else {
+        anyhow::bail!(
+            "{} has no [ca] section: that server issues nothing and publishes no CRL, so it cannot record this certificate; configure its CA (docs/operations.md)",
+            config_path.display()
+        );
+    };
+    same_as_configured(
+        "--hsm-config",
+        r.hsm_config.as_deref(),
+        Some(&ca_config.hsm_config),
+        config_path,
+    )?;
+    same_as_configured(
+        "--data-dir",
+        r.data_dir.as_deref(),
+        Some(&ca_config.data_dir),
+        config_path,
+    )?;
+    same_as_configured(
+        "--profiles-dir",
+        r.profiles_dir.as_deref(),
+        ca_config.profiles_dir.as_deref(),
+        config_path,
+    )?;
+    let profiles = match &ca_config.profiles_dir {
+        Some(dir) => ProfileSet::load_dir(dir)?,
+        None => ProfileSet::built_in(),
+    };
+    let profile = profiles.get(&r.profile)?.clone();
+    let request = r.read_csr()?;
+    check_profile_takes_csr_subject(&profile, &request.subject)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let row = runtime.block_on(async {
+        let store = crate::store::Store::open(&config.database.url).await?;
+        let result = async {
+            check_csr_names(&store, &profile, &request.subject, None).await?;
+            let online = Arc::new(ca::OnlineCa::open(
+                &ca_config.hsm_config,
+                &ca_config.data_dir,
+                ca_config.profiles_dir.as_deref(),
+            )?);
+            let request_id = format!(
+                "ca-sign-csr-{}",
+                hex::encode(SerialNumber::random()?.as_bytes())
+            );
+            let row = issue_certificate(
+                &store,
+                &online,
+                IssueParams {
+                    subject: request.subject.clone(),
+                    public_key_der: request.public_key_der.clone(),
+                    profile: profile.name.clone(),
+                    provenance: KeyProvenance::Unattested,
+                    person_id: None,
+                    token_id: None,
+                    enrollment: None,
+                },
+                &Actor {
+                    name: SIGN_CSR_ACTOR.into(),
+                    role: "admin".into(),
+                },
+                &request_id,
+            )
+            .await?;
+            anyhow::Ok(row)
+        }
+        .await;
+        store.close().await;
+        result
+    })?;
+    let der = row
+        .der
+        .context("the store returned the certificate without its DER")?;
+    r.write(
+        &der,
+        &row.serial,
+        &request,
+        &profile.name,
+        ", recorded in the server's database",
+    )
+}
+
+/// The audit actor of certificates issued by `ca sign-csr --config`.
+pub const SIGN_CSR_ACTOR: &str = "tessera ca sign-csr";
 
 const OCSP_PROFILE: &str = include_str!("../../profiles/reserved/ocsp-responder.toml");
 const OCSP_PROFILE_NAME: &str = crate::ca::profile::OCSP_RESPONDER_PROFILE;
@@ -455,7 +689,8 @@ fn print_chain(root_der: &[u8], issuing_der: &[u8], record: &ca::CaRecord) -> an
     Ok(())
 }
 
-/// Why `ca sign-csr` refuses without `--offline-ceremony`.
-const SIGN_CSR_UNRECORDED: &str = "ca sign-csr keeps no record: the certificate would be in no \
-database, no audit log and never on a CRL. Issue it through the server (IssueFromCsr), which \
-records and audits it, or pass --offline-ceremony to sign an unrecorded certificate on purpose";
+/// Why `ca sign-csr` refuses without `--config` or `--offline-ceremony`.
+const SIGN_CSR_UNRECORDED: &str = "ca sign-csr without --config keeps no record: the certificate \
+would be in no database, no audit log and never on a CRL. Pass --config with the server's \
+configuration to issue it through the server's database (recorded, audited, revocable), or \
+--offline-ceremony to sign an unrecorded certificate on purpose";

@@ -52,6 +52,22 @@ pub enum StationCommand {
     Unblock {
         #[command(flatten)]
         pin: PinArgs,
+        /// Why the PUK is released, for the audit log (e.g. "forgotten PIN, ticket 4711");
+        /// required. Not a secret.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Dual control: approve another operator's pending PUK release (no token needed).
+    ApprovePukRelease {
+        /// The release id the other operator's `unblock` printed.
+        #[arg(long)]
+        release_id: String,
+        /// The serial of the token the release is for (must match the request).
+        #[arg(long)]
+        token_serial: String,
+        /// Why you approve it, for the audit log; required.
+        #[arg(long)]
+        reason: String,
     },
     /// Replace a lost token: mark the old one lost (revoked), enroll the one in the reader.
     Replace {
@@ -142,10 +158,34 @@ pub fn run(args: StationArgs) -> anyhow::Result<ExitCode> {
                 .await?;
                 print_enrolled(&enrolled);
             }
-            StationCommand::Unblock { pin } => {
+            StationCommand::Unblock { pin, reason } => {
                 let mut operator = TerminalOperator::new(pin.pin_file, false);
-                token_care::unblock(&mut server, &mut operator, reader).await?;
+                token_care::unblock(&mut server, &mut operator, reader, &reason).await?;
                 println!("station: the PIN is unblocked and set");
+            }
+            StationCommand::ApprovePukRelease {
+                release_id,
+                token_serial,
+                reason,
+            } => {
+                let mut operator = TerminalOperator::new(None, false);
+                let release = token_care::approve_puk_release(
+                    &mut server,
+                    &mut operator,
+                    &release_id,
+                    &token_serial,
+                    &reason,
+                )
+                .await?;
+                println!(
+                    "station: PUK release {} of token {} approved (asked by {}: {:?}); {} collects it with `tessera station unblock` until {}",
+                    release.release_id,
+                    release.token_serial,
+                    release.requested_by,
+                    release.reason,
+                    release.requested_by,
+                    release.expires_at
+                );
             }
             StationCommand::Retire { confirm_reset } => {
                 let mut operator = TerminalOperator::new(None, confirm_reset);

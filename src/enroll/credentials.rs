@@ -121,6 +121,13 @@ pub fn new_nonce() -> Result<[u8; 32], EntropyError> {
     Ok(n)
 }
 
+/// A PUK release's public id: `pkr_` and 16 random bytes in hex.
+pub fn new_puk_release_id() -> Result<String, EntropyError> {
+    let mut n = [0u8; 16];
+    random_bytes(&mut n)?;
+    Ok(format!("pkr_{}", hex::encode(n)))
+}
+
 /// An enrollment's public id: `enr_` and 16 random bytes in hex.
 pub fn new_enrollment_id() -> Result<String, EntropyError> {
     let mut n = [0u8; 16];

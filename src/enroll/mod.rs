@@ -25,11 +25,12 @@ pub mod state;
 
 pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 pub use desk::{
-    BeginRequest, BegunEnrollment, CompleteRequest, Completion, DeskFailure, EnrollmentDesk,
-    EnrollmentRefusal, EnrollmentView, ReleasedPuk, SecretRepeat,
+    BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure,
+    EnrollmentDesk, EnrollmentRefusal, EnrollmentView, PendingRelease, PukRelease, PukReleaseView,
+    SecretRepeat,
 };
 pub use plan::{EnrollmentProfile, EnrollmentProfiles};
-pub use settings::{EnrollmentConfig, EnrollmentSettings};
+pub use settings::{EnrollmentConfig, EnrollmentSettings, PukReleaseRules};
 pub use state::{
     Begun, Completed, Enrollment, LoadedEnrollment, SlotProof, VerifiedSlot, Verifier,
 };

@@ -40,6 +40,17 @@ pub struct EnrollmentConfig {
     /// `REQUEST_ID_EXPIRED`. 0: never.
     #[serde(default = "default_secret_replay_minutes")]
     pub secret_replay_minutes: u64,
+    /// Dual control of ReleasePuk: a request waits until a second helpdesk or admin
+    /// certificate approves it (ApprovePukRelease), then the requester collects it once.
+    #[serde(default)]
+    pub puk_release_approval: bool,
+    /// How long a PUK release request waits for its approval, and then how long an approval
+    /// waits to be collected.
+    #[serde(default = "default_puk_release_approval_minutes")]
+    pub puk_release_approval_minutes: u64,
+    /// PUK releases one client certificate may receive in any 60 minutes.
+    #[serde(default = "default_puk_releases_per_hour")]
+    pub puk_releases_per_hour: u32,
 }
 
 fn yes() -> bool {
@@ -54,11 +65,33 @@ fn default_expiry_seconds() -> u64 {
 fn default_expiry_sweep_seconds() -> u64 {
     30
 }
+fn default_puk_release_approval_minutes() -> u64 {
+    30
+}
+fn default_puk_releases_per_hour() -> u32 {
+    10
+}
 fn default_secret_replay_minutes() -> u64 {
     5
 }
 /// A day: a repeat that late is no retry.
 const MAX_SECRET_REPLAY_MINUTES: u64 = 24 * 60;
+
+/// The controls on ReleasePuk (docs/api.md, docs/help-desk.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PukReleaseRules {
+    /// A second certificate approves each release (dual control).
+    pub approval: bool,
+    /// How long a request waits for its approval, then the approval for its collection.
+    pub approval_window: Duration,
+    /// Releases one client certificate may receive in any [`PukReleaseRules::RATE_WINDOW`].
+    pub per_hour: u32,
+}
+
+impl PukReleaseRules {
+    /// The sliding window of the rate limit.
+    pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
+}
 
 /// The shipped attestation policy.
 const DEFAULT_ATTESTATION_POLICY: &str = include_str!("../../config/attestation-policy.toml");
@@ -73,6 +106,7 @@ pub struct EnrollmentSettings {
     pub profiles: EnrollmentProfiles,
     /// `secret_replay_minutes`.
     pub secret_replay: Duration,
+    pub puk_release: PukReleaseRules,
 }
 
 impl EnrollmentSettings {
@@ -127,6 +161,15 @@ impl EnrollmentSettings {
                 "enrollment.secret_replay_minutes must be at most {MAX_SECRET_REPLAY_MINUTES} (0 never repeats secrets)"
             ));
         }
+        if config.puk_release_approval_minutes == 0 || config.puk_release_approval_minutes > 24 * 60
+        {
+            return Err(
+                "enrollment.puk_release_approval_minutes must be 1 to 1440 (minutes)".into(),
+            );
+        }
+        if config.puk_releases_per_hour == 0 {
+            return Err("enrollment.puk_releases_per_hour must be at least 1".into());
+        }
         ca.hsm
             .wrap_secret(
                 &config.wrapping_key_label,
@@ -147,6 +190,11 @@ impl EnrollmentSettings {
             sweep: Duration::from_secs(config.expiry_sweep_seconds),
             profiles,
             secret_replay: Duration::from_secs(config.secret_replay_minutes * 60),
+            puk_release: PukReleaseRules {
+                approval: config.puk_release_approval,
+                approval_window: Duration::from_secs(config.puk_release_approval_minutes * 60),
+                per_hour: config.puk_releases_per_hour,
+            },
         })
     }
 }

@@ -4,11 +4,13 @@
 //! Certificate issuance (`issuance.rs`) reserves and records before the HSM signs.
 
 mod certificates;
+mod csr_names;
 mod issuance;
 mod people;
 mod tokens;
 
 pub use certificates::*;
+pub use csr_names::*;
 pub use issuance::*;
 pub use people::*;
 pub use tokens::*;
@@ -75,6 +77,15 @@ pub enum LifecycleError {
         reason: &'static str,
         detail: String,
     },
+    /// A CSR name is a directory person's, and the certificate is not for that person.
+    #[error(
+        "the CSR's {csr_field} {name:?} is the {person_field} of a person in the directory; a CSR naming a person is certified only for that person (person_external_id), with the directory's names"
+    )]
+    CsrNamesAPerson {
+        csr_field: &'static str,
+        name: String,
+        person_field: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -113,6 +124,7 @@ impl LifecycleError {
         "TOKEN_NOT_ENROLLABLE",
         "ENROLLMENT_EXPIRED",
         "ENROLLMENT_ABORTED",
+        "CSR_NAMES_A_PERSON",
         "INTERNAL",
     ];
 
@@ -133,6 +145,7 @@ impl LifecycleError {
             LifecycleError::RequestIdOfAnotherCaller(_) => "REQUEST_ID_OF_ANOTHER_CALLER",
             LifecycleError::RequestInProgress(_) => "REQUEST_IN_PROGRESS",
             LifecycleError::StateChangedWhileSigning { reason, .. } => reason,
+            LifecycleError::CsrNamesAPerson { .. } => "CSR_NAMES_A_PERSON",
             LifecycleError::Store(_) | LifecycleError::Audit(_) => "INTERNAL",
         }
     }
@@ -145,6 +158,7 @@ impl LifecycleError {
             LifecycleError::RequestIdReused(_)
             | LifecycleError::RequestIdOfAnotherCaller(_)
             | LifecycleError::RequestInProgress(_) => Some("request_id"),
+            LifecycleError::CsrNamesAPerson { .. } => Some("csr"),
             LifecycleError::StateChangedWhileSigning { reason, .. } => match *reason {
                 "PERSON_NOT_ACTIVE" => Some("person_external_id"),
                 "TOKEN_NOT_USABLE" | "TOKEN_NOT_ENROLLABLE" => Some("token_serial"),

@@ -15,7 +15,9 @@ pub struct ServerConfig {
     /// The HTTP side (health, CA chain, metrics); without this section it is not served.
     #[serde(default)]
     pub http: Option<HttpConfig>,
-    /// Signed audit checkpoints; without this section none are made.
+    /// Signed audit checkpoints. Without this section they are still made when there is an
+    /// HSM (`[ca]`), with the defaults of [`AuditConfig`]; `ServerConfig::load` always fills it
+    /// in (with the checkpoint file's path resolved).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
     /// The CA the server issues with (CSR issuance, enrollment, CRL, OCSP); without this
@@ -65,14 +67,47 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// The HSM configuration file (see docs/hsm.md).
-    pub hsm_config: PathBuf,
-    /// pkcs11: URI of the P-256 checkpoint key (`tessera audit init-key` makes it).
-    pub checkpoint_key: String,
+    /// true (default): sign checkpoints of the audit chain whenever an HSM is configured.
+    /// false: none are signed (logged as a warning at every start).
+    #[serde(default = "default_checkpoints")]
+    pub checkpoints: bool,
+    /// The HSM configuration file (see docs/hsm.md) holding the checkpoint key; default: the
+    /// `[ca]` section's.
+    #[serde(default)]
+    pub hsm_config: Option<PathBuf>,
+    /// pkcs11: URI of the P-256 checkpoint key; default: the key labelled
+    /// `tessera-audit-checkpoint` (`tessera ca init` makes it; made at start-up if missing).
+    #[serde(default)]
+    pub checkpoint_key: Option<String>,
     /// How often the chain head is signed (when it moved); a last checkpoint is signed at
     /// shutdown.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_seconds: u64,
+    /// The append-only file every checkpoint is also written to (one JSON line each, served
+    /// at `GET /audit/checkpoints`); default `audit-checkpoints.jsonl` next to the
+    /// configuration file.
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            checkpoints: default_checkpoints(),
+            hsm_config: None,
+            checkpoint_key: None,
+            checkpoint_interval_seconds: default_checkpoint_interval(),
+            checkpoint_file: None,
+        }
+    }
+}
+
+/// The checkpoint file's name when `[audit] checkpoint_file` is not set (next to the
+/// configuration file).
+pub const DEFAULT_CHECKPOINT_FILE: &str = "audit-checkpoints.jsonl";
+
+fn default_checkpoints() -> bool {
+    true
 }
 
 fn default_checkpoint_interval() -> u64 {
@@ -111,7 +146,18 @@ fn default_require_client_certificate() -> bool {
 pub struct DatabaseConfig {
     /// `sqlite:PATH` (relative to the configuration file) or `postgres://…`.
     pub url: String,
+    /// How long a call waits for a database connection before it answers UNAVAILABLE
+    /// `DATABASE_UNAVAILABLE` (1 to 600 seconds; default 30).
+    #[serde(default = "default_acquire_timeout_seconds")]
+    pub acquire_timeout_seconds: u64,
 }
+
+fn default_acquire_timeout_seconds() -> u64 {
+    crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_secs()
+}
+
+/// The longest `[database] acquire_timeout_seconds` accepted.
+pub const MAX_ACQUIRE_TIMEOUT_SECONDS: u64 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerConfigError {
@@ -144,8 +190,18 @@ pub enum ServerConfigError {
     CrlValidity,
     #[error("enrollment: {0}")]
     Enrollment(String),
+    #[error(
+        "database.acquire_timeout_seconds must be between 1 and {MAX_ACQUIRE_TIMEOUT_SECONDS}, not {0}"
+    )]
+    AcquireTimeout(u64),
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
+    #[error(
+        "audit.checkpoint_key needs an HSM: set audit.hsm_config, or add a [ca] section (its HSM is used)"
+    )]
+    CheckpointKeyWithoutHsm,
+    #[error("audit checkpoint file: {0}")]
+    CheckpointFile(crate::audit::AuditError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -164,16 +220,28 @@ impl ServerConfig {
                 path: path.to_path_buf(),
                 message: e.message().to_string(),
             })?;
+        if !(1..=MAX_ACQUIRE_TIMEOUT_SECONDS).contains(&config.database.acquire_timeout_seconds) {
+            return Err(ServerConfigError::AcquireTimeout(
+                config.database.acquire_timeout_seconds,
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(p) = config.http.as_mut().and_then(|h| h.ca_chain.as_mut())
             && p.is_relative()
         {
             *p = base.join(&*p);
         }
-        if let Some(a) = config.audit.as_mut()
-            && a.hsm_config.is_relative()
+        let audit = config.audit.get_or_insert_with(AuditConfig::default);
+        if let Some(p) = audit.hsm_config.as_mut()
+            && p.is_relative()
         {
-            a.hsm_config = base.join(&a.hsm_config);
+            *p = base.join(&*p);
+        }
+        let file = audit
+            .checkpoint_file
+            .get_or_insert_with(|| DEFAULT_CHECKPOINT_FILE.into());
+        if file.is_relative() {
+            *file = base.join(&*file);
         }
         if let Some(ca) = config.ca.as_mut() {
             for p in [

@@ -4,7 +4,7 @@
 //! checkpoints and the enrollment expiry sweep.
 use super::config::{ServerConfig, ServerConfigError};
 use super::tls::{accept_tls, tls_server_config};
-use crate::audit::HsmCheckpointSigner;
+use crate::audit::{CheckpointFile, CheckpointVerifier, EcdsaP256Verifier, HsmCheckpointSigner};
 use crate::ca::OnlineCa;
 use crate::ca::ocsp::OcspResponder;
 use crate::enroll::{EnrollmentDesk, EnrollmentSettings};
@@ -16,12 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Signed audit checkpoints: the key, how often, and the file each is also appended to.
+struct Checkpointing {
+    signer: HsmCheckpointSigner,
+    every: Duration,
+    file: CheckpointFile,
+}
+
 /// A server with its database open and its port bound, not yet serving.
 pub struct BoundServer {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     store: Store,
-    checkpoints: Option<(Arc<HsmCheckpointSigner>, Duration)>,
+    checkpoints: Option<Arc<Checkpointing>>,
     http: Option<(TcpListener, Option<PathBuf>)>,
     /// `[http] metrics_listen`: `/metrics` is served here and not on the HTTP listener.
     metrics_listener: Option<TcpListener>,
@@ -44,21 +51,6 @@ impl BoundServer {
         clock: crate::store::Clock,
     ) -> Result<BoundServer, ServerConfigError> {
         let tls = Arc::new(tls_server_config(&config.tls)?);
-        let checkpoints = match &config.audit {
-            None => None,
-            Some(a) => {
-                if a.checkpoint_interval_seconds == 0 {
-                    return Err(ServerConfigError::CheckpointInterval);
-                }
-                let hsm_config = crate::hsm::HsmConfig::load(&a.hsm_config)?;
-                let hsm = crate::hsm::Hsm::open(&hsm_config)?;
-                let key = hsm.find_key(&a.checkpoint_key)?;
-                Some((
-                    Arc::new(HsmCheckpointSigner::new(key)?),
-                    Duration::from_secs(a.checkpoint_interval_seconds),
-                ))
-            }
-        };
         let ca = match &config.ca {
             None => None,
             Some(c) => Some(Arc::new(OnlineCa::open(
@@ -67,6 +59,7 @@ impl BoundServer {
                 c.profiles_dir.as_deref(),
             )?)),
         };
+        let checkpoints = checkpointing(config, ca.as_deref())?.map(Arc::new);
         let revocation = match (&config.ca, &ca) {
             (Some(c), Some(online)) => {
                 if !(1..=8760).contains(&c.crl_validity_hours) {
@@ -100,7 +93,12 @@ impl BoundServer {
                 EnrollmentSettings::load(e, ca).map_err(ServerConfigError::Enrollment)?,
             )),
         };
-        let store = Store::open_with_clock(&config.database.url, clock).await?;
+        let store = Store::open_with(
+            &config.database.url,
+            clock,
+            Duration::from_secs(config.database.acquire_timeout_seconds),
+        )
+        .await?;
         let http = match &config.http {
             None => None,
             Some(h) => Some((
@@ -191,6 +189,19 @@ impl BoundServer {
             _ => None,
         };
         let rpc_latency = metrics.rpc_latency();
+        // The checkpoint key's public half checks every checkpoint's signature in
+        // VerifyAuditChain (whatever key id a checkpoint names: the signature is what counts).
+        let audit_verifier: Option<Arc<dyn CheckpointVerifier>> =
+            self.checkpoints.as_ref().and_then(|c| {
+                use crate::hsm::Signer;
+                let mut v = EcdsaP256Verifier::from_spki_der("", c.signer.public_key_der())?;
+                v.key_id = None;
+                Some(Arc::new(v) as Arc<dyn CheckpointVerifier>)
+            });
+        let checkpoint_file = self
+            .checkpoints
+            .as_ref()
+            .map(|c| c.file.path().to_path_buf());
         let metrics = Arc::new(metrics);
 
         let (accept_loop, connections) = accept_tls(self.listener, self.tls);
@@ -213,7 +224,13 @@ impl BoundServer {
         if let Some((listener, ca_chain)) = self.http {
             match self.metrics_listener {
                 None => {
-                    let app = crate::web::router(store.clone(), ca_chain, revocation, metrics);
+                    let app = crate::web::router(
+                        store.clone(),
+                        ca_chain,
+                        revocation,
+                        metrics,
+                        checkpoint_file.clone(),
+                    );
                     http_tasks.push(serve_http(listener, app));
                 }
                 Some(metrics_listener) => {
@@ -222,6 +239,7 @@ impl BoundServer {
                         ca_chain,
                         revocation,
                         metrics,
+                        checkpoint_file.clone(),
                     );
                     http_tasks.push(serve_http(listener, app));
                     http_tasks.push(serve_http(metrics_listener, metrics_app));
@@ -232,14 +250,14 @@ impl BoundServer {
             shutdown.await;
             let _ = stop_http.send(true);
         };
-        let checkpoint_loop = self.checkpoints.clone().map(|(signer, every)| {
+        let checkpoint_loop = self.checkpoints.clone().map(|c| {
             let store = store.clone();
             tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(every);
+                let mut ticks = tokio::time::interval(c.every);
                 ticks.tick().await;
                 loop {
                     ticks.tick().await;
-                    sign_checkpoint(&store, &signer).await;
+                    sign_checkpoint(&store, &c).await;
                 }
             })
         });
@@ -266,6 +284,8 @@ impl BoundServer {
             ca: self.ca.clone(),
             enrollment: desk(),
             rpc_latency,
+            audit_verifier,
+            checkpoint_file,
         };
         let result = grpc.serve(connections, shutdown).await;
         accept_loop.abort();
@@ -278,16 +298,89 @@ impl BoundServer {
         if let Some(task) = expiry_loop {
             task.abort();
         }
-        if let Some((signer, _)) = &self.checkpoints {
-            sign_checkpoint(&store, signer).await;
+        if let Some(c) = &self.checkpoints {
+            sign_checkpoint(&store, c).await;
         }
         store.close().await;
         result
     }
 }
 
-async fn sign_checkpoint(store: &Store, signer: &Arc<HsmCheckpointSigner>) {
-    match crate::audit::checkpoint(store, signer.as_ref()).await {
+/// What `[audit]` (filled in by `ServerConfig::load`) and `[ca]` say about checkpoints: `None`
+/// when they are turned off or there is no HSM (both logged).
+fn checkpointing(
+    config: &ServerConfig,
+    ca: Option<&OnlineCa>,
+) -> Result<Option<Checkpointing>, ServerConfigError> {
+    let audit = config.audit.clone().unwrap_or_default();
+    if audit.checkpoint_interval_seconds == 0 {
+        return Err(ServerConfigError::CheckpointInterval);
+    }
+    if !audit.checkpoints {
+        tracing::warn!(
+            "audit checkpoints are turned off ([audit] checkpoints = false): a database writer can rewrite the audit log undetected"
+        );
+        return Ok(None);
+    }
+    let hsm = match (&audit.hsm_config, ca) {
+        (Some(path), _) => crate::hsm::Hsm::open(&crate::hsm::HsmConfig::load(path)?)?,
+        (None, Some(ca)) => ca.hsm.clone(),
+        (None, None) if audit.checkpoint_key.is_some() => {
+            return Err(ServerConfigError::CheckpointKeyWithoutHsm);
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no HSM configured ([ca] or [audit] hsm_config): audit checkpoints are not signed"
+            );
+            return Ok(None);
+        }
+    };
+    let key = match &audit.checkpoint_key {
+        Some(uri) => hsm.find_key(uri)?,
+        None => {
+            let (key, made) = crate::audit::find_or_make_checkpoint_key(&hsm)?;
+            if made {
+                tracing::warn!(key = %key.uri(), "made the audit checkpoint key (none was in the HSM)");
+            }
+            if let (None, Some(c)) = (&audit.hsm_config, &config.ca) {
+                write_checkpoint_public_key(&c.data_dir, &key);
+            }
+            key
+        }
+    };
+    let file = audit
+        .checkpoint_file
+        .unwrap_or_else(|| super::config::DEFAULT_CHECKPOINT_FILE.into());
+    let file = CheckpointFile::open(&file).map_err(ServerConfigError::CheckpointFile)?;
+    tracing::info!(
+        key = %key.uri(),
+        file = %file.path().display(),
+        "audit checkpoints signed every {} seconds",
+        audit.checkpoint_interval_seconds
+    );
+    Ok(Some(Checkpointing {
+        signer: HsmCheckpointSigner::new(key)?,
+        every: Duration::from_secs(audit.checkpoint_interval_seconds),
+        file,
+    }))
+}
+
+/// Writes the default checkpoint key's public half into the CA's data directory when it is not
+/// there yet (a CA made before `ca init` wrote it), for `tessera audit verify`.
+fn write_checkpoint_public_key(data_dir: &std::path::Path, key: &crate::hsm::HsmKey) {
+    let path = data_dir.join(crate::audit::CHECKPOINT_PUBLIC_KEY_FILE);
+    if path.exists() {
+        return;
+    }
+    let written = crate::audit::public_key_pem(key.public_key_der())
+        .and_then(|pem| std::fs::write(&path, pem).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the audit checkpoint public key");
+    }
+}
+
+async fn sign_checkpoint(store: &Store, c: &Checkpointing) {
+    match crate::audit::checkpoint_to_file(store, &c.signer, Some(&c.file)).await {
         Ok(Some(c)) => tracing::info!(sequence = c.sequence, "audit checkpoint signed"),
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),

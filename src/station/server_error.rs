@@ -67,6 +67,9 @@ fn hint(code: Code, reason: &str, message: &str) -> &'static str {
         return CLIENT_CERT_HINT;
     }
     match (code, reason) {
+        (Code::PermissionDenied, "APPROVER_IS_REQUESTER") => {
+            "; a PUK release is approved by a second operator with their own certificate"
+        }
         (Code::PermissionDenied, _) => {
             "; check that the station's client certificate carries the helpdesk role (tessera admin issue-client-cert --role helpdesk)"
         }
@@ -81,6 +84,12 @@ fn hint(code: Code, reason: &str, message: &str) -> &'static str {
             "; check the person id or token serial (tessera station status shows what the server knows)"
         }
         (Code::Internal, _) => "; see the server's log",
+        (Code::FailedPrecondition, "PUK_RELEASE_PENDING_APPROVAL") => {
+            "; ask a second operator to run `tessera station approve-puk-release --release-id ID --token-serial SERIAL --reason …` with the release id above, then run `tessera station unblock` again"
+        }
+        (Code::ResourceExhausted, "PUK_RELEASE_RATE_LIMITED") => {
+            "; this station's certificate reached its hourly PUK release limit: wait, or ask a colleague"
+        }
         (Code::FailedPrecondition, _) | (Code::InvalidArgument, _) | (Code::AlreadyExists, _) => {
             "; see docs/help-desk.md for this reason"
         }

@@ -6,11 +6,15 @@ use crate::piv::{PivToken, Secret};
 use crate::protocol::pb;
 use yubikey::piv::SlotId;
 
-/// `unblock`: ReleasePuk → unblock the PIN with the PUK (never shown) → the person's new PIN.
+/// `unblock`: ReleasePuk (with the operator's reason) → unblock the PIN with the PUK (never
+/// shown) → the person's new PIN. Under dual control the server answers
+/// PUK_RELEASE_PENDING_APPROVAL with the release id until a second operator approved it
+/// ([`approve_puk_release`]); the operator then runs `unblock` again.
 pub async fn unblock(
     server: &mut ServerConnection,
     operator: &mut dyn Operator,
     reader: Option<&str>,
+    reason: &str,
 ) -> Result<(), StationError> {
     operator.step("read the token (serial, retry counters; no secret is tried)");
     let mut token = PivToken::open(reader).map_err(StationError::card("read the token"))?;
@@ -32,7 +36,7 @@ pub async fn unblock(
         .release_puk(pb::ReleasePukRequest {
             request_id: request_id(),
             token_serial: info.serial.to_string(),
-            reason: "forgotten PIN (tessera station unblock)".into(),
+            reason: reason.to_string(),
         })
         .await
         .map_err(|s| ServerError::from_status("ReleasePuk", &s))?
@@ -51,6 +55,39 @@ pub async fn unblock(
         .map_err(StationError::card("read the retry counters"))?;
     operator.note(&format!("PIN set; {} tries left", after.pin_tries_left));
     Ok(())
+}
+
+/// `approve-puk-release`: the second operator approves another operator's pending PUK release
+/// (ApprovePukRelease); no token is needed in the reader.
+pub async fn approve_puk_release(
+    server: &mut ServerConnection,
+    operator: &mut dyn Operator,
+    release_id: &str,
+    token_serial: &str,
+    reason: &str,
+) -> Result<pb::PukRelease, StationError> {
+    operator.step(&format!(
+        "approve PUK release {release_id} of token {token_serial} (ApprovePukRelease; audited)"
+    ));
+    let approved = server
+        .enrollment
+        .approve_puk_release(pb::ApprovePukReleaseRequest {
+            request_id: request_id(),
+            release_id: release_id.trim().to_string(),
+            token_serial: token_serial.trim().to_string(),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|s| ServerError::from_status("ApprovePukRelease", &s))?
+        .into_inner();
+    approved.release.ok_or_else(|| {
+        StationError::Server(ServerError {
+            rpc: "ApprovePukRelease",
+            code: tonic::Code::Internal,
+            reason: "(no release in the answer)".into(),
+            message: "the server answered without the release".into(),
+        })
+    })
 }
 
 /// `replace`: the old token is marked lost (its certificates revoked), then the token in the

@@ -66,6 +66,7 @@ mod enrollment_certificates;
 mod enrollments;
 mod idempotency;
 mod people;
+mod puk_releases;
 mod sync_state;
 mod timestamp;
 mod token_credentials;
@@ -82,6 +83,7 @@ pub use enrollment_certificates::EnrollmentCertificateRow;
 pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
 pub use people::{NewPerson, PeopleQuery, PersonRow, PersonState};
+pub use puk_releases::{NewPukRelease, PukReleaseRow, PukReleaseState};
 pub use timestamp::{BadTimestamp, Timestamp};
 pub use token_credentials::{TokenCredentialsRow, WrappedCredentials};
 pub use tokens::{NewToken, TokenRow, TokenState, TokensQuery};
@@ -178,6 +180,10 @@ pub struct Store {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// How long a query waits for a pooled connection unless configured otherwise
+/// (`[database] acquire_timeout_seconds`).
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`:
     /// `sqlite:PATH` / `sqlite://PATH`, or `postgres://…` / `postgresql://…`. Its times come
@@ -189,6 +195,12 @@ impl Store {
     /// [`Store::open`] with the clock every time it stamps, and every time its users compare
     /// with, comes from (the composition root's; a [`ManualClock`] in tests).
     pub async fn open_with_clock(url: &str, clock: Clock) -> Result<Store> {
+        Store::open_with(url, clock, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Store::open_with_clock`] with how long a query waits for a pooled connection before
+    /// it fails (an error for which [`StoreError::is_unavailable`] holds, while the database is down).
+    pub async fn open_with(url: &str, clock: Clock, acquire_timeout: Duration) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, connect_url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
@@ -211,7 +223,7 @@ impl Store {
                 source,
             })?;
         let _ = sqlx::Connection::close(probe).await;
-        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let mut options = AnyPoolOptions::new().acquire_timeout(acquire_timeout);
         if backend == Backend::Sqlite {
             options = options.max_connections(4).after_connect(|conn, _meta| {
                 Box::pin(async move {

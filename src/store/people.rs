@@ -100,6 +100,37 @@ impl Store {
         Ok(rows)
     }
 
+    /// People (in any state) whose display name, email, UPN or external id equals one of
+    /// `names` ignoring the case of ASCII letters (letters outside ASCII compare exactly, on
+    /// both databases), at most `limit`, by id. Migration 0011 indexes the folded columns.
+    pub async fn people_named(&self, names: &[String], limit: i64) -> Result<Vec<PersonRow>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQLite's lower() folds ASCII only; PostgreSQL's does the same under the "C" collation.
+        let fold = |column: &str| match self.backend {
+            super::Backend::Sqlite => format!("lower({column})"),
+            super::Backend::Postgres => format!("lower({column} COLLATE \"C\")"),
+        };
+        let list = (1..=names.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let condition = ["display_name", "email", "upn", "external_id"]
+            .iter()
+            .map(|c| format!("{} IN ({list})", fold(c)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let limit_at = names.len() + 1;
+        let mut query = sqlx::query_as(sql!(
+            "SELECT {PERSON_COLUMNS} FROM people WHERE {condition} ORDER BY id LIMIT ${limit_at}"
+        ));
+        for name in names {
+            query = query.bind(name.to_ascii_lowercase());
+        }
+        Ok(query.bind(limit).fetch_all(&self.pool).await?)
+    }
+
     /// The external id of a person, by row id (for answers).
     pub async fn person_external_id(&self, person_id: i64) -> Result<Option<String>> {
         Ok(

@@ -1,5 +1,6 @@
 //! The HTTP side (plain HTTP, its own port): `/healthz`, `/ca.pem`, `/metrics` (OpenMetrics
-//! text of `crate::metrics`), and with a CA configured `/crl` and OCSP (`GET /ocsp/{base64}`, `POST /ocsp`; see
+//! text of `crate::metrics`), `/audit/checkpoints` (the append-only checkpoint file, for
+//! monitors), and with a CA configured `/crl` and OCSP (`GET /ocsp/{base64}`, `POST /ocsp`; see
 //! [`revocation`]).
 pub mod revocation;
 
@@ -20,6 +21,7 @@ struct WebState {
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
     metrics: Arc<Metrics>,
+    checkpoint_file: Option<PathBuf>,
 }
 
 /// Largest OCSP request body accepted (a request for [`crate::ca::ocsp::MAX_REQUESTS`]
@@ -28,12 +30,14 @@ const MAX_OCSP_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The HTTP routes over `store`; `/ca.pem` serves the PEM file `ca_chain` (404 without one);
 /// `/crl` and `/ocsp` answer 404 without `revocation` (no `[ca]` section); `/metrics` serves
-/// `metrics` (what the server's parts record into it) with what it reads from the store.
+/// `metrics` (what the server's parts record into it) with what it reads from the store;
+/// `/audit/checkpoints` serves `checkpoint_file` (404 without one: no checkpoints signed).
 pub fn router(
     store: Store,
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
     metrics: Arc<Metrics>,
+    checkpoint_file: Option<PathBuf>,
 ) -> Router {
     public_routes()
         .route("/metrics", get(metrics_page))
@@ -42,6 +46,7 @@ pub fn router(
             ca_chain,
             revocation,
             metrics,
+            checkpoint_file,
         }))
 }
 
@@ -53,12 +58,14 @@ pub fn routers_with_separate_metrics(
     ca_chain: Option<PathBuf>,
     revocation: Option<Arc<Revocation>>,
     metrics: Arc<Metrics>,
+    checkpoint_file: Option<PathBuf>,
 ) -> (Router, Router) {
     let state = Arc::new(WebState {
         store,
         ca_chain,
         revocation,
         metrics,
+        checkpoint_file,
     });
     (
         public_routes().with_state(Arc::clone(&state)),
@@ -68,11 +75,12 @@ pub fn routers_with_separate_metrics(
     )
 }
 
-/// Health, CA chain, CRL and OCSP.
+/// Health, CA chain, audit checkpoints, CRL and OCSP.
 fn public_routes() -> Router<Arc<WebState>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/ca.pem", get(ca_pem))
+        .route("/audit/checkpoints", get(audit_checkpoints))
         .route("/crl", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
@@ -172,6 +180,29 @@ async fn ca_pem(State(s): State<Arc<WebState>>) -> Response {
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot read the CA chain; see the server log\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The checkpoint file as it is (one JSON line per signed checkpoint, oldest first), so that a
+/// monitor can keep every checkpoint outside the reach of the database's writers.
+async fn audit_checkpoints(State(s): State<Arc<WebState>>) -> Response {
+    let Some(path) = &s.checkpoint_file else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this server signs no audit checkpoints (no HSM configured, or [audit] checkpoints = false)\n",
+        )
+            .into_response();
+    };
+    match tokio::fs::read(path).await {
+        Ok(lines) => ([(header::CONTENT_TYPE, "application/jsonl")], lines).into_response(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the checkpoint file");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the checkpoint file; see the server log\n",
             )
                 .into_response()
         }

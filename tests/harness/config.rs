@@ -40,6 +40,8 @@ pub struct Tls {
 #[derive(Clone, Debug, Serialize)]
 pub struct Database {
     pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acquire_timeout_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -51,12 +53,20 @@ pub struct Http {
     pub metrics_listen: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// `[audit]`; `None` fields are left to the server's defaults (the `[ca]` HSM, the key
+/// labelled `tessera-audit-checkpoint`, `audit-checkpoints.jsonl` next to the configuration).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Audit {
-    pub hsm_config: PathBuf,
-    pub checkpoint_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsm_config: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -88,6 +98,12 @@ pub struct Enrollment {
     pub profiles_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_replay_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub puk_release_approval: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub puk_release_approval_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub puk_releases_per_hour: Option<u32>,
 }
 
 /// The file names `write` gives the server's TLS files, next to the configuration.
@@ -113,6 +129,7 @@ impl ServerToml {
             },
             database: Database {
                 url: database_url.into(),
+                acquire_timeout_seconds: None,
             },
             http: None,
             audit: None,

@@ -178,7 +178,7 @@ fn chain_and_issued_certificate_verify_with_openssl() {
 
     let csr = p256_csr(dir, "alice");
     let leaf = dir.join("leaf.pem");
-    let out = sign_csr(&token, &data_dir, "tls-client", &csr, &leaf);
+    let out = sign_csr(&token, &data_dir, "service-client", &csr, &leaf);
     assert_ok(&out, "ca sign-csr");
     assert!(
         stdout(&out).starts_with("issued certificate serial "),
@@ -252,7 +252,7 @@ fn chain_and_issued_certificate_verify_with_openssl() {
     ));
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("email:alice@example.org"), "{text}");
-    assert!(text.contains("Policy: 1.3.6.1.4.1.32473.1.2.1"), "{text}");
+    assert!(text.contains("Policy: 1.3.6.1.4.1.32473.1.2.7"), "{text}");
     assert!(
         text.contains("Policy: 1.3.6.1.4.1.32473.1.1.2"),
         "unattested marker missing: {text}"
@@ -307,7 +307,7 @@ fn serials_are_positive_random_and_distinct() {
     for i in 0..4 {
         let leaf = dir.join(format!("leaf{i}.pem"));
         assert_ok(
-            &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+            &sign_csr(&token, &data_dir, "service-client", &csr, &leaf),
             "ca sign-csr",
         );
         serials.push(serial_of(&pem_to_der(&leaf)));
@@ -368,6 +368,7 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
         vec![
             "piv-authentication",
             "piv-signature",
+            "service-client",
             "smartcard-logon",
             "smime-signing",
             "tls-client"
@@ -402,7 +403,9 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
             }
         }
     }
-    assert_eq!(linted, 12);
+    // 6 profiles, 2 keys each; the 2 that take unattested keys (tls-client, service-client)
+    // twice more.
+    assert_eq!(linted, 16);
 }
 
 #[test]
@@ -560,7 +563,7 @@ fn csr_with_a_bad_signature_is_refused() {
     let out = sign_csr(
         &token,
         &data_dir,
-        "tls-client",
+        "service-client",
         &tampered,
         &dir.join("leaf.pem"),
     );
@@ -571,7 +574,13 @@ fn csr_with_a_bad_signature_is_refused() {
     assert!(!dir.join("leaf.pem").exists());
     // The untouched request (PEM) is accepted.
     assert_ok(
-        &sign_csr(&token, &data_dir, "tls-client", &csr, &dir.join("leaf.pem")),
+        &sign_csr(
+            &token,
+            &data_dir,
+            "service-client",
+            &csr,
+            &dir.join("leaf.pem"),
+        ),
         "ca sign-csr",
     );
 }
@@ -583,7 +592,13 @@ fn csr_with_an_unsupported_key_is_refused_by_name() {
     let dir = token.dir.path();
     let ed = openssl_csr(dir, "ed", &["-newkey", "ed25519"]);
     assert_refused(
-        &sign_csr(&token, &data_dir, "tls-client", &ed, &dir.join("leaf.pem")),
+        &sign_csr(
+            &token,
+            &data_dir,
+            "service-client",
+            &ed,
+            &dir.join("leaf.pem"),
+        ),
         "unsupported key algorithm Ed25519; Tessera certifies EC P-256, EC P-384 and RSA 2048/3072/4096 keys",
     );
     let p521 = openssl_csr(
@@ -595,7 +610,7 @@ fn csr_with_an_unsupported_key_is_refused_by_name() {
         &sign_csr(
             &token,
             &data_dir,
-            "tls-client",
+            "service-client",
             &p521,
             &dir.join("leaf.pem"),
         ),
@@ -614,7 +629,7 @@ fn sign_csr_refusals_name_the_problem() {
     // No CA yet.
     let missing = dir.join("ca");
     assert_refused(
-        &sign_csr(&token, &missing, "tls-client", &csr, &leaf),
+        &sign_csr(&token, &missing, "service-client", &csr, &leaf),
         &format!(
             "no CA in {} (ca.toml not found); run `tessera ca init` first or point --data-dir at the CA",
             missing.display()
@@ -632,21 +647,31 @@ fn sign_csr_refusals_name_the_problem() {
                 "--data-dir",
                 data_dir.to_str().unwrap(),
                 "--profile",
-                "tls-client",
+                "service-client",
                 "--csr",
                 csr.to_str().unwrap(),
                 "--out",
                 leaf.to_str().unwrap(),
             ],
         ),
-        "ca sign-csr keeps no record: the certificate would be in no database, no audit log and \
-         never on a CRL. Issue it through the server (IssueFromCsr), which records and audits it, \
-         or pass --offline-ceremony to sign an unrecorded certificate on purpose",
+        "ca sign-csr without --config keeps no record: the certificate would be in no database, \
+         no audit log and never on a CRL. Pass --config with the server's configuration to issue \
+         it through the server's database (recorded, audited, revocable), or --offline-ceremony \
+         to sign an unrecorded certificate on purpose",
+    );
+    // The CSR's names bound to nobody: only a profile that takes its subject from the CSR
+    // (issue 12, finding 1).
+    assert_refused(
+        &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+        "profile tls-client certifies people (subject_from_csr = false); ca sign-csr binds the \
+         certificate to nobody with the CSR's names, so it needs a profile with subject_from_csr = \
+         true, such as service-client. Issue a person's certificate through the server \
+         (IssueFromCsr with person_external_id)",
     );
     assert!(!leaf.exists());
     assert_refused(
         &sign_csr(&token, &data_dir, "server", &csr, &leaf),
-        "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client",
+        "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client",
     );
     assert_refused(
         &sign_csr(&token, &data_dir, "smime-signing", &csr, &leaf),
@@ -654,7 +679,7 @@ fn sign_csr_refusals_name_the_problem() {
     );
     let garbage = dir.join("garbage.csr");
     std::fs::write(&garbage, b"not a request").unwrap();
-    let out = sign_csr(&token, &data_dir, "tls-client", &garbage, &leaf);
+    let out = sign_csr(&token, &data_dir, "service-client", &garbage, &leaf);
     assert!(!out.status.success());
     assert!(
         stderr(&out).starts_with("error: CSR cannot be read: not a PKCS#10 request: ")
@@ -679,7 +704,7 @@ fn sign_csr_refusals_name_the_problem() {
         &sign_csr(
             &token,
             &data_dir,
-            "tls-client",
+            "service-client",
             &dir.join("nocn.csr"),
             &leaf,
         ),
@@ -687,11 +712,11 @@ fn sign_csr_refusals_name_the_problem() {
     );
     assert!(!leaf.exists());
     assert_ok(
-        &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+        &sign_csr(&token, &data_dir, "service-client", &csr, &leaf),
         "ca sign-csr",
     );
     assert_refused(
-        &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+        &sign_csr(&token, &data_dir, "service-client", &csr, &leaf),
         &format!(
             "{} already exists; refusing to overwrite it, choose another --out",
             leaf.display()
@@ -782,7 +807,13 @@ fn ceremony_with_rsa_keys_and_path_lengths() {
     );
     let csr = p256_csr(dir, "alice");
     assert_ok(
-        &sign_csr(&token, &data_dir, "tls-client", &csr, &dir.join("leaf.pem")),
+        &sign_csr(
+            &token,
+            &data_dir,
+            "service-client",
+            &csr,
+            &dir.join("leaf.pem"),
+        ),
         "ca sign-csr",
     );
     let out = openssl(
@@ -935,7 +966,7 @@ fn a_damaged_ca_directory_is_refused_by_name() {
     let leaf = dir.join("leaf.pem");
     let missing_csr = dir.join("missing.csr");
     assert_refused(
-        &sign_csr(&token, &data_dir, "tls-client", &missing_csr, &leaf),
+        &sign_csr(&token, &data_dir, "service-client", &missing_csr, &leaf),
         &format!(
             "cannot read the CSR {}: No such file or directory (os error 2)",
             missing_csr.display()
@@ -956,7 +987,7 @@ fn a_damaged_ca_directory_is_refused_by_name() {
     )
     .unwrap();
     assert_refused(
-        &sign_csr(&token, &data_dir, "tls-client", &csr, &leaf),
+        &sign_csr(&token, &data_dir, "service-client", &csr, &leaf),
         &format!(
             "the HSM key {} does not match the issuing CA certificate; check issuing_key in ca.toml",
             record.root_key

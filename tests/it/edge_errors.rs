@@ -331,7 +331,11 @@ async fn postgres_down_answers_unavailable() {
     let url = db
         .url()
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
-    let server = TestServer::builder(&url).start().await;
+    // Calls wait 2 s (not the default 30 s) for a connection before answering UNAVAILABLE.
+    let server = TestServer::builder(&url)
+        .configure(|c| c.database.acquire_timeout_seconds = Some(2))
+        .start()
+        .await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     d.create_person(pb::CreatePersonRequest {
         request_id: "before".into(),

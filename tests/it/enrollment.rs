@@ -35,6 +35,10 @@ on_both_databases!(
     credentials_wrapped_before_migration_0006_are_released_and_rebound,
     repeated_release_puk_is_checked_audited_and_expires,
     repeated_begin_is_checked_audited_and_expires,
+    puk_release_needs_a_reason_and_is_rate_limited_per_certificate,
+    puk_release_under_dual_control,
+    puk_release_requests_and_approvals_expire,
+    repeat_of_an_approved_release_is_audited_and_rate_limited,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -105,6 +109,17 @@ impl Server {
 
     async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
         EnrollmentServiceClient::new(self.channel("helpdesk").await)
+    }
+
+    /// The enrollment service as one client certificate with common name `name` and `role`
+    /// (every call of the returned client uses that one certificate).
+    async fn enrollments_as(&self, name: &str, role: &str) -> EnrollmentServiceClient<Channel> {
+        let client = self
+            .pki
+            .client_with_uris(name, &[&format!("tessera:role:{role}")]);
+        EnrollmentServiceClient::new(
+            connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await,
+        )
     }
 
     async fn create_person(&self, id: &str, sid: &str) {
@@ -1294,10 +1309,11 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
         .into_iter()
         .find(|e| e.action == "token.release_puk")
         .unwrap();
-    assert_eq!(
-        event.after_json,
-        r#"{"reason":"forgotten PIN","released":"puk"}"#
-    );
+    let after: serde_json::Value = serde_json::from_str(&event.after_json).unwrap();
+    assert_eq!(after["reason"], "forgotten PIN");
+    assert_eq!(after["released"], "puk");
+    assert!(after["release_id"].as_str().unwrap().starts_with("pkr_"));
+    assert!(after.get("approved_by").is_none());
     let record = store.idempotency_record("puk-2").await.unwrap().unwrap();
     assert!(
         !record
@@ -1667,7 +1683,7 @@ async fn enrollment_configuration_errors_name_the_setting() {
             ..Enrollment::default()
         }))
         .await,
-        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, smartcard-logon, smime-signing, tls-client)"
+        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client)"
     );
     assert_eq!(
         bind_error(enrollment(Enrollment {
@@ -1684,6 +1700,23 @@ async fn enrollment_configuration_errors_name_the_setting() {
         }))
         .await,
         "enrollment: enrollment.secret_replay_minutes must be at most 1440 (0 never repeats secrets)"
+    );
+    assert_eq!(
+        bind_error(enrollment(Enrollment {
+            puk_releases_per_hour: Some(0),
+            ..Enrollment::default()
+        }))
+        .await,
+        "enrollment: enrollment.puk_releases_per_hour must be at least 1"
+    );
+    assert_eq!(
+        bind_error(enrollment(Enrollment {
+            puk_release_approval: Some(true),
+            puk_release_approval_minutes: Some(0),
+            ..Enrollment::default()
+        }))
+        .await,
+        "enrollment: enrollment.puk_release_approval_minutes must be 1 to 1440 (minutes)"
     );
     assert!(
         // A key the server does not know cannot be typed: appended as text to [enrollment],
@@ -2462,7 +2495,7 @@ async fn events_of(url: &str, action: &str, request_id: &str) -> Vec<(String, se
 /// also belong to their caller.
 async fn repeated_release_puk_is_checked_audited_and_expires(url: &str) {
     use pb::token_service_client::TokenServiceClient;
-    const SERIAL: u32 = 30_001_300;
+    const SERIAL: u32 = 30_001_330;
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
     let clock = ManualClock::starting_now();
     let server = Server::start_with_clock(
@@ -2472,8 +2505,8 @@ async fn repeated_release_puk_is_checked_audited_and_expires(url: &str) {
         clock.clock(),
     )
     .await;
-    server.create_person("E1300", "").await;
-    let (begin, _) = enroll_and_confirm(&server, &card, "E1300").await;
+    server.create_person("E1330", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1330").await;
     let (mut desk_a, channel_a) = desk(&server, "desk-a").await;
     let (mut desk_b, channel_b) = desk(&server, "desk-b").await;
 
@@ -2490,19 +2523,17 @@ async fn repeated_release_puk_is_checked_audited_and_expires(url: &str) {
         .unwrap()
         .into_inner();
     assert_eq!(again, first);
-    assert_eq!(
-        events_of(url, "token.release_puk", "puk-r1").await,
-        [
-            (
-                "desk-a".to_string(),
-                serde_json::json!({"reason": "forgotten PIN", "released": "puk"})
-            ),
-            (
-                "desk-a".to_string(),
-                serde_json::json!({"reason": "forgotten PIN", "released": "puk", "repeat": true})
-            ),
-        ]
-    );
+    let released = events_of(url, "token.release_puk", "puk-r1").await;
+    assert_eq!(released.len(), 2, "{released:?}");
+    for (actor, after) in &released {
+        assert_eq!(actor, "desk-a");
+        assert_eq!(after["reason"], "forgotten PIN");
+        assert_eq!(after["released"], "puk");
+    }
+    assert_eq!(released[0].1["repeat"], serde_json::Value::Null);
+    assert_eq!(released[1].1["repeat"], true);
+    // The repeat is a release of its own (its own row, counted by the rate limit).
+    assert_ne!(released[0].1["release_id"], released[1].1["release_id"]);
 
     // Another operator's certificate (same role) cannot repeat it, whatever it sends.
     let s = assert_refused(
@@ -2626,7 +2657,7 @@ async fn repeated_release_puk_is_checked_audited_and_expires(url: &str) {
 /// repeat; another certificate's repeat refused; the person suspended meanwhile gets the
 /// refusal a first call gets (PERSON_NOT_ACTIVE); past the window REQUEST_ID_EXPIRED.
 async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
-    const SERIAL: u32 = 30_001_310;
+    const SERIAL: u32 = 30_001_340;
     let clock = ManualClock::starting_now();
     let server = Server::start_with_clock(
         url,
@@ -2638,10 +2669,10 @@ async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
         clock.clock(),
     )
     .await;
-    server.create_person("E1310", "").await;
+    server.create_person("E1340", "").await;
     let (mut desk_a, _) = desk(&server, "desk-a").await;
     let (mut desk_b, _) = desk(&server, "desk-b").await;
-    let mut request = begin_request("E1310", SERIAL, "piv-login");
+    let mut request = begin_request("E1340", SERIAL, "piv-login");
     request.request_id = "begin-r".into();
 
     let first = desk_a
@@ -2680,7 +2711,7 @@ async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
             "desk-a".to_string(),
             serde_json::json!({
                 "repeat": true,
-                "person": "E1310",
+                "person": "E1340",
                 "token": SERIAL.to_string(),
                 "released": "new credentials"
             })
@@ -2699,8 +2730,8 @@ async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
 
     DirectoryServiceClient::new(server.channel("hr").await)
         .suspend_person(pb::SuspendPersonRequest {
-            request_id: "suspend-E1310".into(),
-            external_id: "E1310".into(),
+            request_id: "suspend-E1340".into(),
+            external_id: "E1340".into(),
             reason: "leave".into(),
         })
         .await
@@ -2715,7 +2746,7 @@ async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
     .await;
     assert_eq!(
         s.message(),
-        "person E1310 is suspended; only an active person can be enrolled"
+        "person E1340 is suspended; only an active person can be enrolled"
     );
 
     clock.advance(std::time::Duration::from_secs(2 * 60));
@@ -2732,5 +2763,520 @@ async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
         "{}",
         s.message()
     );
+    server.stop().await;
+}
+
+fn puk_request(request_id: &str, serial: u32, reason: &str) -> pb::ReleasePukRequest {
+    pb::ReleasePukRequest {
+        request_id: request_id.into(),
+        token_serial: serial.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn approval(request_id: &str, release_id: &str, serial: u32) -> pb::ApprovePukReleaseRequest {
+    pb::ApprovePukReleaseRequest {
+        request_id: request_id.into(),
+        release_id: release_id.into(),
+        token_serial: serial.to_string(),
+        reason: "called the person back on their desk phone".into(),
+    }
+}
+
+/// The audit events with `action`, their `after` parsed, and the actor's name.
+async fn events(url: &str, action: &str) -> Vec<(String, serde_json::Value)> {
+    let store = Store::open(url).await.unwrap();
+    let found = store
+        .audit_events(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == action)
+        .map(|e| (e.actor, serde_json::from_str(&e.after_json).unwrap()))
+        .collect();
+    store.close().await;
+    found
+}
+
+/// The exact code and reason of a refusal that is not audited (a bad request).
+fn assert_invalid<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("the call must be refused");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, expected_reason),
+        "{status:?}"
+    );
+    status
+}
+
+/// Issue 12, finding 9: ReleasePuk needs a reason (trimmed, bounded) and records it; one client
+/// certificate receives at most `puk_releases_per_hour` releases in any 60 minutes, counted
+/// from the store, and the refusal is audited; another certificate is not limited by it.
+async fn puk_release_needs_a_reason_and_is_rate_limited_per_certificate(url: &str) {
+    const SERIAL: u32 = 30_001_300;
+    let clock = ManualClock::starting_now();
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_releases_per_hour: Some(2),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1300", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1300").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+
+    for (id, blank) in [("no-reason", ""), ("blank-reason", " \t\n ")] {
+        let s = assert_invalid(
+            alice.release_puk(puk_request(id, SERIAL, blank)).await,
+            Code::InvalidArgument,
+            "RELEASE_REASON_REQUIRED",
+        );
+        assert_eq!(
+            s.message(),
+            "reason is empty; say why the PUK is released (it is recorded in the audit log)"
+        );
+        assert_eq!(
+            s.get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations[0]
+                .field,
+            "reason"
+        );
+    }
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("long-reason", SERIAL, &"x".repeat(1025)))
+            .await,
+        Code::InvalidArgument,
+        "FIELD_TOO_LONG",
+    );
+    assert_eq!(s.message(), "reason exceeds 1024 bytes");
+    assert!(events(url, "token.release_puk").await.is_empty());
+
+    let first = clock.now();
+    let released = alice
+        .release_puk(puk_request(
+            "puk-1",
+            SERIAL,
+            "  forgotten PIN, ticket 4711\n",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    clock.advance(std::time::Duration::from_secs(600));
+    alice
+        .release_puk(puk_request("puk-2", SERIAL, "blocked again"))
+        .await
+        .unwrap();
+    let released_events = events(url, "token.release_puk").await;
+    assert_eq!(released_events.len(), 2);
+    assert_eq!(released_events[0].0, "helpdesk-alice");
+    assert_eq!(released_events[0].1["reason"], "forgotten PIN, ticket 4711");
+
+    // The third within the hour: refused, audited, nothing released.
+    let s = assert_refused(
+        url,
+        alice
+            .release_puk(puk_request("puk-3", SERIAL, "third time"))
+            .await,
+        Code::ResourceExhausted,
+        "PUK_RELEASE_RATE_LIMITED",
+        2,
+    )
+    .await;
+    let next_at = (first + time::Duration::hours(1)).to_string();
+    assert_eq!(metadata(&s, "next_at"), next_at);
+    assert_eq!(
+        s.message(),
+        format!(
+            "this client certificate has received 2 PUK releases in the last 60 minutes, the limit ([enrollment] puk_releases_per_hour); the next is possible at {next_at}"
+        )
+    );
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    assert_eq!(events(url, "token.release_puk").await.len(), 2);
+
+    // Another certificate has its own count.
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+    bob.release_puk(puk_request("puk-bob", SERIAL, "forgotten PIN"))
+        .await
+        .unwrap();
+
+    // The window slides: an hour after the first release, one more.
+    clock.set(first + time::Duration::hours(1));
+    alice
+        .release_puk(puk_request("puk-4", SERIAL, "forgotten PIN again"))
+        .await
+        .unwrap();
+    assert_invalid(
+        alice
+            .release_puk(puk_request("puk-5", SERIAL, "and again"))
+            .await,
+        Code::ResourceExhausted,
+        "PUK_RELEASE_RATE_LIMITED",
+    );
+    server.stop().await;
+}
+
+/// Issue 12, finding 9: with `puk_release_approval`, ReleasePuk stores a request and answers
+/// PUK_RELEASE_PENDING_APPROVAL with its id; the requester cannot approve it (neither with the
+/// same certificate nor with another certificate in the same name); a second operator approves
+/// it; the requester then receives the secrets once. Every step and refusal is audited.
+async fn puk_release_under_dual_control(url: &str) {
+    const SERIAL: u32 = 30_001_310;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_release_approval: Some(true),
+            ..Enrollment::default()
+        },
+    )
+    .await;
+    server.create_person("E1310", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1310").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut alice_second = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+    let mut carol = server.enrollments_as("admin-carol", "admin").await;
+
+    assert_invalid(
+        alice.release_puk(puk_request("ask-0", SERIAL, "")).await,
+        Code::InvalidArgument,
+        "RELEASE_REASON_REQUIRED",
+    );
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("ask-1", SERIAL, "forgotten PIN, ticket 4711"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let release_id = metadata(&s, "release_id");
+    assert!(release_id.starts_with("pkr_"), "{release_id}");
+    assert!(s.message().contains(&release_id), "{}", s.message());
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    let requested = events(url, "token.puk_release_request").await;
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0].0, "helpdesk-alice");
+    assert_eq!(requested[0].1["release_id"], release_id.as_str());
+    assert_eq!(requested[0].1["reason"], "forgotten PIN, ticket 4711");
+    assert!(events(url, "token.release_puk").await.is_empty());
+
+    // Asking again (a new request id) finds the same request.
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("ask-2", SERIAL, "forgotten PIN, ticket 4711"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_eq!(metadata(&s, "release_id"), release_id);
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 1);
+
+    // The requester cannot approve: not with the same certificate, not with another one in
+    // the same name.
+    for (client, id) in [(&mut alice, "self-1"), (&mut alice_second, "self-2")] {
+        let s = assert_refused(
+            url,
+            client
+                .approve_puk_release(approval(id, &release_id, SERIAL))
+                .await,
+            Code::PermissionDenied,
+            "APPROVER_IS_REQUESTER",
+            2,
+        )
+        .await;
+        assert_eq!(metadata(&s, "release_id"), release_id);
+    }
+    // Bad approvals: another token's serial, an unknown id, no reason.
+    assert_refused(
+        url,
+        bob.approve_puk_release(approval("wrong-token", &release_id, SERIAL + 1))
+            .await,
+        Code::InvalidArgument,
+        "PUK_RELEASE_TOKEN_MISMATCH",
+        2,
+    )
+    .await;
+    assert_refused(
+        url,
+        bob.approve_puk_release(approval("unknown", "pkr_00", SERIAL))
+            .await,
+        Code::NotFound,
+        "PUK_RELEASE_NOT_FOUND",
+        2,
+    )
+    .await;
+    let mut no_reason = approval("no-reason", &release_id, SERIAL);
+    no_reason.reason = "  ".into();
+    assert_invalid(
+        bob.approve_puk_release(no_reason).await,
+        Code::InvalidArgument,
+        "RELEASE_REASON_REQUIRED",
+    );
+    assert_invalid(
+        bob.approve_puk_release(approval("no-id", "", SERIAL)).await,
+        Code::InvalidArgument,
+        "FIELD_REQUIRED",
+    );
+
+    // A second operator approves.
+    let approved = bob
+        .approve_puk_release(approval("approve-1", &release_id, SERIAL))
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    assert_eq!(approved.release_id, release_id);
+    assert_eq!(approved.token_serial, SERIAL.to_string());
+    assert_eq!(approved.state, pb::PukReleaseState::Approved as i32);
+    assert_eq!(approved.requested_by, "helpdesk-alice");
+    assert_eq!(approved.approved_by, "helpdesk-bob");
+    assert_eq!(approved.reason, "forgotten PIN, ticket 4711");
+    let approvals = events(url, "token.puk_release_approve").await;
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0].0, "helpdesk-bob");
+    assert_eq!(approvals[0].1["release_id"], release_id.as_str());
+    assert_eq!(approvals[0].1["requested_by"], "helpdesk-alice");
+    // Approving twice is refused.
+    assert_refused(
+        url,
+        carol
+            .approve_puk_release(approval("approve-2", &release_id, SERIAL))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_NOT_PENDING",
+        2,
+    )
+    .await;
+    // The approver does not receive the secrets: their ReleasePuk is a request of their own.
+    let s = assert_invalid(
+        bob.release_puk(puk_request("bob-asks", SERIAL, "curious"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_ne!(metadata(&s, "release_id"), release_id);
+
+    // The requester collects the secrets, once.
+    let released = alice
+        .release_puk(puk_request(
+            "collect-1",
+            SERIAL,
+            "forgotten PIN, ticket 4711",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.puk, begin.new_puk);
+    assert_eq!(released.management_key, begin.new_management_key);
+    let releases = events(url, "token.release_puk").await;
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0].0, "helpdesk-alice");
+    assert_eq!(releases[0].1["release_id"], release_id.as_str());
+    assert_eq!(releases[0].1["approved_by"], "helpdesk-bob");
+    assert_eq!(
+        releases[0].1["approval_reason"],
+        "called the person back on their desk phone"
+    );
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("collect-2", SERIAL, "once more"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let next_id = metadata(&s, "release_id");
+    assert_ne!(next_id, release_id);
+    // An admin may approve too.
+    carol
+        .approve_puk_release(approval("carol-approves", &next_id, SERIAL))
+        .await
+        .unwrap();
+    alice
+        .release_puk(puk_request("collect-3", SERIAL, "once more"))
+        .await
+        .unwrap();
+    assert_eq!(events(url, "token.release_puk").await.len(), 2);
+    server.stop().await;
+}
+
+/// Issue 12, findings 2 and 9 together: under dual control a ReleasePuk answered
+/// PUK_RELEASE_PENDING_APPROVAL is not kept as an answer, so repeating its request id after the
+/// approval is the first answer: the approval is collected and the secrets released once. A
+/// further repeat of that request id is a release of its own: the same secrets, audited as
+/// `token.release_puk` with `"repeat": true`, asking for and collecting no approval (the next
+/// fresh request waits for a new one), and counted by the certificate's rate limit, which then
+/// refuses the repeat (audited).
+async fn repeat_of_an_approved_release_is_audited_and_rate_limited(url: &str) {
+    const SERIAL: u32 = 30_001_350;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_release_approval: Some(true),
+            puk_releases_per_hour: Some(3),
+            ..Enrollment::default()
+        },
+    )
+    .await;
+    server.create_person("E1350", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1350").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+    let collect = || puk_request("collect", SERIAL, "forgotten PIN, ticket 4711");
+
+    // Asked, and asked again with the same request id before the approval: the same request.
+    let s = assert_invalid(
+        alice.release_puk(collect()).await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let release_id = metadata(&s, "release_id");
+    let s = assert_invalid(
+        alice.release_puk(collect()).await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_eq!(metadata(&s, "release_id"), release_id);
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 1);
+    assert!(events(url, "token.release_puk").await.is_empty());
+
+    bob.approve_puk_release(approval("approve", &release_id, SERIAL))
+        .await
+        .unwrap();
+    // The same request id after the approval: the first answer, the approval collected.
+    let first = alice.release_puk(collect()).await.unwrap().into_inner();
+    assert_eq!(first.puk, begin.new_puk);
+    assert_eq!(first.management_key, begin.new_management_key);
+    // Once more: a repeat, the same secrets, audited as such.
+    let again = alice.release_puk(collect()).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    let released = events_of(url, "token.release_puk", "collect").await;
+    assert_eq!(released.len(), 2, "{released:?}");
+    assert_eq!(released[0].0, "helpdesk-alice");
+    assert_eq!(released[0].1["release_id"], release_id.as_str());
+    assert_eq!(released[0].1["approved_by"], "helpdesk-bob");
+    assert_eq!(released[0].1["repeat"], serde_json::Value::Null);
+    assert_eq!(released[1].0, "helpdesk-alice");
+    assert_eq!(released[1].1["repeat"], true);
+    assert_eq!(released[1].1["released"], "puk");
+    assert_eq!(released[1].1["reason"], "forgotten PIN, ticket 4711");
+    assert_ne!(released[1].1["release_id"], release_id.as_str());
+    assert_eq!(released[1].1["approved_by"], serde_json::Value::Null);
+    // The repeat asked for no approval and left none to collect: a fresh request waits.
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 1);
+    assert_eq!(events(url, "token.puk_release_approve").await.len(), 1);
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("fresh", SERIAL, "forgotten PIN again"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_ne!(metadata(&s, "release_id"), release_id);
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 2);
+
+    // Repeats count towards the rate limit (3 an hour): the third release is a repeat, the
+    // fourth is refused and audited.
+    assert_eq!(
+        alice.release_puk(collect()).await.unwrap().into_inner(),
+        first
+    );
+    let s = assert_refused(
+        url,
+        alice.release_puk(collect()).await,
+        Code::ResourceExhausted,
+        "PUK_RELEASE_RATE_LIMITED",
+        2,
+    )
+    .await;
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    assert_eq!(events(url, "token.release_puk").await.len(), 3);
+    server.stop().await;
+}
+
+/// Issue 12, finding 9: a request not approved within `puk_release_approval_minutes` cannot be
+/// approved (PUK_RELEASE_EXPIRED); an approval not collected in as long gives nothing, and the
+/// next ReleasePuk is a new request.
+async fn puk_release_requests_and_approvals_expire(url: &str) {
+    const SERIAL: u32 = 30_001_320;
+    let clock = ManualClock::starting_now();
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_release_approval: Some(true),
+            puk_release_approval_minutes: Some(10),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1320", "").await;
+    enroll_and_confirm(&server, &card, "E1320").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+
+    let ask = |id: &str| puk_request(id, SERIAL, "forgotten PIN");
+    let s = alice.release_puk(ask("ask-1")).await.unwrap_err();
+    let first = metadata(&s, "release_id");
+    assert_eq!(
+        metadata(&s, "expires_at"),
+        (clock.now() + time::Duration::minutes(10)).to_string()
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let s = assert_refused(
+        url,
+        bob.approve_puk_release(approval("late", &first, SERIAL))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_EXPIRED",
+        2,
+    )
+    .await;
+    assert_eq!(metadata(&s, "release_id"), first);
+
+    // Asking again makes a new request; approved, but not collected in time.
+    let s = alice.release_puk(ask("ask-2")).await.unwrap_err();
+    let second = metadata(&s, "release_id");
+    assert_ne!(second, first);
+    clock.advance(std::time::Duration::from_secs(540));
+    let approved = bob
+        .approve_puk_release(approval("in-time", &second, SERIAL))
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    // The approval has its own ten minutes.
+    assert_eq!(
+        approved.expires_at,
+        (clock.now() + time::Duration::minutes(10)).to_string()
+    );
+    clock.advance(std::time::Duration::from_secs(600));
+    let s = assert_invalid(
+        alice.release_puk(ask("too-late")).await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let third = metadata(&s, "release_id");
+    assert!(third != first && third != second);
+    assert!(events(url, "token.release_puk").await.is_empty());
     server.stop().await;
 }

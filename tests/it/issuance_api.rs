@@ -24,6 +24,8 @@ on_both_databases!(
     issued_validity_starts_at_the_store_clock,
     issue_from_csr_is_idempotent_across_its_transactions,
     issue_from_csr_refusals_name_reason_and_field,
+    csr_names_are_bound_to_the_people_they_name,
+    ca_sign_csr_with_config_records_audits_and_refuses,
     client_key_in_a_pkcs11_token_authenticates_over_mtls,
     kill_minus_9_under_load_loses_no_signed_certificate,
 );
@@ -244,22 +246,23 @@ async fn issue_from_csr_subjects_policy_and_chain(url: &str) {
     let server = Running::start(CaSetup::new(url)).await;
     let mut helpdesk = server.certificates("helpdesk").await;
 
-    // Without a person: subject from the CSR; the unattested-key policy OID is in it.
+    // Without a person, under service-client: subject from the CSR; the service-client policy
+    // OID and the unattested-key policy OID are in it.
     let (_, pem) = csr("build-agent-7", &["agent7@corp.test"]);
     let cert = helpdesk
-        .issue_from_csr(issue_request("r1", &pem, "tls-client"))
+        .issue_from_csr(issue_request("r1", &pem, "service-client"))
         .await
         .unwrap()
         .into_inner()
         .certificate
         .unwrap();
     assert_eq!(cert.status, pb::CertificateStatus::Good as i32);
-    assert_eq!(cert.profile, "tls-client");
+    assert_eq!(cert.profile, "service-client");
     assert_eq!(common_name(&cert.der), "build-agent-7");
     assert_eq!(emails(&cert.der), ["agent7@corp.test"]);
     assert_eq!(
         policies(&cert.der),
-        ["1.3.6.1.4.1.32473.1.2.1", "1.3.6.1.4.1.32473.1.1.2"]
+        ["1.3.6.1.4.1.32473.1.2.7", "1.3.6.1.4.1.32473.1.1.2"]
     );
     let store = Store::open(url).await.unwrap();
     let row = store
@@ -272,7 +275,7 @@ async fn issue_from_csr_subjects_policy_and_chain(url: &str) {
     assert_eq!(row.tbs, parse(&cert.der).tbs_certificate.as_ref());
     assert_eq!(row.person_id, None);
 
-    // With a person: subject from the directory, whatever the CSR says.
+    // With a person (tls-client): subject from the directory, whatever the CSR says.
     create_person(&server, "E1").await;
     let (_, pem) = csr("ignored", &["ignored@corp.test"]);
     let mut req = issue_request("r2", &pem, "tls-client");
@@ -395,14 +398,14 @@ async fn issued_validity_starts_at_the_store_clock(url: &str) {
     let mut helpdesk = server.certificates("helpdesk").await;
     let (_, pem) = csr("build-agent-8", &[]);
     let cert = helpdesk
-        .issue_from_csr(issue_request("r1", &pem, "tls-client"))
+        .issue_from_csr(issue_request("r1", &pem, "service-client"))
         .await
         .unwrap()
         .into_inner()
         .certificate
         .unwrap();
     let validity = parse(&cert.der).validity().clone();
-    let one_year = time::Duration::days(365); // profiles/tls-client.toml's validity_days
+    let one_year = time::Duration::days(365); // profiles/service-client.toml's validity_days
     assert_eq!(validity.not_before.timestamp(), fixed.unix_seconds());
     assert_eq!(
         validity.not_after.timestamp(),
@@ -431,7 +434,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     let store = Store::open(url).await.unwrap();
     let (_, pem) = csr("svc", &[]);
     let first = c
-        .issue_from_csr(issue_request("same", &pem, "tls-client"))
+        .issue_from_csr(issue_request("same", &pem, "service-client"))
         .await
         .unwrap()
         .into_inner();
@@ -449,7 +452,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     assert_eq!(count(store.clone()).await, 1);
     // A repeat gets the same certificate; nothing is reserved, signed or audited again.
     let again = c
-        .issue_from_csr(issue_request("same", &pem, "tls-client"))
+        .issue_from_csr(issue_request("same", &pem, "service-client"))
         .await
         .unwrap()
         .into_inner();
@@ -459,7 +462,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     // The same id for another request is refused.
     let (_, other) = csr("other", &[]);
     let s = c
-        .issue_from_csr(issue_request("same", &other, "tls-client"))
+        .issue_from_csr(issue_request("same", &other, "service-client"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -477,7 +480,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     let mut calls = Vec::new();
     for _ in 0..4 {
         let mut c = c.clone();
-        let req = issue_request("burst", &pem, "tls-client");
+        let req = issue_request("burst", &pem, "service-client");
         calls.push(tokio::spawn(async move { c.issue_from_csr(req).await }));
     }
     let mut serials = std::collections::BTreeSet::new();
@@ -500,7 +503,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     assert!(serials.len() <= 1, "{serials:?}");
     assert_eq!(count(store.clone()).await, 2);
     let settled = c
-        .issue_from_csr(issue_request("burst", &pem, "tls-client"))
+        .issue_from_csr(issue_request("burst", &pem, "service-client"))
         .await
         .unwrap()
         .into_inner()
@@ -513,7 +516,7 @@ async fn issue_from_csr_is_idempotent_across_its_transactions(url: &str) {
     // An issuance interrupted after its reservation (its id claimed, no certificate recorded):
     // a repeat is told so and nothing new is signed.
     let (_, pem) = csr("interrupted", &[]);
-    let req = issue_request("cut", &pem, "tls-client");
+    let req = issue_request("cut", &pem, "service-client");
     let key = tessera::lifecycle::RequestKey::new(
         "cut",
         "IssueFromCsr",
@@ -545,14 +548,14 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     let profiles = setup.dir.path().join("profiles");
     std::fs::create_dir(&profiles).unwrap();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
-    for name in ["tls-client", "smime-signing"] {
+    for name in ["tls-client", "service-client", "smime-signing"] {
         std::fs::copy(
             shipped.join(format!("{name}.toml")),
             profiles.join(format!("{name}.toml")),
         )
         .unwrap();
     }
-    let tls = std::fs::read_to_string(shipped.join("tls-client.toml")).unwrap();
+    let tls = std::fs::read_to_string(shipped.join("service-client.toml")).unwrap();
     assert!(tls.contains("require_email = false\n"));
     std::fs::write(
         profiles.join("mail-client.toml"),
@@ -590,7 +593,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         )
     );
     assert_eq!(
-        refuse(issue_request("", "not a csr", "tls-client")).await,
+        refuse(issue_request("", "not a csr", "service-client")).await,
         (
             Code::InvalidArgument,
             "CSR_UNREADABLE".into(),
@@ -605,7 +608,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     let mut tampered = der.clone();
     let cn_at = tampered.windows(3).position(|w| w == b"svc").unwrap();
     tampered[cn_at] = b'x';
-    let mut req = issue_request("", "", "tls-client");
+    let mut req = issue_request("", "", "service-client");
     req.csr = tampered;
     assert_eq!(
         refuse(req).await,
@@ -624,7 +627,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         .push(rcgen::DnType::OrganizationName, "no name");
     let no_cn = params.serialize_request(&key).unwrap().pem().unwrap();
     assert_eq!(
-        refuse(issue_request("", &no_cn, "tls-client")).await,
+        refuse(issue_request("", &no_cn, "service-client")).await,
         (
             Code::InvalidArgument,
             "CSR_WITHOUT_COMMON_NAME".into(),
@@ -640,7 +643,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         (key, pem)
     };
     assert_eq!(
-        refuse(issue_request("", &ed25519, "tls-client")).await,
+        refuse(issue_request("", &ed25519, "service-client")).await,
         (
             Code::InvalidArgument,
             "UNSUPPORTED_KEY_ALGORITHM".into(),
@@ -648,7 +651,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         )
     );
     // An RSA key whose BIT STRING is not an RSAPublicKey (checked before the signature).
-    let mut req = issue_request("", "", "tls-client");
+    let mut req = issue_request("", "", "service-client");
     req.csr = csr_with_unreadable_rsa_key();
     assert_eq!(
         refuse(req).await,
@@ -661,7 +664,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     // A common name of blanks only.
     let (_, blank) = csr("   ", &[]);
     assert_eq!(
-        refuse(issue_request("", &blank, "tls-client")).await,
+        refuse(issue_request("", &blank, "service-client")).await,
         (
             Code::InvalidArgument,
             "SUBJECT_INVALID".into(),
@@ -672,7 +675,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     // in the CN, 17 email addresses, a DNS name that is not a host name.
     let (_, long_cn) = csr(&"a".repeat(65), &[]);
     let s = c
-        .issue_from_csr(issue_request("long-cn", &long_cn, "tls-client"))
+        .issue_from_csr(issue_request("long-cn", &long_cn, "service-client"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -688,7 +691,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     );
     let (_, control) = csr("svc\u{1b}[31m", &[]);
     assert_eq!(
-        refuse(issue_request("", &control, "tls-client")).await,
+        refuse(issue_request("", &control, "service-client")).await,
         (
             Code::InvalidArgument,
             "SUBJECT_INVALID".into(),
@@ -701,7 +704,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         &emails.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert_eq!(
-        refuse(issue_request("", &many, "tls-client")).await,
+        refuse(issue_request("", &many, "service-client")).await,
         (
             Code::InvalidArgument,
             "TOO_MANY_ITEMS".into(),
@@ -715,7 +718,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         p.serialize_request(&key).unwrap().pem().unwrap()
     };
     assert_eq!(
-        refuse(issue_request("", &bad_dns, "tls-client")).await,
+        refuse(issue_request("", &bad_dns, "service-client")).await,
         (
             Code::InvalidArgument,
             "SUBJECT_INVALID".into(),
@@ -732,11 +735,11 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         )
     );
     // DER is accepted as well as PEM.
-    let mut req = issue_request("der-ok", "", "tls-client");
+    let mut req = issue_request("der-ok", "", "service-client");
     req.csr = der;
     c.issue_from_csr(req).await.unwrap();
 
-    let mut req = issue_request("", &pem, "tls-client");
+    let mut req = issue_request("", &pem, "service-client");
     req.person_external_id = "NOBODY".into();
     assert_eq!(
         refuse(req).await,
@@ -752,7 +755,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     })
     .await
     .unwrap();
-    let mut req = issue_request("", &pem, "tls-client");
+    let mut req = issue_request("", &pem, "service-client");
     req.person_external_id = "E2".into();
     assert_eq!(
         refuse(req).await,
@@ -782,13 +785,13 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         .unwrap();
     }
     tx.commit().await.unwrap();
-    let mut req = issue_request("", &pem, "tls-client");
+    let mut req = issue_request("", &pem, "service-client");
     req.token_serial = "9999".into();
     assert_eq!(
         refuse(req).await,
         (Code::NotFound, "TOKEN_NOT_FOUND".into(), vec![])
     );
-    let mut req = issue_request("", &pem, "tls-client");
+    let mut req = issue_request("", &pem, "service-client");
     req.token_serial = "3001".into();
     assert_eq!(
         refuse(req).await,
@@ -798,7 +801,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
             fields("token_serial")
         )
     );
-    let mut req = issue_request("", &pem, "tls-client");
+    let mut req = issue_request("", &pem, "service-client");
     req.person_external_id = "E1".into();
     req.token_serial = "3002".into();
     assert_eq!(
@@ -810,7 +813,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         )
     );
     let s = c
-        .issue_from_csr(issue_request("", &pem, "tls-client"))
+        .issue_from_csr(issue_request("", &pem, "service-client"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -833,6 +836,370 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     server.stop().await;
 }
 
+/// Issue 12, finding 1: a CSR without a person only under a profile with
+/// `subject_from_csr = true`, within its `allowed_names`; a CSR whose commonName or email
+/// address is a directory person's only for that person. Each refusal: exact code, reason,
+/// field and message; a refused request reserves nothing.
+async fn csr_names_are_bound_to_the_people_they_name(url: &str) {
+    let mut setup = CaSetup::new(url);
+    let profiles = setup.dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    for name in ["tls-client", "service-client"] {
+        std::fs::copy(
+            shipped.join(format!("{name}.toml")),
+            profiles.join(format!("{name}.toml")),
+        )
+        .unwrap();
+    }
+    let service = std::fs::read_to_string(shipped.join("service-client.toml")).unwrap();
+    std::fs::write(
+        profiles.join("agents.toml"),
+        format!("{service}allowed_names = [\"*.svc.corp.test\", \"*@svc.corp.test\"]\n"),
+    )
+    .unwrap();
+    setup.reconfigure(|c| c.ca.as_mut().unwrap().profiles_dir = Some(profiles));
+    let server = Running::start(setup).await;
+    create_person(&server, "E1").await;
+    create_person(&server, "E2").await;
+    create_person(&server, "E3").await;
+    let mut d = DirectoryServiceClient::new(connect(server.addr, &server.setup.pki, "hr").await);
+    d.offboard_person(pb::OffboardPersonRequest {
+        request_id: "offboard-E3".into(),
+        external_id: "E3".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.certificates("helpdesk").await;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    // (code, reason, fields) and the message of the refusal of `csr` under `profile` for
+    // `person` ("" for none).
+    let refuse = |names: (&str, &[&str]), profile: &str, person: &str| {
+        let (_, pem) = csr(names.0, names.1);
+        let mut req = issue_request(
+            &format!(
+                "refused-{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            &pem,
+            profile,
+        );
+        req.person_external_id = person.into();
+        let mut c = c.clone();
+        async move {
+            let s = c.issue_from_csr(req).await.unwrap_err();
+            (refusal(&s), s.message().to_string())
+        }
+    };
+    let fields = |f: &str| vec![f.to_string()];
+
+    // A person's profile without a person (before: issued with the CSR's names, bound to nobody).
+    assert_eq!(
+        refuse(("Person E1", &["E1@corp.test"]), "tls-client", "").await,
+        (
+            (
+                Code::FailedPrecondition,
+                "PROFILE_REQUIRES_PERSON".into(),
+                fields("person_external_id")
+            ),
+            "profile tls-client certifies people: name the person (person_external_id), whose directory names the certificate then carries; a certificate with names from the CSR and bound to nobody needs a profile with subject_from_csr = true, such as service-client".into()
+        )
+    );
+    // A service client named like a person: each field of the directory, ASCII case ignored.
+    let names_a_person = |csr_field: &str, name: &str, person_field: &str| {
+        (
+            (
+                Code::FailedPrecondition,
+                "CSR_NAMES_A_PERSON".to_string(),
+                fields("csr"),
+            ),
+            format!(
+                "the CSR's {csr_field} {name:?} is the {person_field} of a person in the directory; a CSR naming a person is certified only for that person (person_external_id), with the directory's names"
+            ),
+        )
+    };
+    assert_eq!(
+        refuse(("Person E1", &[]), "service-client", "").await,
+        names_a_person("commonName", "Person E1", "display name")
+    );
+    assert_eq!(
+        refuse(("PERSON e1", &[]), "service-client", "").await,
+        names_a_person("commonName", "PERSON e1", "display name")
+    );
+    assert_eq!(
+        refuse(("svc", &["e1@CORP.test"]), "service-client", "").await,
+        names_a_person("email address", "e1@CORP.test", "email")
+    );
+    assert_eq!(
+        refuse(("e1", &[]), "service-client", "").await,
+        names_a_person("commonName", "e1", "external id")
+    );
+    // An offboarded person's names stay theirs.
+    assert_eq!(
+        refuse(("Person E3", &[]), "service-client", "").await,
+        names_a_person("commonName", "Person E3", "display name")
+    );
+    // Issued to another person than the one the CSR names.
+    assert_eq!(
+        refuse(("Person E1", &[]), "tls-client", "E2").await,
+        names_a_person("commonName", "Person E1", "display name")
+    );
+    // The allow-list of a service profile, naming the name.
+    assert_eq!(
+        refuse(("build-agent", &[]), "agents", "").await,
+        (
+            (Code::InvalidArgument, "NAME_NOT_ALLOWED".into(), fields("csr")),
+            "the CSR's commonName \"build-agent\" is not allowed by profile agents (allowed_names: *.svc.corp.test, *@svc.corp.test)".into()
+        )
+    );
+    assert_eq!(
+        refuse(("build.svc.corp.test", &["ci@corp.test"]), "agents", "").await,
+        (
+            (Code::InvalidArgument, "NAME_NOT_ALLOWED".into(), fields("csr")),
+            "the CSR's email address \"ci@corp.test\" is not allowed by profile agents (allowed_names: *.svc.corp.test, *@svc.corp.test)".into()
+        )
+    );
+    // Only ASCII letters are folded, the same on both databases: other letters compare exactly.
+    d.create_person(pb::CreatePersonRequest {
+        request_id: "create-E4".into(),
+        person: Some(pb::PersonRecord {
+            external_id: "E4".into(),
+            display_name: "Émile Dupont".into(),
+            upn: "emile@corp.test".into(),
+            email: "emile@corp.test".into(),
+            windows_sid: String::new(),
+            attributes: Default::default(),
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        refuse(("ÉMILE DUPONT", &[]), "service-client", "").await,
+        names_a_person("commonName", "ÉMILE DUPONT", "display name")
+    );
+    let mut c = c.clone();
+    let (_, pem) = csr("éMILE DUPONT", &[]);
+    c.issue_from_csr(issue_request("other-case", &pem, "service-client"))
+        .await
+        .unwrap();
+
+    let store = Store::open(url).await.unwrap();
+    let all = |store: Store| async move {
+        store
+            .list_certificates(&tessera::store::CertificatesQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(all(store.clone()).await.len(), 1);
+
+    // What is allowed: the CSR naming E1 issued to E1 (the directory's names); service clients
+    // with their own names.
+    let (_, pem) = csr("Person E1", &["e1@corp.test"]);
+    let mut req = issue_request("to-e1", &pem, "tls-client");
+    req.person_external_id = "E1".into();
+    let to_e1 = c.issue_from_csr(req).await.unwrap().into_inner();
+    assert_eq!(to_e1.certificate.unwrap().person_external_id, "E1");
+    let (_, pem) = csr("build.svc.corp.test", &["ci@svc.corp.test"]);
+    let agent = c
+        .issue_from_csr(issue_request("agent", &pem, "agents"))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(common_name(&agent.der), "build.svc.corp.test");
+    assert_eq!(
+        policies(&agent.der),
+        ["1.3.6.1.4.1.32473.1.2.7", "1.3.6.1.4.1.32473.1.1.2"]
+    );
+    let (_, pem) = csr("Person E1 (build)", &[]);
+    c.issue_from_csr(issue_request("near", &pem, "service-client"))
+        .await
+        .unwrap();
+    assert_eq!(all(store.clone()).await.len(), 4);
+    store.close().await;
+    server.stop().await;
+}
+
+/// Issue 12, finding 10: `tessera ca sign-csr --config` issues through the server's database
+/// (reserved, recorded good, audited with the CLI as actor, revocable) with the checks of
+/// IssueFromCsr; without --config, --offline-ceremony stays required.
+async fn ca_sign_csr_with_config_records_audits_and_refuses(url: &str) {
+    let setup = CaSetup::new(url);
+    let config = setup.config_path.to_str().unwrap().to_string();
+    let dir = setup.dir.path().to_path_buf();
+    let softhsm2_conf = setup.token.softhsm2_conf.clone();
+    let server = Running::start(setup).await;
+    create_person(&server, "E1").await;
+    let write_csr = |name: &str, cn: &str, emails: &[&str]| {
+        let path = dir.join(format!("{name}.csr"));
+        std::fs::write(&path, csr(cn, emails).1).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let sign = |extra: &[&str]| {
+        let mut args = vec!["ca", "sign-csr"];
+        args.extend_from_slice(extra);
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+            .args(&args)
+            .env("SOFTHSM2_CONF", &softhsm2_conf)
+            .env_remove("TESSERA_HSM_CONFIG")
+            .env_remove("TESSERA_DATA_DIR")
+            .env_remove("TESSERA_PROFILES_DIR")
+            .output()
+            .unwrap()
+    };
+    let err = |out: &std::process::Output| {
+        assert!(
+            !out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let store = Store::open(url).await.unwrap();
+    let head = store.audit_head_sequence().await.unwrap();
+
+    let agent = write_csr("agent", "build-agent-9", &["agent9@corp.test"]);
+    let leaf = dir.join("agent.pem");
+    let out = sign(&[
+        "--config",
+        &config,
+        "--profile",
+        "service-client",
+        "--csr",
+        &agent,
+        "--out",
+        leaf.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = x509_parser::pem::parse_x509_pem(&std::fs::read(&leaf).unwrap())
+        .unwrap()
+        .1
+        .contents;
+    let serial = hex::encode(parse(&der).raw_serial());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "issued certificate serial {serial} for CN=build-agent-9 (EC P-256, profile service-client, valid until "
+        )) && stdout.ends_with(&format!(
+            ", recorded in the server's database) to {}\n",
+            leaf.display()
+        )),
+        "{stdout}"
+    );
+    let row = store.certificate_by_serial(&serial).await.unwrap().unwrap();
+    assert_eq!(row.status, CertificateStatus::Good);
+    assert_eq!(row.der.as_deref(), Some(der.as_slice()));
+    assert_eq!(row.profile, "service-client");
+    let events = store.audit_events(head, 100).await.unwrap();
+    let ours: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter(|e| e.subject.contains(&serial))
+        .map(|e| (e.actor.as_str(), e.role.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            ("tessera ca sign-csr", "admin", "certificate.reserve"),
+            ("tessera ca sign-csr", "admin", "certificate.issue"),
+        ]
+    );
+    // Revocable like any recorded certificate.
+    let revoked = server
+        .certificates("admin")
+        .await
+        .revoke_certificate(pb::RevokeCertificateRequest {
+            request_id: "revoke-agent".into(),
+            serial: serial.clone(),
+            reason: pb::RevocationReason::KeyCompromise as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(revoked.status, pb::CertificateStatus::Revoked as i32);
+
+    // Refusals, each before anything is reserved.
+    let person = write_csr("person", "Person E1", &[]);
+    let refused_leaf = dir.join("refused.pem");
+    let with_config = |profile: &str, csr: &str| {
+        sign(&[
+            "--config",
+            &config,
+            "--profile",
+            profile,
+            "--csr",
+            csr,
+            "--out",
+            refused_leaf.to_str().unwrap(),
+        ])
+    };
+    assert_eq!(
+        err(&with_config("service-client", &person)),
+        "error: the CSR's commonName \"Person E1\" is the display name of a person in the directory; a CSR naming a person is certified only for that person (person_external_id), with the directory's names\n"
+    );
+    assert_eq!(
+        err(&with_config("tls-client", &agent)),
+        "error: profile tls-client certifies people (subject_from_csr = false); ca sign-csr binds the certificate to nobody with the CSR's names, so it needs a profile with subject_from_csr = true, such as service-client. Issue a person's certificate through the server (IssueFromCsr with person_external_id)\n"
+    );
+    assert_eq!(
+        err(&sign(&[
+            "--config",
+            &config,
+            "--offline-ceremony",
+            "--profile",
+            "service-client",
+            "--csr",
+            &agent,
+        ])),
+        "error: --config records the certificate and --offline-ceremony signs one recorded nowhere; pass one of them\n"
+    );
+    let other_dir = dir.join("elsewhere");
+    std::fs::create_dir(&other_dir).unwrap();
+    assert_eq!(
+        err(&sign(&[
+            "--config",
+            &config,
+            "--data-dir",
+            other_dir.to_str().unwrap(),
+            "--profile",
+            "service-client",
+            "--csr",
+            &agent,
+        ])),
+        format!(
+            "error: --data-dir {} is not the server's: with --config the certificate is issued by the CA of {config}'s [ca] section ({}); leave --data-dir out\n",
+            other_dir.display(),
+            server.setup.data_dir.display()
+        )
+    );
+    assert_eq!(
+        err(&sign(&["--profile", "service-client", "--csr", &agent])),
+        "error: ca sign-csr without --config keeps no record: the certificate would be in no database, no audit log and never on a CRL. Pass --config with the server's configuration to issue it through the server's database (recorded, audited, revocable), or --offline-ceremony to sign an unrecorded certificate on purpose\n"
+    );
+    assert!(!refused_leaf.exists());
+    // Nothing but the one certificate was reserved or signed.
+    let rows = store
+        .list_certificates(&tessera::store::CertificatesQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    store.close().await;
+    server.stop().await;
+}
+
 /// A server without `[ca]` answers both RPCs with FAILED_PRECONDITION / CA_NOT_CONFIGURED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_ca_section_issuing_is_a_failed_precondition() {
@@ -845,7 +1212,7 @@ async fn without_a_ca_section_issuing_is_a_failed_precondition() {
     let expected = (Code::FailedPrecondition, "CA_NOT_CONFIGURED".into(), vec![]);
     assert_eq!(
         refusal(
-            &c.issue_from_csr(issue_request("r", &pem, "tls-client"))
+            &c.issue_from_csr(issue_request("r", &pem, "service-client"))
                 .await
                 .unwrap_err()
         ),
@@ -945,7 +1312,7 @@ async fn kill_minus_9_under_load_loses_no_signed_certificate(url: &str) {
                 let mut c = CertificateServiceClient::new(ch);
                 for i in first.. {
                     let (_, pem) = csr(&format!("svc-{i}"), &[]);
-                    let req = issue_request(&format!("k-{i}"), &pem, "tls-client");
+                    let req = issue_request(&format!("k-{i}"), &pem, "service-client");
                     match c.issue_from_csr(req.clone()).await {
                         Ok(r) => out.push(Outcome::Issued(r.into_inner().certificate.unwrap())),
                         // No Tessera error details: the transport failed (server killed).

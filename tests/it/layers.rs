@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. A module may use the modules of the layers before its own, never its own
 /// layer's siblings nor anything after it.
 const LAYERS: &[&[&str]] = &[
+    // `attest` is the package crates/tessera-attest (re-exported as `crate::attest`): cargo
+    // already keeps it from naming anything of ours; it stays here so the layers read whole.
     &["hsm", "attest", "piv"],
     &["ca", "store", "protocol", "metrics"],
     &["audit"],

@@ -10,6 +10,7 @@
 mod harness;
 
 mod attest;
+mod audit;
 mod ca;
 mod config_examples;
 mod edge_errors;

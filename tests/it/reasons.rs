@@ -4,7 +4,7 @@
 //! own reasons (`tessera::api::status::REASONS`). So that a list cannot fall behind its enum,
 //! the sources are scanned too: every reason-shaped string literal where reasons are made
 //! (SCREAMING_SNAKE_CASE literals in `src/api`, `src/lifecycle`, `src/enroll`, `src/server`; the
-//! kebab-case literals in the bodies of `fn code` in `src/attest` and the `code: "…"` fields of
+//! kebab-case literals in the bodies of `fn code` in `crates/tessera-attest/src` and the `code: "…"` fields of
 //! `src/cli/attest.rs`) must be in a list. The docs' side is the reason columns of the tables
 //! in docs/api.md (gRPC `ErrorInfo.reason`) and docs/attestation.md ("Reason codes").
 use std::collections::BTreeSet;
@@ -141,7 +141,7 @@ fn api_reasons_in_sources() -> BTreeSet<String> {
 
 fn attestation_codes_in_sources() -> BTreeSet<String> {
     let mut files = Vec::new();
-    rust_files(&root().join("src/attest"), &mut files);
+    rust_files(&root().join("crates/tessera-attest/src"), &mut files);
     let mut found = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();

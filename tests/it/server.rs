@@ -240,6 +240,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(e.release_puk(pb::ReleasePukRequest::default()).await),
     );
     out.insert(
+        "ApprovePukRelease",
+        code(
+            e.approve_puk_release(pb::ApprovePukReleaseRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -264,7 +271,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
-        | "GetEnrollment" | "ReleasePuk" => &["helpdesk", "admin"],
+        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" => &["helpdesk", "admin"],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -285,7 +292,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 31);
+        assert_eq!(results.len(), 32);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -309,7 +316,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 31);
+            assert_eq!(anonymous.len(), 32);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
@@ -934,7 +941,8 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n"
+        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n\
+         state tables explained by the audit log: 4 people, 0 tokens, 0 certificates\n"
     );
     assert!(out.status.success());
 
@@ -1229,7 +1237,8 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
         (code, out.as_str()),
         (
             0,
-            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n"
+            "audit chain intact: 3 events, 1 checkpoints (signatures checked)\n\
+             state tables explained by the audit log: 3 people, 0 tokens, 0 certificates\n"
         ),
         "{err}"
     );
@@ -1274,13 +1283,13 @@ async fn audit_checkpoints_signed_in_softhsm(url: &str) {
             "verify",
             "--config",
             config,
-            "--checkpoint-public-key",
-            "x.pem",
+            "--checkpoint-key-id",
+            &uri,
         ],
         &[],
     );
     assert_eq!(code, 2, "clap usage error");
-    assert!(err.contains("--checkpoint-key-id"), "{err}");
+    assert!(err.contains("--checkpoint-public-key"), "{err}");
 }
 
 /// `tessera serve` with an `[audit]` section signs a checkpoint in the HSM at shutdown.
@@ -1308,9 +1317,10 @@ fn serve_signs_a_checkpoint_at_shutdown() {
     let with_audit = |checkpoint_interval_seconds| {
         ServerToml::new("sqlite:tessera.db")
             .with_audit(Audit {
-                hsm_config: hsm_config.clone().into(),
-                checkpoint_key: uri.clone(),
+                hsm_config: Some(hsm_config.clone().into()),
+                checkpoint_key: Some(uri.clone()),
                 checkpoint_interval_seconds: Some(checkpoint_interval_seconds),
+                ..Default::default()
             })
             .write(dir.path(), &pki)
     };
@@ -1377,7 +1387,8 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         (code, out.as_str()),
         (
             0,
-            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n"
+            "audit chain intact: 1 events, 1 checkpoints (signatures checked)\n\
+             state tables explained by the audit log: 1 people, 0 tokens, 0 certificates\n"
         ),
         "{err}"
     );
@@ -1936,8 +1947,18 @@ fn configuration_paths_and_errors() {
     );
     let audit = c.audit.unwrap();
     assert_eq!(
-        (audit.hsm_config, audit.checkpoint_interval_seconds),
-        (dir.path().join("hsm.toml"), 300)
+        (
+            audit.hsm_config,
+            audit.checkpoint_interval_seconds,
+            audit.checkpoint_file,
+            audit.checkpoints
+        ),
+        (
+            Some(dir.path().join("hsm.toml")),
+            300,
+            Some(dir.path().join("audit-checkpoints.jsonl")),
+            true
+        )
     );
 
     std::fs::write(&path, format!("{base}[extra]\nx = 1\n")).unwrap();
@@ -1953,6 +1974,33 @@ fn configuration_paths_and_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("cannot read configuration file "), "{err}");
+
+    assert_eq!(c.database.acquire_timeout_seconds, 30, "the default");
+    for (value, accepted) in [("0", false), ("1", true), ("600", true), ("601", false)] {
+        std::fs::write(
+            &path,
+            base.replace(
+                "[database]\n",
+                &format!("[database]\nacquire_timeout_seconds = {value}\n"),
+            ),
+        )
+        .unwrap();
+        match ServerConfig::load(&path) {
+            Ok(c) => {
+                assert!(accepted, "{value} accepted");
+                assert_eq!(c.database.acquire_timeout_seconds.to_string(), value);
+            }
+            Err(e) => {
+                assert!(!accepted, "{value} refused: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "database.acquire_timeout_seconds must be between 1 and 600, not {value}"
+                    )
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

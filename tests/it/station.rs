@@ -134,6 +134,8 @@ struct World {
 #[derive(Default)]
 struct Setup {
     attestation_policy: Option<&'static str>,
+    /// `puk_release_approval = true` (dual control of ReleasePuk).
+    puk_release_approval: bool,
 }
 
 impl World {
@@ -179,6 +181,9 @@ impl World {
             std::fs::write(dir.path().join("attestation-policy.toml"), policy).unwrap();
             enrollment.attestation_policy = Some("attestation-policy.toml".into());
         }
+        if setup.puk_release_approval {
+            enrollment.puk_release_approval = Some(true);
+        }
         let config = ServerToml::new("sqlite:tessera.db")
             .with_http()
             .with_ca(&hsm.config_path, &data_dir)
@@ -189,6 +194,10 @@ impl World {
             std::fs::write(dir.path().join(format!("{role}.pem")), &c.cert_pem).unwrap();
             write_private(&dir.path().join(format!("{role}.key")), &c.key_pem);
         }
+        // A second desk: another helpdesk certificate in another name (`station_as("desk2")`).
+        let c = pki.client_with_uris("desk 2", &["tessera:role:helpdesk"]);
+        std::fs::write(dir.path().join("desk2.pem"), &c.cert_pem).unwrap();
+        write_private(&dir.path().join("desk2.key"), &c.key_pem);
         std::fs::write(dir.path().join("server-ca.pem"), &pki.ca_pem).unwrap();
         let server = Server::start(&config);
         World {
@@ -794,6 +803,7 @@ fn enroll_3des_token_without_metadata_needs_a_confirmed_reset() {
         CardOptions::firmware("5.2.7").serial(32_000_002),
         Setup {
             attestation_policy: Some(policy),
+            ..Setup::default()
         },
     );
     world.create_person("BOB");
@@ -857,11 +867,109 @@ fn unblock_a_blocked_pin_with_the_escrowed_puk() {
         .success()
         .has_line("PIN tries left:\t0");
     let new_pin = world.pin_file("97531864");
-    let out = world.station(&["unblock", "--pin-file", new_pin.to_str().unwrap()]);
+    let out = world.station(&[
+        "unblock",
+        "--pin-file",
+        new_pin.to_str().unwrap(),
+        "--reason",
+        "forgotten PIN, ticket 4711",
+    ]);
     assert_ok(&out, "station unblock");
     stdout_has_line(&out, "     PIN: 0 tries left (changed)");
     stdout_has_line(&out, "     PIN set; 3 tries left");
     assert!(!text(&out.stdout).contains("97531864"));
+    world
+        .card
+        .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
+        .success()
+        .has_line("Successfully verified PIN.");
+}
+
+/// Issue 12, finding 9: under dual control `unblock` first stops with the release id; the
+/// same desk cannot approve it, a second desk does (`approve-puk-release`), then `unblock`
+/// again releases the PUK and sets the PIN. `unblock` without `--reason` is refused by the CLI.
+#[test]
+fn unblock_under_dual_control() {
+    let world = World::start_with(
+        CardOptions::firmware("5.7.4").serial(32_000_013),
+        Setup {
+            puk_release_approval: true,
+            ..Setup::default()
+        },
+    );
+    world.create_person("OSCAR");
+    assert_ok(&world.enroll("OSCAR", &[]), "station enroll");
+    let new_pin = world.pin_file("97531864");
+    let pin = new_pin.to_str().unwrap();
+    let out = world.station(&["unblock", "--pin-file", pin]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--reason"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let unblock = [
+        "unblock",
+        "--pin-file",
+        pin,
+        "--reason",
+        "forgotten PIN, ticket 4712",
+    ];
+    let out = world.station(&unblock);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with(
+            "error: the server refused ReleasePuk: FAILED_PRECONDITION PUK_RELEASE_PENDING_APPROVAL: the PUK release of token 32000013 waits for approval by a second operator: release id pkr_"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        last.contains("tessera station approve-puk-release"),
+        "{last}"
+    );
+    let release_id: String = last[last.find("pkr_").unwrap()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    assert_eq!(release_id.len(), 4 + 32, "{release_id}");
+
+    let approve = |role: &str| {
+        world.station_as(
+            role,
+            &[
+                "approve-puk-release",
+                "--release-id",
+                &release_id,
+                "--token-serial",
+                "32000013",
+                "--reason",
+                "person seen at desk 1",
+            ],
+        )
+    };
+    let own = approve("helpdesk");
+    assert!(!own.status.success());
+    assert!(
+        text(&own.stderr).contains("PERMISSION_DENIED APPROVER_IS_REQUESTER"),
+        "{}",
+        text(&own.stderr)
+    );
+    let approved = approve("desk2");
+    assert_ok(&approved, "station approve-puk-release");
+    assert!(
+        text(&approved.stdout).contains(&format!(
+            "station: PUK release {release_id} of token 32000013 approved (asked by helpdesk-client: \"forgotten PIN, ticket 4712\")"
+        )),
+        "{}",
+        text(&approved.stdout)
+    );
+
+    let out = world.station(&unblock);
+    assert_ok(&out, "station unblock after the approval");
+    stdout_has_line(&out, "     PIN set; 3 tries left");
     world
         .card
         .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
@@ -1324,6 +1432,7 @@ fn reset_is_asked_at_the_terminal_and_no_means_no() {
         CardOptions::firmware("5.2.7").serial(32_000_010),
         Setup {
             attestation_policy: Some(policy),
+            ..Setup::default()
         },
     );
     world.create_person("JUDY");

@@ -562,7 +562,7 @@ impl Signer for SoftwareSigner {
 fn software_signer() -> (SoftwareSigner, EcdsaP256Verifier) {
     let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
     let verifier = EcdsaP256Verifier {
-        key_id: "test-checkpoint-key".into(),
+        key_id: Some("test-checkpoint-key".into()),
         key: *key.verifying_key(),
     };
     let public_key_der = {

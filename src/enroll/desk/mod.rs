@@ -12,15 +12,19 @@
 mod begin;
 mod closing;
 mod complete;
+mod puk_release;
 mod refusal;
 mod repeat;
 mod secrets;
 
 pub use begin::{BeginRequest, BegunEnrollment};
 pub use complete::{CompleteRequest, Completion};
+pub use puk_release::{
+    Caller, PendingRelease, PukReleaseView, RELEASE_REASON_MAX_BYTES, ReleaseReason,
+};
 pub use refusal::{DeskFailure, EnrollmentRefusal};
 pub use repeat::SecretRepeat;
-pub use secrets::ReleasedPuk;
+pub use secrets::PukRelease;
 
 use super::EnrollmentSettings;
 use crate::audit::{self, Actor, Change};

@@ -5,7 +5,7 @@ use super::EnrollmentDesk;
 use crate::audit::{self, Actor, Change};
 use crate::enroll::EnrollError;
 use crate::lifecycle::LifecycleError;
-use crate::store::{StoreError, TokenRow};
+use crate::store::{StoreError, Timestamp, TokenRow};
 use std::collections::HashMap;
 
 /// Why an enrollment request was refused or failed. Each variant has one stable reason
@@ -46,6 +46,46 @@ pub enum EnrollmentRefusal {
     CredentialsTampered(String),
     #[error("reason exceeds 1024 bytes")]
     ReasonTooLong,
+    /// ReleasePuk and ApprovePukRelease need a reason for the audit log.
+    #[error("reason is empty; say why the PUK is released (it is recorded in the audit log)")]
+    ReleaseReasonRequired,
+    /// Dual control: the release waits for a second certificate's ApprovePukRelease. The
+    /// request is stored (not rolled back); repeat ReleasePuk after the approval.
+    #[error(
+        "the PUK release of token {token_serial} waits for approval by a second operator: release id {release_id}, until {expires_at}; once it is approved (ApprovePukRelease), repeat ReleasePuk with the same certificate"
+    )]
+    PukReleasePendingApproval {
+        release_id: String,
+        token_serial: String,
+        expires_at: Timestamp,
+    },
+    #[error("no PUK release {0:?}")]
+    PukReleaseNotFound(String),
+    #[error("PUK release {release_id} is not for token {token_serial:?}")]
+    PukReleaseTokenMismatch {
+        release_id: String,
+        token_serial: String,
+    },
+    #[error(
+        "PUK release {0} was asked for by this certificate or this operator; a second operator must approve it"
+    )]
+    ApproverIsRequester(String),
+    #[error("PUK release {release_id} is {state}, not waiting for approval")]
+    PukReleaseNotPending {
+        release_id: String,
+        state: &'static str,
+    },
+    #[error(
+        "PUK release {release_id} expired at {expired_at} without approval; repeat ReleasePuk to ask again"
+    )]
+    PukReleaseExpired {
+        release_id: String,
+        expired_at: Timestamp,
+    },
+    #[error(
+        "this client certificate has received {limit} PUK releases in the last 60 minutes, the limit ([enrollment] puk_releases_per_hour); the next is possible at {next_at}"
+    )]
+    PukReleaseRateLimited { limit: u32, next_at: Timestamp },
     /// A repeat (same request id, same caller) of a request whose answer carried secrets,
     /// which is no longer answered: too late, stored before request ids were bound to their
     /// caller, or the token's credentials changed since.
@@ -90,6 +130,14 @@ impl EnrollmentRefusal {
         "CREDENTIALS_NOT_HELD",
         "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
+        "RELEASE_REASON_REQUIRED",
+        "PUK_RELEASE_PENDING_APPROVAL",
+        "PUK_RELEASE_NOT_FOUND",
+        "PUK_RELEASE_TOKEN_MISMATCH",
+        "APPROVER_IS_REQUESTER",
+        "PUK_RELEASE_NOT_PENDING",
+        "PUK_RELEASE_EXPIRED",
+        "PUK_RELEASE_RATE_LIMITED",
         "REQUEST_ID_EXPIRED",
         "ISSUANCE_FAILED",
         "INTERNAL",
@@ -111,6 +159,14 @@ impl EnrollmentRefusal {
             R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
+            R::ReleaseReasonRequired => "RELEASE_REASON_REQUIRED",
+            R::PukReleasePendingApproval { .. } => "PUK_RELEASE_PENDING_APPROVAL",
+            R::PukReleaseNotFound(_) => "PUK_RELEASE_NOT_FOUND",
+            R::PukReleaseTokenMismatch { .. } => "PUK_RELEASE_TOKEN_MISMATCH",
+            R::ApproverIsRequester(_) => "APPROVER_IS_REQUESTER",
+            R::PukReleaseNotPending { .. } => "PUK_RELEASE_NOT_PENDING",
+            R::PukReleaseExpired { .. } => "PUK_RELEASE_EXPIRED",
+            R::PukReleaseRateLimited { .. } => "PUK_RELEASE_RATE_LIMITED",
             R::RepeatExpired { .. } => "REQUEST_ID_EXPIRED",
             R::IssuanceFailed { .. } => "ISSUANCE_FAILED",
             R::Step(e) => e.reason(),
@@ -127,7 +183,9 @@ impl EnrollmentRefusal {
             R::ProfileUnknown { .. } => Some("profile"),
             R::FirmwareInvalid(_) => Some("firmware"),
             R::TokenSerialInvalid => Some("token_serial"),
-            R::ReasonTooLong => Some("reason"),
+            R::ReasonTooLong | R::ReleaseReasonRequired => Some("reason"),
+            R::PukReleaseNotFound(_) => Some("release_id"),
+            R::PukReleaseTokenMismatch { .. } => Some("token_serial"),
             R::RepeatExpired { .. } => Some("request_id"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
@@ -137,8 +195,33 @@ impl EnrollmentRefusal {
 
     /// `ErrorInfo` metadata: the slot at fault, policy reason codes, the attestation code.
     pub fn metadata(&self) -> HashMap<String, String> {
+        use EnrollmentRefusal as R;
+        let release = |release_id: &str, at: (&str, &Timestamp)| {
+            HashMap::from([
+                ("release_id".to_string(), release_id.to_string()),
+                (at.0.to_string(), at.1.to_string()),
+            ])
+        };
         match self {
-            EnrollmentRefusal::Step(e) => e.metadata(),
+            R::Step(e) => e.metadata(),
+            R::PukReleasePendingApproval {
+                release_id,
+                expires_at,
+                ..
+            } => release(release_id, ("expires_at", expires_at)),
+            R::PukReleaseExpired {
+                release_id,
+                expired_at,
+            } => release(release_id, ("expires_at", expired_at)),
+            R::PukReleaseNotFound(id)
+            | R::ApproverIsRequester(id)
+            | R::PukReleaseTokenMismatch { release_id: id, .. }
+            | R::PukReleaseNotPending { release_id: id, .. } => {
+                HashMap::from([("release_id".to_string(), id.clone())])
+            }
+            R::PukReleaseRateLimited { next_at, .. } => {
+                HashMap::from([("next_at".to_string(), next_at.to_string())])
+            }
             _ => HashMap::new(),
         }
     }

@@ -8,7 +8,8 @@
 //! while the token holds the credentials the first answer released. Otherwise it is refused with
 //! `REQUEST_ID_EXPIRED` ([`EnrollmentRefusal::RepeatExpired`]).
 
-use super::secrets::refused_if_tampered;
+use super::puk_release::Caller;
+use super::secrets::{PukRelease, refused_if_tampered};
 use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record, refusal::refused};
 use crate::audit::Actor;
 use crate::enroll::{BeginRequest, EnrollError, LoadedEnrollment, TokenCredentials};
@@ -82,27 +83,32 @@ impl EnrollmentDesk {
     }
 
     /// A repeated ReleasePuk: the checks of a first call, the credentials of the generation the
-    /// first answer released, audited as `token.release_puk` with `"repeat": true`.
+    /// first answer released, audited as `token.release_puk` with `"repeat": true`. No approval
+    /// is asked for or collected (the first call did that under dual control); the repeat is
+    /// within the caller certificate's rate limit and counts towards it.
     pub async fn release_puk_repeat(
         &self,
         tx: &mut WriteTx,
-        actor: &Actor,
+        caller: &Caller,
         token_serial: &str,
         reason: &str,
         repeat: &SecretRepeat,
     ) -> Result<TokenCredentials, DeskFailure> {
         self.check_repeat(tx.now(), repeat, &format!("token:{token_serial}"))?;
-        let released = self
+        match self
             .release(
                 tx,
-                actor,
+                caller,
                 token_serial,
                 reason,
                 &repeat.request_id,
                 Some(repeat),
             )
-            .await?;
-        Ok(released.credentials)
+            .await?
+        {
+            PukRelease::Released { credentials, .. } => Ok(credentials),
+            PukRelease::Pending(_) => Err(EnrollmentRefusal::internal(PendingOnRepeat).into()),
+        }
     }
 
     /// A repeated BeginEnrollment, whose first answer began `enrollment_id`: the checks of a
@@ -224,3 +230,8 @@ impl EnrollmentDesk {
         Ok((current, new))
     }
 }
+
+/// `release` never answers a repeat with a pending request: it skips the approval rules.
+#[derive(Debug, thiserror::Error)]
+#[error("a repeated ReleasePuk was answered with a pending request")]
+struct PendingOnRepeat;

@@ -8,10 +8,10 @@
 //! migration 0006 (`aad_version` 1) were wrapped with a fixed tag; they are unwrapped so once
 //! and re-wrapped bound (version 2) when ReleasePuk or BeginEnrollment uses them.
 
+use super::puk_release::{Caller, PendingRelease, ReleaseGrant, ReleaseReason};
 use super::{
     DeskFailure, EnrollmentDesk, EnrollmentRefusal, SecretRepeat, record, refusal::refused,
 };
-use crate::audit::Actor;
 use crate::enroll::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 use crate::hsm::HsmError;
 use crate::lifecycle::LifecycleError;
@@ -71,11 +71,16 @@ fn last_generation(row: Option<&TokenCredentialsRow>) -> i64 {
         .unwrap_or(0)
 }
 
-/// What ReleasePuk released: the token's confirmed credentials and their generation (kept with
-/// the answer, so a repeat releases that generation or nothing).
-pub struct ReleasedPuk {
-    pub credentials: TokenCredentials,
-    pub generation: i64,
+/// What ReleasePuk gives: the token's credentials and their generation (kept with the answer,
+/// so a repeat releases that generation or nothing), or under dual control the caller's request
+/// that waits for its approval.
+#[derive(Debug)]
+pub enum PukRelease {
+    Released {
+        credentials: TokenCredentials,
+        generation: i64,
+    },
+    Pending(PendingRelease),
 }
 
 /// A token's credentials unwrapped from its row: the confirmed ones and the pending ones.
@@ -255,34 +260,38 @@ impl EnrollmentDesk {
     }
 
     /// ReleasePuk: the PUK and management key of an active token, recorded as
-    /// `token.release_puk`, and the generation of the credentials released.
+    /// `token.release_puk` with the caller's reason, within the caller certificate's rate limit;
+    /// under dual control only once a second certificate approved the caller's request, and
+    /// otherwise the request, made or found (`puk_release.rs`). A pending request is stored in
+    /// `tx` too: the caller commits it and answers PUK_RELEASE_PENDING_APPROVAL. A
+    /// release carries the generation of the credentials released.
     pub async fn release_puk(
         &self,
         tx: &mut WriteTx,
-        actor: &Actor,
+        caller: &Caller,
         token_serial: &str,
         reason: &str,
         request_id: &str,
-    ) -> Result<ReleasedPuk, DeskFailure> {
-        self.release(tx, actor, token_serial, reason, request_id, None)
+    ) -> Result<PukRelease, DeskFailure> {
+        self.release(tx, caller, token_serial, reason, request_id, None)
             .await
     }
 
     /// ReleasePuk for a first call, or (`repeat`) for a repeat of one: the same checks in the
-    /// same order, and a repeat gets only the generation its first answer released.
+    /// same order, and a repeat gets only the generation its first answer released. A repeat
+    /// neither asks for nor collects an approval (its first call did), but it is within the
+    /// caller certificate's rate limit and counts towards it like any release.
     pub(super) async fn release(
         &self,
         tx: &mut WriteTx,
-        actor: &Actor,
+        caller: &Caller,
         token_serial: &str,
         reason: &str,
         request_id: &str,
         repeat: Option<&SecretRepeat>,
-    ) -> Result<ReleasedPuk, DeskFailure> {
+    ) -> Result<PukRelease, DeskFailure> {
+        let reason = ReleaseReason::parse(reason)?;
         let subject = format!("token:{token_serial}");
-        if reason.len() > 1024 {
-            return Err(DeskFailure::Error(EnrollmentRefusal::ReasonTooLong));
-        }
         let token = tx
             .token_by_serial(token_serial)
             .await?
@@ -306,7 +315,7 @@ impl EnrollmentDesk {
                 EnrollmentRefusal::CredentialsNotHeld(token.serial.clone()),
             ));
         };
-        if let Some(repeat) = repeat {
+        let approved = if let Some(repeat) = repeat {
             let now_held = row.confirmed.as_ref().map(|w| w.generation);
             if repeat.released_generation.is_none() || now_held != repeat.released_generation {
                 return Err(refused(
@@ -314,7 +323,18 @@ impl EnrollmentDesk {
                     repeat.expired("the token's credentials changed since (it was re-enrolled)"),
                 ));
             }
-        }
+            self.check_release_rate(tx, caller, &subject).await?;
+            None
+        } else {
+            match self
+                .grant_release(tx, caller, &token, &reason, request_id)
+                .await?
+            {
+                ReleaseGrant::Pending(pending) => return Ok(PukRelease::Pending(pending)),
+                ReleaseGrant::Direct => None,
+                ReleaseGrant::Approved(row) => Some(row),
+            }
+        };
         let unwrapped = self
             .unwrap_row(&row, &token.serial)
             .await
@@ -343,16 +363,17 @@ impl EnrollmentDesk {
                 .map_or(generation, |w| w.generation);
             tx.put_token_credentials(&bound).await?;
         }
-        let mut after = serde_json::json!({ "released": "puk" });
-        if !reason.is_empty() {
-            after["reason"] = reason.into();
-        }
+        // A repeat is recorded as a release of its own (a `released` row, counted by the rate
+        // limit); the approval its first call collected is not used again.
+        let mut after = self
+            .record_release(tx, caller, &token, &reason, approved)
+            .await?;
         if repeat.is_some() {
             after["repeat"] = true.into();
         }
         record(
             tx,
-            actor,
+            &caller.actor,
             "token.release_puk",
             &subject,
             None,
@@ -360,7 +381,7 @@ impl EnrollmentDesk {
             request_id,
         )
         .await?;
-        Ok(ReleasedPuk {
+        Ok(PukRelease::Released {
             credentials: c,
             generation,
         })

@@ -180,7 +180,7 @@ mod tests {
     use super::*;
 
     const SLOT_PEM: &[u8] =
-        include_bytes!("../../tests/data/attestation/samples/fw5.4.3-p256-9a/slot.pem");
+        include_bytes!("../../../tests/data/attestation/samples/fw5.4.3-p256-9a/slot.pem");
 
     #[test]
     fn pem_and_der_give_the_same_certificate() {

@@ -370,11 +370,11 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attest::verify::tests::for_policy_tests;
+    use crate::verify::tests::for_policy_tests;
 
     const EXAMPLE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/config/attestation-policy.toml"
+        "/../../config/attestation-policy.toml"
     ));
 
     fn slot(s: &str) -> Slot {
@@ -677,14 +677,13 @@ mod tests {
     fn the_real_fw543_sample_is_denied_for_eucleak_by_default() {
         let base = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/attestation/samples/fw5.4.3-p256-9a/"
+            "/../../tests/data/attestation/samples/fw5.4.3-p256-9a/"
         );
-        let input = crate::attest::AttestationInput::new(
+        let input = crate::AttestationInput::new(
             std::fs::read(format!("{base}slot.pem")).unwrap(),
             std::fs::read(format!("{base}device.pem")).unwrap(),
         );
-        let v =
-            crate::attest::verify(&input, &crate::attest::TrustAnchors::yubico().unwrap()).unwrap();
+        let v = crate::verify(&input, &crate::TrustAnchors::yubico().unwrap()).unwrap();
         assert_eq!(
             Policy::default().evaluate(&v).reason_codes(),
             ["advisory-ysa-2024-03"]

@@ -16,7 +16,11 @@ macro_rules! pinned {
     ($file:literal, $sha:literal) => {
         PinnedCertificate {
             name: $file,
-            pem: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/trust/yubico/", $file)),
+            pem: include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../trust/yubico/",
+                $file
+            )),
             sha256: $sha,
         }
     };

@@ -1,16 +1,16 @@
 //! Unit tests of `verify`: every real sample, and each refusal with its exact reason.
 
 use super::*;
-use crate::attest::{AttestError, CertificateRole, MAX_CERTIFICATE_INPUT_BYTES, YubicoExtension};
+use crate::{AttestError, CertificateRole, MAX_CERTIFICATE_INPUT_BYTES, YubicoExtension};
 use rcgen::PublicKeyData;
 
-#[path = "../../tests/support/attestation_forge.rs"]
+#[path = "../../../tests/support/attestation_forge.rs"]
 mod forge;
 use forge::{ForgedPki, SlotSpec};
 
 const SAMPLES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/data/attestation/samples"
+    "/../../tests/data/attestation/samples"
 );
 
 fn sample(name: &str, stem: &str) -> Vec<u8> {
@@ -179,7 +179,7 @@ fn new_pki_chain_with_intermediates_given_by_the_caller() {
         .unwrap()
         .build()
         .unwrap();
-    let trust_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/trust/yubico/");
+    let trust_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../trust/yubico/");
     let input = sample_input("fw5.7.4-p384-slot82-new-pki")
         .with_intermediate(
             std::fs::read(format!("{trust_dir}yubico-piv-attestation-b-1.pem")).unwrap(),
@@ -197,7 +197,7 @@ fn new_pki_chain_with_intermediates_given_by_the_caller() {
 #[test]
 fn superseded_pathlen_zero_root_still_verifies_when_configured() {
     let old_root = include_bytes!(
-        "../../tests/data/attestation/roots-superseded/yubico-piv-root-ca-serial-263751-pre2018-pathlen0.pem"
+        "../../../tests/data/attestation/roots-superseded/yubico-piv-root-ca-serial-263751-pre2018-pathlen0.pem"
     );
     let trust = TrustAnchors::builder()
         .with_anchors(old_root, "old-root.pem")
@@ -536,7 +536,7 @@ fn subject_that_names_no_slot_is_refused() {
 #[test]
 fn rsa_slot_keys_are_read_with_their_size() {
     let pki = ForgedPki::new();
-    let spki = include_bytes!("../../tests/data/attestation/keys/rsa1024-spki.der").to_vec();
+    let spki = include_bytes!("../../../tests/data/attestation/keys/rsa1024-spki.der").to_vec();
     let spec = SlotSpec {
         subject_spki_der: Some(spki),
         ..SlotSpec::typical()
@@ -549,7 +549,7 @@ fn rsa_slot_keys_are_read_with_their_size() {
 #[test]
 fn rsa_slot_key_of_odd_size_is_unsupported() {
     let pki = ForgedPki::new();
-    let spki = include_bytes!("../../tests/data/attestation/keys/rsa1536-spki.der").to_vec();
+    let spki = include_bytes!("../../../tests/data/attestation/keys/rsa1536-spki.der").to_vec();
     let spec = SlotSpec {
         subject_spki_der: Some(spki),
         ..SlotSpec::typical()

@@ -3,7 +3,7 @@
 //! pass bytes in. Rules and reason codes: docs/attestation.md.
 //!
 //! ```no_run
-//! use tessera::attest::{self, AttestationInput, Policy, TrustAnchors};
+//! use tessera_attest::{self as attest, AttestationInput, Policy, TrustAnchors};
 //! # fn demo(slot: Vec<u8>, f9: Vec<u8>, csr_spki: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
 //! let trust = TrustAnchors::yubico()?;
 //! let input = AttestationInput::new(slot, f9).expecting_serial(15732500);
@@ -13,6 +13,7 @@
 //! if !decision.allowed() { println!("{:?}", decision.reason_codes()); }
 //! # Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 
 mod certificate;
 mod error;

@@ -1,0 +1,9 @@
+-- CSR names checked against the directory (issue 12, finding 1), PostgreSQL dialect; keep in
+-- step with migrations/sqlite/0011_people_folded_names.sql. `Store::people_named` compares a
+-- CSR's commonName and email addresses with every person's display name, email, UPN and external
+-- id, ignoring ASCII case (lower() under the "C" collation folds ASCII letters only, as SQLite's
+-- lower() does); these indexes keep that a lookup, not a scan of the directory.
+CREATE INDEX people_display_name_folded ON people (lower(display_name COLLATE "C"));
+CREATE INDEX people_email_folded ON people (lower(email COLLATE "C"));
+CREATE INDEX people_upn_folded ON people (lower(upn COLLATE "C"));
+CREATE INDEX people_external_id_folded ON people (lower(external_id COLLATE "C"));
