@@ -38,6 +38,9 @@ step "4. CA ceremony: root (P-384) and issuing (P-256) keys generated in the HSM
 "$tessera" ca init --organization "Tessera Demo" | sed 's/^/  /'
 echo "public chain written to $TESSERA_DATA_DIR: $(cd "$TESSERA_DATA_DIR" && echo *)"
 
+step "4b. the operator CA for API client certificates, under the same root, key in the HSM (tessera ca init-operators)"
+"$tessera" ca init-operators --organization "Tessera Demo" | sed 's/^/  /'
+
 step "5. the HSM's AES key that wraps each token's management key and PUK (tessera admin init-wrapping-key)"
 "$tessera" admin init-wrapping-key --hsm-config "$TESSERA_HSM_CONFIG" | sed 's/^/  /'
 
@@ -60,7 +63,7 @@ ca_chain = "$TESSERA_DATA_DIR/chain.pem"
 [tls]
 certificate = "server.pem"
 private_key = "server.key"
-client_ca = "$TESSERA_DATA_DIR/chain.pem"
+client_ca = "$TESSERA_DATA_DIR/operator-ca.pem"
 
 [database]
 url = "sqlite:tessera.db"
@@ -74,7 +77,7 @@ for role in hr helpdesk; do
   "$tessera" admin issue-client-cert --role "$role" --name "demo $role" \
     --out-cert "$work/server/$role.pem" --out-key "$work/server/$role.key" | sed 's/^/  /'
 done
-echo "  config $TESSERA_CONFIG; client certificates carry their role (tessera:role:hr, tessera:role:helpdesk)"
+echo "  config $TESSERA_CONFIG; client certificates from the operator CA carry their role (tessera:role:hr, tessera:role:helpdesk)"
 
 step "7. the rest runs beside a private pcscd with virtual readers (scripts/with-pcscd.sh)"
 export DEMO_WORK="$work"

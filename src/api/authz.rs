@@ -1,13 +1,17 @@
 //! Who is calling, and may they call this RPC.
 //!
 //! A caller is identified by its TLS client certificate, which must chain to the client CA the
-//! server is configured with (Tessera's own CA). The role is bound in the certificate as
-//! exactly one URI subject alternative name `tessera:role:<role>`; the actor name recorded in
-//! the audit log is the certificate's subject common name. Request ids are keyed to the
-//! certificate itself (its SHA-256 fingerprint): another certificate, even of the same name and
-//! role, cannot repeat them.
+//! server is configured with (`tls.client_ca`: the operator CA made by `tessera ca
+//! init-operators`), be known to the store as a good operator certificate (checked per call by
+//! `client_revocation`), and carry the operator policy OID (`ca::policy_oid::OPERATOR_POLICY`)
+//! that only the operator CA issues. The role is bound in the certificate as exactly one URI
+//! subject alternative name `tessera:role:<role>`; the actor name recorded in the audit log is
+//! the certificate's subject common name.
+//! Request ids are keyed to the certificate itself (its SHA-256 fingerprint): another
+//! certificate, even of the same name and role, cannot repeat them.
 
 use crate::audit::Actor;
+use crate::ca::policy_oid::OPERATOR_POLICY;
 use crate::lifecycle::CertificateScope;
 use tonic::{Request, Status};
 
@@ -92,6 +96,18 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
             "the client certificate cannot be parsed",
         )
     })?;
+    let operator_policy = cert.extensions().iter().any(|e| {
+        matches!(e.parsed_extension(), ParsedExtension::CertificatePolicies(policies)
+            if policies.iter().any(|p| p.policy_id.to_id_string() == OPERATOR_POLICY))
+    });
+    if !operator_policy {
+        return Err(status::permission_denied(
+            "NOT_AN_OPERATOR_CERTIFICATE",
+            &format!(
+                "the client certificate does not carry the operator policy {OPERATOR_POLICY}, so it is not an API client certificate; use one from `tessera admin issue-client-cert`"
+            ),
+        ));
+    }
     let mut roles = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {

@@ -41,6 +41,7 @@ fn ca_reason(e: &CaError) -> Option<&'static str> {
         CaError::ProfileRequiresAttestation { .. } => "PROFILE_REQUIRES_ATTESTATION",
         CaError::ProfileRequiresPerson { .. } => "PROFILE_REQUIRES_PERSON",
         CaError::NameNotAllowed { .. } => "NAME_NOT_ALLOWED",
+        CaError::ProfileNeedsOperatorCa { .. } => "PROFILE_NEEDS_OPERATOR_CA",
         _ => return None,
     })
 }
@@ -48,9 +49,10 @@ fn ca_reason(e: &CaError) -> Option<&'static str> {
 /// A CA error as status: refusals of the request name `field`; anything else is internal.
 fn ca_status(e: &CaError, field: &str) -> Status {
     match (e, ca_reason(e)) {
-        (CaError::ProfileRequiresAttestation { .. }, Some(reason)) => {
-            status::failed_precondition(reason, &e.to_string(), Some("profile"))
-        }
+        (
+            CaError::ProfileRequiresAttestation { .. } | CaError::ProfileNeedsOperatorCa { .. },
+            Some(reason),
+        ) => status::failed_precondition(reason, &e.to_string(), Some("profile")),
         (CaError::ProfileRequiresPerson { .. }, Some(reason)) => {
             status::failed_precondition(reason, &e.to_string(), Some("person_external_id"))
         }
@@ -104,6 +106,11 @@ impl Certificates {
         let profile = ca
             .profiles
             .get(&req.profile)
+            .map_err(|e| ca_status(&e, "profile"))?;
+        // Operator certificates come only from the operator CA (`tessera admin
+        // issue-client-cert`), never from the issuing CA of people's certificates.
+        ca.issuing
+            .check_profile(profile)
             .map_err(|e| ca_status(&e, "profile"))?;
         if !profile.allow_unattested_keys {
             let e = CaError::ProfileRequiresAttestation {

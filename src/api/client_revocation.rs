@@ -1,12 +1,18 @@
-//! Revoked client certificates are refused on every call. The TLS handshake checks a client
-//! certificate's chain and validity; this tower layer then looks its serial up in the store
-//! (Tessera issued it, so Tessera knows its status) and answers UNAUTHENTICATED with reason
-//! `CLIENT_CERTIFICATE_REVOKED` when it is revoked or on hold. It runs per call, not per
-//! connection, so a revocation takes effect on connections that are already open; a following
-//! `StreamAuditEvents` asks again on each poll and ends with the same answer.
-//! Certificates the store does not know (issued by the CA outside Tessera, e.g. before the
-//! store existed) pass on to the role check.
+//! Client certificates must be known to the store, good, and API client (operator)
+//! certificates. The TLS handshake checks a client certificate's chain and validity; this tower
+//! layer then looks the certificate up in the store by serial (Tessera issued it, so Tessera
+//! knows its status) on every call, before any service (health and reflection too):
+//! - not in the store, or a different certificate under that serial, or only reserved (never
+//!   recorded as signed): UNAUTHENTICATED `CLIENT_CERTIFICATE_UNKNOWN`;
+//! - revoked or on hold: UNAUTHENTICATED `CLIENT_CERTIFICATE_REVOKED`;
+//! - good but of a profile other than `operator-client` (a person's or token's certificate, the
+//!   OCSP responder's): PERMISSION_DENIED `NOT_AN_OPERATOR_CERTIFICATE`.
+//!
+//! It runs per call, not per connection, so a revocation takes effect on connections that are
+//! already open; a following `StreamAuditEvents` asks again on each poll and ends with the same
+//! answer.
 
+use crate::ca::profile::OPERATOR_CLIENT_PROFILE;
 use crate::store::{CertificateStatus, Store};
 use std::future::Future;
 use std::pin::Pin;
@@ -44,32 +50,65 @@ fn serial_hex(der: &[u8]) -> Option<String> {
 /// Why a client certificate may not be used, when it may not. Also asked by long-running
 /// calls (a following `StreamAuditEvents`) on each poll, so a revocation ends them too.
 pub(super) async fn refusal(store: &Store, leaf_der: &[u8]) -> Option<tonic::Status> {
-    let serial = serial_hex(leaf_der)?;
-    match store.certificate_by_serial(&serial).await {
-        Ok(Some(row))
-            if matches!(
-                row.status,
-                CertificateStatus::Revoked | CertificateStatus::OnHold
-            ) =>
-        {
-            Some(super::status::with_metadata(
-                tonic::Code::Unauthenticated,
-                "CLIENT_CERTIFICATE_REVOKED",
-                &format!(
-                    "the client certificate (serial {serial}) is {}; use a current one",
-                    if row.status == CertificateStatus::OnHold {
-                        "on hold"
-                    } else {
-                        "revoked"
-                    }
+    let Some(serial) = serial_hex(leaf_der) else {
+        // Unparseable: `authorize` answers CLIENT_CERTIFICATE_INVALID.
+        return None;
+    };
+    let unauthenticated = |reason: &str, message: String| {
+        Some(super::status::with_metadata(
+            tonic::Code::Unauthenticated,
+            reason,
+            &message,
+            None,
+            Default::default(),
+        ))
+    };
+    let row = match store.certificate_by_serial(&serial).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return unauthenticated(
+                "CLIENT_CERTIFICATE_UNKNOWN",
+                format!(
+                    "the client certificate (serial {serial}) is not in Tessera's store; use one issued by `tessera admin issue-client-cert`"
                 ),
-                None,
-                Default::default(),
-            ))
+            );
         }
-        Ok(_) => None,
-        Err(e) => Some(super::status::internal(&e)),
+        Err(e) => return Some(super::status::internal(&e)),
+    };
+    if row.status == CertificateStatus::Reserved || row.der.as_deref() != Some(leaf_der) {
+        return unauthenticated(
+            "CLIENT_CERTIFICATE_UNKNOWN",
+            format!(
+                "the client certificate (serial {serial}) is not the certificate Tessera's store recorded under that serial; use one issued by `tessera admin issue-client-cert`"
+            ),
+        );
     }
+    if matches!(
+        row.status,
+        CertificateStatus::Revoked | CertificateStatus::OnHold
+    ) {
+        return unauthenticated(
+            "CLIENT_CERTIFICATE_REVOKED",
+            format!(
+                "the client certificate (serial {serial}) is {}; use a current one",
+                if row.status == CertificateStatus::OnHold {
+                    "on hold"
+                } else {
+                    "revoked"
+                }
+            ),
+        );
+    }
+    if row.profile != OPERATOR_CLIENT_PROFILE {
+        return Some(super::status::permission_denied(
+            "NOT_AN_OPERATOR_CERTIFICATE",
+            &format!(
+                "the client certificate (serial {serial}) is a {} certificate, not an API client certificate; use one issued by `tessera admin issue-client-cert`",
+                row.profile
+            ),
+        ));
+    }
+    None
 }
 
 impl<S, B> tower::Service<http::Request<B>> for ClientRevocationService<S>

@@ -15,6 +15,8 @@ pub const DOMAIN: &str = crate::protocol::ERROR_DOMAIN;
 pub const REASONS: &[&str] = &[
     "CLIENT_CERTIFICATE_REQUIRED",
     "CLIENT_CERTIFICATE_REVOKED",
+    "CLIENT_CERTIFICATE_UNKNOWN",
+    "NOT_AN_OPERATOR_CERTIFICATE",
     "CLIENT_CERTIFICATE_INVALID",
     "NO_ROLE_IN_CERTIFICATE",
     "UNKNOWN_ROLE",
@@ -31,6 +33,7 @@ pub const REASONS: &[&str] = &[
     "TOKEN_SERIAL_INVALID",
     "CA_NOT_CONFIGURED",
     "PROFILE_REQUIRES_ATTESTATION",
+    "PROFILE_NEEDS_OPERATOR_CA",
     "UNKNOWN_PROFILE",
     "CSR_UNREADABLE",
     "CSR_SIGNATURE_INVALID",
@@ -88,7 +91,7 @@ pub fn unauthenticated() -> Status {
     with_reason(
         Code::Unauthenticated,
         "CLIENT_CERTIFICATE_REQUIRED",
-        "a client certificate issued by Tessera's CA is required",
+        "a client certificate issued by Tessera's operator CA is required",
         None,
     )
 }

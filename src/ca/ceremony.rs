@@ -422,3 +422,183 @@ pub fn summarize_certificate(der: &[u8]) -> Result<CertificateSummary, CaError> 
         signature_algorithm,
     })
 }
+
+/// The operator CA's files inside the data directory (beside the issuing CA's).
+pub const OPERATOR_CA_RECORD_FILE: &str = "operator-ca.toml";
+pub const OPERATOR_CA_CERTIFICATE_FILE: &str = "operator-ca.pem";
+
+/// `operator-ca.toml`: where the operator CA's key is.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorCaRecord {
+    /// RFC 7512 URI of the operator CA private key.
+    pub operator_key: String,
+}
+
+/// What `ca init-operators` makes.
+#[derive(Clone, Debug)]
+pub struct OperatorCaParams {
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub key_spec: KeySpec,
+    pub validity_days: u32,
+    pub key_label: String,
+}
+
+/// The operator CA read back from the data directory.
+#[derive(Clone, Debug)]
+pub struct StoredOperatorCa {
+    pub record: OperatorCaRecord,
+    pub certificate_der: Vec<u8>,
+}
+
+impl StoredOperatorCa {
+    /// The operator CA in `data_dir`, made by `tessera ca init-operators`.
+    pub fn load(data_dir: &Path) -> Result<StoredOperatorCa, CaError> {
+        let record_path = data_dir.join(OPERATOR_CA_RECORD_FILE);
+        if !record_path.exists() {
+            return Err(CaError::NoOperatorCa {
+                dir: data_dir.to_path_buf(),
+            });
+        }
+        let text = read_file(&record_path)?;
+        let record: OperatorCaRecord =
+            toml::from_str(&String::from_utf8_lossy(&text)).map_err(|e| {
+                CaError::CaRecordInvalid {
+                    path: record_path.clone(),
+                    reason: e.message().replace('\n', " "),
+                }
+            })?;
+        Ok(StoredOperatorCa {
+            record,
+            certificate_der: read_certificate_pem(&data_dir.join(OPERATOR_CA_CERTIFICATE_FILE))?,
+        })
+    }
+
+    /// The operator CA with its key found in the HSM; it issues the operator profile only.
+    pub fn operator_ca(&self, hsm: &Hsm) -> Result<IssuingCa, CaError> {
+        let key = hsm.find_key(&self.record.operator_key)?;
+        Ok(IssuingCa::new(self.certificate_der.clone(), key)?.for_operators())
+    }
+}
+
+/// `ca init-operators`: a second CA under the root, for API client (operator) certificates
+/// only. Its key is generated in the HSM; its certificate is signed by the root key (pathLen 0,
+/// certificatePolicies the operator policy OID alone, so a certificate under it carrying a
+/// person's policy does not validate for policy-checking relying parties). Writes
+/// `operator-ca.pem` and, last, `operator-ca.toml`; all or nothing, as `init_ca`.
+pub fn init_operator_ca(
+    hsm: &Hsm,
+    data_dir: &Path,
+    params: &OperatorCaParams,
+    now: OffsetDateTime,
+) -> Result<StoredOperatorCa, CaError> {
+    let stored = StoredCa::load(data_dir)?;
+    if params.common_name.trim().is_empty() {
+        return Err(CaError::InitParameter(
+            "the operator CA common name must not be empty".into(),
+        ));
+    }
+    if params.validity_days == 0 {
+        return Err(CaError::InitParameter(
+            "validity must be at least one day".into(),
+        ));
+    }
+    for name in [OPERATOR_CA_RECORD_FILE, OPERATOR_CA_CERTIFICATE_FILE] {
+        let path = data_dir.join(name);
+        if path.exists() {
+            return Err(CaError::OperatorCaExists { path });
+        }
+    }
+    let root_not_after = {
+        use x509_parser::prelude::FromDer;
+        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&stored.root_der)
+            .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+        root.validity().not_after.to_datetime()
+    };
+    if whole_seconds(now) + Duration::days(i64::from(params.validity_days)) > root_not_after {
+        return Err(CaError::InitParameter(format!(
+            "the operator CA validity ({} days) would outlast the root certificate (valid until {root_not_after}); shorten --validity-days",
+            params.validity_days
+        )));
+    }
+    let mut ledger = CeremonyLedger {
+        hsm,
+        keys: Vec::new(),
+        files: Vec::new(),
+        created_dir: None,
+    };
+    let result = run_operator_ceremony(&mut ledger, &stored, data_dir, params, whole_seconds(now));
+    match result {
+        Ok(made) => Ok(made),
+        Err(e) => {
+            ledger.roll_back();
+            Err(e)
+        }
+    }
+}
+
+fn run_operator_ceremony(
+    ledger: &mut CeremonyLedger<'_>,
+    stored: &StoredCa,
+    data_dir: &Path,
+    params: &OperatorCaParams,
+    now: OffsetDateTime,
+) -> Result<StoredOperatorCa, CaError> {
+    let issuing_subject = summarize_certificate(&stored.issuing_der)?.subject;
+    let root_key = ledger.hsm.find_key(&stored.record.root_key)?;
+    let operator_key = ledger
+        .hsm
+        .generate_key_pair(&params.key_label, params.key_spec)?;
+    ledger.keys.push(operator_key.clone());
+    let root_public = EncodeOnlyKey::of(&root_key)?;
+    let operator_public = EncodeOnlyKey::of(&operator_key)?;
+    let mut ca = ca_params(
+        &params.common_name,
+        params.organization.as_deref(),
+        now,
+        params.validity_days,
+        Some(0),
+    )?;
+    let policies = policy_oid::certificate_policies(&[policy_oid::OPERATOR_POLICY])
+        .map_err(CaError::CertificateEncoding)?;
+    ca.custom_extensions.push(CustomExtension::from_oid_content(
+        CERTIFICATE_POLICIES_EXTENSION,
+        policies,
+    ));
+    let root_issuer = Issuer::from_ca_cert_der(&stored.root_der.clone().into(), root_public)
+        .map_err(|e| CaError::CaCertificateUnreadable(e.to_string()))?;
+    let der = sign_encoded(
+        ca.signed_by(&operator_public, &root_issuer)
+            .map_err(|e| CaError::CertificateEncoding(e.to_string()))?
+            .der(),
+        &root_key,
+    )?;
+    // The key matches its certificate before anything is written.
+    IssuingCa::new(der.clone(), operator_key.clone())?;
+    if summarize_certificate(&der)?.subject == issuing_subject {
+        return Err(CaError::InitParameter(format!(
+            "the operator CA needs a name other than the issuing CA's ({issuing_subject}); choose another --common-name"
+        )));
+    }
+    let record = OperatorCaRecord {
+        operator_key: operator_key.uri(),
+    };
+    let record_toml = format!(
+        "# Written by `tessera ca init-operators`. The private key never leaves the HSM; this RFC 7512 URI names it.\n{}",
+        toml::to_string(&record).map_err(|e| CaError::CertificateEncoding(e.to_string()))?
+    );
+    ledger.write_new_file(
+        data_dir.join(OPERATOR_CA_CERTIFICATE_FILE),
+        certificate_pem(&der).as_bytes(),
+    )?;
+    // operator-ca.toml last: its presence means a complete operator CA.
+    ledger.write_new_file(
+        data_dir.join(OPERATOR_CA_RECORD_FILE),
+        record_toml.as_bytes(),
+    )?;
+    Ok(StoredOperatorCa {
+        record,
+        certificate_der: der,
+    })
+}

@@ -195,6 +195,9 @@ pub struct IssuingCa {
     not_after: OffsetDateTime,
     signer: Arc<dyn Signer>,
     issuer: Issuer<'static, EncodeOnlyKey>,
+    /// The operator CA (API client certificates only) rather than the issuing CA of people's
+    /// and tokens' certificates.
+    operators: bool,
 }
 
 impl IssuingCa {
@@ -224,7 +227,39 @@ impl IssuingCa {
             not_after,
             signer: Arc::new(key),
             issuer,
+            operators: false,
         })
+    }
+
+    /// This CA as the operator CA: it issues the `operator-client` profile and nothing else.
+    pub fn for_operators(mut self) -> IssuingCa {
+        self.operators = true;
+        self
+    }
+
+    /// Whether this is the operator CA.
+    pub fn is_operator_ca(&self) -> bool {
+        self.operators
+    }
+
+    /// Refuses a profile this CA must not issue: operator certificates (the `operator-client`
+    /// profile, or any profile carrying the operator policy OID) come only from the operator
+    /// CA, and the operator CA issues nothing else.
+    pub fn check_profile(&self, profile: &Profile) -> Result<(), CaError> {
+        let operator_profile = profile.name == super::profile::OPERATOR_CLIENT_PROFILE
+            || profile
+                .certificate_policies
+                .iter()
+                .any(|p| p == super::policy_oid::OPERATOR_POLICY);
+        match (self.operators, operator_profile) {
+            (false, true) => Err(CaError::ProfileNeedsOperatorCa {
+                profile: profile.name.clone(),
+            }),
+            (true, false) => Err(CaError::ProfileNotForOperatorCa {
+                profile: profile.name.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn certificate_der(&self) -> &[u8] {
@@ -249,6 +284,7 @@ impl IssuingCa {
     /// nothing is stored.
     pub fn prepare(&self, request: &IssuanceRequest<'_>) -> Result<PreparedCertificate, CaError> {
         let profile = request.profile;
+        self.check_profile(profile)?;
         let public_key = SubjectPublicKey::from_spki_der(request.public_key_der)?;
         let provenance_policy = match request.provenance {
             KeyProvenance::HardwareAttested => profile.attested_key_policy.as_str(),

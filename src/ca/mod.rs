@@ -23,7 +23,9 @@ pub mod serial;
 mod signing;
 pub mod subject_key;
 
-pub use ceremony::{CaInitParams, CaRecord, StoredCa, init_ca};
+pub use ceremony::{
+    CaInitParams, CaRecord, OperatorCaParams, StoredCa, StoredOperatorCa, init_ca, init_operator_ca,
+};
 pub use csr::{VerifiedCsr, parse_and_verify_csr};
 pub use issue::{
     HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance,
@@ -75,6 +77,20 @@ pub enum CaError {
         "profile {profile} binds the certificate to a hardware token and no token serial was given"
     )]
     ProfileRequiresHardwareModule { profile: String },
+    #[error(
+        "profile {profile} makes API client (operator) certificates, which only the operator CA issues; issue them with `tessera admin issue-client-cert` (after `tessera ca init-operators`)"
+    )]
+    ProfileNeedsOperatorCa { profile: String },
+    #[error(
+        "the operator CA issues only the operator-client profile, not {profile}; people's and tokens' certificates come from the issuing CA"
+    )]
+    ProfileNotForOperatorCa { profile: String },
+    #[error(
+        "no operator CA in {dir} (operator-ca.toml not found); run `tessera ca init-operators` first"
+    )]
+    NoOperatorCa { dir: PathBuf },
+    #[error("an operator CA already exists ({path} is present); refusing to overwrite it")]
+    OperatorCaExists { path: PathBuf },
     #[error("subject is invalid: {0}")]
     SubjectInvalid(String),
     #[error("CSR cannot be read: {0}; give a PKCS#10 request in PEM or DER")]

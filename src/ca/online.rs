@@ -39,6 +39,26 @@ impl OnlineCa {
         })
     }
 
+    /// The operator CA in `data_dir` (made by `tessera ca init-operators`) as the CA that signs,
+    /// with the operator-client profile only: what `tessera admin issue-client-cert` issues with.
+    pub fn open_operators(hsm_config: &Path, data_dir: &Path) -> Result<OnlineCa, CaError> {
+        let stored = StoredCa::load(data_dir)?;
+        let operators = super::StoredOperatorCa::load(data_dir)?;
+        let profiles = ProfileSet::from_profiles(vec![super::Profile::from_toml(
+            super::profile::OPERATOR_CLIENT_PROFILE,
+            include_str!("../../profiles/operator-client.toml"),
+            "built-in profile operator-client",
+        )?]);
+        let hsm = Hsm::open(&HsmConfig::load(hsm_config)?)?;
+        let issuing = operators.operator_ca(&hsm)?;
+        Ok(OnlineCa {
+            hsm,
+            issuing,
+            profiles,
+            stored,
+        })
+    }
+
     /// The chain relying parties need, PEM: issuing CA, then root.
     pub fn chain_pem(&self) -> String {
         format!(

@@ -8,6 +8,12 @@ use super::der_encoding::{sequence, tagged};
 /// anyPolicy (RFC 5280), carried by the issuing CA certificate.
 pub const ANY_POLICY: &str = "2.5.29.32.0";
 
+/// The policy OID that marks an API client (operator) certificate: carried by every certificate
+/// of the `operator-client` profile (profiles/operator-client.toml) and by the operator CA's own
+/// certificate, required by the gRPC edge's `authorize`, and refused in every other profile
+/// (`IssuingCa::check_profile`). Fixed, not configurable: the operator profile is built in.
+pub const OPERATOR_POLICY: &str = "1.3.6.1.4.1.32473.1.2.3";
+
 /// certificatePolicies extension OID as rcgen wants it.
 pub const CERTIFICATE_POLICIES_EXTENSION: &[u64] = &[2, 5, 29, 32];
 
@@ -87,6 +93,17 @@ mod tests {
         );
         assert!(encode("3.1").is_err());
         assert!(encode("1").is_err());
+    }
+
+    #[test]
+    fn the_operator_profile_carries_the_operator_policy() {
+        let profile = crate::ca::Profile::from_toml(
+            crate::ca::profile::OPERATOR_CLIENT_PROFILE,
+            include_str!("../../profiles/operator-client.toml"),
+            "built-in profile operator-client",
+        )
+        .unwrap();
+        assert_eq!(profile.certificate_policies, [OPERATOR_POLICY]);
     }
 
     #[test]

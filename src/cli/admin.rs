@@ -1,9 +1,10 @@
-//! `tessera admin issue-client-cert`: a client certificate for the gRPC API, from Tessera's CA,
-//! with the caller's role bound as a `tessera:role:<role>` URI SAN (see docs/api.md).
+//! `tessera admin issue-client-cert`: a client certificate for the gRPC API, from the operator
+//! CA (`tessera ca init-operators`), with the caller's role bound as a `tessera:role:<role>` URI
+//! SAN and the operator policy OID (see docs/api.md).
 use crate::api::Role;
 use crate::audit::Actor;
 use crate::ca::issue::certificate_pem;
-use crate::ca::{KeyProvenance, OnlineCa, Profile, ProfileSet, StoredCa, SubjectParams};
+use crate::ca::{KeyProvenance, OnlineCa, StoredOperatorCa, SubjectParams};
 use crate::hsm::{Hsm, HsmConfig, HsmKey, KeySpec};
 use crate::lifecycle::{IssueParams, issue_certificate};
 use crate::server::ServerConfig;
@@ -37,11 +38,11 @@ pub enum AdminCommand {
         config: PathBuf,
         #[arg(long, env = "TESSERA_HSM_CONFIG")]
         hsm_config: PathBuf,
-        /// Directory of the CA's public files (ca.toml, root.pem, issuing.pem), as made by
-        /// `tessera ca init`.
+        /// Directory of the CA's public files (ca.toml, root.pem, operator-ca.toml,
+        /// operator-ca.pem), as made by `tessera ca init` and `tessera ca init-operators`.
         #[arg(long, env = "TESSERA_DATA_DIR")]
         data_dir: PathBuf,
-        /// Where to write the certificate chain (PEM: the certificate, then the issuing CA).
+        /// Where to write the certificate chain (PEM: the certificate, then the operator CA).
         #[arg(long)]
         out_cert: PathBuf,
         /// Where to write the private key (PEM, mode 0600). Must not exist.
@@ -66,7 +67,6 @@ pub enum AdminCommand {
     },
 }
 
-const OPERATOR_PROFILE: &str = include_str!("../../profiles/operator-client.toml");
 const OPERATOR_PROFILE_NAME: &str = crate::ca::profile::OPERATOR_CLIENT_PROFILE;
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
@@ -118,7 +118,8 @@ fn issue_client_cert(command: AdminCommand) -> anyhow::Result<ExitCode> {
         }
     }
     let config = ServerConfig::load(&config)?;
-    let stored_ca = StoredCa::load(&data_dir)?;
+    // Before any key is made: API client certificates come only from the operator CA.
+    let operator_ca = StoredOperatorCa::load(&data_dir)?;
     let key = match (&key_in_hsm_config, &key_label) {
         (Some(hsm_config), Some(label)) => ClientKey::in_token(hsm_config, label)?,
         _ => ClientKey::File(Box::new(
@@ -127,13 +128,13 @@ fn issue_client_cert(command: AdminCommand) -> anyhow::Result<ExitCode> {
     };
     let mut subject = SubjectParams::new(name.as_str());
     subject.uris.push(role.uri());
-    let mut ca = OnlineCa::open(&hsm_config, &data_dir, None)?;
-    ca.profiles = ProfileSet::from_profiles(vec![Profile::from_toml(
-        OPERATOR_PROFILE_NAME,
-        OPERATOR_PROFILE,
-        "built-in profile operator-client",
-    )?]);
-    let ca = Arc::new(ca);
+    let ca = match OnlineCa::open_operators(&hsm_config, &data_dir) {
+        Ok(ca) => Arc::new(ca),
+        Err(e) => {
+            key.discard();
+            return Err(e.into());
+        }
+    };
     let actor = Actor {
         name: "tessera admin".into(),
         role: Role::Admin.as_str().into(),
@@ -184,7 +185,7 @@ fn issue_client_cert(command: AdminCommand) -> anyhow::Result<ExitCode> {
     let chain = format!(
         "{}{}",
         certificate_pem(&der),
-        certificate_pem(&stored_ca.issuing_der)
+        certificate_pem(&operator_ca.certificate_der)
     );
     write_new(&out_cert, chain.as_bytes(), 0o644)?;
     println!(

@@ -1,5 +1,6 @@
-//! `tessera ca init | show | sign-csr | init-ocsp`: the CA ceremony, the chain, issuance from a
-//! CSR, and the delegated OCSP responder.
+//! `tessera ca init | init-operators | show | sign-csr | init-ocsp`: the CA ceremony, the
+//! operator CA for API client certificates, the chain, issuance from a CSR, and the delegated
+//! OCSP responder.
 use crate::ca::{
     self, CaInitParams, IssuanceRequest, KeyProvenance, ProfileSet, SerialNumber, StoredCa,
     ceremony::summarize_certificate,
@@ -74,6 +75,30 @@ enum CaCommand {
         /// HSM label (CKA_LABEL) of the issuing key.
         #[arg(long, default_value = "tessera-issuing")]
         issuing_key_label: String,
+    },
+    /// The operator CA: a second CA under the root, its key in the HSM, that issues API client
+    /// certificates only (`tessera admin issue-client-cert`). Writes operator-ca.pem (what the
+    /// server's `tls.client_ca` names) and operator-ca.toml into the data directory.
+    InitOperators {
+        #[command(flatten)]
+        hsm: HsmConfigArg,
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Common name of the operator CA.
+        #[arg(long, default_value = "Tessera Operator CA")]
+        common_name: String,
+        /// Organization (O) of its name.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Key algorithm: p256, p384, rsa2048, rsa3072, rsa4096.
+        #[arg(long, default_value = "p256", value_parser = parse_key_spec)]
+        algorithm: KeySpec,
+        /// Validity in days.
+        #[arg(long, default_value_t = 1826)]
+        validity_days: u32,
+        /// HSM label (CKA_LABEL) of the operator CA key.
+        #[arg(long, default_value = "tessera-operators")]
+        key_label: String,
     },
     /// Prints the chain (subjects, serials, validity) and the HSM key URIs.
     Show {
@@ -218,6 +243,45 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
             println!("audit checkpoint key");
             println!("  key:        {}", key.uri());
             println!("  public key: {}", pem_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::InitOperators {
+            hsm,
+            data,
+            common_name,
+            organization,
+            algorithm,
+            validity_days,
+            key_label,
+        } => {
+            let hsm = open_hsm(&hsm.hsm_config)?;
+            let made = ca::init_operator_ca(
+                &hsm,
+                &data.data_dir,
+                &ca::OperatorCaParams {
+                    common_name,
+                    organization,
+                    key_spec: algorithm,
+                    validity_days,
+                    key_label,
+                },
+                time::OffsetDateTime::now_utc(),
+            )?;
+            let summary = summarize_certificate(&made.certificate_der)?;
+            println!(
+                "operator CA created in {}: {} (serial {}, valid until {}), key {}",
+                data.data_dir.display(),
+                summary.subject,
+                summary.serial_hex,
+                summary.not_after,
+                made.record.operator_key
+            );
+            println!(
+                "point the server's tls.client_ca at {}",
+                data.data_dir
+                    .join(ca::ceremony::OPERATOR_CA_CERTIFICATE_FILE)
+                    .display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Show { data } => {

@@ -128,7 +128,10 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// PEM: the server's private key (PKCS#8, SEC1 or PKCS#1).
     pub private_key: PathBuf,
-    /// PEM: the CA certificate(s) that issue client certificates (Tessera's CA).
+    /// PEM: the CA certificate(s) API client certificates must chain to: the operator CA
+    /// (`operator-ca.pem`, `tessera ca init-operators`). When it also trusts the issuing CA of
+    /// people's certificates (or the root), the server warns at start; people's certificates
+    /// then pass the handshake and are refused per call (docs/operations.md).
     pub client_ca: PathBuf,
     /// true (default): the TLS handshake fails without a client certificate from `client_ca`.
     /// false: a connection without one is let through TLS (for load-balancer health checks

@@ -59,6 +59,19 @@ impl BoundServer {
                 c.profiles_dir.as_deref(),
             )?)),
         };
+        if let Some(online) = &ca
+            && super::tls::client_ca_holds_any(
+                &config.tls,
+                &[&online.stored.issuing_der, &online.stored.root_der],
+            )?
+        {
+            // Kept working for configurations written before the operator CA existed; every
+            // call with a certificate that is not a good operator certificate is still refused.
+            tracing::warn!(
+                client_ca = %config.tls.client_ca.display(),
+                "tls.client_ca trusts the issuing CA of people's certificates (or the root above it), so people's certificates pass the TLS handshake (each call with one is refused, NOT_AN_OPERATOR_CERTIFICATE); run `tessera ca init-operators`, reissue the API client certificates and point tls.client_ca at operator-ca.pem (docs/operations.md)"
+            );
+        }
         let checkpoints = checkpointing(config, ca.as_deref())?.map(Arc::new);
         let revocation = match (&config.ca, &ca) {
             (Some(c), Some(online)) => {

@@ -28,6 +28,18 @@ fn read_certificates(
     Ok(certs)
 }
 
+/// Whether the `client_ca` bundle holds one of `certificates` (DER): with the issuing CA of
+/// people's certificates or the root above it in the bundle, people's certificates pass the
+/// handshake (and are refused per call by the gRPC edge).
+pub fn client_ca_holds_any(
+    tls: &TlsConfig,
+    certificates: &[&[u8]],
+) -> Result<bool, ServerConfigError> {
+    Ok(read_certificates("client CA certificate", &tls.client_ca)?
+        .iter()
+        .any(|c| certificates.contains(&c.as_ref())))
+}
+
 /// TLS 1.3 only (ring provider); client certificates are verified against `client_ca`. Without
 /// one the handshake fails, unless `require_client_certificate = false`: then the connection is
 /// let through TLS (health checks work) and every Tessera RPC answers UNAUTHENTICATED.

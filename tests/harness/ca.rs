@@ -13,8 +13,9 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    /// A SoftHSM2 token labelled "tessera" with the CA ceremony run in it (root and issuing
-    /// keys in the token), the CA's files in `data_dir`.
+    /// A SoftHSM2 token labelled "tessera" with the CA ceremony run in it (root, issuing and
+    /// operator CA keys in the token: `ca init` then `ca init-operators`), the CA's files in
+    /// `data_dir`.
     pub fn init(data_dir: &Path) -> TestCa {
         let token = SoftHsmToken::create("tessera");
         token.init_ca(data_dir);
@@ -22,11 +23,29 @@ impl TestCa {
             "SOFTHSM2_CONF".to_string(),
             token.softhsm2_conf.to_str().unwrap().to_string(),
         )];
-        TestCa {
+        let ca = TestCa {
             token,
             data_dir: data_dir.to_path_buf(),
             env,
-        }
+        };
+        let (code, _, err) = tessera(
+            &[
+                "ca",
+                "init-operators",
+                "--hsm-config",
+                ca.hsm_config_str(),
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ],
+            &ca.env,
+        );
+        assert_eq!(code, 0, "ca init-operators: {err}");
+        ca
+    }
+
+    /// The operator CA's certificate (PEM), what `tls.client_ca` names in a real deployment.
+    pub fn operator_ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("operator-ca.pem")).unwrap()
     }
 
     /// The token's HSM configuration file (hsm.toml).

@@ -106,6 +106,22 @@ pub struct Enrollment {
     pub puk_releases_per_hour: Option<u32>,
 }
 
+/// `url` as the server resolves it from a configuration in `dir` (a relative SQLite path is
+/// taken from the configuration's directory).
+fn database_url_from(dir: &Path, url: &str) -> String {
+    match url.strip_prefix("sqlite:") {
+        Some(rest) => {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            if !file.is_empty() && Path::new(file).is_relative() {
+                format!("sqlite:{}", dir.join(file).display())
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The file names `write` gives the server's TLS files, next to the configuration.
 pub const SERVER_CERTIFICATE: &str = "server.pem";
 pub const SERVER_KEY: &str = "server.key";
@@ -199,7 +215,10 @@ impl ServerToml {
 
     /// Writes `pki`'s server certificate, key and client CA and this configuration into `dir`;
     /// returns the configuration file's path.
+    /// Client certificates `pki` makes from then on are recorded in this configuration's
+    /// database (as a real deployment's `tessera admin issue-client-cert` records them).
     pub fn write(&self, dir: &Path, pki: &TestPki) -> PathBuf {
+        pki.record_clients_in(&database_url_from(dir, &self.database.url));
         std::fs::write(dir.join(SERVER_CERTIFICATE), &pki.server_cert_pem).unwrap();
         std::fs::write(dir.join(SERVER_KEY), &pki.server_key_pem).unwrap();
         std::fs::write(dir.join(CLIENT_CA), &pki.ca_pem).unwrap();

@@ -594,6 +594,8 @@ fn metadata(s: &Status, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The certificates in the store but the API client certificates the harness records
+/// (profile `operator-client`).
 async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
     store
         .list_certificates(&CertificatesQuery {
@@ -602,6 +604,9 @@ async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
         })
         .await
         .unwrap()
+        .into_iter()
+        .filter(|c| c.profile != "operator-client")
+        .collect()
 }
 
 /// A refusal: the exact code and reason, `certificates_before` certificates still (none

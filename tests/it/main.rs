@@ -18,6 +18,7 @@ mod enrollment;
 mod hsm;
 mod issuance_api;
 mod layers;
+mod operator_ca;
 mod piv_token;
 mod reasons;
 mod revocation;

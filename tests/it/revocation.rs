@@ -885,7 +885,8 @@ async fn python_client_sees_crl_and_ocsp_follow_the_person() {
     );
 
     // What /metrics says about it: RPC latencies per method, issued certificates (the
-    // responder's and the person's), four CRLs and four signed OCSP answers, the HSM pool.
+    // responder's, the person's and the HR client's, recorded as issue-client-cert records
+    // it), four CRLs and four signed OCSP answers, the HSM pool.
     // An HSM operation that fails (a key that is not there) is counted.
     assert!(
         ca.hsm
@@ -899,7 +900,7 @@ async fn python_client_sees_crl_and_ocsp_follow_the_person() {
         "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/CreatePerson\"} 1",
         "tessera_rpc_duration_seconds_count{method=\"/tessera.v1.DirectoryService/ReinstatePerson\"} 2",
         "tessera_rpc_duration_seconds_bucket{le=\"+Inf\",method=\"/tessera.v1.DirectoryService/SuspendPerson\"} 1",
-        "tessera_certificates_issued_total 2",
+        "tessera_certificates_issued_total 3",
         "tessera_certificates{status=\"revoked\"} 1",
         "tessera_crl_number 4",
         "tessera_crls_signed_total 4",

@@ -939,14 +939,35 @@ async fn audit_tamper_is_named_by_the_api_and_the_cli(url: &str) {
         .arg(&server.config_path)
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n\
-         state tables explained by the audit log: 4 people, 0 tokens, 0 certificates\n"
-    );
-    assert!(out.status.success());
-
+    // The chain verifies; the replay then names the harness's own client certificates, which
+    // the harness wrote into the table without the events `tessera admin issue-client-cert`
+    // would have logged — exactly what it must say of rows written behind the log's back.
     let store = Store::open(&server.config.database.url).await.unwrap();
+    let mut harness_rows: Vec<String> = store
+        .list_certificates(&tessera::store::CertificatesQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.profile == "operator-client")
+        .map(|c| c.serial)
+        .collect();
+    harness_rows.sort();
+    assert_eq!(harness_rows.len(), 2, "the hr and auditor clients");
+    let expected: String = std::iter::once(
+        "audit chain intact: 4 events, 0 checkpoints (signatures not checked)\n".to_string(),
+    )
+    .chain(harness_rows.iter().map(|serial| {
+        format!(
+            "row not explained by the audit log: certificates serial={serial}: no audit event records this row\n"
+        )
+    }))
+    .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(out.status.code(), Some(2));
+
     store
         .execute_raw("UPDATE audit_events SET after_json = '{}' WHERE sequence = 2")
         .await
@@ -1370,6 +1391,22 @@ fn serve_signs_a_checkpoint_at_shutdown() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+    // The harness wrote its client certificate into the table without the events
+    // `tessera admin issue-client-cert` logs; take it out so the replay sees only this test's
+    // rows (the replay naming such rows is tested in audit_tamper_is_named_by_the_api_and_the_cli).
+    rt.block_on(async {
+        let store = Store::open(&format!(
+            "sqlite:{}",
+            dir.path().join("tessera.db").display()
+        ))
+        .await
+        .unwrap();
+        store
+            .execute_raw("DELETE FROM certificates WHERE profile = 'operator-client'")
+            .await
+            .unwrap();
+        store.close().await;
+    });
     let (code, out, err) = tessera(
         &[
             "audit",
@@ -1405,7 +1442,6 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
     token.init_ca(&data);
     let pki = TestPki::new();
     let config = pki.write_server_config(dir.path(), url);
-    std::fs::copy(data.join("root.pem"), dir.path().join("client-ca.pem")).unwrap();
     let config_s = config.to_str().unwrap();
     let (cert, key) = (dir.path().join("hr.pem"), dir.path().join("hr.key"));
     let issue = |role: &str| {
@@ -1431,6 +1467,65 @@ async fn issued_client_certificate_carries_its_role(url: &str) {
             &env,
         )
     };
+    // Issue 12, finding 4: API client certificates come only from the operator CA.
+    let (code, out, err) = issue("hr");
+    assert_eq!(
+        (code, out.as_str(), err),
+        (
+            1,
+            "",
+            format!(
+                "error: no operator CA in {} (operator-ca.toml not found); run `tessera ca init-operators` first\n",
+                data.display()
+            )
+        )
+    );
+    let (code, out, err) = tessera(
+        &[
+            "ca",
+            "init-operators",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_s,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "operator CA created in {}: CN=Tessera Operator CA (serial ",
+            data.display()
+        )),
+        "{out}"
+    );
+    let (code, _, err) = tessera(
+        &[
+            "ca",
+            "init-operators",
+            "--hsm-config",
+            &hsm_config,
+            "--data-dir",
+            data_s,
+        ],
+        &env,
+    );
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: an operator CA already exists ({}/operator-ca.toml is present); refusing to overwrite it\n",
+                data.display()
+            )
+        )
+    );
+    // The server trusts the operator CA for API clients, not the root over people's CA.
+    std::fs::copy(
+        data.join("operator-ca.pem"),
+        dir.path().join("client-ca.pem"),
+    )
+    .unwrap();
     let (code, _, err) = issue("superuser");
     assert_eq!(
         (code, err.as_str()),
@@ -2228,30 +2323,14 @@ async fn audit_stream_follows_new_events(url: &str) {
 /// every call — also on a connection opened before the revocation — and works again when
 /// released from hold.
 async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
-    use tessera::store::NewCertificate;
     use x509_parser::prelude::FromDer;
     let server = TestServer::builder(url).start().await;
+    // Recorded as `tessera admin issue-client-cert` records it (the harness does).
     let door = server.pki.client("relying-party");
     let (_, der) = x509_parser::pem::parse_x509_pem(door.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
     let serial = hex::encode(cert.raw_serial());
     let store = Store::open(url).await.unwrap();
-    let mut tx = store.begin_write().await.unwrap();
-    tx.reserve_certificate(&NewCertificate {
-        serial: serial.clone(),
-        person_id: None,
-        token_id: None,
-        profile: "operator-client".into(),
-        tbs: b"tbs".to_vec(),
-        not_before: "2026-01-01T00:00:00Z".parse().unwrap(),
-        not_after: "2027-01-01T00:00:00Z".parse().unwrap(),
-    })
-    .await
-    .unwrap();
-    tx.record_issued_certificate(&serial, &der.contents, &"ef".repeat(32))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
 
     let mut rp = CertificateServiceClient::new(server.channel(Some(&door)).await);
     let chain = || pb::LookupCertificateRequest {
@@ -2296,7 +2375,7 @@ async fn revoked_client_certificate_is_refused_on_open_connections(url: &str) {
     assert_eq!(s.code(), Code::Unauthenticated);
     assert_eq!(reason_and_fields(&s).0, "CLIENT_CERTIFICATE_REVOKED");
     assert!(s.message().contains("is revoked"), "{}", s.message());
-    // A certificate the store does not know still reaches the role check.
+    // A good certificate of another caller still reaches the role check.
     let mut other = CertificateServiceClient::new(server.as_role("helpdesk").await);
     assert_eq!(
         other.lookup_certificate(chain()).await.unwrap_err().code(),
@@ -2317,7 +2396,6 @@ async fn following_audit_stream_ends_when_its_callers_certificate_is_revoked(url
     let (_, der) = x509_parser::pem::parse_x509_pem(auditor.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
     let serial = hex::encode(cert.raw_serial());
-    record_certificate(&store, &serial, None, "operator-client", &der.contents).await;
     let mut d = DirectoryServiceClient::new(server.as_role("hr").await);
     d.create_person(pb::CreatePersonRequest {
         request_id: "create-F1".into(),
@@ -2408,12 +2486,12 @@ async fn helpdesk_cannot_revoke_operator_certificates_and_releases_holds(url: &s
     use x509_parser::prelude::FromDer;
     let server = TestServer::builder(url).start().await;
     let store = Store::open(url).await.unwrap();
-    // HR's API client certificate, recorded as `tessera admin issue-client-cert` records it.
+    // HR's API client certificate, recorded as `tessera admin issue-client-cert` records it
+    // (the harness does).
     let hr = server.pki.client("hr");
     let (_, der) = x509_parser::pem::parse_x509_pem(hr.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der.contents).unwrap();
     let hr_serial = hex::encode(cert.raw_serial());
-    record_certificate(&store, &hr_serial, None, "operator-client", &der.contents).await;
     record_certificate(&store, "0c01", None, "ocsp-responder", b"OCSP").await;
 
     let mut directory = DirectoryServiceClient::new(server.channel(Some(&hr)).await);
