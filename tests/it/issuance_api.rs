@@ -1432,6 +1432,13 @@ async fn kill_minus_9_under_load_loses_no_signed_certificate(url: &str) {
         received.len(),
         rows.len()
     );
+    // The harness wrote its API client certificates into the table without the events
+    // `tessera admin issue-client-cert` logs; take them out so the replay judges only the
+    // certificates this test issued (as serve_signs_a_checkpoint_at_shutdown does).
+    store
+        .execute_raw("DELETE FROM certificates WHERE profile = 'operator-client'")
+        .await
+        .unwrap();
     store.close().await;
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
         .args(["audit", "verify", "--config"])
