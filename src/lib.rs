@@ -11,6 +11,7 @@ pub mod enroll;
 pub mod hsm;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod piv;
 pub mod protocol;
 pub mod server;

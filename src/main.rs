@@ -30,6 +30,8 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Administration: client certificates for the API.
     Admin(cli::admin::AdminArgs),
+    /// Reports read from the server's database: certificates about to expire.
+    Report(cli::report::ReportArgs),
     /// The help-desk station: enroll, unblock, replace, retire a YubiKey; token status.
     Station(cli::station::StationArgs),
 }
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Audit(a) => cli::audit::run(a),
         Command::Admin(a) => cli::admin::run(a),
+        Command::Report(a) => cli::report::run(a),
         Command::Station(a) => cli::station::run(a),
     };
     match result {

@@ -203,6 +203,9 @@ pub struct DatabaseReadings {
     pub certificates_signed: Option<i64>,
     /// The current CRL number (with a CA; −1 when the query failed).
     pub crl_number: Option<i64>,
+    /// `(within_days, good certificates whose notAfter is within that many days from now)`;
+    /// empty when the query failed.
+    pub certificates_expiring: Vec<(i64, i64)>,
 }
 
 impl Collector for DatabaseReadings {
@@ -261,6 +264,23 @@ impl Collector for DatabaseReadings {
                 None,
                 issued.metric_type(),
             )?)?;
+        }
+        if !self.certificates_expiring.is_empty() {
+            #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+            struct Within {
+                within_days: i64,
+            }
+            let mut family = encoder.encode_descriptor(
+                "tessera_certificates_expiring",
+                "Good certificates whose notAfter is between now and now + within_days.",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            for (within_days, n) in &self.certificates_expiring {
+                ConstGauge::new(*n).encode(family.encode_family(&Within {
+                    within_days: *within_days,
+                })?)?;
+            }
         }
         if let Some(number) = self.crl_number {
             let number = ConstGauge::new(number);
@@ -379,6 +399,7 @@ mod tests {
             pool_idle: 1,
             certificates_signed: Some(4),
             crl_number: Some(5),
+            certificates_expiring: vec![(7, 2), (30, 6)],
         });
         let lines = sample_lines(&out);
         for line in [
@@ -390,6 +411,8 @@ mod tests {
             "tessera_db_pool_connections{state=\"idle\"} 1",
             "tessera_certificates_issued_total 4",
             "tessera_crl_number 5",
+            "tessera_certificates_expiring{within_days=\"7\"} 2",
+            "tessera_certificates_expiring{within_days=\"30\"} 6",
         ] {
             assert!(lines.contains(&line), "{line:?} missing from:\n{out}");
         }

@@ -186,7 +186,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.AuditService/StreamAuditEvents"
         | "/tessera.v1.AuditService/VerifyAuditChain" => AUDIT,
         "/tessera.v1.CertificateService/GetCertificate"
-        | "/tessera.v1.CertificateService/ListCertificates" => &[Helpdesk, Auditor, Admin],
+        | "/tessera.v1.CertificateService/ListCertificates"
+        | "/tessera.v1.CertificateService/ListExpiringCertificates" => &[Helpdesk, Auditor, Admin],
         // Issuing hands out a credential, a decision of the same weight as revoking one.
         // Operator certificates (API clients, OCSP responder) only for admin: see
         // `lifecycle::CertificateScope`.

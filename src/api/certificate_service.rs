@@ -4,7 +4,9 @@ use super::authz::authorize;
 use super::pb::{self, certificate_service_server::CertificateService};
 use super::{next_page_token, page_size, person_filter, status, token_filter};
 use crate::lifecycle::{self, LifecycleError, RevocationReason};
-use crate::store::{CertificateRow, CertificateStatus, CertificatesQuery, Store};
+use crate::store::{
+    CertificateRow, CertificateStatus, CertificatesQuery, ExpiringQuery, Store, Timestamp,
+};
 use tonic::{Request, Response, Status};
 
 pub struct Certificates {
@@ -38,6 +40,25 @@ fn serial_arg(field: &str, serial: &str) -> Result<String, Status> {
             field,
             "INVALID_SERIAL",
             &format!("{field} must be the certificate serial in hex"),
+        )
+    })
+}
+
+/// `ListExpiringCertificates` page tokens are `<notAfter>/<serial>` of the last row returned.
+fn expiring_page_token(token: &str) -> Result<Option<(Timestamp, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let parsed = token.split_once('/').and_then(|(time, serial)| {
+        let time = Timestamp::parse(time).ok()?;
+        let serial = normalise_hex(serial, 40, false)?;
+        Some((time, serial))
+    });
+    parsed.map(Some).ok_or_else(|| {
+        status::invalid_argument(
+            "page_token",
+            "INVALID_PAGE_TOKEN",
+            "page_token is not one this server returned",
         )
     })
 }
@@ -189,6 +210,42 @@ impl CertificateService for Certificates {
         Ok(Response::new(pb::ListCertificatesResponse {
             certificates,
             next_page_token,
+        }))
+    }
+
+    async fn list_expiring_certificates(
+        &self,
+        request: Request<pb::ListExpiringCertificatesRequest>,
+    ) -> Result<Response<pb::ListExpiringCertificatesResponse>, Status> {
+        authorize(&request, &method("ListExpiringCertificates"))?;
+        let req = request.into_inner();
+        let window =
+            lifecycle::ExpiryWindow::from_request("within_days", i64::from(req.within_days))?;
+        let limit = page_size(req.page_size)?;
+        let after = expiring_page_token(&req.page_token)?;
+        let person_id = person_filter(&self.store, &req.person_external_id).await?;
+        let (from, until) = window.range(self.store.now());
+        let rows = self
+            .store
+            .expiring_certificates(&ExpiringQuery {
+                from,
+                until,
+                after,
+                limit,
+                profile: (!req.profile.is_empty()).then_some(req.profile),
+                person_id,
+            })
+            .await?;
+        let next_page_token =
+            next_page_token(&rows, limit, |r| format!("{}/{}", r.not_after, r.serial));
+        let mut certificates = Vec::with_capacity(rows.len());
+        for r in rows {
+            certificates.push(self.to_pb(r).await?);
+        }
+        Ok(Response::new(pb::ListExpiringCertificatesResponse {
+            certificates,
+            next_page_token,
+            window_end: until.to_string(),
         }))
     }
 

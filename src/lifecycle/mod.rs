@@ -5,12 +5,14 @@
 
 mod certificates;
 mod csr_names;
+mod expiry;
 mod issuance;
 mod people;
 mod tokens;
 
 pub use certificates::*;
 pub use csr_names::*;
+pub use expiry::*;
 pub use issuance::*;
 pub use people::*;
 pub use tokens::*;
@@ -125,6 +127,7 @@ impl LifecycleError {
         "ENROLLMENT_EXPIRED",
         "ENROLLMENT_ABORTED",
         "CSR_NAMES_A_PERSON",
+        "INVALID_WINDOW",
         "INTERNAL",
     ];
 

@@ -92,6 +92,25 @@ pub async fn transition_token(
         },
     )
     .await?;
+    // The notice commits with the change or not at all (docs/operations.md, Notifications).
+    let notice = match transition {
+        TokenTransition::Suspend => Some("token.suspended"),
+        TokenTransition::MarkLost => Some("token.lost"),
+        _ => None,
+    };
+    if let Some(event) = notice {
+        tx.enqueue_notification(&crate::store::NewNotification {
+            event,
+            dedup_key: None,
+            payload: serde_json::json!({
+                "token_serial": row.serial,
+                "person_external_id": row.person_external_id,
+                "state": row.state.as_str(),
+                "request_id": request_id,
+            }),
+        })
+        .await?;
+    }
     let effect = match transition {
         TokenTransition::MarkLost => CertificateEffect::Revoke(RevocationReason::KeyCompromise),
         TokenTransition::MarkDamaged => CertificateEffect::Revoke(RevocationReason::Superseded),

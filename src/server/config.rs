@@ -28,6 +28,10 @@ pub struct ServerConfig {
     /// enrollment RPCs answer FAILED_PRECONDITION ENROLLMENT_NOT_CONFIGURED.
     #[serde(default)]
     pub enrollment: Option<crate::enroll::EnrollmentConfig>,
+    /// Expiry and token notices to a webhook (`crate::notify`); without this section the
+    /// outbox is written but nothing is delivered and no expiry scan runs.
+    #[serde(default)]
+    pub notifications: Option<crate::notify::NotificationsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +201,8 @@ pub enum ServerConfigError {
         "database.acquire_timeout_seconds must be between 1 and {MAX_ACQUIRE_TIMEOUT_SECONDS}, not {0}"
     )]
     AcquireTimeout(u64),
+    #[error("notifications: {0}")]
+    Notifications(String),
     #[error("audit.checkpoint_interval_seconds must be at least 1")]
     CheckpointInterval,
     #[error(
@@ -259,6 +265,11 @@ impl ServerConfig {
                     *p = base.join(&*p);
                 }
             }
+        }
+        if let Some(n) = config.notifications.as_mut()
+            && n.hmac_key_file.is_relative()
+        {
+            n.hmac_key_file = base.join(&n.hmac_key_file);
         }
         if let Some(e) = config.enrollment.as_mut() {
             for p in e

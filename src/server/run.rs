@@ -37,6 +37,7 @@ pub struct BoundServer {
     /// validity.
     revocation: Option<(Option<Arc<OcspResponder>>, time::Duration)>,
     enrollment: Option<Arc<EnrollmentSettings>>,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl BoundServer {
@@ -106,6 +107,12 @@ impl BoundServer {
                 EnrollmentSettings::load(e, ca).map_err(ServerConfigError::Enrollment)?,
             )),
         };
+        let notifier = match &config.notifications {
+            None => None,
+            Some(n) => {
+                Some(crate::notify::Notifier::new(n).map_err(ServerConfigError::Notifications)?)
+            }
+        };
         let store = Store::open_with(
             &config.database.url,
             clock,
@@ -148,6 +155,7 @@ impl BoundServer {
             ca,
             revocation,
             enrollment,
+            notifier,
         })
     }
 
@@ -292,6 +300,7 @@ impl BoundServer {
                 }
             })
         });
+        let notifier_loop = self.notifier.map(|n| n.spawn(store.clone()));
         let grpc = crate::api::GrpcEdge {
             store: store.clone(),
             ca: self.ca.clone(),
@@ -309,6 +318,9 @@ impl BoundServer {
             task.abort();
         }
         if let Some(task) = expiry_loop {
+            task.abort();
+        }
+        if let Some(task) = notifier_loop {
             task.abort();
         }
         if let Some(c) = &self.checkpoints {

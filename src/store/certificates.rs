@@ -57,6 +57,19 @@ pub struct CertificatesQuery {
     pub token_id: Option<i64>,
 }
 
+/// Good certificates whose notAfter falls in `[from, until]`, by notAfter then serial.
+#[derive(Debug, Clone)]
+pub struct ExpiringQuery {
+    pub from: Timestamp,
+    pub until: Timestamp,
+    /// Rows after this `(not_after, serial)` (paging); `None` starts at the first.
+    pub after: Option<(Timestamp, String)>,
+    pub limit: i64,
+    /// Only this profile (exact name) when set.
+    pub profile: Option<String>,
+    pub person_id: Option<i64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertificateOwner {
     Person(i64),
@@ -110,6 +123,50 @@ impl Store {
         .bind(q.token_id.unwrap_or(0))
         .bind(q.limit)
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Good certificates expiring in a window (see [`ExpiringQuery`]); on hold, revoked and
+    /// reserved ones are not listed, nor ones already expired.
+    pub async fn expiring_certificates(&self, q: &ExpiringQuery) -> Result<Vec<CertificateRow>> {
+        let (after_time, after_serial) = match &q.after {
+            Some((t, serial)) => (Some(*t), serial.as_str()),
+            None => (None, ""),
+        };
+        Ok(sqlx::query_as(sql!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE status = $1 \
+             AND not_after >= $2 AND not_after <= $3 \
+             AND ($4 = '' OR not_after > $4 OR (not_after = $4 AND serial > $5)) \
+             AND ($6 = '' OR profile = $6) AND ($7 = 0 OR person_id = $7) \
+             ORDER BY not_after, serial LIMIT $8"
+        ))
+        .bind(CertificateStatus::Good.as_str())
+        .bind(q.from)
+        .bind(q.until)
+        .bind(after_time.map(|t| t.to_string()).unwrap_or_default())
+        .bind(after_serial)
+        .bind(q.profile.as_deref().unwrap_or(""))
+        .bind(q.person_id.unwrap_or(0))
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many good certificates expire in `[from, until]` (the `tessera_certificates_expiring`
+    /// gauge).
+    pub async fn count_expiring_certificates(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM certificates WHERE status = $1 \
+             AND not_after >= $2 AND not_after <= $3",
+        )
+        .bind(CertificateStatus::Good.as_str())
+        .bind(from)
+        .bind(until)
+        .fetch_one(&self.pool)
         .await?)
     }
 

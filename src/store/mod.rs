@@ -65,6 +65,7 @@ mod crl_state;
 mod enrollment_certificates;
 mod enrollments;
 mod idempotency;
+mod notifications;
 mod people;
 mod puk_releases;
 mod sync_state;
@@ -75,13 +76,15 @@ mod tokens;
 pub use audit_checkpoints::CheckpointRow;
 pub use audit_events::AuditRow;
 pub use certificates::{
-    CertificateOwner, CertificateRow, CertificateStatus, CertificatesQuery, NewCertificate,
+    CertificateOwner, CertificateRow, CertificateStatus, CertificatesQuery, ExpiringQuery,
+    NewCertificate,
 };
 pub use clock::{Clock, ManualClock};
 pub use crl_state::{CrlStateRow, NewCrl};
 pub use enrollment_certificates::EnrollmentCertificateRow;
 pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
+pub use notifications::{NewNotification, NotificationRow};
 pub use people::{NewPerson, PeopleQuery, PersonRow, PersonState};
 pub use puk_releases::{NewPukRelease, PukReleaseRow, PukReleaseState};
 pub use timestamp::{BadTimestamp, Timestamp};

@@ -234,6 +234,22 @@ async fn metrics_page(State(s): State<Arc<WebState>>) -> Response {
             }
         }),
     };
+    let mut certificates_expiring = Vec::new();
+    for days in crate::lifecycle::EXPIRY_GAUGE_WINDOWS_DAYS {
+        let now = s.store.now();
+        match s
+            .store
+            .count_expiring_certificates(now, now + time::Duration::days(days))
+            .await
+        {
+            Ok(n) => certificates_expiring.push((days, n)),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: database query failed");
+                certificates_expiring.clear();
+                break;
+            }
+        }
+    }
     let (pool_open, pool_idle) = s.store.pool_usage();
     let text = s.metrics.encode(DatabaseReadings {
         state_counts: counts,
@@ -242,6 +258,7 @@ async fn metrics_page(State(s): State<Arc<WebState>>) -> Response {
         pool_idle,
         certificates_signed,
         crl_number,
+        certificates_expiring,
     });
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

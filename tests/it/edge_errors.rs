@@ -170,6 +170,18 @@ async fn negative_page_sizes_are_refused_and_large_ones_clamped(url: &str) {
             .await
             .unwrap_err();
         assert_eq!(refusal(&certificates), bad, "ListCertificates {page_size}");
+        let expiring = c
+            .list_expiring_certificates(pb::ListExpiringCertificatesRequest {
+                page_size,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal(&expiring),
+            bad,
+            "ListExpiringCertificates {page_size}"
+        );
         let events = a
             .list_audit_events(pb::ListAuditEventsRequest {
                 page_size,
@@ -188,6 +200,12 @@ async fn negative_page_sizes_are_refused_and_large_ones_clamped(url: &str) {
     .expect("a large page size is clamped");
     a.list_audit_events(pb::ListAuditEventsRequest {
         page_size: 5000,
+        ..Default::default()
+    })
+    .await
+    .expect("a large page size is clamped");
+    c.list_expiring_certificates(pb::ListExpiringCertificatesRequest {
+        page_size: i32::MAX,
         ..Default::default()
     })
     .await

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["audit"],
     &["lifecycle"],
     &["enroll"],
-    &["api", "web", "station"],
+    &["api", "web", "station", "notify"],
     &["server"],
     &["bench"],
     &["cli"],

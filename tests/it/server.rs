@@ -175,6 +175,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "ListExpiringCertificates",
+        code(
+            c.list_expiring_certificates(pb::ListExpiringCertificatesRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "RevokeCertificate",
         code(
             c.revoke_certificate(pb::RevokeCertificateRequest::default())
@@ -266,7 +273,9 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "MarkTokenLost" | "MarkTokenDamaged" | "RetireToken" | "SuspendToken"
         | "ReinstateToken" => &["helpdesk", "admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
-        "GetCertificate" | "ListCertificates" => &["helpdesk", "auditor", "admin"],
+        "GetCertificate" | "ListCertificates" | "ListExpiringCertificates" => {
+            &["helpdesk", "auditor", "admin"]
+        }
         "RevokeCertificate" | "ReleaseCertificateHold" | "IssueFromCsr" => &["helpdesk", "admin"],
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
@@ -292,7 +301,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 32);
+        assert_eq!(results.len(), 33);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -316,7 +325,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 32);
+            assert_eq!(anonymous.len(), 33);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
