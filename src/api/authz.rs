@@ -7,6 +7,8 @@
 //! that only the operator CA issues. The role is bound in the certificate as exactly one URI
 //! subject alternative name `tessera:role:<role>`; the actor name recorded in the audit log is
 //! the certificate's subject common name.
+//! Request ids are keyed to the certificate itself (its SHA-256 fingerprint): another
+//! certificate, even of the same name and role, cannot repeat them.
 
 use crate::audit::Actor;
 use crate::ca::policy_oid::OPERATOR_POLICY;
@@ -58,6 +60,9 @@ pub const ROLE_URI_PREFIX: &str = "tessera:role:";
 pub struct Identity {
     pub name: String,
     pub role: Role,
+    /// SHA-256 of the client certificate (DER), lower-case hex: the owner of the request ids
+    /// this caller uses.
+    pub certificate_sha256: String,
     /// The client certificate's serial, lower-case hex (as the store keys certificates): what
     /// tells two certificates with the same name apart (PUK release rate limit, dual control).
     pub certificate_serial: String,
@@ -141,9 +146,14 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, Status> {
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| format!("serial:{}", cert.raw_serial_as_string()));
+    let certificate_sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(der))
+    };
     Ok(Identity {
         name,
         role,
+        certificate_sha256,
         certificate_serial,
     })
 }

@@ -93,7 +93,12 @@ impl Certificates {
         identity: &Identity,
         req: pb::IssueFromCsrRequest,
     ) -> Result<Response<pb::IssueFromCsrResponse>, Status> {
-        let key = RequestKey::new(&req.request_id, OPERATION, &req.encode_to_vec())?;
+        let key = RequestKey::new(
+            &req.request_id,
+            OPERATION,
+            &req.encode_to_vec(),
+            &identity.certificate_sha256,
+        )?;
         if let Some(answer) = self.replayed(&key).await? {
             return Ok(answer);
         }

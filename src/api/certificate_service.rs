@@ -257,7 +257,7 @@ impl CertificateService for Certificates {
         let req = request.into_inner();
         let serial = serial_arg("serial", &req.serial)?;
         let reason = reason_from_pb(req.reason)?;
-        idempotent!(self.store, "RevokeCertificate", req, |tx| {
+        idempotent!(self.store, identity, "RevokeCertificate", req, |tx| {
             lifecycle::revoke_certificate_within(
                 tx,
                 &identity.actor(),
@@ -284,7 +284,7 @@ impl CertificateService for Certificates {
         let identity = authorize(&request, &method("ReleaseCertificateHold"))?;
         let req = request.into_inner();
         let serial = serial_arg("serial", &req.serial)?;
-        idempotent!(self.store, "ReleaseCertificateHold", req, |tx| {
+        idempotent!(self.store, identity, "ReleaseCertificateHold", req, |tx| {
             let row = lifecycle::release_certificate_hold(
                 tx,
                 &identity.actor(),

@@ -72,7 +72,7 @@ impl Directory {
         let identity = authorize(&request, &method(rpc))?;
         let req = request.into_inner();
         let (request_id, external_id, reason) = req.fields();
-        idempotent!(self.store, rpc, req, request_id: request_id, |tx| {
+        idempotent!(self.store, identity, rpc, req, request_id: request_id, |tx| {
             let row = lifecycle::transition_person(
                 tx,
                 &identity.actor(),
@@ -102,7 +102,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::CreatePersonResponse>, Status> {
         let identity = authorize(&request, &method("CreatePerson"))?;
         let req = request.into_inner();
-        idempotent!(self.store, "CreatePerson", req, |tx| {
+        idempotent!(self.store, identity, "CreatePerson", req, |tx| {
             let row = lifecycle::create_person(
                 tx,
                 &identity.actor(),
@@ -122,7 +122,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::UpdatePersonResponse>, Status> {
         let identity = authorize(&request, &method("UpdatePerson"))?;
         let req = request.into_inner();
-        idempotent!(self.store, "UpdatePerson", req, |tx| {
+        idempotent!(self.store, identity, "UpdatePerson", req, |tx| {
             let row = lifecycle::update_person(
                 tx,
                 &identity.actor(),
@@ -241,7 +241,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::SyncPeopleResponse>, Status> {
         let identity = authorize(&request, &method("SyncPeople"))?;
         let req = request.into_inner();
-        idempotent!(self.store, "SyncPeople", req, |tx| {
+        idempotent!(self.store, identity, "SyncPeople", req, |tx| {
             let records = req
                 .people
                 .iter()

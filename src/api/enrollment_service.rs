@@ -4,10 +4,14 @@
 //! refusals), and the answer translated back; [`refusal_status`] maps every
 //! [`EnrollmentRefusal`] to a gRPC status.
 //!
-//! Idempotency: each state-changing RPC answers a repeated request id with its first answer
-//! ([`Enrollments::once`]). Answers that carry secrets (BeginEnrollment, ReleasePuk) are stored
-//! without them and the secrets are unwrapped again from the token's credentials on a repeat,
-//! so no plaintext management key or PUK is ever written to the database.
+//! Idempotency: each state-changing RPC answers a repeated request id of the same client
+//! certificate with its first answer ([`Enrollments::once`]); another certificate's repeat is
+//! refused (and audited). Answers that carry secrets (BeginEnrollment, ReleasePuk) are stored
+//! without them, so no plaintext management key or PUK is ever written to the database; their
+//! repeats are releases of their own ([`Enrollments::repeat`], `enroll::desk` `repeat.rs`):
+//! checked again as a first call, audited, and answered only for `secret_replay_minutes`. A
+//! ReleasePuk that waits for its approval (dual control) commits its request but is not kept as
+//! an answer (`Failure::Committed`): the same request id then collects the approved release.
 
 use super::authz::{Identity, authorize};
 use super::certificate_service::Certificates;
@@ -17,10 +21,12 @@ use super::token_service::Tokens;
 use crate::enroll::{
     BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure, EnrollError,
     EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm, ManagementKeySecret,
-    PukRelease, PukReleaseView, SlotProof, TokenCredentials,
+    PukRelease, PukReleaseView, SecretRepeat, SlotProof, TokenCredentials,
 };
-use crate::lifecycle::{self, RequestKey};
-use crate::store::{CertificateRow, EnrollmentState, PukReleaseState, Store, WriteTx};
+use crate::lifecycle::{self, LifecycleError, RequestKey};
+use crate::store::{
+    CertificateRow, EnrollmentState, IdempotencyRow, PukReleaseState, Store, WriteTx,
+};
 use std::future::Future;
 use tonic::{Code, Request, Response, Status};
 
@@ -57,7 +63,7 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::TokenHeldByAnotherPerson { .. }
         | R::TokenNotActive { .. }
         | R::CredentialsNotHeld(_)
-        | R::CredentialsGone
+        | R::RepeatExpired { .. }
         | R::PukReleasePendingApproval { .. }
         | R::PukReleaseNotPending { .. }
         | R::PukReleaseExpired { .. }
@@ -102,20 +108,28 @@ impl From<Status> for Failure {
     }
 }
 
-/// The outcome of [`Enrollments::once`]: the stored first answer of a repeat, or a new answer.
+/// The outcome of [`Enrollments::once`]: the stored record of a repeat (its first answer and
+/// when it was given), or a new answer.
 enum Once<R> {
-    Replayed(Vec<u8>),
+    Replayed(IdempotencyRow),
     Done(R),
 }
 
 impl<R: prost::Message + Default> Once<R> {
-    /// The new answer, or the stored first answer as it was.
+    /// The new answer, or the stored first answer as it was (for answers without secrets).
     fn answer(self) -> Result<Response<R>, Status> {
         match self {
             Once::Done(answer) => Ok(Response::new(answer)),
-            Once::Replayed(bytes) => decode(&bytes).map(Response::new),
+            Once::Replayed(record) => decode(&record.response).map(Response::new),
         }
     }
+}
+
+/// What a step keeps for repeats: the answer's bytes (without secrets), and for ReleasePuk the
+/// generation of the credentials it released.
+struct Kept {
+    answer: Vec<u8>,
+    released_generation: Option<i64>,
 }
 
 /// A request of this service as the steps every RPC begins with see it
@@ -327,9 +341,12 @@ fn begun_to_pb(b: &BegunEnrollment) -> pb::BeginEnrollmentResponse {
 }
 
 /// A step's answer, kept for repeats as it is (it carries no secret).
-fn kept_as_is<R: prost::Message>(tx: WriteTx, answer: R) -> (WriteTx, R, Vec<u8>) {
-    let stored = prost::Message::encode_to_vec(&answer);
-    (tx, answer, stored)
+fn kept_as_is<R: prost::Message>(tx: WriteTx, answer: R) -> (WriteTx, R, Kept) {
+    let kept = Kept {
+        answer: prost::Message::encode_to_vec(&answer),
+        released_generation: None,
+    };
+    (tx, answer, kept)
 }
 
 fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
@@ -356,6 +373,7 @@ impl Enrollments {
             req.request_id(),
             T::RPC,
             &prost::Message::encode_to_vec(&req),
+            &identity.certificate_sha256,
         )?;
         let desk = self.checked_desk(&req).await?;
         Ok(Admitted {
@@ -424,22 +442,34 @@ impl Enrollments {
     }
 
     /// Runs a state-changing step once per request id: a repeat gets `Once::Replayed` with the
-    /// stored first answer; otherwise `step` runs in a write transaction and returns the
-    /// transaction, its answer and the bytes to keep for repeats, which commit together. A
-    /// refusal is recorded in the audit log after the transaction is rolled back.
+    /// stored record of the first answer; otherwise `step` runs in a write transaction and
+    /// returns the transaction, its answer and what to keep for repeats, which commit together.
+    /// A refusal is recorded in the audit log after the transaction is rolled back; so is a
+    /// request id of another caller's.
     async fn once<T, R, F, Fut>(&self, call: &Admitted<'_, T>, step: F) -> Result<Once<R>, Status>
     where
         F: FnOnce(WriteTx) -> Fut,
-        Fut: Future<Output = Result<(WriteTx, R, Vec<u8>), Failure>>,
+        Fut: Future<Output = Result<(WriteTx, R, Kept), Failure>>,
     {
-        let (desk, identity, key) = (call.desk, &call.identity, &call.key);
+        let key = &call.key;
         let mut tx = self.store.begin_write().await?;
-        if let Some(bytes) = lifecycle::replay(&mut tx, key).await? {
-            return Ok(Once::Replayed(bytes));
+        match lifecycle::replay_record(&mut tx, key).await {
+            Ok(Some(record)) => return Ok(Once::Replayed(record)),
+            Ok(None) => {}
+            Err(e @ LifecycleError::RequestIdOfAnotherCaller(_)) => {
+                drop(tx);
+                let refusal = DeskFailure::Refused {
+                    subject: format!("request:{}", key.request_id),
+                    refusal: e.into(),
+                };
+                return Err(self.refusal(call, refusal).await);
+            }
+            Err(e) => return Err(e.into()),
         }
         match step(tx).await {
-            Ok((mut tx, answer, stored)) => {
-                lifecycle::remember(&mut tx, key, stored).await?;
+            Ok((mut tx, answer, kept)) => {
+                lifecycle::remember_release(&mut tx, key, kept.answer, kept.released_generation)
+                    .await?;
                 tx.commit().await?;
                 Ok(Once::Done(answer))
             }
@@ -448,11 +478,40 @@ impl Enrollments {
                 tx.commit().await?;
                 Err(s)
             }
-            Err(Failure::Desk(f)) => Err(refusal_status(
-                desk.record_refusal(&identity.actor(), key.operation, &key.request_id, f)
-                    .await,
-            )),
+            Err(Failure::Desk(f)) => Err(self.refusal(call, f).await),
         }
+    }
+
+    /// Runs the repeat of a request whose answer carried secrets: `step` checks it again and
+    /// records its audit event in a write transaction that commits (the stored first answer
+    /// stays as it is). A refusal is recorded as in [`Enrollments::once`].
+    async fn repeat<T, R, F, Fut>(&self, call: &Admitted<'_, T>, step: F) -> Result<R, Status>
+    where
+        F: FnOnce(WriteTx) -> Fut,
+        Fut: Future<Output = Result<(WriteTx, R), DeskFailure>>,
+    {
+        let tx = self.store.begin_write().await?;
+        match step(tx).await {
+            Ok((tx, answer)) => {
+                tx.commit().await?;
+                Ok(answer)
+            }
+            Err(f) => Err(self.refusal(call, f).await),
+        }
+    }
+
+    /// A desk failure of `call` as status, a refusal recorded first.
+    async fn refusal<T>(&self, call: &Admitted<'_, T>, failure: DeskFailure) -> Status {
+        let (desk, key) = (call.desk, &call.key);
+        refusal_status(
+            desk.record_refusal(
+                &call.identity.actor(),
+                key.operation,
+                &key.request_id,
+                failure,
+            )
+            .await,
+        )
     }
 }
 
@@ -473,28 +532,47 @@ impl EnrollmentService for Enrollments {
             request_id: &req.request_id,
         };
         let actor = call.identity.actor();
+        let (actor, begin) = (&actor, &begin);
         let once = self
             .once(&call, |mut tx| async move {
-                let begun = desk.begin(&mut tx, &actor, &begin).await?;
+                let begun = desk.begin(&mut tx, actor, begin).await?;
                 let redacted = begun_to_pb(&begun);
                 let mut full = redacted.clone();
                 fill_secrets(&mut full, begun.current.as_ref(), &begun.new);
-                Ok((tx, full, prost::Message::encode_to_vec(&redacted)))
+                let kept = Kept {
+                    answer: prost::Message::encode_to_vec(&redacted),
+                    released_generation: None,
+                };
+                Ok((tx, full, kept))
             })
             .await?;
         match once {
             Once::Done(full) => Ok(Response::new(full)),
-            Once::Replayed(bytes) => {
-                // The stored answer with its secrets unwrapped again, while the enrollment is
-                // still open.
-                let mut response: pb::BeginEnrollmentResponse = decode(&bytes)?;
-                let (current, new) = desk
-                    .begin_credentials_again(
-                        &response.enrollment_id,
-                        response.current_management_key.is_some(),
-                    )
-                    .await
-                    .map_err(refusal_status)?;
+            Once::Replayed(record) => {
+                // The stored answer with its secrets unwrapped again: a release of its own,
+                // checked and audited, while the enrollment is open and the repeat not too late.
+                let mut response: pb::BeginEnrollmentResponse = decode(&record.response)?;
+                self.expire_due(Some(&response.enrollment_id)).await?;
+                let repeat = SecretRepeat::from_record(&record);
+                let (enrollment_id, with_current) = (
+                    response.enrollment_id.as_str(),
+                    response.current_management_key.is_some(),
+                );
+                let (current, new) = self
+                    .repeat(&call, |mut tx| async move {
+                        let secrets = desk
+                            .begin_repeat(
+                                &mut tx,
+                                actor,
+                                begin,
+                                enrollment_id,
+                                with_current,
+                                &repeat,
+                            )
+                            .await?;
+                        Ok((tx, secrets))
+                    })
+                    .await?;
                 fill_secrets(&mut response, current.as_ref(), &new);
                 Ok(Response::new(response))
             }
@@ -606,22 +684,31 @@ impl EnrollmentService for Enrollments {
         request: Request<pb::ReleasePukRequest>,
     ) -> Result<Response<pb::ReleasePukResponse>, Status> {
         let call = self.admit(request).await?;
-        let (desk, req, caller) = (call.desk, &call.req, caller(&call.identity));
+        let caller = caller(&call.identity);
+        let (desk, req, caller) = (call.desk, &call.req, &caller);
+        let full = |c: &TokenCredentials| pb::ReleasePukResponse {
+            puk: c.puk.to_string(),
+            management_key: Some(key_to_pb(&c.management_key)),
+        };
         let once = self
             .once(&call, |mut tx| async move {
                 let released = desk
                     .release_puk(
                         &mut tx,
-                        &caller,
+                        caller,
                         &req.token_serial,
                         &req.reason,
                         &req.request_id,
                     )
                     .await?;
-                let c = match released {
-                    PukRelease::Released(c) => c,
+                let (c, generation) = match released {
+                    PukRelease::Released {
+                        credentials,
+                        generation,
+                    } => (credentials, generation),
                     PukRelease::Pending(pending) => {
-                        // The request is kept; the caller learns its id from the status.
+                        // The request is kept (not as an answer for repeats); the caller
+                        // learns its id from the status.
                         let status = refusal_status(EnrollmentRefusal::PukReleasePendingApproval {
                             release_id: pending.release_id,
                             token_serial: pending.token_serial,
@@ -634,25 +721,34 @@ impl EnrollmentService for Enrollments {
                     puk: String::new(),
                     management_key: Some(redacted_key_to_pb(&c.management_key)),
                 };
-                let full = pb::ReleasePukResponse {
-                    puk: c.puk.to_string(),
-                    management_key: Some(key_to_pb(&c.management_key)),
+                let kept = Kept {
+                    answer: prost::Message::encode_to_vec(&redacted),
+                    released_generation: Some(generation),
                 };
-                Ok((tx, full, prost::Message::encode_to_vec(&redacted)))
+                Ok((tx, full(&c), kept))
             })
             .await?;
         match once {
             Once::Done(full) => Ok(Response::new(full)),
-            Once::Replayed(_) => {
-                // The stored answer has no secrets: unwrap them again.
-                let c = desk
-                    .release_puk_again(&req.token_serial)
-                    .await
-                    .map_err(refusal_status)?;
-                Ok(Response::new(pb::ReleasePukResponse {
-                    puk: c.puk.to_string(),
-                    management_key: Some(key_to_pb(&c.management_key)),
-                }))
+            Once::Replayed(record) => {
+                // The stored answer has no secrets: a release of its own, checked and audited,
+                // of the credentials the first answer released, while the repeat is not too late.
+                let repeat = SecretRepeat::from_record(&record);
+                let c = self
+                    .repeat(&call, |mut tx| async move {
+                        let c = desk
+                            .release_puk_repeat(
+                                &mut tx,
+                                caller,
+                                &req.token_serial,
+                                &req.reason,
+                                &repeat,
+                            )
+                            .await?;
+                        Ok((tx, c))
+                    })
+                    .await?;
+                Ok(Response::new(full(&c)))
             }
         }
     }

@@ -3,17 +3,19 @@
 //! and maps errors to gRPC status; the rules themselves live in those modules. The composition
 //! root (`server`) hands it its parts and the accepted connections ([`GrpcEdge`]).
 
-/// Runs a state-changing RPC once per request id: a repeat gets the stored first answer and
-/// changes nothing; the change, its audit events and the stored answer commit together.
+/// Runs a state-changing RPC once per request id of the caller `$identity`: a repeat by the
+/// same client certificate gets the stored first answer and changes nothing (another
+/// certificate is refused); the change, its audit events and the stored answer commit together.
 macro_rules! idempotent {
-    ($store:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {
-        idempotent!($store, $method, $request, request_id: &$request.request_id, |$tx| $body)
+    ($store:expr, $identity:expr, $method:expr, $request:ident, |$tx:ident| $body:expr) => {
+        idempotent!($store, $identity, $method, $request, request_id: &$request.request_id, |$tx| $body)
     };
-    ($store:expr, $method:expr, $request:ident, request_id: $request_id:expr, |$tx:ident| $body:expr) => {{
+    ($store:expr, $identity:expr, $method:expr, $request:ident, request_id: $request_id:expr, |$tx:ident| $body:expr) => {{
         let key = crate::lifecycle::RequestKey::new(
             $request_id,
             $method,
             &prost::Message::encode_to_vec(&$request),
+            &$identity.certificate_sha256,
         )?;
         let mut tx = $store.begin_write().await?;
         if let Some(bytes) = crate::lifecycle::replay(&mut tx, &key).await? {

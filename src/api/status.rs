@@ -158,9 +158,9 @@ impl From<StoreError> for Status {
 impl From<LifecycleError> for Status {
     fn from(e: LifecycleError) -> Status {
         let code = match &e {
-            LifecycleError::InvalidField { .. } | LifecycleError::RequestIdReused(_) => {
-                Code::InvalidArgument
-            }
+            LifecycleError::InvalidField { .. }
+            | LifecycleError::RequestIdReused(_)
+            | LifecycleError::RequestIdOfAnotherCaller(_) => Code::InvalidArgument,
             LifecycleError::PersonNotFound(_)
             | LifecycleError::TokenNotFound(_)
             | LifecycleError::CertificateNotFound(_) => Code::NotFound,

@@ -59,7 +59,7 @@ impl Tokens {
         let identity = authorize(&request, &method(rpc))?;
         let req = request.into_inner();
         let (request_id, serial, reason) = req.fields();
-        idempotent!(self.store, rpc, req, request_id: request_id, |tx| {
+        idempotent!(self.store, identity, rpc, req, request_id: request_id, |tx| {
             let row = lifecycle::transition_token(
                 tx,
                 &identity.actor(),

@@ -1,6 +1,6 @@
 //! The `[enrollment]` section of the server configuration and the settings checked from it at
 //! start-up: attestation trust anchors and policy, enrollment profiles, the HSM wrapping key
-//! label, and the expiry times.
+//! label, the expiry times, and how long a repeated request may get its secrets again.
 
 use super::EnrollmentProfiles;
 use crate::attest::{Policy, TrustAnchors};
@@ -35,6 +35,11 @@ pub struct EnrollmentConfig {
     /// Enrollment profiles directory; the built-in profiles without it.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
+    /// How long after the first answer a repeat of a BeginEnrollment or ReleasePuk (same
+    /// request id, same caller) gets its secrets again; later repeats are refused with
+    /// `REQUEST_ID_EXPIRED`. 0: never.
+    #[serde(default = "default_secret_replay_minutes")]
+    pub secret_replay_minutes: u64,
     /// Dual control of ReleasePuk: a request waits until a second helpdesk or admin
     /// certificate approves it (ApprovePukRelease), then the requester collects it once.
     #[serde(default)]
@@ -66,6 +71,11 @@ fn default_puk_release_approval_minutes() -> u64 {
 fn default_puk_releases_per_hour() -> u32 {
     10
 }
+fn default_secret_replay_minutes() -> u64 {
+    5
+}
+/// A day: a repeat that late is no retry.
+const MAX_SECRET_REPLAY_MINUTES: u64 = 24 * 60;
 
 /// The controls on ReleasePuk (docs/api.md, docs/help-desk.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +104,8 @@ pub struct EnrollmentSettings {
     pub expiry: Duration,
     pub sweep: Duration,
     pub profiles: EnrollmentProfiles,
+    /// `secret_replay_minutes`.
+    pub secret_replay: Duration,
     pub puk_release: PukReleaseRules,
 }
 
@@ -144,6 +156,11 @@ impl EnrollmentSettings {
                 "enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1".into(),
             );
         }
+        if config.secret_replay_minutes > MAX_SECRET_REPLAY_MINUTES {
+            return Err(format!(
+                "enrollment.secret_replay_minutes must be at most {MAX_SECRET_REPLAY_MINUTES} (0 never repeats secrets)"
+            ));
+        }
         if config.puk_release_approval_minutes == 0 || config.puk_release_approval_minutes > 24 * 60
         {
             return Err(
@@ -172,6 +189,7 @@ impl EnrollmentSettings {
             expiry: Duration::from_secs(config.expiry_seconds),
             sweep: Duration::from_secs(config.expiry_sweep_seconds),
             profiles,
+            secret_replay: Duration::from_secs(config.secret_replay_minutes * 60),
             puk_release: PukReleaseRules {
                 approval: config.puk_release_approval,
                 approval_window: Duration::from_secs(config.puk_release_approval_minutes * 60),

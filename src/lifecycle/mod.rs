@@ -62,6 +62,12 @@ pub enum LifecycleError {
     StaleSyncGeneration { given: i64, last: i64 },
     #[error("request id {0:?} was already used for a different request; use a fresh request id")]
     RequestIdReused(String),
+    /// The request id was first used from another client certificate: its answer is not
+    /// given to this caller, and the request is not carried out under it.
+    #[error(
+        "request id {0:?} was already used by another client certificate; use a fresh request id"
+    )]
+    RequestIdOfAnotherCaller(String),
     #[error(
         "request id {0:?} is still being carried out, or was interrupted before its certificate was recorded; retry later, or use a fresh request id"
     )]
@@ -115,6 +121,7 @@ impl LifecycleError {
         "INVALID_STATE_TRANSITION",
         "STALE_SYNC_GENERATION",
         "REQUEST_ID_REUSED",
+        "REQUEST_ID_OF_ANOTHER_CALLER",
         "REQUEST_IN_PROGRESS",
         "PERSON_NOT_ACTIVE",
         "TOKEN_NOT_USABLE",
@@ -140,6 +147,7 @@ impl LifecycleError {
             LifecycleError::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
             LifecycleError::StaleSyncGeneration { .. } => "STALE_SYNC_GENERATION",
             LifecycleError::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            LifecycleError::RequestIdOfAnotherCaller(_) => "REQUEST_ID_OF_ANOTHER_CALLER",
             LifecycleError::RequestInProgress(_) => "REQUEST_IN_PROGRESS",
             LifecycleError::StateChangedWhileSigning { reason, .. } => reason,
             LifecycleError::CsrNamesAPerson { .. } => "CSR_NAMES_A_PERSON",
@@ -152,9 +160,9 @@ impl LifecycleError {
         match self {
             LifecycleError::InvalidField { field, .. } => Some(field),
             LifecycleError::StaleSyncGeneration { .. } => Some("generation"),
-            LifecycleError::RequestIdReused(_) | LifecycleError::RequestInProgress(_) => {
-                Some("request_id")
-            }
+            LifecycleError::RequestIdReused(_)
+            | LifecycleError::RequestIdOfAnotherCaller(_)
+            | LifecycleError::RequestInProgress(_) => Some("request_id"),
             LifecycleError::CsrNamesAPerson { .. } => Some("csr"),
             LifecycleError::StateChangedWhileSigning { reason, .. } => match *reason {
                 "PERSON_NOT_ACTIVE" => Some("person_external_id"),
@@ -178,13 +186,16 @@ pub(crate) fn invalid(
     }
 }
 
-/// A state-changing request as idempotency sees it: its id, the operation, and a hash of the
-/// whole request (so the same id with different content is told apart).
+/// A state-changing request as idempotency sees it: who asks (the SHA-256 fingerprint of the
+/// caller's client certificate), its id, the operation, and a hash of the whole request (so the
+/// same id with different content is told apart). A request id belongs to the certificate that
+/// first used it: the same id from another certificate is refused.
 #[derive(Debug, Clone)]
 pub struct RequestKey {
     pub request_id: String,
     pub operation: &'static str,
     pub request_hash: Vec<u8>,
+    pub caller: String,
 }
 
 impl RequestKey {
@@ -192,6 +203,7 @@ impl RequestKey {
         request_id: &str,
         operation: &'static str,
         request_bytes: &[u8],
+        caller: &str,
     ) -> Result<RequestKey, LifecycleError> {
         use sha2::Digest;
         if request_id.is_empty() {
@@ -216,13 +228,23 @@ impl RequestKey {
             request_id: request_id.to_string(),
             operation,
             request_hash: h.finalize().to_vec(),
+            caller: caller.to_string(),
         })
     }
 }
 
 /// The stored first answer when this request was already carried out; an error when the id
-/// was used for a different request.
+/// was used for a different request or by another caller.
 pub async fn replay(tx: &mut WriteTx, key: &RequestKey) -> Result<Option<Vec<u8>>, LifecycleError> {
+    Ok(replay_record(tx, key).await?.map(|r| r.response))
+}
+
+/// [`replay`] with the whole stored record (when it was answered, what it released), for
+/// answers whose repeats are checked again (those that carry secrets).
+pub async fn replay_record(
+    tx: &mut WriteTx,
+    key: &RequestKey,
+) -> Result<Option<IdempotencyRow>, LifecycleError> {
     stored_answer(tx.idempotency_record(&key.request_id).await?, key)
 }
 
@@ -231,27 +253,43 @@ pub async fn replay_read(
     store: &crate::store::Store,
     key: &RequestKey,
 ) -> Result<Option<Vec<u8>>, LifecycleError> {
-    stored_answer(store.idempotency_record(&key.request_id).await?, key)
+    Ok(stored_answer(store.idempotency_record(&key.request_id).await?, key)?.map(|r| r.response))
 }
 
+/// The caller is compared first, so another certificate learns nothing about the request.
+/// A record stored before migration 0007 names no caller and is answered to any.
 fn stored_answer(
     record: Option<IdempotencyRow>,
     key: &RequestKey,
-) -> Result<Option<Vec<u8>>, LifecycleError> {
+) -> Result<Option<IdempotencyRow>, LifecycleError> {
     match record {
         None => Ok(None),
+        Some(r) if r.caller.as_deref().is_some_and(|c| c != key.caller) => Err(
+            LifecycleError::RequestIdOfAnotherCaller(key.request_id.clone()),
+        ),
         Some(r) if r.operation == key.operation && r.request_hash == key.request_hash => {
-            Ok(Some(r.response))
+            Ok(Some(r))
         }
         Some(_) => Err(LifecycleError::RequestIdReused(key.request_id.clone())),
     }
 }
 
-/// Keeps `response` as the answer to every repeat of this request.
+/// Keeps `response` as the answer to every repeat of this request by its caller.
 pub async fn remember(
     tx: &mut WriteTx,
     key: &RequestKey,
     response: Vec<u8>,
+) -> Result<(), LifecycleError> {
+    remember_release(tx, key, response, None).await
+}
+
+/// [`remember`], also keeping the generation of the token credentials the answer released
+/// (ReleasePuk), which a repeat must still find.
+pub async fn remember_release(
+    tx: &mut WriteTx,
+    key: &RequestKey,
+    response: Vec<u8>,
+    released_generation: Option<i64>,
 ) -> Result<(), LifecycleError> {
     tx.insert_idempotency_record(&IdempotencyRow {
         request_id: key.request_id.clone(),
@@ -259,6 +297,8 @@ pub async fn remember(
         request_hash: key.request_hash.clone(),
         response,
         created_at: tx.now(),
+        caller: Some(key.caller.clone()),
+        released_generation,
     })
     .await?;
     Ok(())

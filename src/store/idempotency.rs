@@ -1,4 +1,5 @@
-//! Table `idempotency`: the first answer given to each state-changing request id.
+//! Table `idempotency`: the first answer given to each state-changing request id, and the
+//! client certificate that asked for it.
 use super::{Result, Store, Timestamp, WriteTx, map_unique};
 use sqlx::{Any, Executor};
 
@@ -10,6 +11,12 @@ pub struct IdempotencyRow {
     pub request_hash: Vec<u8>,
     pub response: Vec<u8>,
     pub created_at: Timestamp,
+    /// SHA-256 fingerprint (lower-case hex) of the caller's client certificate; `None` for
+    /// answers stored before migration 0007.
+    pub caller: Option<String>,
+    /// ReleasePuk: the generation of the token's confirmed credentials the first answer
+    /// released (`None` for every other operation).
+    pub released_generation: Option<i64>,
 }
 
 async fn idempotency_record<'e, E: Executor<'e, Database = Any>>(
@@ -17,7 +24,8 @@ async fn idempotency_record<'e, E: Executor<'e, Database = Any>>(
     request_id: &str,
 ) -> Result<Option<IdempotencyRow>> {
     Ok(sqlx::query_as(
-        "SELECT request_id, operation, request_hash, response, created_at FROM idempotency WHERE request_id = $1",
+        "SELECT request_id, operation, request_hash, response, created_at, caller, released_generation \
+         FROM idempotency WHERE request_id = $1",
     )
     .bind(request_id)
     .fetch_optional(e)
@@ -37,14 +45,16 @@ impl WriteTx {
 
     pub async fn insert_idempotency_record(&mut self, r: &IdempotencyRow) -> Result<()> {
         let result = sqlx::query(
-            "INSERT INTO idempotency (request_id, operation, request_hash, response, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO idempotency (request_id, operation, request_hash, response, created_at, caller, released_generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&r.request_id)
         .bind(&r.operation)
         .bind(r.request_hash.clone())
         .bind(r.response.clone())
         .bind(r.created_at)
+        .bind(r.caller.clone())
+        .bind(r.released_generation)
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "request id", &r.request_id)

@@ -97,6 +97,8 @@ pub struct Enrollment {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiles_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_replay_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub puk_release_approval: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub puk_release_approval_minutes: Option<u64>,

@@ -26,6 +26,16 @@ pub struct ClientCert {
     pub key_pem: String,
 }
 
+impl ClientCert {
+    /// SHA-256 of the certificate (DER), lower-case hex: the caller the server keys this
+    /// client's request ids to.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()).unwrap();
+        hex::encode(sha2::Sha256::digest(&pem.contents))
+    }
+}
+
 fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();

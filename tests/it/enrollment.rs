@@ -33,9 +33,12 @@ on_both_databases!(
     expiry_restores_the_token,
     wrapped_credentials_moved_to_another_token_are_refused,
     credentials_wrapped_before_migration_0006_are_released_and_rebound,
+    repeated_release_puk_is_checked_audited_and_expires,
+    repeated_begin_is_checked_audited_and_expires,
     puk_release_needs_a_reason_and_is_rate_limited_per_certificate,
     puk_release_under_dual_control,
     puk_release_requests_and_approvals_expire,
+    repeat_of_an_approved_release_is_audited_and_rate_limited,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -378,7 +381,8 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
             .collect::<Vec<_>>(),
         [("9a", "piv-authentication"), ("9c", "piv-signature")]
     );
-    // A repeated Begin (same request id) gets the same answer, secrets included.
+    // A repeated Begin (same request id, same client certificate) gets the same answer, secrets
+    // included.
     let again = enroll
         .begin_enrollment(happy_begin_request())
         .await
@@ -549,6 +553,8 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
         actions,
         [
             "token.register",
+            "enrollment.begin",
+            // The repeated Begin released the credentials again: audited, marked as a repeat.
             "enrollment.begin",
             "enrollment.verify",
             "certificate.reserve",
@@ -1420,6 +1426,25 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
         })
         .await
         .unwrap();
+    // A repeat of the release before the re-enrollment does not release the new credentials.
+    let s = assert_refused(
+        url,
+        enroll
+            .release_puk(pb::ReleasePukRequest {
+                request_id: "puk-2".into(),
+                token_serial: "30000080".into(),
+                reason: "forgotten PIN".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        3,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "request id \"puk-2\" is not answered again: the token's credentials changed since (it was re-enrolled); its answer carried secrets, send a fresh request id"
+    );
     // The old 9a certificate is superseded (its key is gone); the old 9c one stays good.
     let rows = certificates(&store).await;
     let status_of = |profile: &str| {
@@ -1683,6 +1708,14 @@ async fn enrollment_configuration_errors_name_the_setting() {
         }))
         .await,
         "enrollment: enrollment.expiry_seconds and expiry_sweep_seconds must be at least 1"
+    );
+    assert_eq!(
+        bind_error(enrollment(Enrollment {
+            secret_replay_minutes: Some(24 * 60 + 1),
+            ..Enrollment::default()
+        }))
+        .await,
+        "enrollment: enrollment.secret_replay_minutes must be at most 1440 (0 never repeats secrets)"
     );
     assert_eq!(
         bind_error(enrollment(Enrollment {
@@ -2447,6 +2480,308 @@ async fn credentials_wrapped_before_migration_0006_are_released_and_rebound(url:
     server.stop().await;
 }
 
+/// An EnrollmentService client presenting a `helpdesk` certificate of its own, named `name`
+/// (each call of `Server::channel` makes a fresh certificate as well).
+async fn desk(server: &Server, name: &str) -> (EnrollmentServiceClient<Channel>, Channel) {
+    let client = server
+        .pki
+        .client_with_uris(name, &["tessera:role:helpdesk"]);
+    let channel = connect(server.running.addr, &server.pki.ca_pem, Some(&client)).await;
+    (EnrollmentServiceClient::new(channel.clone()), channel)
+}
+
+/// The audit events with this action and request id: (actor, after).
+async fn events_of(url: &str, action: &str, request_id: &str) -> Vec<(String, serde_json::Value)> {
+    let store = Store::open(url).await.unwrap();
+    let events = store.audit_events(0, 10_000).await.unwrap();
+    store.close().await;
+    events
+        .into_iter()
+        .filter(|e| e.action == action && e.request_id == request_id)
+        .map(|e| (e.actor, serde_json::from_str(&e.after_json).unwrap()))
+        .collect()
+}
+
+/// Issue 12, finding 2: a repeated ReleasePuk (same request id) is a release of its own. From
+/// the certificate that made it, within `secret_replay_minutes`, it gets the same secrets and is
+/// audited as `token.release_puk` marked as a repeat; from another operator's certificate it is
+/// refused (REQUEST_ID_OF_ANOTHER_CALLER); after the window, or once the token was declared
+/// lost, it is refused as a first call would be (REQUEST_ID_EXPIRED, TOKEN_NOT_ACTIVE), each
+/// refusal audited. Plain idempotent requests are repeated as before, without a window, and
+/// also belong to their caller.
+async fn repeated_release_puk_is_checked_audited_and_expires(url: &str) {
+    use pb::token_service_client::TokenServiceClient;
+    const SERIAL: u32 = 30_001_330;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment::default(),
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1330", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1330").await;
+    let (mut desk_a, channel_a) = desk(&server, "desk-a").await;
+    let (mut desk_b, channel_b) = desk(&server, "desk-b").await;
+
+    let first = desk_a
+        .release_puk(release_request("puk-r1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.puk, begin.new_puk);
+    clock.advance(std::time::Duration::from_secs(4 * 60 + 59));
+    let again = desk_a
+        .release_puk(release_request("puk-r1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let released = events_of(url, "token.release_puk", "puk-r1").await;
+    assert_eq!(released.len(), 2, "{released:?}");
+    for (actor, after) in &released {
+        assert_eq!(actor, "desk-a");
+        assert_eq!(after["reason"], "forgotten PIN");
+        assert_eq!(after["released"], "puk");
+    }
+    assert_eq!(released[0].1["repeat"], serde_json::Value::Null);
+    assert_eq!(released[1].1["repeat"], true);
+    // The repeat is a release of its own (its own row, counted by the rate limit).
+    assert_ne!(released[0].1["release_id"], released[1].1["release_id"]);
+
+    // Another operator's certificate (same role) cannot repeat it, whatever it sends.
+    let s = assert_refused(
+        url,
+        desk_b.release_puk(release_request("puk-r1", SERIAL)).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_OF_ANOTHER_CALLER",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "request id \"puk-r1\" was already used by another client certificate; use a fresh request id"
+    );
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    let mut other_reason = release_request("puk-r1", SERIAL);
+    other_reason.reason = "something else".into();
+    let s = desk_b.release_puk(other_reason).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "REQUEST_ID_OF_ANOTHER_CALLER")
+    );
+
+    // Past the window the repeat is refused, and so on; a fresh request id releases again.
+    clock.advance(std::time::Duration::from_secs(1));
+    let s = assert_refused(
+        url,
+        desk_a.release_puk(release_request("puk-r1", SERIAL)).await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        2,
+    )
+    .await;
+    assert!(
+        s.message().starts_with("request id \"puk-r1\" is not answered again: it was first answered at ")
+            && s.message().ends_with(", and secrets are answered again only for 5 minutes (enrollment.secret_replay_minutes); its answer carried secrets, send a fresh request id"),
+        "{}",
+        s.message()
+    );
+    assert_eq!(events_of(url, "token.release_puk", "puk-r1").await.len(), 2);
+
+    // Plain idempotent requests: repeated with their first answer however late, but only to
+    // their caller.
+    let mut tokens_a = TokenServiceClient::new(channel_a);
+    let suspend = pb::SuspendTokenRequest {
+        request_id: "suspend-r".into(),
+        serial: SERIAL.to_string(),
+        reason: "desk check".into(),
+    };
+    let suspended = tokens_a
+        .suspend_token(suspend.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        tokens_a
+            .suspend_token(suspend.clone())
+            .await
+            .unwrap()
+            .into_inner(),
+        suspended
+    );
+    let s = TokenServiceClient::new(channel_b)
+        .suspend_token(suspend)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "REQUEST_ID_OF_ANOTHER_CALLER")
+    );
+    tokens_a
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "reinstate-r".into(),
+            serial: SERIAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Released, then the token is declared lost: the repeat gets the refusal a first call gets.
+    desk_a
+        .release_puk(release_request("puk-r2", SERIAL))
+        .await
+        .unwrap();
+    tokens_a
+        .mark_token_lost(pb::MarkTokenLostRequest {
+            request_id: "lost-r".into(),
+            serial: SERIAL.to_string(),
+            reason: "left on a train".into(),
+        })
+        .await
+        .unwrap();
+    let repeat = assert_refused(
+        url,
+        desk_a.release_puk(release_request("puk-r2", SERIAL)).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    let fresh = assert_refused(
+        url,
+        desk_a.release_puk(release_request("puk-r3", SERIAL)).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    assert_eq!(repeat.message(), fresh.message());
+    assert_eq!(
+        repeat.message(),
+        format!("token {SERIAL} is lost; the PUK is released only for an active token")
+    );
+    assert_eq!(events_of(url, "token.release_puk", "puk-r2").await.len(), 1);
+    server.stop().await;
+}
+
+/// Issue 12, finding 2: a repeated BeginEnrollment is a release of its own too: the same
+/// secrets to the same certificate within the window, audited as `enrollment.begin` marked as a
+/// repeat; another certificate's repeat refused; the person suspended meanwhile gets the
+/// refusal a first call gets (PERSON_NOT_ACTIVE); past the window REQUEST_ID_EXPIRED.
+async fn repeated_begin_is_checked_audited_and_expires(url: &str) {
+    const SERIAL: u32 = 30_001_340;
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[],
+        Enrollment {
+            secret_replay_minutes: Some(2),
+            ..Enrollment::default()
+        },
+        clock.clock(),
+    )
+    .await;
+    server.create_person("E1340", "").await;
+    let (mut desk_a, _) = desk(&server, "desk-a").await;
+    let (mut desk_b, _) = desk(&server, "desk-b").await;
+    let mut request = begin_request("E1340", SERIAL, "piv-login");
+    request.request_id = "begin-r".into();
+
+    let first = desk_a
+        .begin_enrollment(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.new_puk.len(), 8);
+    let again = desk_a
+        .begin_enrollment(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let subject = format!("enrollment:{}", first.enrollment_id);
+    let store = Store::open(url).await.unwrap();
+    let begins: Vec<_> = store
+        .audit_events(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "enrollment.begin" && e.subject == subject)
+        .map(|e| {
+            (
+                e.actor,
+                serde_json::from_str::<serde_json::Value>(&e.after_json).unwrap(),
+            )
+        })
+        .collect();
+    store.close().await;
+    assert_eq!(begins.len(), 2, "{begins:?}");
+    assert_eq!(begins[0].1["repeat"], serde_json::Value::Null);
+    assert_eq!(
+        begins[1],
+        (
+            "desk-a".to_string(),
+            serde_json::json!({
+                "repeat": true,
+                "person": "E1340",
+                "token": SERIAL.to_string(),
+                "released": "new credentials"
+            })
+        )
+    );
+
+    let s = assert_refused(
+        url,
+        desk_b.begin_enrollment(request.clone()).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_OF_ANOTHER_CALLER",
+        0,
+    )
+    .await;
+    assert!(!format!("{s:?}").contains(&first.new_puk));
+
+    DirectoryServiceClient::new(server.channel("hr").await)
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-E1340".into(),
+            external_id: "E1340".into(),
+            reason: "leave".into(),
+        })
+        .await
+        .unwrap();
+    let s = assert_refused(
+        url,
+        desk_a.begin_enrollment(request.clone()).await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        0,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "person E1340 is suspended; only an active person can be enrolled"
+    );
+
+    clock.advance(std::time::Duration::from_secs(2 * 60));
+    let s = assert_refused(
+        url,
+        desk_a.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        0,
+    )
+    .await;
+    assert!(
+        s.message().contains("only for 2 minutes"),
+        "{}",
+        s.message()
+    );
+    server.stop().await;
+}
+
 fn puk_request(request_id: &str, serial: u32, reason: &str) -> pb::ReleasePukRequest {
     pb::ReleasePukRequest {
         request_id: request_id.into(),
@@ -2792,6 +3127,102 @@ async fn puk_release_under_dual_control(url: &str) {
         .await
         .unwrap();
     assert_eq!(events(url, "token.release_puk").await.len(), 2);
+    server.stop().await;
+}
+
+/// Issue 12, findings 2 and 9 together: under dual control a ReleasePuk answered
+/// PUK_RELEASE_PENDING_APPROVAL is not kept as an answer, so repeating its request id after the
+/// approval is the first answer: the approval is collected and the secrets released once. A
+/// further repeat of that request id is a release of its own: the same secrets, audited as
+/// `token.release_puk` with `"repeat": true`, asking for and collecting no approval (the next
+/// fresh request waits for a new one), and counted by the certificate's rate limit, which then
+/// refuses the repeat (audited).
+async fn repeat_of_an_approved_release_is_audited_and_rate_limited(url: &str) {
+    const SERIAL: u32 = 30_001_350;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(
+        url,
+        &[card.attestation_root()],
+        Enrollment {
+            puk_release_approval: Some(true),
+            puk_releases_per_hour: Some(3),
+            ..Enrollment::default()
+        },
+    )
+    .await;
+    server.create_person("E1350", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1350").await;
+    let mut alice = server.enrollments_as("helpdesk-alice", "helpdesk").await;
+    let mut bob = server.enrollments_as("helpdesk-bob", "helpdesk").await;
+    let collect = || puk_request("collect", SERIAL, "forgotten PIN, ticket 4711");
+
+    // Asked, and asked again with the same request id before the approval: the same request.
+    let s = assert_invalid(
+        alice.release_puk(collect()).await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    let release_id = metadata(&s, "release_id");
+    let s = assert_invalid(
+        alice.release_puk(collect()).await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_eq!(metadata(&s, "release_id"), release_id);
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 1);
+    assert!(events(url, "token.release_puk").await.is_empty());
+
+    bob.approve_puk_release(approval("approve", &release_id, SERIAL))
+        .await
+        .unwrap();
+    // The same request id after the approval: the first answer, the approval collected.
+    let first = alice.release_puk(collect()).await.unwrap().into_inner();
+    assert_eq!(first.puk, begin.new_puk);
+    assert_eq!(first.management_key, begin.new_management_key);
+    // Once more: a repeat, the same secrets, audited as such.
+    let again = alice.release_puk(collect()).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    let released = events_of(url, "token.release_puk", "collect").await;
+    assert_eq!(released.len(), 2, "{released:?}");
+    assert_eq!(released[0].0, "helpdesk-alice");
+    assert_eq!(released[0].1["release_id"], release_id.as_str());
+    assert_eq!(released[0].1["approved_by"], "helpdesk-bob");
+    assert_eq!(released[0].1["repeat"], serde_json::Value::Null);
+    assert_eq!(released[1].0, "helpdesk-alice");
+    assert_eq!(released[1].1["repeat"], true);
+    assert_eq!(released[1].1["released"], "puk");
+    assert_eq!(released[1].1["reason"], "forgotten PIN, ticket 4711");
+    assert_ne!(released[1].1["release_id"], release_id.as_str());
+    assert_eq!(released[1].1["approved_by"], serde_json::Value::Null);
+    // The repeat asked for no approval and left none to collect: a fresh request waits.
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 1);
+    assert_eq!(events(url, "token.puk_release_approve").await.len(), 1);
+    let s = assert_invalid(
+        alice
+            .release_puk(puk_request("fresh", SERIAL, "forgotten PIN again"))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_RELEASE_PENDING_APPROVAL",
+    );
+    assert_ne!(metadata(&s, "release_id"), release_id);
+    assert_eq!(events(url, "token.puk_release_request").await.len(), 2);
+
+    // Repeats count towards the rate limit (3 an hour): the third release is a repeat, the
+    // fourth is refused and audited.
+    assert_eq!(
+        alice.release_puk(collect()).await.unwrap().into_inner(),
+        first
+    );
+    let s = assert_refused(
+        url,
+        alice.release_puk(collect()).await,
+        Code::ResourceExhausted,
+        "PUK_RELEASE_RATE_LIMITED",
+        2,
+    )
+    .await;
+    assert!(!format!("{s:?}").contains(&begin.new_puk));
+    assert_eq!(events(url, "token.release_puk").await.len(), 3);
     server.stop().await;
 }
 

@@ -405,7 +405,7 @@ async fn token_transitions(url: &str) {
 
 async fn idempotency_replays_and_refuses_reuse(url: &str) {
     let store = Store::open(url).await.unwrap();
-    let key = RequestKey::new("req-1", "SuspendPerson", b"request bytes").unwrap();
+    let key = RequestKey::new("req-1", "SuspendPerson", b"request bytes", "caller-a").unwrap();
     let mut tx = store.begin_write().await.unwrap();
     assert_eq!(lifecycle::replay(&mut tx, &key).await.unwrap(), None);
     lifecycle::remember(&mut tx, &key, b"first answer".to_vec())
@@ -417,13 +417,14 @@ async fn idempotency_replays_and_refuses_reuse(url: &str) {
         lifecycle::replay(&mut tx, &key).await.unwrap().as_deref(),
         Some(&b"first answer"[..])
     );
-    let other = RequestKey::new("req-1", "SuspendPerson", b"other bytes").unwrap();
+    let other = RequestKey::new("req-1", "SuspendPerson", b"other bytes", "caller-a").unwrap();
     let err = lifecycle::replay(&mut tx, &other).await.unwrap_err();
     assert_eq!(
         (err.reason(), err.field()),
         ("REQUEST_ID_REUSED", Some("request_id"))
     );
-    let other_op = RequestKey::new("req-1", "OffboardPerson", b"request bytes").unwrap();
+    let other_op =
+        RequestKey::new("req-1", "OffboardPerson", b"request bytes", "caller-a").unwrap();
     assert_eq!(
         lifecycle::replay(&mut tx, &other_op)
             .await
@@ -431,7 +432,25 @@ async fn idempotency_replays_and_refuses_reuse(url: &str) {
             .reason(),
         "REQUEST_ID_REUSED"
     );
-    let err = RequestKey::new("", "SuspendPerson", b"").unwrap_err();
+    // The same request from another client certificate: refused, whatever its content.
+    for bytes in [&b"request bytes"[..], b"other bytes"] {
+        let from_b = RequestKey::new("req-1", "SuspendPerson", bytes, "caller-b").unwrap();
+        let err = lifecycle::replay(&mut tx, &from_b).await.unwrap_err();
+        assert_eq!(
+            (err.reason(), err.field()),
+            ("REQUEST_ID_OF_ANOTHER_CALLER", Some("request_id"))
+        );
+        assert_eq!(
+            err.to_string(),
+            "request id \"req-1\" was already used by another client certificate; use a fresh request id"
+        );
+    }
+    let row = tx.idempotency_record("req-1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.caller.as_deref(), row.released_generation),
+        (Some("caller-a"), None)
+    );
+    let err = RequestKey::new("", "SuspendPerson", b"", "caller-a").unwrap_err();
     assert_eq!(
         (err.reason(), err.field()),
         ("REQUEST_ID_MISSING", Some("request_id"))
@@ -1059,14 +1078,25 @@ async fn times_written_before_migration_0004_are_carried_over(url: &str) {
     );
     let crl = store.crl_state().await.unwrap();
     assert_eq!(crl.this_update, Some(at("2026-01-02T03:00:00Z")));
+    // The idempotency row survives migration 0007 too, as one that names no caller.
+    let row = store.idempotency_record("r1").await.unwrap().unwrap();
     assert_eq!(
-        store
-            .idempotency_record("r1")
-            .await
-            .unwrap()
-            .unwrap()
-            .created_at,
-        at("2026-01-02T03:04:05Z")
+        (
+            row.created_at,
+            row.operation.as_str(),
+            row.request_hash,
+            row.response,
+            row.caller,
+            row.released_generation
+        ),
+        (
+            at("2026-01-02T03:04:05Z"),
+            "op",
+            vec![1u8],
+            vec![2u8],
+            None,
+            None
+        )
     );
     assert_eq!(
         store.audit_checkpoints().await.unwrap()[0].at,

@@ -6,9 +6,7 @@ use super::secrets::refused_if_tampered;
 use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, json, record, refusal::refused};
 use crate::attest::FirmwareVersion;
 use crate::audit::Actor;
-use crate::enroll::{
-    EnrollError, LoadedEnrollment, ManagementKeyAlgorithm, SlotPlan, TokenCredentials,
-};
+use crate::enroll::{ManagementKeyAlgorithm, SlotPlan, TokenCredentials};
 use crate::lifecycle::{LifecycleError, RevocationReason};
 use crate::store::{
     EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState, TokenPrior,
@@ -261,40 +259,5 @@ impl EnrollmentDesk {
             current,
             new,
         })
-    }
-
-    /// The credentials of a repeated BeginEnrollment, unwrapped again while the enrollment is
-    /// still open: the current ones (when the first answer had them) and the new ones.
-    pub async fn begin_credentials_again(
-        &self,
-        enrollment_id: &str,
-        with_current: bool,
-    ) -> Result<(Option<TokenCredentials>, TokenCredentials), EnrollmentRefusal> {
-        let row = self
-            .store
-            .enrollment_by_public_id(enrollment_id)
-            .await?
-            .ok_or_else(|| EnrollError::StoredPlanInvalid("enrollment vanished".into()))?;
-        let loaded = LoadedEnrollment::load(row)?;
-        if let LoadedEnrollment::Closed(r) = &loaded {
-            return Err(EnrollError::closed(r).into());
-        }
-        let token_id = loaded.row().token_id;
-        let mut tx = self.store.begin_write().await?;
-        let credentials = tx.token_credentials(token_id).await?;
-        drop(tx);
-        let Some(c) = credentials else {
-            return Err(EnrollmentRefusal::NotConfigured);
-        };
-        let serial = self.store.token_serial(token_id).await?.unwrap_or_default();
-        let new = match &c.pending {
-            Some(w) => self.unwrap_credentials(&c, &serial, w).await?,
-            None => return Err(EnrollError::closed(loaded.row()).into()),
-        };
-        let current = match (with_current, &c.confirmed) {
-            (true, Some(w)) => Some(self.unwrap_credentials(&c, &serial, w).await?),
-            _ => None,
-        };
-        Ok((current, new))
     }
 }

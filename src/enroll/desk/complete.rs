@@ -46,7 +46,14 @@ impl EnrollmentDesk {
         let settings = &self.settings;
         let subject = format!("enrollment:{}", req.enrollment_id);
         let mut tx = self.store.begin_write().await?;
-        if let Some(bytes) = lifecycle::replay(&mut tx, key).await? {
+        let stored = lifecycle::replay(&mut tx, key).await.map_err(|e| match e {
+            // Another certificate's request id: recorded, as the other enrollment RPCs do.
+            e @ LifecycleError::RequestIdOfAnotherCaller(_) => {
+                refused(format!("request:{}", key.request_id), e)
+            }
+            e => e.into(),
+        })?;
+        if let Some(bytes) = stored {
             return Ok(Completion::Replayed(bytes));
         }
         let row = enrollment_or_not_found(&mut tx, req.enrollment_id).await?;

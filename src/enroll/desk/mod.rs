@@ -6,13 +6,15 @@
 //! Steps that change state work inside the caller's [`WriteTx`] and record their audit events
 //! there; a refusal comes back as [`DeskFailure::Refused`] and is recorded with
 //! [`EnrollmentDesk::record_refusal`] in a fresh transaction once the caller has dropped its own.
-//! CompleteEnrollment opens its own transactions (the HSM signs between them).
+//! CompleteEnrollment opens its own transactions (the HSM signs between them). Repeats of the
+//! answers that carry secrets are checked and audited again (`repeat.rs`).
 
 mod begin;
 mod closing;
 mod complete;
 mod puk_release;
 mod refusal;
+mod repeat;
 mod secrets;
 
 pub use begin::{BeginRequest, BegunEnrollment};
@@ -21,6 +23,7 @@ pub use puk_release::{
     Caller, PendingRelease, PukReleaseView, RELEASE_REASON_MAX_BYTES, ReleaseReason,
 };
 pub use refusal::{DeskFailure, EnrollmentRefusal};
+pub use repeat::SecretRepeat;
 pub use secrets::PukRelease;
 
 use super::EnrollmentSettings;

@@ -4,7 +4,9 @@
 //! control (`[enrollment] puk_release_approval`) a release is first a pending request that a
 //! second certificate — not the requester's, and not one with the requester's name — approves
 //! with ApprovePukRelease before the requester collects it once with ReleasePuk. Requests and
-//! approvals expire after `puk_release_approval_minutes`.
+//! approvals expire after `puk_release_approval_minutes`. A repeat of a ReleasePuk that was
+//! answered (same request id, same certificate, `repeat.rs`) asks for no approval and collects
+//! none, but it is a release: within the rate limit, and counted by it.
 //!
 //! [`EnrollmentDesk::release_puk`] (in `secrets.rs`) unwraps the secrets; this file holds the
 //! rules around it and ApprovePukRelease.
@@ -85,7 +87,7 @@ impl EnrollmentDesk {
 
     /// Refuses when `caller`'s certificate has received `per_hour` releases in the last 60
     /// minutes.
-    async fn check_release_rate(
+    pub(super) async fn check_release_rate(
         &self,
         tx: &mut WriteTx,
         caller: &Caller,
@@ -183,8 +185,8 @@ impl EnrollmentDesk {
     }
 
     /// Records a release ReleasePuk hands out (after the secrets unwrapped): a `released` row
-    /// for a direct release (`approved` is `None`), the approved row marked `released`
-    /// otherwise. Returns the `after` of the `token.release_puk` event.
+    /// for a direct release or a repeat (`approved` is `None`), the approved row marked
+    /// `released` otherwise. Returns the `after` of the `token.release_puk` event.
     pub(super) async fn record_release(
         &self,
         tx: &mut WriteTx,

@@ -44,9 +44,6 @@ pub enum EnrollmentRefusal {
         "the stored credentials of token {0} do not belong to it (the database was altered); nothing was released"
     )]
     CredentialsTampered(String),
-    /// A repeated ReleasePuk after the token's credentials were dropped.
-    #[error("Tessera no longer holds a PUK for this token")]
-    CredentialsGone,
     #[error("reason exceeds 1024 bytes")]
     ReasonTooLong,
     /// ReleasePuk and ApprovePukRelease need a reason for the audit log.
@@ -89,6 +86,13 @@ pub enum EnrollmentRefusal {
         "this client certificate has received {limit} PUK releases in the last 60 minutes, the limit ([enrollment] puk_releases_per_hour); the next is possible at {next_at}"
     )]
     PukReleaseRateLimited { limit: u32, next_at: Timestamp },
+    /// A repeat (same request id, same caller) of a request whose answer carried secrets,
+    /// which is no longer answered: too late, stored before request ids were bound to their
+    /// caller, or the token's credentials changed since.
+    #[error(
+        "request id {request_id:?} is not answered again: {why}; its answer carried secrets, send a fresh request id"
+    )]
+    RepeatExpired { request_id: String, why: String },
     /// The CA failed while issuing; the cause is in the server log only (it may name
     /// internal detail: SQL, HSM or file errors), never in the answer.
     #[error(
@@ -134,6 +138,7 @@ impl EnrollmentRefusal {
         "PUK_RELEASE_NOT_PENDING",
         "PUK_RELEASE_EXPIRED",
         "PUK_RELEASE_RATE_LIMITED",
+        "REQUEST_ID_EXPIRED",
         "ISSUANCE_FAILED",
         "INTERNAL",
     ];
@@ -151,7 +156,7 @@ impl EnrollmentRefusal {
             R::TokenNeverEnrollable { .. } | R::TokenNotEnrolling { .. } => "TOKEN_NOT_ENROLLABLE",
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
             R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
-            R::CredentialsNotHeld(_) | R::CredentialsGone => "CREDENTIALS_NOT_HELD",
+            R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
             R::ReleaseReasonRequired => "RELEASE_REASON_REQUIRED",
@@ -162,6 +167,7 @@ impl EnrollmentRefusal {
             R::PukReleaseNotPending { .. } => "PUK_RELEASE_NOT_PENDING",
             R::PukReleaseExpired { .. } => "PUK_RELEASE_EXPIRED",
             R::PukReleaseRateLimited { .. } => "PUK_RELEASE_RATE_LIMITED",
+            R::RepeatExpired { .. } => "REQUEST_ID_EXPIRED",
             R::IssuanceFailed { .. } => "ISSUANCE_FAILED",
             R::Step(e) => e.reason(),
             R::Lifecycle(e) => e.reason(),
@@ -180,6 +186,7 @@ impl EnrollmentRefusal {
             R::ReasonTooLong | R::ReleaseReasonRequired => Some("reason"),
             R::PukReleaseNotFound(_) => Some("release_id"),
             R::PukReleaseTokenMismatch { .. } => Some("token_serial"),
+            R::RepeatExpired { .. } => Some("request_id"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
             _ => None,
@@ -372,11 +379,6 @@ mod tests {
                 None,
             ),
             (
-                EnrollmentRefusal::CredentialsGone,
-                "CREDENTIALS_NOT_HELD",
-                None,
-            ),
-            (
                 EnrollmentRefusal::CredentialsTampered("1".into()),
                 "CREDENTIALS_TAMPERED",
                 None,
@@ -385,6 +387,14 @@ mod tests {
                 EnrollmentRefusal::ReasonTooLong,
                 "FIELD_TOO_LONG",
                 Some("reason"),
+            ),
+            (
+                EnrollmentRefusal::RepeatExpired {
+                    request_id: "r".into(),
+                    why: "it was answered more than 5 minutes ago".into(),
+                },
+                "REQUEST_ID_EXPIRED",
+                Some("request_id"),
             ),
             (
                 EnrollmentRefusal::IssuanceFailed {

@@ -9,7 +9,9 @@
 //! and re-wrapped bound (version 2) when ReleasePuk or BeginEnrollment uses them.
 
 use super::puk_release::{Caller, PendingRelease, ReleaseGrant, ReleaseReason};
-use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record, refusal::refused};
+use super::{
+    DeskFailure, EnrollmentDesk, EnrollmentRefusal, SecretRepeat, record, refusal::refused,
+};
 use crate::enroll::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 use crate::hsm::HsmError;
 use crate::lifecycle::LifecycleError;
@@ -69,11 +71,15 @@ fn last_generation(row: Option<&TokenCredentialsRow>) -> i64 {
         .unwrap_or(0)
 }
 
-/// What ReleasePuk gives: the token's credentials, or under dual control the caller's request
+/// What ReleasePuk gives: the token's credentials and their generation (kept with the answer,
+/// so a repeat releases that generation or nothing), or under dual control the caller's request
 /// that waits for its approval.
 #[derive(Debug)]
 pub enum PukRelease {
-    Released(TokenCredentials),
+    Released {
+        credentials: TokenCredentials,
+        generation: i64,
+    },
     Pending(PendingRelease),
 }
 
@@ -257,7 +263,8 @@ impl EnrollmentDesk {
     /// `token.release_puk` with the caller's reason, within the caller certificate's rate limit;
     /// under dual control only once a second certificate approved the caller's request, and
     /// otherwise the request, made or found (`puk_release.rs`). A pending request is stored in
-    /// `tx` too: the caller commits it and answers PUK_RELEASE_PENDING_APPROVAL.
+    /// `tx` too: the caller commits it and answers PUK_RELEASE_PENDING_APPROVAL. A
+    /// release carries the generation of the credentials released.
     pub async fn release_puk(
         &self,
         tx: &mut WriteTx,
@@ -265,6 +272,23 @@ impl EnrollmentDesk {
         token_serial: &str,
         reason: &str,
         request_id: &str,
+    ) -> Result<PukRelease, DeskFailure> {
+        self.release(tx, caller, token_serial, reason, request_id, None)
+            .await
+    }
+
+    /// ReleasePuk for a first call, or (`repeat`) for a repeat of one: the same checks in the
+    /// same order, and a repeat gets only the generation its first answer released. A repeat
+    /// neither asks for nor collects an approval (its first call did), but it is within the
+    /// caller certificate's rate limit and counts towards it like any release.
+    pub(super) async fn release(
+        &self,
+        tx: &mut WriteTx,
+        caller: &Caller,
+        token_serial: &str,
+        reason: &str,
+        request_id: &str,
+        repeat: Option<&SecretRepeat>,
     ) -> Result<PukRelease, DeskFailure> {
         let reason = ReleaseReason::parse(reason)?;
         let subject = format!("token:{token_serial}");
@@ -291,24 +315,37 @@ impl EnrollmentDesk {
                 EnrollmentRefusal::CredentialsNotHeld(token.serial.clone()),
             ));
         };
-        let approved = match self
-            .grant_release(tx, caller, &token, &reason, request_id)
-            .await?
-        {
-            ReleaseGrant::Pending(pending) => return Ok(PukRelease::Pending(pending)),
-            ReleaseGrant::Direct => None,
-            ReleaseGrant::Approved(row) => Some(row),
+        let approved = if let Some(repeat) = repeat {
+            let now_held = row.confirmed.as_ref().map(|w| w.generation);
+            if repeat.released_generation.is_none() || now_held != repeat.released_generation {
+                return Err(refused(
+                    subject,
+                    repeat.expired("the token's credentials changed since (it was re-enrolled)"),
+                ));
+            }
+            self.check_release_rate(tx, caller, &subject).await?;
+            None
+        } else {
+            match self
+                .grant_release(tx, caller, &token, &reason, request_id)
+                .await?
+            {
+                ReleaseGrant::Pending(pending) => return Ok(PukRelease::Pending(pending)),
+                ReleaseGrant::Direct => None,
+                ReleaseGrant::Approved(row) => Some(row),
+            }
         };
         let unwrapped = self
             .unwrap_row(&row, &token.serial)
             .await
             .map_err(|e| refused_if_tampered(&subject, e))?;
-        let Some(c) = unwrapped.confirmed else {
+        let (Some(c), Some(confirmed)) = (unwrapped.confirmed, &row.confirmed) else {
             return Err(refused(
                 subject,
                 EnrollmentRefusal::CredentialsNotHeld(token.serial.clone()),
             ));
         };
+        let mut generation = confirmed.generation;
         if row.aad_version != AAD_BOUND {
             // A row from before migration 0006: bound from now on.
             let bound = self
@@ -320,11 +357,20 @@ impl EnrollmentDesk {
                     unwrapped.pending.as_ref(),
                 )
                 .await?;
+            generation = bound
+                .confirmed
+                .as_ref()
+                .map_or(generation, |w| w.generation);
             tx.put_token_credentials(&bound).await?;
         }
-        let after = self
+        // A repeat is recorded as a release of its own (a `released` row, counted by the rate
+        // limit); the approval its first call collected is not used again.
+        let mut after = self
             .record_release(tx, caller, &token, &reason, approved)
             .await?;
+        if repeat.is_some() {
+            after["repeat"] = true.into();
+        }
         record(
             tx,
             &caller.actor,
@@ -335,26 +381,10 @@ impl EnrollmentDesk {
             request_id,
         )
         .await?;
-        Ok(PukRelease::Released(c))
-    }
-
-    /// The credentials of a repeated ReleasePuk, unwrapped again.
-    pub async fn release_puk_again(
-        &self,
-        token_serial: &str,
-    ) -> Result<TokenCredentials, EnrollmentRefusal> {
-        let mut tx = self.store.begin_write().await?;
-        let token = tx
-            .token_by_serial(token_serial)
-            .await?
-            .ok_or_else(|| LifecycleError::TokenNotFound(token_serial.to_string()))?;
-        let credentials = tx.token_credentials(token.id).await?;
-        drop(tx);
-        let Some((row, wrapped)) = credentials.and_then(|c| c.confirmed.clone().map(|w| (c, w)))
-        else {
-            return Err(EnrollmentRefusal::CredentialsGone);
-        };
-        self.unwrap_credentials(&row, &token.serial, &wrapped).await
+        Ok(PukRelease::Released {
+            credentials: c,
+            generation,
+        })
     }
 }
 
