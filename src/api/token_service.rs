@@ -176,7 +176,7 @@ impl TokenService for Tokens {
             pb::RecheckAction::Notify => lifecycle::RecheckApply::Notify,
         };
         let source = format!("RecheckFleet sha256:{policy_sha256}");
-        idempotent!(self.store, "RecheckFleet", req, |tx| {
+        idempotent!(self.store, identity, "RecheckFleet", req, |tx| {
             let report = lifecycle::recheck_fleet_apply(
                 tx,
                 &identity.actor(),
