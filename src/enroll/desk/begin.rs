@@ -2,8 +2,9 @@
 //! credentials kept wrapped, a fresh nonce.
 
 use super::closing::close_enrollment;
+use super::refusal::{refused, token_unenrollable_for};
 use super::secrets::refused_if_tampered;
-use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, json, record, refusal::refused};
+use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, json, record};
 use crate::attest::FirmwareVersion;
 use crate::audit::Actor;
 use crate::enroll::{ManagementKeyAlgorithm, SlotPlan, TokenCredentials};
@@ -71,30 +72,11 @@ impl EnrollmentDesk {
             .map_err(|_| EnrollmentRefusal::FirmwareInvalid(req.firmware.to_string()))?;
         let token_subject = format!("token:{}", req.token_serial);
         let existing = tx.token_by_serial(req.token_serial).await?;
-        if let Some(t) = &existing {
-            if matches!(
-                t.state,
-                TokenState::Lost | TokenState::Damaged | TokenState::Retired
-            ) {
-                return Err(refused(
-                    token_subject,
-                    EnrollmentRefusal::TokenNeverEnrollable {
-                        serial: t.serial.clone(),
-                        state: t.state.as_str(),
-                    },
-                ));
-            }
-            // Whatever its state: an `enrolling` token is held too, by the person its open
-            // enrollment is for (their certificates of earlier enrollments are still good).
-            if t.person_id.is_some_and(|p| p != person.id) {
-                return Err(refused(
-                    token_subject,
-                    EnrollmentRefusal::TokenHeldByAnotherPerson {
-                        serial: t.serial.clone(),
-                        state: t.state.as_str(),
-                    },
-                ));
-            }
+        if let Some(refusal) = existing
+            .as_ref()
+            .and_then(|t| token_unenrollable_for(t, person.id))
+        {
+            return Err(refused(token_subject, refusal));
         }
         // Checks done; changes follow. What abort or expiry of this enrollment puts back: the
         // token as an open enrollment it supersedes found it, else as it is now.

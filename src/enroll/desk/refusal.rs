@@ -5,7 +5,7 @@ use super::EnrollmentDesk;
 use crate::audit::{self, Actor, Change};
 use crate::enroll::EnrollError;
 use crate::lifecycle::LifecycleError;
-use crate::store::{StoreError, Timestamp, TokenRow};
+use crate::store::{StoreError, Timestamp, TokenRow, TokenState};
 use std::collections::HashMap;
 
 /// Why an enrollment request was refused or failed. Each variant has one stable reason
@@ -317,6 +317,27 @@ impl EnrollmentDesk {
             Ok(()) => refusal,
             Err(e) => e,
         }
+    }
+}
+
+/// Why `token` cannot be enrolled for the person with id `person_id`, if it cannot: it is lost,
+/// damaged or retired, or it is held by someone else — whatever its state, since an
+/// `enrolling` token is held too, by the person its open enrollment is for. Checked by a first
+/// BeginEnrollment and again by a repeat of one.
+pub(super) fn token_unenrollable_for(
+    token: &TokenRow,
+    person_id: i64,
+) -> Option<EnrollmentRefusal> {
+    let (serial, state) = (token.serial.clone(), token.state.as_str());
+    if matches!(
+        token.state,
+        TokenState::Lost | TokenState::Damaged | TokenState::Retired
+    ) {
+        Some(EnrollmentRefusal::TokenNeverEnrollable { serial, state })
+    } else if token.person_id.is_some_and(|p| p != person_id) {
+        Some(EnrollmentRefusal::TokenHeldByAnotherPerson { serial, state })
+    } else {
+        None
     }
 }
 

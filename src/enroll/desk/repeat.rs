@@ -9,12 +9,13 @@
 //! `REQUEST_ID_EXPIRED` ([`EnrollmentRefusal::RepeatExpired`]).
 
 use super::puk_release::Caller;
+use super::refusal::{refused, token_unenrollable_for};
 use super::secrets::{PukRelease, refused_if_tampered};
-use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record, refusal::refused};
+use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record};
 use crate::audit::Actor;
 use crate::enroll::{BeginRequest, EnrollError, LoadedEnrollment, TokenCredentials};
 use crate::lifecycle::LifecycleError;
-use crate::store::{IdempotencyRow, PersonState, Timestamp, TokenState, WriteTx};
+use crate::store::{IdempotencyRow, PersonState, Timestamp, WriteTx};
 
 /// A repeated request whose first answer carried secrets, as its stored record tells it.
 #[derive(Debug, Clone)]
@@ -154,26 +155,8 @@ impl EnrollmentDesk {
             .token_by_serial(req.token_serial)
             .await?
             .ok_or_else(|| LifecycleError::TokenNotFound(req.token_serial.to_string()))?;
-        if matches!(
-            token.state,
-            TokenState::Lost | TokenState::Damaged | TokenState::Retired
-        ) {
-            return Err(refused(
-                token_subject,
-                EnrollmentRefusal::TokenNeverEnrollable {
-                    serial: token.serial.clone(),
-                    state: token.state.as_str(),
-                },
-            ));
-        }
-        if token.person_id.is_some_and(|p| p != person.id) {
-            return Err(refused(
-                token_subject,
-                EnrollmentRefusal::TokenHeldByAnotherPerson {
-                    serial: token.serial.clone(),
-                    state: token.state.as_str(),
-                },
-            ));
+        if let Some(refusal) = token_unenrollable_for(&token, person.id) {
+            return Err(refused(token_subject, refusal));
         }
         let row = tx
             .enrollment_by_public_id(enrollment_id)
