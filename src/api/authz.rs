@@ -206,6 +206,9 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/GetEnrollment"
         | "/tessera.v1.EnrollmentService/ReleasePuk"
         | "/tessera.v1.EnrollmentService/ApprovePukRelease" => TOKEN_WRITE,
+        // No role: a token acts for itself with its own certificate (`lifecycle::token_caller`,
+        // `api::self_service`); every operator certificate is refused.
+        "/tessera.v1.SelfService/GetMyToken" => &[],
         _ => &[],
     }
 }

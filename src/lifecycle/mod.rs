@@ -9,6 +9,7 @@ mod expiry;
 mod issuance;
 mod people;
 mod recheck;
+mod self_service;
 mod tokens;
 
 pub use certificates::*;
@@ -17,6 +18,7 @@ pub use expiry::*;
 pub use issuance::*;
 pub use people::*;
 pub use recheck::*;
+pub use self_service::*;
 pub use tokens::*;
 
 use crate::audit::AuditError;

@@ -83,7 +83,7 @@ pub use certificates::{
 };
 pub use clock::{Clock, ManualClock};
 pub use crl_state::{CrlStateRow, NewCrl};
-pub use enrollment_certificates::EnrollmentCertificateRow;
+pub use enrollment_certificates::{CertificateEnrollmentRow, EnrollmentCertificateRow};
 pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
 pub use notifications::{NewNotification, NotificationRow};

@@ -92,6 +92,10 @@ impl Store {
         .await?)
     }
 
+    pub async fn token_by_id(&self, id: i64) -> Result<Option<TokenRow>> {
+        token_where(&self.pool, TokenKey::Id(id)).await
+    }
+
     /// The serial of a token, by row id (for answers).
     pub async fn token_serial(&self, token_id: i64) -> Result<Option<String>> {
         Ok(

@@ -25,6 +25,7 @@ mod piv_token;
 mod reasons;
 mod recheck;
 mod revocation;
+mod self_service;
 mod server;
 mod station;
 mod store;

@@ -69,7 +69,8 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
     let mut t = TokenServiceClient::new(ch.clone());
     let mut a = AuditServiceClient::new(ch.clone());
     let mut c = CertificateServiceClient::new(ch.clone());
-    let mut e = EnrollmentServiceClient::new(ch);
+    let mut e = EnrollmentServiceClient::new(ch.clone());
+    let mut ss = tessera::protocol::pb::self_service_client::SelfServiceClient::new(ch);
     let mut out = BTreeMap::new();
     fn code<T>(r: Result<tonic::Response<T>, Status>) -> Option<Code> {
         r.err().map(|s| s.code())
@@ -258,6 +259,10 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "GetMyToken",
+        code(ss.get_my_token(pb::GetMyTokenRequest::default()).await),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -286,6 +291,8 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
         | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" => &["helpdesk", "admin"],
+        // No role: only a token's own certificate (docs/api.md, "SelfService").
+        "GetMyToken" => &[],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -306,7 +313,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 34);
+        assert_eq!(results.len(), 35);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -330,7 +337,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 34);
+            assert_eq!(anonymous.len(), 35);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
