@@ -205,7 +205,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/AbortEnrollment"
         | "/tessera.v1.EnrollmentService/GetEnrollment"
         | "/tessera.v1.EnrollmentService/ReleasePuk"
-        | "/tessera.v1.EnrollmentService/ApprovePukRelease" => TOKEN_WRITE,
+        | "/tessera.v1.EnrollmentService/ApprovePukRelease"
+        | "/tessera.v1.EnrollmentService/BeginRenewal" => TOKEN_WRITE,
         // No role: a token acts for itself with its own certificate (`lifecycle::token_caller`,
         // `api::self_service`); every operator certificate is refused.
         "/tessera.v1.SelfService/GetMyToken" => &[],

@@ -13,19 +13,21 @@
 //! ReleasePuk that waits for its approval (dual control) commits its request but is not kept as
 //! an answer (`Failure::Committed`): the same request id then collects the approved release.
 
-use super::authz::{Identity, authorize};
+use super::authz::{Identity, Role, authorize};
 use super::certificate_service::Certificates;
 use super::pb::{self, enrollment_service_server::EnrollmentService};
 use super::status;
 use super::token_service::Tokens;
 use crate::enroll::{
-    BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure, EnrollError,
-    EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm, ManagementKeySecret,
-    PukRelease, PukReleaseView, SecretRepeat, SlotProof, TokenCredentials,
+    BeginRequest, BegunEnrollment, BegunRenewal, Caller, CompleteRequest, Completion, DeskFailure,
+    EnrollError, EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm,
+    ManagementKeySecret, PukRelease, PukReleaseView, RENEWAL_SLOTS_MAX, RenewalRequest,
+    SecretRepeat, SlotProof, TokenCredentials,
 };
 use crate::lifecycle::{self, LifecycleError, RequestKey};
 use crate::store::{
-    CertificateRow, EnrollmentState, IdempotencyRow, PukReleaseState, Store, WriteTx,
+    CertificateRow, EnrollmentKind, EnrollmentState, IdempotencyRow, PukReleaseState, Store,
+    WriteTx,
 };
 use std::future::Future;
 use tonic::{Code, Request, Response, Status};
@@ -51,7 +53,7 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
     let code = match &e {
         _ if e.is_internal() => return status::internal(&e),
         R::EnrollmentNotFound(_) | R::PukReleaseNotFound(_) => Code::NotFound,
-        R::ApproverIsRequester(_) => Code::PermissionDenied,
+        R::ApproverIsRequester(_) | R::RenewalForceRequiresAdmin => Code::PermissionDenied,
         R::PukReleaseRateLimited { .. } => Code::ResourceExhausted,
         R::IssuanceFailed { .. } => Code::Internal,
         // Not the caller's fault, and no retry helps: the stored row is corrupt.
@@ -62,6 +64,10 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::TokenNotEnrolling { .. }
         | R::TokenHeldByAnotherPerson { .. }
         | R::TokenNotActive { .. }
+        | R::TokenNotRenewable { .. }
+        | R::TokenEnrollmentOpen { .. }
+        | R::SlotNotRenewable { .. }
+        | R::RenewalTooEarly(_)
         | R::CredentialsNotHeld(_)
         | R::RepeatExpired { .. }
         | R::PukReleasePendingApproval { .. }
@@ -78,6 +84,7 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         R::ProfileUnknown { .. }
         | R::FirmwareInvalid(_)
         | R::TokenSerialInvalid
+        | R::SlotInvalid(_)
         | R::ReasonTooLong
         | R::ReleaseReasonRequired
         | R::PukReleaseTokenMismatch { .. }
@@ -160,14 +167,38 @@ impl EnrollmentRequest for pb::BeginEnrollmentRequest {
     fn check(&self) -> Result<(), Status> {
         required("person_external_id", &self.person_external_id)?;
         required("profile", &self.profile)?;
-        if self.token_serial.is_empty()
-            || !self.token_serial.bytes().all(|b| b.is_ascii_digit())
-            || self.token_serial.parse::<u32>().is_err()
-        {
+        check_token_serial(&self.token_serial)
+    }
+}
+
+/// The token serial as the station reads it: decimal, 32 bits.
+fn check_token_serial(serial: &str) -> Result<(), Status> {
+    if serial.is_empty()
+        || !serial.bytes().all(|b| b.is_ascii_digit())
+        || serial.parse::<u32>().is_err()
+    {
+        return Err(status::invalid_argument(
+            "token_serial",
+            "TOKEN_SERIAL_INVALID",
+            "token_serial must be the token's decimal serial number",
+        ));
+    }
+    Ok(())
+}
+
+impl EnrollmentRequest for pb::BeginRenewalRequest {
+    const RPC: &'static str = "BeginRenewal";
+
+    fn check(&self) -> Result<(), Status> {
+        check_token_serial(&self.token_serial)?;
+        if self.slots.len() > RENEWAL_SLOTS_MAX {
             return Err(status::invalid_argument(
-                "token_serial",
-                "TOKEN_SERIAL_INVALID",
-                "token_serial must be the token's decimal serial number",
+                "slots",
+                "TOO_MANY_ITEMS",
+                &format!(
+                    "slots holds {} entries; a token has at most {RENEWAL_SLOTS_MAX} key slots",
+                    self.slots.len()
+                ),
             ));
         }
         Ok(())
@@ -224,6 +255,7 @@ macro_rules! change_requests {
 
 change_requests!(
     pb::BeginEnrollmentRequest,
+    pb::BeginRenewalRequest,
     pb::CompleteEnrollmentRequest,
     pb::ConfirmEnrollmentRequest,
     pb::AbortEnrollmentRequest,
@@ -309,6 +341,13 @@ fn state_to_pb(s: EnrollmentState) -> pb::EnrollmentState {
         EnrollmentState::Confirmed => pb::EnrollmentState::Confirmed,
         EnrollmentState::Aborted => pb::EnrollmentState::Aborted,
         EnrollmentState::Expired => pb::EnrollmentState::Expired,
+    }
+}
+
+fn kind_to_pb(k: EnrollmentKind) -> pb::EnrollmentKind {
+    match k {
+        EnrollmentKind::Enrollment => pb::EnrollmentKind::Enrollment,
+        EnrollmentKind::Renewal => pb::EnrollmentKind::Renewal,
     }
 }
 
@@ -420,6 +459,21 @@ impl Enrollments {
         Ok(out)
     }
 
+    /// BeginRenewal's answer without its secret (the stored answer).
+    async fn renewal_to_pb(&self, b: &BegunRenewal) -> Result<pb::BeginRenewalResponse, Status> {
+        Ok(pb::BeginRenewalResponse {
+            enrollment_id: b.enrollment.public_id.clone(),
+            nonce: b.enrollment.nonce.clone(),
+            slots: b.slots.iter().map(pb::SlotPlan::from).collect(),
+            current_management_key: Some(redacted_key_to_pb(&b.current.management_key)),
+            expires_at: b.enrollment.expires_at.to_string(),
+            person_external_id: b.person.external_id.clone(),
+            person_display_name: b.person.display_name.clone(),
+            superseded: self.slot_certificates_to_pb(b.superseded.clone()).await?,
+            forced_slots: b.forced_slots.clone(),
+        })
+    }
+
     async fn enrollment_to_pb(&self, v: EnrollmentView) -> Result<pb::Enrollment, Status> {
         Ok(pb::Enrollment {
             certificates: self.slot_certificates_to_pb(v.certificates).await?,
@@ -429,6 +483,7 @@ impl Enrollments {
             token_serial: v.token_serial,
             profile: v.row.profile,
             expires_at: v.row.expires_at.to_string(),
+            kind: kind_to_pb(v.row.kind) as i32,
         })
     }
 
@@ -574,6 +629,72 @@ impl EnrollmentService for Enrollments {
                     })
                     .await?;
                 fill_secrets(&mut response, current.as_ref(), &new);
+                Ok(Response::new(response))
+            }
+        }
+    }
+
+    async fn begin_renewal(
+        &self,
+        request: Request<pb::BeginRenewalRequest>,
+    ) -> Result<Response<pb::BeginRenewalResponse>, Status> {
+        let call = self.admit(request).await?;
+        let (desk, req) = (call.desk, &call.req);
+        let renewal = RenewalRequest {
+            token_serial: &req.token_serial,
+            slots: &req.slots,
+            force: req.force,
+            reason: &req.reason,
+            request_id: &req.request_id,
+        };
+        let actor = call.identity.actor();
+        let (actor, renewal) = (&actor, &renewal);
+        // Who may renew before the window is decided here: admin only.
+        let may_force = call.identity.role == Role::Admin;
+        let once = self
+            .once(&call, |mut tx| async move {
+                if renewal.force && !may_force {
+                    return Err(Failure::Desk(DeskFailure::Refused {
+                        subject: format!("token:{}", renewal.token_serial),
+                        refusal: EnrollmentRefusal::RenewalForceRequiresAdmin,
+                    }));
+                }
+                let begun = desk.begin_renewal(&mut tx, actor, renewal).await?;
+                let redacted = self.renewal_to_pb(&begun).await?;
+                let mut full = redacted.clone();
+                full.current_management_key = Some(key_to_pb(&begun.current.management_key));
+                let kept = Kept {
+                    answer: prost::Message::encode_to_vec(&redacted),
+                    released_generation: None,
+                };
+                Ok((tx, full, kept))
+            })
+            .await?;
+        match once {
+            Once::Done(full) => Ok(Response::new(full)),
+            Once::Replayed(record) => {
+                // As BeginEnrollment: the stored answer has no key; a repeat unwraps it again
+                // after the checks of a first call, while the renewal is open.
+                let mut response: pb::BeginRenewalResponse = decode(&record.response)?;
+                self.expire_due(Some(&response.enrollment_id)).await?;
+                let repeat = SecretRepeat::from_record(&record);
+                let enrollment_id = response.enrollment_id.as_str();
+                let token_serial = req.token_serial.as_str();
+                let current = self
+                    .repeat(&call, |mut tx| async move {
+                        let current = desk
+                            .begin_renewal_repeat(
+                                &mut tx,
+                                actor,
+                                token_serial,
+                                enrollment_id,
+                                &repeat,
+                            )
+                            .await?;
+                        Ok((tx, current))
+                    })
+                    .await?;
+                response.current_management_key = Some(key_to_pb(&current.management_key));
                 Ok(Response::new(response))
             }
         }

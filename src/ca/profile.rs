@@ -63,6 +63,16 @@ struct ProfileFile {
     subject_from_csr: bool,
     #[serde(default)]
     allowed_names: Vec<String>,
+    #[serde(default = "default_renewal_window_days")]
+    renewal_window_days: u32,
+}
+
+/// How many days before notAfter a certificate may be renewed in place, when a profile does
+/// not say.
+pub const DEFAULT_RENEWAL_WINDOW_DAYS: u32 = 30;
+
+fn default_renewal_window_days() -> u32 {
+    DEFAULT_RENEWAL_WINDOW_DAYS
 }
 
 /// A checked end-entity profile.
@@ -98,6 +108,9 @@ pub struct Profile {
     /// When not empty, every name a CSR puts in the certificate (commonName, each email
     /// address, each DNS name) must match one of these patterns ([`NamePattern`]).
     pub allowed_names: Vec<NamePattern>,
+    /// Renewal in place (`BeginRenewal`) is allowed from this many days before notAfter;
+    /// earlier only when forced by an admin. 0..=validity_days (default 30).
+    pub renewal_window_days: u32,
 }
 
 /// One entry of a profile's `allowed_names`: `*.suffix` (any name without `@` ending in
@@ -227,6 +240,12 @@ impl Profile {
                 "subject_from_csr = true needs allow_unattested_keys = true (a CSR's key is not attested)".into(),
             ));
         }
+        if file.renewal_window_days > file.validity_days {
+            return Err(invalid(format!(
+                "renewal_window_days = {} is more than validity_days = {}",
+                file.renewal_window_days, file.validity_days
+            )));
+        }
         let allowed_names = file
             .allowed_names
             .iter()
@@ -250,6 +269,7 @@ impl Profile {
             windows_sid_extension: file.windows_sid_extension,
             subject_from_csr: file.subject_from_csr,
             allowed_names,
+            renewal_window_days: file.renewal_window_days,
         })
     }
 }

@@ -259,6 +259,10 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "BeginRenewal",
+        code(e.begin_renewal(pb::BeginRenewalRequest::default()).await),
+    );
+    out.insert(
         "GetMyToken",
         code(ss.get_my_token(pb::GetMyTokenRequest::default()).await),
     );
@@ -290,7 +294,9 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
-        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" => &["helpdesk", "admin"],
+        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" | "BeginRenewal" => {
+            &["helpdesk", "admin"]
+        }
         // No role: only a token's own certificate (docs/api.md, "SelfService").
         "GetMyToken" => &[],
         other => panic!("no expectation for {other}"),
@@ -313,7 +319,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 35);
+        assert_eq!(results.len(), 36);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -337,7 +343,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 35);
+            assert_eq!(anonymous.len(), 36);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,

@@ -10,8 +10,8 @@ use crate::audit::Actor;
 use crate::enroll::{ManagementKeyAlgorithm, SlotPlan, TokenCredentials};
 use crate::lifecycle::{LifecycleError, RevocationReason};
 use crate::store::{
-    EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState, TokenPrior,
-    TokenState, WriteTx,
+    EnrollmentKind, EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow,
+    PersonState, TokenPrior, TokenState, WriteTx,
 };
 
 /// What BeginEnrollment asks for (already checked for presence and shape by the API).
@@ -217,6 +217,7 @@ impl EnrollmentDesk {
                 expires_at: now.checked_add(settings.expiry).unwrap_or(now),
                 created_by: actor.name.clone(),
                 token_prior,
+                kind: EnrollmentKind::Enrollment,
             })
             .await?;
         let mut after = json(&enrollment);

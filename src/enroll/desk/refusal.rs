@@ -36,6 +36,36 @@ pub enum EnrollmentRefusal {
     TokenHeldByAnotherPerson { serial: String, state: &'static str },
     #[error("token {serial} is {state}; the PUK is released only for an active token")]
     TokenNotActive { serial: String, state: &'static str },
+    /// BeginRenewal (and Complete/Confirm of a renewal): the token is not active, or held by
+    /// no one.
+    #[error("token {serial} is {state}; only an active token held by an active person is renewed")]
+    TokenNotRenewable { serial: String, state: String },
+    /// BeginRenewal: an enrollment of the token is open (begun, not confirmed).
+    #[error(
+        "token {serial} is being enrolled (enrollment {enrollment} is open); confirm or abort that enrollment before renewing"
+    )]
+    TokenEnrollmentOpen { serial: String, enrollment: String },
+    #[error("slot {0:?} is not a PIV key slot (9a, 9c, 9d, 9e, 82 to 95)")]
+    SlotInvalid(String),
+    /// BeginRenewal: the slot (or, none named, every slot) holds no good certificate that a
+    /// confirmed enrollment of this token issued.
+    #[error("{}", match slot {
+        Some(slot) => format!("slot {slot} of token {serial} has no good certificate to renew; enroll the token to key it"),
+        None => format!("token {serial} has no good certificate to renew; enroll it instead"),
+    })]
+    SlotNotRenewable {
+        serial: String,
+        slot: Option<String>,
+    },
+    /// BeginRenewal before the certificate's renewal window without `force`.
+    #[error(
+        "slot {}: certificate {} (profile {}) expires at {}; it may be renewed from {} ({} days before expiry, renewal_window_days of the profile); an admin may force an earlier renewal",
+        .0.slot, .0.certificate, .0.profile, .0.not_after, .0.renewable_from, .0.window_days
+    )]
+    RenewalTooEarly(Box<RenewalWindow>),
+    /// BeginRenewal with `force` by a caller who may not force.
+    #[error("only an admin may force a renewal before its window; renew within the window")]
+    RenewalForceRequiresAdmin,
     #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
     CredentialsNotHeld(String),
     /// A wrapped PUK or management key of the token does not unwrap for its place (token,
@@ -127,6 +157,11 @@ impl EnrollmentRefusal {
         "TOKEN_NOT_ENROLLABLE",
         "TOKEN_HELD_BY_ANOTHER_PERSON",
         "TOKEN_NOT_ACTIVE",
+        "TOKEN_ENROLLMENT_OPEN",
+        "SLOT_INVALID",
+        "SLOT_NOT_RENEWABLE",
+        "RENEWAL_TOO_EARLY",
+        "RENEWAL_FORCE_REQUIRES_ADMIN",
         "CREDENTIALS_NOT_HELD",
         "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
@@ -155,7 +190,12 @@ impl EnrollmentRefusal {
             R::TokenSerialInvalid => "TOKEN_SERIAL_INVALID",
             R::TokenNeverEnrollable { .. } | R::TokenNotEnrolling { .. } => "TOKEN_NOT_ENROLLABLE",
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
-            R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
+            R::TokenNotActive { .. } | R::TokenNotRenewable { .. } => "TOKEN_NOT_ACTIVE",
+            R::TokenEnrollmentOpen { .. } => "TOKEN_ENROLLMENT_OPEN",
+            R::SlotInvalid(_) => "SLOT_INVALID",
+            R::SlotNotRenewable { .. } => "SLOT_NOT_RENEWABLE",
+            R::RenewalTooEarly(_) => "RENEWAL_TOO_EARLY",
+            R::RenewalForceRequiresAdmin => "RENEWAL_FORCE_REQUIRES_ADMIN",
             R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
@@ -186,6 +226,8 @@ impl EnrollmentRefusal {
             R::ReasonTooLong | R::ReleaseReasonRequired => Some("reason"),
             R::PukReleaseNotFound(_) => Some("release_id"),
             R::PukReleaseTokenMismatch { .. } => Some("token_serial"),
+            R::SlotInvalid(_) | R::SlotNotRenewable { slot: Some(_), .. } => Some("slots"),
+            R::RenewalTooEarly(_) | R::RenewalForceRequiresAdmin => Some("force"),
             R::RepeatExpired { .. } => Some("request_id"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
@@ -222,6 +264,20 @@ impl EnrollmentRefusal {
             R::PukReleaseRateLimited { next_at, .. } => {
                 HashMap::from([("next_at".to_string(), next_at.to_string())])
             }
+            R::TokenEnrollmentOpen { enrollment, .. } => {
+                HashMap::from([("enrollment_id".to_string(), enrollment.clone())])
+            }
+            R::SlotInvalid(slot)
+            | R::SlotNotRenewable {
+                slot: Some(slot), ..
+            } => HashMap::from([("slot".to_string(), slot.clone())]),
+            R::RenewalTooEarly(w) => HashMap::from([
+                ("slot".to_string(), w.slot.clone()),
+                ("certificate_serial".to_string(), w.certificate.clone()),
+                ("not_after".to_string(), w.not_after.to_string()),
+                ("renewable_from".to_string(), w.renewable_from.to_string()),
+                ("renewal_window_days".to_string(), w.window_days.to_string()),
+            ]),
             _ => HashMap::new(),
         }
     }
@@ -245,6 +301,17 @@ impl EnrollmentRefusal {
             self.to_string()
         }
     }
+}
+
+/// A certificate renewed before its window: when it expires and from when it may be renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalWindow {
+    pub slot: String,
+    pub certificate: String,
+    pub profile: String,
+    pub not_after: Timestamp,
+    pub renewable_from: Timestamp,
+    pub window_days: u32,
 }
 
 /// How a desk step did not succeed: refused (the caller rolls back and records the refusal

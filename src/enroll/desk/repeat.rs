@@ -51,7 +51,7 @@ impl SecretRepeat {
 impl EnrollmentDesk {
     /// Refuses a repeat that is past `secret_replay_minutes` at `now`, or that was stored
     /// before request ids were bound to their caller.
-    fn check_repeat(
+    pub(super) fn check_repeat(
         &self,
         now: Timestamp,
         repeat: &SecretRepeat,
