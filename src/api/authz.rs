@@ -209,7 +209,11 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/BeginRenewal" => TOKEN_WRITE,
         // No role: a token acts for itself with its own certificate (`lifecycle::token_caller`,
         // `api::self_service`); every operator certificate is refused.
-        "/tessera.v1.SelfService/GetMyToken" => &[],
+        "/tessera.v1.SelfService/GetMyToken"
+        | "/tessera.v1.SelfService/BeginRenewal"
+        | "/tessera.v1.SelfService/CompleteRenewal"
+        | "/tessera.v1.SelfService/ConfirmRenewal"
+        | "/tessera.v1.SelfService/AbortRenewal" => &[],
         _ => &[],
     }
 }

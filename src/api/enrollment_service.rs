@@ -44,7 +44,7 @@ fn method(name: &str) -> String {
 
 /// An enrollment refusal or error as gRPC status: code, stable reason, field at fault and
 /// `ErrorInfo` metadata; internal errors are logged and answered without detail.
-fn refusal_status(e: EnrollmentRefusal) -> Status {
+pub(super) fn refusal_status(e: EnrollmentRefusal) -> Status {
     use EnrollmentRefusal as R;
     let e = match e {
         R::Lifecycle(l) => return l.into(),
@@ -172,7 +172,7 @@ impl EnrollmentRequest for pb::BeginEnrollmentRequest {
 }
 
 /// The token serial as the station reads it: decimal, 32 bits.
-fn check_token_serial(serial: &str) -> Result<(), Status> {
+pub(super) fn check_token_serial(serial: &str) -> Result<(), Status> {
     if serial.is_empty()
         || !serial.bytes().all(|b| b.is_ascii_digit())
         || serial.parse::<u32>().is_err()
@@ -292,7 +292,7 @@ fn algorithm_to_pb(a: ManagementKeyAlgorithm) -> pb::ManagementKeyAlgorithm {
     }
 }
 
-fn key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
+pub(super) fn key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
     pb::ManagementKey {
         algorithm: algorithm_to_pb(k.algorithm) as i32,
         key: k.key.to_vec(),
@@ -444,7 +444,7 @@ impl Enrollments {
         }
     }
 
-    async fn slot_certificates_to_pb(
+    pub(super) async fn slot_certificates_to_pb(
         &self,
         certificates: Vec<(String, CertificateRow)>,
     ) -> Result<Vec<pb::SlotCertificate>, Status> {
@@ -460,7 +460,10 @@ impl Enrollments {
     }
 
     /// BeginRenewal's answer without its secret (the stored answer).
-    async fn renewal_to_pb(&self, b: &BegunRenewal) -> Result<pb::BeginRenewalResponse, Status> {
+    pub(super) async fn renewal_to_pb(
+        &self,
+        b: &BegunRenewal,
+    ) -> Result<pb::BeginRenewalResponse, Status> {
         Ok(pb::BeginRenewalResponse {
             enrollment_id: b.enrollment.public_id.clone(),
             nonce: b.enrollment.nonce.clone(),
@@ -474,7 +477,10 @@ impl Enrollments {
         })
     }
 
-    async fn enrollment_to_pb(&self, v: EnrollmentView) -> Result<pb::Enrollment, Status> {
+    pub(super) async fn enrollment_to_pb(
+        &self,
+        v: EnrollmentView,
+    ) -> Result<pb::Enrollment, Status> {
         Ok(pb::Enrollment {
             certificates: self.slot_certificates_to_pb(v.certificates).await?,
             enrollment_id: v.row.public_id,

@@ -111,6 +111,7 @@ impl GrpcEdge {
                 SelfServiceApi {
                     store: store.clone(),
                     ca: self.ca,
+                    desk: None,
                 },
             ))
             .add_service(pb::enrollment_service_server::EnrollmentServiceServer::new(
@@ -134,6 +135,8 @@ impl GrpcEdge {
 pub struct SelfServiceEdge {
     pub store: Store,
     pub ca: Option<Arc<OnlineCa>>,
+    /// Renewal; `None` without `[enrollment]`.
+    pub enrollment: Option<EnrollmentDesk>,
     /// Where each call's latency is recorded (the same histogram as the operator port's).
     pub rpc_latency: RpcLatency,
 }
@@ -156,6 +159,7 @@ impl SelfServiceEdge {
                 SelfServiceApi {
                     store: self.store,
                     ca: self.ca,
+                    desk: self.enrollment,
                 },
             ))
             .serve_with_incoming_shutdown(

@@ -119,6 +119,10 @@ pub enum SelfServiceRefusal {
         "this call concerns token {named}, but the certificate presented is token {own}'s; a token may only act for itself"
     )]
     OtherToken { own: String, named: String },
+    #[error(
+        "enrollment {enrollment} is not a renewal of token {own}; a token may only complete, confirm or abort its own renewal"
+    )]
+    NotOwnRenewal { own: String, enrollment: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -136,6 +140,7 @@ impl SelfServiceRefusal {
         "SELF_SERVICE_CERTIFICATE_EXPIRED",
         "SELF_SERVICE_ENROLLMENT_NOT_CONFIRMED",
         "SELF_SERVICE_OTHER_TOKEN",
+        "SELF_SERVICE_NOT_OWN_RENEWAL",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -157,6 +162,7 @@ impl SelfServiceRefusal {
                 "SELF_SERVICE_ENROLLMENT_NOT_CONFIRMED"
             }
             SelfServiceRefusal::OtherToken { .. } => "SELF_SERVICE_OTHER_TOKEN",
+            SelfServiceRefusal::NotOwnRenewal { .. } => "SELF_SERVICE_NOT_OWN_RENEWAL",
             SelfServiceRefusal::Store(_) => "INTERNAL",
         }
     }

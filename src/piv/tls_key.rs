@@ -112,6 +112,16 @@ impl CardTlsKey {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Runs `step` on the open token (the one connection to the card this key holds), e.g. the
+    /// renewal's key generation while the TLS connection this key authenticated stays open.
+    pub fn with_token<R>(&self, step: impl FnOnce(&mut PivToken) -> R) -> R {
+        let mut token = self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        step(&mut token)
+    }
+
     /// Gives the token back (after the connection that used this key is closed).
     pub fn into_token(self) -> PivToken {
         self.token

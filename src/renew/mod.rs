@@ -5,3 +5,4 @@
 //! `api` nor `enroll`, and holds no CA secret and no management key or PUK.
 
 pub mod connection;
+pub mod renewal;

@@ -331,6 +331,7 @@ impl BoundServer {
             let edge = crate::api::SelfServiceEdge {
                 store: store.clone(),
                 ca: self.ca.clone(),
+                enrollment: desk(),
                 rpc_latency: rpc_latency.clone(),
             };
             let mut stopped = self_service_stopped.clone();
