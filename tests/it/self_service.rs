@@ -33,6 +33,7 @@ on_both_databases!(
     refused_for_a_suspended_person_and_a_token_on_hold,
     refused_for_revoked_superseded_and_expired_certificates,
     refused_for_certificates_that_are_not_a_tokens_own,
+    renewal_through_the_cards_own_key_then_nginx,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -44,8 +45,9 @@ const PIN: &str = "24681357";
 
 /// A server with a SoftHSM2 CA, enrollment and the self-service listener.
 pub(crate) struct Server {
-    _dir: tempfile::TempDir,
-    _hsm: SoftHsmToken,
+    dir: tempfile::TempDir,
+    hsm: SoftHsmToken,
+    data_dir: PathBuf,
     pub pki: TestPki,
     pub running: ServerTask,
 }
@@ -55,6 +57,17 @@ impl Server {
     /// from before the operator CA), so that token certificates reach the operator port's
     /// per-call checks instead of failing its handshake.
     pub async fn start(url: &str, card_roots: &[PathBuf], clock: Clock) -> Server {
+        Server::start_with(url, card_roots, clock, false).await
+    }
+
+    /// [`Server::start`]; with `renewable_now`, also the HTTP side (for /crl) and profiles
+    /// whose renewal window is their whole validity (a fresh certificate may be renewed).
+    pub async fn start_with(
+        url: &str,
+        card_roots: &[PathBuf],
+        clock: Clock,
+        renewable_now: bool,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::init(&dir.path().join("ca"));
         ca.init_wrapping_key();
@@ -72,6 +85,38 @@ impl Server {
             })
             .with_self_service();
         config.tls.client_ca = "operators-and-people.pem".into();
+        if renewable_now {
+            let profiles = dir.path().join("profiles");
+            std::fs::create_dir(&profiles).unwrap();
+            let built_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+            for entry in std::fs::read_dir(built_in).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "toml") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let validity = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("validity_days = "))
+                    .unwrap()
+                    .trim()
+                    .to_string();
+                let text = text
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with("renewal_window_days") {
+                            format!("renewal_window_days = {validity}")
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                std::fs::write(profiles.join(path.file_name().unwrap()), text).unwrap();
+            }
+            config.ca.as_mut().unwrap().profiles_dir = Some(profiles);
+            config = config.with_http();
+        }
         let config_path = config.write(dir.path(), &pki);
         std::fs::write(
             dir.path().join("operators-and-people.pem"),
@@ -84,8 +129,9 @@ impl Server {
         .unwrap();
         let running = ServerTask::start_with_clock(&config_path, clock).await;
         Server {
-            _dir: dir,
-            _hsm: hsm,
+            dir,
+            hsm,
+            data_dir,
             pki,
             running,
         }
@@ -753,5 +799,225 @@ async fn refused_for_certificates_that_are_not_a_tokens_own(url: &str) {
         refusal(&s).1,
         "SELF_SERVICE_NOT_A_TOKEN_CERTIFICATE".to_string()
     );
+    server.stop().await;
+}
+
+fn write_private(path: &std::path::Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Issue 13's end-to-end self-service renewal: two tokens of one person; each may only renew
+/// itself; `tessera renew` (a real process) renews token A through its own key; nginx then
+/// accepts the new certificate and refuses the superseded one (presented by a copy of the card
+/// as it was before the renewal, old key and all), and so does the self-service port.
+async fn renewal_through_the_cards_own_key_then_nginx(url: &str) {
+    let mut card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let other = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL + 1));
+    let server = Server::start_with(
+        url,
+        &[card.attestation_root(), other.attestation_root()],
+        Clock::system(),
+        true,
+    )
+    .await;
+    server.create_person("S1").await;
+    let old = enroll(&server, &card, "S1", SERIAL).await;
+    enroll(&server, &other, "S1", SERIAL + 1).await;
+    let mine = my_token(&mut as_token(&server, &card).await).await.unwrap();
+    assert!(mine.slots.iter().all(|s| s.renewal_open), "{mine:?}");
+
+    // Token B begins its own renewal; token A may neither touch it nor renew B.
+    let mut b = as_token(&server, &other).await;
+    let begun = b
+        .begin_renewal(pb::BeginMyRenewalRequest {
+            request_id: "b-renews".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        begun
+            .slots
+            .iter()
+            .map(|s| s.slot.as_str())
+            .collect::<Vec<_>>(),
+        ["9a", "9c"]
+    );
+    let mut a = as_token(&server, &card).await;
+    let s = a
+        .begin_renewal(pb::BeginMyRenewalRequest {
+            request_id: "a-renews-b".into(),
+            token_serial: (SERIAL + 1).to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::PermissionDenied,
+            "SELF_SERVICE_OTHER_TOKEN".into(),
+            meta(&[])
+        )
+    );
+    let s = a
+        .confirm_renewal(pb::ConfirmEnrollmentRequest {
+            request_id: "a-confirms-b".into(),
+            enrollment_id: begun.enrollment_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refusal(&s), s.message().to_string()),
+        (
+            (
+                Code::PermissionDenied,
+                "SELF_SERVICE_NOT_OWN_RENEWAL".into(),
+                meta(&[])
+            ),
+            format!(
+                "enrollment {} is not a renewal of token 31000001; a token may only complete, confirm or abort its own renewal",
+                begun.enrollment_id
+            )
+        )
+    );
+    b.abort_renewal(pb::AbortEnrollmentRequest {
+        request_id: "b-aborts".into(),
+        enrollment_id: begun.enrollment_id.clone(),
+        reason: "changed my mind".into(),
+    })
+    .await
+    .unwrap();
+    drop((a, b));
+
+    // Keep a copy of token A as it is now (old keys and certificates).
+    let before = server.dir.path().join("card-before-renewal.json");
+    card.pull();
+    std::fs::copy(card.state_file(), &before).unwrap();
+    card.insert();
+
+    // `tessera renew` as a real process, PIN from a 0600 file.
+    let pin_file = server.dir.path().join("pin");
+    write_private(&pin_file, PIN);
+    let server_ca = server.dir.path().join("server-ca.pem");
+    std::fs::write(&server_ca, &server.pki.ca_pem).unwrap();
+    let out = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .arg("renew")
+        .args([
+            "--server",
+            &server.self_service_url(),
+            "--server-name",
+            "localhost",
+        ])
+        .arg("--ca-cert")
+        .arg(&server_ca)
+        .args(["--reader", card.reader_name()])
+        .arg("--pin-file")
+        .arg(&pin_file)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tessera renew failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("- touch your YubiKey now (slot 9c needs a touch; it blinks)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PIN), "the PIN is never printed");
+    assert!(stdout.contains("token 31000001 renewed"), "{stdout}");
+
+    // The token now speaks with its new 9a certificate.
+    let mine = my_token(&mut as_token(&server, &card).await).await.unwrap();
+    let new_9a = mine.slots[0].certificate.clone().unwrap();
+    assert_eq!(mine.caller_certificate_serial, new_9a.serial);
+    assert_ne!(new_9a.serial, old["9a"].serial);
+    assert!(stdout.contains(&format!("renewed slot 9a: certificate {}", new_9a.serial)));
+    assert!(stdout.contains(&format!(
+        "superseded: certificate {} (revoked)",
+        old["9a"].serial
+    )));
+    let superseded = CertificateServiceClient::new(server.channel("helpdesk").await)
+        .get_certificate(pb::GetCertificateRequest {
+            serial: old["9a"].serial.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(
+        (superseded.status(), superseded.revocation_reason()),
+        (
+            pb::CertificateStatus::Revoked,
+            pb::RevocationReason::Superseded
+        )
+    );
+
+    // nginx with the chain and the CRLs: the new certificate logs in.
+    use harness::relying_party::{Nginx, curl_with_token, fetch_crl, root_crl};
+    let d = server.dir.path();
+    let root = root_crl(&server.hsm, &server.data_dir, d);
+    let crl = d.join("crls.pem");
+    fetch_crl(&server.running.http.unwrap().to_string(), &root, &crl);
+    let nginx = Nginx::start(d, &server.data_dir.join("chain.pem"), &crl);
+    let new_pem = d.join("new-9a.pem");
+    std::fs::write(&new_pem, tessera::ca::issue::certificate_pem(&new_9a.der)).unwrap();
+    let old_pem = d.join("old-9a.pem");
+    std::fs::write(
+        &old_pem,
+        tessera::ca::issue::certificate_pem(&old["9a"].der),
+    )
+    .unwrap();
+    let opensc_conf = card.opensc_conf();
+    let login = |cert: &std::path::Path| {
+        curl_with_token(
+            &nginx.url(),
+            &nginx.server_cert,
+            cert,
+            &pin_file,
+            &opensc_conf,
+            d,
+        )
+    };
+    let run = login(&new_pem);
+    assert!(run.stdout.starts_with("verify=SUCCESS subject="), "{run:?}");
+
+    // The card as it was before (the old key still in it): its superseded certificate is
+    // refused by nginx (revoked in the CRL) and by the self-service port.
+    let after = d.join("card-after-renewal.json");
+    card.pull();
+    std::fs::copy(card.state_file(), &after).unwrap();
+    std::fs::copy(&before, card.state_file()).unwrap();
+    card.insert();
+    let run = login(&old_pem);
+    assert!(
+        run.stdout.contains("400 The SSL certificate error"),
+        "{run:?}"
+    );
+    let log = std::fs::read_to_string(nginx.dir.join("logs/error.log")).unwrap();
+    assert!(log.contains("certificate revoked"), "{log}");
+    let s = my_token(&mut as_token(&server, &card).await)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::Unauthenticated,
+            "SELF_SERVICE_CERTIFICATE_SUPERSEDED".into(),
+            meta(&[])
+        )
+    );
+    // And back to the renewed card: still in.
+    card.pull();
+    std::fs::copy(&after, card.state_file()).unwrap();
+    card.insert();
+    assert!(login(&new_pem).stdout.starts_with("verify=SUCCESS"));
     server.stop().await;
 }
