@@ -73,14 +73,14 @@ hsm_config = "$TESSERA_HSM_CONFIG"
 data_dir = "$TESSERA_DATA_DIR"
 CONF
 export TESSERA_CONFIG=$work/server/tessera.toml
-for role in hr helpdesk; do
+for role in hr helpdesk admin; do
   "$tessera" admin issue-client-cert --role "$role" --name "demo $role" \
     --out-cert "$work/server/$role.pem" --out-key "$work/server/$role.key" | sed 's/^/  /'
 done
-echo "  config $TESSERA_CONFIG; client certificates from the operator CA carry their role (tessera:role:hr, tessera:role:helpdesk)"
+echo "  config $TESSERA_CONFIG; client certificates from the operator CA carry their role (tessera:role:hr, tessera:role:helpdesk, tessera:role:admin)"
 
 step "7. the rest runs beside a private pcscd with virtual readers (scripts/with-pcscd.sh)"
 export DEMO_WORK="$work"
 scripts/with-pcscd.sh --readers 2 -- scripts/demo-token.sh
 
-printf '\ndemo: done: CA keys in the HSM; a virtual YubiKey enrolled at the help desk (keys born on the token, attested, certified); the person logged in to nginx with it, was refused while suspended, and let in again once reinstated\n'
+printf '\ndemo: done: CA keys in the HSM; a virtual YubiKey enrolled at the help desk (keys born on the token, attested, certified); the person logged in to nginx with it, was refused while suspended, and let in again once reinstated; the desk renewed its 9a certificate in place (PIN and 9c untouched) and nginx accepts the new one while the superseded one is revoked\n'

@@ -560,6 +560,34 @@ mod tests {
             err.to_string(),
             "certificate profile p.toml is invalid: allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates"
         );
+        let err = Profile::from_toml(
+            "p",
+            &format!("{base}key_usage = [\"digital_signature\"]\nrenewal_window_days = 31\n"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: renewal_window_days = 31 is more than validity_days = 30"
+        );
+    }
+
+    #[test]
+    fn renewal_window_defaults_to_30_days() {
+        let base = "description = \"x\"\nvalidity_days = 365\nkey_usage = [\"digital_signature\"]\nextended_key_usage = []\nallow_unattested_keys = false\nattested_key_policy = \"1.2.3\"\n";
+        let p = Profile::from_toml("p", base, "p.toml").unwrap();
+        assert_eq!(p.renewal_window_days, DEFAULT_RENEWAL_WINDOW_DAYS);
+        let p =
+            Profile::from_toml("p", &format!("{base}renewal_window_days = 0\n"), "p.toml").unwrap();
+        assert_eq!(p.renewal_window_days, 0);
+        let shipped = ProfileSet::built_in();
+        assert_eq!(
+            shipped
+                .get("piv-authentication")
+                .unwrap()
+                .renewal_window_days,
+            30
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! only ever as file paths.
 use crate::station::config::{GivenSettings, StationFile};
 use crate::station::enrollment::{EnrollRequest, Enrolled, enroll};
+use crate::station::renewal::{RenewRequest, renew};
 use crate::station::{ServerConnection, StationConfig, TerminalOperator, token_care};
 use anyhow::Context as _;
 use std::path::PathBuf;
@@ -47,6 +48,27 @@ pub enum StationCommand {
         /// Confirm up front that a token that is not factory-fresh may be reset (erased).
         #[arg(long)]
         confirm_reset: bool,
+    },
+    /// Renew the certificates of the token in the reader in place: new keys in the same slots,
+    /// attested and certified; PIN, PUK, management key and other slots are untouched.
+    Renew {
+        /// The token's serial; the token in the reader must be this one.
+        #[arg(long)]
+        token_serial: Option<String>,
+        /// A slot to renew (9a, 9c, …); repeat for several; none: every slot with a good
+        /// certificate.
+        #[arg(long = "slot")]
+        slots: Vec<String>,
+        /// Renew before the certificates' renewal window (admin certificates only).
+        #[arg(long)]
+        force: bool,
+        /// Why, for the audit log (e.g. "ticket 4711"). Not a secret.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Read the person's current PIN from this file (first line; mode 0600) instead of
+        /// asking on the terminal.
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
     },
     /// Unblock a forgotten or blocked PIN with the PUK the server holds (never shown).
     Unblock {
@@ -158,6 +180,34 @@ pub fn run(args: StationArgs) -> anyhow::Result<ExitCode> {
                 .await?;
                 print_enrolled(&enrolled);
             }
+            StationCommand::Renew {
+                token_serial,
+                slots,
+                force,
+                reason,
+                pin_file,
+            } => {
+                let mut operator = TerminalOperator::new(pin_file, false);
+                let renewed = renew(
+                    &mut server,
+                    &mut operator,
+                    reader,
+                    &RenewRequest {
+                        token_serial,
+                        slots,
+                        force,
+                        reason,
+                    },
+                )
+                .await?;
+                println!(
+                    "station: token {} renewed (renewal {}); certificates: {}; superseded: {}",
+                    renewed.token_serial,
+                    renewed.enrollment_id,
+                    slot_certificates(&renewed.certificates),
+                    slot_certificates(&renewed.superseded)
+                );
+            }
             StationCommand::Unblock { pin, reason } => {
                 let mut operator = TerminalOperator::new(pin.pin_file, false);
                 token_care::unblock(&mut server, &mut operator, reader, &reason).await?;
@@ -206,18 +256,24 @@ fn print_enrolled(enrolled: &Enrolled) {
         "station: token {} enrolled (enrollment {}); certificates: {}",
         enrolled.token_serial,
         enrolled.enrollment_id,
-        enrolled
-            .certificates
-            .iter()
-            .map(|c| format!(
+        slot_certificates(&enrolled.certificates)
+    );
+}
+
+/// "SERIAL in slot 9a, SERIAL in slot 9c".
+fn slot_certificates(certificates: &[crate::protocol::pb::SlotCertificate]) -> String {
+    certificates
+        .iter()
+        .map(|c| {
+            format!(
                 "{} in slot {}",
                 c.certificate
                     .as_ref()
                     .map(|c| c.serial.as_str())
                     .unwrap_or("?"),
                 c.slot
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

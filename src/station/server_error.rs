@@ -70,6 +70,10 @@ fn hint(code: Code, reason: &str, message: &str) -> &'static str {
         (Code::PermissionDenied, "APPROVER_IS_REQUESTER") => {
             "; a PUK release is approved by a second operator with their own certificate"
         }
+        (Code::PermissionDenied, "RENEWAL_FORCE_REQUIRES_ADMIN")
+        | (Code::FailedPrecondition, "RENEWAL_TOO_EARLY") => {
+            "; renew within the renewal window, or ask an admin to renew with --force (an admin client certificate)"
+        }
         (Code::PermissionDenied, _) => {
             "; check that the station's client certificate carries the helpdesk role (tessera admin issue-client-cert --role helpdesk)"
         }

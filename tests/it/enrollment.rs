@@ -46,22 +46,22 @@ const FACTORY_MGM_KEY: [u8; 24] = [
 ];
 const FACTORY_PIN: &str = "123456";
 const FACTORY_PUK: &str = "12345678";
-const NEW_PIN: &str = "24681357";
+pub(crate) const NEW_PIN: &str = "24681357";
 
 /// A running server with a SoftHSM2 CA and enrollment configured, and the files around it.
-struct Server {
-    dir: tempfile::TempDir,
+pub(crate) struct Server {
+    pub(crate) dir: tempfile::TempDir,
     _hsm: SoftHsmToken,
-    pki: TestPki,
-    data_dir: PathBuf,
-    running: ServerTask,
+    pub(crate) pki: TestPki,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) running: ServerTask,
 }
 
 impl Server {
     /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
     /// `[ca]` and `enrollment` (the `[enrollment]` section) trusting `attestation_roots` (the
     /// virtual cards' roots) besides what `enrollment` says.
-    async fn start(
+    pub(crate) async fn start(
         database_url: &str,
         attestation_roots: &[PathBuf],
         enrollment: Enrollment,
@@ -70,7 +70,7 @@ impl Server {
     }
 
     /// [`Server::start`] with the server's times from `clock`.
-    async fn start_with_clock(
+    pub(crate) async fn start_with_clock(
         database_url: &str,
         attestation_roots: &[PathBuf],
         enrollment: Enrollment,
@@ -102,18 +102,22 @@ impl Server {
         }
     }
 
-    async fn channel(&self, role: &str) -> Channel {
+    pub(crate) async fn channel(&self, role: &str) -> Channel {
         let client = self.pki.client(role);
         connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await
     }
 
-    async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
+    pub(crate) async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
         EnrollmentServiceClient::new(self.channel("helpdesk").await)
     }
 
     /// The enrollment service as one client certificate with common name `name` and `role`
     /// (every call of the returned client uses that one certificate).
-    async fn enrollments_as(&self, name: &str, role: &str) -> EnrollmentServiceClient<Channel> {
+    pub(crate) async fn enrollments_as(
+        &self,
+        name: &str,
+        role: &str,
+    ) -> EnrollmentServiceClient<Channel> {
         let client = self
             .pki
             .client_with_uris(name, &[&format!("tessera:role:{role}")]);
@@ -122,7 +126,7 @@ impl Server {
         )
     }
 
-    async fn create_person(&self, id: &str, sid: &str) {
+    pub(crate) async fn create_person(&self, id: &str, sid: &str) {
         DirectoryServiceClient::new(self.channel("hr").await)
             .create_person(pb::CreatePersonRequest {
                 request_id: format!("create-{id}"),
@@ -139,23 +143,23 @@ impl Server {
             .unwrap();
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.running.stop().await;
     }
 }
 
-fn reason(s: &Status) -> String {
+pub(crate) fn reason(s: &Status) -> String {
     s.get_error_details()
         .error_info()
         .map(|i| i.reason.clone())
         .unwrap_or_default()
 }
 
-fn slot_id(slot: &str) -> SlotId {
+pub(crate) fn slot_id(slot: &str) -> SlotId {
     SlotId::try_from(u8::from_str_radix(slot, 16).unwrap()).unwrap()
 }
 
-fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
+pub(crate) fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
     match s {
         "NEVER" => yubikey::PinPolicy::Never,
         "ONCE" => yubikey::PinPolicy::Once,
@@ -164,7 +168,7 @@ fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
     }
 }
 
-fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
+pub(crate) fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
     match s {
         "NEVER" => yubikey::TouchPolicy::Never,
         "ALWAYS" => yubikey::TouchPolicy::Always,
@@ -173,7 +177,7 @@ fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
     }
 }
 
-fn yk_algorithm(s: &str) -> AlgorithmId {
+pub(crate) fn yk_algorithm(s: &str) -> AlgorithmId {
     match s {
         "ECCP256" => AlgorithmId::EccP256,
         "ECCP384" => AlgorithmId::EccP384,
@@ -181,7 +185,7 @@ fn yk_algorithm(s: &str) -> AlgorithmId {
     }
 }
 
-fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
+pub(crate) fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
     let algorithm = match pb::ManagementKeyAlgorithm::try_from(k.algorithm).unwrap() {
         pb::ManagementKeyAlgorithm::TripleDes => MgmAlgorithmId::ThreeDes,
         pb::ManagementKeyAlgorithm::Aes128 => MgmAlgorithmId::Aes128,
@@ -195,7 +199,7 @@ fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
     }
 }
 
-fn secret(s: &str) -> Secret {
+pub(crate) fn secret(s: &str) -> Secret {
     Secret::new(s.as_bytes().to_vec())
 }
 
@@ -212,7 +216,7 @@ enum Signing<'a> {
 
 /// What the station does between Begin and Complete on a factory-fresh card: new management
 /// key and PUK, each planned key generated and attested, the proof signed after PIN verify.
-fn station_prepares(
+pub(crate) fn station_prepares(
     card: &VirtualCard,
     begin: &pb::BeginEnrollmentResponse,
 ) -> pb::CompleteEnrollmentRequest {
@@ -289,7 +293,7 @@ fn station_generates_and_proves(
 }
 
 /// After Complete: the certificates written to their slots, the person's PIN set.
-fn station_finishes(
+pub(crate) fn station_finishes(
     card: &VirtualCard,
     begin: &pb::BeginEnrollmentResponse,
     done: &pb::CompleteEnrollmentResponse,
@@ -308,7 +312,11 @@ fn station_finishes(
         .unwrap();
 }
 
-fn begin_request(person: &str, serial: u32, profile: &str) -> pb::BeginEnrollmentRequest {
+pub(crate) fn begin_request(
+    person: &str,
+    serial: u32,
+    profile: &str,
+) -> pb::BeginEnrollmentRequest {
     pb::BeginEnrollmentRequest {
         request_id: format!("begin-{person}-{serial}-{profile}"),
         person_external_id: person.into(),
@@ -598,7 +606,7 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
     server.stop().await;
 }
 
-fn metadata(s: &Status, key: &str) -> String {
+pub(crate) fn metadata(s: &Status, key: &str) -> String {
     s.get_error_details()
         .error_info()
         .and_then(|i| i.metadata.get(key).cloned())
@@ -622,7 +630,7 @@ async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
 
 /// A refusal: the exact code and reason, `certificates_before` certificates still (none
 /// issued), and the refusal as the last audit event, naming its reason.
-async fn assert_refused<T: std::fmt::Debug>(
+pub(crate) async fn assert_refused<T: std::fmt::Debug>(
     url: &str,
     result: Result<tonic::Response<T>, Status>,
     code: Code,
@@ -652,7 +660,7 @@ async fn assert_refused<T: std::fmt::Debug>(
 }
 
 /// Begin → station → Complete on a factory-fresh card, for person `person`.
-async fn enroll_until_complete(
+pub(crate) async fn enroll_until_complete(
     server: &Server,
     card: &VirtualCard,
     person: &str,
@@ -1897,7 +1905,7 @@ async fn issuance_failure_aborts_the_enrollment(url: &str) {
 }
 
 /// Begin → station → Complete → station writes → Confirm on a factory-fresh card.
-async fn enroll_and_confirm(
+pub(crate) async fn enroll_and_confirm(
     server: &Server,
     card: &VirtualCard,
     person: &str,
@@ -1917,7 +1925,7 @@ async fn enroll_and_confirm(
 }
 
 /// The token as GetToken shows it: state and holder.
-async fn token_state(server: &Server, serial: u32) -> (pb::TokenState, String) {
+pub(crate) async fn token_state(server: &Server, serial: u32) -> (pb::TokenState, String) {
     let token = pb::token_service_client::TokenServiceClient::new(server.channel("helpdesk").await)
         .get_token(pb::GetTokenRequest {
             serial: serial.to_string(),

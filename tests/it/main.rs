@@ -24,6 +24,7 @@ mod operator_ca;
 mod piv_token;
 mod reasons;
 mod recheck;
+mod renewal;
 mod revocation;
 mod self_service;
 mod server;

@@ -189,7 +189,7 @@ impl World {
             .with_ca(&hsm.config_path, &data_dir)
             .with_enrollment(enrollment)
             .write(dir.path(), &pki);
-        for role in ["helpdesk", "hr", "auditor"] {
+        for role in ["helpdesk", "hr", "auditor", "admin"] {
             let c = pki.client(role);
             std::fs::write(dir.path().join(format!("{role}.pem")), &c.cert_pem).unwrap();
             write_private(&dir.path().join(format!("{role}.key")), &c.key_pem);
@@ -1472,4 +1472,239 @@ fn reset_is_asked_at_the_terminal_and_no_means_no() {
         "{transcript}"
     );
     world.verify_slot_certificate("9a");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renewal in place (`tessera station renew`).
+
+impl World {
+    /// `tessera station renew` as `role` with the person's PIN from a file.
+    fn renew_as(&self, role: &str, extra: &[&str]) -> Output {
+        let pin = self.pin_file(NEW_PIN);
+        let mut args = vec![
+            "renew",
+            "--pin-file",
+            pin.to_str().unwrap(),
+            "--reason",
+            "ticket 4711",
+        ];
+        args.extend_from_slice(extra);
+        self.station_as(role, &args)
+    }
+
+    /// (serial, status, revocation reason) of each certificate of the token, as the server
+    /// lists them.
+    fn statuses(&self, serial: u32) -> Vec<(String, i32, i32)> {
+        self.certificates_of_token(serial)
+            .into_iter()
+            .map(|c| (c.serial, c.status, c.revocation_reason))
+            .collect()
+    }
+}
+
+fn status_in(statuses: &[(String, i32, i32)], serial: &str) -> (pb::CertificateStatus, i32) {
+    let (_, status, reason) = statuses
+        .iter()
+        .find(|(s, _, _)| s.trim_start_matches('0') == serial.trim_start_matches('0'))
+        .unwrap_or_else(|| panic!("no certificate {serial} in {statuses:?}"));
+    (pb::CertificateStatus::try_from(*status).unwrap(), *reason)
+}
+
+/// The desk renews slot 9a of an enrolled token: refused within the window's rules for the help
+/// desk, forced by an admin; the PIN and the 9c certificate are kept, the old 9a certificate is
+/// revoked as superseded.
+#[test]
+fn renew_slot_9a_at_the_desk_keeps_the_pin_and_the_9c_certificate() {
+    let serial = 32_200_001;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(serial));
+    world.create_person("RITA");
+    assert_ok(&world.enroll("RITA", &[]), "station enroll");
+    let before = world.certificates_on_card();
+    assert_eq!(before.len(), 2);
+
+    let early = world.renew_as("helpdesk", &["--slot", "9a"]);
+    let stderr = text(&early.stderr);
+    assert!(
+        stderr.contains("the server refused BeginRenewal: FAILED_PRECONDITION RENEWAL_TOO_EARLY: slot 9a: certificate ")
+            && stderr.contains("(30 days before expiry, renewal_window_days of the profile); an admin may force an earlier renewal; renew within the renewal window, or ask an admin to renew with --force"),
+        "{stderr}"
+    );
+    let forced = world.renew_as("helpdesk", &["--slot", "9a", "--force"]);
+    assert_refused(
+        &forced,
+        "the server refused BeginRenewal: PERMISSION_DENIED RENEWAL_FORCE_REQUIRES_ADMIN: only an admin may force a renewal before its window; renew within the renewal window, or ask an admin to renew with --force (an admin client certificate)",
+    );
+    let wrong = world.renew_as("admin", &["--token-serial", "32200999", "--force"]);
+    assert_refused(
+        &wrong,
+        "the token in the reader is 32200001, not 32200999 (--token-serial); put token 32200999 in the reader",
+    );
+    assert_eq!(world.certificates_on_card(), before, "nothing changed");
+
+    let out = world.renew_as(
+        "admin",
+        &["--token-serial", "32200001", "--slot", "9a", "--force"],
+    );
+    assert_ok(&out, "station renew");
+    let stdout = text(&out.stdout);
+    for line in [
+        "     renewed before the window (forced): 9a",
+        "     plan: slot 9a ECCP256 PIN ONCE touch NEVER -> certificate profile piv-authentication",
+    ] {
+        stdout_has_line(&out, line);
+    }
+    assert!(
+        stdout.contains(&format!(
+            "slot 9a: certificate {} is revoked (superseded)",
+            before[0]
+        )) || stdout.contains("is revoked (superseded)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(NEW_PIN), "the PIN must never be printed");
+    let after = world.certificates_on_card();
+    assert_ne!(after[0], before[0], "9a renewed");
+    assert_eq!(after[1], before[1], "9c untouched");
+    world.assert_good_certificates_are_on_the_card();
+    let statuses = world.statuses(serial);
+    assert_eq!(
+        status_in(&statuses, &before[0]),
+        (
+            pb::CertificateStatus::Revoked,
+            pb::RevocationReason::Superseded as i32
+        )
+    );
+    assert_eq!(
+        status_in(&statuses, &after[0]).0,
+        pb::CertificateStatus::Good
+    );
+    assert_eq!(
+        status_in(&statuses, &before[1]).0,
+        pb::CertificateStatus::Good
+    );
+    world.verify_slot_certificate("9a");
+    world
+        .card
+        .yubico_piv_tool(
+            &["--stdin-input", "-a", "verify-pin"],
+            Some(&format!("{NEW_PIN}\n")),
+        )
+        .success()
+        .has_line("Successfully verified PIN.");
+    assert_eq!(
+        world.token(serial).unwrap().state,
+        pb::TokenState::Active as i32
+    );
+}
+
+/// The card is pulled at one instruction of a renewal (forced by an admin, every slot): the
+/// station aborts, the old certificates are still good in the store, no good certificate is
+/// missing from the card, and renewing again (card back) finishes.
+fn renewal_card_pulled_at(ins: &str, serial: u32, expect_step: &str) {
+    let mut world = World::start(CardOptions::firmware("5.7.4").serial(serial));
+    world.create_person("IVAN");
+    assert_ok(&world.enroll("IVAN", &[]), "station enroll");
+    let before = world.certificates_on_card();
+    // The card comes back with the fault armed (its state file keeps the enrollment).
+    world.card.pull();
+    world
+        .card
+        .options_mut()
+        .extra_args
+        .extend(["--fault-disconnect-at-ins".to_string(), ins.to_string()]);
+    world.card.insert();
+
+    let out = world.renew_as("admin", &["--force"]);
+    assert!(
+        !out.status.success(),
+        "the renewal cannot succeed with the card pulled:\n{}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: {expect_step}: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("was aborted on the server")
+            && stderr.contains("the old certificates are still good"),
+        "{stderr}"
+    );
+    world.card.pull();
+    let options = world.card.options_mut();
+    let at = options
+        .extra_args
+        .iter()
+        .position(|a| a == "--fault-disconnect-at-ins")
+        .unwrap();
+    options.extra_args.drain(at..at + 2);
+    world.card.insert();
+
+    let statuses = world.statuses(serial);
+    for old in &before {
+        assert_eq!(
+            status_in(&statuses, old).0,
+            pb::CertificateStatus::Good,
+            "the old certificate {old} stays good"
+        );
+    }
+    world.assert_good_certificates_are_on_the_card();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|(_, s, _)| *s == pb::CertificateStatus::Good as i32)
+            .count(),
+        2,
+        "no new certificate stays good: {statuses:?}"
+    );
+
+    let retry = world.renew_as("admin", &["--force"]);
+    assert_ok(&retry, "the renewal again");
+    world.assert_good_certificates_are_on_the_card();
+    let statuses = world.statuses(serial);
+    for old in &before {
+        assert_eq!(
+            status_in(&statuses, old),
+            (
+                pb::CertificateStatus::Revoked,
+                pb::RevocationReason::Superseded as i32
+            )
+        );
+    }
+    world.verify_slot_certificate("9a");
+    world.verify_slot_certificate("9c");
+}
+
+#[test]
+fn renewal_card_pulled_at_authentication() {
+    renewal_card_pulled_at(
+        "87",
+        32_200_101,
+        "authenticate with the token's management key",
+    );
+}
+
+#[test]
+fn renewal_card_pulled_at_generate() {
+    renewal_card_pulled_at("47", 32_200_102, "generate the key in slot 9a");
+}
+
+#[test]
+fn renewal_card_pulled_at_attest() {
+    renewal_card_pulled_at("F9", 32_200_103, "attest slot 9a");
+}
+
+#[test]
+fn renewal_card_pulled_at_verify_pin() {
+    renewal_card_pulled_at("20", 32_200_104, "verify the PIN");
+}
+
+#[test]
+fn renewal_card_pulled_at_proof_signature() {
+    // The third GENERAL AUTHENTICATE: after the management key's two.
+    renewal_card_pulled_at("87:3", 32_200_105, "sign the proof with slot 9a");
+}
+
+#[test]
+fn renewal_card_pulled_at_write_certificate() {
+    renewal_card_pulled_at("DB", 32_200_106, "write the certificate of slot 9a");
 }

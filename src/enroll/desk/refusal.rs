@@ -64,7 +64,7 @@ pub enum EnrollmentRefusal {
     )]
     RenewalTooEarly(Box<RenewalWindow>),
     /// BeginRenewal with `force` by a caller who may not force.
-    #[error("only an admin may force a renewal before its window; renew within the window")]
+    #[error("only an admin may force a renewal before its window")]
     RenewalForceRequiresAdmin,
     #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
     CredentialsNotHeld(String),
@@ -491,6 +491,32 @@ mod tests {
                 },
                 "ISSUANCE_FAILED",
                 None,
+            ),
+            (
+                EnrollmentRefusal::SlotInvalid("9z".into()),
+                "SLOT_INVALID",
+                Some("slots"),
+            ),
+            (
+                EnrollmentRefusal::SlotNotRenewable {
+                    serial: "1".into(),
+                    slot: None,
+                },
+                "SLOT_NOT_RENEWABLE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::TokenNotRenewable {
+                    serial: "1".into(),
+                    state: "suspended".into(),
+                },
+                "TOKEN_NOT_ACTIVE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::RenewalForceRequiresAdmin,
+                "RENEWAL_FORCE_REQUIRES_ADMIN",
+                Some("force"),
             ),
             (
                 EnrollError::SlotMissing("9c".into()).into(),
