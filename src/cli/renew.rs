@@ -2,10 +2,10 @@
 //! authenticated by the token itself (docs/self-service.md). The PIN is asked on the terminal
 //! with echo off, or read from a 0600 file (`--pin-file`); never taken from the command line.
 use crate::renew::renewal::{RenewSettings, renew};
+use crate::station::TerminalOperator;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct RenewArgs {
@@ -37,18 +37,13 @@ pub fn run(args: RenewArgs) -> anyhow::Result<ExitCode> {
         server_name: args.server_name,
         reader: args.reader,
         slots: args.slots,
-        pin_file: args.pin_file,
     };
+    let mut operator = TerminalOperator::new(args.pin_file, false);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let say: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(|line: &str| {
-        use std::io::Write as _;
-        println!("- {line}");
-        let _ = std::io::stdout().flush();
-    });
-    let renewed = runtime.block_on(renew(&settings, say))?;
+    let renewed = runtime.block_on(renew(&settings, &mut operator))?;
     for (slot, serial, not_after) in &renewed.certificates {
         println!("renewed slot {slot}: certificate {serial}, valid until {not_after}");
     }

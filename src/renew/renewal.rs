@@ -5,20 +5,21 @@
 //! current management key, which is not changed), attests them and signs the renewal's nonce
 //! with each (a touch prompt before the keys whose touch policy needs one), has them certified
 //! (CompleteRenewal), writes the certificates, and confirms (ConfirmRenewal), which supersedes
-//! the old certificates. The whole renewal runs over one connection: the old 9a key that
+//! the old certificates. The card steps are the help-desk station's (`station::renewal`:
+//! `generate_and_prove`, `write_certificates`); only the RPCs differ. The whole renewal runs
+//! over one connection: the old 9a key that
 //! authenticated it is replaced on the card midway. Any failure after BeginRenewal calls
 //! AbortRenewal, so the new certificates are revoked and the old ones stay good. PIN, PUK and
 //! management key are never changed; no secret is printed.
 use super::connection::{ConnectError, client_config, connect};
-use crate::piv::{CardTlsKey, ManagementKey, PivError, PivToken, Secret, TouchPrompt};
+use crate::piv::{CardTlsKey, PivError, PivToken, Secret, TouchPrompt};
 use crate::protocol::pb;
 use crate::protocol::pb::self_service_client::SelfServiceClient;
-use crate::station::ServerError;
-use crate::station::slot_plan::{PlannedKey, parse_slot, slot_name};
+use crate::station::renewal::{generate_and_prove, renewal_plan, write_certificates};
+use crate::station::{Operator, ServerError, StationError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tonic::transport::Channel;
-use yubikey::MgmAlgorithmId;
 use yubikey::piv::SlotId;
 
 /// What `tessera renew` is told.
@@ -34,8 +35,6 @@ pub struct RenewSettings {
     pub reader: Option<String>,
     /// Slots to renew; empty: every slot the server says holds a good certificate.
     pub slots: Vec<String>,
-    /// A 0600 file holding the PIN (tests, scripts); otherwise asked on the terminal.
-    pub pin_file: Option<PathBuf>,
 }
 
 /// Everything that can stop a renewal; each message says what to do.
@@ -48,7 +47,7 @@ pub enum RenewError {
         source: PivError,
     },
     #[error(transparent)]
-    Pin(#[from] crate::station::StationError),
+    Station(#[from] StationError),
     #[error("cannot read the server CA certificate {path}: {source}")]
     ServerCa {
         path: PathBuf,
@@ -98,33 +97,35 @@ fn request_id() -> String {
     format!("renew-{}", hex::encode(bytes))
 }
 
-/// Runs the renewal; `say` prints each step (stdout in the CLI).
+/// Runs the renewal; `operator` shows each step and gives the PIN (the terminal, or a 0600
+/// file).
 pub async fn renew(
     settings: &RenewSettings,
-    say: Arc<dyn Fn(&str) + Send + Sync>,
+    operator: &mut dyn Operator,
 ) -> Result<Renewed, RenewError> {
-    say("open the token");
-    let token = PivToken::open(settings.reader.as_deref()).map_err(card("open the token"))?;
+    operator.step("read the token (serial; no secret is tried)");
+    let token = PivToken::open(settings.reader.as_deref()).map_err(card("read the token"))?;
     let serial = token.serial().to_string();
-    say(&format!("token {serial} in {}", token.reader()));
-    let pin = crate::station::operator::current_pin(settings.pin_file.as_deref())?;
-    let touch_say = say.clone();
-    let touch: TouchPrompt = Arc::new(move |slot: &str| {
-        touch_say(&format!(
-            "touch your YubiKey now (slot {slot} needs a touch; it blinks)"
-        ));
+    operator.note(&format!("token {serial} in {}", token.reader()));
+    operator.step("your PIN (it unlocks the token's keys; never shown)");
+    let pin = operator.pin()?;
+    // The handshake's signature may come while no operator can be borrowed: print directly.
+    let touch: TouchPrompt = Arc::new(|slot: &str| {
+        use std::io::Write as _;
+        println!("     touch your YubiKey now (slot {slot} signs the connection; it blinks)");
+        let _ = std::io::stdout().flush();
     });
-    say("verify the PIN and read the 9a certificate");
+    operator.step("verify the PIN and read the certificate of slot 9a");
     let key = Arc::new(
-        CardTlsKey::open(token, SlotId::Authentication, pin.clone(), touch.clone())
+        CardTlsKey::open(token, SlotId::Authentication, pin.clone(), touch)
             .map_err(card("read the 9a key and certificate"))?,
     );
     let server_ca = std::fs::read(&settings.server_ca).map_err(|source| RenewError::ServerCa {
         path: settings.server_ca.clone(),
         source,
     })?;
-    say(&format!(
-        "connect to {} with the token's own certificate (signed on the token)",
+    operator.step(&format!(
+        "connect to {} with the token's own certificate (the TLS signature is made on the token)",
         settings.server
     ));
     let config = client_config(&server_ca, key.clone(), Vec::new()).map_err(|error| {
@@ -148,8 +149,8 @@ pub async fn renew(
         .into_inner();
     for slot in &mine.slots {
         if let Some(c) = &slot.certificate {
-            say(&format!(
-                "slot {}: certificate {} expires {}; renewal {} {}",
+            operator.note(&format!(
+                "slot {}: certificate {} valid until {}; renewal {} {}",
                 slot.slot,
                 c.serial,
                 c.not_after,
@@ -162,8 +163,10 @@ pub async fn renew(
             ));
         }
     }
-    say("begin the renewal");
-    let begin = client
+    operator.step(&format!(
+        "begin the renewal of token {serial} (BeginRenewal)"
+    ));
+    let begun = client
         .begin_renewal(pb::BeginMyRenewalRequest {
             request_id: request_id(),
             token_serial: serial.clone(),
@@ -173,29 +176,42 @@ pub async fn renew(
         .await
         .map_err(|s| ServerError::from_status("BeginRenewal", &s))?
         .into_inner();
-    match renew_begun(&mut client, &key, &pin, &touch, &begin, &say).await {
-        Ok((certificates, superseded)) => Ok(Renewed {
+    operator.note(&format!(
+        "renewal {} for {}; expires at {} unless confirmed",
+        begun.enrollment_id, begun.person_display_name, begun.expires_at
+    ));
+    match after_begin(&mut client, operator, &key, &pin, &begun).await {
+        Ok(certificates) => Ok(Renewed {
             token_serial: serial,
             certificates,
-            superseded,
+            superseded: begun
+                .superseded
+                .iter()
+                .filter_map(|s| s.certificate.as_ref().map(|c| c.serial.clone()))
+                .collect(),
         }),
         Err(failure) => {
+            operator.step(&format!(
+                "abort renewal {} (AbortRenewal)",
+                begun.enrollment_id
+            ));
             let aftermath = match client
                 .abort_renewal(pb::AbortEnrollmentRequest {
                     request_id: request_id(),
-                    enrollment_id: begin.enrollment_id.clone(),
+                    enrollment_id: begun.enrollment_id.clone(),
                     reason: format!("tessera renew failed: {failure}"),
                 })
                 .await
             {
                 Ok(_) => format!(
-                    "renewal {} aborted: its new certificates are revoked, the old ones stay good until they expire (renew at the help desk if the old key is gone from the token)",
-                    begin.enrollment_id
+                    "renewal {} aborted: its new certificates are revoked, the old ones stay good (if a new key was already generated, the old key is gone from the token: run `tessera renew` again, or renew at the help desk)",
+                    begun.enrollment_id
                 ),
                 Err(s) => format!(
-                    "and aborting renewal {} failed too ({}); it expires by itself",
-                    begin.enrollment_id,
-                    ServerError::from_status("AbortRenewal", &s)
+                    "and aborting renewal {} failed too ({}); it expires at {} by itself",
+                    begun.enrollment_id,
+                    ServerError::from_status("AbortRenewal", &s),
+                    begun.expires_at
                 ),
             };
             Err(RenewError::RenewalFailed {
@@ -208,132 +224,59 @@ pub async fn renew(
 
 type SlotCertificates = Vec<(String, String, String)>;
 
-async fn renew_begun(
+/// Everything after BeginRenewal, over the connection the old 9a key opened; any error here
+/// makes the caller abort the renewal.
+async fn after_begin(
     client: &mut SelfServiceClient<Channel>,
+    operator: &mut dyn Operator,
     key: &CardTlsKey,
     pin: &Secret,
-    touch: &TouchPrompt,
-    begin: &pb::BeginRenewalResponse,
-    say: &Arc<dyn Fn(&str) + Send + Sync>,
-) -> Result<(SlotCertificates, Vec<String>), RenewError> {
-    let planned: Vec<PlannedKey> = begin
-        .slots
-        .iter()
-        .map(PlannedKey::parse)
-        .collect::<Result<_, _>>()
-        .map_err(RenewError::ServerAnswer)?;
-    let management_key = management_key(begin.current_management_key.as_ref())?;
-    // Keys, attestations and the proofs on the card (one handle: the TLS key's).
+    begun: &pb::BeginRenewalResponse,
+) -> Result<SlotCertificates, RenewError> {
+    let (plan, management_key) = renewal_plan(begun)?;
     let (intermediate, proofs) = key.with_token(|token| {
-        token
-            .authenticate(&management_key)
-            .map_err(card("authenticate with the token's management key"))?;
-        let mut attestations = Vec::new();
-        for plan in &planned {
-            let name = slot_name(plan.slot);
-            say(&format!(
-                "generate a new {:?} key in slot {name} (the old certificate stays good until confirmed)",
-                plan.algorithm
-            ));
-            token
-                .generate(plan.slot, plan.algorithm, plan.pin_policy, plan.touch_policy)
-                .map_err(card("generate the new key"))?;
-            attestations.push(token.attest(plan.slot).map_err(card("attest the new key"))?);
-        }
-        let intermediate = token
-            .attestation_certificate()
-            .map_err(card("read the attestation certificate (5FFF01)"))?;
-        let mut proofs = Vec::new();
-        for (plan, attestation) in planned.iter().zip(attestations) {
-            let name = slot_name(plan.slot);
-            say(&format!("prove the new key in slot {name}"));
-            token.verify_pin(pin).map_err(card("verify the PIN"))?;
-            let message = crate::protocol::proof_message(&begin.enrollment_id, &name, &begin.nonce);
-            let input = plan.signature_input(&message);
-            let signature = if plan.needs_touch() {
-                touch(&name);
-                token.sign_with_touch(plan.slot, plan.algorithm, &input)
-            } else {
-                token.sign(plan.slot, plan.algorithm, &input)
-            }
-            .map_err(card("sign the proof"))?;
-            proofs.push(pb::EnrollmentProof {
-                slot: name,
-                attestation_certificate: attestation,
-                signature,
-            });
-        }
-        Ok::<_, RenewError>((intermediate, proofs))
+        generate_and_prove(
+            operator,
+            token,
+            &plan,
+            &management_key,
+            &begun.enrollment_id,
+            &begun.nonce,
+            pin,
+        )
     })?;
-    say("have the new keys certified");
+    operator.step("have the new keys certified (CompleteRenewal: attestations, policy, proofs)");
     let completed = client
         .complete_renewal(pb::CompleteEnrollmentRequest {
             request_id: request_id(),
-            enrollment_id: begin.enrollment_id.clone(),
+            enrollment_id: begun.enrollment_id.clone(),
             attestation_intermediate: intermediate,
             proofs,
         })
         .await
         .map_err(|s| ServerError::from_status("CompleteRenewal", &s))?
         .into_inner();
-    let mut certificates = Vec::new();
     key.with_token(|token| {
-        token
-            .authenticate(&management_key)
-            .map_err(card("authenticate with the token's management key"))?;
-        for issued in &completed.certificates {
-            let certificate = issued
-                .certificate
-                .as_ref()
-                .ok_or_else(|| RenewError::ServerAnswer("a slot without its certificate".into()))?;
-            let slot: SlotId = parse_slot(&issued.slot).map_err(RenewError::ServerAnswer)?;
-            say(&format!(
-                "write certificate {} to slot {}",
-                certificate.serial, issued.slot
-            ));
-            token
-                .write_certificate(slot, &certificate.der)
-                .map_err(card("write the new certificate"))?;
-            certificates.push((
-                issued.slot.clone(),
-                certificate.serial.clone(),
-                certificate.not_after.clone(),
-            ));
-        }
-        Ok::<_, RenewError>(())
+        write_certificates(operator, token, &management_key, &completed.certificates)
     })?;
-    say("confirm the renewal (the old certificates are revoked as superseded)");
+    operator.step(
+        "confirm the renewal (ConfirmRenewal): the old certificates are revoked as superseded",
+    );
     client
         .confirm_renewal(pb::ConfirmEnrollmentRequest {
             request_id: request_id(),
-            enrollment_id: begin.enrollment_id.clone(),
+            enrollment_id: begun.enrollment_id.clone(),
         })
         .await
         .map_err(|s| ServerError::from_status("ConfirmRenewal", &s))?;
-    let superseded = begin
-        .superseded
+    Ok(completed
+        .certificates
         .iter()
-        .filter_map(|s| s.certificate.as_ref().map(|c| c.serial.clone()))
-        .collect();
-    Ok((certificates, superseded))
-}
-
-fn management_key(k: Option<&pb::ManagementKey>) -> Result<ManagementKey, RenewError> {
-    let k =
-        k.ok_or_else(|| RenewError::ServerAnswer("BeginRenewal sent no management key".into()))?;
-    let algorithm = match pb::ManagementKeyAlgorithm::try_from(k.algorithm) {
-        Ok(pb::ManagementKeyAlgorithm::TripleDes) => MgmAlgorithmId::ThreeDes,
-        Ok(pb::ManagementKeyAlgorithm::Aes128) => MgmAlgorithmId::Aes128,
-        Ok(pb::ManagementKeyAlgorithm::Aes192) => MgmAlgorithmId::Aes192,
-        Ok(pb::ManagementKeyAlgorithm::Aes256) => MgmAlgorithmId::Aes256,
-        _ => {
-            return Err(RenewError::ServerAnswer(
-                "the management key's algorithm is not one the token knows".into(),
-            ));
-        }
-    };
-    Ok(ManagementKey {
-        algorithm,
-        key: Secret::new(k.key.clone()),
-    })
+        .filter_map(|issued| {
+            issued
+                .certificate
+                .as_ref()
+                .map(|c| (issued.slot.clone(), c.serial.clone(), c.not_after.clone()))
+        })
+        .collect())
 }

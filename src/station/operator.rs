@@ -128,19 +128,6 @@ pub fn read_pin_file(path: &std::path::Path) -> Result<Secret, StationError> {
     Ok(Secret::new(line.to_vec()))
 }
 
-/// The token's current PIN: from a 0600 file, or asked once on `/dev/tty` with echo off
-/// (never from the command line). `tessera renew` asks it this way.
-pub fn current_pin(pin_file: Option<&std::path::Path>) -> Result<Secret, StationError> {
-    match pin_file {
-        Some(path) => read_pin_file(path),
-        None => Tty::open(
-            "the token's PIN",
-            "give --pin-file with a 0600 file holding the PIN",
-        )?
-        .read_secret("PIN of your YubiKey: "),
-    }
-}
-
 /// A new PIN must fit the PIV rules (6–8 characters) and must not be the factory PIN.
 pub fn check_new_pin(pin: &Secret) -> Result<(), StationError> {
     if !(6..=8).contains(&pin.expose().len()) {

@@ -14,7 +14,7 @@
 use super::enrollment::{describe_token, management_key, name_a_pulled_token};
 use super::slot_plan::{PlannedKey, parse_slot, slot_name};
 use super::{Operator, ServerConnection, ServerError, StationError, request_id};
-use crate::piv::{PivToken, Secret};
+use crate::piv::{ManagementKey, PivToken, Secret};
 use crate::protocol::{pb, proof_message};
 
 /// What the operator asked for.
@@ -135,6 +135,71 @@ async fn after_begin(
     mut begun: pb::BeginRenewalResponse,
     pin: &Secret,
 ) -> Result<Renewed, StationError> {
+    let (plan, key) = renewal_plan(&begun)?;
+    let enrollment_id = begun.enrollment_id.clone();
+    let (intermediate, proofs) = generate_and_prove(
+        operator,
+        token,
+        &plan,
+        &key,
+        &enrollment_id,
+        &begun.nonce,
+        pin,
+    )?;
+
+    operator.step("complete renewal (CompleteEnrollment): the server checks attestations, today's attestation policy and proofs, then its HSM signs");
+    let completed = server
+        .enrollment
+        .complete_enrollment(pb::CompleteEnrollmentRequest {
+            request_id: request_id(),
+            enrollment_id: enrollment_id.clone(),
+            attestation_intermediate: intermediate,
+            proofs,
+        })
+        .await
+        .map_err(|s| ServerError::from_status("CompleteEnrollment", &s))?
+        .into_inner();
+    for issued in &completed.certificates {
+        if let Some(c) = &issued.certificate {
+            operator.note(&format!(
+                "slot {}: certificate {} ({}), valid until {}",
+                issued.slot, c.serial, c.profile, c.not_after
+            ));
+        }
+    }
+
+    write_certificates(operator, token, &key, &completed.certificates)?;
+
+    operator.step("confirm renewal (ConfirmEnrollment): the server revokes the replaced certificates (superseded)");
+    server
+        .enrollment
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: request_id(),
+            enrollment_id: enrollment_id.clone(),
+        })
+        .await
+        .map_err(|s| ServerError::from_status("ConfirmEnrollment", &s))?;
+    for old in &begun.superseded {
+        if let Some(c) = &old.certificate {
+            operator.note(&format!(
+                "slot {}: certificate {} is revoked (superseded)",
+                old.slot, c.serial
+            ));
+        }
+    }
+    Ok(Renewed {
+        enrollment_id,
+        token_serial: String::new(),
+        certificates: completed.certificates,
+        superseded: std::mem::take(&mut begun.superseded),
+    })
+}
+
+/// The slot plan of a BeginRenewal answer in the driver's terms, and the token's current
+/// management key it carries.
+pub fn renewal_plan(
+    begun: &pb::BeginRenewalResponse,
+) -> Result<(Vec<PlannedKey>, ManagementKey), StationError> {
     let plan = begun
         .slots
         .iter()
@@ -146,19 +211,35 @@ async fn after_begin(
     }
     let key = begun
         .current_management_key
+        .clone()
         .as_mut()
         .map(management_key)
         .transpose()?
         .ok_or_else(|| StationError::ServerAnswer("no current management key".into()))?;
-    let enrollment_id = begun.enrollment_id.clone();
+    Ok((plan, key))
+}
 
+/// The card's part of a renewal between BeginRenewal and its completion, shared by the desk
+/// (`tessera station renew`) and self-service (`tessera renew`): authenticate with the token's
+/// management key, generate and attest a new key in each planned slot, read the attestation
+/// intermediate, verify the PIN and sign each slot's proof over the renewal's nonce (a touch
+/// asked for where the key needs one). Returns the intermediate and the proofs.
+pub fn generate_and_prove(
+    operator: &mut dyn Operator,
+    token: &mut PivToken,
+    plan: &[PlannedKey],
+    key: &ManagementKey,
+    enrollment_id: &str,
+    nonce: &[u8],
+    pin: &Secret,
+) -> Result<(Vec<u8>, Vec<pb::EnrollmentProof>), StationError> {
     operator.step("authenticate to the token with the management key the server holds for it");
-    token.authenticate(&key).map_err(StationError::card(
+    token.authenticate(key).map_err(StationError::card(
         "authenticate with the token's management key",
     ))?;
 
     let mut attestations = Vec::new();
-    for planned in &plan {
+    for planned in plan {
         let slot = slot_name(planned.slot);
         operator.step(&format!(
             "generate a new key in slot {slot} ({:?}, PIN policy {:?}, touch policy {:?}); the slot's old key is replaced, its certificate stays until confirmation",
@@ -201,7 +282,7 @@ async fn after_begin(
                 .verify_pin(pin)
                 .map_err(StationError::card("verify the PIN"))?;
         }
-        let input = planned.signature_input(&proof_message(&enrollment_id, &slot, &begun.nonce));
+        let input = planned.signature_input(&proof_message(enrollment_id, &slot, nonce));
         let signature = if planned.needs_touch() {
             operator.note("touch the YubiKey now (it blinks)");
             token.sign_with_touch(planned.slot, planned.algorithm, &input)
@@ -217,33 +298,23 @@ async fn after_begin(
             signature,
         });
     }
+    Ok((intermediate, proofs))
+}
 
-    operator.step("complete renewal (CompleteEnrollment): the server checks attestations, today's attestation policy and proofs, then its HSM signs");
-    let completed = server
-        .enrollment
-        .complete_enrollment(pb::CompleteEnrollmentRequest {
-            request_id: request_id(),
-            enrollment_id: enrollment_id.clone(),
-            attestation_intermediate: intermediate,
-            proofs,
-        })
-        .await
-        .map_err(|s| ServerError::from_status("CompleteEnrollment", &s))?
-        .into_inner();
-    for issued in &completed.certificates {
-        if let Some(c) = &issued.certificate {
-            operator.note(&format!(
-                "slot {}: certificate {} ({}), valid until {}",
-                issued.slot, c.serial, c.profile, c.not_after
-            ));
-        }
-    }
-
+/// The card's part after the renewal's certificates were issued: authenticate with the
+/// management key again (the PIN verify selected the application anew) and write each
+/// certificate to its slot. Shared like [`generate_and_prove`].
+pub fn write_certificates(
+    operator: &mut dyn Operator,
+    token: &mut PivToken,
+    key: &ManagementKey,
+    certificates: &[pb::SlotCertificate],
+) -> Result<(), StationError> {
     operator.step("write the new certificates to the token");
-    token.authenticate(&key).map_err(StationError::card(
+    token.authenticate(key).map_err(StationError::card(
         "authenticate with the token's management key",
     ))?;
-    for issued in &completed.certificates {
+    for issued in certificates {
         let slot = parse_slot(&issued.slot).map_err(StationError::ServerAnswer)?;
         let der = issued
             .certificate
@@ -260,30 +331,7 @@ async fn after_begin(
                 issued.slot
             )))?;
     }
-
-    operator.step("confirm renewal (ConfirmEnrollment): the server revokes the replaced certificates (superseded)");
-    server
-        .enrollment
-        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
-            request_id: request_id(),
-            enrollment_id: enrollment_id.clone(),
-        })
-        .await
-        .map_err(|s| ServerError::from_status("ConfirmEnrollment", &s))?;
-    for old in &begun.superseded {
-        if let Some(c) = &old.certificate {
-            operator.note(&format!(
-                "slot {}: certificate {} is revoked (superseded)",
-                old.slot, c.serial
-            ));
-        }
-    }
-    Ok(Renewed {
-        enrollment_id,
-        token_serial: String::new(),
-        certificates: completed.certificates,
-        superseded: std::mem::take(&mut begun.superseded),
-    })
+    Ok(())
 }
 
 /// Aborts the renewal after `failure`; returns what the operator should know.

@@ -366,6 +366,19 @@ async fn my_token(
 
 const SERIAL: u32 = 31_000_001;
 
+async fn begin(
+    client: &mut SelfServiceClient<Channel>,
+    request_id: &str,
+) -> Result<pb::BeginRenewalResponse, Status> {
+    client
+        .begin_renewal(pb::BeginMyRenewalRequest {
+            request_id: request_id.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
 async fn token_acts_for_itself_with_the_cards_own_key(url: &str) {
     let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
     let server = Server::start(url, &[card.attestation_root()], Clock::system()).await;
@@ -602,9 +615,24 @@ async fn refused_for_a_suspended_person_and_a_token_on_hold(url: &str) {
     enroll(&server, &card, "S1", SERIAL).await;
     let mut client = as_token(&server, &card).await;
     my_token(&mut client).await.unwrap();
+    // Fresh certificates: self-service renewal only within the window, and never forced.
+    let s = begin(&mut client, "too-early").await.unwrap_err();
+    assert_eq!(
+        (s.code(), refusal(&s).1),
+        (Code::FailedPrecondition, "RENEWAL_TOO_EARLY".to_string())
+    );
 
     // The token on hold (its certificates with it): refused on the open connection too.
     token_transition(&server, true).await;
+    let s = begin(&mut client, "on-hold").await.unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::PermissionDenied,
+            "SELF_SERVICE_TOKEN_NOT_ACTIVE".into(),
+            meta(&[("token_state", "suspended")])
+        )
+    );
     let s = my_token(&mut client).await.unwrap_err();
     assert_eq!(
         (refusal(&s), s.message()),
@@ -622,6 +650,15 @@ async fn refused_for_a_suspended_person_and_a_token_on_hold(url: &str) {
 
     // The person suspended by HR.
     person_transition(&server, true).await;
+    let s = begin(&mut client, "suspended").await.unwrap_err();
+    assert_eq!(
+        refusal(&s),
+        (
+            Code::PermissionDenied,
+            "SELF_SERVICE_PERSON_NOT_ACTIVE".into(),
+            meta(&[("person_state", "suspended")])
+        )
+    );
     let s = my_token(&mut as_token(&server, &card).await)
         .await
         .unwrap_err();
@@ -713,6 +750,11 @@ async fn refused_for_revoked_superseded_and_expired_certificates(url: &str) {
 
     // Superseded (as a renewal's confirm revokes the old certificate).
     revoke(&server, &serial, pb::RevocationReason::Superseded).await;
+    let s = begin(&mut client, "superseded").await.unwrap_err();
+    assert_eq!(
+        refusal(&s).1,
+        "SELF_SERVICE_CERTIFICATE_SUPERSEDED".to_string()
+    );
     let s = my_token(&mut as_token(&server, &card).await)
         .await
         .unwrap_err();
@@ -927,7 +969,7 @@ async fn renewal_through_the_cards_own_key_then_nginx(url: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("- touch your YubiKey now (slot 9c needs a touch; it blinks)"),
+        stdout.contains("touch the YubiKey now (it blinks)"),
         "{stdout}"
     );
     assert!(!stdout.contains(PIN), "the PIN is never printed");

@@ -267,6 +267,31 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(ss.get_my_token(pb::GetMyTokenRequest::default()).await),
     );
     out.insert(
+        "SelfService/BeginRenewal",
+        code(ss.begin_renewal(pb::BeginMyRenewalRequest::default()).await),
+    );
+    out.insert(
+        "SelfService/CompleteRenewal",
+        code(
+            ss.complete_renewal(pb::CompleteEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "SelfService/ConfirmRenewal",
+        code(
+            ss.confirm_renewal(pb::ConfirmEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "SelfService/AbortRenewal",
+        code(
+            ss.abort_renewal(pb::AbortEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "VerifyAuditChain",
         code(
             a.verify_audit_chain(pb::VerifyAuditChainRequest::default())
@@ -298,7 +323,11 @@ fn allowed(method: &str) -> &'static [&'static str] {
             &["helpdesk", "admin"]
         }
         // No role: only a token's own certificate (docs/api.md, "SelfService").
-        "GetMyToken" => &[],
+        "GetMyToken"
+        | "SelfService/BeginRenewal"
+        | "SelfService/CompleteRenewal"
+        | "SelfService/ConfirmRenewal"
+        | "SelfService/AbortRenewal" => &[],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -319,7 +348,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 36);
+        assert_eq!(results.len(), 40);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -343,7 +372,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 36);
+            assert_eq!(anonymous.len(), 40);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,
