@@ -140,6 +140,18 @@ async fn status_of(url: &str, serial: &str) -> (CertificateStatus, Option<i64>) 
     (c.status, c.revocation_reason)
 }
 
+async fn get_token(server: &Server, serial: u32) -> pb::Token {
+    TokenServiceClient::new(server.channel("helpdesk").await)
+        .get_token(pb::GetTokenRequest {
+            serial: serial.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap()
+}
+
 async fn get_enrollment(server: &Server, id: &str) -> pb::Enrollment {
     server
         .enrollments()
@@ -199,6 +211,7 @@ async fn desk_renewal_keeps_pin_puk_and_the_9c_certificate(url: &str) {
     server.create_person("R100", "").await;
     let (enrolled, done) = enroll_and_confirm(&server, &card, "R100").await;
     let (old_9a, old_9c) = (serial_of(&done, "9a"), serial_of(&done, "9c"));
+    let token_before = get_token(&server, serial).await;
     clock.advance(340 * DAY);
 
     let mut enroll = server.enrollments().await;
@@ -255,6 +268,19 @@ async fn desk_renewal_keeps_pin_puk_and_the_9c_certificate(url: &str) {
     station_writes(&card, &begun, &renewed);
     let token = confirm(&mut enroll, &begun.enrollment_id).await;
     assert_eq!(token.state(), pb::TokenState::Active);
+    let token_after = get_token(&server, serial).await;
+    assert_eq!(token_after.certificate_serials.len(), 3);
+    assert_eq!(
+        pb::Token {
+            certificate_serials: Vec::new(),
+            ..token_after
+        },
+        pb::Token {
+            certificate_serials: Vec::new(),
+            ..token_before
+        },
+        "the token's row is as the enrollment left it (state, holder, firmware, updated_at)"
+    );
 
     assert_eq!(
         status_of(url, &old_9a).await,
