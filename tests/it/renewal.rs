@@ -30,6 +30,7 @@ on_both_databases!(
     attestation_policy_is_applied_again_at_renewal,
     repeated_begin_renewal_is_checked_audited_and_expires,
     refusals_after_begin_renewal_name_their_reason,
+    credentials_not_held_or_tampered_are_refused,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -1006,5 +1007,63 @@ async fn refusals_after_begin_renewal_name_their_reason(url: &str) {
         s.message(),
         format!("token {serial} has no good certificate to renew; enroll it instead")
     );
+    server.stop().await;
+}
+
+/// The token's management key is what a renewal hands out: a stored key that does not unwrap
+/// for this token (a database writer moved it to another generation) is CREDENTIALS_TAMPERED,
+/// and a row without confirmed credentials is CREDENTIALS_NOT_HELD; neither answers a key.
+async fn credentials_not_held_or_tampered_are_refused(url: &str) {
+    use crate::enrollment::{database_writer, put_stored_credentials, stored_credentials};
+    let serial = 33_000_007;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(serial));
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment::default(),
+        clock.clock(),
+    )
+    .await;
+    server.create_person("R700", "").await;
+    enroll_and_confirm(&server, &card, "R700").await;
+    clock.advance(340 * DAY);
+    let mut enroll = server.enrollments().await;
+
+    let stored = stored_credentials(url, serial).await;
+    let (aad_version, generation, key, puk) = stored.clone();
+    put_stored_credentials(url, serial, (aad_version, generation + 1, key, puk)).await;
+    assert_refused(
+        url,
+        enroll
+            .begin_renewal(renewal_request("tampered", serial, &["9a"]))
+            .await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        2,
+    )
+    .await;
+    put_stored_credentials(url, serial, stored).await;
+
+    let pool = database_writer(url).await;
+    sqlx::query(
+        "UPDATE token_credentials SET management_key_algorithm = NULL, management_key_wrapped = NULL, \
+         puk_wrapped = NULL WHERE token_id = (SELECT id FROM tokens WHERE serial = $1)",
+    )
+    .bind(serial.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_refused(
+        url,
+        enroll
+            .begin_renewal(renewal_request("not-held", serial, &["9a"]))
+            .await,
+        Code::FailedPrecondition,
+        "CREDENTIALS_NOT_HELD",
+        2,
+    )
+    .await;
     server.stop().await;
 }
