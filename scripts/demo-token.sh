@@ -182,13 +182,14 @@ login | sed 's/^/  /'
 login | grep -q '^verify=SUCCESS ' || { echo "demo: nginx did not accept the renewed certificate" >&2; exit 1; }
 # The old certificate's key was replaced on the token by the renewal, so it cannot even be
 # presented any more; what matters to a relying party is that it is revoked (superseded).
-openssl verify -crl_check -CAfile "$TESSERA_DATA_DIR/root.pem" -untrusted "$TESSERA_DATA_DIR/issuing.pem" \
-  -CRLfile "$rp/crls.pem" "$card/9a-old.pem" 2>&1 | sed 's/^/  old 9a: /' || true
-openssl verify -crl_check -CAfile "$TESSERA_DATA_DIR/root.pem" -untrusted "$TESSERA_DATA_DIR/issuing.pem" \
-  -CRLfile "$rp/crls.pem" "$card/9a-old.pem" 2>&1 | grep -q 'certificate revoked' \
+old_verify=$(openssl verify -crl_check -CAfile "$TESSERA_DATA_DIR/root.pem" \
+  -untrusted "$TESSERA_DATA_DIR/issuing.pem" -CRLfile "$rp/crls.pem" "$card/9a-old.pem" 2>&1 || true)
+printf '%s\n' "$old_verify" | sed 's/^/  old 9a: /'
+grep -q 'certificate revoked' <<<"$old_verify" \
   || { echo "demo: the superseded certificate is not revoked in the CRL" >&2; exit 1; }
 old_serial=$(openssl x509 -in "$card/9a-old.pem" -noout -serial | sed 's/^serial=//')
-openssl crl -in "$rp/crls.pem" -noout -text | grep -A3 -i "Serial Number: $old_serial" | sed 's/^/  CRL: /'
+openssl crl -inform DER -in "$rp/tessera.crl" -noout -text | grep -A4 -i "Serial Number: $old_serial" \
+  | sed 's/^ */  CRL: /'
 
 step "19. what the help desk sees (tessera station status)"
 "$TESSERA_BIN" station status | sed 's/^/  /'

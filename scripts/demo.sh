@@ -5,7 +5,10 @@
 # gRPC, enroll the token at the "help desk" with `tessera station enroll`, and log the person in
 # to a local nginx that requires a client certificate, with curl using the token's key through
 # OpenSC; then HR suspends the person and nginx refuses them, and reinstates them and nginx lets
-# them in again. Everything it makes lives in one temporary directory, removed on exit.
+# them in again; then the desk renews the 9a certificate in place (`tessera station renew`,
+# forced by an admin since it is not yet in its renewal window) and nginx accepts the new one,
+# the superseded one being revoked in the CRL. Everything it makes lives in one temporary
+# directory, removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -2235,7 +2235,7 @@ async fn expiry_restores_the_token(url: &str) {
 }
 
 /// A connection to the test database for SQL a database writer would run.
-async fn database_writer(url: &str) -> sqlx::AnyPool {
+pub(crate) async fn database_writer(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     let connect_url = match url.strip_prefix("sqlite:") {
         Some(path) => format!("sqlite://{path}?mode=rwc"),
@@ -2264,7 +2264,7 @@ async fn copy_credential_columns(url: &str, from: u32, to: u32, columns: &[&str]
 }
 
 /// Token `serial`'s stored row: aad_version, generation, wrapped management key, wrapped PUK.
-async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u8>) {
+pub(crate) async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u8>) {
     use sqlx::Row;
     let pool = database_writer(url).await;
     let row = sqlx::query(
@@ -2280,7 +2280,7 @@ async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u
 }
 
 /// Token `serial`'s row overwritten with these values.
-async fn put_stored_credentials(
+pub(crate) async fn put_stored_credentials(
     url: &str,
     serial: u32,
     (aad_version, generation, management_key, puk): (i64, i64, Vec<u8>, Vec<u8>),

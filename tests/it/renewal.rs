@@ -29,6 +29,8 @@ on_both_databases!(
     abort_and_expiry_keep_the_old_certificates_good,
     attestation_policy_is_applied_again_at_renewal,
     repeated_begin_renewal_is_checked_audited_and_expires,
+    refusals_after_begin_renewal_name_their_reason,
+    credentials_not_held_or_tampered_are_refused,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -140,6 +142,18 @@ async fn status_of(url: &str, serial: &str) -> (CertificateStatus, Option<i64>) 
     (c.status, c.revocation_reason)
 }
 
+async fn get_token(server: &Server, serial: u32) -> pb::Token {
+    TokenServiceClient::new(server.channel("helpdesk").await)
+        .get_token(pb::GetTokenRequest {
+            serial: serial.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap()
+}
+
 async fn get_enrollment(server: &Server, id: &str) -> pb::Enrollment {
     server
         .enrollments()
@@ -199,6 +213,7 @@ async fn desk_renewal_keeps_pin_puk_and_the_9c_certificate(url: &str) {
     server.create_person("R100", "").await;
     let (enrolled, done) = enroll_and_confirm(&server, &card, "R100").await;
     let (old_9a, old_9c) = (serial_of(&done, "9a"), serial_of(&done, "9c"));
+    let token_before = get_token(&server, serial).await;
     clock.advance(340 * DAY);
 
     let mut enroll = server.enrollments().await;
@@ -255,6 +270,19 @@ async fn desk_renewal_keeps_pin_puk_and_the_9c_certificate(url: &str) {
     station_writes(&card, &begun, &renewed);
     let token = confirm(&mut enroll, &begun.enrollment_id).await;
     assert_eq!(token.state(), pb::TokenState::Active);
+    let token_after = get_token(&server, serial).await;
+    assert_eq!(token_after.certificate_serials.len(), 3);
+    assert_eq!(
+        pb::Token {
+            certificate_serials: Vec::new(),
+            ..token_after
+        },
+        pb::Token {
+            certificate_serials: Vec::new(),
+            ..token_before
+        },
+        "the token's row is as the enrollment left it (state, holder, firmware, updated_at)"
+    );
 
     assert_eq!(
         status_of(url, &old_9a).await,
@@ -842,6 +870,198 @@ async fn repeated_begin_renewal_is_checked_audited_and_expires(url: &str) {
         desk.begin_renewal(request).await,
         Code::FailedPrecondition,
         "REQUEST_ID_EXPIRED",
+        2,
+    )
+    .await;
+    server.stop().await;
+}
+
+/// What can go wrong after BeginRenewal: a reason too long; the token suspended before
+/// Complete (TOKEN_NOT_ACTIVE, the renewal stays BEGUN and completes once it is reinstated); the
+/// person suspended before Confirm (PERSON_NOT_ACTIVE); a token whose certificates are all
+/// revoked has nothing to renew (SLOT_NOT_RENEWABLE).
+async fn refusals_after_begin_renewal_name_their_reason(url: &str) {
+    let serial = 33_000_006;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(serial));
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment::default(),
+        clock.clock(),
+    )
+    .await;
+    server.create_person("R600", "").await;
+    let (_, done) = enroll_and_confirm(&server, &card, "R600").await;
+    clock.advance(340 * DAY);
+    let mut enroll = server.enrollments().await;
+
+    let mut long = renewal_request("long-reason", serial, &["9a"]);
+    long.reason = "x".repeat(1025);
+    let s = enroll.begin_renewal(long).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::InvalidArgument, "FIELD_TOO_LONG")
+    );
+
+    let begun = enroll
+        .begin_renewal(renewal_request("renew-6", serial, &["9a"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let complete = station_renews(&card, &begun);
+    let mut tokens = TokenServiceClient::new(server.channel("helpdesk").await);
+    tokens
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "suspend".into(),
+            serial: serial.to_string(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let mut refused = complete.clone();
+    refused.request_id = "complete-while-suspended".into();
+    assert_refused(
+        url,
+        enroll.complete_enrollment(refused).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "reinstate".into(),
+            serial: serial.to_string(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let renewed = enroll
+        .complete_enrollment(complete)
+        .await
+        .unwrap()
+        .into_inner();
+    station_writes(&card, &begun, &renewed);
+    let mut people = DirectoryServiceClient::new(server.channel("hr").await);
+    people
+        .suspend_person(pb::SuspendPersonRequest {
+            request_id: "suspend-person".into(),
+            external_id: "R600".into(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        enroll
+            .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+                request_id: "confirm-while-suspended".into(),
+                enrollment_id: begun.enrollment_id.clone(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "PERSON_NOT_ACTIVE",
+        3,
+    )
+    .await;
+    people
+        .reinstate_person(pb::ReinstatePersonRequest {
+            request_id: "reinstate-person".into(),
+            external_id: "R600".into(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    confirm(&mut enroll, &begun.enrollment_id).await;
+    assert_eq!(
+        status_of(url, &serial_of(&done, "9a")).await,
+        (CertificateStatus::Revoked, Some(4))
+    );
+
+    // Every certificate of the token revoked: nothing to renew.
+    let mut certificates = pb::certificate_service_client::CertificateServiceClient::new(
+        server.channel("helpdesk").await,
+    );
+    for serial in [serial_of(&done, "9c"), serial_of(&renewed, "9a")] {
+        certificates
+            .revoke_certificate(pb::RevokeCertificateRequest {
+                request_id: format!("revoke-{serial}"),
+                serial,
+                reason: pb::RevocationReason::CessationOfOperation as i32,
+            })
+            .await
+            .unwrap();
+    }
+    let s = assert_refused(
+        url,
+        enroll
+            .begin_renewal(renewal_request("nothing-left", serial, &[]))
+            .await,
+        Code::FailedPrecondition,
+        "SLOT_NOT_RENEWABLE",
+        3,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!("token {serial} has no good certificate to renew; enroll it instead")
+    );
+    server.stop().await;
+}
+
+/// The token's management key is what a renewal hands out: a stored key that does not unwrap
+/// for this token (a database writer moved it to another generation) is CREDENTIALS_TAMPERED,
+/// and a row without confirmed credentials is CREDENTIALS_NOT_HELD; neither answers a key.
+async fn credentials_not_held_or_tampered_are_refused(url: &str) {
+    use crate::enrollment::{database_writer, put_stored_credentials, stored_credentials};
+    let serial = 33_000_007;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(serial));
+    let clock = ManualClock::starting_now();
+    let server = Server::start_with_clock(
+        url,
+        &[card.attestation_root()],
+        Enrollment::default(),
+        clock.clock(),
+    )
+    .await;
+    server.create_person("R700", "").await;
+    enroll_and_confirm(&server, &card, "R700").await;
+    clock.advance(340 * DAY);
+    let mut enroll = server.enrollments().await;
+
+    let stored = stored_credentials(url, serial).await;
+    let (aad_version, generation, key, puk) = stored.clone();
+    put_stored_credentials(url, serial, (aad_version, generation + 1, key, puk)).await;
+    assert_refused(
+        url,
+        enroll
+            .begin_renewal(renewal_request("tampered", serial, &["9a"]))
+            .await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        2,
+    )
+    .await;
+    put_stored_credentials(url, serial, stored).await;
+
+    let pool = database_writer(url).await;
+    sqlx::query(
+        "UPDATE token_credentials SET management_key_algorithm = NULL, management_key_wrapped = NULL, \
+         puk_wrapped = NULL WHERE token_id = (SELECT id FROM tokens WHERE serial = $1)",
+    )
+    .bind(serial.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_refused(
+        url,
+        enroll
+            .begin_renewal(renewal_request("not-held", serial, &["9a"]))
+            .await,
+        Code::FailedPrecondition,
+        "CREDENTIALS_NOT_HELD",
         2,
     )
     .await;

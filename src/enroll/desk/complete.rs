@@ -120,8 +120,12 @@ impl EnrollmentDesk {
             ));
         }
         enrollment.state = EnrollmentState::Completed;
-        if let Some(first) = verified.first() {
-            // The attestation is authoritative for firmware and form factor.
+        if let Some(first) = verified
+            .first()
+            .filter(|_| enrollment.kind == EnrollmentKind::Enrollment)
+        {
+            // The attestation is authoritative for firmware and form factor (a renewal leaves
+            // the token's row as the enrollment recorded it).
             let ff = first.facts.form_factor.as_str().replace('-', "_");
             tx.update_token_hardware(
                 token.id,
