@@ -40,18 +40,15 @@ pub struct RenewSettings {
 /// Everything that can stop a renewal; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum RenewError {
-    #[error("{step}: {source}")]
-    Card {
-        step: String,
-        #[source]
-        source: PivError,
-    },
+    /// (The card's error is part of the message, not a source: the CLI prints the chain.)
+    #[error("{step}: {error}")]
+    Card { step: String, error: PivError },
     #[error(transparent)]
     Station(#[from] StationError),
-    #[error("cannot read the server CA certificate {path}: {source}")]
+    #[error("cannot read the server CA certificate {path}: {error}")]
     ServerCa {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{error}{}", card_error.as_deref().map(|e| format!(" (the token: {e})")).unwrap_or_default())]
     Connect {
@@ -71,9 +68,9 @@ pub enum RenewError {
 }
 
 fn card(step: &str) -> impl FnOnce(PivError) -> RenewError + '_ {
-    move |source| RenewError::Card {
+    move |error| RenewError::Card {
         step: step.to_string(),
-        source,
+        error,
     }
 }
 
@@ -120,9 +117,9 @@ pub async fn renew(
         CardTlsKey::open(token, SlotId::Authentication, pin.clone(), touch)
             .map_err(card("read the 9a key and certificate"))?,
     );
-    let server_ca = std::fs::read(&settings.server_ca).map_err(|source| RenewError::ServerCa {
+    let server_ca = std::fs::read(&settings.server_ca).map_err(|error| RenewError::ServerCa {
         path: settings.server_ca.clone(),
-        source,
+        error,
     })?;
     operator.step(&format!(
         "connect to {} with the token's own certificate (the TLS signature is made on the token)",
@@ -145,7 +142,7 @@ pub async fn renew(
             token_serial: serial.clone(),
         })
         .await
-        .map_err(|s| ServerError::from_status("GetMyToken", &s))?
+        .map_err(|s| ServerError::from_status("SelfService.GetMyToken", &s))?
         .into_inner();
     for slot in &mine.slots {
         if let Some(c) = &slot.certificate {
@@ -174,7 +171,7 @@ pub async fn renew(
             reason: "self-service renewal (tessera renew)".into(),
         })
         .await
-        .map_err(|s| ServerError::from_status("BeginRenewal", &s))?
+        .map_err(|s| ServerError::from_status("SelfService.BeginRenewal", &s))?
         .into_inner();
     operator.note(&format!(
         "renewal {} for {}; expires at {} unless confirmed",
@@ -210,7 +207,7 @@ pub async fn renew(
                 Err(s) => format!(
                     "and aborting renewal {} failed too ({}); it expires at {} by itself",
                     begun.enrollment_id,
-                    ServerError::from_status("AbortRenewal", &s),
+                    ServerError::from_status("SelfService.AbortRenewal", &s),
                     begun.expires_at
                 ),
             };
@@ -254,7 +251,7 @@ async fn after_begin(
             proofs,
         })
         .await
-        .map_err(|s| ServerError::from_status("CompleteRenewal", &s))?
+        .map_err(|s| ServerError::from_status("SelfService.CompleteRenewal", &s))?
         .into_inner();
     key.with_token(|token| {
         write_certificates(operator, token, &management_key, &completed.certificates)
@@ -268,7 +265,7 @@ async fn after_begin(
             enrollment_id: begun.enrollment_id.clone(),
         })
         .await
-        .map_err(|s| ServerError::from_status("ConfirmRenewal", &s))?;
+        .map_err(|s| ServerError::from_status("SelfService.ConfirmRenewal", &s))?;
     Ok(completed
         .certificates
         .iter()

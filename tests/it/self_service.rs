@@ -34,6 +34,7 @@ on_both_databases!(
     refused_for_revoked_superseded_and_expired_certificates,
     refused_for_certificates_that_are_not_a_tokens_own,
     renewal_through_the_cards_own_key_then_nginx,
+    tessera_renew_failures_name_the_problem,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -1061,5 +1062,131 @@ async fn renewal_through_the_cards_own_key_then_nginx(url: &str) {
     std::fs::copy(&after, card.state_file()).unwrap();
     card.insert();
     assert!(login(&new_pem).stdout.starts_with("verify=SUCCESS"));
+    server.stop().await;
+}
+
+/// `tessera renew` (a real process) against `server` with the PIN from `pin_file`: exit code,
+/// stdout, and the last line of stderr (the one-line error).
+async fn renew_cli(
+    server: &Server,
+    card: &VirtualCard,
+    pin_file: &std::path::Path,
+) -> (i32, String, String) {
+    let server_ca = server.dir.path().join("server-ca.pem");
+    std::fs::write(&server_ca, &server.pki.ca_pem).unwrap();
+    let out = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("tessera"))
+        .arg("renew")
+        .args([
+            "--server",
+            &server.self_service_url(),
+            "--server-name",
+            "localhost",
+        ])
+        .arg("--ca-cert")
+        .arg(&server_ca)
+        .args(["--reader", card.reader_name()])
+        .arg("--pin-file")
+        .arg(pin_file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr.lines().last().unwrap_or_default().to_string(),
+    )
+}
+
+/// Each way `tessera renew` stops says what is wrong in one line, and changes nothing.
+async fn tessera_renew_failures_name_the_problem(url: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(url, &[card.attestation_root()], Clock::system()).await;
+    server.create_person("S1").await;
+    let issued = enroll(&server, &card, "S1", SERIAL).await;
+    let d = server.dir.path();
+
+    let loose = d.join("loose-pin");
+    std::fs::write(&loose, PIN).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, error) = renew_cli(&server, &card, &loose).await;
+    assert_eq!(
+        (code, error),
+        (
+            1,
+            format!(
+                "error: the PIN file {0} can be read by other users (mode 644); run `chmod 600 {0}`",
+                loose.display()
+            )
+        )
+    );
+
+    let wrong = d.join("wrong-pin");
+    write_private(&wrong, "11111111");
+    let (code, _, error) = renew_cli(&server, &card, &wrong).await;
+    assert_eq!(
+        (code, error.as_str()),
+        (
+            1,
+            "error: read the 9a key and certificate: wrong PIN: 2 tries left before the PIN is blocked"
+        )
+    );
+
+    // Fresh certificates: the window of piv-authentication opens 30 days before expiry.
+    let pin = d.join("pin");
+    write_private(&pin, PIN);
+    let (code, stdout, error) = renew_cli(&server, &card, &pin).await;
+    let not_after = &issued["9a"].not_after;
+    let opens = tessera::store::Timestamp::parse(not_after)
+        .unwrap()
+        .checked_sub(std::time::Duration::from_secs(30 * 86_400))
+        .unwrap();
+    assert_eq!(
+        (code, error),
+        (
+            1,
+            format!(
+                "error: the server refused SelfService.BeginRenewal: FAILED_PRECONDITION RENEWAL_TOO_EARLY: slot 9a: certificate {} (profile piv-authentication) expires at {not_after}; it may be renewed from {opens} (30 days before expiry, renewal_window_days of the profile); an admin may force an earlier renewal; run `tessera renew` again once the renewal window is open (the date above)",
+                issued["9a"].serial
+            )
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "slot 9a: certificate {} valid until {not_after}; renewal opens {opens}",
+            issued["9a"].serial
+        )),
+        "{stdout}"
+    );
+
+    // The token on hold.
+    token_transition(&server, true).await;
+    let (code, _, error) = renew_cli(&server, &card, &pin).await;
+    assert_eq!(
+        (code, error.as_str()),
+        (
+            1,
+            "error: the server refused SelfService.GetMyToken: PERMISSION_DENIED SELF_SERVICE_TOKEN_NOT_ACTIVE: token 31000001 is suspended; self-service needs an active token; see docs/self-service.md for this reason, or renew at the help desk"
+        )
+    );
+    token_transition(&server, false).await;
+
+    // Nothing changed: both certificates good, no renewal begun.
+    let mine = my_token(&mut as_token(&server, &card).await).await.unwrap();
+    assert_eq!(
+        mine.slots
+            .iter()
+            .map(|s| {
+                let c = s.certificate.as_ref().unwrap();
+                (c.serial.clone(), c.status())
+            })
+            .collect::<Vec<_>>(),
+        vec![
+            (issued["9a"].serial.clone(), pb::CertificateStatus::Good),
+            (issued["9c"].serial.clone(), pb::CertificateStatus::Good)
+        ]
+    );
     server.stop().await;
 }
