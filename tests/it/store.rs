@@ -939,34 +939,7 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
 async fn times_written_before_migration_0004_are_carried_over(url: &str) {
     use sqlx::Executor;
     use tessera::store::{AuditRow, Timestamp};
-    let dialect = if url.starts_with("sqlite:") {
-        "sqlite"
-    } else {
-        "postgres"
-    };
-    let old_migrations = tempfile::tempdir().unwrap();
-    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
-    for entry in std::fs::read_dir(&all).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name.as_str() < "0004" {
-            std::fs::copy(&path, old_migrations.path().join(name)).unwrap();
-        }
-    }
-    sqlx::any::install_default_drivers();
-    let connect_url = match url.strip_prefix("sqlite:") {
-        Some(path) => format!("sqlite://{path}?mode=rwc"),
-        None => url.to_string(),
-    };
-    let pool = sqlx::AnyPool::connect(&connect_url).await.unwrap();
-    sqlx::migrate::Migrator::new(old_migrations.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let pool = crate::harness::database::migrated_before(url, "0004").await;
     pool.execute(
         "INSERT INTO people (external_id, display_name, upn, email, attributes_json, state, created_at, updated_at) \
          VALUES ('E1', 'P', 'p@corp.test', 'p@corp.test', '{}', 'active', '2026-01-02T03:04:05.123456789Z', '2026-01-02T03:04:06.5Z')",
