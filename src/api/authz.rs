@@ -181,7 +181,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.TokenService/MarkTokenDamaged"
         | "/tessera.v1.TokenService/RetireToken"
         | "/tessera.v1.TokenService/SuspendToken"
-        | "/tessera.v1.TokenService/ReinstateToken" => TOKEN_WRITE,
+        | "/tessera.v1.TokenService/ReinstateToken"
+        | "/tessera.v1.TokenService/MarkTokenForgotten" => TOKEN_WRITE,
         // Holds certificates fleet-wide on a policy the caller supplies.
         "/tessera.v1.TokenService/RecheckFleet" => &[Admin],
         "/tessera.v1.AuditService/ListAuditEvents"

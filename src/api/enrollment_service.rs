@@ -61,6 +61,9 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::TokenNeverEnrollable { .. }
         | R::TokenNotEnrolling { .. }
         | R::TokenHeldByAnotherPerson { .. }
+        | R::TokenForgotten { .. }
+        | R::NoForgottenToken { .. }
+        | R::TemporaryTokenInUse { .. }
         | R::TokenNotActive { .. }
         | R::CredentialsNotHeld(_)
         | R::RepeatExpired { .. }

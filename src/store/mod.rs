@@ -70,6 +70,7 @@ mod notifications;
 mod people;
 mod puk_releases;
 mod sync_state;
+mod temporary_tokens;
 mod timestamp;
 mod token_credentials;
 mod tokens;

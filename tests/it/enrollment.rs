@@ -39,6 +39,7 @@ on_both_databases!(
     puk_release_under_dual_control,
     puk_release_requests_and_approvals_expire,
     repeat_of_an_approved_release_is_audited_and_rate_limited,
+    forgotten_token_and_its_temporary_token,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -1699,7 +1700,7 @@ async fn enrollment_configuration_errors_name_the_setting() {
             ..Enrollment::default()
         }))
         .await,
-        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client)"
+        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, temporary-piv-authentication, tls-client)"
     );
     assert_eq!(
         bind_error(enrollment(Enrollment {
@@ -3294,5 +3295,342 @@ async fn puk_release_requests_and_approvals_expire(url: &str) {
     let third = metadata(&s, "release_id");
     assert!(third != first && third != second);
     assert!(events(url, "token.release_puk").await.is_empty());
+    server.stop().await;
+}
+
+/// A certificate's status and reason code as the store keeps them.
+async fn stored_status(url: &str, serial: &str) -> (CertificateStatus, Option<i64>) {
+    let store = Store::open(url).await.unwrap();
+    let c = store.certificate_by_serial(serial).await.unwrap().unwrap();
+    store.close().await;
+    (c.status, c.revocation_reason)
+}
+
+fn serials(done: &pb::CompleteEnrollmentResponse) -> Vec<String> {
+    done.certificates
+        .iter()
+        .map(|c| c.certificate.as_ref().unwrap().serial.clone())
+        .collect()
+}
+
+/// Issue 13, item 4: a forgotten token's certificates go on hold; a temporary token (profile
+/// `temporary-piv-login`, 7-day certificate) is enrolled only for a person with a forgotten
+/// token, one at a time; reinstating the forgotten token releases only the holds its move to
+/// `forgotten` made and retires the temporary token; declared lost instead, its certificates are
+/// revoked (held ones included) and the temporary token stays.
+async fn forgotten_token_and_its_temporary_token(url: &str) {
+    use pb::TokenState as T;
+    use tessera::store::CertificateStatus as C;
+    const ORIGINAL: u32 = 30_001_700;
+    const TEMPORARY: u32 = 30_001_701;
+    const SECOND_TEMPORARY: u32 = 30_001_702;
+    let original = VirtualCard::start(CardOptions::firmware("5.7.4").serial(ORIGINAL));
+    let temporary = VirtualCard::start(CardOptions::firmware("5.7.4").serial(TEMPORARY));
+    let second = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SECOND_TEMPORARY));
+    let server = Server::start(
+        url,
+        &[
+            original.attestation_root(),
+            temporary.attestation_root(),
+            second.attestation_root(),
+        ],
+        Enrollment::default(),
+    )
+    .await;
+    server.create_person("E1700", "").await;
+    let mut enroll = server.enrollments().await;
+    let mut tokens =
+        pb::token_service_client::TokenServiceClient::new(server.channel("helpdesk").await);
+    let mut certs = pb::certificate_service_client::CertificateServiceClient::new(
+        server.channel("helpdesk").await,
+    );
+    let (_, first) = enroll_and_confirm(&server, &original, "E1700").await;
+    let [login, signing] = <[String; 2]>::try_from(serials(&first)).unwrap();
+
+    // No forgotten token: the temporary profile is refused, naming the profile.
+    let mut request = begin_request("E1700", TEMPORARY, "temporary-piv-login");
+    request.request_id = "temp-before".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "NO_FORGOTTEN_TOKEN",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "profile temporary-piv-login is for a temporary token, and person E1700 has no token in state forgotten; mark the forgotten token first (MarkTokenForgotten), or use a profile for a regular token"
+    );
+
+    // An operator's hold on the signing certificate, made for another reason.
+    certs
+        .revoke_certificate(pb::RevokeCertificateRequest {
+            request_id: "hold-signing".into(),
+            serial: signing.clone(),
+            reason: pb::RevocationReason::CertificateHold as i32,
+        })
+        .await
+        .unwrap();
+
+    // Forgotten: the good certificate goes on hold, audited, with a notice.
+    let forgotten = tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: "forgot-1".into(),
+            serial: ORIGINAL.to_string(),
+            reason: "left at home".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(forgotten.state(), T::Forgotten);
+    assert_eq!(stored_status(url, &login).await, (C::OnHold, Some(6)));
+    assert_eq!(events(url, "token.mark_forgotten").await.len(), 1);
+    let store = Store::open(url).await.unwrap();
+    let notices = store.notifications().await.unwrap();
+    store.close().await;
+    assert_eq!(
+        notices
+            .iter()
+            .filter(|n| n.event == "token.forgotten")
+            .count(),
+        1
+    );
+    // Not from forgotten: forgotten again, suspend; the hold is the token's, not released alone.
+    let s = tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: "forgot-again".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "INVALID_STATE_TRANSITION",
+            "cannot mark forgotten a token that is forgotten"
+        )
+    );
+    let s = tokens
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "suspend-forgotten".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::FailedPrecondition, "INVALID_STATE_TRANSITION")
+    );
+    let s = certs
+        .release_certificate_hold(pb::ReleaseCertificateHoldRequest {
+            request_id: "release-login".into(),
+            serial: login.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str(), s.message().to_string()),
+        (
+            Code::FailedPrecondition,
+            "HOLD_IS_FROM_PERSON_OR_TOKEN",
+            format!(
+                "certificate {login} is on hold because its token is forgotten; reinstate the token instead"
+            )
+        )
+    );
+    // The forgotten token itself is not enrolled again (it was found: reinstate it).
+    let mut request = begin_request("E1700", ORIGINAL, "piv-login");
+    request.request_id = "re-enroll-forgotten".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "token {ORIGINAL} is forgotten; it was found: reinstate it (ReinstateToken) instead of enrolling it again"
+        )
+    );
+
+    // The temporary token: one 9a certificate of 7 days, recorded for the forgotten token.
+    let (begin, done) =
+        enroll_until_complete(&server, &temporary, "E1700", "temporary-piv-login").await;
+    assert_eq!(done.certificates.len(), 1);
+    let stand_in = done.certificates[0].certificate.as_ref().unwrap().clone();
+    assert_eq!(
+        (
+            done.certificates[0].slot.as_str(),
+            stand_in.profile.as_str()
+        ),
+        ("9a", "temporary-piv-authentication")
+    );
+    let (from, to) = (
+        tessera::store::Timestamp::parse(&stand_in.not_before).unwrap(),
+        tessera::store::Timestamp::parse(&stand_in.not_after).unwrap(),
+    );
+    assert_eq!(
+        to.unix_seconds() - from.unix_seconds(),
+        7 * 24 * 3600,
+        "{stand_in:?}"
+    );
+    station_finishes(&temporary, &begin, &done);
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-temporary".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    let shown = tokens
+        .get_token(pb::GetTokenRequest {
+            serial: TEMPORARY.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(
+        (shown.state(), shown.temporary_for.as_str()),
+        (T::Active, ORIGINAL.to_string().as_str())
+    );
+    let begun = events(url, "enrollment.begin").await;
+    assert_eq!(
+        begun.last().unwrap().1["temporary_for"],
+        ORIGINAL.to_string()
+    );
+
+    // A second temporary token while this one is in use is refused.
+    let mut request = begin_request("E1700", SECOND_TEMPORARY, "temporary-piv-login");
+    request.request_id = "temp-second".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "TEMPORARY_TOKEN_IN_USE",
+        3,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "person E1700 already has temporary token {TEMPORARY} (active) for forgotten token {ORIGINAL}; retire it first (RetireToken, or MarkTokenLost), or reinstate the forgotten token"
+        )
+    );
+
+    // HR suspends and reinstates the person: the forgotten token's hold stays.
+    let mut hr = DirectoryServiceClient::new(server.channel("hr").await);
+    hr.suspend_person(pb::SuspendPersonRequest {
+        request_id: "suspend-E1700".into(),
+        external_id: "E1700".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    hr.reinstate_person(pb::ReinstatePersonRequest {
+        request_id: "reinstate-E1700".into(),
+        external_id: "E1700".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored_status(url, &login).await, (C::OnHold, Some(6)));
+    assert_eq!(stored_status(url, &stand_in.serial).await, (C::Good, None));
+    // (Reinstating a person releases every other hold of theirs, the operator's on the signing
+    // certificate too, as before forgotten tokens existed; the operator holds it again.)
+    assert_eq!(stored_status(url, &signing).await, (C::Good, None));
+    certs
+        .revoke_certificate(pb::RevokeCertificateRequest {
+            request_id: "hold-signing-again".into(),
+            serial: signing.clone(),
+            reason: pb::RevocationReason::CertificateHold as i32,
+        })
+        .await
+        .unwrap();
+
+    // Found: reinstated. Its forgotten hold is released, the operator's hold stays, and the
+    // temporary token is retired (its certificate revoked, cessationOfOperation).
+    let reinstated = tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "found".into(),
+            serial: ORIGINAL.to_string(),
+            reason: "found in the car".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(reinstated.state(), T::Active);
+    assert_eq!(stored_status(url, &login).await, (C::Good, None));
+    assert_eq!(stored_status(url, &signing).await, (C::OnHold, Some(6)));
+    assert_eq!(token_state(&server, TEMPORARY).await.0, T::Retired);
+    assert_eq!(
+        stored_status(url, &stand_in.serial).await,
+        (C::Revoked, Some(5))
+    );
+    let retired = events(url, "token.retire").await;
+    assert_eq!(
+        retired.last().unwrap().1["reason"],
+        format!("temporary token for token {ORIGINAL}, which was found and reinstated")
+    );
+
+    // Forgotten again, a new temporary token, then declared lost: every certificate of the
+    // original revoked (keyCompromise), the held ones included; the temporary token stays.
+    tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: "forgot-2".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let (begin, done) =
+        enroll_until_complete(&server, &second, "E1700", "temporary-piv-login").await;
+    station_finishes(&second, &begin, &done);
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-second".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    let second_serial = serials(&done).remove(0);
+    tokens
+        .mark_token_lost(pb::MarkTokenLostRequest {
+            request_id: "lost".into(),
+            serial: ORIGINAL.to_string(),
+            reason: "not found after all".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored_status(url, &login).await, (C::Revoked, Some(1)));
+    assert_eq!(stored_status(url, &signing).await, (C::Revoked, Some(1)));
+    assert_eq!(token_state(&server, SECOND_TEMPORARY).await.0, T::Active);
+    assert_eq!(stored_status(url, &second_serial).await, (C::Good, None));
+    // Lost is final: reinstating it is refused.
+    let s = tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "found-too-late".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::FailedPrecondition, "INVALID_STATE_TRANSITION")
+    );
     server.stop().await;
 }
