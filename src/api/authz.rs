@@ -206,7 +206,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/AbortEnrollment"
         | "/tessera.v1.EnrollmentService/GetEnrollment"
         | "/tessera.v1.EnrollmentService/ReleasePuk"
-        | "/tessera.v1.EnrollmentService/ApprovePukRelease" => TOKEN_WRITE,
+        | "/tessera.v1.EnrollmentService/ApprovePukRelease"
+        | "/tessera.v1.EnrollmentService/ConfirmPukRotation" => TOKEN_WRITE,
         _ => &[],
     }
 }

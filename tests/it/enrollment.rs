@@ -40,6 +40,7 @@ on_both_databases!(
     puk_release_requests_and_approvals_expire,
     repeat_of_an_approved_release_is_audited_and_rate_limited,
     forgotten_token_and_its_temporary_token,
+    puk_rotation_is_confirmed_once_and_refusals_name_their_reason,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -1444,7 +1445,7 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
     .await;
     assert_eq!(
         s.message(),
-        "request id \"puk-2\" is not answered again: the token's credentials changed since (it was re-enrolled); its answer carried secrets, send a fresh request id"
+        "request id \"puk-2\" is not answered again: the token's credentials changed since (it was re-enrolled, or its PUK was rotated); its answer carried secrets, send a fresh request id"
     );
     // The old 9a certificate is superseded (its key is gone); the old 9c one stays good.
     let rows = certificates(&store).await;
@@ -3632,5 +3633,257 @@ async fn forgotten_token_and_its_temporary_token(url: &str) {
         (s.code(), reason(&s).as_str()),
         (Code::FailedPrecondition, "INVALID_STATE_TRANSITION")
     );
+    server.stop().await;
+}
+
+fn confirm_rotation(
+    request_id: &str,
+    serial: u32,
+    generation: i64,
+) -> pb::ConfirmPukRotationRequest {
+    pb::ConfirmPukRotationRequest {
+        request_id: request_id.into(),
+        token_serial: serial.to_string(),
+        generation,
+    }
+}
+
+/// Token `serial`'s pending PUK rotation as stored: generation and wrapped PUK.
+async fn stored_rotation(url: &str, serial: u32) -> Option<(i64, Vec<u8>)> {
+    use sqlx::Row;
+    let pool = database_writer(url).await;
+    let row = sqlx::query(
+        "SELECT r.generation, r.puk_wrapped FROM puk_rotations r \
+         JOIN tokens t ON t.id = r.token_id WHERE t.serial = $1",
+    )
+    .bind(serial.to_string())
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    row.map(|r| (r.get(0), r.get(1)))
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Issue 13, item 5: ReleasePuk hands out a new PUK with the escrowed one, the same one again
+/// until ConfirmPukRotation (marked resumed); only the certificate it was last handed to
+/// confirms it, and only its generation; once confirmed it is the escrowed PUK, the old one is
+/// never released again (not even to a repeat), and the next release brings a fresh new PUK.
+/// Wrapped, never in the clear; a rotation blob moved into another place does not unwrap.
+async fn puk_rotation_is_confirmed_once_and_refusals_name_their_reason(url: &str) {
+    use pb::token_service_client::TokenServiceClient;
+    const SERIAL: u32 = 30_001_800;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
+    server.create_person("E1800", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1800").await;
+    let (mut desk_a, channel_a) = desk(&server, "desk-a").await;
+    let (mut desk_b, _) = desk(&server, "desk-b").await;
+
+    let first = desk_a
+        .release_puk(release_request("rot-r1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.puk, begin.new_puk);
+    assert_eq!(first.new_puk.len(), 8);
+    assert!(first.new_puk.bytes().all(|b| b.is_ascii_digit()));
+    assert_ne!(first.new_puk, first.puk);
+    assert!(!first.new_puk_resumed);
+    let generation = first.new_puk_generation;
+    // Wrapped, never in the clear.
+    let (stored_generation, wrapped) = stored_rotation(url, SERIAL).await.unwrap();
+    assert_eq!(stored_generation, generation);
+    assert!(!contains(&wrapped, &first.new_puk));
+    let (_, _, _, escrowed) = stored_credentials(url, SERIAL).await;
+    assert!(!contains(&escrowed, &first.puk));
+    // Until confirmed, every release hands out the same new PUK again, marked resumed.
+    let again = desk_a
+        .release_puk(release_request("rot-r2", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            again.puk.as_str(),
+            again.new_puk.as_str(),
+            again.new_puk_generation,
+            again.new_puk_resumed
+        ),
+        (first.puk.as_str(), first.new_puk.as_str(), generation, true)
+    );
+    let released = events(url, "token.release_puk").await;
+    assert_eq!(
+        released.last().unwrap().1["puk_rotation"],
+        serde_json::json!({"generation": generation, "resumed": true})
+    );
+
+    // Refusals: field missing, unknown token, another certificate, another generation.
+    assert_invalid(
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c0", SERIAL, 0))
+            .await,
+        Code::InvalidArgument,
+        "FIELD_REQUIRED",
+    );
+    assert_invalid(
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c1", 39_999_999, generation))
+            .await,
+        Code::NotFound,
+        "TOKEN_NOT_FOUND",
+    );
+    let s = assert_refused(
+        url,
+        desk_b
+            .confirm_puk_rotation(confirm_rotation("rot-c2", SERIAL, generation))
+            .await,
+        Code::PermissionDenied,
+        "PUK_ROTATION_OF_ANOTHER_CALLER",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "the pending PUK of token {SERIAL} was last handed to another client certificate; only the station that received it (ReleasePuk) confirms it"
+        )
+    );
+    let s = assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c3", SERIAL, generation + 7))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_ROTATION_STALE",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "generation {} is not the pending PUK rotation of token {SERIAL} (that is generation {generation}); confirm the generation ReleasePuk answered last",
+            generation + 7
+        )
+    );
+    let mut tokens = TokenServiceClient::new(channel_a.clone());
+    tokens
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "rot-suspend".into(),
+            serial: SERIAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c4", SERIAL, generation))
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "rot-reinstate".into(),
+            serial: SERIAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    // Nothing of that changed the escrowed PUK.
+    assert_eq!(stored_credentials(url, SERIAL).await.3, escrowed);
+
+    // Confirmed: the new PUK is the escrowed one; a repeat gets the same answer.
+    let confirmed = desk_a
+        .confirm_puk_rotation(confirm_rotation("rot-c5", SERIAL, generation))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(confirmed.generation > generation, "{confirmed:?}");
+    assert_eq!(
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c5", SERIAL, generation))
+            .await
+            .unwrap()
+            .into_inner(),
+        confirmed
+    );
+    assert_eq!(stored_rotation(url, SERIAL).await, None);
+    let rotated = events(url, "token.puk_rotate").await;
+    assert_eq!(rotated.len(), 1);
+    assert_eq!(rotated[0].1["generation"], confirmed.generation);
+    assert_eq!(rotated[0].1["rotation_generation"], generation);
+    let s = assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c6", SERIAL, generation))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_ROTATION_NOT_PENDING",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "token {SERIAL} has no PUK rotation waiting for confirmation (confirmed already, or discarded by a new enrollment); run `tessera station unblock` again"
+        )
+    );
+    // The old PUK is never released again: not to a repeat of an earlier release…
+    let s = assert_refused(
+        url,
+        desk_a.release_puk(release_request("rot-r2", SERIAL)).await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        2,
+    )
+    .await;
+    assert!(
+        s.message().contains("or its PUK was rotated"),
+        "{}",
+        s.message()
+    );
+    // …and a fresh release hands out the new one, with a fresh rotation.
+    let next = desk_a
+        .release_puk(release_request("rot-r3", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.puk, first.new_puk);
+    assert_ne!(next.new_puk, first.new_puk);
+    assert!(!next.new_puk_resumed);
+    assert!(next.new_puk_generation > confirmed.generation);
+    let (_, _, _, escrowed) = stored_credentials(url, SERIAL).await;
+    assert!(!contains(&escrowed, &next.puk));
+
+    // A database writer moves the escrowed PUK's blob into the rotation: it does not unwrap
+    // there (another field), and nothing is released.
+    let pool = database_writer(url).await;
+    sqlx::query(
+        "UPDATE puk_rotations SET puk_wrapped = (SELECT c.puk_wrapped FROM token_credentials c \
+         WHERE c.token_id = puk_rotations.token_id), generation = \
+         (SELECT c.generation FROM token_credentials c WHERE c.token_id = puk_rotations.token_id)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let s = assert_refused(
+        url,
+        desk_a.release_puk(release_request("rot-r4", SERIAL)).await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        2,
+    )
+    .await;
+    assert!(!s.message().contains(&next.puk));
     server.stop().await;
 }

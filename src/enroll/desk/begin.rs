@@ -220,6 +220,8 @@ impl EnrollmentDesk {
             )
             .await?;
         tx.put_token_credentials(&row).await?;
+        // A re-enrollment resets the token: a PUK rotation waiting for confirmation is void.
+        tx.delete_puk_rotation(token.id).await?;
 
         let public_id =
             crate::enroll::credentials::new_enrollment_id().map_err(EnrollmentRefusal::internal)?;

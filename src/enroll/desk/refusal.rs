@@ -56,6 +56,25 @@ pub enum EnrollmentRefusal {
     TokenHeldByAnotherPerson { serial: String, state: &'static str },
     #[error("token {serial} is {state}; the PUK is released only for an active token")]
     TokenNotActive { serial: String, state: &'static str },
+    /// ConfirmPukRotation without a pending rotation.
+    #[error(
+        "token {0} has no PUK rotation waiting for confirmation (confirmed already, or discarded by a new enrollment); run `tessera station unblock` again"
+    )]
+    PukRotationNotPending(String),
+    /// ConfirmPukRotation naming another generation than the pending one.
+    #[error(
+        "generation {given} is not the pending PUK rotation of token {serial} (that is generation {pending}); confirm the generation ReleasePuk answered last"
+    )]
+    PukRotationStale {
+        serial: String,
+        given: i64,
+        pending: i64,
+    },
+    /// ConfirmPukRotation by another certificate than the one the new PUK was last handed to.
+    #[error(
+        "the pending PUK of token {0} was last handed to another client certificate; only the station that received it (ReleasePuk) confirms it"
+    )]
+    PukRotationOfAnotherCaller(String),
     #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
     CredentialsNotHeld(String),
     /// A wrapped PUK or management key of the token does not unwrap for its place (token,
@@ -150,6 +169,9 @@ impl EnrollmentRefusal {
         "TEMPORARY_TOKEN_IN_USE",
         "TOKEN_NOT_ACTIVE",
         "CREDENTIALS_NOT_HELD",
+        "PUK_ROTATION_NOT_PENDING",
+        "PUK_ROTATION_STALE",
+        "PUK_ROTATION_OF_ANOTHER_CALLER",
         "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
         "RELEASE_REASON_REQUIRED",
@@ -183,6 +205,9 @@ impl EnrollmentRefusal {
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
             R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
             R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
+            R::PukRotationNotPending(_) => "PUK_ROTATION_NOT_PENDING",
+            R::PukRotationStale { .. } => "PUK_ROTATION_STALE",
+            R::PukRotationOfAnotherCaller(_) => "PUK_ROTATION_OF_ANOTHER_CALLER",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
             R::ReleaseReasonRequired => "RELEASE_REASON_REQUIRED",
@@ -213,6 +238,7 @@ impl EnrollmentRefusal {
             R::PukReleaseNotFound(_) => Some("release_id"),
             R::PukReleaseTokenMismatch { .. } => Some("token_serial"),
             R::RepeatExpired { .. } => Some("request_id"),
+            R::PukRotationStale { .. } => Some("generation"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
             _ => None,
