@@ -96,6 +96,10 @@ pub enum StationError {
         tries_left.map_or("an unknown number of".to_string(), |n| n.to_string())
     )]
     PukRotationUnsafe { tries_left: Option<u8> },
+    #[error(
+        "token {serial} is {state}, not forgotten; `found` reinstates only a forgotten token, nothing was changed"
+    )]
+    NotForgotten { serial: String, state: String },
     #[error("{failure}; {aftermath}")]
     EnrollmentFailed {
         failure: Box<StationError>,

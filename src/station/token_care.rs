@@ -190,6 +190,98 @@ pub async fn replace(
     enroll(server, operator, reader, request).await
 }
 
+/// `forgotten`: the person left their token at home. MarkTokenForgotten: its certificates go on
+/// hold until it is `found` (or marked lost); a temporary token may be enrolled meanwhile
+/// (`enroll --profile temporary-piv-login`). No token in the reader is needed.
+pub async fn mark_forgotten(
+    server: &mut ServerConnection,
+    operator: &mut dyn Operator,
+    serial: &str,
+    reason: &str,
+) -> Result<(), StationError> {
+    let serial = serial.trim();
+    operator.step(&format!(
+        "mark token {serial} forgotten (MarkTokenForgotten; its certificates go on hold)"
+    ));
+    let marked = server
+        .tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: request_id(),
+            serial: serial.to_string(),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|s| ServerError::from_status("MarkTokenForgotten", &s))?
+        .into_inner();
+    if let Some(t) = marked.token {
+        operator.note(&format!("token {} is {}", t.serial, state_name(t.state)));
+    }
+    Ok(())
+}
+
+/// `found`: the forgotten token is back, in the reader. ReinstateToken releases the holds its
+/// move to forgotten made; the server retires the temporary tokens that stood in for it.
+/// Only for a token the server has as forgotten (a suspended one is reinstated otherwise).
+pub async fn found(
+    server: &mut ServerConnection,
+    operator: &mut dyn Operator,
+    reader: Option<&str>,
+    reason: &str,
+) -> Result<(), StationError> {
+    operator.step("read the token");
+    let serial = PivToken::open(reader)
+        .map_err(StationError::card("read the token"))?
+        .serial()
+        .to_string();
+    operator.note(&format!("token {serial}"));
+    let known = server.token(&serial).await?;
+    let state = known
+        .as_ref()
+        .map_or("unknown to the server", |t| state_name(t.state));
+    let Some(before) = known.filter(|t| t.state() == pb::TokenState::Forgotten) else {
+        return Err(StationError::NotForgotten {
+            serial,
+            state: state.to_string(),
+        });
+    };
+    operator.step(&format!(
+        "reinstate token {serial} (ReinstateToken; the holds of its forgotten days are released, its temporary tokens retired)"
+    ));
+    let reinstated = server
+        .tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: request_id(),
+            serial: serial.clone(),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|s| ServerError::from_status("ReinstateToken", &s))?
+        .into_inner();
+    if let Some(t) = reinstated.token {
+        operator.note(&format!("token {} is {}", t.serial, state_name(t.state)));
+    }
+    if !before.person_external_id.is_empty() {
+        let listed = server
+            .tokens
+            .list_tokens(pb::ListTokensRequest {
+                page_size: 1000,
+                person_external_id: before.person_external_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| ServerError::from_status("ListTokens", &s))?
+            .into_inner();
+        for t in listed.tokens.iter().filter(|t| t.temporary_for == serial) {
+            operator.note(&format!(
+                "temporary token {} is {}; collect it",
+                t.serial,
+                state_name(t.state)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `retire`: RetireToken (revokes its certificates), then the token is wiped (PIV reset),
 /// both only after the operator confirmed.
 pub async fn retire(

@@ -1109,6 +1109,54 @@ fn unblock_refuses_to_guess_with_one_puk_try_left() {
     assert_eq!(world.puk_tries_left(), Some(1));
 }
 
+/// A token left at home: `forgotten` (no token needed) puts its certificates on hold, `found`
+/// (the token back in the reader) reinstates it. `found` on a token that is not forgotten and
+/// `forgotten` on an unknown serial are refused with what to do.
+#[test]
+fn forgotten_then_found_at_the_desk() {
+    const SERIAL: u32 = 32_000_024;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("UMA");
+    assert_ok(&world.enroll("UMA", &[]), "station enroll");
+    let statuses = |world: &World| {
+        world
+            .certificates_of_token(SERIAL)
+            .iter()
+            .map(|c| c.status)
+            .collect::<Vec<_>>()
+    };
+    let out = world.station(&[
+        "forgotten",
+        "--serial",
+        &SERIAL.to_string(),
+        "--reason",
+        "left at home, ticket 4714",
+    ]);
+    assert_ok(&out, "station forgotten");
+    stdout_has_line(&out, "     token 32000024 is TOKEN_STATE_FORGOTTEN");
+    stdout_has_line(
+        &out,
+        "station: token 32000024 is forgotten; its certificates are on hold until it is found",
+    );
+    let held = pb::CertificateStatus::OnHold as i32;
+    assert_eq!(statuses(&world), [held, held]);
+
+    let out = world.station(&["found", "--reason", "brought back, ticket 4714"]);
+    assert_ok(&out, "station found");
+    stdout_has_line(&out, "     token 32000024 is TOKEN_STATE_ACTIVE");
+    let good = pb::CertificateStatus::Good as i32;
+    assert_eq!(statuses(&world), [good, good]);
+
+    assert_refused(
+        &world.station(&["found", "--reason", "again"]),
+        "token 32000024 is TOKEN_STATE_ACTIVE, not forgotten; `found` reinstates only a forgotten token, nothing was changed",
+    );
+    assert_refused(
+        &world.station(&["forgotten", "--serial", "39999999", "--reason", "x"]),
+        "the server refused MarkTokenForgotten: NOT_FOUND TOKEN_NOT_FOUND: no token with serial \"39999999\"; check the person id or token serial (tessera station status shows what the server knows)",
+    );
+}
+
 /// Issue 12, finding 9: under dual control `unblock` first stops with the release id; the
 /// same desk cannot approve it, a second desk does (`approve-puk-release`), then `unblock`
 /// again releases the PUK and sets the PIN. `unblock` without `--reason` is refused by the CLI.
