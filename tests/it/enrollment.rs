@@ -734,7 +734,7 @@ async fn begin_refusals_name_their_reason(url: &str) {
     .await;
     assert_eq!(
         s.message(),
-        "unknown enrollment profile \"no-such-profile\"; known profiles: piv-login, windows-logon"
+        "unknown enrollment profile \"no-such-profile\"; known profiles: piv-login, temporary-piv-login, windows-logon"
     );
 
     // A suspended person is not enrolled; nothing but the refusal is recorded.
@@ -2467,7 +2467,14 @@ async fn credentials_wrapped_before_migration_0006_are_released_and_rebound(url:
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(again, released);
+    // (The same new PUK too, now marked as handed out before.)
+    assert_eq!(
+        again,
+        pb::ReleasePukResponse {
+            new_puk_resumed: true,
+            ..released.clone()
+        }
+    );
     put_stored_credentials(url, SERIAL, (2, 1, old.2, old.3)).await;
     assert_refused(
         url,
