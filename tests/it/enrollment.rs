@@ -3381,6 +3381,38 @@ async fn forgotten_token_and_its_temporary_token(url: &str) {
         .await
         .unwrap();
 
+    // MarkTokenForgotten's own refusals: no serial, an unknown one, a reason too long.
+    let forgotten_request =
+        |request_id: &str, serial: &str, reason: &str| pb::MarkTokenForgottenRequest {
+            request_id: request_id.into(),
+            serial: serial.into(),
+            reason: reason.into(),
+        };
+    for (request, code, expected) in [
+        (
+            forgotten_request("forgot-empty", "", ""),
+            Code::InvalidArgument,
+            "FIELD_REQUIRED",
+        ),
+        (
+            forgotten_request("forgot-unknown", "39999999", ""),
+            Code::NotFound,
+            "TOKEN_NOT_FOUND",
+        ),
+        (
+            forgotten_request("forgot-long", &ORIGINAL.to_string(), &"x".repeat(1025)),
+            Code::InvalidArgument,
+            "FIELD_TOO_LONG",
+        ),
+        (
+            forgotten_request("", &ORIGINAL.to_string(), ""),
+            Code::InvalidArgument,
+            "REQUEST_ID_MISSING",
+        ),
+    ] {
+        assert_invalid(tokens.mark_token_forgotten(request).await, code, expected);
+    }
+
     // Forgotten: the good certificate goes on hold, audited, with a notice.
     let forgotten = tokens
         .mark_token_forgotten(pb::MarkTokenForgottenRequest {
