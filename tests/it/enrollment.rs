@@ -3924,5 +3924,23 @@ async fn puk_rotation_is_confirmed_once_and_refusals_name_their_reason(url: &str
     )
     .await;
     assert!(!s.message().contains(&next.puk));
+
+    // A new enrollment of the token (which resets it) discards the pending rotation.
+    let mut enroll = server.enrollments().await;
+    let mut request = begin_request("E1800", SERIAL, "piv-login");
+    request.request_id = "rot-re-enroll".into();
+    let reenrolling = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    abort(&server, &reenrolling.enrollment_id).await;
+    assert_eq!(stored_rotation(url, SERIAL).await, None);
+    assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c7", SERIAL, next.new_puk_generation))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_ROTATION_NOT_PENDING",
+        2,
+    )
+    .await;
     server.stop().await;
 }
