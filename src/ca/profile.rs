@@ -32,6 +32,10 @@ const BUILT_IN_PROFILES: &[(&str, &str)] = &[
         "service-client",
         include_str!("../../profiles/service-client.toml"),
     ),
+    (
+        "temporary-piv-authentication",
+        include_str!("../../profiles/temporary-piv-authentication.toml"),
+    ),
 ];
 
 /// The on-disk form of a profile.
@@ -431,6 +435,7 @@ mod tests {
                 "service-client",
                 "smartcard-logon",
                 "smime-signing",
+                "temporary-piv-authentication",
                 "tls-client"
             ]
         );
@@ -445,7 +450,14 @@ mod tests {
         );
         assert_eq!(service.certificate_policies, ["1.3.6.1.4.1.32473.1.2.7"]);
         assert!(service.allow_unattested_keys && service.allowed_names.is_empty());
-        for name in ["piv-authentication", "piv-signature", "smartcard-logon"] {
+        let temporary = set.get("temporary-piv-authentication").unwrap();
+        assert_eq!(temporary.validity_days, 7);
+        for name in [
+            "piv-authentication",
+            "piv-signature",
+            "smartcard-logon",
+            "temporary-piv-authentication",
+        ] {
             let p = set.get(name).unwrap();
             assert!(p.bind_hardware_module && !p.allow_unattested_keys, "{name}");
         }
@@ -488,7 +500,7 @@ mod tests {
         let err = ProfileSet::built_in().get("server").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client"
+            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, temporary-piv-authentication, tls-client"
         );
     }
 

@@ -27,7 +27,7 @@ pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredenti
 pub use desk::{
     BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure,
     EnrollmentDesk, EnrollmentRefusal, EnrollmentView, PendingRelease, PukRelease, PukReleaseView,
-    SecretRepeat,
+    PukRotation, SecretRepeat,
 };
 pub use plan::{EnrollmentProfile, EnrollmentProfiles};
 pub use settings::{EnrollmentConfig, EnrollmentSettings, PukReleaseRules};

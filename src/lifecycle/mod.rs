@@ -49,9 +49,14 @@ pub enum LifecycleError {
         status: &'static str,
     },
     #[error(
-        "certificate {serial} is on hold because its {owner} is suspended; reinstate the {owner} instead"
+        "certificate {serial} is on hold because its {owner} is {state}; reinstate the {owner} instead"
     )]
-    HoldFromOwner { serial: String, owner: &'static str },
+    HoldFromOwner {
+        serial: String,
+        owner: &'static str,
+        /// `suspended`, or `forgotten` for a token.
+        state: &'static str,
+    },
     #[error("cannot {action} a {kind} that is {from}")]
     InvalidTransition {
         kind: &'static str,

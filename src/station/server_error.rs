@@ -70,6 +70,9 @@ fn hint(code: Code, reason: &str, message: &str) -> &'static str {
         (Code::PermissionDenied, "APPROVER_IS_REQUESTER") => {
             "; a PUK release is approved by a second operator with their own certificate"
         }
+        (Code::PermissionDenied, "PUK_ROTATION_OF_ANOTHER_CALLER") => {
+            "; another desk released this token's PUK since: run `tessera station unblock` again with the token in the reader"
+        }
         (Code::PermissionDenied, _) => {
             "; check that the station's client certificate carries the helpdesk role (tessera admin issue-client-cert --role helpdesk)"
         }

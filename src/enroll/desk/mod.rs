@@ -13,6 +13,7 @@ mod begin;
 mod closing;
 mod complete;
 mod puk_release;
+mod puk_rotation;
 mod refusal;
 mod repeat;
 mod secrets;
@@ -22,6 +23,7 @@ pub use complete::{CompleteRequest, Completion};
 pub use puk_release::{
     Caller, PendingRelease, PukReleaseView, RELEASE_REASON_MAX_BYTES, ReleaseReason,
 };
+pub use puk_rotation::PukRotation;
 pub use refusal::{DeskFailure, EnrollmentRefusal};
 pub use repeat::SecretRepeat;
 pub use secrets::PukRelease;
