@@ -20,12 +20,12 @@
 //! With one writer at a time nothing changes: begin, statements, commit — the savepoint is only
 //! used by a writer that joins a group already holding others' uncommitted work.
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{Any, AnyConnection, AnyPool};
-use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use super::{Result, StoreError};
 
@@ -319,7 +319,10 @@ impl Writer {
             // The group began with this writer: everything else it reads is committed.
             return Ok(());
         }
-        let group = self.group.as_mut().expect("a writer has the group until it commits");
+        let group = self
+            .group
+            .as_mut()
+            .expect("a writer has the group until it commits");
         if let Err(e) = sqlx::query(RELEASE)
             .execute(&mut **group.tx.as_mut().expect("group open"))
             .await

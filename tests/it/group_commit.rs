@@ -74,7 +74,10 @@ async fn exists(store: &Store, id: &str) -> bool {
 }
 
 async fn writers_queued_behind_one_share_its_commit(url: &str) {
-    let store = Store::open(url).await.unwrap().with_group_commit_age(PATIENT);
+    let store = Store::open(url)
+        .await
+        .unwrap()
+        .with_group_commit_age(PATIENT);
     let mut first = store.begin_write().await.unwrap();
     lifecycle::create_person(&mut first, &hr(), "create-G0", person("G0"))
         .await
@@ -102,14 +105,20 @@ async fn writers_queued_behind_one_share_its_commit(url: &str) {
         }
     );
     for i in 0..=10 {
-        assert!(exists(&store, &format!("G{i}")).await, "G{i} was not stored");
+        assert!(
+            exists(&store, &format!("G{i}")).await,
+            "G{i} was not stored"
+        );
     }
     let report = audit::verify(&store, None).await.unwrap();
     assert_eq!((report.events, report.first_bad), (11, None));
 }
 
 async fn a_writer_dropped_in_a_group_leaves_the_others(url: &str) {
-    let store = Store::open(url).await.unwrap().with_group_commit_age(PATIENT);
+    let store = Store::open(url)
+        .await
+        .unwrap()
+        .with_group_commit_age(PATIENT);
     let mut first = store.begin_write().await.unwrap();
     lifecycle::create_person(&mut first, &hr(), "create-D1", person("D1"))
         .await
@@ -161,7 +170,10 @@ async fn a_writer_dropped_in_a_group_leaves_the_others(url: &str) {
 /// transaction) undoes only its writer's part: the writer before it in the group and the one
 /// after it commit.
 async fn a_failed_statement_rolls_back_only_its_writer(url: &str) {
-    let store = Store::open(url).await.unwrap().with_group_commit_age(PATIENT);
+    let store = Store::open(url)
+        .await
+        .unwrap()
+        .with_group_commit_age(PATIENT);
     let certificate = NewCertificate {
         serial: "7f02".into(),
         person_id: None,
@@ -214,7 +226,10 @@ async fn a_failed_statement_rolls_back_only_its_writer(url: &str) {
 /// A repeat of a request whose first answer is still waiting for its group's commit reads that
 /// answer in the same group; before it is handed back, the group is made durable.
 async fn a_repeated_request_is_answered_only_from_durable_rows(url: &str) {
-    let store = Store::open(url).await.unwrap().with_group_commit_age(PATIENT);
+    let store = Store::open(url)
+        .await
+        .unwrap()
+        .with_group_commit_age(PATIENT);
     let key = RequestKey::new("req-9", "SuspendPerson", b"request", "caller-a").unwrap();
     let mut first = store.begin_write().await.unwrap();
     lifecycle::remember(&mut first, &key, b"first answer".to_vec())
