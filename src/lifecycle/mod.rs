@@ -250,7 +250,12 @@ pub async fn replay_record(
     tx: &mut WriteTx,
     key: &RequestKey,
 ) -> Result<Option<IdempotencyRow>, LifecycleError> {
-    stored_answer(tx.idempotency_record(&key.request_id).await?, key)
+    let record = stored_answer(tx.idempotency_record(&key.request_id).await?, key)?;
+    if record.is_some() {
+        // The answer may come from a request still waiting for its group commit.
+        tx.make_earlier_writes_durable().await?;
+    }
+    Ok(record)
 }
 
 /// [`replay`] outside a transaction (a read; for requests that open their own transactions).

@@ -25,6 +25,7 @@ on_both_databases!(
     deleted_row_is_named,
     reordered_rows_are_named,
     deleted_tail_is_caught_by_checkpoint,
+    checkpoint_signs_outside_any_write,
     forged_checkpoint_signature_is_named,
     concurrent_writers_keep_the_chain_intact,
     certificate_serial_is_reserved_once,
@@ -603,6 +604,66 @@ async fn deleted_tail_is_caught_by_checkpoint(url: &str) {
             sequence: 4,
             problem: Problem::MissingAfterCheckpoint
         })
+    );
+}
+
+/// The checkpoint key signs while no write is open: a signer that writes to the store while it
+/// signs (as another request would while a slow HSM works) does not wait for the checkpoint. The
+/// checkpoint then signs the head it read before, which stays covered; the next one covers the
+/// event written meanwhile.
+async fn checkpoint_signs_outside_any_write(url: &str) {
+    struct WritingSigner {
+        inner: SoftwareSigner,
+        store: Store,
+    }
+    impl Signer for WritingSigner {
+        fn key_id(&self) -> String {
+            self.inner.key_id()
+        }
+        fn public_key_der(&self) -> &[u8] {
+            self.inner.public_key_der()
+        }
+        fn scheme(&self) -> SignatureScheme {
+            self.inner.scheme()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+            let store = self.store.clone();
+            let wrote = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        tokio::time::timeout(
+                            std::time::Duration::from_secs(20),
+                            create(&store, "written-while-signing"),
+                        )
+                        .await
+                        .is_ok()
+                    })
+            })
+            .join()
+            .unwrap();
+            assert!(wrote, "a write waited for the checkpoint's HSM call");
+            self.inner.sign(message)
+        }
+    }
+    let store = five_events(url).await;
+    let (inner, verifier) = software_signer();
+    let signer = WritingSigner {
+        inner,
+        store: store.clone(),
+    };
+    let c = audit::checkpoint(&store, &signer).await.unwrap().unwrap();
+    assert_eq!(c.sequence, 5);
+    assert_eq!(store.audit_head_sequence().await.unwrap(), 6);
+    let (plain, _) = software_signer();
+    let next = audit::checkpoint(&store, &plain).await.unwrap().unwrap();
+    assert_eq!(next.sequence, 6);
+    let report = audit::verify(&store, Some(&verifier)).await.unwrap();
+    assert_eq!(
+        (report.events, report.checkpoints, report.first_bad),
+        (6, 2, None)
     );
 }
 
