@@ -21,8 +21,8 @@ use super::token_service::Tokens;
 use crate::enroll::{
     BeginRequest, BegunEnrollment, BegunRenewal, Caller, CompleteRequest, Completion, DeskFailure,
     EnrollError, EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm,
-    ManagementKeySecret, PukRelease, PukReleaseView, RENEWAL_SLOTS_MAX, RenewalRequest,
-    SecretRepeat, SlotProof, TokenCredentials,
+    ManagementKeySecret, PukRelease, PukReleaseView, PukRotation, RENEWAL_SLOTS_MAX,
+    RenewalRequest, SecretRepeat, SlotProof, TokenCredentials,
 };
 use crate::lifecycle::{self, LifecycleError, RequestKey};
 use crate::store::{
@@ -53,7 +53,9 @@ pub(super) fn refusal_status(e: EnrollmentRefusal) -> Status {
     let code = match &e {
         _ if e.is_internal() => return status::internal(&e),
         R::EnrollmentNotFound(_) | R::PukReleaseNotFound(_) => Code::NotFound,
-        R::ApproverIsRequester(_) | R::RenewalForceRequiresAdmin => Code::PermissionDenied,
+        R::ApproverIsRequester(_)
+        | R::PukRotationOfAnotherCaller(_)
+        | R::RenewalForceRequiresAdmin => Code::PermissionDenied,
         R::PukReleaseRateLimited { .. } => Code::ResourceExhausted,
         R::IssuanceFailed { .. } => Code::Internal,
         // Not the caller's fault, and no retry helps: the stored row is corrupt.
@@ -63,12 +65,17 @@ pub(super) fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::TokenNeverEnrollable { .. }
         | R::TokenNotEnrolling { .. }
         | R::TokenHeldByAnotherPerson { .. }
+        | R::TokenForgotten { .. }
+        | R::NoForgottenToken { .. }
+        | R::TemporaryTokenInUse { .. }
         | R::TokenNotActive { .. }
         | R::TokenNotRenewable { .. }
         | R::TokenEnrollmentOpen { .. }
         | R::SlotNotRenewable { .. }
         | R::RenewalTooEarly(_)
         | R::CredentialsNotHeld(_)
+        | R::PukRotationNotPending(_)
+        | R::PukRotationStale { .. }
         | R::RepeatExpired { .. }
         | R::PukReleasePendingApproval { .. }
         | R::PukReleaseNotPending { .. }
@@ -213,6 +220,22 @@ impl EnrollmentRequest for pb::ReleasePukRequest {
     }
 }
 
+impl EnrollmentRequest for pb::ConfirmPukRotationRequest {
+    const RPC: &'static str = "ConfirmPukRotation";
+
+    fn check(&self) -> Result<(), Status> {
+        required("token_serial", &self.token_serial)?;
+        if self.generation <= 0 {
+            return Err(status::invalid_argument(
+                "generation",
+                "FIELD_REQUIRED",
+                "generation is not set; send the new_puk_generation ReleasePuk answered",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl EnrollmentRequest for pb::ApprovePukReleaseRequest {
     const RPC: &'static str = "ApprovePukRelease";
 
@@ -261,6 +284,7 @@ change_requests!(
     pb::AbortEnrollmentRequest,
     pb::ReleasePukRequest,
     pb::ApprovePukReleaseRequest,
+    pb::ConfirmPukRotationRequest,
 );
 
 /// A state-changing request past the steps every such RPC begins with.
@@ -813,9 +837,12 @@ impl EnrollmentService for Enrollments {
         let call = self.admit(request).await?;
         let caller = caller(&call.identity);
         let (desk, req, caller) = (call.desk, &call.req, &caller);
-        let full = |c: &TokenCredentials| pb::ReleasePukResponse {
+        let full = |c: &TokenCredentials, r: &PukRotation| pb::ReleasePukResponse {
             puk: c.puk.to_string(),
             management_key: Some(key_to_pb(&c.management_key)),
+            new_puk: r.puk.to_string(),
+            new_puk_generation: r.generation,
+            new_puk_resumed: r.resumed,
         };
         let once = self
             .once(&call, |mut tx| async move {
@@ -828,11 +855,12 @@ impl EnrollmentService for Enrollments {
                         &req.request_id,
                     )
                     .await?;
-                let (c, generation) = match released {
+                let (c, generation, rotation) = match released {
                     PukRelease::Released {
                         credentials,
                         generation,
-                    } => (credentials, generation),
+                        rotation,
+                    } => (credentials, generation, rotation),
                     PukRelease::Pending(pending) => {
                         // The request is kept (not as an answer for repeats); the caller
                         // learns its id from the status.
@@ -847,12 +875,15 @@ impl EnrollmentService for Enrollments {
                 let redacted = pb::ReleasePukResponse {
                     puk: String::new(),
                     management_key: Some(redacted_key_to_pb(&c.management_key)),
+                    new_puk: String::new(),
+                    new_puk_generation: rotation.generation,
+                    new_puk_resumed: rotation.resumed,
                 };
                 let kept = Kept {
                     answer: prost::Message::encode_to_vec(&redacted),
                     released_generation: Some(generation),
                 };
-                Ok((tx, full(&c), kept))
+                Ok((tx, full(&c, &rotation), kept))
             })
             .await?;
         match once {
@@ -861,7 +892,7 @@ impl EnrollmentService for Enrollments {
                 // The stored answer has no secrets: a release of its own, checked and audited,
                 // of the credentials the first answer released, while the repeat is not too late.
                 let repeat = SecretRepeat::from_record(&record);
-                let c = self
+                let (c, rotation) = self
                     .repeat(&call, |mut tx| async move {
                         let c = desk
                             .release_puk_repeat(
@@ -875,7 +906,11 @@ impl EnrollmentService for Enrollments {
                         Ok((tx, c))
                     })
                     .await?;
-                Ok(Response::new(full(&c)))
+                // The first answer's flag: a repeat is the same answer, not a second one.
+                let first: pb::ReleasePukResponse = decode(&record.response)?;
+                let mut answer = full(&c, &rotation);
+                answer.new_puk_resumed = first.new_puk_resumed;
+                Ok(Response::new(answer))
             }
         }
     }
@@ -901,6 +936,32 @@ impl EnrollmentService for Enrollments {
                 release: Some(puk_release_to_pb(view)),
             };
             Ok(kept_as_is(tx, response))
+        })
+        .await?
+        .answer()
+    }
+
+    async fn confirm_puk_rotation(
+        &self,
+        request: Request<pb::ConfirmPukRotationRequest>,
+    ) -> Result<Response<pb::ConfirmPukRotationResponse>, Status> {
+        let call = self.admit(request).await?;
+        let caller = caller(&call.identity);
+        let (desk, req, caller) = (call.desk, &call.req, &caller);
+        self.once(&call, |mut tx| async move {
+            let generation = desk
+                .confirm_puk_rotation(
+                    &mut tx,
+                    caller,
+                    &req.token_serial,
+                    req.generation,
+                    &req.request_id,
+                )
+                .await?;
+            Ok(kept_as_is(
+                tx,
+                pb::ConfirmPukRotationResponse { generation },
+            ))
         })
         .await?
         .answer()

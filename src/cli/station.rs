@@ -113,6 +113,23 @@ pub enum StationCommand {
     },
     /// Show the token in the reader and what the server knows about it.
     Status,
+    /// The person left their token at home: its certificates go on hold (no token needed);
+    /// enroll a temporary token meanwhile with `enroll --profile temporary-piv-login`.
+    Forgotten {
+        /// Serial of the forgotten token.
+        #[arg(long)]
+        serial: String,
+        /// Why, for the audit log (e.g. "left at home, ticket 4714").
+        #[arg(long)]
+        reason: String,
+    },
+    /// The forgotten token is back (in the reader): reinstate it; its temporary tokens are
+    /// retired.
+    Found {
+        /// Why, for the audit log (e.g. "brought back, ticket 4714").
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -245,6 +262,19 @@ pub fn run(args: StationArgs) -> anyhow::Result<ExitCode> {
             StationCommand::Status => {
                 let mut operator = TerminalOperator::new(None, false);
                 token_care::status(&mut server, &mut operator, reader).await?;
+            }
+            StationCommand::Forgotten { serial, reason } => {
+                let mut operator = TerminalOperator::new(None, false);
+                token_care::mark_forgotten(&mut server, &mut operator, &serial, &reason).await?;
+                println!(
+                    "station: token {} is forgotten; its certificates are on hold until it is found",
+                    serial.trim()
+                );
+            }
+            StationCommand::Found { reason } => {
+                let mut operator = TerminalOperator::new(None, false);
+                token_care::found(&mut server, &mut operator, reader, &reason).await?;
+                println!("station: the token is reinstated; its certificates are usable again");
             }
         }
         anyhow::Ok(ExitCode::SUCCESS)

@@ -27,7 +27,7 @@ pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredenti
 pub use desk::{
     BeginRequest, BegunEnrollment, BegunRenewal, Caller, CompleteRequest, Completion, DeskFailure,
     EnrollmentDesk, EnrollmentRefusal, EnrollmentView, PendingRelease, PukRelease, PukReleaseView,
-    RENEWAL_SLOTS_MAX, RenewalRequest, SecretRepeat,
+    PukRotation, RENEWAL_SLOTS_MAX, RenewalRequest, SecretRepeat,
 };
 pub use plan::{EnrollmentProfile, EnrollmentProfiles};
 pub use settings::{EnrollmentConfig, EnrollmentSettings, PukReleaseRules};

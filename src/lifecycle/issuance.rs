@@ -337,7 +337,7 @@ async fn state_at_recording(
         TokenState::Retired => Some(CertificateEffect::Revoke(
             RevocationReason::CessationOfOperation,
         )),
-        TokenState::Suspended => Some(CertificateEffect::Hold),
+        TokenState::Suspended | TokenState::Forgotten => Some(CertificateEffect::Hold),
         TokenState::Enrolling | TokenState::Active => None,
     };
     if let Some(effect) = effect {

@@ -97,6 +97,17 @@ pub enum StationError {
         "the token in the reader is {found}, not {expected} (--token-serial); put token {expected} in the reader"
     )]
     WrongToken { expected: String, found: String },
+    /// A resumed PUK rotation with fewer than two PUK tries left: one wrong try of the two
+    /// candidates could block the PUK.
+    #[error(
+        "the card holds either the escrowed PUK or the new one an earlier unblock set, and only {} PUK tries are left: trying both could block the PUK; nothing was tried. Retire the token (tessera station retire) and enroll it again",
+        tries_left.map_or("an unknown number of".to_string(), |n| n.to_string())
+    )]
+    PukRotationUnsafe { tries_left: Option<u8> },
+    #[error(
+        "token {serial} is {state}, not forgotten; `found` reinstates only a forgotten token, nothing was changed"
+    )]
+    NotForgotten { serial: String, state: String },
     #[error("{failure}; {aftermath}")]
     EnrollmentFailed {
         failure: Box<StationError>,

@@ -87,6 +87,9 @@ fn hint(rpc: &str, code: Code, reason: &str, message: &str) -> &'static str {
         | (Code::FailedPrecondition, "RENEWAL_TOO_EARLY") => {
             "; renew within the renewal window, or ask an admin to renew with --force (an admin client certificate)"
         }
+        (Code::PermissionDenied, "PUK_ROTATION_OF_ANOTHER_CALLER") => {
+            "; another desk released this token's PUK since: run `tessera station unblock` again with the token in the reader"
+        }
         (Code::PermissionDenied, _) => {
             "; check that the station's client certificate carries the helpdesk role (tessera admin issue-client-cert --role helpdesk)"
         }

@@ -6,6 +6,7 @@ use sqlx::{Any, Executor};
 stored_enum!(TokenState, "tokens.state", {
     Enrolling => "enrolling", Active => "active", Suspended => "suspended",
     Lost => "lost", Damaged => "damaged", Retired => "retired",
+    Forgotten => "forgotten",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -16,6 +16,7 @@ mod config_examples;
 mod edge_errors;
 mod enrollment;
 mod expiry;
+mod group_commit;
 mod hsm;
 mod issuance_api;
 mod layers;

@@ -148,6 +148,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         ),
     );
     out.insert(
+        "MarkTokenForgotten",
+        code(
+            t.mark_token_forgotten(pb::MarkTokenForgottenRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "RecheckFleet",
         code(t.recheck_fleet(pb::RecheckFleetRequest::default()).await),
     );
@@ -252,6 +259,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(e.release_puk(pb::ReleasePukRequest::default()).await),
     );
     out.insert(
+        "ConfirmPukRotation",
+        code(
+            e.confirm_puk_rotation(pb::ConfirmPukRotationRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "ApprovePukRelease",
         code(
             e.approve_puk_release(pb::ApprovePukReleaseRequest::default())
@@ -309,7 +323,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetPerson" | "ListPeople" => &["hr", "helpdesk", "admin"],
         "GetToken" | "ListTokens" => &["hr", "helpdesk", "admin"],
         "MarkTokenLost" | "MarkTokenDamaged" | "RetireToken" | "SuspendToken"
-        | "ReinstateToken" => &["helpdesk", "admin"],
+        | "ReinstateToken" | "MarkTokenForgotten" => &["helpdesk", "admin"],
         "RecheckFleet" => &["admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
         "GetCertificate" | "ListCertificates" | "ListExpiringCertificates" => {
@@ -319,9 +333,8 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
-        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" | "BeginRenewal" => {
-            &["helpdesk", "admin"]
-        }
+        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" | "ConfirmPukRotation"
+        | "BeginRenewal" => &["helpdesk", "admin"],
         // No role: only a token's own certificate (docs/api.md, "SelfService").
         "GetMyToken"
         | "SelfService/BeginRenewal"
@@ -348,7 +361,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 40);
+        assert_eq!(results.len(), 42);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -372,7 +385,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 40);
+            assert_eq!(anonymous.len(), 42);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,

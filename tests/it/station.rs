@@ -14,6 +14,7 @@ use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use tessera::piv::{PivToken, Secret};
 use tessera::protocol::pb;
 use tessera::protocol::pb::directory_service_client::DirectoryServiceClient;
 use tonic::transport::Channel;
@@ -876,13 +877,284 @@ fn unblock_a_blocked_pin_with_the_escrowed_puk() {
     ]);
     assert_ok(&out, "station unblock");
     stdout_has_line(&out, "     PIN: 0 tries left (changed)");
-    stdout_has_line(&out, "     PIN set; 3 tries left");
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
     assert!(!text(&out.stdout).contains("97531864"));
     world
         .card
         .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
         .success()
         .has_line("Successfully verified PIN.");
+}
+
+// ---------------------------------------------------------------------------------------------
+// PUK rotation after an unblock (issue 13, item 5).
+
+impl World {
+    /// ReleasePuk as `role` (its own client certificate): (PUK, new PUK, its generation, resumed).
+    fn release_puk_as(&self, role: &str, serial: u32) -> (String, String, i64, bool) {
+        use tessera::protocol::pb::enrollment_service_client::EnrollmentServiceClient;
+        let r = self
+            .rpc(role, |channel| async move {
+                EnrollmentServiceClient::new(channel)
+                    .release_puk(pb::ReleasePukRequest {
+                        request_id: format!("test-release-{}", std::process::id())
+                            + &format!("-{:?}", std::time::Instant::now()),
+                        token_serial: serial.to_string(),
+                        reason: "test: which PUK does the server release".into(),
+                    })
+                    .await
+            })
+            .unwrap()
+            .into_inner();
+        (r.puk, r.new_puk, r.new_puk_generation, r.new_puk_resumed)
+    }
+
+    /// PUK tries left on the card, read without trying a PUK.
+    fn puk_tries_left(&self) -> Option<u8> {
+        PivToken::open(Some(self.card.reader_name()))
+            .unwrap()
+            .info()
+            .unwrap()
+            .puk_tries_left
+    }
+
+    /// Tries `puk` on the card (CHANGE REFERENCE DATA to itself): Ok, or the card's answer.
+    fn try_puk(&self, puk: &str) -> Result<(), tessera::piv::PivError> {
+        let secret = Secret::new(puk.as_bytes().to_vec());
+        PivToken::open(Some(self.card.reader_name()))
+            .unwrap()
+            .change_puk(&secret, &secret)
+    }
+
+    /// Blocks the person's PIN with wrong PINs.
+    fn block_pin(&self) {
+        for _ in 0..3 {
+            self.card
+                .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("11111111\n"))
+                .failure();
+        }
+    }
+
+    /// Every byte of the SQLite database files (main file, WAL).
+    fn database_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("tessera.db") {
+                all.extend(std::fs::read(&path).unwrap());
+            }
+        }
+        assert!(!all.is_empty(), "no database file in {:?}", self.dir.path());
+        all
+    }
+
+    fn unblock(&self, pin: &str) -> Output {
+        let pin = self.pin_file(pin);
+        self.station(&[
+            "unblock",
+            "--pin-file",
+            pin.to_str().unwrap(),
+            "--reason",
+            "forgotten PIN, ticket 4713",
+        ])
+    }
+}
+
+fn in_clear(haystack: &[u8], secret: &str) -> bool {
+    haystack
+        .windows(secret.len())
+        .any(|w| w == secret.as_bytes())
+}
+
+/// After `unblock` the card's PUK is the new one the server generated and ReleasePuk hands it
+/// out; the old PUK no longer works on the card. Here an earlier release (another operator's)
+/// had already handed out the new PUK, so the station tries it first: the card still holds the
+/// old one, which costs one try that the old PUK's success restores. No PUK is ever in the
+/// clear in the database.
+#[test]
+fn unblock_rotates_the_puk_and_the_old_one_no_longer_works() {
+    const SERIAL: u32 = 32_000_021;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("RUTH");
+    assert_ok(&world.enroll("RUTH", &[]), "station enroll");
+    world.block_pin();
+    let (old, new, generation, resumed) = world.release_puk_as("admin", SERIAL);
+    assert!(!resumed);
+    assert_ne!(old, new);
+
+    let out = world.unblock("97531864");
+    assert_ok(&out, "station unblock");
+    stdout_has_line(
+        &out,
+        "     an earlier unblock of this token did not confirm its new PUK: the card holds the new PUK or the escrowed one; trying the new one first",
+    );
+    stdout_has_line(
+        &out,
+        "     the card does not hold the new PUK (2 tries left); trying the escrowed one",
+    );
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
+    assert!(!text(&out.stdout).contains(&new) && !text(&out.stdout).contains(&old));
+
+    // The server now releases the new PUK (and a fresh rotation); the card holds it.
+    let (released, next, next_generation, resumed) = world.release_puk_as("admin", SERIAL);
+    assert_eq!(released, new);
+    assert!(next_generation > generation && !resumed && next != new);
+    assert!(matches!(
+        world.try_puk(&old),
+        Err(tessera::piv::PivError::WrongPuk { tries_left: 2 })
+    ));
+    world.try_puk(&new).unwrap();
+    assert_eq!(world.puk_tries_left(), Some(3));
+    world
+        .card
+        .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
+        .success();
+    let db = world.database_bytes();
+    for secret in [&old, &new, &next] {
+        assert!(
+            !in_clear(&db, secret),
+            "a PUK is in the clear in the database"
+        );
+    }
+}
+
+/// The card is pulled after its PUK was changed and before ConfirmPukRotation: the station
+/// stops, the server still releases the old PUK and the same new one (resumed); run again, the
+/// station finds the new PUK on the card (its first try), confirms, and no try is lost.
+#[test]
+fn unblock_finishes_after_the_card_was_pulled_between_change_and_confirm() {
+    const SERIAL: u32 = 32_000_022;
+    let mut world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("SAM");
+    assert_ok(&world.enroll("SAM", &[]), "station enroll");
+    world.block_pin();
+    // GET METADATA: three when the token is read, one before the unblock and one before the
+    // PUK change (the driver checks the PUK is not blocked), the sixth reads the counters after.
+    world.card.pull();
+    world
+        .card
+        .options_mut()
+        .extra_args
+        .extend(["--fault-disconnect-at-ins".to_string(), "F7:6".to_string()]);
+    world.card.insert();
+    let out = world.unblock("97531864");
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: read the retry counters: "),
+        "{stderr}\n{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("set the new PUK generated by the server"),
+        "{}",
+        text(&out.stdout)
+    );
+    world.card.pull();
+    let options = world.card.options_mut();
+    let at = options
+        .extra_args
+        .iter()
+        .position(|a| a == "--fault-disconnect-at-ins")
+        .unwrap();
+    options.extra_args.drain(at..at + 2);
+    world.card.insert();
+
+    let out = world.unblock("86420975");
+    assert_ok(&out, "station unblock, run again");
+    stdout_has_line(
+        &out,
+        "     the card already holds the new PUK (set by the earlier unblock)",
+    );
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
+    let (released, _, _, _) = world.release_puk_as("admin", SERIAL);
+    world.try_puk(&released).unwrap();
+    assert_eq!(world.puk_tries_left(), Some(3));
+    world
+        .card
+        .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("86420975\n"))
+        .success();
+}
+
+/// A resumed rotation (the card may hold either PUK) with one PUK try left: the station tries
+/// nothing rather than risk blocking the PUK, and says so.
+#[test]
+fn unblock_refuses_to_guess_with_one_puk_try_left() {
+    const SERIAL: u32 = 32_000_023;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("TINA");
+    assert_ok(&world.enroll("TINA", &[]), "station enroll");
+    let (_, _, _, _) = world.release_puk_as("admin", SERIAL);
+    for left in [2, 1] {
+        assert!(matches!(
+            world.try_puk("00000000"),
+            Err(tessera::piv::PivError::WrongPuk { tries_left }) if tries_left == left
+        ));
+    }
+    let out = world.unblock("97531864");
+    assert_refused(
+        &out,
+        "the card holds either the escrowed PUK or the new one an earlier unblock set, and only 1 PUK tries are left: trying both could block the PUK; nothing was tried. Retire the token (tessera station retire) and enroll it again",
+    );
+    assert_eq!(world.puk_tries_left(), Some(1));
+}
+
+/// A token left at home: `forgotten` (no token needed) puts its certificates on hold, `found`
+/// (the token back in the reader) reinstates it. `found` on a token that is not forgotten and
+/// `forgotten` on an unknown serial are refused with what to do.
+#[test]
+fn forgotten_then_found_at_the_desk() {
+    const SERIAL: u32 = 32_000_024;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("UMA");
+    assert_ok(&world.enroll("UMA", &[]), "station enroll");
+    let statuses = |world: &World| {
+        world
+            .certificates_of_token(SERIAL)
+            .iter()
+            .map(|c| c.status)
+            .collect::<Vec<_>>()
+    };
+    let out = world.station(&[
+        "forgotten",
+        "--serial",
+        &SERIAL.to_string(),
+        "--reason",
+        "left at home, ticket 4714",
+    ]);
+    assert_ok(&out, "station forgotten");
+    stdout_has_line(&out, "     token 32000024 is TOKEN_STATE_FORGOTTEN");
+    stdout_has_line(
+        &out,
+        "station: token 32000024 is forgotten; its certificates are on hold until it is found",
+    );
+    let held = pb::CertificateStatus::OnHold as i32;
+    assert_eq!(statuses(&world), [held, held]);
+
+    let out = world.station(&["found", "--reason", "brought back, ticket 4714"]);
+    assert_ok(&out, "station found");
+    stdout_has_line(&out, "     token 32000024 is TOKEN_STATE_ACTIVE");
+    let good = pb::CertificateStatus::Good as i32;
+    assert_eq!(statuses(&world), [good, good]);
+
+    assert_refused(
+        &world.station(&["found", "--reason", "again"]),
+        "token 32000024 is TOKEN_STATE_ACTIVE, not forgotten; `found` reinstates only a forgotten token, nothing was changed",
+    );
+    assert_refused(
+        &world.station(&["forgotten", "--serial", "39999999", "--reason", "x"]),
+        "the server refused MarkTokenForgotten: NOT_FOUND TOKEN_NOT_FOUND: no token with serial \"39999999\"; check the person id or token serial (tessera station status shows what the server knows)",
+    );
 }
 
 /// Issue 12, finding 9: under dual control `unblock` first stops with the release id; the
@@ -969,7 +1241,10 @@ fn unblock_under_dual_control() {
 
     let out = world.station(&unblock);
     assert_ok(&out, "station unblock after the approval");
-    stdout_has_line(&out, "     PIN set; 3 tries left");
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
     world
         .card
         .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))

@@ -13,6 +13,7 @@ mod begin;
 mod closing;
 mod complete;
 mod puk_release;
+mod puk_rotation;
 mod refusal;
 mod renewal;
 mod repeat;
@@ -23,6 +24,7 @@ pub use complete::{CompleteRequest, Completion};
 pub use puk_release::{
     Caller, PendingRelease, PukReleaseView, RELEASE_REASON_MAX_BYTES, ReleaseReason,
 };
+pub use puk_rotation::PukRotation;
 pub use refusal::{DeskFailure, EnrollmentRefusal, RenewalWindow};
 pub use renewal::{BegunRenewal, RENEWAL_SLOTS_MAX, RenewalRequest};
 pub use repeat::SecretRepeat;

@@ -32,6 +32,26 @@ pub enum EnrollmentRefusal {
     /// retired by the help desk); it gets nothing more from that enrollment.
     #[error("token {serial} is {state}; its enrollment cannot go on")]
     TokenNotEnrolling { serial: String, state: &'static str },
+    /// The token in the reader is the forgotten one: it was found.
+    #[error(
+        "token {serial} is forgotten; it was found: reinstate it (ReinstateToken) instead of enrolling it again"
+    )]
+    TokenForgotten { serial: String },
+    /// A temporary enrollment profile for a person without a forgotten token.
+    #[error(
+        "profile {profile} is for a temporary token, and person {person} has no token in state forgotten; mark the forgotten token first (MarkTokenForgotten), or use a profile for a regular token"
+    )]
+    NoForgottenToken { profile: String, person: String },
+    /// A second temporary token while one stands in for the forgotten token.
+    #[error(
+        "person {person} already has temporary token {temporary} ({state}) for forgotten token {forgotten}; retire it first (RetireToken, or MarkTokenLost), or reinstate the forgotten token"
+    )]
+    TemporaryTokenInUse {
+        person: String,
+        forgotten: String,
+        temporary: String,
+        state: &'static str,
+    },
     #[error("token {serial} is {state} for another person; retire it first")]
     TokenHeldByAnotherPerson { serial: String, state: &'static str },
     #[error("token {serial} is {state}; the PUK is released only for an active token")]
@@ -66,6 +86,25 @@ pub enum EnrollmentRefusal {
     /// BeginRenewal with `force` by a caller who may not force.
     #[error("only an admin may force a renewal before its window")]
     RenewalForceRequiresAdmin,
+    /// ConfirmPukRotation without a pending rotation.
+    #[error(
+        "token {0} has no PUK rotation waiting for confirmation (confirmed already, or discarded by a new enrollment); run `tessera station unblock` again"
+    )]
+    PukRotationNotPending(String),
+    /// ConfirmPukRotation naming another generation than the pending one.
+    #[error(
+        "generation {given} is not the pending PUK rotation of token {serial} (that is generation {pending}); confirm the generation ReleasePuk answered last"
+    )]
+    PukRotationStale {
+        serial: String,
+        given: i64,
+        pending: i64,
+    },
+    /// ConfirmPukRotation by another certificate than the one the new PUK was last handed to.
+    #[error(
+        "the pending PUK of token {0} was last handed to another client certificate; only the station that received it (ReleasePuk) confirms it"
+    )]
+    PukRotationOfAnotherCaller(String),
     #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
     CredentialsNotHeld(String),
     /// A wrapped PUK or management key of the token does not unwrap for its place (token,
@@ -156,6 +195,8 @@ impl EnrollmentRefusal {
         "TOKEN_SERIAL_INVALID",
         "TOKEN_NOT_ENROLLABLE",
         "TOKEN_HELD_BY_ANOTHER_PERSON",
+        "NO_FORGOTTEN_TOKEN",
+        "TEMPORARY_TOKEN_IN_USE",
         "TOKEN_NOT_ACTIVE",
         "TOKEN_ENROLLMENT_OPEN",
         "SLOT_INVALID",
@@ -163,6 +204,9 @@ impl EnrollmentRefusal {
         "RENEWAL_TOO_EARLY",
         "RENEWAL_FORCE_REQUIRES_ADMIN",
         "CREDENTIALS_NOT_HELD",
+        "PUK_ROTATION_NOT_PENDING",
+        "PUK_ROTATION_STALE",
+        "PUK_ROTATION_OF_ANOTHER_CALLER",
         "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
         "RELEASE_REASON_REQUIRED",
@@ -188,7 +232,11 @@ impl EnrollmentRefusal {
             R::ProfileUnknown { .. } => "ENROLLMENT_PROFILE_UNKNOWN",
             R::FirmwareInvalid(_) => "FIRMWARE_INVALID",
             R::TokenSerialInvalid => "TOKEN_SERIAL_INVALID",
-            R::TokenNeverEnrollable { .. } | R::TokenNotEnrolling { .. } => "TOKEN_NOT_ENROLLABLE",
+            R::TokenNeverEnrollable { .. }
+            | R::TokenNotEnrolling { .. }
+            | R::TokenForgotten { .. } => "TOKEN_NOT_ENROLLABLE",
+            R::NoForgottenToken { .. } => "NO_FORGOTTEN_TOKEN",
+            R::TemporaryTokenInUse { .. } => "TEMPORARY_TOKEN_IN_USE",
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
             R::TokenNotActive { .. } | R::TokenNotRenewable { .. } => "TOKEN_NOT_ACTIVE",
             R::TokenEnrollmentOpen { .. } => "TOKEN_ENROLLMENT_OPEN",
@@ -197,6 +245,9 @@ impl EnrollmentRefusal {
             R::RenewalTooEarly(_) => "RENEWAL_TOO_EARLY",
             R::RenewalForceRequiresAdmin => "RENEWAL_FORCE_REQUIRES_ADMIN",
             R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
+            R::PukRotationNotPending(_) => "PUK_ROTATION_NOT_PENDING",
+            R::PukRotationStale { .. } => "PUK_ROTATION_STALE",
+            R::PukRotationOfAnotherCaller(_) => "PUK_ROTATION_OF_ANOTHER_CALLER",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
             R::ReleaseReasonRequired => "RELEASE_REASON_REQUIRED",
@@ -220,7 +271,7 @@ impl EnrollmentRefusal {
         use EnrollmentRefusal as R;
         match self {
             R::EnrollmentNotFound(_) => Some("enrollment_id"),
-            R::ProfileUnknown { .. } => Some("profile"),
+            R::ProfileUnknown { .. } | R::NoForgottenToken { .. } => Some("profile"),
             R::FirmwareInvalid(_) => Some("firmware"),
             R::TokenSerialInvalid => Some("token_serial"),
             R::ReasonTooLong | R::ReleaseReasonRequired => Some("reason"),
@@ -229,6 +280,7 @@ impl EnrollmentRefusal {
             R::SlotInvalid(_) | R::SlotNotRenewable { slot: Some(_), .. } => Some("slots"),
             R::RenewalTooEarly(_) | R::RenewalForceRequiresAdmin => Some("force"),
             R::RepeatExpired { .. } => Some("request_id"),
+            R::PukRotationStale { .. } => Some("generation"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
             _ => None,
@@ -388,7 +440,8 @@ impl EnrollmentDesk {
 }
 
 /// Why `token` cannot be enrolled for the person with id `person_id`, if it cannot: it is lost,
-/// damaged or retired, or it is held by someone else — whatever its state, since an
+/// damaged or retired, it is forgotten (found: it is reinstated, not enrolled again), or it is
+/// held by someone else — whatever its state, since an
 /// `enrolling` token is held too, by the person its open enrollment is for. Checked by a first
 /// BeginEnrollment and again by a repeat of one.
 pub(super) fn token_unenrollable_for(
@@ -401,6 +454,8 @@ pub(super) fn token_unenrollable_for(
         TokenState::Lost | TokenState::Damaged | TokenState::Retired
     ) {
         Some(EnrollmentRefusal::TokenNeverEnrollable { serial, state })
+    } else if token.state == TokenState::Forgotten {
+        Some(EnrollmentRefusal::TokenForgotten { serial })
     } else if token.person_id.is_some_and(|p| p != person_id) {
         Some(EnrollmentRefusal::TokenHeldByAnotherPerson { serial, state })
     } else {

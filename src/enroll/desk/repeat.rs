@@ -9,6 +9,7 @@
 //! `REQUEST_ID_EXPIRED` ([`EnrollmentRefusal::RepeatExpired`]).
 
 use super::puk_release::Caller;
+use super::puk_rotation::PukRotation;
 use super::refusal::{refused, token_unenrollable_for};
 use super::secrets::{PukRelease, refused_if_tampered};
 use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record};
@@ -94,7 +95,7 @@ impl EnrollmentDesk {
         token_serial: &str,
         reason: &str,
         repeat: &SecretRepeat,
-    ) -> Result<TokenCredentials, DeskFailure> {
+    ) -> Result<(TokenCredentials, PukRotation), DeskFailure> {
         self.check_repeat(tx.now(), repeat, &format!("token:{token_serial}"))?;
         match self
             .release(
@@ -107,7 +108,11 @@ impl EnrollmentDesk {
             )
             .await?
         {
-            PukRelease::Released { credentials, .. } => Ok(credentials),
+            PukRelease::Released {
+                credentials,
+                rotation,
+                ..
+            } => Ok((credentials, rotation)),
             PukRelease::Pending(_) => Err(EnrollmentRefusal::internal(PendingOnRepeat).into()),
         }
     }
