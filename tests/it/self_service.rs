@@ -35,6 +35,7 @@ on_both_databases!(
     refused_for_certificates_that_are_not_a_tokens_own,
     renewal_through_the_cards_own_key_then_nginx,
     tessera_renew_failures_name_the_problem,
+    self_service_needs_a_ca,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -1189,4 +1190,21 @@ async fn tessera_renew_failures_name_the_problem(url: &str) {
         ]
     );
     server.stop().await;
+}
+
+/// `[self_service]` without `[ca]`: the server does not start, and says why.
+async fn self_service_needs_a_ca(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let path = ServerToml::new(url)
+        .with_self_service()
+        .write(dir.path(), &pki);
+    let config = tessera::server::ServerConfig::load(&path).unwrap();
+    let Err(e) = tessera::server::BoundServer::bind(&config).await else {
+        panic!("a server with [self_service] and no [ca] started");
+    };
+    assert_eq!(
+        e.to_string(),
+        "the [self_service] section needs a [ca] section (its issuing CA verifies the tokens' certificates)"
+    );
 }
