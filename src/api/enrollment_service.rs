@@ -402,6 +402,7 @@ impl Enrollments {
         Certificates {
             store: self.store.clone(),
             ca: None,
+            attestation: None,
         }
     }
 

@@ -98,6 +98,7 @@ impl GrpcEdge {
                 pb::certificate_service_server::CertificateServiceServer::new(Certificates {
                     store: store.clone(),
                     ca: self.ca,
+                    attestation: self.enrollment.as_ref().map(|d| d.settings.clone()),
                 }),
             )
             .add_service(pb::enrollment_service_server::EnrollmentServiceServer::new(

@@ -16,6 +16,121 @@ pub struct VerifiedCsr {
     /// The requester's SubjectPublicKeyInfo, DER.
     pub public_key_der: Vec<u8>,
     pub public_key: SubjectPublicKey,
+    /// A YubiKey attestation carried in the request, not yet verified (docs/attestation.md,
+    /// "Attested CSRs"). The caller must verify it or refuse the request: never issue it as
+    /// unattested.
+    pub attestation: Option<CsrAttestation>,
+}
+
+/// The attestation certificates a CSR carries, as DER, unverified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsrAttestation {
+    /// The slot attestation certificate (under `.3.1`, or `.3.11` in older tools).
+    pub slot_certificate: Vec<u8>,
+    /// The device (F9) certificate under `.3.2`.
+    pub device_certificate: Vec<u8>,
+    /// Where the slot certificate was found, e.g. "extensionRequest 1.3.6.1.4.1.41482.3.1".
+    pub form: String,
+}
+
+/// Yubico's OIDs for attestation material in a CSR: the slot certificate (`.3.1`; older tools
+/// `.3.11`, which inside a CSR is not the CSPN flag of device certificates) and the device
+/// certificate (`.3.2`).
+pub const CSR_OID_SLOT_CERTIFICATE: &str = "1.3.6.1.4.1.41482.3.1";
+pub const CSR_OID_SLOT_CERTIFICATE_OLD: &str = "1.3.6.1.4.1.41482.3.11";
+pub const CSR_OID_DEVICE_CERTIFICATE: &str = "1.3.6.1.4.1.41482.3.2";
+
+/// The content of a single-valued attribute's `SET { value }`, or `None` when it is not one.
+fn single_set_value(set: &[u8]) -> Option<&[u8]> {
+    use x509_parser::der_parser::ber::Tag;
+    use x509_parser::der_parser::der::parse_der;
+    let (rest, object) = parse_der(set).ok()?;
+    if !rest.is_empty() || object.header.tag() != Tag::Set {
+        return None;
+    }
+    let (content_rest, _) = parse_der(object.as_slice().ok()?).ok()?;
+    if !content_rest.is_empty() {
+        return None;
+    }
+    object.as_slice().ok()
+}
+
+/// Finds the attestation certificates in a request: as extensions inside its extensionRequest
+/// (how Yubico's and Windows tools write them) or as attributes of their own with the same OIDs.
+/// Each OID may appear once; `.3.1` and `.3.11` together must hold the same certificate.
+fn find_attestation(csr: &X509CertificationRequest<'_>) -> Result<Option<CsrAttestation>, CaError> {
+    use x509_parser::cri_attributes::ParsedCriAttribute;
+    let mut found: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
+    for attribute in csr.certification_request_info.iter_attributes() {
+        let oid = attribute.oid.to_id_string();
+        if let ParsedCriAttribute::ExtensionRequest(request) = attribute.parsed_attribute() {
+            for extension in &request.extensions {
+                let oid = extension.oid.to_id_string();
+                if [
+                    CSR_OID_SLOT_CERTIFICATE,
+                    CSR_OID_SLOT_CERTIFICATE_OLD,
+                    CSR_OID_DEVICE_CERTIFICATE,
+                ]
+                .contains(&oid.as_str())
+                {
+                    found.push((oid, "extensionRequest", extension.value.to_vec()));
+                }
+            }
+        } else if [
+            CSR_OID_SLOT_CERTIFICATE,
+            CSR_OID_SLOT_CERTIFICATE_OLD,
+            CSR_OID_DEVICE_CERTIFICATE,
+        ]
+        .contains(&oid.as_str())
+        {
+            let value = single_set_value(attribute.value).ok_or_else(|| {
+                CaError::CsrAttestationMalformed(format!(
+                    "attribute {oid} does not hold exactly one value"
+                ))
+            })?;
+            found.push((oid, "attribute", value.to_vec()));
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let one = |wanted: &str| -> Result<Option<(&'static str, Vec<u8>)>, CaError> {
+        let mut hits = found.iter().filter(|(oid, _, _)| oid == wanted);
+        let first = hits.next().map(|(_, place, der)| (*place, der.clone()));
+        if hits.next().is_some() {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "{wanted} appears more than once"
+            )));
+        }
+        Ok(first)
+    };
+    let new_form = one(CSR_OID_SLOT_CERTIFICATE)?;
+    let old_form = one(CSR_OID_SLOT_CERTIFICATE_OLD)?;
+    let device = one(CSR_OID_DEVICE_CERTIFICATE)?;
+    let (form, slot_certificate) = match (new_form, old_form) {
+        (Some(new), Some(old)) if new.1 != old.1 => {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "{CSR_OID_SLOT_CERTIFICATE} and {CSR_OID_SLOT_CERTIFICATE_OLD} hold different slot certificates"
+            )));
+        }
+        (Some((place, der)), _) => (format!("{place} {CSR_OID_SLOT_CERTIFICATE}"), der),
+        (None, Some((place, der))) => (format!("{place} {CSR_OID_SLOT_CERTIFICATE_OLD}"), der),
+        (None, None) => {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "a device certificate ({CSR_OID_DEVICE_CERTIFICATE}) without a slot attestation certificate ({CSR_OID_SLOT_CERTIFICATE} or {CSR_OID_SLOT_CERTIFICATE_OLD})"
+            )));
+        }
+    };
+    let Some((_, device_certificate)) = device else {
+        return Err(CaError::CsrAttestationMalformed(format!(
+            "a slot attestation certificate without the device certificate ({CSR_OID_DEVICE_CERTIFICATE}) it chains to"
+        )));
+    };
+    Ok(Some(CsrAttestation {
+        slot_certificate,
+        device_certificate,
+        form,
+    }))
 }
 
 /// Reads a CSR in PEM ("CERTIFICATE REQUEST" or "NEW CERTIFICATE REQUEST") or DER.
@@ -78,10 +193,12 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     subject.emails.sort();
     subject.emails.dedup();
     check_names(&subject)?;
+    let attestation = find_attestation(&csr)?;
     Ok(VerifiedCsr {
         subject,
         public_key_der,
         public_key,
+        attestation,
     })
 }
 

@@ -2,7 +2,7 @@
 //! forged chains under a throwaway root given with --roots (as tests of `tessera-vpiv` will).
 
 #[path = "../support/attestation_forge.rs"]
-mod forge;
+pub(crate) mod forge;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
