@@ -336,8 +336,9 @@ impl Certificates {
                 "attestation_code".to_string(),
                 e.code().to_string(),
             )]);
+            // As EnrollmentService answers the same reasons: the request's attestation is bad.
             status::with_metadata(
-                tonic::Code::FailedPrecondition,
+                tonic::Code::InvalidArgument,
                 reason,
                 &format!("the CSR's attestation is refused ({}): {e}", e.code()),
                 Some(field),

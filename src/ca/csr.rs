@@ -40,29 +40,49 @@ pub const CSR_OID_SLOT_CERTIFICATE: &str = "1.3.6.1.4.1.41482.3.1";
 pub const CSR_OID_SLOT_CERTIFICATE_OLD: &str = "1.3.6.1.4.1.41482.3.11";
 pub const CSR_OID_DEVICE_CERTIFICATE: &str = "1.3.6.1.4.1.41482.3.2";
 
-/// The content of a single-valued attribute's `SET { value }`, or `None` when it is not one.
-fn single_set_value(set: &[u8]) -> Option<&[u8]> {
-    use x509_parser::der_parser::ber::Tag;
-    use x509_parser::der_parser::der::parse_der;
-    let (rest, object) = parse_der(set).ok()?;
-    if !rest.is_empty() || object.header.tag() != Tag::Set {
-        return None;
+/// The attributes of a request with one of Yubico's OIDs (other than inside extensionRequest),
+/// each as (OID, its single value's DER). x509-parser keeps no value for attributes it does not
+/// know, so these are read with x509-cert.
+fn yubico_attributes(der: &[u8]) -> Result<Vec<(String, Vec<u8>)>, CaError> {
+    use der::{Decode, Encode};
+    let request = x509_cert::request::CertReq::from_der(der)
+        .map_err(|e| CaError::CsrUnreadable(format!("not a PKCS#10 request: {e}")))?;
+    let mut out = Vec::new();
+    for attribute in request.info.attributes.iter() {
+        let oid = attribute.oid.to_string();
+        if ![
+            CSR_OID_SLOT_CERTIFICATE,
+            CSR_OID_SLOT_CERTIFICATE_OLD,
+            CSR_OID_DEVICE_CERTIFICATE,
+        ]
+        .contains(&oid.as_str())
+        {
+            continue;
+        }
+        let mut values = attribute.values.iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "attribute {oid} does not hold exactly one value"
+            )));
+        };
+        let value = value
+            .to_der()
+            .map_err(|e| CaError::CsrAttestationMalformed(format!("attribute {oid}: {e}")))?;
+        out.push((oid, value));
     }
-    let (content_rest, _) = parse_der(object.as_slice().ok()?).ok()?;
-    if !content_rest.is_empty() {
-        return None;
-    }
-    object.as_slice().ok()
+    Ok(out)
 }
 
 /// Finds the attestation certificates in a request: as extensions inside its extensionRequest
 /// (how Yubico's and Windows tools write them) or as attributes of their own with the same OIDs.
 /// Each OID may appear once; `.3.1` and `.3.11` together must hold the same certificate.
-fn find_attestation(csr: &X509CertificationRequest<'_>) -> Result<Option<CsrAttestation>, CaError> {
+fn find_attestation(
+    csr: &X509CertificationRequest<'_>,
+    der: &[u8],
+) -> Result<Option<CsrAttestation>, CaError> {
     use x509_parser::cri_attributes::ParsedCriAttribute;
     let mut found: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     for attribute in csr.certification_request_info.iter_attributes() {
-        let oid = attribute.oid.to_id_string();
         if let ParsedCriAttribute::ExtensionRequest(request) = attribute.parsed_attribute() {
             for extension in &request.extensions {
                 let oid = extension.oid.to_id_string();
@@ -76,20 +96,10 @@ fn find_attestation(csr: &X509CertificationRequest<'_>) -> Result<Option<CsrAtte
                     found.push((oid, "extensionRequest", extension.value.to_vec()));
                 }
             }
-        } else if [
-            CSR_OID_SLOT_CERTIFICATE,
-            CSR_OID_SLOT_CERTIFICATE_OLD,
-            CSR_OID_DEVICE_CERTIFICATE,
-        ]
-        .contains(&oid.as_str())
-        {
-            let value = single_set_value(attribute.value).ok_or_else(|| {
-                CaError::CsrAttestationMalformed(format!(
-                    "attribute {oid} does not hold exactly one value"
-                ))
-            })?;
-            found.push((oid, "attribute", value.to_vec()));
         }
+    }
+    for (oid, value) in yubico_attributes(der)? {
+        found.push((oid, "attribute", value));
     }
     if found.is_empty() {
         return Ok(None);
@@ -193,7 +203,7 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     subject.emails.sort();
     subject.emails.dedup();
     check_names(&subject)?;
-    let attestation = find_attestation(&csr)?;
+    let attestation = find_attestation(&csr, &der)?;
     Ok(VerifiedCsr {
         subject,
         public_key_der,
@@ -382,5 +392,149 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod attestation_tests {
+    use super::*;
+
+    const SLOT: &[u64] = &[1, 3, 6, 1, 4, 1, 41482, 3, 1];
+    const SLOT_OLD: &[u64] = &[1, 3, 6, 1, 4, 1, 41482, 3, 11];
+    const DEVICE: &[u64] = &[1, 3, 6, 1, 4, 1, 41482, 3, 2];
+
+    fn some_certificate(cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn csr_with(extensions: &[(&[u64], Vec<u8>)], attributes: Vec<rcgen::Attribute>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "x");
+        for (oid, value) in extensions {
+            p.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(oid, value.clone()));
+        }
+        p.serialize_request_with_attributes(&key, attributes)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    /// rcgen takes an attribute's values as the DER `SET OF` itself.
+    fn set_of(value: Vec<u8>) -> Vec<u8> {
+        let len = value.len();
+        let mut out = vec![0x31];
+        if len < 0x80 {
+            out.push(len as u8);
+        } else if len < 0x100 {
+            out.extend([0x81, len as u8]);
+        } else {
+            out.extend([0x82, (len >> 8) as u8, len as u8]);
+        }
+        out.extend(value);
+        out
+    }
+
+    fn malformed(csr: &[u8]) -> String {
+        match parse_and_verify_csr(csr) {
+            Err(CaError::CsrAttestationMalformed(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_attestation_is_none() {
+        let csr = csr_with(&[], Vec::new());
+        assert_eq!(parse_and_verify_csr(&csr).unwrap().attestation, None);
+    }
+
+    #[test]
+    fn both_extension_forms_are_read() {
+        let (slot, device) = (some_certificate("slot"), some_certificate("device"));
+        for (oid, name) in [
+            (SLOT, CSR_OID_SLOT_CERTIFICATE),
+            (SLOT_OLD, CSR_OID_SLOT_CERTIFICATE_OLD),
+        ] {
+            let csr = csr_with(&[(oid, slot.clone()), (DEVICE, device.clone())], Vec::new());
+            let a = parse_and_verify_csr(&csr).unwrap().attestation.unwrap();
+            assert_eq!(a.slot_certificate, slot);
+            assert_eq!(a.device_certificate, device);
+            assert_eq!(a.form, format!("extensionRequest {name}"));
+        }
+        // Both forms holding the same certificate: the current one is named.
+        let csr = csr_with(
+            &[
+                (SLOT, slot.clone()),
+                (SLOT_OLD, slot.clone()),
+                (DEVICE, device.clone()),
+            ],
+            Vec::new(),
+        );
+        let a = parse_and_verify_csr(&csr).unwrap().attestation.unwrap();
+        assert_eq!(
+            a.form,
+            format!("extensionRequest {CSR_OID_SLOT_CERTIFICATE}")
+        );
+    }
+
+    #[test]
+    fn attribute_form_is_read() {
+        let (slot, device) = (some_certificate("slot"), some_certificate("device"));
+        let csr = csr_with(
+            &[],
+            vec![
+                rcgen::Attribute {
+                    oid: SLOT,
+                    values: set_of(slot.clone()),
+                },
+                rcgen::Attribute {
+                    oid: DEVICE,
+                    values: set_of(device.clone()),
+                },
+            ],
+        );
+        let a = parse_and_verify_csr(&csr).unwrap().attestation.unwrap();
+        assert_eq!(a.slot_certificate, slot);
+        assert_eq!(a.device_certificate, device);
+        assert_eq!(a.form, format!("attribute {CSR_OID_SLOT_CERTIFICATE}"));
+    }
+
+    #[test]
+    fn incomplete_or_ambiguous_material_is_refused() {
+        let (slot, device) = (some_certificate("slot"), some_certificate("device"));
+        assert_eq!(
+            malformed(&csr_with(&[(SLOT, slot.clone())], Vec::new())),
+            "a slot attestation certificate without the device certificate (1.3.6.1.4.1.41482.3.2) it chains to"
+        );
+        assert_eq!(
+            malformed(&csr_with(&[(DEVICE, device.clone())], Vec::new())),
+            "a device certificate (1.3.6.1.4.1.41482.3.2) without a slot attestation certificate (1.3.6.1.4.1.41482.3.1 or 1.3.6.1.4.1.41482.3.11)"
+        );
+        assert_eq!(
+            malformed(&csr_with(
+                &[
+                    (SLOT, slot.clone()),
+                    (SLOT_OLD, device.clone()),
+                    (DEVICE, device.clone())
+                ],
+                Vec::new()
+            )),
+            "1.3.6.1.4.1.41482.3.1 and 1.3.6.1.4.1.41482.3.11 hold different slot certificates"
+        );
+        let twice = csr_with(
+            &[(SLOT, slot.clone()), (DEVICE, device.clone())],
+            vec![rcgen::Attribute {
+                oid: SLOT,
+                values: set_of(slot),
+            }],
+        );
+        assert_eq!(
+            malformed(&twice),
+            "1.3.6.1.4.1.41482.3.1 appears more than once"
+        );
     }
 }

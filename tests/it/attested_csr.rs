@@ -361,7 +361,7 @@ async fn attested_csrs_issue_and_every_failed_attestation_is_refused(url: &str) 
     assert_eq!(
         refused("r-key", csr, "piv-authentication", "").await,
         (
-            Code::FailedPrecondition,
+            Code::InvalidArgument,
             "ATTESTATION_KEY_MISMATCH".into(),
             vec!["csr".into()],
             meta("attestation_code", "public-key-mismatch")
@@ -374,7 +374,7 @@ async fn attested_csrs_issue_and_every_failed_attestation_is_refused(url: &str) 
     assert_eq!(
         refused("r-serial", csr, "piv-authentication", "10000009").await,
         (
-            Code::FailedPrecondition,
+            Code::InvalidArgument,
             "ATTESTATION_FROM_ANOTHER_TOKEN".into(),
             vec!["token_serial".into()],
             meta("attestation_code", "serial-mismatch")
@@ -402,7 +402,7 @@ async fn attested_csrs_issue_and_every_failed_attestation_is_refused(url: &str) 
     assert_eq!(
         refused("r-root", csr, "tls-client", "").await,
         (
-            Code::FailedPrecondition,
+            Code::InvalidArgument,
             "ATTESTATION_INVALID".into(),
             vec!["csr".into()],
             meta("attestation_code", "unknown-root")
@@ -415,7 +415,7 @@ async fn attested_csrs_issue_and_every_failed_attestation_is_refused(url: &str) 
     assert_eq!(
         refused("r-forged", csr, "tls-client", "").await,
         (
-            Code::FailedPrecondition,
+            Code::InvalidArgument,
             "ATTESTATION_INVALID".into(),
             vec!["csr".into()],
             meta("attestation_code", "chain-signature-invalid")
@@ -483,4 +483,46 @@ async fn attested_csrs_issue_and_every_failed_attestation_is_refused(url: &str) 
     );
     assert_eq!(hardware_module_serial(&issued.der), None);
     server.running.stop().await;
+}
+
+/// `tessera ca sign-csr` has no attestation trust or policy: it refuses a CSR that carries an
+/// attestation (before opening the HSM) rather than certify its key as unattested.
+#[test]
+fn ca_sign_csr_refuses_an_attested_csr() {
+    let forged = ForgedPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let key = p256_key();
+    let slot = forged.slot(&slot_spec(10_000_001, spki_of(&key)));
+    let csr_path = dir.path().join("attested.csr");
+    std::fs::write(
+        &csr_path,
+        attested_csr(&key, "svc", Form::Old, &slot, Some(&forged.device_der)),
+    )
+    .unwrap();
+    let missing = dir.path().join("no-such");
+    let (code, _out, err) = harness::binary::tessera(
+        &[
+            "ca",
+            "sign-csr",
+            "--hsm-config",
+            missing.to_str().unwrap(),
+            "--data-dir",
+            missing.to_str().unwrap(),
+            "--profile",
+            "tls-client",
+            "--csr",
+            csr_path.to_str().unwrap(),
+            "--offline-ceremony",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "the CSR carries a YubiKey attestation (extensionRequest 1.3.6.1.4.1.41482.3.11); \
+             `ca sign-csr` does not verify attestations, so it refuses rather than certify the \
+             key as unattested; submit it with IssueFromCsr to a server with [enrollment] configured"
+        ),
+        "{err}"
+    );
 }
