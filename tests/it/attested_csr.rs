@@ -1,8 +1,9 @@
 //! IssueFromCsr with a YubiKey attestation carried in the CSR (issue 16): the slot certificate
 //! under `.3.1` (or the older `.3.11`) and the device certificate under `.3.2` in the
 //! extensionRequest, as Yubico's and Windows tools write them. The chains are forged under a
-//! throwaway root the server's `[enrollment]` trusts; CSRs are made with rcgen (EC) and an
-//! OpenSSL-made RSA key, on SQLite and PostgreSQL.
+//! throwaway root the server's `[enrollment]` trusts, with CSRs made by rcgen (EC) and with an
+//! OpenSSL-made RSA key; and keys generated, attested and signed on the virtual card
+//! (`tessera-vpiv` over pcscd), RSA and EC. On SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used)]
 use crate::attest::forge::{ForgedPki, SlotSpec, der_integer, yubico_oid};
 use crate::harness;
@@ -21,7 +22,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-on_both_databases!(attested_csrs_issue_and_every_failed_attestation_is_refused);
+on_both_databases!(
+    attested_csrs_issue_and_every_failed_attestation_is_refused,
+    virtual_card_csrs_issue_in_both_forms_rsa_and_ec,
+);
 
 const ATTESTED_OID: &str = "1.3.6.1.4.1.32473.1.1.1";
 const UNATTESTED_OID: &str = "1.3.6.1.4.1.32473.1.1.2";
@@ -35,6 +39,11 @@ struct Server {
 
 impl Server {
     async fn start(url: &str, forged: &ForgedPki) -> Server {
+        Server::start_trusting(url, forged.root_pem.as_bytes(), None).await
+    }
+
+    /// A server whose `[enrollment]` trusts only `root_pem`, with `policy` (TOML) when given.
+    async fn start_trusting(url: &str, root_pem: &[u8], policy: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::init(&dir.path().join("ca"));
         ca.init_wrapping_key();
@@ -43,14 +52,20 @@ impl Server {
             data_dir,
             ..
         } = ca;
-        let root = dir.path().join("forged-root.pem");
-        std::fs::write(&root, &forged.root_pem).unwrap();
+        let root = dir.path().join("attestation-root.pem");
+        std::fs::write(&root, root_pem).unwrap();
+        let attestation_policy = policy.map(|text| {
+            let path = dir.path().join("attestation-policy.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let pki = TestPki::new();
         let config = ServerToml::new(url)
             .with_ca(&hsm.config_path, &data_dir)
             .with_enrollment(Enrollment {
                 attestation_roots: vec![root],
                 trust_yubico_roots: Some(false),
+                attestation_policy,
                 ..Enrollment::default()
             });
         let config_path = config.write(dir.path(), &pki);
@@ -525,4 +540,196 @@ fn ca_sign_csr_refuses_an_attested_csr() {
         ),
         "{err}"
     );
+}
+
+/// DER: tag, definite length, content.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else if len < 0x100 {
+        out.extend([0x81, len as u8]);
+    } else {
+        out.extend([0x82, (len >> 8) as u8, len as u8]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn oid(dotted: &str) -> Vec<u8> {
+    use x509_cert::der::Encode as _;
+    x509_cert::der::asn1::ObjectIdentifier::new_unwrap(dotted)
+        .to_der()
+        .unwrap()
+}
+
+/// A PKCS#10 request for the key in slot 9a of the virtual card, signed by the card, carrying
+/// the card's slot attestation (under `slot_oid`) and F9 certificate (`.3.2`) in its
+/// extensionRequest. Made the way a script around yubico-piv-tool's generate / attest /
+/// read-certificate f9 / sign actions would, with Tessera's own PIV driver talking to the card
+/// over PC/SC in their place (neither yubico-piv-tool nor ykman writes these extensions itself).
+fn card_csr(
+    token: &mut tessera::piv::PivToken,
+    algorithm: yubikey::piv::AlgorithmId,
+    slot_oid: &str,
+    cn: &str,
+) -> String {
+    use sha2::Digest as _;
+    use x509_cert::der::Encode as _;
+    use yubikey::piv::{AlgorithmId, SlotId};
+    let spki = token
+        .generate(
+            SlotId::Authentication,
+            algorithm,
+            yubikey::PinPolicy::Once,
+            yubikey::TouchPolicy::Never,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let slot = token.attest(SlotId::Authentication).unwrap();
+    let device = token.attestation_certificate().unwrap();
+    let extension = |id: &str, value: &[u8]| tlv(0x30, &[oid(id), tlv(0x04, value)].concat());
+    let extensions = tlv(
+        0x30,
+        &[
+            extension(slot_oid, &slot),
+            extension("1.3.6.1.4.1.41482.3.2", &device),
+        ]
+        .concat(),
+    );
+    let extension_request = tlv(
+        0x30,
+        &[oid("1.2.840.113549.1.9.14"), tlv(0x31, &extensions)].concat(),
+    );
+    let name = tlv(
+        0x30,
+        &tlv(
+            0x31,
+            &tlv(0x30, &[oid("2.5.4.3"), tlv(0x0c, cn.as_bytes())].concat()),
+        ),
+    );
+    let info = tlv(
+        0x30,
+        &[tlv(0x02, &[0]), name, spki, tlv(0xa0, &extension_request)].concat(),
+    );
+    let digest = sha2::Sha256::digest(&info);
+    token
+        .verify_pin(&tessera::piv::Secret::new(b"123456".to_vec()))
+        .unwrap();
+    let (algorithm_id, signature) = match algorithm {
+        AlgorithmId::Rsa2048 => {
+            // EMSA-PKCS1-v1_5 with SHA-256: the card signs the padded block.
+            let digest_info = [
+                hex::decode("3031300d060960864801650304020105000420").unwrap(),
+                digest.to_vec(),
+            ]
+            .concat();
+            let mut block = vec![0x00, 0x01];
+            block.resize(256 - digest_info.len() - 1, 0xff);
+            block.push(0x00);
+            block.extend(digest_info);
+            (
+                tlv(
+                    0x30,
+                    &[oid("1.2.840.113549.1.1.11"), vec![0x05, 0x00]].concat(),
+                ),
+                token
+                    .sign(SlotId::Authentication, algorithm, &block)
+                    .unwrap(),
+            )
+        }
+        _ => (
+            tlv(0x30, &oid("1.2.840.10045.4.3.2")),
+            token
+                .sign(SlotId::Authentication, algorithm, &digest)
+                .unwrap(),
+        ),
+    };
+    let csr = tlv(
+        0x30,
+        &[
+            info,
+            algorithm_id,
+            tlv(0x03, &[&[0u8][..], &signature].concat()),
+        ]
+        .concat(),
+    );
+    let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&csr);
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE REQUEST-----\n");
+    pem
+}
+
+/// The virtual card (pcscd + vpcd + tessera-vpiv): keys generated on it, attested by it, CSRs
+/// signed by it in both extension forms, RSA and EC, issue with the attested OID and the serial
+/// SAN, and the card is registered as the person's token.
+async fn virtual_card_csrs_issue_in_both_forms_rsa_and_ec(url: &str) {
+    use harness::vpcd::{CardOptions, VirtualCard};
+    use yubikey::piv::AlgorithmId;
+    const SERIAL: u32 = 20_202_020;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let root = std::fs::read(card.attestation_root()).unwrap();
+    // The card's form factor is not what the shipped policy expects of a person's token.
+    let server = Server::start_trusting(url, &root, Some("minimum_pin_policy = \"once\"\n")).await;
+    create_person(&server, "erin").await;
+    let mut certs = CertificateServiceClient::new(server.channel("helpdesk").await);
+    let mut token = tessera::piv::PivToken::open(Some(card.reader_name())).unwrap();
+    for (n, (algorithm, slot_oid)) in [
+        (AlgorithmId::EccP256, "1.3.6.1.4.1.41482.3.1"),
+        (AlgorithmId::EccP256, "1.3.6.1.4.1.41482.3.11"),
+        (AlgorithmId::Rsa2048, "1.3.6.1.4.1.41482.3.1"),
+        (AlgorithmId::Rsa2048, "1.3.6.1.4.1.41482.3.11"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Signing in the previous round ended the management key's authentication.
+        token
+            .authenticate(&tessera::piv::ManagementKey {
+                algorithm: yubikey::MgmAlgorithmId::Aes192,
+                key: tessera::piv::Secret::new(
+                    [
+                        1u8, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+                    ]
+                    .to_vec(),
+                ),
+            })
+            .unwrap();
+        let csr = card_csr(&mut token, algorithm, slot_oid, "erin");
+        let issued = certs
+            .issue_from_csr(request(
+                &format!("card-{n}"),
+                &csr,
+                "piv-authentication",
+                "erin",
+                "",
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{algorithm:?} {slot_oid}: {e:?}"))
+            .into_inner()
+            .certificate
+            .unwrap();
+        assert!(
+            policies(&issued.der).iter().any(|o| o == ATTESTED_OID),
+            "{algorithm:?} {slot_oid}"
+        );
+        assert_eq!(
+            hardware_module_serial(&issued.der),
+            Some(SERIAL.to_string()),
+            "{algorithm:?} {slot_oid}"
+        );
+        assert_eq!(issued.token_serial, SERIAL.to_string());
+    }
+    assert_eq!(
+        token_holder(&server, &SERIAL.to_string()).await.as_deref(),
+        Some("erin")
+    );
+    server.running.stop().await;
 }
