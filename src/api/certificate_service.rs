@@ -14,6 +14,9 @@ pub struct Certificates {
     /// The CA; `None` when the server has no `[ca]` section (issuing RPCs then answer
     /// FAILED_PRECONDITION).
     pub ca: Option<std::sync::Arc<crate::ca::OnlineCa>>,
+    /// Attestation trust anchors and policy (from `[enrollment]`), for CSRs that carry a
+    /// YubiKey attestation; `None` without `[enrollment]` (such CSRs are then refused).
+    pub attestation: Option<std::sync::Arc<crate::enroll::EnrollmentSettings>>,
 }
 
 fn method(name: &str) -> String {

@@ -465,6 +465,7 @@ impl Enrollments {
         Certificates {
             store: self.store.clone(),
             ca: None,
+            attestation: None,
         }
     }
 

@@ -102,6 +102,7 @@ impl GrpcEdge {
                 pb::certificate_service_server::CertificateServiceServer::new(Certificates {
                     store: store.clone(),
                     ca: self.ca.clone(),
+                    attestation: self.enrollment.as_ref().map(|d| d.settings.clone()),
                 }),
             )
             // Served here too so every RPC has one place in the role matrix: operator

@@ -13,6 +13,8 @@ pub const DOMAIN: &str = crate::protocol::ERROR_DOMAIN;
 /// `EnrollError::REASONS` and `EnrollmentRefusal::REASONS`. docs/api.md lists them all; a test
 /// compares the two and scans the sources for reasons missing from these lists.
 pub const REASONS: &[&str] = &[
+    "CSR_ATTESTATION_MALFORMED",
+    "ATTESTATION_KEY_MISMATCH",
     "CLIENT_CERTIFICATE_REQUIRED",
     "CLIENT_CERTIFICATE_REVOKED",
     "CLIENT_CERTIFICATE_UNKNOWN",

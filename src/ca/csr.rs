@@ -16,6 +16,131 @@ pub struct VerifiedCsr {
     /// The requester's SubjectPublicKeyInfo, DER.
     pub public_key_der: Vec<u8>,
     pub public_key: SubjectPublicKey,
+    /// A YubiKey attestation carried in the request, not yet verified (docs/attestation.md,
+    /// "Attested CSRs"). The caller must verify it or refuse the request: never issue it as
+    /// unattested.
+    pub attestation: Option<CsrAttestation>,
+}
+
+/// The attestation certificates a CSR carries, as DER, unverified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsrAttestation {
+    /// The slot attestation certificate (under `.3.1`, or `.3.11` in older tools).
+    pub slot_certificate: Vec<u8>,
+    /// The device (F9) certificate under `.3.2`.
+    pub device_certificate: Vec<u8>,
+    /// Where the slot certificate was found, e.g. "extensionRequest 1.3.6.1.4.1.41482.3.1".
+    pub form: String,
+}
+
+/// Yubico's OIDs for attestation material in a CSR: the slot certificate (`.3.1`; older tools
+/// `.3.11`, which inside a CSR is not the CSPN flag of device certificates) and the device
+/// certificate (`.3.2`).
+pub const CSR_OID_SLOT_CERTIFICATE: &str = "1.3.6.1.4.1.41482.3.1";
+pub const CSR_OID_SLOT_CERTIFICATE_OLD: &str = "1.3.6.1.4.1.41482.3.11";
+pub const CSR_OID_DEVICE_CERTIFICATE: &str = "1.3.6.1.4.1.41482.3.2";
+
+/// The attributes of a request with one of Yubico's OIDs (other than inside extensionRequest),
+/// each as (OID, its single value's DER). x509-parser keeps no value for attributes it does not
+/// know, so these are read with x509-cert.
+fn yubico_attributes(der: &[u8]) -> Result<Vec<(String, Vec<u8>)>, CaError> {
+    use der::{Decode, Encode};
+    let request = x509_cert::request::CertReq::from_der(der)
+        .map_err(|e| CaError::CsrUnreadable(format!("not a PKCS#10 request: {e}")))?;
+    let mut out = Vec::new();
+    for attribute in request.info.attributes.iter() {
+        let oid = attribute.oid.to_string();
+        if ![
+            CSR_OID_SLOT_CERTIFICATE,
+            CSR_OID_SLOT_CERTIFICATE_OLD,
+            CSR_OID_DEVICE_CERTIFICATE,
+        ]
+        .contains(&oid.as_str())
+        {
+            continue;
+        }
+        let mut values = attribute.values.iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "attribute {oid} does not hold exactly one value"
+            )));
+        };
+        let value = value
+            .to_der()
+            .map_err(|e| CaError::CsrAttestationMalformed(format!("attribute {oid}: {e}")))?;
+        out.push((oid, value));
+    }
+    Ok(out)
+}
+
+/// Finds the attestation certificates in a request: as extensions inside its extensionRequest
+/// (how Yubico's and Windows tools write them) or as attributes of their own with the same OIDs.
+/// Each OID may appear once; `.3.1` and `.3.11` together must hold the same certificate.
+fn find_attestation(
+    csr: &X509CertificationRequest<'_>,
+    der: &[u8],
+) -> Result<Option<CsrAttestation>, CaError> {
+    use x509_parser::cri_attributes::ParsedCriAttribute;
+    let mut found: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
+    for attribute in csr.certification_request_info.iter_attributes() {
+        if let ParsedCriAttribute::ExtensionRequest(request) = attribute.parsed_attribute() {
+            for extension in &request.extensions {
+                let oid = extension.oid.to_id_string();
+                if [
+                    CSR_OID_SLOT_CERTIFICATE,
+                    CSR_OID_SLOT_CERTIFICATE_OLD,
+                    CSR_OID_DEVICE_CERTIFICATE,
+                ]
+                .contains(&oid.as_str())
+                {
+                    found.push((oid, "extensionRequest", extension.value.to_vec()));
+                }
+            }
+        }
+    }
+    for (oid, value) in yubico_attributes(der)? {
+        found.push((oid, "attribute", value));
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let one = |wanted: &str| -> Result<Option<(&'static str, Vec<u8>)>, CaError> {
+        let mut hits = found.iter().filter(|(oid, _, _)| oid == wanted);
+        let first = hits.next().map(|(_, place, der)| (*place, der.clone()));
+        if hits.next().is_some() {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "{wanted} appears more than once"
+            )));
+        }
+        Ok(first)
+    };
+    let new_form = one(CSR_OID_SLOT_CERTIFICATE)?;
+    let old_form = one(CSR_OID_SLOT_CERTIFICATE_OLD)?;
+    let device = one(CSR_OID_DEVICE_CERTIFICATE)?;
+    let (form, slot_certificate) = match (new_form, old_form) {
+        (Some(new), Some(old)) if new.1 != old.1 => {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "{CSR_OID_SLOT_CERTIFICATE} and {CSR_OID_SLOT_CERTIFICATE_OLD} hold different slot certificates"
+            )));
+        }
+        (Some((place, der)), _) => (format!("{place} {CSR_OID_SLOT_CERTIFICATE}"), der),
+        (None, Some((place, der))) => (format!("{place} {CSR_OID_SLOT_CERTIFICATE_OLD}"), der),
+        (None, None) => {
+            return Err(CaError::CsrAttestationMalformed(format!(
+                "a device certificate ({CSR_OID_DEVICE_CERTIFICATE}) without a slot attestation certificate ({CSR_OID_SLOT_CERTIFICATE} or {CSR_OID_SLOT_CERTIFICATE_OLD})"
+            )));
+        }
+    };
+    let Some((_, device_certificate)) = device else {
+        return Err(CaError::CsrAttestationMalformed(format!(
+            "a slot attestation certificate without the device certificate ({CSR_OID_DEVICE_CERTIFICATE}) it chains to"
+        )));
+    };
+    Ok(Some(CsrAttestation {
+        slot_certificate,
+        device_certificate,
+        form,
+    }))
 }
 
 /// Reads a CSR in PEM ("CERTIFICATE REQUEST" or "NEW CERTIFICATE REQUEST") or DER.
@@ -78,10 +203,12 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     subject.emails.sort();
     subject.emails.dedup();
     check_names(&subject)?;
+    let attestation = find_attestation(&csr, &der)?;
     Ok(VerifiedCsr {
         subject,
         public_key_der,
         public_key,
+        attestation,
     })
 }
 
@@ -265,5 +392,149 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod attestation_tests {
+    use super::*;
+
+    const SLOT: &[u64] = &[1, 3, 6, 1, 4, 1, 41482, 3, 1];
+    const SLOT_OLD: &[u64] = &[1, 3, 6, 1, 4, 1, 41482, 3, 11];
+    const DEVICE: &[u64] = &[1, 3, 6, 1, 4, 1, 41482, 3, 2];
+
+    fn some_certificate(cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn csr_with(extensions: &[(&[u64], Vec<u8>)], attributes: Vec<rcgen::Attribute>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "x");
+        for (oid, value) in extensions {
+            p.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(oid, value.clone()));
+        }
+        p.serialize_request_with_attributes(&key, attributes)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    /// rcgen takes an attribute's values as the DER `SET OF` itself.
+    fn set_of(value: Vec<u8>) -> Vec<u8> {
+        let len = value.len();
+        let mut out = vec![0x31];
+        if len < 0x80 {
+            out.push(len as u8);
+        } else if len < 0x100 {
+            out.extend([0x81, len as u8]);
+        } else {
+            out.extend([0x82, (len >> 8) as u8, len as u8]);
+        }
+        out.extend(value);
+        out
+    }
+
+    fn malformed(csr: &[u8]) -> String {
+        match parse_and_verify_csr(csr) {
+            Err(CaError::CsrAttestationMalformed(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_attestation_is_none() {
+        let csr = csr_with(&[], Vec::new());
+        assert_eq!(parse_and_verify_csr(&csr).unwrap().attestation, None);
+    }
+
+    #[test]
+    fn both_extension_forms_are_read() {
+        let (slot, device) = (some_certificate("slot"), some_certificate("device"));
+        for (oid, name) in [
+            (SLOT, CSR_OID_SLOT_CERTIFICATE),
+            (SLOT_OLD, CSR_OID_SLOT_CERTIFICATE_OLD),
+        ] {
+            let csr = csr_with(&[(oid, slot.clone()), (DEVICE, device.clone())], Vec::new());
+            let a = parse_and_verify_csr(&csr).unwrap().attestation.unwrap();
+            assert_eq!(a.slot_certificate, slot);
+            assert_eq!(a.device_certificate, device);
+            assert_eq!(a.form, format!("extensionRequest {name}"));
+        }
+        // Both forms holding the same certificate: the current one is named.
+        let csr = csr_with(
+            &[
+                (SLOT, slot.clone()),
+                (SLOT_OLD, slot.clone()),
+                (DEVICE, device.clone()),
+            ],
+            Vec::new(),
+        );
+        let a = parse_and_verify_csr(&csr).unwrap().attestation.unwrap();
+        assert_eq!(
+            a.form,
+            format!("extensionRequest {CSR_OID_SLOT_CERTIFICATE}")
+        );
+    }
+
+    #[test]
+    fn attribute_form_is_read() {
+        let (slot, device) = (some_certificate("slot"), some_certificate("device"));
+        let csr = csr_with(
+            &[],
+            vec![
+                rcgen::Attribute {
+                    oid: SLOT,
+                    values: set_of(slot.clone()),
+                },
+                rcgen::Attribute {
+                    oid: DEVICE,
+                    values: set_of(device.clone()),
+                },
+            ],
+        );
+        let a = parse_and_verify_csr(&csr).unwrap().attestation.unwrap();
+        assert_eq!(a.slot_certificate, slot);
+        assert_eq!(a.device_certificate, device);
+        assert_eq!(a.form, format!("attribute {CSR_OID_SLOT_CERTIFICATE}"));
+    }
+
+    #[test]
+    fn incomplete_or_ambiguous_material_is_refused() {
+        let (slot, device) = (some_certificate("slot"), some_certificate("device"));
+        assert_eq!(
+            malformed(&csr_with(&[(SLOT, slot.clone())], Vec::new())),
+            "a slot attestation certificate without the device certificate (1.3.6.1.4.1.41482.3.2) it chains to"
+        );
+        assert_eq!(
+            malformed(&csr_with(&[(DEVICE, device.clone())], Vec::new())),
+            "a device certificate (1.3.6.1.4.1.41482.3.2) without a slot attestation certificate (1.3.6.1.4.1.41482.3.1 or 1.3.6.1.4.1.41482.3.11)"
+        );
+        assert_eq!(
+            malformed(&csr_with(
+                &[
+                    (SLOT, slot.clone()),
+                    (SLOT_OLD, device.clone()),
+                    (DEVICE, device.clone())
+                ],
+                Vec::new()
+            )),
+            "1.3.6.1.4.1.41482.3.1 and 1.3.6.1.4.1.41482.3.11 hold different slot certificates"
+        );
+        let twice = csr_with(
+            &[(SLOT, slot.clone()), (DEVICE, device.clone())],
+            vec![rcgen::Attribute {
+                oid: SLOT,
+                values: set_of(slot),
+            }],
+        );
+        assert_eq!(
+            malformed(&twice),
+            "1.3.6.1.4.1.41482.3.1 appears more than once"
+        );
     }
 }

@@ -26,7 +26,7 @@ pub mod subject_key;
 pub use ceremony::{
     CaInitParams, CaRecord, OperatorCaParams, StoredCa, StoredOperatorCa, init_ca, init_operator_ca,
 };
-pub use csr::{VerifiedCsr, parse_and_verify_csr};
+pub use csr::{CsrAttestation, VerifiedCsr, parse_and_verify_csr};
 pub use issue::{
     HardwareModule, IssuanceRequest, IssuedCertificate, IssuingCa, KeyProvenance,
     PreparedCertificate, SubjectParams,
@@ -101,6 +101,9 @@ pub enum CaError {
     CsrSignatureInvalid,
     #[error("CSR subject has no commonName; make the request with a CN")]
     CsrWithoutCommonName,
+    /// The CSR carries YubiKey attestation material that cannot be used as it stands.
+    #[error("CSR attestation is incomplete or ambiguous: {0}")]
+    CsrAttestationMalformed(String),
     /// A name in the CSR is longer than [`csr::NAME_LIMITS`] allows.
     #[error("CSR {0}")]
     CsrNameTooLong(String),

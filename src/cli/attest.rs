@@ -394,7 +394,7 @@ impl Report {
             allowed: decision.allowed(),
             reasons: decision.reason_codes(),
             messages: decision.reasons().iter().map(ToString::to_string).collect(),
-            serial: Some(v.serial()),
+            serial: v.serial(),
             firmware: Some(v.firmware().to_string()),
             pin_policy: Some(v.pin_policy().as_str()),
             touch_policy: Some(v.touch_policy().as_str()),
@@ -447,7 +447,10 @@ fn print_human(v: &VerifiedAttestation, decision: &attest::Decision) {
             println!("  {}: {reason}", reason.code());
         }
     }
-    println!("serial:       {}", v.serial());
+    match v.serial() {
+        Some(serial) => println!("serial:       {serial}"),
+        None => println!("serial:       none (firmware 4.3.x states none)"),
+    }
     println!("firmware:     {}", v.firmware());
     println!("slot:         {}", v.slot());
     println!("key:          {}", v.key_algorithm());

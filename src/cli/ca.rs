@@ -398,6 +398,14 @@ impl SignCsrRequest {
         let csr_bytes = std::fs::read(&self.csr)
             .with_context(|| format!("cannot read the CSR {}", self.csr.display()))?;
         let request = ca::parse_and_verify_csr(&csr_bytes)?;
+        // Not verified here (no attestation trust or policy on this path): refused rather than
+        // issued as unattested.
+        if let Some(attestation) = &request.attestation {
+            anyhow::bail!(
+                "the CSR carries a YubiKey attestation ({}); `ca sign-csr` does not verify attestations, so it refuses rather than certify the key as unattested; submit it with IssueFromCsr to a server with [enrollment] configured",
+                attestation.form
+            );
+        }
         if let Some(out) = &self.out
             && out.exists()
         {

@@ -2,7 +2,7 @@
 //! forged chains under a throwaway root given with --roots (as tests of `tessera-vpiv` will).
 
 #[path = "../support/attestation_forge.rs"]
-mod forge;
+pub(crate) mod forge;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -98,6 +98,21 @@ fn every_real_sample_gives_the_facts_its_source_states() {
             );
             continue;
         }
+        if name == "fw4.3.7-p256-9a-u2f-root-no-serial" {
+            // A genuine YubiKey 4 chain: valid, with its facts; refused for the missing serial.
+            assert_eq!(code, 1, "{json}");
+            assert_eq!(json["valid"], true, "{json}");
+            assert_eq!(json["allowed"], false);
+            assert_eq!(json["reasons"], serde_json::json!(["serial-missing"]));
+            assert_eq!(json["serial"], Value::Null);
+            assert_eq!(json["firmware"], "4.3.7");
+            assert_eq!(json["public_key_sha256"], facts["public_key_sha256"]);
+            assert_eq!(
+                json["trust_anchor"],
+                "CN=Yubico U2F Root CA Serial 457200631"
+            );
+            continue;
+        }
         assert_eq!(code, 0, "{name}: {json}");
         assert_eq!(json["valid"], true, "{name}");
         assert_eq!(json["allowed"], true, "{name}");
@@ -125,7 +140,7 @@ fn every_real_sample_gives_the_facts_its_source_states() {
             assert_eq!(json["form_factor_code"], "0x04", "{name}");
         }
     }
-    assert_eq!(seen, 6);
+    assert_eq!(seen, 7);
 }
 
 #[test]

@@ -584,7 +584,7 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
         let facts: tessera::attest::AttestationFacts =
             serde_json::from_str(&stored.unwrap_or_else(|| panic!("no facts for {serial}")))
                 .unwrap();
-        assert_eq!(facts.serial, 20_000_001);
+        assert_eq!(facts.serial, Some(20_000_001));
         assert_eq!(facts.firmware.to_string(), "5.7.4");
         assert_eq!(facts.slot.to_string(), slot_cert.slot);
     }

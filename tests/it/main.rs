@@ -10,6 +10,7 @@
 mod harness;
 
 mod attest;
+mod attested_csr;
 mod audit;
 mod ca;
 mod config_examples;

@@ -318,7 +318,7 @@ fn card_attestation_passes_the_attest_verifier() {
         &anchors,
     )
     .unwrap();
-    assert_eq!(verified.serial(), 15_151_515);
+    assert_eq!(verified.serial(), Some(15_151_515));
     assert_eq!(verified.firmware().to_string(), "5.7.4");
     assert_eq!(verified.pin_policy().as_str(), "once");
     assert_eq!(verified.touch_policy().as_str(), "cached");

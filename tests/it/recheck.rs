@@ -46,7 +46,7 @@ fn sample_facts(name: &str) -> (String, String, String) {
     .unwrap();
     let facts = verified.facts();
     (
-        verified.serial().to_string(),
+        verified.serial().unwrap().to_string(),
         facts.slot.to_string(),
         serde_json::to_string(&facts).unwrap(),
     )

@@ -139,6 +139,11 @@ impl ForgedPki {
         self.slot_signed_by(spec, &self.device_key)
     }
 
+    /// A slot certificate signed by this device's key but naming `issuer_cn` as its issuer.
+    pub fn slot_naming_issuer(&self, spec: &SlotSpec, issuer_cn: &str) -> Vec<u8> {
+        forge_slot(spec, &params_named(issuer_cn), &self.device_key)
+    }
+
     /// A slot certificate naming this device as issuer but signed by `key`.
     pub fn slot_signed_by(&self, spec: &SlotSpec, key: &KeyPair) -> Vec<u8> {
         forge_slot(spec, &self.device_params, key)

@@ -154,6 +154,16 @@ pub enum AttestError {
     },
 
     #[error(
+        "{role}: names issuer {issuer:?} but is signed by {signer_subject:?}; RFC 5280 name \
+         chaining fails, so the chain is refused"
+    )]
+    IssuerNameMismatch {
+        role: CertificateRole,
+        issuer: String,
+        signer_subject: String,
+    },
+
+    #[error(
         "{role}: used as an issuer but its basicConstraints or keyUsage forbid signing certificates"
     )]
     IssuerNotCa { role: CertificateRole },
@@ -220,6 +230,7 @@ impl AttestError {
         "signature-algorithm-mismatch",
         "slot-signature-invalid",
         "chain-signature-invalid",
+        "issuer-name-mismatch",
         "issuer-not-ca",
         "unknown-root",
         "chain-too-long",
@@ -254,6 +265,7 @@ impl AttestError {
             AttestError::SignatureAlgorithmMismatch { .. } => "signature-algorithm-mismatch",
             AttestError::SlotSignatureInvalid => "slot-signature-invalid",
             AttestError::ChainSignatureInvalid { .. } => "chain-signature-invalid",
+            AttestError::IssuerNameMismatch { .. } => "issuer-name-mismatch",
             AttestError::IssuerNotCa { .. } => "issuer-not-ca",
             AttestError::UnknownRoot { .. } => "unknown-root",
             AttestError::ChainTooLong { .. } => "chain-too-long",

@@ -330,7 +330,8 @@ impl fmt::Display for FormFactor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SlotFacts {
     pub(crate) firmware: FirmwareVersion,
-    pub(crate) serial: u32,
+    /// Absent on firmware 4.3.x, whose slot certificates carry no serial extension.
+    pub(crate) serial: Option<u32>,
     pub(crate) pin_policy: PinPolicy,
     pub(crate) touch_policy: TouchPolicy,
     pub(crate) form_factor_code: Option<u8>,
@@ -369,10 +370,12 @@ pub(crate) fn read_slot_facts(slot: &ParsedCertificate) -> Result<SlotFacts, Att
         }
     };
 
-    let serial = extension_value(slot, OID_SERIAL).ok_or(AttestError::MissingExtension {
-        extension: YubicoExtension::Serial,
-    })?;
-    let serial = decode_serial(serial).map_err(|d| malformed(YubicoExtension::Serial, d))?;
+    // YubiKey 4 (firmware 4.3.x) writes no serial extension: the chain is still genuine and its
+    // facts are reported; the policy refuses it (`serial-missing`), as a key that cannot be
+    // bound to a token.
+    let serial = extension_value(slot, OID_SERIAL)
+        .map(|value| decode_serial(value).map_err(|d| malformed(YubicoExtension::Serial, d)))
+        .transpose()?;
 
     let policy = extension_value(slot, OID_POLICY).ok_or(AttestError::MissingExtension {
         extension: YubicoExtension::Policy,

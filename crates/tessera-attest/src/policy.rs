@@ -111,6 +111,9 @@ impl Default for Policy {
 /// One reason a policy denies an attestation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DenyReason {
+    /// The slot certificate has no serial extension (firmware 4.3.x): the key cannot be bound
+    /// to a token. Always applied, whatever the policy file says.
+    SerialMissing,
     SlotNotAllowed {
         slot: Slot,
     },
@@ -149,6 +152,7 @@ pub enum DenyReason {
 impl DenyReason {
     /// Every code [`DenyReason::code`] returns (docs/attestation.md lists the same).
     pub const CODES: &'static [&'static str] = &[
+        "serial-missing",
         "slot-not-allowed",
         "algorithm-not-allowed",
         "pin-policy-below-minimum",
@@ -164,6 +168,7 @@ impl DenyReason {
     /// Stable reason code, documented in docs/attestation.md.
     pub fn code(&self) -> &'static str {
         match self {
+            DenyReason::SerialMissing => "serial-missing",
             DenyReason::SlotNotAllowed { .. } => "slot-not-allowed",
             DenyReason::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
             DenyReason::PinPolicyBelowMinimum { .. } => "pin-policy-below-minimum",
@@ -181,6 +186,10 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DenyReason::SerialMissing => f.write_str(
+                "the attestation states no token serial (firmware 4.3.x writes none), so the key \
+                 cannot be bound to a token",
+            ),
             DenyReason::SlotNotAllowed { slot } => {
                 write!(f, "slot {slot} is not allowed by the policy")
             }
@@ -287,6 +296,7 @@ impl Policy {
     /// Decides, collecting every reason that applies.
     pub fn evaluate(&self, attestation: &VerifiedAttestation) -> Decision {
         self.decide(&Judged {
+            serial: attestation.serial(),
             slot: attestation.slot(),
             algorithm: attestation.key_algorithm(),
             firmware: attestation.firmware(),
@@ -303,6 +313,7 @@ impl Policy {
     /// judged this way.
     pub fn evaluate_facts(&self, facts: &AttestationFacts) -> Decision {
         self.decide(&Judged {
+            serial: facts.serial,
             slot: facts.slot,
             algorithm: facts.key_algorithm,
             firmware: facts.firmware,
@@ -318,6 +329,9 @@ impl Policy {
         let slot = attestation.slot;
         let algorithm = attestation.algorithm;
         let firmware = attestation.firmware;
+        if attestation.serial.is_none() {
+            reasons.push(DenyReason::SerialMissing);
+        }
 
         let slot_rule = match &self.slots {
             None => None,
@@ -393,6 +407,7 @@ impl Policy {
 
 /// What the rules look at, from a verified attestation or from stored facts.
 struct Judged {
+    serial: Option<u32>,
     slot: Slot,
     algorithm: KeyAlgorithm,
     firmware: FirmwareVersion,

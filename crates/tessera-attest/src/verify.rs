@@ -72,7 +72,9 @@ impl AttestationInput {
 /// back (serde) to re-check a fleet against a new policy ([`crate::Policy::evaluate_facts`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttestationFacts {
-    pub serial: u32,
+    /// `None` when the slot certificate has no serial extension (firmware 4.3.x); the policy
+    /// always refuses such an attestation (`serial-missing`).
+    pub serial: Option<u32>,
     pub firmware: FirmwareVersion,
     pub pin_policy: PinPolicy,
     pub touch_policy: TouchPolicy,
@@ -93,7 +95,7 @@ pub struct AttestationFacts {
 /// Only [`verify`] makes one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedAttestation {
-    serial: u32,
+    serial: Option<u32>,
     firmware: FirmwareVersion,
     pin_policy: PinPolicy,
     touch_policy: TouchPolicy,
@@ -109,8 +111,9 @@ pub struct VerifiedAttestation {
 
 impl VerifiedAttestation {
     /// Token serial, from the slot certificate (never the device certificate: one device
-    /// certificate is shared by a production batch).
-    pub fn serial(&self) -> u32 {
+    /// certificate is shared by a production batch). `None` for firmware 4.3.x, which writes no
+    /// serial extension; [`crate::Policy`] refuses such an attestation (`serial-missing`).
+    pub fn serial(&self) -> Option<u32> {
         self.serial
     }
     pub fn firmware(&self) -> FirmwareVersion {
@@ -248,19 +251,19 @@ pub fn verify(
     if verify_link(&slot, &device) != LinkCheck::Signed {
         return Err(AttestError::SlotSignatureInvalid);
     }
+    check_name_chains(&slot, &CertificateRole::Slot, &device)?;
 
     let mut chain_subjects = vec![slot.subject_string(), device.subject_string()];
     let anchor = walk_to_anchor(&device, &given, trust, &mut chain_subjects)?;
     chain_subjects.push(anchor);
 
     let facts = facts::read_slot_facts(&slot)?;
-    if let Some(expected) = input.expected_serial
-        && expected != facts.serial
+    // Without an attested serial there is nothing to compare; the policy refuses the
+    // attestation for that (`serial-missing`).
+    if let (Some(expected), Some(found)) = (input.expected_serial, facts.serial)
+        && expected != found
     {
-        return Err(AttestError::SerialMismatch {
-            expected,
-            found: facts.serial,
-        });
+        return Err(AttestError::SerialMismatch { expected, found });
     }
     let spki_der = slot
         .certificate
@@ -325,6 +328,7 @@ fn walk_to_anchor(
             name_matched |=
                 anchor.certificate.certificate.tbs_certificate().subject() == issuer_name;
             if verify_link(cert, &anchor.certificate) == LinkCheck::Signed {
+                check_name_chains(cert, role, &anchor.certificate)?;
                 return Ok(anchor.certificate.subject_string());
             }
         }
@@ -340,6 +344,9 @@ fn walk_to_anchor(
                 next = Some(candidate.clone());
                 break;
             }
+        }
+        if let Some((_, issuer)) = &next {
+            check_name_chains(cert, role, issuer)?;
         }
         let Some(next) = next else {
             return Err(if name_matched {
@@ -363,6 +370,32 @@ fn walk_to_anchor(
     Err(AttestError::ChainTooLong {
         limit: MAX_CHAIN_ABOVE_DEVICE,
     })
+}
+
+/// RFC 5280 name chaining: a certificate's issuer name must be its signer's subject. Every real
+/// Yubico chain (firmware 4.3 to 5.7, old and new PKI) chains names exactly, so no quirk is
+/// tolerated. Names are equal when their DER is, or when their RFC 4514 forms are equal ignoring
+/// ASCII case (RFC 5280 section 7.1 compares PrintableString and UTF8String values that way).
+fn check_name_chains(
+    cert: &ParsedCertificate,
+    role: &CertificateRole,
+    signer: &ParsedCertificate,
+) -> Result<(), AttestError> {
+    let issuer = cert.certificate.tbs_certificate().issuer();
+    let subject = signer.certificate.tbs_certificate().subject();
+    if issuer == subject
+        || cert
+            .issuer_string()
+            .eq_ignore_ascii_case(&signer.subject_string())
+    {
+        Ok(())
+    } else {
+        Err(AttestError::IssuerNameMismatch {
+            role: role.clone(),
+            issuer: cert.issuer_string(),
+            signer_subject: signer.subject_string(),
+        })
+    }
 }
 
 /// Per-certificate checks that do not depend on the issuer: signature algorithm fields,

@@ -75,8 +75,8 @@ fn every_real_sample_matches_its_facts_json() {
         }
         let v = result.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
-            u64::from(v.serial()),
-            facts["serial"].as_u64().unwrap(),
+            v.serial().map(u64::from),
+            facts["serial"].as_u64(),
             "{name}"
         );
         assert_eq!(v.firmware().to_string(), facts["firmware"], "{name}");
@@ -95,6 +95,8 @@ fn every_real_sample_matches_its_facts_json() {
                 byte,
                 "{name}"
             );
+        } else if facts["form_factor"].is_null() {
+            assert_eq!(v.form_factor_code(), None, "{name}");
         } else {
             assert_eq!(facts["form_factor"], "usb-c-nano (0x04)");
             assert_eq!(v.form_factor(), FormFactor::UsbCNano);
@@ -108,7 +110,65 @@ fn every_real_sample_matches_its_facts_json() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 7);
+}
+
+/// A genuine YubiKey 4 (firmware 4.3.7): its device certificate was signed by the U2F root and
+/// has no basicConstraints, and its slot certificate has no serial or form-factor extension.
+/// The chain is genuine and its facts are reported; the policy refuses it for the serial.
+#[test]
+fn yubikey4_chain_is_genuine_and_policy_refuses_the_missing_serial() {
+    let v = verify(
+        &sample_input("fw4.3.7-p256-9a-u2f-root-no-serial"),
+        &yubico(),
+    )
+    .unwrap();
+    assert_eq!(v.serial(), None);
+    assert_eq!(v.firmware(), FirmwareVersion::new(4, 3, 7));
+    assert_eq!(v.form_factor(), FormFactor::Unspecified);
+    assert_eq!(v.anchor_subject(), "CN=Yubico U2F Root CA Serial 457200631");
+    assert_eq!(v.facts().serial, None);
+    // ECDSA on firmware before 5.7.0: the EUCLEAK advisory applies too.
+    let decision = crate::Policy::default().evaluate(&v);
+    assert_eq!(
+        decision.reason_codes(),
+        vec!["serial-missing", "advisory-ysa-2024-03"]
+    );
+    assert_eq!(
+        crate::Policy::default()
+            .evaluate_facts(&v.facts())
+            .reason_codes(),
+        vec!["serial-missing", "advisory-ysa-2024-03"]
+    );
+    // An expected serial cannot be compared; the policy still refuses.
+    let input = sample_input("fw4.3.7-p256-9a-u2f-root-no-serial").expecting_serial(1);
+    let v = verify(&input, &yubico()).unwrap();
+    assert!(!crate::Policy::default().evaluate(&v).allowed());
+}
+
+#[test]
+fn slot_certificate_naming_another_issuer_is_refused() {
+    let pki = ForgedPki::new();
+    let slot = pki.slot_naming_issuer(&SlotSpec::typical(), "Yubico PIV Attestation");
+    let input = AttestationInput::new(slot, pki.device_der.clone());
+    let err = verify(&input, &forged_trust(&pki)).unwrap_err();
+    assert_eq!(
+        err,
+        AttestError::IssuerNameMismatch {
+            role: CertificateRole::Slot,
+            issuer: "CN=Yubico PIV Attestation".into(),
+            signer_subject: "CN=YubiKey PIV Attestation".into(),
+        }
+    );
+    assert_eq!(err.code(), "issuer-name-mismatch");
+}
+
+#[test]
+fn names_compare_ignoring_ascii_case() {
+    let pki = ForgedPki::new();
+    let slot = pki.slot_naming_issuer(&SlotSpec::typical(), "yubikey piv attestation");
+    let input = AttestationInput::new(slot, pki.device_der.clone());
+    verify(&input, &forged_trust(&pki)).unwrap();
 }
 
 #[test]
@@ -205,7 +265,7 @@ fn superseded_pathlen_zero_root_still_verifies_when_configured() {
         .build()
         .unwrap();
     let v = verify(&sample_input("fw5.4.3-p256-9a"), &trust).unwrap();
-    assert_eq!(v.serial(), 15732500);
+    assert_eq!(v.serial(), Some(15732500));
 }
 
 #[test]
@@ -215,7 +275,7 @@ fn device_certificate_without_basic_constraints_is_accepted() {
         &yubico(),
     )
     .unwrap();
-    assert_eq!(v.serial(), 11778047);
+    assert_eq!(v.serial(), Some(11778047));
 }
 
 #[test]
@@ -249,7 +309,7 @@ fn forged_chain_under_a_configured_test_root_verifies() {
     let input = AttestationInput::new(pki.slot(&SlotSpec::typical()), pki.device_pem.clone())
         .expecting_serial(12345678);
     let v = verify(&input, &forged_trust(&pki)).unwrap();
-    assert_eq!(v.serial(), 12345678);
+    assert_eq!(v.serial(), Some(12345678));
     assert_eq!(v.firmware(), FirmwareVersion::new(5, 7, 4));
     assert_eq!(v.slot().to_string(), "9a");
     assert_eq!(v.form_factor(), FormFactor::UsbCKeychain);
@@ -369,22 +429,23 @@ fn device_extension_altered_after_signing_breaks_the_chain() {
     assert_eq!(err.code(), "chain-signature-invalid");
 }
 
+/// Firmware 4.3.x writes no serial: the chain verifies, the facts say so, the policy refuses.
 #[test]
-fn missing_serial_extension_is_refused() {
+fn missing_serial_extension_verifies_and_the_policy_refuses_it() {
     let pki = ForgedPki::new();
     let spec = SlotSpec {
         serial: None,
         ..SlotSpec::typical()
     };
     let input = AttestationInput::new(pki.slot(&spec), pki.device_der.clone());
-    let err = verify(&input, &forged_trust(&pki)).unwrap_err();
+    let v = verify(&input, &forged_trust(&pki)).unwrap();
+    assert_eq!(v.serial(), None);
+    let decision = crate::Policy::default().evaluate(&v);
+    assert_eq!(decision.reason_codes(), vec!["serial-missing"]);
     assert_eq!(
-        err,
-        AttestError::MissingExtension {
-            extension: YubicoExtension::Serial
-        }
+        decision.reasons()[0].to_string(),
+        "the attestation states no token serial (firmware 4.3.x writes none), so the key cannot be bound to a token"
     );
-    assert_eq!(err.code(), "missing-serial-extension");
 }
 
 #[test]
@@ -966,7 +1027,7 @@ pub(crate) fn for_policy_tests(
     key_algorithm: KeyAlgorithm,
 ) -> VerifiedAttestation {
     VerifiedAttestation {
-        serial: 1,
+        serial: Some(1),
         firmware,
         pin_policy,
         touch_policy,
