@@ -67,6 +67,7 @@ mod enrollment_certificates;
 mod enrollments;
 mod idempotency;
 mod notifications;
+mod ocsp_responses;
 mod people;
 mod puk_releases;
 mod sync_state;
@@ -87,6 +88,9 @@ pub use enrollment_certificates::EnrollmentCertificateRow;
 pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
 pub use notifications::{NewNotification, NotificationRow};
+pub use ocsp_responses::{
+    DueOcspRow, NewOcspResponse, OCSP_DUE_NEVER, OCSP_DUE_NOW, OcspResponseRow, OcspSubjectRow,
+};
 pub use people::{NewPerson, PeopleQuery, PersonRow, PersonState};
 pub use puk_releases::{NewPukRelease, PukReleaseRow, PukReleaseState};
 pub use timestamp::{BadTimestamp, Timestamp};
