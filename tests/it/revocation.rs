@@ -25,7 +25,8 @@ on_both_databases!(
     crl_and_ocsp_follow_every_status_change,
     state_changed_while_signing_records_the_certificate_revoked,
     presigned_ocsp_follows_status_changes_without_the_hsm,
-    presigned_ocsp_is_refreshed_before_next_update
+    presigned_ocsp_is_refreshed_before_next_update,
+    ocsp_does_not_wait_for_a_slow_hsm
 );
 
 /// Runs a tool; returns (exit code, stdout, stderr).
@@ -1867,5 +1868,93 @@ async fn ocsp_settings_are_checked_and_the_request_budget_holds() {
     let (code, _, body) = curl_get_headers(&server.url(path256.trim_end_matches(SHA256_MARK)), &[]);
     assert_eq!((code, body), (200, vec![0x30, 0x03, 0x0a, 0x01, 0x03]));
     assert_eq!(metric(&server, REQUEST_SIGNATURES), 0);
+    server.stop().await;
+}
+
+/// Builds `softhsm/slow-pkcs11.c` (SoftHSM2 behind a C_Sign that waits `delay_ms`, one
+/// signature at a time) into `dir` and returns the module's path.
+fn build_slow_pkcs11(dir: &Path, delay_ms: u32) -> PathBuf {
+    let out = dir.join("slow-pkcs11.so");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm/slow-pkcs11.c");
+    let (code, stdout, stderr) = run(
+        "gcc",
+        &[
+            "-Wall",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            &format!("-DSLOW_PKCS11_DELAY_MS={delay_ms}"),
+            &format!(
+                "-DSLOW_PKCS11_TARGET=\"{}\"",
+                harness::softhsm::SOFTHSM_MODULE
+            ),
+            "-o",
+            out.to_str().unwrap(),
+            source.to_str().unwrap(),
+            "-ldl",
+            "-lpthread",
+        ],
+    );
+    assert_eq!(code, 0, "gcc: {stdout}{stderr}");
+    out
+}
+
+/// Issue 14 item 5: with an HSM that takes 200 ms per signature (the interposer module in
+/// front of SoftHSM2), OCSP answers do not wait for it: after the background signer stored the
+/// response, requests are answered from storage with no HSM signature, each far quicker than
+/// one signature.
+async fn ocsp_does_not_wait_for_a_slow_hsm(url: &str) {
+    const DELAY_MS: u32 = 200;
+    let mut s = Setup::new(url);
+    let (code, _, err) = s.init_ocsp(&[]);
+    assert_eq!(code, 0, "{err}");
+    let module = build_slow_pkcs11(s.dir.path(), DELAY_MS);
+    let hsm_text: String = std::fs::read_to_string(&s.hsm_config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("module = ") {
+                format!("module = \"{}\"\n", module.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let slow_config = s.token.write_config("slow-hsm.toml", hsm_text);
+    s.config.ca.as_mut().unwrap().hsm_config = slow_config;
+    std::fs::write(&s.config_path, s.config.to_toml()).unwrap();
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+
+    // The server's HSM is the slow one.
+    let started = std::time::Instant::now();
+    ca.issuing.signer().sign(b"slow?").unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(DELAY_MS.into()),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let store = Store::open(url).await.unwrap();
+    let person = create_person(&store, "S1").await;
+    let cert = s.path("slow.pem");
+    let serial = issue(&store, &ca, person, "slow", &cert).await;
+    wait_stored(&store, &serial, "sha1").await;
+    let path = get_path(&s, &cert, "-sha1");
+    let signed_before = metric(&server, REQUEST_SIGNATURES);
+    const REQUESTS: u32 = 20;
+    let started = std::time::Instant::now();
+    for _ in 0..REQUESTS {
+        let (code, _, _) = curl_get_headers(&server.url(&path), &[]);
+        assert_eq!(code, 200);
+    }
+    let per_request = started.elapsed() / REQUESTS;
+    assert_eq!(metric(&server, REQUEST_SIGNATURES), signed_before);
+    assert!(
+        per_request < std::time::Duration::from_millis(DELAY_MS.into()),
+        "{per_request:?} per request"
+    );
+    assert_eq!(get_status(&s, &server, &path, &cert), ("good".into(), None));
     server.stop().await;
 }
