@@ -786,6 +786,92 @@ mod tests {
     }
 
     #[test]
+    fn refreshes_are_spread_between_refresh_and_half_the_rest() {
+        let settings = OcspSettings::default();
+        let t = at("2026-01-01T00:00:00Z");
+        let mut offsets = std::collections::HashSet::new();
+        for i in 0..200 {
+            let due = settings.refresh_due(&format!("{i:032x}"), t);
+            assert!(due >= at("2026-01-01T12:00:00Z"), "{due}");
+            assert!(due < at("2026-01-01T18:00:00Z"), "{due}");
+            // The same serial falls due at the same time on every replica.
+            assert_eq!(due, settings.refresh_due(&format!("{i:032x}"), t));
+            offsets.insert(due);
+        }
+        assert!(offsets.len() > 150, "{}", offsets.len());
+    }
+
+    #[test]
+    fn caching_headers_are_rfc_5019() {
+        let h = CacheHeaders::new(
+            b"response",
+            at("1994-11-06T08:49:37Z"),
+            at("1994-11-07T08:49:37Z"),
+        );
+        assert_eq!(h.last_modified, "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(h.expires, "Mon, 07 Nov 1994 08:49:37 GMT");
+        assert_eq!(h.etag.len(), 34);
+        assert!(h.etag.starts_with('"') && h.etag.ends_with('"'));
+        assert_eq!(
+            h.cache_control(at("1994-11-07T08:48:37Z")),
+            "max-age=60, public, no-transform, must-revalidate"
+        );
+        // Past nextUpdate: nothing left to cache.
+        assert_eq!(
+            h.cache_control(at("1994-11-08T00:00:00Z")),
+            "max-age=0, public, no-transform, must-revalidate"
+        );
+    }
+
+    #[test]
+    fn memory_entry_is_served_only_at_the_counter_it_was_checked_at() {
+        let cache = ResponseCache {
+            capacity: 1,
+            entries: RwLock::default(),
+        };
+        let now = at("2026-01-01T00:00:00Z");
+        let stamp = CacheStamp {
+            signed_version: 3,
+            checked_at: 7,
+            this_update: now,
+            next_update: now + Duration::hours(24),
+            refresh_at: now + Duration::hours(12),
+        };
+        let key = ("0a".to_string(), CertIdHash::Sha1);
+        cache.remember(key.clone(), Bytes::from_static(b"r"), stamp, now);
+        assert!(cache.hit(&key, 7, now).is_some());
+        // Any status change anywhere: ask the database again.
+        assert!(cache.hit(&key, 8, now).is_none());
+        // Past the refresh time: ask the database again (a refreshed response may be there).
+        assert!(cache.hit(&key, 7, now + Duration::hours(12)).is_none());
+        assert!(
+            cache
+                .hit(&("0a".into(), CertIdHash::Sha256), 7, now)
+                .is_none()
+        );
+        // Full: the new entry replaces one.
+        let other = ("0b".to_string(), CertIdHash::Sha1);
+        cache.remember(other.clone(), Bytes::from_static(b"s"), stamp, now);
+        assert!(cache.hit(&other, 7, now).is_some());
+        assert!(cache.hit(&key, 7, now).is_none());
+        // Remembered past its refresh time: served for a minute, then asked again.
+        let late = now + Duration::hours(13);
+        cache.remember(other.clone(), Bytes::from_static(b"s"), stamp, late);
+        assert!(cache.hit(&other, 7, late + Duration::seconds(59)).is_some());
+        assert!(cache.hit(&other, 7, late + Duration::seconds(60)).is_none());
+    }
+
+    #[test]
+    fn budget_allows_its_rate_and_no_more() {
+        let none = SignatureBudget::new(0);
+        assert!(!none.take());
+        let two = SignatureBudget::new(2);
+        assert!(two.take());
+        assert!(two.take());
+        assert!(!two.take());
+    }
+
+    #[test]
     fn get_request_in_any_base64_alphabet() {
         let der = vec![0x30, 0xfb, 0xff, 0x3e];
         for encoded in ["MPv/Pg==", "MPv_Pg==", "MPv/Pg", "MPv_Pg", "/MPv/Pg=="] {
