@@ -148,8 +148,8 @@ impl Store {
 
     /// Claims up to `limit` rows due at `now` (stale ones first) for this signer: each claimed
     /// row's `due_at` moves to `lease_until`, so another replica's signer skips it while this
-    /// one signs (and signs it again after the lease if this one died). Rows of certificates
-    /// expired at `now` are parked (`OCSP_DUE_NEVER`) instead of returned.
+    /// one signs (and signs it again after the lease if this one died). Due rows of
+    /// certificates expired at `now` are parked (`OCSP_DUE_NEVER`) instead.
     pub async fn claim_due_ocsp_responses(
         &self,
         now: Timestamp,
@@ -157,6 +157,16 @@ impl Store {
         lease_until: Timestamp,
     ) -> Result<Vec<DueOcspRow>> {
         let mut tx = self.pool.begin().await?;
+        // A write first, so that SQLite takes the write lock before this transaction reads
+        // (a read transaction that later writes fails if another writer committed meanwhile).
+        sqlx::query(
+            "UPDATE ocsp_responses SET due_at = $1 WHERE due_at <= $2 AND EXISTS \
+             (SELECT 1 FROM certificates c WHERE c.serial = ocsp_responses.serial AND c.not_after < $2)",
+        )
+        .bind(Timestamp::parse(OCSP_DUE_NEVER).expect("a fixed RFC 3339 time"))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let due: Vec<DueOcspRow> = sqlx::query_as(sql!(
             "SELECT r.hash_algorithm, r.due_at, {SUBJECT_COLUMNS} FROM ocsp_responses r \
              JOIN certificates c ON c.serial = r.serial WHERE r.due_at <= $1 \
@@ -168,23 +178,17 @@ impl Store {
         .await?;
         let mut claimed = Vec::with_capacity(due.len());
         for row in due {
-            let expired = row.subject.not_after < now;
-            let until = if expired {
-                Timestamp::parse(OCSP_DUE_NEVER).expect("a fixed RFC 3339 time")
-            } else {
-                lease_until
-            };
             let done = sqlx::query(
                 "UPDATE ocsp_responses SET due_at = $1 \
                  WHERE serial = $2 AND hash_algorithm = $3 AND due_at = $4",
             )
-            .bind(until)
+            .bind(lease_until)
             .bind(&row.subject.serial)
             .bind(&row.hash_algorithm)
             .bind(row.due_at)
             .execute(&mut *tx)
             .await?;
-            if done.rows_affected() == 1 && !expired {
+            if done.rows_affected() == 1 {
                 claimed.push(row);
             }
         }
