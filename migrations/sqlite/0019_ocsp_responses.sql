@@ -18,7 +18,7 @@ ALTER TABLE certificates ADD COLUMN status_version BIGINT NOT NULL DEFAULT 0;
 --                   9999-12-31T23:59:59Z once the certificate expired (then only on request)
 -- These rows are derived data (no audit event): they are written outside the write lock.
 CREATE TABLE ocsp_responses (
-    serial TEXT NOT NULL REFERENCES certificates(serial),
+    serial TEXT NOT NULL REFERENCES certificates(serial) ON DELETE CASCADE,
     hash_algorithm TEXT NOT NULL,
     signed_version BIGINT,
     der BLOB,
