@@ -348,8 +348,9 @@ pub struct OcspResponder {
     certificate: Certificate,
     /// SHA-1 of the responder's subjectPublicKey (responderID byKey).
     key_hash: [u8; 20],
-    issuer_name_der: Vec<u8>,
-    issuer_key_bits: Vec<u8>,
+    /// SHA-1 and SHA-256 of the issuing CA's name and key (what CertIDs carry), made once.
+    issuer_sha1: (Vec<u8>, Vec<u8>),
+    issuer_sha256: (Vec<u8>, Vec<u8>),
     signature_algorithm: AlgorithmIdentifierOwned,
 }
 
@@ -382,21 +383,24 @@ impl OcspResponder {
         let signature_algorithm =
             AlgorithmIdentifierOwned::from_der(key.algorithm_identifier_der())
                 .map_err(unreadable)?;
+        let issuer_name_der = issuing
+            .tbs_certificate()
+            .subject()
+            .to_der()
+            .map_err(unreadable)?;
+        let issuer_key_bits = issuing
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes();
+        let hashes =
+            |hash: CertIdHash| (hash.digest(&issuer_name_der), hash.digest(issuer_key_bits));
         Ok(OcspResponder {
             key_hash: Sha1::digest(&responder_bits).into(),
             signer: Box::new(key),
             certificate,
-            issuer_name_der: issuing
-                .tbs_certificate()
-                .subject()
-                .to_der()
-                .map_err(unreadable)?,
-            issuer_key_bits: issuing
-                .tbs_certificate()
-                .subject_public_key_info()
-                .subject_public_key
-                .raw_bytes()
-                .to_vec(),
+            issuer_sha1: hashes(CertIdHash::Sha1),
+            issuer_sha256: hashes(CertIdHash::Sha256),
             signature_algorithm,
         })
     }
@@ -463,17 +467,22 @@ impl OcspResponder {
             let Some(hash) = CertIdHash::from_oid(id.hash_algorithm.oid) else {
                 return Err(OcspRefusal::Unauthorized);
             };
-            let (name_hash, key_hash) = (
-                hash.digest(&self.issuer_name_der),
-                hash.digest(&self.issuer_key_bits),
-            );
-            if id.issuer_name_hash.as_bytes() != name_hash.as_slice()
-                || id.issuer_key_hash.as_bytes() != key_hash.as_slice()
+            let (name_hash, key_hash) = self.issuer_hashes(hash);
+            if id.issuer_name_hash.as_bytes() != name_hash
+                || id.issuer_key_hash.as_bytes() != key_hash
             {
                 return Err(OcspRefusal::Unauthorized);
             }
         }
         Ok(())
+    }
+
+    fn issuer_hashes(&self, hash: CertIdHash) -> (&[u8], &[u8]) {
+        let (name, key) = match hash {
+            CertIdHash::Sha1 => &self.issuer_sha1,
+            CertIdHash::Sha256 => &self.issuer_sha256,
+        };
+        (name, key)
     }
 
     /// The CertID of our certificate `serial_hex` (lower-case hex of the serial's magnitude, as
@@ -482,15 +491,14 @@ impl OcspResponder {
         let serial = hex::decode(serial_hex).map_err(|_| {
             CaError::RevocationEncoding(format!("serial {serial_hex:?} is not hex"))
         })?;
+        let (name_hash, key_hash) = self.issuer_hashes(hash);
         Ok(CertId {
             hash_algorithm: AlgorithmIdentifierOwned {
                 oid: hash.oid(),
                 parameters: Some(der::Any::from(Null)),
             },
-            issuer_name_hash: OctetString::new(hash.digest(&self.issuer_name_der))
-                .map_err(encoding)?,
-            issuer_key_hash: OctetString::new(hash.digest(&self.issuer_key_bits))
-                .map_err(encoding)?,
+            issuer_name_hash: OctetString::new(name_hash).map_err(encoding)?,
+            issuer_key_hash: OctetString::new(key_hash).map_err(encoding)?,
             serial_number: SerialNumber::new(&serial).map_err(encoding)?,
         })
     }
