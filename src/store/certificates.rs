@@ -1,6 +1,6 @@
 //! Table `certificates`: every serial the CA reserved, what it was about to sign, the signed
-//! certificate, and its status. Status changes bump `crl_state.status_changes` and the
-//! certificate's `status_version` (see `ocsp_responses`).
+//! certificate, and its status. Status changes bump `crl_state.status_changes`; the trigger of
+//! migration 0019 also bumps the certificate's `status_version` (see `ocsp_responses`).
 use super::{Result, Store, Timestamp, WriteTx, map_unique, written};
 use serde::Serialize;
 use sqlx::{Any, Executor};
@@ -225,7 +225,6 @@ impl WriteTx {
             .bind(serial)
             .execute(&mut *self.tx)
             .await?;
-        self.ocsp_status_changed(serial, true).await?;
         written(self.certificate_by_serial(serial).await?)
     }
 
@@ -269,8 +268,6 @@ impl WriteTx {
         sqlx::query("UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1")
             .execute(&mut *self.tx)
             .await?;
-        // Its stored OCSP responses stop being served and are signed again (`ocsp_responses`).
-        self.ocsp_status_changed(serial, false).await?;
         written(self.certificate_by_serial(serial).await?)
     }
 

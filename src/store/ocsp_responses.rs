@@ -2,10 +2,14 @@
 //! algorithm), and `certificates.status_version`, which says whether a stored response still
 //! tells the certificate's current status.
 //!
+//! A status change marks responses stale in its own transaction without any code here: the
+//! trigger of migration 0019 bumps `certificates.status_version` and `ocsp_state`, adds the
+//! certificate's SHA-1 row once it is signed and sets its rows due at once.
+//!
 //! The rows are derived data, re-made from `certificates` whenever needed: they are written
 //! outside the write lock (no audit event, no HSM call inside any transaction), and every write
 //! is conditional, so a response signed for an older status never counts as current.
-use super::{CertificateStatus, Result, Store, Timestamp, WriteTx};
+use super::{CertificateStatus, Result, Store, Timestamp};
 
 /// `due_at` of a row to sign at once (a status change, a new certificate): first in line.
 pub const OCSP_DUE_NOW: &str = "1970-01-01T00:00:00Z";
@@ -73,46 +77,12 @@ pub struct NewOcspResponse {
 const SUBJECT_COLUMNS: &str = "c.serial, c.status, c.revocation_reason, c.revoked_at, c.updated_at, \
      c.not_after, c.status_version";
 
-fn due_now() -> Timestamp {
-    Timestamp::parse(OCSP_DUE_NOW).expect("a fixed RFC 3339 time")
-}
-
-impl WriteTx {
-    /// In the transaction of a status change of `serial`: its stored responses stop being
-    /// current (the version moves on) and are first in line for the signer. A new certificate
-    /// (`issued`) gets its SHA-1 row.
-    pub(super) async fn ocsp_status_changed(&mut self, serial: &str, issued: bool) -> Result<()> {
-        sqlx::query(
-            "UPDATE certificates SET status_version = status_version + 1 WHERE serial = $1",
-        )
-        .bind(serial)
-        .execute(&mut *self.tx)
-        .await?;
-        if issued {
-            sqlx::query(
-                "INSERT INTO ocsp_responses (serial, hash_algorithm, due_at) VALUES ($1, 'sha1', $2) \
-                 ON CONFLICT (serial, hash_algorithm) DO UPDATE SET due_at = $2",
-            )
-            .bind(serial)
-            .bind(due_now())
-            .execute(&mut *self.tx)
-            .await?;
-        } else {
-            sqlx::query("UPDATE ocsp_responses SET due_at = $1 WHERE serial = $2")
-                .bind(due_now())
-                .bind(serial)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
 impl Store {
-    /// The status-change counter every revoke, hold and release bumps (`crl_state`), alone.
-    pub async fn status_changes(&self) -> Result<i64> {
+    /// The counter every status change of a signed certificate bumps (`ocsp_state`, by the
+    /// trigger of migration 0019): nothing changed while it stays put.
+    pub async fn ocsp_status_changes(&self) -> Result<i64> {
         Ok(
-            sqlx::query_scalar("SELECT status_changes FROM crl_state WHERE id = 1")
+            sqlx::query_scalar("SELECT status_changes FROM ocsp_state WHERE id = 1")
                 .fetch_one(&self.pool)
                 .await?,
         )

@@ -658,7 +658,7 @@ impl CounterReads {
                         }
                         std::mem::take(&mut p.waiters)
                     };
-                    let value = store.status_changes().await.map_err(|e| e.to_string());
+                    let value = store.ocsp_status_changes().await.map_err(|e| e.to_string());
                     for waiter in batch {
                         let _ = waiter.send(value.clone());
                     }
