@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # OCSP answers per second of `tessera serve` next to nginx serving the very same response bytes
 # as a static file, same client (ApacheBench `ab`, POST of one DER OCSP request, keep-alive),
-# interleaved round by round, median of the rounds — then the same with a slow HSM
-# (softhsm/slow-pkcs11.c in front of SoftHSM2, SLOW_MS per signature, one at a time). Prints
-# the ratio Tessera / nginx and the HSM signatures spent per OCSP request (from /metrics).
+# and of a second `tessera serve` whose HSM is slow (softhsm/slow-pkcs11.c in front of
+# SoftHSM2, SLOW_MS per signature, one at a time): the three interleaved round by round, median
+# of the rounds. Prints each server's ratio to nginx and the HSM signatures it spent per OCSP
+# request (from its /metrics).
 #   scripts/bench-ocsp.sh [TESSERA_BINARY] [REQUESTS_PER_ROUND] [ROUNDS] [SLOW_MS]
 # defaults: target/release/tessera 20000 5 20. Everything lives in a throwaway directory
 # (SoftHSM2 token, CA, SQLite database, nginx prefix) removed at the end.
@@ -26,10 +27,10 @@ for tool in ab nginx gcc curl openssl; do
 done
 
 d=$(mktemp -d)
-server_pid=""
+server_pids=()
 nginx_pid=""
 cleanup() {
-  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   [[ -n $nginx_pid ]] && kill "$nginx_pid" 2>/dev/null
   rm -rf "$d"
 }
@@ -60,40 +61,46 @@ private_key = "$d/server.key"
 client_ca = "$d/server.pem"
 
 [database]
-url = "sqlite:$d/tessera.db"
+url = "sqlite:$3"
 
 [ca]
 hsm_config = "$1"
 data_dir = "$d/ca"
 CONF
 }
-config "$d/tok/hsm.toml" "$d/fast.toml"
-config "$d/tok/slow-hsm.toml" "$d/slow.toml"
+config "$d/tok/hsm.toml" "$d/fast.toml" "$d/fast.db"
+config "$d/tok/slow-hsm.toml" "$d/slow.toml" "$d/slow.db"
 # The certificate asked about: the responder's own (recorded in the database, status good).
+# Each server has its own copy of the database.
 "$bin" ca init-ocsp --hsm-config "$d/tok/hsm.toml" --data-dir "$d/ca" --config "$d/fast.toml" >/dev/null
+sqlite3 "$d/fast.db" ".backup $d/slow.db" 2>/dev/null || cp "$d/fast.db" "$d/slow.db"
 openssl ocsp -issuer "$d/ca/issuing.pem" -cert "$d/ca/ocsp.pem" -no_nonce -reqout "$d/req.der" >/dev/null
 
-metric() { curl -s "http://$http/metrics" | sed -n "s/^$1 //p"; }
-start_server() { # CONFIG
-  "$bin" serve --config "$1" >"$d/serve.out" 2>"$d/serve.err" &
-  server_pid=$!
+metric() { curl -s "http://$1/metrics" | sed -n "s/^$2 //p"; }
+server_pids=()
+start_server() { # NAME: serves $d/NAME.toml; sets $http
+  "$bin" serve --config "$d/$1.toml" >"$d/$1.out" 2>"$d/$1.err" &
+  server_pids+=($!)
+  http=""
   for _ in $(seq 100); do
-    http=$(sed -n 's/^tessera: HTTP listening on //p' "$d/serve.out")
+    http=$(sed -n 's/^tessera: HTTP listening on //p' "$d/$1.out")
     [[ -n $http ]] && curl -sf "http://$http/healthz" >/dev/null && break
     sleep 0.1
   done
-  [[ -n $http ]] || { cat "$d/serve.err" >&2; exit 1; }
+  [[ -n $http ]] || { cat "$d/$1.err" >&2; exit 1; }
   # Wait until a response is stored: then a request is answered from storage.
   for _ in $(seq 100); do
     curl -s --data-binary "@$d/req.der" -H 'Content-Type: application/ocsp-request' \
       "http://$http/ocsp" -o "$d/resp.der"
-    [[ $(metric 'tessera_ocsp_responses_total{result="stored"}') -gt 0 ]] && break
+    [[ $(metric "$http" 'tessera_ocsp_responses_total{result="stored"}') -gt 0 ]] && break
     sleep 0.2
   done
 }
-stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 
-start_server "$d/fast.toml"
+start_server slow
+slow_http=$http
+start_server fast
+fast_http=$http
 openssl ocsp -respin "$d/resp.der" -issuer "$d/ca/issuing.pem" -cert "$d/ca/ocsp.pem" -no_nonce \
   -CAfile "$d/ca/chain.pem" >"$d/check.out" 2>&1 || { cat "$d/check.out" >&2; exit 1; }
 
@@ -134,26 +141,28 @@ rate() { # URL
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-run_rounds() { # LABEL
-  local t=() n=() before after
-  before=$(metric 'tessera_ocsp_hsm_signatures_total{purpose="request"}')
-  for _ in $(seq "$rounds"); do
-    t+=("$(rate "http://$http/ocsp")")
-    n+=("$(rate "http://127.0.0.1:$nginx_port/ocsp")")
-  done
-  after=$(metric 'tessera_ocsp_hsm_signatures_total{purpose="request"}')
-  local tm nm
-  tm=$(printf '%s\n' "${t[@]}" | median)
-  nm=$(printf '%s\n' "${n[@]}" | median)
-  printf '%-34s %12s %12s %8s %14s\n' "$1" "$tm" "$nm" \
-    "$(awk -v a="$tm" -v b="$nm" 'BEGIN { printf "%.0f%%", 100 * a / b }')" \
-    "$(awk -v s="$((after - before))" -v r="$((requests * rounds))" 'BEGIN { printf "%.4f", s / r }')"
+signatures() { metric "$1" 'tessera_ocsp_hsm_signatures_total{purpose="request"}'; }
+fast_before=$(signatures "$fast_http")
+slow_before=$(signatures "$slow_http")
+f=() w=() n=()
+for _ in $(seq "$rounds"); do
+  f+=("$(rate "http://$fast_http/ocsp")")
+  w+=("$(rate "http://$slow_http/ocsp")")
+  n+=("$(rate "http://127.0.0.1:$nginx_port/ocsp")")
+done
+fast_spent=$(($(signatures "$fast_http") - fast_before))
+slow_spent=$(($(signatures "$slow_http") - slow_before))
+fm=$(printf '%s\n' "${f[@]}" | median)
+wm=$(printf '%s\n' "${w[@]}" | median)
+nm=$(printf '%s\n' "${n[@]}" | median)
+line() { # LABEL RATE SPENT
+  printf '%-40s %12s %8s %14s\n' "$1" "$2" \
+    "$(awk -v a="$2" -v b="$nm" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b }')" \
+    "$(awk -v s="$3" -v r="$((requests * rounds))" 'BEGIN { if (r > 0) printf "%.4f", s / r }')"
 }
-
 echo "tessera bench-ocsp: ab -k -c $concurrency -n $requests POST, median of $rounds interleaved rounds; response $(stat -c %s "$d/resp.der") bytes"
-printf '%-34s %12s %12s %8s %14s\n' "HSM" "tessera/s" "nginx/s" "ratio" "HSM sig/req"
-run_rounds "SoftHSM2"
-stop_server
-start_server "$d/slow.toml"
-run_rounds "SoftHSM2 + ${slow_ms} ms C_Sign (serial)"
-stop_server
+echo "rounds (per second): tessera ${f[*]}; tessera slow HSM ${w[*]}; nginx ${n[*]}"
+printf '%-40s %12s %8s %14s\n' "server" "answers/s" "/ nginx" "HSM sig/req"
+line "nginx, static file" "$nm" 0
+line "tessera serve, SoftHSM2" "$fm" "$fast_spent"
+line "tessera serve, SoftHSM2 + ${slow_ms} ms C_Sign" "$wm" "$slow_spent"
