@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tessera/v1/certificate.proto",
         "proto/tessera/v1/audit.proto",
         "proto/tessera/v1/enrollment.proto",
+        "proto/tessera/v1/self_service.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -5,7 +5,10 @@
 # gRPC, enroll the token at the "help desk" with `tessera station enroll`, and log the person in
 # to a local nginx that requires a client certificate, with curl using the token's key through
 # OpenSC; then HR suspends the person and nginx refuses them, and reinstates them and nginx lets
-# them in again. Everything it makes lives in one temporary directory, removed on exit.
+# them in again; then the desk renews the 9a certificate in place (`tessera station renew`,
+# forced by an admin since it is not yet in its renewal window) and nginx accepts the new one,
+# the superseded one being revoked in the CRL. Everything it makes lives in one temporary
+# directory, removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,14 +76,14 @@ hsm_config = "$TESSERA_HSM_CONFIG"
 data_dir = "$TESSERA_DATA_DIR"
 CONF
 export TESSERA_CONFIG=$work/server/tessera.toml
-for role in hr helpdesk; do
+for role in hr helpdesk admin; do
   "$tessera" admin issue-client-cert --role "$role" --name "demo $role" \
     --out-cert "$work/server/$role.pem" --out-key "$work/server/$role.key" | sed 's/^/  /'
 done
-echo "  config $TESSERA_CONFIG; client certificates from the operator CA carry their role (tessera:role:hr, tessera:role:helpdesk)"
+echo "  config $TESSERA_CONFIG; client certificates from the operator CA carry their role (tessera:role:hr, tessera:role:helpdesk, tessera:role:admin)"
 
 step "7. the rest runs beside a private pcscd with virtual readers (scripts/with-pcscd.sh)"
 export DEMO_WORK="$work"
 scripts/with-pcscd.sh --readers 2 -- scripts/demo-token.sh
 
-printf '\ndemo: done: CA keys in the HSM; a virtual YubiKey enrolled at the help desk (keys born on the token, attested, certified); the person logged in to nginx with it, was refused while suspended, and let in again once reinstated\n'
+printf '\ndemo: done: CA keys in the HSM; a virtual YubiKey enrolled at the help desk (keys born on the token, attested, certified); the person logged in to nginx with it, was refused while suspended, and let in again once reinstated; the desk renewed its 9a certificate in place (PIN and 9c untouched) and nginx accepts the new one while the superseded one is revoked\n'

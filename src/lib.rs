@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod notify;
 pub mod piv;
 pub mod protocol;
+pub mod renew;
 pub mod server;
 pub mod station;
 pub mod store;

@@ -34,6 +34,8 @@ enum Command {
     Report(cli::report::ReportArgs),
     /// The help-desk station: enroll, unblock, replace, retire a YubiKey; token status.
     Station(cli::station::StationArgs),
+    /// Renew your own token's certificates, authenticated by the token itself.
+    Renew(cli::renew::RenewArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Admin(a) => cli::admin::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Station(a) => cli::station::run(a),
+        Command::Renew(a) => cli::renew::run(a),
     };
     match result {
         Ok(code) => code,

@@ -237,6 +237,8 @@ pub struct DatabaseReadings {
     pub audit_head_sequence: i64,
     pub pool_open: u32,
     pub pool_idle: usize,
+    /// (durable group commits, write transactions they carried) of this process.
+    pub group_commits: (u64, u64),
     /// Certificates signed (all replicas); `None` when the query failed.
     pub certificates_signed: Option<i64>,
     /// The current CRL number (with a CA; −1 when the query failed).
@@ -294,6 +296,21 @@ impl Collector for DatabaseReadings {
             .encode(pool.encode_family(&StateLabel { state: "open" })?)?;
         ConstGauge::new(i64::try_from(self.pool_idle).unwrap_or(i64::MAX))
             .encode(pool.encode_family(&StateLabel { state: "idle" })?)?;
+        let (groups, writers) = self.group_commits;
+        let groups = ConstCounter::new(groups);
+        groups.encode(encoder.encode_descriptor(
+            "tessera_db_group_commits",
+            "Durable commits of the database's write group (this process); each carries one or more write transactions.",
+            None,
+            groups.metric_type(),
+        )?)?;
+        let writers = ConstCounter::new(writers);
+        writers.encode(encoder.encode_descriptor(
+            "tessera_db_write_transactions",
+            "Write transactions committed (this process); divided by tessera_db_group_commits, the mean group size.",
+            None,
+            writers.metric_type(),
+        )?)?;
         if let Some(n) = self.certificates_signed {
             let issued = ConstCounter::new(u64::try_from(n).unwrap_or(0));
             issued.encode(encoder.encode_descriptor(
@@ -435,6 +452,7 @@ mod tests {
             audit_head_sequence: 7,
             pool_open: 2,
             pool_idle: 1,
+            group_commits: (3, 8),
             certificates_signed: Some(4),
             crl_number: Some(5),
             certificates_expiring: vec![(7, 2), (30, 6)],
@@ -447,6 +465,8 @@ mod tests {
             "tessera_audit_head_sequence 7",
             "tessera_db_pool_connections{state=\"open\"} 2",
             "tessera_db_pool_connections{state=\"idle\"} 1",
+            "tessera_db_group_commits_total 3",
+            "tessera_db_write_transactions_total 8",
             "tessera_certificates_issued_total 4",
             "tessera_crl_number 5",
             "tessera_certificates_expiring{within_days=\"7\"} 2",

@@ -181,7 +181,8 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.TokenService/MarkTokenDamaged"
         | "/tessera.v1.TokenService/RetireToken"
         | "/tessera.v1.TokenService/SuspendToken"
-        | "/tessera.v1.TokenService/ReinstateToken" => TOKEN_WRITE,
+        | "/tessera.v1.TokenService/ReinstateToken"
+        | "/tessera.v1.TokenService/MarkTokenForgotten" => TOKEN_WRITE,
         // Holds certificates fleet-wide on a policy the caller supplies.
         "/tessera.v1.TokenService/RecheckFleet" => &[Admin],
         "/tessera.v1.AuditService/ListAuditEvents"
@@ -205,7 +206,16 @@ pub fn allowed_roles(method: &str) -> &'static [Role] {
         | "/tessera.v1.EnrollmentService/AbortEnrollment"
         | "/tessera.v1.EnrollmentService/GetEnrollment"
         | "/tessera.v1.EnrollmentService/ReleasePuk"
-        | "/tessera.v1.EnrollmentService/ApprovePukRelease" => TOKEN_WRITE,
+        | "/tessera.v1.EnrollmentService/ApprovePukRelease"
+        | "/tessera.v1.EnrollmentService/ConfirmPukRotation"
+        | "/tessera.v1.EnrollmentService/BeginRenewal" => TOKEN_WRITE,
+        // No role: a token acts for itself with its own certificate (`lifecycle::token_caller`,
+        // `api::self_service`); every operator certificate is refused.
+        "/tessera.v1.SelfService/GetMyToken"
+        | "/tessera.v1.SelfService/BeginRenewal"
+        | "/tessera.v1.SelfService/CompleteRenewal"
+        | "/tessera.v1.SelfService/ConfirmRenewal"
+        | "/tessera.v1.SelfService/AbortRenewal" => &[],
         _ => &[],
     }
 }

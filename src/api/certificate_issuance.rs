@@ -143,7 +143,10 @@ impl Certificates {
             let t = super::named_token(&self.store, &req.token_serial).await?;
             if matches!(
                 t.state,
-                TokenState::Lost | TokenState::Damaged | TokenState::Retired
+                TokenState::Lost
+                    | TokenState::Damaged
+                    | TokenState::Retired
+                    | TokenState::Forgotten
             ) {
                 return Err(status::failed_precondition(
                     "TOKEN_NOT_USABLE",

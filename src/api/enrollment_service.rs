@@ -13,19 +13,21 @@
 //! ReleasePuk that waits for its approval (dual control) commits its request but is not kept as
 //! an answer (`Failure::Committed`): the same request id then collects the approved release.
 
-use super::authz::{Identity, authorize};
+use super::authz::{Identity, Role, authorize};
 use super::certificate_service::Certificates;
 use super::pb::{self, enrollment_service_server::EnrollmentService};
 use super::status;
 use super::token_service::Tokens;
 use crate::enroll::{
-    BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure, EnrollError,
-    EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm, ManagementKeySecret,
-    PukRelease, PukReleaseView, SecretRepeat, SlotProof, TokenCredentials,
+    BeginRequest, BegunEnrollment, BegunRenewal, Caller, CompleteRequest, Completion, DeskFailure,
+    EnrollError, EnrollmentDesk, EnrollmentRefusal, EnrollmentView, ManagementKeyAlgorithm,
+    ManagementKeySecret, PukRelease, PukReleaseView, PukRotation, RENEWAL_SLOTS_MAX,
+    RenewalRequest, SecretRepeat, SlotProof, TokenCredentials,
 };
 use crate::lifecycle::{self, LifecycleError, RequestKey};
 use crate::store::{
-    CertificateRow, EnrollmentState, IdempotencyRow, PukReleaseState, Store, WriteTx,
+    CertificateRow, EnrollmentKind, EnrollmentState, IdempotencyRow, PukReleaseState, Store,
+    WriteTx,
 };
 use std::future::Future;
 use tonic::{Code, Request, Response, Status};
@@ -42,7 +44,7 @@ fn method(name: &str) -> String {
 
 /// An enrollment refusal or error as gRPC status: code, stable reason, field at fault and
 /// `ErrorInfo` metadata; internal errors are logged and answered without detail.
-fn refusal_status(e: EnrollmentRefusal) -> Status {
+pub(super) fn refusal_status(e: EnrollmentRefusal) -> Status {
     use EnrollmentRefusal as R;
     let e = match e {
         R::Lifecycle(l) => return l.into(),
@@ -51,7 +53,9 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
     let code = match &e {
         _ if e.is_internal() => return status::internal(&e),
         R::EnrollmentNotFound(_) | R::PukReleaseNotFound(_) => Code::NotFound,
-        R::ApproverIsRequester(_) => Code::PermissionDenied,
+        R::ApproverIsRequester(_)
+        | R::PukRotationOfAnotherCaller(_)
+        | R::RenewalForceRequiresAdmin => Code::PermissionDenied,
         R::PukReleaseRateLimited { .. } => Code::ResourceExhausted,
         R::IssuanceFailed { .. } => Code::Internal,
         // Not the caller's fault, and no retry helps: the stored row is corrupt.
@@ -61,8 +65,17 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         | R::TokenNeverEnrollable { .. }
         | R::TokenNotEnrolling { .. }
         | R::TokenHeldByAnotherPerson { .. }
+        | R::TokenForgotten { .. }
+        | R::NoForgottenToken { .. }
+        | R::TemporaryTokenInUse { .. }
         | R::TokenNotActive { .. }
+        | R::TokenNotRenewable { .. }
+        | R::TokenEnrollmentOpen { .. }
+        | R::SlotNotRenewable { .. }
+        | R::RenewalTooEarly(_)
         | R::CredentialsNotHeld(_)
+        | R::PukRotationNotPending(_)
+        | R::PukRotationStale { .. }
         | R::RepeatExpired { .. }
         | R::PukReleasePendingApproval { .. }
         | R::PukReleaseNotPending { .. }
@@ -78,6 +91,7 @@ fn refusal_status(e: EnrollmentRefusal) -> Status {
         R::ProfileUnknown { .. }
         | R::FirmwareInvalid(_)
         | R::TokenSerialInvalid
+        | R::SlotInvalid(_)
         | R::ReasonTooLong
         | R::ReleaseReasonRequired
         | R::PukReleaseTokenMismatch { .. }
@@ -160,14 +174,38 @@ impl EnrollmentRequest for pb::BeginEnrollmentRequest {
     fn check(&self) -> Result<(), Status> {
         required("person_external_id", &self.person_external_id)?;
         required("profile", &self.profile)?;
-        if self.token_serial.is_empty()
-            || !self.token_serial.bytes().all(|b| b.is_ascii_digit())
-            || self.token_serial.parse::<u32>().is_err()
-        {
+        check_token_serial(&self.token_serial)
+    }
+}
+
+/// The token serial as the station reads it: decimal, 32 bits.
+pub(super) fn check_token_serial(serial: &str) -> Result<(), Status> {
+    if serial.is_empty()
+        || !serial.bytes().all(|b| b.is_ascii_digit())
+        || serial.parse::<u32>().is_err()
+    {
+        return Err(status::invalid_argument(
+            "token_serial",
+            "TOKEN_SERIAL_INVALID",
+            "token_serial must be the token's decimal serial number",
+        ));
+    }
+    Ok(())
+}
+
+impl EnrollmentRequest for pb::BeginRenewalRequest {
+    const RPC: &'static str = "BeginRenewal";
+
+    fn check(&self) -> Result<(), Status> {
+        check_token_serial(&self.token_serial)?;
+        if self.slots.len() > RENEWAL_SLOTS_MAX {
             return Err(status::invalid_argument(
-                "token_serial",
-                "TOKEN_SERIAL_INVALID",
-                "token_serial must be the token's decimal serial number",
+                "slots",
+                "TOO_MANY_ITEMS",
+                &format!(
+                    "slots holds {} entries; a token has at most {RENEWAL_SLOTS_MAX} key slots",
+                    self.slots.len()
+                ),
             ));
         }
         Ok(())
@@ -179,6 +217,22 @@ impl EnrollmentRequest for pb::ReleasePukRequest {
 
     fn check(&self) -> Result<(), Status> {
         required("token_serial", &self.token_serial)
+    }
+}
+
+impl EnrollmentRequest for pb::ConfirmPukRotationRequest {
+    const RPC: &'static str = "ConfirmPukRotation";
+
+    fn check(&self) -> Result<(), Status> {
+        required("token_serial", &self.token_serial)?;
+        if self.generation <= 0 {
+            return Err(status::invalid_argument(
+                "generation",
+                "FIELD_REQUIRED",
+                "generation is not set; send the new_puk_generation ReleasePuk answered",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -224,11 +278,13 @@ macro_rules! change_requests {
 
 change_requests!(
     pb::BeginEnrollmentRequest,
+    pb::BeginRenewalRequest,
     pb::CompleteEnrollmentRequest,
     pb::ConfirmEnrollmentRequest,
     pb::AbortEnrollmentRequest,
     pb::ReleasePukRequest,
     pb::ApprovePukReleaseRequest,
+    pb::ConfirmPukRotationRequest,
 );
 
 /// A state-changing request past the steps every such RPC begins with.
@@ -260,7 +316,7 @@ fn algorithm_to_pb(a: ManagementKeyAlgorithm) -> pb::ManagementKeyAlgorithm {
     }
 }
 
-fn key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
+pub(super) fn key_to_pb(k: &ManagementKeySecret) -> pb::ManagementKey {
     pb::ManagementKey {
         algorithm: algorithm_to_pb(k.algorithm) as i32,
         key: k.key.to_vec(),
@@ -309,6 +365,13 @@ fn state_to_pb(s: EnrollmentState) -> pb::EnrollmentState {
         EnrollmentState::Confirmed => pb::EnrollmentState::Confirmed,
         EnrollmentState::Aborted => pb::EnrollmentState::Aborted,
         EnrollmentState::Expired => pb::EnrollmentState::Expired,
+    }
+}
+
+fn kind_to_pb(k: EnrollmentKind) -> pb::EnrollmentKind {
+    match k {
+        EnrollmentKind::Enrollment => pb::EnrollmentKind::Enrollment,
+        EnrollmentKind::Renewal => pb::EnrollmentKind::Renewal,
     }
 }
 
@@ -405,7 +468,7 @@ impl Enrollments {
         }
     }
 
-    async fn slot_certificates_to_pb(
+    pub(super) async fn slot_certificates_to_pb(
         &self,
         certificates: Vec<(String, CertificateRow)>,
     ) -> Result<Vec<pb::SlotCertificate>, Status> {
@@ -420,7 +483,28 @@ impl Enrollments {
         Ok(out)
     }
 
-    async fn enrollment_to_pb(&self, v: EnrollmentView) -> Result<pb::Enrollment, Status> {
+    /// BeginRenewal's answer without its secret (the stored answer).
+    pub(super) async fn renewal_to_pb(
+        &self,
+        b: &BegunRenewal,
+    ) -> Result<pb::BeginRenewalResponse, Status> {
+        Ok(pb::BeginRenewalResponse {
+            enrollment_id: b.enrollment.public_id.clone(),
+            nonce: b.enrollment.nonce.clone(),
+            slots: b.slots.iter().map(pb::SlotPlan::from).collect(),
+            current_management_key: Some(redacted_key_to_pb(&b.current.management_key)),
+            expires_at: b.enrollment.expires_at.to_string(),
+            person_external_id: b.person.external_id.clone(),
+            person_display_name: b.person.display_name.clone(),
+            superseded: self.slot_certificates_to_pb(b.superseded.clone()).await?,
+            forced_slots: b.forced_slots.clone(),
+        })
+    }
+
+    pub(super) async fn enrollment_to_pb(
+        &self,
+        v: EnrollmentView,
+    ) -> Result<pb::Enrollment, Status> {
         Ok(pb::Enrollment {
             certificates: self.slot_certificates_to_pb(v.certificates).await?,
             enrollment_id: v.row.public_id,
@@ -429,6 +513,7 @@ impl Enrollments {
             token_serial: v.token_serial,
             profile: v.row.profile,
             expires_at: v.row.expires_at.to_string(),
+            kind: kind_to_pb(v.row.kind) as i32,
         })
     }
 
@@ -579,6 +664,72 @@ impl EnrollmentService for Enrollments {
         }
     }
 
+    async fn begin_renewal(
+        &self,
+        request: Request<pb::BeginRenewalRequest>,
+    ) -> Result<Response<pb::BeginRenewalResponse>, Status> {
+        let call = self.admit(request).await?;
+        let (desk, req) = (call.desk, &call.req);
+        let renewal = RenewalRequest {
+            token_serial: &req.token_serial,
+            slots: &req.slots,
+            force: req.force,
+            reason: &req.reason,
+            request_id: &req.request_id,
+        };
+        let actor = call.identity.actor();
+        let (actor, renewal) = (&actor, &renewal);
+        // Who may renew before the window is decided here: admin only.
+        let may_force = call.identity.role == Role::Admin;
+        let once = self
+            .once(&call, |mut tx| async move {
+                if renewal.force && !may_force {
+                    return Err(Failure::Desk(DeskFailure::Refused {
+                        subject: format!("token:{}", renewal.token_serial),
+                        refusal: EnrollmentRefusal::RenewalForceRequiresAdmin,
+                    }));
+                }
+                let begun = desk.begin_renewal(&mut tx, actor, renewal).await?;
+                let redacted = self.renewal_to_pb(&begun).await?;
+                let mut full = redacted.clone();
+                full.current_management_key = Some(key_to_pb(&begun.current.management_key));
+                let kept = Kept {
+                    answer: prost::Message::encode_to_vec(&redacted),
+                    released_generation: None,
+                };
+                Ok((tx, full, kept))
+            })
+            .await?;
+        match once {
+            Once::Done(full) => Ok(Response::new(full)),
+            Once::Replayed(record) => {
+                // As BeginEnrollment: the stored answer has no key; a repeat unwraps it again
+                // after the checks of a first call, while the renewal is open.
+                let mut response: pb::BeginRenewalResponse = decode(&record.response)?;
+                self.expire_due(Some(&response.enrollment_id)).await?;
+                let repeat = SecretRepeat::from_record(&record);
+                let enrollment_id = response.enrollment_id.as_str();
+                let token_serial = req.token_serial.as_str();
+                let current = self
+                    .repeat(&call, |mut tx| async move {
+                        let current = desk
+                            .begin_renewal_repeat(
+                                &mut tx,
+                                actor,
+                                token_serial,
+                                enrollment_id,
+                                &repeat,
+                            )
+                            .await?;
+                        Ok((tx, current))
+                    })
+                    .await?;
+                response.current_management_key = Some(key_to_pb(&current.management_key));
+                Ok(Response::new(response))
+            }
+        }
+    }
+
     async fn complete_enrollment(
         &self,
         request: Request<pb::CompleteEnrollmentRequest>,
@@ -686,9 +837,12 @@ impl EnrollmentService for Enrollments {
         let call = self.admit(request).await?;
         let caller = caller(&call.identity);
         let (desk, req, caller) = (call.desk, &call.req, &caller);
-        let full = |c: &TokenCredentials| pb::ReleasePukResponse {
+        let full = |c: &TokenCredentials, r: &PukRotation| pb::ReleasePukResponse {
             puk: c.puk.to_string(),
             management_key: Some(key_to_pb(&c.management_key)),
+            new_puk: r.puk.to_string(),
+            new_puk_generation: r.generation,
+            new_puk_resumed: r.resumed,
         };
         let once = self
             .once(&call, |mut tx| async move {
@@ -701,11 +855,12 @@ impl EnrollmentService for Enrollments {
                         &req.request_id,
                     )
                     .await?;
-                let (c, generation) = match released {
+                let (c, generation, rotation) = match released {
                     PukRelease::Released {
                         credentials,
                         generation,
-                    } => (credentials, generation),
+                        rotation,
+                    } => (credentials, generation, rotation),
                     PukRelease::Pending(pending) => {
                         // The request is kept (not as an answer for repeats); the caller
                         // learns its id from the status.
@@ -720,12 +875,15 @@ impl EnrollmentService for Enrollments {
                 let redacted = pb::ReleasePukResponse {
                     puk: String::new(),
                     management_key: Some(redacted_key_to_pb(&c.management_key)),
+                    new_puk: String::new(),
+                    new_puk_generation: rotation.generation,
+                    new_puk_resumed: rotation.resumed,
                 };
                 let kept = Kept {
                     answer: prost::Message::encode_to_vec(&redacted),
                     released_generation: Some(generation),
                 };
-                Ok((tx, full(&c), kept))
+                Ok((tx, full(&c, &rotation), kept))
             })
             .await?;
         match once {
@@ -734,7 +892,7 @@ impl EnrollmentService for Enrollments {
                 // The stored answer has no secrets: a release of its own, checked and audited,
                 // of the credentials the first answer released, while the repeat is not too late.
                 let repeat = SecretRepeat::from_record(&record);
-                let c = self
+                let (c, rotation) = self
                     .repeat(&call, |mut tx| async move {
                         let c = desk
                             .release_puk_repeat(
@@ -748,7 +906,11 @@ impl EnrollmentService for Enrollments {
                         Ok((tx, c))
                     })
                     .await?;
-                Ok(Response::new(full(&c)))
+                // The first answer's flag: a repeat is the same answer, not a second one.
+                let first: pb::ReleasePukResponse = decode(&record.response)?;
+                let mut answer = full(&c, &rotation);
+                answer.new_puk_resumed = first.new_puk_resumed;
+                Ok(Response::new(answer))
             }
         }
     }
@@ -774,6 +936,32 @@ impl EnrollmentService for Enrollments {
                 release: Some(puk_release_to_pb(view)),
             };
             Ok(kept_as_is(tx, response))
+        })
+        .await?
+        .answer()
+    }
+
+    async fn confirm_puk_rotation(
+        &self,
+        request: Request<pb::ConfirmPukRotationRequest>,
+    ) -> Result<Response<pb::ConfirmPukRotationResponse>, Status> {
+        let call = self.admit(request).await?;
+        let caller = caller(&call.identity);
+        let (desk, req, caller) = (call.desk, &call.req, &caller);
+        self.once(&call, |mut tx| async move {
+            let generation = desk
+                .confirm_puk_rotation(
+                    &mut tx,
+                    caller,
+                    &req.token_serial,
+                    req.generation,
+                    &req.request_id,
+                )
+                .await?;
+            Ok(kept_as_is(
+                tx,
+                pb::ConfirmPukRotationResponse { generation },
+            ))
         })
         .await?
         .answer()

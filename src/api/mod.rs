@@ -59,12 +59,13 @@ pub mod client_revocation;
 mod directory_service;
 pub mod enrollment_service;
 pub mod rpc_metrics;
+pub mod self_service;
 mod serve;
 pub mod status;
 mod token_service;
 
 pub use authz::{Identity, Role};
-pub use serve::{GrpcEdge, TlsConnections};
+pub use serve::{GrpcEdge, SelfServiceEdge, TlsConnections};
 
 use crate::protocol::pb;
 

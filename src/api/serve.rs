@@ -8,6 +8,7 @@ use super::directory_service::Directory;
 use super::enrollment_service::Enrollments;
 use super::pb;
 use super::rpc_metrics::RpcLatencyLayer;
+use super::self_service::SelfServiceApi;
 use super::token_service::Tokens;
 use crate::audit::CheckpointVerifier;
 use crate::ca::OnlineCa;
@@ -61,6 +62,9 @@ impl GrpcEdge {
         health_reporter
             .set_serving::<pb::enrollment_service_server::EnrollmentServiceServer<Enrollments>>()
             .await;
+        health_reporter
+            .set_serving::<pb::self_service_server::SelfServiceServer<SelfServiceApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -97,12 +101,64 @@ impl GrpcEdge {
             .add_service(
                 pb::certificate_service_server::CertificateServiceServer::new(Certificates {
                     store: store.clone(),
-                    ca: self.ca,
+                    ca: self.ca.clone(),
                 }),
             )
+            // Served here too so every RPC has one place in the role matrix: operator
+            // certificates are refused by its own authorization, token certificates by
+            // `client_revocation` before it.
+            .add_service(pb::self_service_server::SelfServiceServer::new(
+                SelfServiceApi {
+                    store: store.clone(),
+                    ca: self.ca,
+                    desk: None,
+                },
+            ))
             .add_service(pb::enrollment_service_server::EnrollmentServiceServer::new(
                 Enrollments {
                     store,
+                    desk: self.enrollment,
+                },
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(connections),
+                shutdown,
+            )
+            .await
+    }
+}
+
+/// The self-service edge: `SelfService` alone (and health), for connections of the
+/// `[self_service]` listener, whose TLS handshake verified a token certificate against the issuing
+/// CA. No `client_revocation` layer (it admits operator certificates only): each call is
+/// authorized by `lifecycle::token_caller`.
+pub struct SelfServiceEdge {
+    pub store: Store,
+    pub ca: Option<Arc<OnlineCa>>,
+    /// Renewal; `None` without `[enrollment]`.
+    pub enrollment: Option<EnrollmentDesk>,
+    /// Where each call's latency is recorded (the same histogram as the operator port's).
+    pub rpc_latency: RpcLatency,
+}
+
+impl SelfServiceEdge {
+    /// Serves `connections` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        connections: TlsConnections,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::self_service_server::SelfServiceServer<SelfServiceApi>>()
+            .await;
+        tonic::transport::Server::builder()
+            .layer(RpcLatencyLayer(self.rpc_latency))
+            .add_service(health)
+            .add_service(pb::self_service_server::SelfServiceServer::new(
+                SelfServiceApi {
+                    store: self.store,
+                    ca: self.ca,
                     desk: self.enrollment,
                 },
             ))

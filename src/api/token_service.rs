@@ -23,6 +23,7 @@ fn state_to_pb(s: TokenState) -> pb::TokenState {
         TokenState::Lost => pb::TokenState::Lost,
         TokenState::Damaged => pb::TokenState::Damaged,
         TokenState::Retired => pb::TokenState::Retired,
+        TokenState::Forgotten => pb::TokenState::Forgotten,
     }
 }
 
@@ -34,6 +35,11 @@ fn form_factor_to_pb(s: &str) -> pb::FormFactor {
 impl Tokens {
     pub(super) async fn token_to_pb(&self, t: TokenRow) -> Result<pb::Token, Status> {
         let certificate_serials = self.store.certificate_serials_for_token(t.id).await?;
+        let temporary_for = self
+            .store
+            .temporary_token_for(t.id)
+            .await?
+            .unwrap_or_default();
         Ok(pb::Token {
             form_factor: form_factor_to_pb(&t.form_factor) as i32,
             state: state_to_pb(t.state) as i32,
@@ -44,6 +50,7 @@ impl Tokens {
             certificate_serials,
             created_at: t.created_at.to_string(),
             updated_at: t.updated_at.to_string(),
+            temporary_for,
         })
     }
 
@@ -126,7 +133,8 @@ transition_requests!(
     pb::MarkTokenDamagedRequest,
     pb::RetireTokenRequest,
     pb::SuspendTokenRequest,
-    pb::ReinstateTokenRequest
+    pb::ReinstateTokenRequest,
+    pb::MarkTokenForgottenRequest
 );
 
 #[tonic::async_trait]
@@ -225,6 +233,7 @@ impl TokenService for Tokens {
             Ok(pb::TokenState::Lost) => Some(TokenState::Lost),
             Ok(pb::TokenState::Damaged) => Some(TokenState::Damaged),
             Ok(pb::TokenState::Retired) => Some(TokenState::Retired),
+            Ok(pb::TokenState::Forgotten) => Some(TokenState::Forgotten),
             Err(_) => {
                 return Err(status::invalid_argument(
                     "state",
@@ -308,6 +317,19 @@ impl TokenService for Tokens {
             "ReinstateToken",
             TokenTransition::Reinstate,
             |token| pb::ReinstateTokenResponse { token: Some(token) },
+        )
+        .await
+    }
+
+    async fn mark_token_forgotten(
+        &self,
+        request: Request<pb::MarkTokenForgottenRequest>,
+    ) -> Result<Response<pb::MarkTokenForgottenResponse>, Status> {
+        self.transition_rpc(
+            request,
+            "MarkTokenForgotten",
+            TokenTransition::MarkForgotten,
+            |token| pb::MarkTokenForgottenResponse { token: Some(token) },
         )
         .await
     }

@@ -251,18 +251,19 @@ impl EcdsaP256Verifier {
     }
 }
 
-/// Signs the current head of the chain, unless the last checkpoint already covers it.
+/// Signs the current head of the chain, unless the last checkpoint already covers it. The
+/// head is read and signed outside any write transaction (an HSM call never holds up writers);
+/// the signed checkpoint is then stored unless one for that head or a later one was stored
+/// meanwhile (by another replica). A checkpoint of an earlier head stays true while the chain
+/// grows: it signs a prefix.
 pub async fn checkpoint(
     store: &Store,
     signer: &dyn Signer,
 ) -> Result<Option<CheckpointRow>, AuditError> {
-    let mut tx = store.begin_write().await?;
-    let Some(head) = tx.last_audit_event().await? else {
+    let Some(head) = store.last_audit_event().await? else {
         return Ok(None);
     };
-    if let Some(last) = store.audit_checkpoints().await?.last()
-        && last.sequence >= head.sequence
-    {
+    if store.last_checkpoint_sequence().await? >= head.sequence {
         return Ok(None);
     }
     let message = checkpoint_message(head.sequence, &head.hash);
@@ -277,6 +278,10 @@ pub async fn checkpoint(
         key_id: key_id.clone(),
         reason: e.to_string(),
     })?;
+    let mut tx = store.begin_write().await?;
+    if tx.last_checkpoint_sequence().await? >= head.sequence {
+        return Ok(None);
+    }
     let row = CheckpointRow {
         sequence: head.sequence,
         head_hash: head.hash,

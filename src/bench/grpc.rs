@@ -19,7 +19,7 @@ use std::time::Instant;
 
 /// Concurrent clients per gRPC measurement, and the raw-signing thread count each is compared
 /// with.
-const CLIENTS: [(usize, usize); 2] = [(1, 1), (4, 2)];
+const CLIENTS: [(usize, usize); 3] = [(1, 1), (4, 2), (16, 2)];
 /// Distinct CSRs the clients cycle through (the key is certified again; request ids differ).
 const CSR_POOL: usize = 64;
 
@@ -151,7 +151,7 @@ async fn measure_grpc(
     count: u32,
     tag: &str,
     round: u32,
-) -> anyhow::Result<Measurement> {
+) -> anyhow::Result<(Measurement, Latencies)> {
     let mut connected = Vec::with_capacity(clients);
     for _ in 0..clients {
         connected.push(connect(addr, pki).await?);
@@ -162,7 +162,9 @@ async fn measure_grpc(
         let csrs = csrs.clone();
         let prefix = format!("bench-{tag}-r{round}-n{clients}-c{c}");
         tasks.push(tokio::spawn(async move {
+            let mut took = Vec::with_capacity(count as usize);
             for i in 0..count as usize {
+                let sent = Instant::now();
                 client
                     .issue_from_csr(pb::IssueFromCsrRequest {
                         request_id: format!("{prefix}-{i}"),
@@ -173,19 +175,47 @@ async fn measure_grpc(
                     })
                     .await
                     .map_err(|s| anyhow::anyhow!("IssueFromCsr failed: {}", s.message()))?;
+                took.push(sent.elapsed());
             }
-            anyhow::Ok(())
+            anyhow::Ok(took)
         }));
     }
+    let mut took = Vec::new();
     for t in tasks {
-        t.await.context("a bench client panicked")??;
+        took.extend(t.await.context("a bench client panicked")??);
     }
-    Ok(Measurement {
-        operation: "gRPC IssueFromCsr (service-client, P-256 CA)",
-        threads: clients,
-        operations: u64::from(count) * clients as u64,
-        elapsed: start.elapsed(),
-    })
+    let elapsed = start.elapsed();
+    Ok((
+        Measurement {
+            operation: "gRPC IssueFromCsr (service-client, P-256 CA)",
+            threads: clients,
+            operations: u64::from(count) * clients as u64,
+            elapsed,
+        },
+        Latencies::of(took),
+    ))
+}
+
+/// Per-call latency of one measurement: median and 99th percentile.
+#[derive(Debug, Clone, Copy)]
+struct Latencies {
+    p50: std::time::Duration,
+    p99: std::time::Duration,
+}
+
+impl Latencies {
+    fn of(mut took: Vec<std::time::Duration>) -> Latencies {
+        took.sort();
+        let at = |q: f64| {
+            took.get(((took.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        Latencies {
+            p50: at(0.5),
+            p99: at(0.99),
+        }
+    }
 }
 
 pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
@@ -253,6 +283,7 @@ pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
 
     let mut raw: Vec<Vec<Measurement>> = CLIENTS.iter().map(|_| Vec::new()).collect();
     let mut grpc: Vec<Vec<Measurement>> = CLIENTS.iter().map(|_| Vec::new()).collect();
+    let mut latencies: Vec<Vec<Latencies>> = CLIENTS.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         for (i, (clients, threads)) in CLIENTS.iter().enumerate() {
             raw[i].push(measure(
@@ -261,7 +292,7 @@ pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
                 args.count,
                 sign,
             )?);
-            grpc[i].push(runtime.block_on(measure_grpc(
+            let (measured, latency) = runtime.block_on(measure_grpc(
                 addr,
                 &pki,
                 &csrs,
@@ -269,7 +300,9 @@ pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
                 args.grpc_count,
                 &tag,
                 round,
-            ))?);
+            ))?;
+            grpc[i].push(measured);
+            latencies[i].push(latency);
         }
     }
     let _ = stop.send(());
@@ -309,6 +342,18 @@ pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
             g.threads,
             r.threads,
             g.per_second() / r.per_second() * 100.0
+        );
+    }
+    for ((clients, _), rounds) in CLIENTS.iter().zip(latencies) {
+        let median_of = |pick: fn(&Latencies) -> std::time::Duration| {
+            let mut v: Vec<_> = rounds.iter().map(pick).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        println!(
+            "gRPC IssueFromCsr latency ({clients} client(s)), median round: p50 {:.2} ms, p99 {:.2} ms",
+            median_of(|l| l.p50).as_secs_f64() * 1000.0,
+            median_of(|l| l.p99).as_secs_f64() * 1000.0
         );
     }
     Ok(())

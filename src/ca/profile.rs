@@ -32,6 +32,10 @@ const BUILT_IN_PROFILES: &[(&str, &str)] = &[
         "service-client",
         include_str!("../../profiles/service-client.toml"),
     ),
+    (
+        "temporary-piv-authentication",
+        include_str!("../../profiles/temporary-piv-authentication.toml"),
+    ),
 ];
 
 /// The on-disk form of a profile.
@@ -63,7 +67,12 @@ struct ProfileFile {
     subject_from_csr: bool,
     #[serde(default)]
     allowed_names: Vec<String>,
+    renewal_window_days: Option<u32>,
 }
+
+/// How many days before notAfter a certificate may be renewed in place, when a profile does
+/// not say (or its validity, when that is shorter).
+pub const DEFAULT_RENEWAL_WINDOW_DAYS: u32 = 30;
 
 /// A checked end-entity profile.
 #[derive(Clone, Debug)]
@@ -98,6 +107,10 @@ pub struct Profile {
     /// When not empty, every name a CSR puts in the certificate (commonName, each email
     /// address, each DNS name) must match one of these patterns ([`NamePattern`]).
     pub allowed_names: Vec<NamePattern>,
+    /// Renewal in place (`BeginRenewal`) is allowed from this many days before notAfter;
+    /// earlier only when forced by an admin. 0..=validity_days (default 30, or validity_days
+    /// when shorter).
+    pub renewal_window_days: u32,
 }
 
 /// One entry of a profile's `allowed_names`: `*.suffix` (any name without `@` ending in
@@ -227,6 +240,16 @@ impl Profile {
                 "subject_from_csr = true needs allow_unattested_keys = true (a CSR's key is not attested)".into(),
             ));
         }
+        let renewal_window_days = match file.renewal_window_days {
+            Some(days) if days > file.validity_days => {
+                return Err(invalid(format!(
+                    "renewal_window_days = {days} is more than validity_days = {}",
+                    file.validity_days
+                )));
+            }
+            Some(days) => days,
+            None => DEFAULT_RENEWAL_WINDOW_DAYS.min(file.validity_days),
+        };
         let allowed_names = file
             .allowed_names
             .iter()
@@ -250,6 +273,7 @@ impl Profile {
             windows_sid_extension: file.windows_sid_extension,
             subject_from_csr: file.subject_from_csr,
             allowed_names,
+            renewal_window_days,
         })
     }
 }
@@ -431,6 +455,7 @@ mod tests {
                 "service-client",
                 "smartcard-logon",
                 "smime-signing",
+                "temporary-piv-authentication",
                 "tls-client"
             ]
         );
@@ -445,7 +470,14 @@ mod tests {
         );
         assert_eq!(service.certificate_policies, ["1.3.6.1.4.1.32473.1.2.7"]);
         assert!(service.allow_unattested_keys && service.allowed_names.is_empty());
-        for name in ["piv-authentication", "piv-signature", "smartcard-logon"] {
+        let temporary = set.get("temporary-piv-authentication").unwrap();
+        assert_eq!(temporary.validity_days, 7);
+        for name in [
+            "piv-authentication",
+            "piv-signature",
+            "smartcard-logon",
+            "temporary-piv-authentication",
+        ] {
             let p = set.get(name).unwrap();
             assert!(p.bind_hardware_module && !p.allow_unattested_keys, "{name}");
         }
@@ -488,7 +520,7 @@ mod tests {
         let err = ProfileSet::built_in().get("server").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client"
+            "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, temporary-piv-authentication, tls-client"
         );
     }
 
@@ -540,6 +572,38 @@ mod tests {
             err.to_string(),
             "certificate profile p.toml is invalid: allow_unattested_keys = true needs unattested_key_policy, the OID that marks such certificates"
         );
+        let err = Profile::from_toml(
+            "p",
+            &format!("{base}key_usage = [\"digital_signature\"]\nrenewal_window_days = 31\n"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate profile p.toml is invalid: renewal_window_days = 31 is more than validity_days = 30"
+        );
+    }
+
+    #[test]
+    fn renewal_window_defaults_to_30_days() {
+        let base = "description = \"x\"\nvalidity_days = 365\nkey_usage = [\"digital_signature\"]\nextended_key_usage = []\nallow_unattested_keys = false\nattested_key_policy = \"1.2.3\"\n";
+        let p = Profile::from_toml("p", base, "p.toml").unwrap();
+        assert_eq!(p.renewal_window_days, DEFAULT_RENEWAL_WINDOW_DAYS);
+        let p =
+            Profile::from_toml("p", &format!("{base}renewal_window_days = 0\n"), "p.toml").unwrap();
+        assert_eq!(p.renewal_window_days, 0);
+        let shipped = ProfileSet::built_in();
+        assert_eq!(
+            shipped
+                .get("piv-authentication")
+                .unwrap()
+                .renewal_window_days,
+            30
+        );
+        // A profile shorter than the default window: its whole validity.
+        let short = base.replace("validity_days = 365", "validity_days = 7");
+        let p = Profile::from_toml("p", &short, "p.toml").unwrap();
+        assert_eq!(p.renewal_window_days, 7);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod attest;
 pub mod audit;
 pub mod bench;
 pub mod ca;
+pub mod renew;
 pub mod report;
 pub mod serve;
 pub mod station;

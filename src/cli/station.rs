@@ -3,6 +3,7 @@
 //! only ever as file paths.
 use crate::station::config::{GivenSettings, StationFile};
 use crate::station::enrollment::{EnrollRequest, Enrolled, enroll};
+use crate::station::renewal::{RenewRequest, renew};
 use crate::station::{ServerConnection, StationConfig, TerminalOperator, token_care};
 use anyhow::Context as _;
 use std::path::PathBuf;
@@ -48,6 +49,27 @@ pub enum StationCommand {
         #[arg(long)]
         confirm_reset: bool,
     },
+    /// Renew the certificates of the token in the reader in place: new keys in the same slots,
+    /// attested and certified; PIN, PUK, management key and other slots are untouched.
+    Renew {
+        /// The token's serial; the token in the reader must be this one.
+        #[arg(long)]
+        token_serial: Option<String>,
+        /// A slot to renew (9a, 9c, …); repeat for several; none: every slot with a good
+        /// certificate.
+        #[arg(long = "slot")]
+        slots: Vec<String>,
+        /// Renew before the certificates' renewal window (admin certificates only).
+        #[arg(long)]
+        force: bool,
+        /// Why, for the audit log (e.g. "ticket 4711"). Not a secret.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Read the person's current PIN from this file (first line; mode 0600) instead of
+        /// asking on the terminal.
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
+    },
     /// Unblock a forgotten or blocked PIN with the PUK the server holds (never shown).
     Unblock {
         #[command(flatten)]
@@ -91,6 +113,23 @@ pub enum StationCommand {
     },
     /// Show the token in the reader and what the server knows about it.
     Status,
+    /// The person left their token at home: its certificates go on hold (no token needed);
+    /// enroll a temporary token meanwhile with `enroll --profile temporary-piv-login`.
+    Forgotten {
+        /// Serial of the forgotten token.
+        #[arg(long)]
+        serial: String,
+        /// Why, for the audit log (e.g. "left at home, ticket 4714").
+        #[arg(long)]
+        reason: String,
+    },
+    /// The forgotten token is back (in the reader): reinstate it; its temporary tokens are
+    /// retired.
+    Found {
+        /// Why, for the audit log (e.g. "brought back, ticket 4714").
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -158,6 +197,34 @@ pub fn run(args: StationArgs) -> anyhow::Result<ExitCode> {
                 .await?;
                 print_enrolled(&enrolled);
             }
+            StationCommand::Renew {
+                token_serial,
+                slots,
+                force,
+                reason,
+                pin_file,
+            } => {
+                let mut operator = TerminalOperator::new(pin_file, false);
+                let renewed = renew(
+                    &mut server,
+                    &mut operator,
+                    reader,
+                    &RenewRequest {
+                        token_serial,
+                        slots,
+                        force,
+                        reason,
+                    },
+                )
+                .await?;
+                println!(
+                    "station: token {} renewed (renewal {}); certificates: {}; superseded: {}",
+                    renewed.token_serial,
+                    renewed.enrollment_id,
+                    slot_certificates(&renewed.certificates),
+                    slot_certificates(&renewed.superseded)
+                );
+            }
             StationCommand::Unblock { pin, reason } => {
                 let mut operator = TerminalOperator::new(pin.pin_file, false);
                 token_care::unblock(&mut server, &mut operator, reader, &reason).await?;
@@ -196,6 +263,19 @@ pub fn run(args: StationArgs) -> anyhow::Result<ExitCode> {
                 let mut operator = TerminalOperator::new(None, false);
                 token_care::status(&mut server, &mut operator, reader).await?;
             }
+            StationCommand::Forgotten { serial, reason } => {
+                let mut operator = TerminalOperator::new(None, false);
+                token_care::mark_forgotten(&mut server, &mut operator, &serial, &reason).await?;
+                println!(
+                    "station: token {} is forgotten; its certificates are on hold until it is found",
+                    serial.trim()
+                );
+            }
+            StationCommand::Found { reason } => {
+                let mut operator = TerminalOperator::new(None, false);
+                token_care::found(&mut server, &mut operator, reader, &reason).await?;
+                println!("station: the token is reinstated; its certificates are usable again");
+            }
         }
         anyhow::Ok(ExitCode::SUCCESS)
     })
@@ -206,18 +286,24 @@ fn print_enrolled(enrolled: &Enrolled) {
         "station: token {} enrolled (enrollment {}); certificates: {}",
         enrolled.token_serial,
         enrolled.enrollment_id,
-        enrolled
-            .certificates
-            .iter()
-            .map(|c| format!(
+        slot_certificates(&enrolled.certificates)
+    );
+}
+
+/// "SERIAL in slot 9a, SERIAL in slot 9c".
+fn slot_certificates(certificates: &[crate::protocol::pb::SlotCertificate]) -> String {
+    certificates
+        .iter()
+        .map(|c| {
+            format!(
                 "{} in slot {}",
                 c.certificate
                     .as_ref()
                     .map(|c| c.serial.as_str())
                     .unwrap_or("?"),
                 c.slot
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

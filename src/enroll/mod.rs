@@ -25,9 +25,9 @@ pub mod state;
 
 pub use credentials::{ManagementKeyAlgorithm, ManagementKeySecret, TokenCredentials};
 pub use desk::{
-    BeginRequest, BegunEnrollment, Caller, CompleteRequest, Completion, DeskFailure,
+    BeginRequest, BegunEnrollment, BegunRenewal, Caller, CompleteRequest, Completion, DeskFailure,
     EnrollmentDesk, EnrollmentRefusal, EnrollmentView, PendingRelease, PukRelease, PukReleaseView,
-    SecretRepeat,
+    PukRotation, RENEWAL_SLOTS_MAX, RenewalRequest, SecretRepeat,
 };
 pub use plan::{EnrollmentProfile, EnrollmentProfiles};
 pub use settings::{EnrollmentConfig, EnrollmentSettings, PukReleaseRules};

@@ -14,6 +14,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../profiles/enrollment/piv-login.toml"),
     ),
     (
+        "temporary-piv-login",
+        include_str!("../../profiles/enrollment/temporary-piv-login.toml"),
+    ),
+    (
         "windows-logon",
         include_str!("../../profiles/enrollment/windows-logon.toml"),
     ),
@@ -75,6 +79,8 @@ pub fn plan_from_json(json: &str) -> Result<Vec<SlotPlan>, EnrollError> {
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
     description: String,
+    #[serde(default)]
+    temporary: bool,
     slots: Vec<SlotPlanText>,
 }
 
@@ -84,6 +90,9 @@ struct ProfileFile {
 pub struct EnrollmentProfile {
     pub name: String,
     pub description: String,
+    /// A temporary token's profile: enrolled only for a person with a forgotten token, and
+    /// recorded as standing in for it (`temporary = true` in the file; default false).
+    pub temporary: bool,
     pub slots: Vec<SlotPlan>,
 }
 
@@ -110,6 +119,7 @@ impl EnrollmentProfile {
         Ok(EnrollmentProfile {
             name: name.to_string(),
             description: file.description,
+            temporary: file.temporary,
             slots,
         })
     }
@@ -203,7 +213,21 @@ mod tests {
     #[test]
     fn shipped_profiles_plan_the_documented_slots() {
         let set = EnrollmentProfiles::built_in();
-        assert_eq!(set.names(), ["piv-login", "windows-logon"]);
+        assert_eq!(
+            set.names(),
+            ["piv-login", "temporary-piv-login", "windows-logon"]
+        );
+        assert!(!set.get("piv-login").unwrap().temporary);
+        let temporary = set.get("temporary-piv-login").unwrap();
+        assert!(temporary.temporary);
+        assert_eq!(
+            temporary
+                .slots
+                .iter()
+                .map(|s| (s.slot_name(), s.certificate_profile.as_str()))
+                .collect::<Vec<_>>(),
+            [("9a".to_string(), "temporary-piv-authentication")]
+        );
         let login = set.get("piv-login").unwrap();
         assert_eq!(
             login

@@ -34,6 +34,7 @@ fn row(state: EnrollmentState) -> EnrollmentRow {
         created_at: at("2029-12-31T23:00:00Z"),
         updated_at: at("2029-12-31T23:00:00Z"),
         token_prior: None,
+        kind: crate::store::EnrollmentKind::Enrollment,
     }
 }
 

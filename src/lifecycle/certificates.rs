@@ -99,15 +99,17 @@ pub async fn release_certificate_hold(
         return Err(LifecycleError::HoldFromOwner {
             serial: before.serial.clone(),
             owner: "person",
+            state: person.state.as_str(),
         });
     }
     if let Some(token_id) = before.token_id
         && let Some(token) = tx.token_by_id(token_id).await?
-        && token.state == TokenState::Suspended
+        && matches!(token.state, TokenState::Suspended | TokenState::Forgotten)
     {
         return Err(LifecycleError::HoldFromOwner {
             serial: before.serial.clone(),
             owner: "token",
+            state: token.state.as_str(),
         });
     }
     let change = StatusChange {
@@ -116,6 +118,28 @@ pub async fn release_certificate_hold(
         at: None,
         action: "certificate.release",
         note,
+    };
+    change_status(tx, actor, request_id, &before, change).await
+}
+
+/// Takes one certificate that its token's move to `forgotten` held off hold (the token was
+/// reinstated), audited as `certificate.release`.
+pub(super) async fn release_owner_hold(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    request_id: &str,
+    serial: &str,
+) -> Result<CertificateRow, LifecycleError> {
+    let before = tx
+        .certificate_by_serial(serial)
+        .await?
+        .ok_or_else(|| LifecycleError::CertificateNotFound(serial.to_string()))?;
+    let change = StatusChange {
+        status: CertificateStatus::Good,
+        reason: None,
+        at: None,
+        action: "certificate.release",
+        note: "",
     };
     change_status(tx, actor, request_id, &before, change).await
 }
@@ -195,7 +219,8 @@ pub enum CertificateEffect {
 }
 
 /// Applies `effect` to every certificate of `owner` that it concerns, each change audited;
-/// returns the serials changed. Reserved (unsigned) and revoked certificates are left alone.
+/// returns the serials changed. Reserved (unsigned) and revoked certificates are left alone,
+/// and a release leaves the holds of a forgotten token (they end when it is reinstated).
 pub async fn apply_certificate_effect(
     tx: &mut WriteTx,
     actor: &Actor,
@@ -214,6 +239,9 @@ pub async fn apply_certificate_effect(
                 "certificate.hold",
             ),
             (CertificateEffect::Release, CertificateStatus::OnHold) => {
+                if tx.is_forgotten_hold(&before.serial).await? {
+                    continue;
+                }
                 (CertificateStatus::Good, None, None, "certificate.release")
             }
             (CertificateEffect::Revoke(r), CertificateStatus::Good | CertificateStatus::OnHold) => {

@@ -12,8 +12,8 @@ use crate::ca::{
     SubjectParams,
 };
 use crate::store::{
-    CertificateRow, EnrollmentState, NewCertificate, PersonState, Store, Timestamp, TokenState,
-    WriteTx,
+    CertificateRow, EnrollmentKind, EnrollmentState, NewCertificate, PersonState, Store, Timestamp,
+    TokenState, WriteTx,
 };
 use sha2::Digest;
 use std::sync::Arc;
@@ -337,7 +337,7 @@ async fn state_at_recording(
         TokenState::Retired => Some(CertificateEffect::Revoke(
             RevocationReason::CessationOfOperation,
         )),
-        TokenState::Suspended => Some(CertificateEffect::Hold),
+        TokenState::Suspended | TokenState::Forgotten => Some(CertificateEffect::Hold),
         TokenState::Enrolling | TokenState::Active => None,
     };
     if let Some(effect) = effect {
@@ -387,11 +387,17 @@ async fn state_at_recording(
             ));
         }
     }
-    if token.state != TokenState::Enrolling || token.person_id != params.person_id {
+    // An enrollment keys the token while it is `enrolling`; a renewal (migration 0015) while it
+    // stays `active`.
+    let (expected, reason, doing) = match enrollment.map(|e| e.kind) {
+        Some(EnrollmentKind::Renewal) => (TokenState::Active, "TOKEN_NOT_ACTIVE", "active"),
+        _ => (TokenState::Enrolling, "TOKEN_NOT_ENROLLABLE", "enrolling"),
+    };
+    if token.state != expected || token.person_id != params.person_id {
         return Ok(closed(
-            "TOKEN_NOT_ENROLLABLE",
+            reason,
             format!(
-                "token {:?} is no longer enrolling for this person",
+                "token {:?} is no longer {doing} for this person",
                 token.serial
             ),
         ));

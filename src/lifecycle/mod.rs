@@ -9,6 +9,7 @@ mod expiry;
 mod issuance;
 mod people;
 mod recheck;
+mod self_service;
 mod tokens;
 
 pub use certificates::*;
@@ -17,6 +18,7 @@ pub use expiry::*;
 pub use issuance::*;
 pub use people::*;
 pub use recheck::*;
+pub use self_service::*;
 pub use tokens::*;
 
 use crate::audit::AuditError;
@@ -49,9 +51,14 @@ pub enum LifecycleError {
         status: &'static str,
     },
     #[error(
-        "certificate {serial} is on hold because its {owner} is suspended; reinstate the {owner} instead"
+        "certificate {serial} is on hold because its {owner} is {state}; reinstate the {owner} instead"
     )]
-    HoldFromOwner { serial: String, owner: &'static str },
+    HoldFromOwner {
+        serial: String,
+        owner: &'static str,
+        /// `suspended`, or `forgotten` for a token.
+        state: &'static str,
+    },
     #[error("cannot {action} a {kind} that is {from}")]
     InvalidTransition {
         kind: &'static str,
@@ -245,7 +252,12 @@ pub async fn replay_record(
     tx: &mut WriteTx,
     key: &RequestKey,
 ) -> Result<Option<IdempotencyRow>, LifecycleError> {
-    stored_answer(tx.idempotency_record(&key.request_id).await?, key)
+    let record = stored_answer(tx.idempotency_record(&key.request_id).await?, key)?;
+    if record.is_some() {
+        // The answer may come from a request still waiting for its group commit.
+        tx.make_earlier_writes_durable().await?;
+    }
+    Ok(record)
 }
 
 /// [`replay`] outside a transaction (a read; for requests that open their own transactions).

@@ -11,6 +11,9 @@
 
 use std::fmt;
 
+mod tls_key;
+pub use tls_key::{CardTlsKey, TouchPrompt, slot_name};
+
 use der::{Decode as _, Tagged as _};
 use rand::TryRng as _;
 use subtle::ConstantTimeEq;
@@ -154,6 +157,28 @@ pub enum PivError {
     },
     #[error("the token returned a malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
+    #[error("slot {0} holds no key (GET METADATA found none); the token was not enrolled for it")]
+    NoKey(String),
+    #[error("slot {0} holds no certificate; the token was not enrolled for it")]
+    NoCertificate(String),
+    #[error(
+        "the certificate in slot {0} is not for the slot's key (the key was replaced and its certificate never written); renew at the help desk"
+    )]
+    CertificateKeyMismatch(String),
+    #[error(
+        "slot {slot} holds a {algorithm} key; a TLS client key on the card must be ECDSA P-256 or P-384"
+    )]
+    UnsupportedTlsKey { slot: String, algorithm: String },
+}
+
+/// What GET METADATA says about an asymmetric slot's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotKey {
+    pub algorithm: AlgorithmId,
+    pub pin_policy: PinPolicy,
+    pub touch_policy: TouchPolicy,
+    /// SubjectPublicKeyInfo (DER), when the card says it.
+    pub public_key_der: Option<Vec<u8>>,
 }
 
 fn filter_text(filter: &Option<String>) -> String {
@@ -332,6 +357,30 @@ impl PivToken {
                 .and_then(|m| m.retries)
                 .map(|r| r.remaining_count),
         )
+    }
+
+    /// The key in `slot`: algorithm, PIN and touch policy and public key (GET METADATA, firmware
+    /// 5.3 and later); tries no secret.
+    pub fn slot_key(&mut self, slot: SlotId) -> Result<SlotKey, PivError> {
+        use der::Encode as _;
+        let metadata = match piv::metadata(&mut self.yubikey, slot) {
+            Ok(m) => m,
+            Err(yubikey::Error::NotFound) => return Err(PivError::NoKey(slot_name(slot))),
+            Err(other) => return Err(card_error("read the slot's metadata", other)),
+        };
+        let piv::SlotAlgorithmId::Asymmetric(algorithm) = metadata.algorithm else {
+            return Err(PivError::NoKey(slot_name(slot)));
+        };
+        let (pin_policy, touch_policy) = metadata.policy.ok_or_else(|| PivError::Malformed {
+            what: "slot metadata",
+            detail: "no PIN and touch policy".into(),
+        })?;
+        Ok(SlotKey {
+            algorithm,
+            pin_policy,
+            touch_policy,
+            public_key_der: metadata.public.and_then(|p| p.to_der().ok()),
+        })
     }
 
     /// Authenticates with a management key the operator gave or the server sent.

@@ -32,6 +32,20 @@ pub struct ServerConfig {
     /// outbox is written but nothing is delivered and no expiry scan runs.
     #[serde(default)]
     pub notifications: Option<crate::notify::NotificationsConfig>,
+    /// Self-service (`tessera renew`): a listener of its own where a token authenticates with
+    /// its own certificate; requires `[ca]`. Without this section it is not served.
+    #[serde(default)]
+    pub self_service: Option<SelfServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfServiceConfig {
+    /// e.g. `0.0.0.0:8444`: TLS 1.3 with the `[tls]` server certificate and key; a client
+    /// certificate is required and verified against the issuing CA of people's certificates
+    /// (`[ca]`'s `issuing.pem`), never the operator CA, so API client certificates fail the
+    /// handshake here. Only `SelfService` (and health) is served.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +301,10 @@ pub enum ServerConfigError {
     CheckpointKeyWithoutHsm,
     #[error("audit checkpoint file: {0}")]
     CheckpointFile(crate::audit::AuditError),
+    #[error(
+        "the [self_service] section needs a [ca] section (its issuing CA verifies the tokens' certificates)"
+    )]
+    SelfServiceWithoutCa,
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

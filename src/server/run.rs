@@ -3,7 +3,7 @@
 //! gRPC edge (`api`) and the HTTP edge (`web`) — with the background work: signed audit
 //! checkpoints and the enrollment expiry sweep.
 use super::config::{ServerConfig, ServerConfigError};
-use super::tls::{accept_tls, tls_server_config};
+use super::tls::{accept_tls, self_service_tls_config, tls_server_config};
 use crate::audit::{CheckpointFile, CheckpointVerifier, EcdsaP256Verifier, HsmCheckpointSigner};
 use crate::ca::OnlineCa;
 use crate::ca::ocsp::OcspResponder;
@@ -45,6 +45,8 @@ pub struct BoundServer {
     )>,
     enrollment: Option<Arc<EnrollmentSettings>>,
     notifier: Option<crate::notify::Notifier>,
+    /// `[self_service]`: its listener and TLS (client certificates from the issuing CA).
+    self_service: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl BoundServer {
@@ -154,6 +156,20 @@ impl BoundServer {
                 addr: config.grpc.listen,
                 source,
             })?;
+        let self_service = match (&config.self_service, &ca) {
+            (None, _) => None,
+            (Some(_), None) => return Err(ServerConfigError::SelfServiceWithoutCa),
+            (Some(s), Some(online)) => {
+                let tls = self_service_tls_config(&config.tls, &online.stored.issuing_der)?;
+                let listener = TcpListener::bind(s.listen).await.map_err(|source| {
+                    ServerConfigError::Listen {
+                        addr: s.listen,
+                        source,
+                    }
+                })?;
+                Some((listener, Arc::new(tls)))
+            }
+        };
         Ok(BoundServer {
             listener,
             tls,
@@ -165,7 +181,15 @@ impl BoundServer {
             revocation,
             enrollment,
             notifier,
+            self_service,
         })
+    }
+
+    /// The self-service listener's address, when `[self_service]` is configured.
+    pub fn self_service_addr(&self) -> Option<SocketAddr> {
+        self.self_service
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -327,6 +351,30 @@ impl BoundServer {
             })
         });
         let notifier_loop = self.notifier.map(|n| n.spawn(store.clone()));
+        let (stop_self_service, self_service_stopped) = tokio::sync::watch::channel(false);
+        let self_service = self.self_service.map(|(listener, tls)| {
+            let (accept_loop, connections) = accept_tls(listener, tls);
+            let edge = crate::api::SelfServiceEdge {
+                store: store.clone(),
+                ca: self.ca.clone(),
+                enrollment: desk(),
+                rpc_latency: rpc_latency.clone(),
+            };
+            let mut stopped = self_service_stopped.clone();
+            let serve = tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = edge.serve(connections, stopped).await {
+                    tracing::error!(error = %e, "self-service listener failed");
+                }
+            });
+            (accept_loop, serve)
+        });
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_self_service.send(true);
+        };
         let grpc = crate::api::GrpcEdge {
             store: store.clone(),
             ca: self.ca.clone(),
@@ -337,6 +385,10 @@ impl BoundServer {
         };
         let result = grpc.serve(connections, shutdown).await;
         accept_loop.abort();
+        if let Some((accept_loop, serve)) = self_service {
+            accept_loop.abort();
+            let _ = serve.await;
+        }
         for task in http_tasks {
             let _ = task.await;
         }

@@ -44,6 +44,37 @@ pub fn client_ca_holds_any(
 /// one the handshake fails, unless `require_client_certificate = false`: then the connection is
 /// let through TLS (health checks work) and every Tessera RPC answers UNAUTHENTICATED.
 pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certificates("client CA certificate", &tls.client_ca)? {
+        roots.add(ca).map_err(|e| {
+            ServerConfigError::Tls(format!("client CA in {}: {e}", tls.client_ca.display()))
+        })?;
+    }
+    server_config_verifying(tls, roots, tls.require_client_certificate)
+}
+
+/// The self-service listener's TLS 1.3: the `[tls]` server certificate and key; a client
+/// certificate is required and verified by rustls's WebPKI client verifier with the issuing CA
+/// of people's certificates (`issuing_der`) as its one trust anchor — not the operator CA, and
+/// not the root (under which the operator CA also sits), so an API client certificate fails the
+/// handshake here. Which token certificate may act is decided per call
+/// (`lifecycle::token_caller`).
+pub fn self_service_tls_config(
+    tls: &TlsConfig,
+    issuing_der: &[u8],
+) -> Result<rustls::ServerConfig, ServerConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(issuing_der.to_vec()))
+        .map_err(|e| ServerConfigError::Tls(format!("issuing CA certificate: {e}")))?;
+    server_config_verifying(tls, roots, true)
+}
+
+fn server_config_verifying(
+    tls: &TlsConfig,
+    roots: rustls::RootCertStore,
+    require_client_certificate: bool,
+) -> Result<rustls::ServerConfig, ServerConfigError> {
     let chain = read_certificates("server certificate", &tls.certificate)?;
     let key =
         PrivateKeyDer::from_pem_file(&tls.private_key).map_err(|e| ServerConfigError::Pem {
@@ -51,18 +82,12 @@ pub fn tls_server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, Server
             path: tls.private_key.clone(),
             message: e.to_string(),
         })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in read_certificates("client CA certificate", &tls.client_ca)? {
-        roots.add(ca).map_err(|e| {
-            ServerConfigError::Tls(format!("client CA in {}: {e}", tls.client_ca.display()))
-        })?;
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
     );
-    if !tls.require_client_certificate {
+    if !require_client_certificate {
         verifier = verifier.allow_unauthenticated();
     }
     let verifier = verifier

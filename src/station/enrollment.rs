@@ -492,7 +492,7 @@ fn reset_after_confirmation(
 /// A card error while no token answers in the reader any more is named as the token leaving
 /// the reader: a command cut short answers no status word, and the driver then reports a
 /// generic error or (during authentication) a refused key, which would mislead the operator.
-fn name_a_pulled_token(failure: StationError, token: &PivToken) -> StationError {
+pub(super) fn name_a_pulled_token(failure: StationError, token: &PivToken) -> StationError {
     match failure {
         StationError::Card {
             step,
@@ -588,7 +588,7 @@ fn readable_algorithm(driver_name: &str) -> &str {
 }
 
 /// A management key from the server, moved into zeroizing memory.
-fn management_key(key: &mut pb::ManagementKey) -> Result<ManagementKey, StationError> {
+pub(super) fn management_key(key: &mut pb::ManagementKey) -> Result<ManagementKey, StationError> {
     let algorithm = match pb::ManagementKeyAlgorithm::try_from(key.algorithm) {
         Ok(pb::ManagementKeyAlgorithm::TripleDes) => MgmAlgorithmId::ThreeDes,
         Ok(pb::ManagementKeyAlgorithm::Aes128) => MgmAlgorithmId::Aes128,

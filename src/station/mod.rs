@@ -4,6 +4,7 @@
 //! [`Secret`](crate::piv::Secret) values and are never printed or logged.
 //!
 //! Start at [`enrollment`] (the protocol of `proto/tessera/v1/enrollment.proto`, step by step);
+//! [`renewal`] renews a token's certificates in place (BeginRenewal, then the same steps);
 //! [`token_care`] has unblock, replace, retire and status; [`operator`] is the terminal (progress
 //! lines, the new PIN, confirmations); [`connection`] the gRPC client; [`config`] where the
 //! connection settings come from.
@@ -12,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod enrollment;
 pub mod operator;
+pub mod renewal;
 pub mod server_error;
 pub mod slot_plan;
 pub mod token_care;
@@ -68,6 +70,8 @@ pub enum StationError {
     PinMismatch,
     #[error("the new PIN must be 6 to 8 characters")]
     PinLength,
+    #[error("the PIN read is not 6 to 8 characters; a YubiKey PIN is")]
+    CurrentPinLength,
     #[error("the new PIN must not be the factory PIN 123456")]
     PinIsFactoryDefault,
     #[error("no terminal to ask on ({what}); {instead}")]
@@ -89,6 +93,21 @@ pub enum StationError {
         "the PUK of this token is blocked, so the PIN cannot be unblocked; retire the token (tessera station retire) and enroll it again"
     )]
     PukBlocked,
+    #[error(
+        "the token in the reader is {found}, not {expected} (--token-serial); put token {expected} in the reader"
+    )]
+    WrongToken { expected: String, found: String },
+    /// A resumed PUK rotation with fewer than two PUK tries left: one wrong try of the two
+    /// candidates could block the PUK.
+    #[error(
+        "the card holds either the escrowed PUK or the new one an earlier unblock set, and only {} PUK tries are left: trying both could block the PUK; nothing was tried. Retire the token (tessera station retire) and enroll it again",
+        tries_left.map_or("an unknown number of".to_string(), |n| n.to_string())
+    )]
+    PukRotationUnsafe { tries_left: Option<u8> },
+    #[error(
+        "token {serial} is {state}, not forgotten; `found` reinstates only a forgotten token, nothing was changed"
+    )]
+    NotForgotten { serial: String, state: String },
     #[error("{failure}; {aftermath}")]
     EnrollmentFailed {
         failure: Box<StationError>,

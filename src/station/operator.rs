@@ -14,6 +14,8 @@ pub trait Operator {
     fn note(&mut self, text: &str);
     /// The person's new PIN (validated: 6–8 characters, not the factory PIN).
     fn new_pin(&mut self) -> Result<Secret, StationError>;
+    /// The person's current PIN, typed once (renewal: the new keys sign their proofs).
+    fn pin(&mut self) -> Result<Secret, StationError>;
     /// Whether the operator agrees to `question` (something that destroys data).
     fn confirm(&mut self, question: &str) -> Result<bool, StationError>;
 }
@@ -68,6 +70,25 @@ impl Operator for TerminalOperator {
             }
         };
         check_new_pin(&pin)?;
+        Ok(pin)
+    }
+
+    fn pin(&mut self) -> Result<Secret, StationError> {
+        let pin = match &self.pin_file {
+            Some(path) => {
+                let pin = read_pin_file(path)?;
+                self.note(&format!("PIN read from {}", path.display()));
+                pin
+            }
+            None => Tty::open(
+                "the person's PIN",
+                "give --pin-file with a 0600 file holding the PIN",
+            )?
+            .read_secret("The person's PIN (the token's, not shown): ")?,
+        };
+        if !(6..=8).contains(&pin.expose().len()) {
+            return Err(StationError::CurrentPinLength);
+        }
         Ok(pin)
     }
 

@@ -4,7 +4,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the server refused {rpc}: {} {reason}: {message}{}", code_name(*.code), hint(*.code, .reason, .message))]
+#[error("the server refused {rpc}: {} {reason}: {message}{}", code_name(*.code), hint(.rpc, *.code, .reason, .message))]
 pub struct ServerError {
     pub rpc: &'static str,
     pub code: Code,
@@ -60,7 +60,20 @@ pub fn code_name(code: Code) -> &'static str {
 /// client certificate (TLS 1.3 reports that only with the first request).
 const CLIENT_CERT_HINT: &str = "; the server closed the connection: check that --client-cert was issued by the CA the server trusts for clients";
 
-fn hint(code: Code, reason: &str, message: &str) -> &'static str {
+fn hint(rpc: &str, code: Code, reason: &str, message: &str) -> &'static str {
+    if rpc.starts_with("SelfService.") {
+        // `tessera renew`, on the person's own computer: no client certificate file, no role.
+        return match (code, reason) {
+            (Code::FailedPrecondition, "RENEWAL_TOO_EARLY") => {
+                "; run `tessera renew` again once the renewal window is open (the date above)"
+            }
+            (Code::Unavailable, _) => {
+                "; check --server and that the server's self-service port is reachable"
+            }
+            (Code::Internal, _) => "; ask the help desk (the server's log has the cause)",
+            _ => "; see docs/self-service.md for this reason, or renew at the help desk",
+        };
+    }
     if matches!(code, Code::Cancelled | Code::Unknown)
         && (message.starts_with("transport error") || message.starts_with("operation was canceled"))
     {
@@ -69,6 +82,13 @@ fn hint(code: Code, reason: &str, message: &str) -> &'static str {
     match (code, reason) {
         (Code::PermissionDenied, "APPROVER_IS_REQUESTER") => {
             "; a PUK release is approved by a second operator with their own certificate"
+        }
+        (Code::PermissionDenied, "RENEWAL_FORCE_REQUIRES_ADMIN")
+        | (Code::FailedPrecondition, "RENEWAL_TOO_EARLY") => {
+            "; renew within the renewal window, or ask an admin to renew with --force (an admin client certificate)"
+        }
+        (Code::PermissionDenied, "PUK_ROTATION_OF_ANOTHER_CALLER") => {
+            "; another desk released this token's PUK since: run `tessera station unblock` again with the token in the reader"
         }
         (Code::PermissionDenied, _) => {
             "; check that the station's client certificate carries the helpdesk role (tessera admin issue-client-cert --role helpdesk)"

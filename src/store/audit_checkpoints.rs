@@ -1,5 +1,13 @@
 //! Table `audit_checkpoints`: signed heads of the audit chain.
 use super::{Result, Store, Timestamp, WriteTx, map_unique};
+use sqlx::{Any, Executor};
+
+const LAST_SEQUENCE: &str =
+    "SELECT CAST(COALESCE(MAX(sequence), 0) AS BIGINT) FROM audit_checkpoints";
+
+async fn last_checkpoint_sequence<'e, E: Executor<'e, Database = Any>>(e: E) -> Result<i64> {
+    Ok(sqlx::query_scalar(LAST_SEQUENCE).fetch_one(e).await?)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CheckpointRow {
@@ -18,9 +26,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// The sequence the latest checkpoint signs (0 when there is none).
+    pub async fn last_checkpoint_sequence(&self) -> Result<i64> {
+        last_checkpoint_sequence(&self.pool).await
+    }
 }
 
 impl WriteTx {
+    /// The sequence the latest checkpoint signs (0 when there is none), in this transaction.
+    pub async fn last_checkpoint_sequence(&mut self) -> Result<i64> {
+        last_checkpoint_sequence(&mut *self.tx).await
+    }
+
     pub async fn insert_checkpoint(&mut self, c: &CheckpointRow) -> Result<()> {
         let result = sqlx::query(
             "INSERT INTO audit_checkpoints (sequence, head_hash, key_id, signature, at) VALUES ($1, $2, $3, $4, $5)",

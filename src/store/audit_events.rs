@@ -36,6 +36,11 @@ impl Store {
         .await?)
     }
 
+    /// The last committed audit event (highest sequence), if any.
+    pub async fn last_audit_event(&self) -> Result<Option<AuditRow>> {
+        last_audit_event(&self.pool).await
+    }
+
     /// The highest audit sequence (0 when empty).
     pub async fn audit_head_sequence(&self) -> Result<i64> {
         Ok(sqlx::query_scalar(

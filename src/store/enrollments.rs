@@ -9,6 +9,10 @@ stored_enum!(EnrollmentState, "enrollments.state", {
     Aborted => "aborted", Expired => "expired",
 });
 
+stored_enum!(EnrollmentKind, "enrollments.kind", {
+    Enrollment => "enrollment", Renewal => "renewal",
+});
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnrollmentRow {
     #[serde(skip)]
@@ -35,6 +39,9 @@ pub struct EnrollmentRow {
     /// `enrolling`: what abort and expiry put back (migration 0005). `None` for an enrollment
     /// begun before that migration.
     pub token_prior: Option<TokenPrior>,
+    /// An enrollment (the token keyed as a whole) or a renewal in place (new keys in some of
+    /// an active token's slots; migration 0015).
+    pub kind: EnrollmentKind,
 }
 
 /// A token's state and holder before an enrollment moved it to `enrolling`. A token the
@@ -64,6 +71,7 @@ struct StoredEnrollment {
     updated_at: Timestamp,
     token_prior_state: Option<TokenState>,
     token_prior_person_id: Option<i64>,
+    kind: EnrollmentKind,
 }
 
 impl From<StoredEnrollment> for EnrollmentRow {
@@ -86,6 +94,7 @@ impl From<StoredEnrollment> for EnrollmentRow {
                 state,
                 person_id: s.token_prior_person_id,
             }),
+            kind: s.kind,
         }
     }
 }
@@ -102,10 +111,11 @@ pub struct NewEnrollment {
     pub expires_at: Timestamp,
     pub created_by: String,
     pub token_prior: TokenPrior,
+    pub kind: EnrollmentKind,
 }
 
 const ENROLLMENT_COLUMNS: &str = "id, public_id, person_id, token_id, profile, state, nonce, plan_json, \
-     firmware, expires_at, created_by, created_at, updated_at, token_prior_state, token_prior_person_id";
+     firmware, expires_at, created_by, created_at, updated_at, token_prior_state, token_prior_person_id, kind";
 
 async fn enrollment_where<'e, E: Executor<'e, Database = Any>>(
     e: E,
@@ -142,8 +152,8 @@ impl WriteTx {
         let now = self.now();
         let result = sqlx::query(
             "INSERT INTO enrollments (public_id, person_id, token_id, profile, state, nonce, plan_json, firmware, \
-             expires_at, created_by, created_at, updated_at, token_prior_state, token_prior_person_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)",
+             expires_at, created_by, created_at, updated_at, token_prior_state, token_prior_person_id, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)",
         )
         .bind(&n.public_id)
         .bind(n.person_id)
@@ -158,6 +168,7 @@ impl WriteTx {
         .bind(now)
         .bind(n.token_prior.state.as_str())
         .bind(n.token_prior.person_id)
+        .bind(n.kind.as_str())
         .execute(&mut *self.tx)
         .await;
         map_unique(result, "enrollment", &n.public_id)?;

@@ -3,10 +3,11 @@
 //! under `migrations/<dialect>/` run at start-up. Queries are built at run time with binds; the
 //! store holds no business rules: it reads and writes rows exactly as it is told.
 //!
-//! Writes go through a [`WriteTx`]: its first statement updates the single `write_lock` row, so
-//! writers are serialised on both databases (the audit hash chain needs exactly one writer at a
-//! time) and everything a change touches (rows, audit event, idempotency record) commits or rolls
-//! back together.
+//! Writes go through a [`WriteTx`]: writers take turns on one group transaction whose first
+//! statement updates the single `write_lock` row, so writers are serialised on both databases and
+//! across replicas (the audit hash chain needs exactly one writer at a time); everything a change
+//! touches (rows, audit event, idempotency record) commits or rolls back together, and
+//! consecutive writers share one durable commit (`group_commit.rs`).
 //!
 //! One file per table: each holds the table's row types (read with `sqlx::FromRow`, by column
 //! name) and its queries, as methods on [`Store`] (reads outside a transaction) and [`WriteTx`].
@@ -65,12 +66,17 @@ mod clock;
 mod crl_state;
 mod enrollment_certificates;
 mod enrollments;
+mod group_commit;
+pub use group_commit::{GroupCommitStats, MAX_GROUP, MAX_GROUP_AGE};
 mod idempotency;
 mod notifications;
 mod ocsp_responses;
 mod people;
 mod puk_releases;
+mod puk_rotations;
+mod renewal_supersedes;
 mod sync_state;
+mod temporary_tokens;
 mod timestamp;
 mod token_credentials;
 mod tokens;
@@ -84,8 +90,8 @@ pub use certificates::{
 };
 pub use clock::{Clock, ManualClock};
 pub use crl_state::{CrlStateRow, NewCrl};
-pub use enrollment_certificates::EnrollmentCertificateRow;
-pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
+pub use enrollment_certificates::{CertificateEnrollmentRow, EnrollmentCertificateRow};
+pub use enrollments::{EnrollmentKind, EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
 pub use notifications::{NewNotification, NotificationRow};
 pub use ocsp_responses::{
@@ -93,12 +99,14 @@ pub use ocsp_responses::{
 };
 pub use people::{NewPerson, PeopleQuery, PersonRow, PersonState};
 pub use puk_releases::{NewPukRelease, PukReleaseRow, PukReleaseState};
+pub use puk_rotations::PukRotationRow;
+pub use renewal_supersedes::RenewableCertificateRow;
 pub use timestamp::{BadTimestamp, Timestamp};
 pub use token_credentials::{TokenCredentialsRow, WrappedCredentials};
 pub use tokens::{NewToken, TokenRow, TokenState, TokensQuery};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, AnyPool, Executor};
+use sqlx::{AnyPool, Executor};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +129,9 @@ pub enum StoreError {
     BadTime(#[from] BadTimestamp),
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// The commit this write shared with others (group commit) failed; nothing of it is stored.
+    #[error("database error: the group commit failed: {message}")]
+    GroupCommitFailed { unavailable: bool, message: String },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -149,6 +160,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Database(e) => is_unreachable(e),
+            StoreError::GroupCommitFailed { unavailable, .. } => *unavailable,
             _ => false,
         }
     }
@@ -184,6 +196,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     clock: Clock,
+    writers: std::sync::Arc<group_commit::GroupCommitter>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -260,6 +273,7 @@ impl Store {
             POSTGRES_MIGRATIONS.run(&pool).await?;
         }
         Ok(Store {
+            writers: group_commit::GroupCommitter::new(pool.clone(), MAX_GROUP_AGE),
             pool,
             backend,
             clock,
@@ -284,14 +298,11 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Starts a writing transaction; it waits for any other writer to commit first.
+    /// Starts a writing transaction; it waits for the writer before it to finish its part
+    /// (see [`WriteTx`]).
     pub async fn begin_write(&self) -> Result<WriteTx> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE write_lock SET counter = counter + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
         Ok(WriteTx {
-            tx,
+            tx: self.writers.join().await?,
             clock: self.clock.clone(),
         })
     }
@@ -321,6 +332,24 @@ impl Store {
         }
         Ok(out)
     }
+    /// What this process's writers did since the store was opened: durable group commits, the
+    /// write transactions they carried, ….
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.writers.stats()
+    }
+
+    /// This store with another bound on how long a group of writers may grow before it commits
+    /// (default [`MAX_GROUP_AGE`], 20 ms): a longer one lets tests line writers up at will.
+    pub fn with_group_commit_age(mut self, max_age: Duration) -> Store {
+        self.writers = group_commit::GroupCommitter::new(self.pool.clone(), max_age);
+        self
+    }
+
+    /// How many writers are waiting for their turn now.
+    pub fn queued_writers(&self) -> usize {
+        self.writers.queued()
+    }
+
     /// (open connections, idle connections) of the pool.
     pub fn pool_usage(&self) -> (u32, usize) {
         (self.pool.size(), self.pool.num_idle())
@@ -332,15 +361,25 @@ impl Store {
     }
 }
 
-/// One writing transaction. Dropped without [`WriteTx::commit`], it rolls back.
+/// One writing transaction. Writers take turns (one at a time, in order); consecutive writers
+/// share one durable commit (group commit, `group_commit.rs`), but each is all or nothing on its
+/// own: dropped without [`WriteTx::commit`], its changes roll back and nobody else's do.
 pub struct WriteTx {
-    tx: sqlx::Transaction<'static, Any>,
+    tx: group_commit::Writer,
     clock: Clock,
 }
 
 impl WriteTx {
+    /// Returns once this transaction's changes are durable (or failed, with nothing of them
+    /// stored).
     pub async fn commit(self) -> Result<()> {
-        Ok(self.tx.commit().await?)
+        self.tx.commit().await
+    }
+
+    /// Makes durable what earlier writers of this transaction's group wrote (and this one so
+    /// far): call before answering a caller from what another request wrote (group commit).
+    pub async fn make_earlier_writes_durable(&mut self) -> Result<()> {
+        self.tx.make_earlier_writes_durable().await
     }
 
     /// The current time by the store's clock (what this transaction stamps).

@@ -131,6 +131,10 @@ impl Store {
         Ok(query.bind(limit).fetch_all(&self.pool).await?)
     }
 
+    pub async fn person_by_id(&self, id: i64) -> Result<Option<PersonRow>> {
+        person_where(&self.pool, PersonKey::Id(id)).await
+    }
+
     /// The external id of a person, by row id (for answers).
     pub async fn person_external_id(&self, person_id: i64) -> Result<Option<String>> {
         Ok(

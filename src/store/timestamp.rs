@@ -54,6 +54,12 @@ impl Timestamp {
         let d = time::Duration::try_from(d).ok()?;
         self.0.checked_add(d).map(Timestamp::from_datetime)
     }
+
+    /// `self - d`, or `None` before the representable range.
+    pub fn checked_sub(self, d: std::time::Duration) -> Option<Timestamp> {
+        let d = time::Duration::try_from(d).ok()?;
+        self.0.checked_sub(d).map(Timestamp::from_datetime)
+    }
 }
 
 impl std::ops::Add<time::Duration> for Timestamp {

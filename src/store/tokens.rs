@@ -6,6 +6,7 @@ use sqlx::{Any, Executor};
 stored_enum!(TokenState, "tokens.state", {
     Enrolling => "enrolling", Active => "active", Suspended => "suspended",
     Lost => "lost", Damaged => "damaged", Retired => "retired",
+    Forgotten => "forgotten",
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -90,6 +91,10 @@ impl Store {
         .bind(q.limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    pub async fn token_by_id(&self, id: i64) -> Result<Option<TokenRow>> {
+        token_where(&self.pool, TokenKey::Id(id)).await
     }
 
     /// The serial of a token, by row id (for answers).

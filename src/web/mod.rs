@@ -293,6 +293,10 @@ async fn metrics_page(State(s): State<Arc<WebState>>) -> Response {
         audit_head_sequence: s.store.audit_head_sequence().await.unwrap_or(-1),
         pool_open,
         pool_idle,
+        group_commits: {
+            let stats = s.store.group_commit_stats();
+            (stats.groups, stats.writers)
+        },
         certificates_signed,
         crl_number,
         certificates_expiring,

@@ -21,6 +21,14 @@ pub struct ServerToml {
     pub ca: Option<Ca>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<Enrollment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_service: Option<SelfService>,
+}
+
+/// `[self_service]`: the listener where tokens authenticate with their own certificates.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfService {
+    pub listen: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -161,6 +169,7 @@ impl ServerToml {
             audit: None,
             ca: None,
             enrollment: None,
+            self_service: None,
         }
     }
 
@@ -215,6 +224,14 @@ impl ServerToml {
 
     pub fn with_enrollment(mut self, enrollment: Enrollment) -> ServerToml {
         self.enrollment = Some(enrollment);
+        self
+    }
+
+    /// `[self_service]` on 127.0.0.1:0 (needs `[ca]`).
+    pub fn with_self_service(mut self) -> ServerToml {
+        self.self_service = Some(SelfService {
+            listen: "127.0.0.1:0".into(),
+        });
         self
     }
 

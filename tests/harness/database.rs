@@ -109,3 +109,40 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// A pool on `url` whose database the migrations older than `before` (a migration's
+/// number, e.g. "0013") have made, as a release before that migration left it: for tests that
+/// fill such a database and check what `Store::open` carries over.
+pub async fn migrated_before(url: &str, before: &str) -> sqlx::AnyPool {
+    let dialect = if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let old_migrations = tempfile::tempdir().expect("temp dir");
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    for entry in std::fs::read_dir(&all).expect("migrations directory") {
+        let path = entry.expect("migration file").path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < before {
+            std::fs::copy(&path, old_migrations.path().join(name)).expect("copy migration");
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let connect_url = match url.strip_prefix("sqlite:") {
+        Some(path) => format!("sqlite://{path}?mode=rwc"),
+        None => url.to_string(),
+    };
+    let pool = sqlx::AnyPool::connect(&connect_url)
+        .await
+        .expect("connect to the test database");
+    sqlx::migrate::Migrator::new(old_migrations.path())
+        .await
+        .expect("read the older migrations")
+        .run(&pool)
+        .await
+        .expect("run the older migrations");
+    pool
+}

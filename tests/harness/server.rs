@@ -20,6 +20,8 @@ pub struct ServerTask {
     pub metrics: Option<SocketAddr>,
     /// The online CA, when the configuration has a `[ca]` section.
     pub ca: Option<Arc<OnlineCa>>,
+    /// The `[self_service]` listener, when the configuration has one.
+    pub self_service: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -39,6 +41,7 @@ impl ServerTask {
         let http = server.http_addr();
         let metrics = server.metrics_addr();
         let ca = server.ca().cloned();
+        let self_service = server.self_service_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -53,6 +56,7 @@ impl ServerTask {
             http,
             metrics,
             ca,
+            self_service,
             shutdown: Some(tx),
             task: Some(task),
         }

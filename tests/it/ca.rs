@@ -371,6 +371,7 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
             "service-client",
             "smartcard-logon",
             "smime-signing",
+            "temporary-piv-authentication",
             "tls-client"
         ]
     );
@@ -405,7 +406,7 @@ fn every_profile_and_the_ca_certificates_pass_pkilint() {
     }
     // 6 profiles, 2 keys each; the 2 that take unattested keys (tls-client, service-client)
     // twice more.
-    assert_eq!(linted, 16);
+    assert_eq!(linted, 18);
 }
 
 #[test]
@@ -671,7 +672,7 @@ fn sign_csr_refusals_name_the_problem() {
     assert!(!leaf.exists());
     assert_refused(
         &sign_csr(&token, &data_dir, "server", &csr, &leaf),
-        "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client",
+        "unknown certificate profile \"server\"; known profiles: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, temporary-piv-authentication, tls-client",
     );
     assert_refused(
         &sign_csr(&token, &data_dir, "smime-signing", &csr, &leaf),

@@ -39,6 +39,8 @@ on_both_databases!(
     puk_release_under_dual_control,
     puk_release_requests_and_approvals_expire,
     repeat_of_an_approved_release_is_audited_and_rate_limited,
+    forgotten_token_and_its_temporary_token,
+    puk_rotation_is_confirmed_once_and_refusals_name_their_reason,
 );
 
 const FACTORY_MGM_KEY: [u8; 24] = [
@@ -46,22 +48,22 @@ const FACTORY_MGM_KEY: [u8; 24] = [
 ];
 const FACTORY_PIN: &str = "123456";
 const FACTORY_PUK: &str = "12345678";
-const NEW_PIN: &str = "24681357";
+pub(crate) const NEW_PIN: &str = "24681357";
 
 /// A running server with a SoftHSM2 CA and enrollment configured, and the files around it.
-struct Server {
-    dir: tempfile::TempDir,
+pub(crate) struct Server {
+    pub(crate) dir: tempfile::TempDir,
     _hsm: SoftHsmToken,
-    pki: TestPki,
-    data_dir: PathBuf,
-    running: ServerTask,
+    pub(crate) pki: TestPki,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) running: ServerTask,
 }
 
 impl Server {
     /// CA ceremony and wrapping key in a fresh SoftHSM2 token, then the server with
     /// `[ca]` and `enrollment` (the `[enrollment]` section) trusting `attestation_roots` (the
     /// virtual cards' roots) besides what `enrollment` says.
-    async fn start(
+    pub(crate) async fn start(
         database_url: &str,
         attestation_roots: &[PathBuf],
         enrollment: Enrollment,
@@ -70,7 +72,7 @@ impl Server {
     }
 
     /// [`Server::start`] with the server's times from `clock`.
-    async fn start_with_clock(
+    pub(crate) async fn start_with_clock(
         database_url: &str,
         attestation_roots: &[PathBuf],
         enrollment: Enrollment,
@@ -102,18 +104,22 @@ impl Server {
         }
     }
 
-    async fn channel(&self, role: &str) -> Channel {
+    pub(crate) async fn channel(&self, role: &str) -> Channel {
         let client = self.pki.client(role);
         connect(self.running.addr, &self.pki.ca_pem, Some(&client)).await
     }
 
-    async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
+    pub(crate) async fn enrollments(&self) -> EnrollmentServiceClient<Channel> {
         EnrollmentServiceClient::new(self.channel("helpdesk").await)
     }
 
     /// The enrollment service as one client certificate with common name `name` and `role`
     /// (every call of the returned client uses that one certificate).
-    async fn enrollments_as(&self, name: &str, role: &str) -> EnrollmentServiceClient<Channel> {
+    pub(crate) async fn enrollments_as(
+        &self,
+        name: &str,
+        role: &str,
+    ) -> EnrollmentServiceClient<Channel> {
         let client = self
             .pki
             .client_with_uris(name, &[&format!("tessera:role:{role}")]);
@@ -122,7 +128,7 @@ impl Server {
         )
     }
 
-    async fn create_person(&self, id: &str, sid: &str) {
+    pub(crate) async fn create_person(&self, id: &str, sid: &str) {
         DirectoryServiceClient::new(self.channel("hr").await)
             .create_person(pb::CreatePersonRequest {
                 request_id: format!("create-{id}"),
@@ -139,23 +145,23 @@ impl Server {
             .unwrap();
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.running.stop().await;
     }
 }
 
-fn reason(s: &Status) -> String {
+pub(crate) fn reason(s: &Status) -> String {
     s.get_error_details()
         .error_info()
         .map(|i| i.reason.clone())
         .unwrap_or_default()
 }
 
-fn slot_id(slot: &str) -> SlotId {
+pub(crate) fn slot_id(slot: &str) -> SlotId {
     SlotId::try_from(u8::from_str_radix(slot, 16).unwrap()).unwrap()
 }
 
-fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
+pub(crate) fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
     match s {
         "NEVER" => yubikey::PinPolicy::Never,
         "ONCE" => yubikey::PinPolicy::Once,
@@ -164,7 +170,7 @@ fn yk_pin_policy(s: &str) -> yubikey::PinPolicy {
     }
 }
 
-fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
+pub(crate) fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
     match s {
         "NEVER" => yubikey::TouchPolicy::Never,
         "ALWAYS" => yubikey::TouchPolicy::Always,
@@ -173,7 +179,7 @@ fn yk_touch_policy(s: &str) -> yubikey::TouchPolicy {
     }
 }
 
-fn yk_algorithm(s: &str) -> AlgorithmId {
+pub(crate) fn yk_algorithm(s: &str) -> AlgorithmId {
     match s {
         "ECCP256" => AlgorithmId::EccP256,
         "ECCP384" => AlgorithmId::EccP384,
@@ -181,7 +187,7 @@ fn yk_algorithm(s: &str) -> AlgorithmId {
     }
 }
 
-fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
+pub(crate) fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
     let algorithm = match pb::ManagementKeyAlgorithm::try_from(k.algorithm).unwrap() {
         pb::ManagementKeyAlgorithm::TripleDes => MgmAlgorithmId::ThreeDes,
         pb::ManagementKeyAlgorithm::Aes128 => MgmAlgorithmId::Aes128,
@@ -195,7 +201,7 @@ fn mgm_key(k: &pb::ManagementKey) -> ManagementKey {
     }
 }
 
-fn secret(s: &str) -> Secret {
+pub(crate) fn secret(s: &str) -> Secret {
     Secret::new(s.as_bytes().to_vec())
 }
 
@@ -212,7 +218,7 @@ enum Signing<'a> {
 
 /// What the station does between Begin and Complete on a factory-fresh card: new management
 /// key and PUK, each planned key generated and attested, the proof signed after PIN verify.
-fn station_prepares(
+pub(crate) fn station_prepares(
     card: &VirtualCard,
     begin: &pb::BeginEnrollmentResponse,
 ) -> pb::CompleteEnrollmentRequest {
@@ -289,7 +295,7 @@ fn station_generates_and_proves(
 }
 
 /// After Complete: the certificates written to their slots, the person's PIN set.
-fn station_finishes(
+pub(crate) fn station_finishes(
     card: &VirtualCard,
     begin: &pb::BeginEnrollmentResponse,
     done: &pb::CompleteEnrollmentResponse,
@@ -308,7 +314,11 @@ fn station_finishes(
         .unwrap();
 }
 
-fn begin_request(person: &str, serial: u32, profile: &str) -> pb::BeginEnrollmentRequest {
+pub(crate) fn begin_request(
+    person: &str,
+    serial: u32,
+    profile: &str,
+) -> pb::BeginEnrollmentRequest {
     pb::BeginEnrollmentRequest {
         request_id: format!("begin-{person}-{serial}-{profile}"),
         person_external_id: person.into(),
@@ -598,7 +608,7 @@ async fn happy_path_enrolls_a_virtual_card(url: &str) {
     server.stop().await;
 }
 
-fn metadata(s: &Status, key: &str) -> String {
+pub(crate) fn metadata(s: &Status, key: &str) -> String {
     s.get_error_details()
         .error_info()
         .and_then(|i| i.metadata.get(key).cloned())
@@ -622,7 +632,7 @@ async fn certificates(store: &Store) -> Vec<tessera::store::CertificateRow> {
 
 /// A refusal: the exact code and reason, `certificates_before` certificates still (none
 /// issued), and the refusal as the last audit event, naming its reason.
-async fn assert_refused<T: std::fmt::Debug>(
+pub(crate) async fn assert_refused<T: std::fmt::Debug>(
     url: &str,
     result: Result<tonic::Response<T>, Status>,
     code: Code,
@@ -652,7 +662,7 @@ async fn assert_refused<T: std::fmt::Debug>(
 }
 
 /// Begin → station → Complete on a factory-fresh card, for person `person`.
-async fn enroll_until_complete(
+pub(crate) async fn enroll_until_complete(
     server: &Server,
     card: &VirtualCard,
     person: &str,
@@ -732,7 +742,7 @@ async fn begin_refusals_name_their_reason(url: &str) {
     .await;
     assert_eq!(
         s.message(),
-        "unknown enrollment profile \"no-such-profile\"; known profiles: piv-login, windows-logon"
+        "unknown enrollment profile \"no-such-profile\"; known profiles: piv-login, temporary-piv-login, windows-logon"
     );
 
     // A suspended person is not enrolled; nothing but the refusal is recorded.
@@ -1443,7 +1453,7 @@ async fn release_puk_then_re_enroll_the_same_token(url: &str) {
     .await;
     assert_eq!(
         s.message(),
-        "request id \"puk-2\" is not answered again: the token's credentials changed since (it was re-enrolled); its answer carried secrets, send a fresh request id"
+        "request id \"puk-2\" is not answered again: the token's credentials changed since (it was re-enrolled, or its PUK was rotated); its answer carried secrets, send a fresh request id"
     );
     // The old 9a certificate is superseded (its key is gone); the old 9c one stays good.
     let rows = certificates(&store).await;
@@ -1699,7 +1709,7 @@ async fn enrollment_configuration_errors_name_the_setting() {
             ..Enrollment::default()
         }))
         .await,
-        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, tls-client)"
+        "enrollment: enrollment profile vpn is invalid: slot 9a names certificate profile \"vpn-client\", which the CA does not have (known: piv-authentication, piv-signature, service-client, smartcard-logon, smime-signing, temporary-piv-authentication, tls-client)"
     );
     assert_eq!(
         bind_error(enrollment(Enrollment {
@@ -1897,7 +1907,7 @@ async fn issuance_failure_aborts_the_enrollment(url: &str) {
 }
 
 /// Begin → station → Complete → station writes → Confirm on a factory-fresh card.
-async fn enroll_and_confirm(
+pub(crate) async fn enroll_and_confirm(
     server: &Server,
     card: &VirtualCard,
     person: &str,
@@ -1917,7 +1927,7 @@ async fn enroll_and_confirm(
 }
 
 /// The token as GetToken shows it: state and holder.
-async fn token_state(server: &Server, serial: u32) -> (pb::TokenState, String) {
+pub(crate) async fn token_state(server: &Server, serial: u32) -> (pb::TokenState, String) {
     let token = pb::token_service_client::TokenServiceClient::new(server.channel("helpdesk").await)
         .get_token(pb::GetTokenRequest {
             serial: serial.to_string(),
@@ -2227,7 +2237,7 @@ async fn expiry_restores_the_token(url: &str) {
 }
 
 /// A connection to the test database for SQL a database writer would run.
-async fn database_writer(url: &str) -> sqlx::AnyPool {
+pub(crate) async fn database_writer(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     let connect_url = match url.strip_prefix("sqlite:") {
         Some(path) => format!("sqlite://{path}?mode=rwc"),
@@ -2256,7 +2266,7 @@ async fn copy_credential_columns(url: &str, from: u32, to: u32, columns: &[&str]
 }
 
 /// Token `serial`'s stored row: aad_version, generation, wrapped management key, wrapped PUK.
-async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u8>) {
+pub(crate) async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u8>) {
     use sqlx::Row;
     let pool = database_writer(url).await;
     let row = sqlx::query(
@@ -2272,7 +2282,7 @@ async fn stored_credentials(url: &str, serial: u32) -> (i64, i64, Vec<u8>, Vec<u
 }
 
 /// Token `serial`'s row overwritten with these values.
-async fn put_stored_credentials(
+pub(crate) async fn put_stored_credentials(
     url: &str,
     serial: u32,
     (aad_version, generation, management_key, puk): (i64, i64, Vec<u8>, Vec<u8>),
@@ -2465,7 +2475,14 @@ async fn credentials_wrapped_before_migration_0006_are_released_and_rebound(url:
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(again, released);
+    // (The same new PUK too, now marked as handed out before.)
+    assert_eq!(
+        again,
+        pb::ReleasePukResponse {
+            new_puk_resumed: true,
+            ..released.clone()
+        }
+    );
     put_stored_credentials(url, SERIAL, (2, 1, old.2, old.3)).await;
     assert_refused(
         url,
@@ -3294,5 +3311,644 @@ async fn puk_release_requests_and_approvals_expire(url: &str) {
     let third = metadata(&s, "release_id");
     assert!(third != first && third != second);
     assert!(events(url, "token.release_puk").await.is_empty());
+    server.stop().await;
+}
+
+/// A certificate's status and reason code as the store keeps them.
+async fn stored_status(url: &str, serial: &str) -> (CertificateStatus, Option<i64>) {
+    let store = Store::open(url).await.unwrap();
+    let c = store.certificate_by_serial(serial).await.unwrap().unwrap();
+    store.close().await;
+    (c.status, c.revocation_reason)
+}
+
+fn serials(done: &pb::CompleteEnrollmentResponse) -> Vec<String> {
+    done.certificates
+        .iter()
+        .map(|c| c.certificate.as_ref().unwrap().serial.clone())
+        .collect()
+}
+
+/// Issue 13, item 4: a forgotten token's certificates go on hold; a temporary token (profile
+/// `temporary-piv-login`, 7-day certificate) is enrolled only for a person with a forgotten
+/// token, one at a time; reinstating the forgotten token releases only the holds its move to
+/// `forgotten` made and retires the temporary token; declared lost instead, its certificates are
+/// revoked (held ones included) and the temporary token stays.
+async fn forgotten_token_and_its_temporary_token(url: &str) {
+    use pb::TokenState as T;
+    use tessera::store::CertificateStatus as C;
+    const ORIGINAL: u32 = 30_001_700;
+    const TEMPORARY: u32 = 30_001_701;
+    const SECOND_TEMPORARY: u32 = 30_001_702;
+    let original = VirtualCard::start(CardOptions::firmware("5.7.4").serial(ORIGINAL));
+    let temporary = VirtualCard::start(CardOptions::firmware("5.7.4").serial(TEMPORARY));
+    let second = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SECOND_TEMPORARY));
+    let server = Server::start(
+        url,
+        &[
+            original.attestation_root(),
+            temporary.attestation_root(),
+            second.attestation_root(),
+        ],
+        Enrollment::default(),
+    )
+    .await;
+    server.create_person("E1700", "").await;
+    let mut enroll = server.enrollments().await;
+    let mut tokens =
+        pb::token_service_client::TokenServiceClient::new(server.channel("helpdesk").await);
+    let mut certs = pb::certificate_service_client::CertificateServiceClient::new(
+        server.channel("helpdesk").await,
+    );
+    let (_, first) = enroll_and_confirm(&server, &original, "E1700").await;
+    let [login, signing] = <[String; 2]>::try_from(serials(&first)).unwrap();
+
+    // No forgotten token: the temporary profile is refused, naming the profile.
+    let mut request = begin_request("E1700", TEMPORARY, "temporary-piv-login");
+    request.request_id = "temp-before".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "NO_FORGOTTEN_TOKEN",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        "profile temporary-piv-login is for a temporary token, and person E1700 has no token in state forgotten; mark the forgotten token first (MarkTokenForgotten), or use a profile for a regular token"
+    );
+
+    // An operator's hold on the signing certificate, made for another reason.
+    certs
+        .revoke_certificate(pb::RevokeCertificateRequest {
+            request_id: "hold-signing".into(),
+            serial: signing.clone(),
+            reason: pb::RevocationReason::CertificateHold as i32,
+        })
+        .await
+        .unwrap();
+
+    // MarkTokenForgotten's own refusals: no serial, an unknown one, a reason too long.
+    let forgotten_request =
+        |request_id: &str, serial: &str, reason: &str| pb::MarkTokenForgottenRequest {
+            request_id: request_id.into(),
+            serial: serial.into(),
+            reason: reason.into(),
+        };
+    for (request, code, expected) in [
+        (
+            forgotten_request("forgot-empty", "", ""),
+            Code::InvalidArgument,
+            "FIELD_REQUIRED",
+        ),
+        (
+            forgotten_request("forgot-unknown", "39999999", ""),
+            Code::NotFound,
+            "TOKEN_NOT_FOUND",
+        ),
+        (
+            forgotten_request("forgot-long", &ORIGINAL.to_string(), &"x".repeat(1025)),
+            Code::InvalidArgument,
+            "FIELD_TOO_LONG",
+        ),
+        (
+            forgotten_request("", &ORIGINAL.to_string(), ""),
+            Code::InvalidArgument,
+            "REQUEST_ID_MISSING",
+        ),
+    ] {
+        assert_invalid(tokens.mark_token_forgotten(request).await, code, expected);
+    }
+
+    // Forgotten: the good certificate goes on hold, audited, with a notice.
+    let forgotten = tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: "forgot-1".into(),
+            serial: ORIGINAL.to_string(),
+            reason: "left at home".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(forgotten.state(), T::Forgotten);
+    assert_eq!(stored_status(url, &login).await, (C::OnHold, Some(6)));
+    assert_eq!(events(url, "token.mark_forgotten").await.len(), 1);
+    let store = Store::open(url).await.unwrap();
+    let notices = store.notifications().await.unwrap();
+    store.close().await;
+    assert_eq!(
+        notices
+            .iter()
+            .filter(|n| n.event == "token.forgotten")
+            .count(),
+        1
+    );
+    // Not from forgotten: forgotten again, suspend; the hold is the token's, not released alone.
+    let s = tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: "forgot-again".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str(), s.message()),
+        (
+            Code::FailedPrecondition,
+            "INVALID_STATE_TRANSITION",
+            "cannot mark forgotten a token that is forgotten"
+        )
+    );
+    let s = tokens
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "suspend-forgotten".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::FailedPrecondition, "INVALID_STATE_TRANSITION")
+    );
+    let s = certs
+        .release_certificate_hold(pb::ReleaseCertificateHoldRequest {
+            request_id: "release-login".into(),
+            serial: login.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str(), s.message().to_string()),
+        (
+            Code::FailedPrecondition,
+            "HOLD_IS_FROM_PERSON_OR_TOKEN",
+            format!(
+                "certificate {login} is on hold because its token is forgotten; reinstate the token instead"
+            )
+        )
+    );
+    // The forgotten token itself is not enrolled again (it was found: reinstate it).
+    let mut request = begin_request("E1700", ORIGINAL, "piv-login");
+    request.request_id = "re-enroll-forgotten".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ENROLLABLE",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "token {ORIGINAL} is forgotten; it was found: reinstate it (ReinstateToken) instead of enrolling it again"
+        )
+    );
+
+    // The temporary token: one 9a certificate of 7 days, recorded for the forgotten token.
+    let (begin, done) =
+        enroll_until_complete(&server, &temporary, "E1700", "temporary-piv-login").await;
+    assert_eq!(done.certificates.len(), 1);
+    let stand_in = done.certificates[0].certificate.as_ref().unwrap().clone();
+    assert_eq!(
+        (
+            done.certificates[0].slot.as_str(),
+            stand_in.profile.as_str()
+        ),
+        ("9a", "temporary-piv-authentication")
+    );
+    let (from, to) = (
+        tessera::store::Timestamp::parse(&stand_in.not_before).unwrap(),
+        tessera::store::Timestamp::parse(&stand_in.not_after).unwrap(),
+    );
+    assert_eq!(
+        to.unix_seconds() - from.unix_seconds(),
+        7 * 24 * 3600,
+        "{stand_in:?}"
+    );
+    station_finishes(&temporary, &begin, &done);
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-temporary".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    let shown = tokens
+        .get_token(pb::GetTokenRequest {
+            serial: TEMPORARY.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(
+        (shown.state(), shown.temporary_for.as_str()),
+        (T::Active, ORIGINAL.to_string().as_str())
+    );
+    let begun = events(url, "enrollment.begin").await;
+    assert_eq!(
+        begun.last().unwrap().1["temporary_for"],
+        ORIGINAL.to_string()
+    );
+
+    // A second temporary token while this one is in use is refused.
+    let mut request = begin_request("E1700", SECOND_TEMPORARY, "temporary-piv-login");
+    request.request_id = "temp-second".into();
+    let s = assert_refused(
+        url,
+        enroll.begin_enrollment(request).await,
+        Code::FailedPrecondition,
+        "TEMPORARY_TOKEN_IN_USE",
+        3,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "person E1700 already has temporary token {TEMPORARY} (active) for forgotten token {ORIGINAL}; retire it first (RetireToken, or MarkTokenLost), or reinstate the forgotten token"
+        )
+    );
+
+    // HR suspends and reinstates the person: the forgotten token's hold stays.
+    let mut hr = DirectoryServiceClient::new(server.channel("hr").await);
+    hr.suspend_person(pb::SuspendPersonRequest {
+        request_id: "suspend-E1700".into(),
+        external_id: "E1700".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    hr.reinstate_person(pb::ReinstatePersonRequest {
+        request_id: "reinstate-E1700".into(),
+        external_id: "E1700".into(),
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored_status(url, &login).await, (C::OnHold, Some(6)));
+    assert_eq!(stored_status(url, &stand_in.serial).await, (C::Good, None));
+    // (Reinstating a person releases every other hold of theirs, the operator's on the signing
+    // certificate too, as before forgotten tokens existed; the operator holds it again.)
+    assert_eq!(stored_status(url, &signing).await, (C::Good, None));
+    certs
+        .revoke_certificate(pb::RevokeCertificateRequest {
+            request_id: "hold-signing-again".into(),
+            serial: signing.clone(),
+            reason: pb::RevocationReason::CertificateHold as i32,
+        })
+        .await
+        .unwrap();
+
+    // Found: reinstated. Its forgotten hold is released, the operator's hold stays, and the
+    // temporary token is retired (its certificate revoked, cessationOfOperation).
+    let reinstated = tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "found".into(),
+            serial: ORIGINAL.to_string(),
+            reason: "found in the car".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(reinstated.state(), T::Active);
+    assert_eq!(stored_status(url, &login).await, (C::Good, None));
+    assert_eq!(stored_status(url, &signing).await, (C::OnHold, Some(6)));
+    assert_eq!(token_state(&server, TEMPORARY).await.0, T::Retired);
+    assert_eq!(
+        stored_status(url, &stand_in.serial).await,
+        (C::Revoked, Some(5))
+    );
+    let retired = events(url, "token.retire").await;
+    assert_eq!(
+        retired.last().unwrap().1["reason"],
+        format!("temporary token for token {ORIGINAL}, which was found and reinstated")
+    );
+
+    // Forgotten again, a new temporary token, then declared lost: every certificate of the
+    // original revoked (keyCompromise), the held ones included; the temporary token stays.
+    tokens
+        .mark_token_forgotten(pb::MarkTokenForgottenRequest {
+            request_id: "forgot-2".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let (begin, done) =
+        enroll_until_complete(&server, &second, "E1700", "temporary-piv-login").await;
+    station_finishes(&second, &begin, &done);
+    enroll
+        .confirm_enrollment(pb::ConfirmEnrollmentRequest {
+            request_id: "confirm-second".into(),
+            enrollment_id: begin.enrollment_id.clone(),
+        })
+        .await
+        .unwrap();
+    let second_serial = serials(&done).remove(0);
+    tokens
+        .mark_token_lost(pb::MarkTokenLostRequest {
+            request_id: "lost".into(),
+            serial: ORIGINAL.to_string(),
+            reason: "not found after all".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored_status(url, &login).await, (C::Revoked, Some(1)));
+    assert_eq!(stored_status(url, &signing).await, (C::Revoked, Some(1)));
+    assert_eq!(token_state(&server, SECOND_TEMPORARY).await.0, T::Active);
+    assert_eq!(stored_status(url, &second_serial).await, (C::Good, None));
+    // Lost is final: reinstating it is refused.
+    let s = tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "found-too-late".into(),
+            serial: ORIGINAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::FailedPrecondition, "INVALID_STATE_TRANSITION")
+    );
+    server.stop().await;
+}
+
+fn confirm_rotation(
+    request_id: &str,
+    serial: u32,
+    generation: i64,
+) -> pb::ConfirmPukRotationRequest {
+    pb::ConfirmPukRotationRequest {
+        request_id: request_id.into(),
+        token_serial: serial.to_string(),
+        generation,
+    }
+}
+
+/// Token `serial`'s pending PUK rotation as stored: generation and wrapped PUK.
+async fn stored_rotation(url: &str, serial: u32) -> Option<(i64, Vec<u8>)> {
+    use sqlx::Row;
+    let pool = database_writer(url).await;
+    let row = sqlx::query(
+        "SELECT r.generation, r.puk_wrapped FROM puk_rotations r \
+         JOIN tokens t ON t.id = r.token_id WHERE t.serial = $1",
+    )
+    .bind(serial.to_string())
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    row.map(|r| (r.get(0), r.get(1)))
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Issue 13, item 5: ReleasePuk hands out a new PUK with the escrowed one, the same one again
+/// until ConfirmPukRotation (marked resumed); only the certificate it was last handed to
+/// confirms it, and only its generation; once confirmed it is the escrowed PUK, the old one is
+/// never released again (not even to a repeat), and the next release brings a fresh new PUK.
+/// Wrapped, never in the clear; a rotation blob moved into another place does not unwrap.
+async fn puk_rotation_is_confirmed_once_and_refusals_name_their_reason(url: &str) {
+    use pb::token_service_client::TokenServiceClient;
+    const SERIAL: u32 = 30_001_800;
+    let card = VirtualCard::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    let server = Server::start(url, &[card.attestation_root()], Enrollment::default()).await;
+    server.create_person("E1800", "").await;
+    let (begin, _) = enroll_and_confirm(&server, &card, "E1800").await;
+    let (mut desk_a, channel_a) = desk(&server, "desk-a").await;
+    let (mut desk_b, _) = desk(&server, "desk-b").await;
+
+    let first = desk_a
+        .release_puk(release_request("rot-r1", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.puk, begin.new_puk);
+    assert_eq!(first.new_puk.len(), 8);
+    assert!(first.new_puk.bytes().all(|b| b.is_ascii_digit()));
+    assert_ne!(first.new_puk, first.puk);
+    assert!(!first.new_puk_resumed);
+    let generation = first.new_puk_generation;
+    // Wrapped, never in the clear.
+    let (stored_generation, wrapped) = stored_rotation(url, SERIAL).await.unwrap();
+    assert_eq!(stored_generation, generation);
+    assert!(!contains(&wrapped, &first.new_puk));
+    let (_, _, _, escrowed) = stored_credentials(url, SERIAL).await;
+    assert!(!contains(&escrowed, &first.puk));
+    // Until confirmed, every release hands out the same new PUK again, marked resumed.
+    let again = desk_a
+        .release_puk(release_request("rot-r2", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            again.puk.as_str(),
+            again.new_puk.as_str(),
+            again.new_puk_generation,
+            again.new_puk_resumed
+        ),
+        (first.puk.as_str(), first.new_puk.as_str(), generation, true)
+    );
+    let released = events(url, "token.release_puk").await;
+    assert_eq!(
+        released.last().unwrap().1["puk_rotation"],
+        serde_json::json!({"generation": generation, "resumed": true})
+    );
+
+    // Refusals: field missing, unknown token, another certificate, another generation.
+    assert_invalid(
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c0", SERIAL, 0))
+            .await,
+        Code::InvalidArgument,
+        "FIELD_REQUIRED",
+    );
+    assert_invalid(
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c1", 39_999_999, generation))
+            .await,
+        Code::NotFound,
+        "TOKEN_NOT_FOUND",
+    );
+    let s = assert_refused(
+        url,
+        desk_b
+            .confirm_puk_rotation(confirm_rotation("rot-c2", SERIAL, generation))
+            .await,
+        Code::PermissionDenied,
+        "PUK_ROTATION_OF_ANOTHER_CALLER",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "the pending PUK of token {SERIAL} was last handed to another client certificate; only the station that received it (ReleasePuk) confirms it"
+        )
+    );
+    let s = assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c3", SERIAL, generation + 7))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_ROTATION_STALE",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "generation {} is not the pending PUK rotation of token {SERIAL} (that is generation {generation}); confirm the generation ReleasePuk answered last",
+            generation + 7
+        )
+    );
+    let mut tokens = TokenServiceClient::new(channel_a.clone());
+    tokens
+        .suspend_token(pb::SuspendTokenRequest {
+            request_id: "rot-suspend".into(),
+            serial: SERIAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c4", SERIAL, generation))
+            .await,
+        Code::FailedPrecondition,
+        "TOKEN_NOT_ACTIVE",
+        2,
+    )
+    .await;
+    tokens
+        .reinstate_token(pb::ReinstateTokenRequest {
+            request_id: "rot-reinstate".into(),
+            serial: SERIAL.to_string(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    // Nothing of that changed the escrowed PUK.
+    assert_eq!(stored_credentials(url, SERIAL).await.3, escrowed);
+
+    // Confirmed: the new PUK is the escrowed one; a repeat gets the same answer.
+    let confirmed = desk_a
+        .confirm_puk_rotation(confirm_rotation("rot-c5", SERIAL, generation))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(confirmed.generation > generation, "{confirmed:?}");
+    assert_eq!(
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c5", SERIAL, generation))
+            .await
+            .unwrap()
+            .into_inner(),
+        confirmed
+    );
+    assert_eq!(stored_rotation(url, SERIAL).await, None);
+    let rotated = events(url, "token.puk_rotate").await;
+    assert_eq!(rotated.len(), 1);
+    assert_eq!(rotated[0].1["generation"], confirmed.generation);
+    assert_eq!(rotated[0].1["rotation_generation"], generation);
+    let s = assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c6", SERIAL, generation))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_ROTATION_NOT_PENDING",
+        2,
+    )
+    .await;
+    assert_eq!(
+        s.message(),
+        format!(
+            "token {SERIAL} has no PUK rotation waiting for confirmation (confirmed already, or discarded by a new enrollment); run `tessera station unblock` again"
+        )
+    );
+    // The old PUK is never released again: not to a repeat of an earlier release…
+    let s = assert_refused(
+        url,
+        desk_a.release_puk(release_request("rot-r2", SERIAL)).await,
+        Code::FailedPrecondition,
+        "REQUEST_ID_EXPIRED",
+        2,
+    )
+    .await;
+    assert!(
+        s.message().contains("or its PUK was rotated"),
+        "{}",
+        s.message()
+    );
+    // …and a fresh release hands out the new one, with a fresh rotation.
+    let next = desk_a
+        .release_puk(release_request("rot-r3", SERIAL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.puk, first.new_puk);
+    assert_ne!(next.new_puk, first.new_puk);
+    assert!(!next.new_puk_resumed);
+    assert!(next.new_puk_generation > confirmed.generation);
+    let (_, _, _, escrowed) = stored_credentials(url, SERIAL).await;
+    assert!(!contains(&escrowed, &next.puk));
+
+    // A database writer moves the escrowed PUK's blob into the rotation: it does not unwrap
+    // there (another field), and nothing is released.
+    let pool = database_writer(url).await;
+    sqlx::query(
+        "UPDATE puk_rotations SET puk_wrapped = (SELECT c.puk_wrapped FROM token_credentials c \
+         WHERE c.token_id = puk_rotations.token_id), generation = \
+         (SELECT c.generation FROM token_credentials c WHERE c.token_id = puk_rotations.token_id)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let s = assert_refused(
+        url,
+        desk_a.release_puk(release_request("rot-r4", SERIAL)).await,
+        Code::DataLoss,
+        "CREDENTIALS_TAMPERED",
+        2,
+    )
+    .await;
+    assert!(!s.message().contains(&next.puk));
+
+    // A new enrollment of the token (which resets it) discards the pending rotation.
+    let mut enroll = server.enrollments().await;
+    let mut request = begin_request("E1800", SERIAL, "piv-login");
+    request.request_id = "rot-re-enroll".into();
+    let reenrolling = enroll.begin_enrollment(request).await.unwrap().into_inner();
+    abort(&server, &reenrolling.enrollment_id).await;
+    assert_eq!(stored_rotation(url, SERIAL).await, None);
+    assert_refused(
+        url,
+        desk_a
+            .confirm_puk_rotation(confirm_rotation("rot-c7", SERIAL, next.new_puk_generation))
+            .await,
+        Code::FailedPrecondition,
+        "PUK_ROTATION_NOT_PENDING",
+        2,
+    )
+    .await;
     server.stop().await;
 }

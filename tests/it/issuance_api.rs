@@ -775,6 +775,7 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
     for (serial, state, person_id) in [
         ("3001", TokenState::Lost, None),
         ("3002", TokenState::Active, Some(e2.id)),
+        ("3003", TokenState::Forgotten, None),
     ] {
         tx.insert_token(&NewToken {
             serial: serial.into(),
@@ -794,16 +795,20 @@ async fn issue_from_csr_refusals_name_reason_and_field(url: &str) {
         refuse(req).await,
         (Code::NotFound, "TOKEN_NOT_FOUND".into(), vec![])
     );
-    let mut req = issue_request("", &pem, "service-client");
-    req.token_serial = "3001".into();
-    assert_eq!(
-        refuse(req).await,
-        (
-            Code::FailedPrecondition,
-            "TOKEN_NOT_USABLE".into(),
-            fields("token_serial")
-        )
-    );
+    for serial in ["3001", "3003"] {
+        // Lost, and forgotten (its key is not at hand; its certificates are on hold).
+        let mut req = issue_request("", &pem, "service-client");
+        req.token_serial = serial.into();
+        assert_eq!(
+            refuse(req).await,
+            (
+                Code::FailedPrecondition,
+                "TOKEN_NOT_USABLE".into(),
+                fields("token_serial")
+            ),
+            "token {serial}"
+        );
+    }
     let mut req = issue_request("", &pem, "service-client");
     req.person_external_id = "E1".into();
     req.token_serial = "3002".into();

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["lifecycle"],
     &["enroll"],
     &["api", "web", "station", "notify"],
-    &["server"],
+    &["server", "renew"],
     &["bench"],
     &["cli"],
 ];

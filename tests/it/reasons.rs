@@ -24,6 +24,7 @@ fn api_reasons_in_code() -> BTreeSet<&'static str> {
         LifecycleError::REASONS,
         EnrollError::REASONS,
         EnrollmentRefusal::REASONS,
+        tessera::lifecycle::SelfServiceRefusal::REASONS,
     ]
     .into_iter()
     .flatten()

@@ -583,34 +583,7 @@ async fn recheck_fleet_rpc_reports_holds_and_refuses(url: &str) {
 /// certificate's facts as unknown (the token's recorded firmware shown, nothing judged).
 async fn certificates_from_before_migration_0013_are_reported_unknown(url: &str) {
     use sqlx::Executor;
-    let dialect = if url.starts_with("sqlite:") {
-        "sqlite"
-    } else {
-        "postgres"
-    };
-    let old_migrations = tempfile::tempdir().unwrap();
-    let all = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
-    for entry in std::fs::read_dir(&all).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name.as_str() < "0013" {
-            std::fs::copy(&path, old_migrations.path().join(name)).unwrap();
-        }
-    }
-    sqlx::any::install_default_drivers();
-    let connect_url = match url.strip_prefix("sqlite:") {
-        Some(path) => format!("sqlite://{path}?mode=rwc"),
-        None => url.to_string(),
-    };
-    let pool = sqlx::AnyPool::connect(&connect_url).await.unwrap();
-    sqlx::migrate::Migrator::new(old_migrations.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let pool = crate::harness::database::migrated_before(url, "0013").await;
     pool.execute(
         "INSERT INTO people (external_id, display_name, upn, email, attributes_json, state, created_at, updated_at) \
          VALUES ('E9', 'Old Timer', 'e9@corp.test', 'e9@corp.test', '{}', 'active', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z')",

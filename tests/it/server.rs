@@ -69,7 +69,8 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
     let mut t = TokenServiceClient::new(ch.clone());
     let mut a = AuditServiceClient::new(ch.clone());
     let mut c = CertificateServiceClient::new(ch.clone());
-    let mut e = EnrollmentServiceClient::new(ch);
+    let mut e = EnrollmentServiceClient::new(ch.clone());
+    let mut ss = tessera::protocol::pb::self_service_client::SelfServiceClient::new(ch);
     let mut out = BTreeMap::new();
     fn code<T>(r: Result<tonic::Response<T>, Status>) -> Option<Code> {
         r.err().map(|s| s.code())
@@ -143,6 +144,13 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         "ReinstateToken",
         code(
             t.reinstate_token(pb::ReinstateTokenRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "MarkTokenForgotten",
+        code(
+            t.mark_token_forgotten(pb::MarkTokenForgottenRequest::default())
                 .await,
         ),
     );
@@ -251,9 +259,49 @@ async fn call_every_rpc(ch: Channel) -> BTreeMap<&'static str, Option<Code>> {
         code(e.release_puk(pb::ReleasePukRequest::default()).await),
     );
     out.insert(
+        "ConfirmPukRotation",
+        code(
+            e.confirm_puk_rotation(pb::ConfirmPukRotationRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
         "ApprovePukRelease",
         code(
             e.approve_puk_release(pb::ApprovePukReleaseRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "BeginRenewal",
+        code(e.begin_renewal(pb::BeginRenewalRequest::default()).await),
+    );
+    out.insert(
+        "GetMyToken",
+        code(ss.get_my_token(pb::GetMyTokenRequest::default()).await),
+    );
+    out.insert(
+        "SelfService/BeginRenewal",
+        code(ss.begin_renewal(pb::BeginMyRenewalRequest::default()).await),
+    );
+    out.insert(
+        "SelfService/CompleteRenewal",
+        code(
+            ss.complete_renewal(pb::CompleteEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "SelfService/ConfirmRenewal",
+        code(
+            ss.confirm_renewal(pb::ConfirmEnrollmentRequest::default())
+                .await,
+        ),
+    );
+    out.insert(
+        "SelfService/AbortRenewal",
+        code(
+            ss.abort_renewal(pb::AbortEnrollmentRequest::default())
                 .await,
         ),
     );
@@ -275,7 +323,7 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetPerson" | "ListPeople" => &["hr", "helpdesk", "admin"],
         "GetToken" | "ListTokens" => &["hr", "helpdesk", "admin"],
         "MarkTokenLost" | "MarkTokenDamaged" | "RetireToken" | "SuspendToken"
-        | "ReinstateToken" => &["helpdesk", "admin"],
+        | "ReinstateToken" | "MarkTokenForgotten" => &["helpdesk", "admin"],
         "RecheckFleet" => &["admin"],
         "ListAuditEvents" | "StreamAuditEvents" | "VerifyAuditChain" => &["auditor", "admin"],
         "GetCertificate" | "ListCertificates" | "ListExpiringCertificates" => {
@@ -285,7 +333,14 @@ fn allowed(method: &str) -> &'static [&'static str] {
         "GetCaChain" => &["hr", "helpdesk", "auditor", "admin", "relying-party"],
         "LookupCertificate" => &["relying-party", "helpdesk", "admin"],
         "BeginEnrollment" | "CompleteEnrollment" | "ConfirmEnrollment" | "AbortEnrollment"
-        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" => &["helpdesk", "admin"],
+        | "GetEnrollment" | "ReleasePuk" | "ApprovePukRelease" | "ConfirmPukRotation"
+        | "BeginRenewal" => &["helpdesk", "admin"],
+        // No role: only a token's own certificate (docs/api.md, "SelfService").
+        "GetMyToken"
+        | "SelfService/BeginRenewal"
+        | "SelfService/CompleteRenewal"
+        | "SelfService/ConfirmRenewal"
+        | "SelfService/AbortRenewal" => &[],
         other => panic!("no expectation for {other}"),
     }
 }
@@ -306,7 +361,7 @@ async fn refused_in_tls(addr: std::net::SocketAddr, ca_pem: &str) {
     // refusal may show on connect or on the first call.
     if let Ok(ch) = ch {
         let results = call_every_rpc(ch).await;
-        assert_eq!(results.len(), 34);
+        assert_eq!(results.len(), 42);
         for (method, code) in results {
             assert!(
                 matches!(
@@ -330,7 +385,7 @@ async fn role_matrix(url: &str) {
             refused_in_tls(server.addr(), &server.pki.ca_pem).await;
         } else {
             let anonymous = call_every_rpc(server.channel(None).await).await;
-            assert_eq!(anonymous.len(), 34);
+            assert_eq!(anonymous.len(), 42);
             for (method, code) in &anonymous {
                 assert_eq!(
                     *code,

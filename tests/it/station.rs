@@ -14,6 +14,7 @@ use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use tessera::piv::{PivToken, Secret};
 use tessera::protocol::pb;
 use tessera::protocol::pb::directory_service_client::DirectoryServiceClient;
 use tonic::transport::Channel;
@@ -189,7 +190,7 @@ impl World {
             .with_ca(&hsm.config_path, &data_dir)
             .with_enrollment(enrollment)
             .write(dir.path(), &pki);
-        for role in ["helpdesk", "hr", "auditor"] {
+        for role in ["helpdesk", "hr", "auditor", "admin"] {
             let c = pki.client(role);
             std::fs::write(dir.path().join(format!("{role}.pem")), &c.cert_pem).unwrap();
             write_private(&dir.path().join(format!("{role}.key")), &c.key_pem);
@@ -876,13 +877,284 @@ fn unblock_a_blocked_pin_with_the_escrowed_puk() {
     ]);
     assert_ok(&out, "station unblock");
     stdout_has_line(&out, "     PIN: 0 tries left (changed)");
-    stdout_has_line(&out, "     PIN set; 3 tries left");
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
     assert!(!text(&out.stdout).contains("97531864"));
     world
         .card
         .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
         .success()
         .has_line("Successfully verified PIN.");
+}
+
+// ---------------------------------------------------------------------------------------------
+// PUK rotation after an unblock (issue 13, item 5).
+
+impl World {
+    /// ReleasePuk as `role` (its own client certificate): (PUK, new PUK, its generation, resumed).
+    fn release_puk_as(&self, role: &str, serial: u32) -> (String, String, i64, bool) {
+        use tessera::protocol::pb::enrollment_service_client::EnrollmentServiceClient;
+        let r = self
+            .rpc(role, |channel| async move {
+                EnrollmentServiceClient::new(channel)
+                    .release_puk(pb::ReleasePukRequest {
+                        request_id: format!("test-release-{}", std::process::id())
+                            + &format!("-{:?}", std::time::Instant::now()),
+                        token_serial: serial.to_string(),
+                        reason: "test: which PUK does the server release".into(),
+                    })
+                    .await
+            })
+            .unwrap()
+            .into_inner();
+        (r.puk, r.new_puk, r.new_puk_generation, r.new_puk_resumed)
+    }
+
+    /// PUK tries left on the card, read without trying a PUK.
+    fn puk_tries_left(&self) -> Option<u8> {
+        PivToken::open(Some(self.card.reader_name()))
+            .unwrap()
+            .info()
+            .unwrap()
+            .puk_tries_left
+    }
+
+    /// Tries `puk` on the card (CHANGE REFERENCE DATA to itself): Ok, or the card's answer.
+    fn try_puk(&self, puk: &str) -> Result<(), tessera::piv::PivError> {
+        let secret = Secret::new(puk.as_bytes().to_vec());
+        PivToken::open(Some(self.card.reader_name()))
+            .unwrap()
+            .change_puk(&secret, &secret)
+    }
+
+    /// Blocks the person's PIN with wrong PINs.
+    fn block_pin(&self) {
+        for _ in 0..3 {
+            self.card
+                .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("11111111\n"))
+                .failure();
+        }
+    }
+
+    /// Every byte of the SQLite database files (main file, WAL).
+    fn database_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("tessera.db") {
+                all.extend(std::fs::read(&path).unwrap());
+            }
+        }
+        assert!(!all.is_empty(), "no database file in {:?}", self.dir.path());
+        all
+    }
+
+    fn unblock(&self, pin: &str) -> Output {
+        let pin = self.pin_file(pin);
+        self.station(&[
+            "unblock",
+            "--pin-file",
+            pin.to_str().unwrap(),
+            "--reason",
+            "forgotten PIN, ticket 4713",
+        ])
+    }
+}
+
+fn in_clear(haystack: &[u8], secret: &str) -> bool {
+    haystack
+        .windows(secret.len())
+        .any(|w| w == secret.as_bytes())
+}
+
+/// After `unblock` the card's PUK is the new one the server generated and ReleasePuk hands it
+/// out; the old PUK no longer works on the card. Here an earlier release (another operator's)
+/// had already handed out the new PUK, so the station tries it first: the card still holds the
+/// old one, which costs one try that the old PUK's success restores. No PUK is ever in the
+/// clear in the database.
+#[test]
+fn unblock_rotates_the_puk_and_the_old_one_no_longer_works() {
+    const SERIAL: u32 = 32_000_021;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("RUTH");
+    assert_ok(&world.enroll("RUTH", &[]), "station enroll");
+    world.block_pin();
+    let (old, new, generation, resumed) = world.release_puk_as("admin", SERIAL);
+    assert!(!resumed);
+    assert_ne!(old, new);
+
+    let out = world.unblock("97531864");
+    assert_ok(&out, "station unblock");
+    stdout_has_line(
+        &out,
+        "     an earlier unblock of this token did not confirm its new PUK: the card holds the new PUK or the escrowed one; trying the new one first",
+    );
+    stdout_has_line(
+        &out,
+        "     the card does not hold the new PUK (2 tries left); trying the escrowed one",
+    );
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
+    assert!(!text(&out.stdout).contains(&new) && !text(&out.stdout).contains(&old));
+
+    // The server now releases the new PUK (and a fresh rotation); the card holds it.
+    let (released, next, next_generation, resumed) = world.release_puk_as("admin", SERIAL);
+    assert_eq!(released, new);
+    assert!(next_generation > generation && !resumed && next != new);
+    assert!(matches!(
+        world.try_puk(&old),
+        Err(tessera::piv::PivError::WrongPuk { tries_left: 2 })
+    ));
+    world.try_puk(&new).unwrap();
+    assert_eq!(world.puk_tries_left(), Some(3));
+    world
+        .card
+        .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
+        .success();
+    let db = world.database_bytes();
+    for secret in [&old, &new, &next] {
+        assert!(
+            !in_clear(&db, secret),
+            "a PUK is in the clear in the database"
+        );
+    }
+}
+
+/// The card is pulled after its PUK was changed and before ConfirmPukRotation: the station
+/// stops, the server still releases the old PUK and the same new one (resumed); run again, the
+/// station finds the new PUK on the card (its first try), confirms, and no try is lost.
+#[test]
+fn unblock_finishes_after_the_card_was_pulled_between_change_and_confirm() {
+    const SERIAL: u32 = 32_000_022;
+    let mut world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("SAM");
+    assert_ok(&world.enroll("SAM", &[]), "station enroll");
+    world.block_pin();
+    // GET METADATA: three when the token is read, one before the unblock and one before the
+    // PUK change (the driver checks the PUK is not blocked), the sixth reads the counters after.
+    world.card.pull();
+    world
+        .card
+        .options_mut()
+        .extra_args
+        .extend(["--fault-disconnect-at-ins".to_string(), "F7:6".to_string()]);
+    world.card.insert();
+    let out = world.unblock("97531864");
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: read the retry counters: "),
+        "{stderr}\n{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("set the new PUK generated by the server"),
+        "{}",
+        text(&out.stdout)
+    );
+    world.card.pull();
+    let options = world.card.options_mut();
+    let at = options
+        .extra_args
+        .iter()
+        .position(|a| a == "--fault-disconnect-at-ins")
+        .unwrap();
+    options.extra_args.drain(at..at + 2);
+    world.card.insert();
+
+    let out = world.unblock("86420975");
+    assert_ok(&out, "station unblock, run again");
+    stdout_has_line(
+        &out,
+        "     the card already holds the new PUK (set by the earlier unblock)",
+    );
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
+    let (released, _, _, _) = world.release_puk_as("admin", SERIAL);
+    world.try_puk(&released).unwrap();
+    assert_eq!(world.puk_tries_left(), Some(3));
+    world
+        .card
+        .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("86420975\n"))
+        .success();
+}
+
+/// A resumed rotation (the card may hold either PUK) with one PUK try left: the station tries
+/// nothing rather than risk blocking the PUK, and says so.
+#[test]
+fn unblock_refuses_to_guess_with_one_puk_try_left() {
+    const SERIAL: u32 = 32_000_023;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("TINA");
+    assert_ok(&world.enroll("TINA", &[]), "station enroll");
+    let (_, _, _, _) = world.release_puk_as("admin", SERIAL);
+    for left in [2, 1] {
+        assert!(matches!(
+            world.try_puk("00000000"),
+            Err(tessera::piv::PivError::WrongPuk { tries_left }) if tries_left == left
+        ));
+    }
+    let out = world.unblock("97531864");
+    assert_refused(
+        &out,
+        "the card holds either the escrowed PUK or the new one an earlier unblock set, and only 1 PUK tries are left: trying both could block the PUK; nothing was tried. Retire the token (tessera station retire) and enroll it again",
+    );
+    assert_eq!(world.puk_tries_left(), Some(1));
+}
+
+/// A token left at home: `forgotten` (no token needed) puts its certificates on hold, `found`
+/// (the token back in the reader) reinstates it. `found` on a token that is not forgotten and
+/// `forgotten` on an unknown serial are refused with what to do.
+#[test]
+fn forgotten_then_found_at_the_desk() {
+    const SERIAL: u32 = 32_000_024;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(SERIAL));
+    world.create_person("UMA");
+    assert_ok(&world.enroll("UMA", &[]), "station enroll");
+    let statuses = |world: &World| {
+        world
+            .certificates_of_token(SERIAL)
+            .iter()
+            .map(|c| c.status)
+            .collect::<Vec<_>>()
+    };
+    let out = world.station(&[
+        "forgotten",
+        "--serial",
+        &SERIAL.to_string(),
+        "--reason",
+        "left at home, ticket 4714",
+    ]);
+    assert_ok(&out, "station forgotten");
+    stdout_has_line(&out, "     token 32000024 is TOKEN_STATE_FORGOTTEN");
+    stdout_has_line(
+        &out,
+        "station: token 32000024 is forgotten; its certificates are on hold until it is found",
+    );
+    let held = pb::CertificateStatus::OnHold as i32;
+    assert_eq!(statuses(&world), [held, held]);
+
+    let out = world.station(&["found", "--reason", "brought back, ticket 4714"]);
+    assert_ok(&out, "station found");
+    stdout_has_line(&out, "     token 32000024 is TOKEN_STATE_ACTIVE");
+    let good = pb::CertificateStatus::Good as i32;
+    assert_eq!(statuses(&world), [good, good]);
+
+    assert_refused(
+        &world.station(&["found", "--reason", "again"]),
+        "token 32000024 is TOKEN_STATE_ACTIVE, not forgotten; `found` reinstates only a forgotten token, nothing was changed",
+    );
+    assert_refused(
+        &world.station(&["forgotten", "--serial", "39999999", "--reason", "x"]),
+        "the server refused MarkTokenForgotten: NOT_FOUND TOKEN_NOT_FOUND: no token with serial \"39999999\"; check the person id or token serial (tessera station status shows what the server knows)",
+    );
 }
 
 /// Issue 12, finding 9: under dual control `unblock` first stops with the release id; the
@@ -969,7 +1241,10 @@ fn unblock_under_dual_control() {
 
     let out = world.station(&unblock);
     assert_ok(&out, "station unblock after the approval");
-    stdout_has_line(&out, "     PIN set; 3 tries left");
+    stdout_has_line(
+        &out,
+        "     PIN set; 3 tries left; PUK rotated (3 tries left)",
+    );
     world
         .card
         .yubico_piv_tool(&["--stdin-input", "-a", "verify-pin"], Some("97531864\n"))
@@ -1472,4 +1747,239 @@ fn reset_is_asked_at_the_terminal_and_no_means_no() {
         "{transcript}"
     );
     world.verify_slot_certificate("9a");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renewal in place (`tessera station renew`).
+
+impl World {
+    /// `tessera station renew` as `role` with the person's PIN from a file.
+    fn renew_as(&self, role: &str, extra: &[&str]) -> Output {
+        let pin = self.pin_file(NEW_PIN);
+        let mut args = vec![
+            "renew",
+            "--pin-file",
+            pin.to_str().unwrap(),
+            "--reason",
+            "ticket 4711",
+        ];
+        args.extend_from_slice(extra);
+        self.station_as(role, &args)
+    }
+
+    /// (serial, status, revocation reason) of each certificate of the token, as the server
+    /// lists them.
+    fn statuses(&self, serial: u32) -> Vec<(String, i32, i32)> {
+        self.certificates_of_token(serial)
+            .into_iter()
+            .map(|c| (c.serial, c.status, c.revocation_reason))
+            .collect()
+    }
+}
+
+fn status_in(statuses: &[(String, i32, i32)], serial: &str) -> (pb::CertificateStatus, i32) {
+    let (_, status, reason) = statuses
+        .iter()
+        .find(|(s, _, _)| s.trim_start_matches('0') == serial.trim_start_matches('0'))
+        .unwrap_or_else(|| panic!("no certificate {serial} in {statuses:?}"));
+    (pb::CertificateStatus::try_from(*status).unwrap(), *reason)
+}
+
+/// The desk renews slot 9a of an enrolled token: refused within the window's rules for the help
+/// desk, forced by an admin; the PIN and the 9c certificate are kept, the old 9a certificate is
+/// revoked as superseded.
+#[test]
+fn renew_slot_9a_at_the_desk_keeps_the_pin_and_the_9c_certificate() {
+    let serial = 32_200_001;
+    let world = World::start(CardOptions::firmware("5.7.4").serial(serial));
+    world.create_person("RITA");
+    assert_ok(&world.enroll("RITA", &[]), "station enroll");
+    let before = world.certificates_on_card();
+    assert_eq!(before.len(), 2);
+
+    let early = world.renew_as("helpdesk", &["--slot", "9a"]);
+    let stderr = text(&early.stderr);
+    assert!(
+        stderr.contains("the server refused BeginRenewal: FAILED_PRECONDITION RENEWAL_TOO_EARLY: slot 9a: certificate ")
+            && stderr.contains("(30 days before expiry, renewal_window_days of the profile); an admin may force an earlier renewal; renew within the renewal window, or ask an admin to renew with --force"),
+        "{stderr}"
+    );
+    let forced = world.renew_as("helpdesk", &["--slot", "9a", "--force"]);
+    assert_refused(
+        &forced,
+        "the server refused BeginRenewal: PERMISSION_DENIED RENEWAL_FORCE_REQUIRES_ADMIN: only an admin may force a renewal before its window; renew within the renewal window, or ask an admin to renew with --force (an admin client certificate)",
+    );
+    let wrong = world.renew_as("admin", &["--token-serial", "32200999", "--force"]);
+    assert_refused(
+        &wrong,
+        "the token in the reader is 32200001, not 32200999 (--token-serial); put token 32200999 in the reader",
+    );
+    assert_eq!(world.certificates_on_card(), before, "nothing changed");
+
+    let out = world.renew_as(
+        "admin",
+        &["--token-serial", "32200001", "--slot", "9a", "--force"],
+    );
+    assert_ok(&out, "station renew");
+    let stdout = text(&out.stdout);
+    for line in [
+        "     renewed before the window (forced): 9a",
+        "     plan: slot 9a ECCP256 PIN ONCE touch NEVER -> certificate profile piv-authentication",
+    ] {
+        stdout_has_line(&out, line);
+    }
+    assert!(
+        stdout.contains(&format!(
+            "slot 9a: certificate {} is revoked (superseded)",
+            before[0]
+        )) || stdout.contains("is revoked (superseded)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(NEW_PIN), "the PIN must never be printed");
+    let after = world.certificates_on_card();
+    assert_ne!(after[0], before[0], "9a renewed");
+    assert_eq!(after[1], before[1], "9c untouched");
+    world.assert_good_certificates_are_on_the_card();
+    let statuses = world.statuses(serial);
+    assert_eq!(
+        status_in(&statuses, &before[0]),
+        (
+            pb::CertificateStatus::Revoked,
+            pb::RevocationReason::Superseded as i32
+        )
+    );
+    assert_eq!(
+        status_in(&statuses, &after[0]).0,
+        pb::CertificateStatus::Good
+    );
+    assert_eq!(
+        status_in(&statuses, &before[1]).0,
+        pb::CertificateStatus::Good
+    );
+    world.verify_slot_certificate("9a");
+    world
+        .card
+        .yubico_piv_tool(
+            &["--stdin-input", "-a", "verify-pin"],
+            Some(&format!("{NEW_PIN}\n")),
+        )
+        .success()
+        .has_line("Successfully verified PIN.");
+    assert_eq!(
+        world.token(serial).unwrap().state,
+        pb::TokenState::Active as i32
+    );
+}
+
+/// The card is pulled at one instruction of a renewal (forced by an admin, every slot): the
+/// station aborts, the old certificates are still good in the store, no good certificate is
+/// missing from the card, and renewing again (card back) finishes.
+fn renewal_card_pulled_at(ins: &str, serial: u32, expect_step: &str) {
+    let mut world = World::start(CardOptions::firmware("5.7.4").serial(serial));
+    world.create_person("IVAN");
+    assert_ok(&world.enroll("IVAN", &[]), "station enroll");
+    let before = world.certificates_on_card();
+    // The card comes back with the fault armed (its state file keeps the enrollment).
+    world.card.pull();
+    world
+        .card
+        .options_mut()
+        .extra_args
+        .extend(["--fault-disconnect-at-ins".to_string(), ins.to_string()]);
+    world.card.insert();
+
+    let out = world.renew_as("admin", &["--force"]);
+    assert!(
+        !out.status.success(),
+        "the renewal cannot succeed with the card pulled:\n{}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: {expect_step}: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("was aborted on the server")
+            && stderr.contains("the old certificates are still good"),
+        "{stderr}"
+    );
+    world.card.pull();
+    let options = world.card.options_mut();
+    let at = options
+        .extra_args
+        .iter()
+        .position(|a| a == "--fault-disconnect-at-ins")
+        .unwrap();
+    options.extra_args.drain(at..at + 2);
+    world.card.insert();
+
+    let statuses = world.statuses(serial);
+    for old in &before {
+        assert_eq!(
+            status_in(&statuses, old).0,
+            pb::CertificateStatus::Good,
+            "the old certificate {old} stays good"
+        );
+    }
+    world.assert_good_certificates_are_on_the_card();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|(_, s, _)| *s == pb::CertificateStatus::Good as i32)
+            .count(),
+        2,
+        "no new certificate stays good: {statuses:?}"
+    );
+
+    let retry = world.renew_as("admin", &["--force"]);
+    assert_ok(&retry, "the renewal again");
+    world.assert_good_certificates_are_on_the_card();
+    let statuses = world.statuses(serial);
+    for old in &before {
+        assert_eq!(
+            status_in(&statuses, old),
+            (
+                pb::CertificateStatus::Revoked,
+                pb::RevocationReason::Superseded as i32
+            )
+        );
+    }
+    world.verify_slot_certificate("9a");
+    world.verify_slot_certificate("9c");
+}
+
+#[test]
+fn renewal_card_pulled_at_authentication() {
+    renewal_card_pulled_at(
+        "87",
+        32_200_101,
+        "authenticate with the token's management key",
+    );
+}
+
+#[test]
+fn renewal_card_pulled_at_generate() {
+    renewal_card_pulled_at("47", 32_200_102, "generate the key in slot 9a");
+}
+
+#[test]
+fn renewal_card_pulled_at_attest() {
+    renewal_card_pulled_at("F9", 32_200_103, "attest slot 9a");
+}
+
+#[test]
+fn renewal_card_pulled_at_verify_pin() {
+    renewal_card_pulled_at("20", 32_200_104, "verify the PIN");
+}
+
+#[test]
+fn renewal_card_pulled_at_proof_signature() {
+    // The third GENERAL AUTHENTICATE: after the management key's two.
+    renewal_card_pulled_at("87:3", 32_200_105, "sign the proof with slot 9a");
+}
+
+#[test]
+fn renewal_card_pulled_at_write_certificate() {
+    renewal_card_pulled_at("DB", 32_200_106, "write the certificate of slot 9a");
 }

@@ -25,6 +25,7 @@ on_both_databases!(
     deleted_row_is_named,
     reordered_rows_are_named,
     deleted_tail_is_caught_by_checkpoint,
+    checkpoint_signs_outside_any_write,
     forged_checkpoint_signature_is_named,
     concurrent_writers_keep_the_chain_intact,
     certificate_serial_is_reserved_once,
@@ -606,6 +607,66 @@ async fn deleted_tail_is_caught_by_checkpoint(url: &str) {
     );
 }
 
+/// The checkpoint key signs while no write is open: a signer that writes to the store while it
+/// signs (as another request would while a slow HSM works) does not wait for the checkpoint. The
+/// checkpoint then signs the head it read before, which stays covered; the next one covers the
+/// event written meanwhile.
+async fn checkpoint_signs_outside_any_write(url: &str) {
+    struct WritingSigner {
+        inner: SoftwareSigner,
+        store: Store,
+    }
+    impl Signer for WritingSigner {
+        fn key_id(&self) -> String {
+            self.inner.key_id()
+        }
+        fn public_key_der(&self) -> &[u8] {
+            self.inner.public_key_der()
+        }
+        fn scheme(&self) -> SignatureScheme {
+            self.inner.scheme()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+            let store = self.store.clone();
+            let wrote = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        tokio::time::timeout(
+                            std::time::Duration::from_secs(20),
+                            create(&store, "written-while-signing"),
+                        )
+                        .await
+                        .is_ok()
+                    })
+            })
+            .join()
+            .unwrap();
+            assert!(wrote, "a write waited for the checkpoint's HSM call");
+            self.inner.sign(message)
+        }
+    }
+    let store = five_events(url).await;
+    let (inner, verifier) = software_signer();
+    let signer = WritingSigner {
+        inner,
+        store: store.clone(),
+    };
+    let c = audit::checkpoint(&store, &signer).await.unwrap().unwrap();
+    assert_eq!(c.sequence, 5);
+    assert_eq!(store.audit_head_sequence().await.unwrap(), 6);
+    let (plain, _) = software_signer();
+    let next = audit::checkpoint(&store, &plain).await.unwrap().unwrap();
+    assert_eq!(next.sequence, 6);
+    let report = audit::verify(&store, Some(&verifier)).await.unwrap();
+    assert_eq!(
+        (report.events, report.checkpoints, report.first_bad),
+        (6, 2, None)
+    );
+}
+
 async fn forged_checkpoint_signature_is_named(url: &str) {
     let store = five_events(url).await;
     let (signer, verifier) = software_signer();
@@ -939,34 +1000,7 @@ async fn transitions_hold_release_and_revoke_certificates(url: &str) {
 async fn times_written_before_migration_0004_are_carried_over(url: &str) {
     use sqlx::Executor;
     use tessera::store::{AuditRow, Timestamp};
-    let dialect = if url.starts_with("sqlite:") {
-        "sqlite"
-    } else {
-        "postgres"
-    };
-    let old_migrations = tempfile::tempdir().unwrap();
-    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
-    for entry in std::fs::read_dir(&all).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name.as_str() < "0004" {
-            std::fs::copy(&path, old_migrations.path().join(name)).unwrap();
-        }
-    }
-    sqlx::any::install_default_drivers();
-    let connect_url = match url.strip_prefix("sqlite:") {
-        Some(path) => format!("sqlite://{path}?mode=rwc"),
-        None => url.to_string(),
-    };
-    let pool = sqlx::AnyPool::connect(&connect_url).await.unwrap();
-    sqlx::migrate::Migrator::new(old_migrations.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let pool = crate::harness::database::migrated_before(url, "0004").await;
     pool.execute(
         "INSERT INTO people (external_id, display_name, upn, email, attributes_json, state, created_at, updated_at) \
          VALUES ('E1', 'P', 'p@corp.test', 'p@corp.test', '{}', 'active', '2026-01-02T03:04:05.123456789Z', '2026-01-02T03:04:06.5Z')",

@@ -10,8 +10,8 @@ use crate::audit::Actor;
 use crate::enroll::{ManagementKeyAlgorithm, SlotPlan, TokenCredentials};
 use crate::lifecycle::{LifecycleError, RevocationReason};
 use crate::store::{
-    EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow, PersonState, TokenPrior,
-    TokenState, WriteTx,
+    EnrollmentKind, EnrollmentRow, EnrollmentState, NewEnrollment, NewToken, PersonRow,
+    PersonState, TokenPrior, TokenRow, TokenState, WriteTx,
 };
 
 /// What BeginEnrollment asks for (already checked for presence and shape by the API).
@@ -78,6 +78,19 @@ impl EnrollmentDesk {
         {
             return Err(refused(token_subject, refusal));
         }
+        let stands_in_for = if profile.temporary {
+            Some(
+                forgotten_token_to_stand_in_for(
+                    tx,
+                    &person,
+                    &profile.name,
+                    existing.as_ref().map(|t| t.id),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         // Checks done; changes follow. What abort or expiry of this enrollment puts back: the
         // token as an open enrollment it supersedes found it, else as it is now.
         let token_prior = match &existing {
@@ -139,6 +152,12 @@ impl EnrollmentDesk {
                 row
             }
         };
+        // A temporary token is recorded as standing in for the forgotten one; a token enrolled
+        // under a regular profile stands in for nothing any more.
+        match &stands_in_for {
+            Some(forgotten) => tx.put_temporary_token(token.id, forgotten.id).await?,
+            None => tx.delete_temporary_token(token.id).await?,
+        }
         let now = tx.now();
         for open in tx.open_enrollments_of_token(token.id).await? {
             if open.expires_at <= now {
@@ -201,6 +220,8 @@ impl EnrollmentDesk {
             )
             .await?;
         tx.put_token_credentials(&row).await?;
+        // A re-enrollment resets the token: a PUK rotation waiting for confirmation is void.
+        tx.delete_puk_rotation(token.id).await?;
 
         let public_id =
             crate::enroll::credentials::new_enrollment_id().map_err(EnrollmentRefusal::internal)?;
@@ -217,6 +238,7 @@ impl EnrollmentDesk {
                 expires_at: now.checked_add(settings.expiry).unwrap_or(now),
                 created_by: actor.name.clone(),
                 token_prior,
+                kind: EnrollmentKind::Enrollment,
             })
             .await?;
         let mut after = json(&enrollment);
@@ -224,6 +246,9 @@ impl EnrollmentDesk {
         after["token"] = token.serial.clone().into();
         after["management_key_algorithm"] = new.management_key.algorithm.as_str().into();
         after["credentials"] = if resumed { "resumed" } else { "fresh" }.into();
+        if let Some(forgotten) = &stands_in_for {
+            after["temporary_for"] = forgotten.serial.clone().into();
+        }
         record(
             tx,
             actor,
@@ -242,4 +267,53 @@ impl EnrollmentDesk {
             new,
         })
     }
+}
+
+/// The forgotten token a temporary token enrolled for `person` stands in for: their most
+/// recently forgotten token. Refused when the person has no forgotten token
+/// (`NO_FORGOTTEN_TOKEN`), or when a temporary token other than `enrolling_token_id` is in use
+/// for any of them (`TEMPORARY_TOKEN_IN_USE`): one temporary token per person at a time. A
+/// temporary token is in use while it is active, suspended or forgotten, or enrolling for the
+/// person (an open enrollment); an aborted or expired enrollment leaves none.
+async fn forgotten_token_to_stand_in_for(
+    tx: &mut WriteTx,
+    person: &PersonRow,
+    profile: &str,
+    enrolling_token_id: Option<i64>,
+) -> Result<TokenRow, DeskFailure> {
+    let subject = format!("person:{}", person.external_id);
+    let forgotten = tx.forgotten_tokens_of_person(person.id).await?;
+    let Some(most_recent) = forgotten.first().cloned() else {
+        return Err(refused(
+            subject,
+            EnrollmentRefusal::NoForgottenToken {
+                profile: profile.to_string(),
+                person: person.external_id.clone(),
+            },
+        ));
+    };
+    for f in &forgotten {
+        for temporary in tx.temporary_tokens_for(f.id).await? {
+            if Some(temporary.id) == enrolling_token_id {
+                continue;
+            }
+            let in_use = match temporary.state {
+                TokenState::Active | TokenState::Suspended | TokenState::Forgotten => true,
+                TokenState::Enrolling => temporary.person_id == Some(person.id),
+                TokenState::Lost | TokenState::Damaged | TokenState::Retired => false,
+            };
+            if in_use {
+                return Err(refused(
+                    subject,
+                    EnrollmentRefusal::TemporaryTokenInUse {
+                        person: person.external_id.clone(),
+                        forgotten: f.serial.clone(),
+                        temporary: temporary.serial.clone(),
+                        state: temporary.state.as_str(),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(most_recent)
 }

@@ -3,6 +3,7 @@
 
 use super::closing::close_enrollment;
 use super::refusal::{refused, token_not_enrolling};
+use super::renewal::confirm_renewal;
 use super::{
     DeskFailure, EnrollmentDesk, EnrollmentRefusal, enrollment_or_not_found, json, person_of,
     record, token_of,
@@ -15,7 +16,8 @@ use crate::lifecycle::{
     issue_certificate,
 };
 use crate::store::{
-    CertificateRow, CertificateStatus, EnrollmentState, PersonState, TokenRow, TokenState, WriteTx,
+    CertificateRow, CertificateStatus, EnrollmentKind, EnrollmentState, PersonState, TokenRow,
+    TokenState, WriteTx,
 };
 
 /// What CompleteEnrollment asks for.
@@ -71,8 +73,21 @@ impl EnrollmentDesk {
             ));
         }
         let token = token_of(&mut tx, begun.row().token_id).await?;
-        if token.state != TokenState::Enrolling {
-            return Err(refused(subject, token_not_enrolling(&token)));
+        match begun.row().kind {
+            EnrollmentKind::Enrollment if token.state != TokenState::Enrolling => {
+                return Err(refused(subject, token_not_enrolling(&token)));
+            }
+            // A renewal keeps the token active throughout.
+            EnrollmentKind::Renewal if token.state != TokenState::Active => {
+                return Err(refused(
+                    subject,
+                    EnrollmentRefusal::TokenNotRenewable {
+                        serial: token.serial.clone(),
+                        state: token.state.as_str().to_string(),
+                    },
+                ));
+            }
+            _ => {}
         }
         let serial: u32 = token
             .serial
@@ -105,8 +120,12 @@ impl EnrollmentDesk {
             ));
         }
         enrollment.state = EnrollmentState::Completed;
-        if let Some(first) = verified.first() {
-            // The attestation is authoritative for firmware and form factor.
+        if let Some(first) = verified
+            .first()
+            .filter(|_| enrollment.kind == EnrollmentKind::Enrollment)
+        {
+            // The attestation is authoritative for firmware and form factor (a renewal leaves
+            // the token's row as the enrollment recorded it).
             let ff = first.facts.form_factor.as_str().replace('-', "_");
             tx.update_token_hardware(
                 token.id,
@@ -210,7 +229,8 @@ impl EnrollmentDesk {
 
     /// ConfirmEnrollment: the token becomes active, certificates of earlier enrollments for the
     /// re-keyed slots are revoked as superseded, and the new credentials become the confirmed
-    /// ones. Returns the token.
+    /// ones. A renewal is confirmed by `renewal::confirm_renewal` (the certificates it replaces
+    /// revoked, a `renewal.done` notice; token and credentials as they were). Returns the token.
     pub async fn confirm(
         &self,
         tx: &mut WriteTx,
@@ -224,6 +244,9 @@ impl EnrollmentDesk {
             .into_completed()
             .map_err(|e| refused(subject.clone(), e))?;
         let enrollment = completed.row().clone();
+        if enrollment.kind == EnrollmentKind::Renewal {
+            return confirm_renewal(tx, actor, &enrollment, request_id).await;
+        }
         let token = token_of(tx, enrollment.token_id).await?;
         if token.state != TokenState::Enrolling {
             return Err(refused(subject, token_not_enrolling(&token)));

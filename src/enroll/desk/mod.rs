@@ -13,7 +13,9 @@ mod begin;
 mod closing;
 mod complete;
 mod puk_release;
+mod puk_rotation;
 mod refusal;
+mod renewal;
 mod repeat;
 mod secrets;
 
@@ -22,7 +24,9 @@ pub use complete::{CompleteRequest, Completion};
 pub use puk_release::{
     Caller, PendingRelease, PukReleaseView, RELEASE_REASON_MAX_BYTES, ReleaseReason,
 };
-pub use refusal::{DeskFailure, EnrollmentRefusal};
+pub use puk_rotation::PukRotation;
+pub use refusal::{DeskFailure, EnrollmentRefusal, RenewalWindow};
+pub use renewal::{BegunRenewal, RENEWAL_SLOTS_MAX, RenewalRequest};
 pub use repeat::SecretRepeat;
 pub use secrets::PukRelease;
 

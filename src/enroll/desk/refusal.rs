@@ -32,10 +32,79 @@ pub enum EnrollmentRefusal {
     /// retired by the help desk); it gets nothing more from that enrollment.
     #[error("token {serial} is {state}; its enrollment cannot go on")]
     TokenNotEnrolling { serial: String, state: &'static str },
+    /// The token in the reader is the forgotten one: it was found.
+    #[error(
+        "token {serial} is forgotten; it was found: reinstate it (ReinstateToken) instead of enrolling it again"
+    )]
+    TokenForgotten { serial: String },
+    /// A temporary enrollment profile for a person without a forgotten token.
+    #[error(
+        "profile {profile} is for a temporary token, and person {person} has no token in state forgotten; mark the forgotten token first (MarkTokenForgotten), or use a profile for a regular token"
+    )]
+    NoForgottenToken { profile: String, person: String },
+    /// A second temporary token while one stands in for the forgotten token.
+    #[error(
+        "person {person} already has temporary token {temporary} ({state}) for forgotten token {forgotten}; retire it first (RetireToken, or MarkTokenLost), or reinstate the forgotten token"
+    )]
+    TemporaryTokenInUse {
+        person: String,
+        forgotten: String,
+        temporary: String,
+        state: &'static str,
+    },
     #[error("token {serial} is {state} for another person; retire it first")]
     TokenHeldByAnotherPerson { serial: String, state: &'static str },
     #[error("token {serial} is {state}; the PUK is released only for an active token")]
     TokenNotActive { serial: String, state: &'static str },
+    /// BeginRenewal (and Complete/Confirm of a renewal): the token is not active, or held by
+    /// no one.
+    #[error("token {serial} is {state}; only an active token held by an active person is renewed")]
+    TokenNotRenewable { serial: String, state: String },
+    /// BeginRenewal: an enrollment of the token is open (begun, not confirmed).
+    #[error(
+        "token {serial} is being enrolled (enrollment {enrollment} is open); confirm or abort that enrollment before renewing"
+    )]
+    TokenEnrollmentOpen { serial: String, enrollment: String },
+    #[error("slot {0:?} is not a PIV key slot (9a, 9c, 9d, 9e, 82 to 95)")]
+    SlotInvalid(String),
+    /// BeginRenewal: the slot (or, none named, every slot) holds no good certificate that a
+    /// confirmed enrollment of this token issued.
+    #[error("{}", match slot {
+        Some(slot) => format!("slot {slot} of token {serial} has no good certificate to renew; enroll the token to key it"),
+        None => format!("token {serial} has no good certificate to renew; enroll it instead"),
+    })]
+    SlotNotRenewable {
+        serial: String,
+        slot: Option<String>,
+    },
+    /// BeginRenewal before the certificate's renewal window without `force`.
+    #[error(
+        "slot {}: certificate {} (profile {}) expires at {}; it may be renewed from {} ({} days before expiry, renewal_window_days of the profile); an admin may force an earlier renewal",
+        .0.slot, .0.certificate, .0.profile, .0.not_after, .0.renewable_from, .0.window_days
+    )]
+    RenewalTooEarly(Box<RenewalWindow>),
+    /// BeginRenewal with `force` by a caller who may not force.
+    #[error("only an admin may force a renewal before its window")]
+    RenewalForceRequiresAdmin,
+    /// ConfirmPukRotation without a pending rotation.
+    #[error(
+        "token {0} has no PUK rotation waiting for confirmation (confirmed already, or discarded by a new enrollment); run `tessera station unblock` again"
+    )]
+    PukRotationNotPending(String),
+    /// ConfirmPukRotation naming another generation than the pending one.
+    #[error(
+        "generation {given} is not the pending PUK rotation of token {serial} (that is generation {pending}); confirm the generation ReleasePuk answered last"
+    )]
+    PukRotationStale {
+        serial: String,
+        given: i64,
+        pending: i64,
+    },
+    /// ConfirmPukRotation by another certificate than the one the new PUK was last handed to.
+    #[error(
+        "the pending PUK of token {0} was last handed to another client certificate; only the station that received it (ReleasePuk) confirms it"
+    )]
+    PukRotationOfAnotherCaller(String),
     #[error("Tessera holds no PUK for token {0}; it was not enrolled by this server")]
     CredentialsNotHeld(String),
     /// A wrapped PUK or management key of the token does not unwrap for its place (token,
@@ -126,8 +195,18 @@ impl EnrollmentRefusal {
         "TOKEN_SERIAL_INVALID",
         "TOKEN_NOT_ENROLLABLE",
         "TOKEN_HELD_BY_ANOTHER_PERSON",
+        "NO_FORGOTTEN_TOKEN",
+        "TEMPORARY_TOKEN_IN_USE",
         "TOKEN_NOT_ACTIVE",
+        "TOKEN_ENROLLMENT_OPEN",
+        "SLOT_INVALID",
+        "SLOT_NOT_RENEWABLE",
+        "RENEWAL_TOO_EARLY",
+        "RENEWAL_FORCE_REQUIRES_ADMIN",
         "CREDENTIALS_NOT_HELD",
+        "PUK_ROTATION_NOT_PENDING",
+        "PUK_ROTATION_STALE",
+        "PUK_ROTATION_OF_ANOTHER_CALLER",
         "CREDENTIALS_TAMPERED",
         "FIELD_TOO_LONG",
         "RELEASE_REASON_REQUIRED",
@@ -153,10 +232,22 @@ impl EnrollmentRefusal {
             R::ProfileUnknown { .. } => "ENROLLMENT_PROFILE_UNKNOWN",
             R::FirmwareInvalid(_) => "FIRMWARE_INVALID",
             R::TokenSerialInvalid => "TOKEN_SERIAL_INVALID",
-            R::TokenNeverEnrollable { .. } | R::TokenNotEnrolling { .. } => "TOKEN_NOT_ENROLLABLE",
+            R::TokenNeverEnrollable { .. }
+            | R::TokenNotEnrolling { .. }
+            | R::TokenForgotten { .. } => "TOKEN_NOT_ENROLLABLE",
+            R::NoForgottenToken { .. } => "NO_FORGOTTEN_TOKEN",
+            R::TemporaryTokenInUse { .. } => "TEMPORARY_TOKEN_IN_USE",
             R::TokenHeldByAnotherPerson { .. } => "TOKEN_HELD_BY_ANOTHER_PERSON",
-            R::TokenNotActive { .. } => "TOKEN_NOT_ACTIVE",
+            R::TokenNotActive { .. } | R::TokenNotRenewable { .. } => "TOKEN_NOT_ACTIVE",
+            R::TokenEnrollmentOpen { .. } => "TOKEN_ENROLLMENT_OPEN",
+            R::SlotInvalid(_) => "SLOT_INVALID",
+            R::SlotNotRenewable { .. } => "SLOT_NOT_RENEWABLE",
+            R::RenewalTooEarly(_) => "RENEWAL_TOO_EARLY",
+            R::RenewalForceRequiresAdmin => "RENEWAL_FORCE_REQUIRES_ADMIN",
             R::CredentialsNotHeld(_) => "CREDENTIALS_NOT_HELD",
+            R::PukRotationNotPending(_) => "PUK_ROTATION_NOT_PENDING",
+            R::PukRotationStale { .. } => "PUK_ROTATION_STALE",
+            R::PukRotationOfAnotherCaller(_) => "PUK_ROTATION_OF_ANOTHER_CALLER",
             R::CredentialsTampered(_) => "CREDENTIALS_TAMPERED",
             R::ReasonTooLong => "FIELD_TOO_LONG",
             R::ReleaseReasonRequired => "RELEASE_REASON_REQUIRED",
@@ -180,13 +271,16 @@ impl EnrollmentRefusal {
         use EnrollmentRefusal as R;
         match self {
             R::EnrollmentNotFound(_) => Some("enrollment_id"),
-            R::ProfileUnknown { .. } => Some("profile"),
+            R::ProfileUnknown { .. } | R::NoForgottenToken { .. } => Some("profile"),
             R::FirmwareInvalid(_) => Some("firmware"),
             R::TokenSerialInvalid => Some("token_serial"),
             R::ReasonTooLong | R::ReleaseReasonRequired => Some("reason"),
             R::PukReleaseNotFound(_) => Some("release_id"),
             R::PukReleaseTokenMismatch { .. } => Some("token_serial"),
+            R::SlotInvalid(_) | R::SlotNotRenewable { slot: Some(_), .. } => Some("slots"),
+            R::RenewalTooEarly(_) | R::RenewalForceRequiresAdmin => Some("force"),
             R::RepeatExpired { .. } => Some("request_id"),
+            R::PukRotationStale { .. } => Some("generation"),
             R::Step(e) => e.slot().map(|_| "proofs"),
             R::Lifecycle(e) => e.field(),
             _ => None,
@@ -222,6 +316,20 @@ impl EnrollmentRefusal {
             R::PukReleaseRateLimited { next_at, .. } => {
                 HashMap::from([("next_at".to_string(), next_at.to_string())])
             }
+            R::TokenEnrollmentOpen { enrollment, .. } => {
+                HashMap::from([("enrollment_id".to_string(), enrollment.clone())])
+            }
+            R::SlotInvalid(slot)
+            | R::SlotNotRenewable {
+                slot: Some(slot), ..
+            } => HashMap::from([("slot".to_string(), slot.clone())]),
+            R::RenewalTooEarly(w) => HashMap::from([
+                ("slot".to_string(), w.slot.clone()),
+                ("certificate_serial".to_string(), w.certificate.clone()),
+                ("not_after".to_string(), w.not_after.to_string()),
+                ("renewable_from".to_string(), w.renewable_from.to_string()),
+                ("renewal_window_days".to_string(), w.window_days.to_string()),
+            ]),
             _ => HashMap::new(),
         }
     }
@@ -245,6 +353,17 @@ impl EnrollmentRefusal {
             self.to_string()
         }
     }
+}
+
+/// A certificate renewed before its window: when it expires and from when it may be renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalWindow {
+    pub slot: String,
+    pub certificate: String,
+    pub profile: String,
+    pub not_after: Timestamp,
+    pub renewable_from: Timestamp,
+    pub window_days: u32,
 }
 
 /// How a desk step did not succeed: refused (the caller rolls back and records the refusal
@@ -321,7 +440,8 @@ impl EnrollmentDesk {
 }
 
 /// Why `token` cannot be enrolled for the person with id `person_id`, if it cannot: it is lost,
-/// damaged or retired, or it is held by someone else — whatever its state, since an
+/// damaged or retired, it is forgotten (found: it is reinstated, not enrolled again), or it is
+/// held by someone else — whatever its state, since an
 /// `enrolling` token is held too, by the person its open enrollment is for. Checked by a first
 /// BeginEnrollment and again by a repeat of one.
 pub(super) fn token_unenrollable_for(
@@ -334,6 +454,8 @@ pub(super) fn token_unenrollable_for(
         TokenState::Lost | TokenState::Damaged | TokenState::Retired
     ) {
         Some(EnrollmentRefusal::TokenNeverEnrollable { serial, state })
+    } else if token.state == TokenState::Forgotten {
+        Some(EnrollmentRefusal::TokenForgotten { serial })
     } else if token.person_id.is_some_and(|p| p != person_id) {
         Some(EnrollmentRefusal::TokenHeldByAnotherPerson { serial, state })
     } else {
@@ -424,6 +546,32 @@ mod tests {
                 },
                 "ISSUANCE_FAILED",
                 None,
+            ),
+            (
+                EnrollmentRefusal::SlotInvalid("9z".into()),
+                "SLOT_INVALID",
+                Some("slots"),
+            ),
+            (
+                EnrollmentRefusal::SlotNotRenewable {
+                    serial: "1".into(),
+                    slot: None,
+                },
+                "SLOT_NOT_RENEWABLE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::TokenNotRenewable {
+                    serial: "1".into(),
+                    state: "suspended".into(),
+                },
+                "TOKEN_NOT_ACTIVE",
+                None,
+            ),
+            (
+                EnrollmentRefusal::RenewalForceRequiresAdmin,
+                "RENEWAL_FORCE_REQUIRES_ADMIN",
+                Some("force"),
             ),
             (
                 EnrollError::SlotMissing("9c".into()).into(),

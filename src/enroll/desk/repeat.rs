@@ -9,6 +9,7 @@
 //! `REQUEST_ID_EXPIRED` ([`EnrollmentRefusal::RepeatExpired`]).
 
 use super::puk_release::Caller;
+use super::puk_rotation::PukRotation;
 use super::refusal::{refused, token_unenrollable_for};
 use super::secrets::{PukRelease, refused_if_tampered};
 use super::{DeskFailure, EnrollmentDesk, EnrollmentRefusal, record};
@@ -51,7 +52,7 @@ impl SecretRepeat {
 impl EnrollmentDesk {
     /// Refuses a repeat that is past `secret_replay_minutes` at `now`, or that was stored
     /// before request ids were bound to their caller.
-    fn check_repeat(
+    pub(super) fn check_repeat(
         &self,
         now: Timestamp,
         repeat: &SecretRepeat,
@@ -94,7 +95,7 @@ impl EnrollmentDesk {
         token_serial: &str,
         reason: &str,
         repeat: &SecretRepeat,
-    ) -> Result<TokenCredentials, DeskFailure> {
+    ) -> Result<(TokenCredentials, PukRotation), DeskFailure> {
         self.check_repeat(tx.now(), repeat, &format!("token:{token_serial}"))?;
         match self
             .release(
@@ -107,7 +108,11 @@ impl EnrollmentDesk {
             )
             .await?
         {
-            PukRelease::Released { credentials, .. } => Ok(credentials),
+            PukRelease::Released {
+                credentials,
+                rotation,
+                ..
+            } => Ok((credentials, rotation)),
             PukRelease::Pending(_) => Err(EnrollmentRefusal::internal(PendingOnRepeat).into()),
         }
     }

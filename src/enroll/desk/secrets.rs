@@ -9,6 +9,7 @@
 //! and re-wrapped bound (version 2) when ReleasePuk or BeginEnrollment uses them.
 
 use super::puk_release::{Caller, PendingRelease, ReleaseGrant, ReleaseReason};
+use super::puk_rotation::PukRotation;
 use super::{
     DeskFailure, EnrollmentDesk, EnrollmentRefusal, SecretRepeat, record, refusal::refused,
 };
@@ -31,6 +32,8 @@ const BOUND_CONTEXT: &[u8] = b"tessera/token-credential/v2";
 pub enum CredentialField {
     Puk,
     ManagementKey,
+    /// The new PUK of a pending rotation (`puk_rotations`), apart from the confirmed PUK.
+    PukRotation,
 }
 
 impl CredentialField {
@@ -38,6 +41,7 @@ impl CredentialField {
         match self {
             CredentialField::Puk => "puk",
             CredentialField::ManagementKey => "management-key",
+            CredentialField::PukRotation => "puk-rotation",
         }
     }
 }
@@ -62,7 +66,7 @@ pub fn credential_aad(serial: &str, field: CredentialField, generation: i64) -> 
 }
 
 /// The highest generation a row has used (0 for none or a version-1 row).
-fn last_generation(row: Option<&TokenCredentialsRow>) -> i64 {
+pub(super) fn last_generation(row: Option<&TokenCredentialsRow>) -> i64 {
     row.into_iter()
         .flat_map(|r| [&r.confirmed, &r.pending])
         .flatten()
@@ -79,6 +83,8 @@ pub enum PukRelease {
     Released {
         credentials: TokenCredentials,
         generation: i64,
+        /// The new PUK for the station to set after the unblock (`puk_rotation.rs`).
+        rotation: PukRotation,
     },
     Pending(PendingRelease),
 }
@@ -90,7 +96,7 @@ pub(super) struct UnwrappedRow {
 }
 
 impl EnrollmentDesk {
-    async fn wrap(
+    pub(super) async fn wrap(
         &self,
         serial: &str,
         field: CredentialField,
@@ -130,11 +136,30 @@ impl EnrollmentDesk {
                 .into());
             }
         };
-        let (hsm, label, blob) = (
-            self.ca.hsm.clone(),
-            row.wrapping_key_label.clone(),
-            blob.to_vec(),
-        );
+        self.unwrap_with(
+            &row.wrapping_key_label,
+            aad,
+            serial,
+            field,
+            generation,
+            blob,
+        )
+        .await
+    }
+
+    /// Unwraps `blob` with the HSM key `label` and the associated data `aad` (of `serial`,
+    /// `field`, `generation`); a blob the key refuses is
+    /// [`EnrollmentRefusal::CredentialsTampered`].
+    pub(super) async fn unwrap_with(
+        &self,
+        label: &str,
+        aad: Vec<u8>,
+        serial: &str,
+        field: CredentialField,
+        generation: i64,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnrollmentRefusal> {
+        let (hsm, label, blob) = (self.ca.hsm.clone(), label.to_string(), blob.to_vec());
         match tokio::task::spawn_blocking(move || hsm.unwrap_secret(&label, &blob, &aad))
             .await
             .map_err(EnrollmentRefusal::internal)?
@@ -320,7 +345,7 @@ impl EnrollmentDesk {
             if repeat.released_generation.is_none() || now_held != repeat.released_generation {
                 return Err(refused(
                     subject,
-                    repeat.expired("the token's credentials changed since (it was re-enrolled)"),
+                    repeat.expired("the token's credentials changed since (it was re-enrolled, or its PUK was rotated)"),
                 ));
             }
             self.check_release_rate(tx, caller, &subject).await?;
@@ -346,6 +371,10 @@ impl EnrollmentDesk {
             ));
         };
         let mut generation = confirmed.generation;
+        let rotation = self
+            .rotation_for_release(tx, caller, &token, &row)
+            .await
+            .map_err(|e| refused_if_tampered(&subject, e))?;
         if row.aad_version != AAD_BOUND {
             // A row from before migration 0006: bound from now on.
             let bound = self
@@ -371,6 +400,10 @@ impl EnrollmentDesk {
         if repeat.is_some() {
             after["repeat"] = true.into();
         }
+        after["puk_rotation"] = serde_json::json!({
+            "generation": rotation.generation,
+            "resumed": rotation.resumed,
+        });
         record(
             tx,
             &caller.actor,
@@ -384,6 +417,7 @@ impl EnrollmentDesk {
         Ok(PukRelease::Released {
             credentials: c,
             generation,
+            rotation,
         })
     }
 }
