@@ -83,21 +83,49 @@ impl RpcLatency {
     }
 }
 
-/// CRLs this process signed and OCSP answers it gave.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurposeLabel {
+    purpose: &'static str,
+}
+
+/// CRLs this process signed, OCSP answers it gave and HSM signatures it spent on OCSP.
 #[derive(Clone, Default)]
 pub struct RevocationCounters {
     crls_signed: Counter,
     ocsp_responses: Family<ResultLabel, Counter>,
+    ocsp_signatures: Family<PurposeLabel, Counter>,
 }
 
 impl RevocationCounters {
     pub fn crl_signed(&self) {
         self.crls_signed.inc();
     }
+    /// An answer signed for this request (one HSM signature, counted by
+    /// [`RevocationCounters::ocsp_signature_for_request`] too).
     pub fn ocsp_signed(&self) {
         self.ocsp_responses
             .get_or_create(&ResultLabel { result: "signed" })
             .inc();
+    }
+    /// An answer served from storage (memory or database): no HSM signature.
+    pub fn ocsp_stored(&self) {
+        self.ocsp_responses
+            .get_or_create(&ResultLabel { result: "stored" })
+            .inc();
+    }
+    /// An HSM signature made while a relying party waited (nothing current was stored).
+    pub fn ocsp_signature_for_request(&self) {
+        self.ocsp_signatures
+            .get_or_create(&PurposeLabel { purpose: "request" })
+            .inc();
+    }
+    /// `n` HSM signatures made by the background signer (status changes and refreshes).
+    pub fn ocsp_signatures_in_background(&self, n: u64) {
+        self.ocsp_signatures
+            .get_or_create(&PurposeLabel {
+                purpose: "background",
+            })
+            .inc_by(n);
     }
     pub fn ocsp_refused(&self) {
         self.ocsp_responses
@@ -148,10 +176,15 @@ impl Metrics {
     ) -> RevocationCounters {
         let counters = RevocationCounters::default();
         // Both results are shown from the start, at 0.
-        for result in ["signed", "error"] {
+        for result in ["stored", "signed", "error"] {
             let _ = counters
                 .ocsp_responses
                 .get_or_create(&ResultLabel { result });
+        }
+        for purpose in ["request", "background"] {
+            let _ = counters
+                .ocsp_signatures
+                .get_or_create(&PurposeLabel { purpose });
         }
         self.registry.register(
             "tessera_crls_signed",
@@ -160,8 +193,13 @@ impl Metrics {
         );
         self.registry.register(
             "tessera_ocsp_responses",
-            "OCSP answers by result (signed, or an unsigned error status)",
+            "OCSP answers by result (stored: pre-signed, no HSM call; signed: signed for the request; error: an unsigned error status)",
             counters.ocsp_responses.clone(),
+        );
+        self.registry.register(
+            "tessera_ocsp_hsm_signatures",
+            "HSM signatures spent on OCSP responses, by purpose (request: while a relying party waited; background: the signer task)",
+            counters.ocsp_signatures.clone(),
         );
         self.registry.register_collector(Box::new(HsmPool(hsm)));
         if let Some(not_after) = responder_not_after_unix {

@@ -7,9 +7,13 @@
 //! 0.2; no release for der 0.8 / x509-cert 0.3 exists), declared here with `der` derives.
 //!
 //! Response profile: responderID byKey (SHA-1 of the responder's public key); producedAt and
-//! thisUpdate = now, nextUpdate = now + [`RESPONSE_VALIDITY`]; good / revoked (revocationTime,
-//! reason unless unspecified; a certificate on hold is revoked with certificateHold) /
-//! unknown; the request's nonce extension echoed; signature ECDSA P-256 with SHA-256.
+//! thisUpdate = now, nextUpdate = now + the validity the caller gives; good / revoked
+//! (revocationTime, reason unless unspecified; a certificate on hold is revoked with
+//! certificateHold) / unknown; signature ECDSA P-256 with SHA-256. Two forms:
+//! [`OcspResponder::sign_one`] signs the response of one certificate ahead of any request
+//! (RFC 5019's pre-produced responses: a CertID we build, SHA-1 or SHA-256, no nonce), which
+//! `web` stores and serves to every request about it; [`OcspResponder::respond`] answers one
+//! request (several certificates), echoing its nonce.
 
 use super::CaError;
 use super::issue::certificate_pem;
@@ -30,9 +34,6 @@ use x509_cert::ext::Extensions;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::serial_number::SerialNumber;
 
-/// How long a response may be cached (its nextUpdate − thisUpdate). Responses are signed per
-/// request, so a status change is visible to a relying party that asks again after this.
-pub const RESPONSE_VALIDITY: Duration = Duration::hours(1);
 /// At most this many certificates in one request (more is answered malformedRequest).
 pub const MAX_REQUESTS: usize = 16;
 /// File names in the CA's data directory.
@@ -204,6 +205,53 @@ impl OcspRefusal {
     }
 }
 
+/// The hash algorithm of a CertID (RFC 5019 clients use SHA-1; SHA-256 is accepted too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CertIdHash {
+    Sha1,
+    Sha256,
+}
+
+impl CertIdHash {
+    /// The name stored with a pre-signed response (`ocsp_responses.hash_algorithm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertIdHash::Sha1 => "sha1",
+            CertIdHash::Sha256 => "sha256",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<CertIdHash> {
+        match name {
+            "sha1" => Some(CertIdHash::Sha1),
+            "sha256" => Some(CertIdHash::Sha256),
+            _ => None,
+        }
+    }
+
+    fn from_oid(oid: ObjectIdentifier) -> Option<CertIdHash> {
+        match oid {
+            ID_SHA1 => Some(CertIdHash::Sha1),
+            ID_SHA256 => Some(CertIdHash::Sha256),
+            _ => None,
+        }
+    }
+
+    fn oid(self) -> ObjectIdentifier {
+        match self {
+            CertIdHash::Sha1 => ID_SHA1,
+            CertIdHash::Sha256 => ID_SHA256,
+        }
+    }
+
+    fn digest(self, bytes: &[u8]) -> Vec<u8> {
+        match self {
+            CertIdHash::Sha1 => Sha1::digest(bytes).to_vec(),
+            CertIdHash::Sha256 => Sha256::digest(bytes).to_vec(),
+        }
+    }
+}
+
 /// A decoded OCSPRequest: what it asks about and its nonce.
 #[derive(Clone, Debug)]
 pub struct OcspQuery {
@@ -238,6 +286,23 @@ impl OcspQuery {
             cert_ids: list.into_iter().map(|r| r.req_cert).collect(),
             nonce,
         })
+    }
+
+    /// The one certificate a request asks about (serial as the store keys it) and its CertID
+    /// hash, when it asks about exactly one: what a pre-signed response can answer.
+    pub fn single(&self) -> Option<(String, CertIdHash)> {
+        match self.cert_ids.as_slice() {
+            [id] => Some((
+                self.serials_hex().remove(0),
+                CertIdHash::from_oid(id.hash_algorithm.oid)?,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether the request carries a nonce (RFC 8954).
+    pub fn has_nonce(&self) -> bool {
+        self.nonce.is_some()
     }
 
     /// The serials asked about, as lower-case hex of their magnitude (how the store keys them),
@@ -283,8 +348,9 @@ pub struct OcspResponder {
     certificate: Certificate,
     /// SHA-1 of the responder's subjectPublicKey (responderID byKey).
     key_hash: [u8; 20],
-    issuer_name_der: Vec<u8>,
-    issuer_key_bits: Vec<u8>,
+    /// SHA-1 and SHA-256 of the issuing CA's name and key (what CertIDs carry), made once.
+    issuer_sha1: (Vec<u8>, Vec<u8>),
+    issuer_sha256: (Vec<u8>, Vec<u8>),
     signature_algorithm: AlgorithmIdentifierOwned,
 }
 
@@ -317,21 +383,24 @@ impl OcspResponder {
         let signature_algorithm =
             AlgorithmIdentifierOwned::from_der(key.algorithm_identifier_der())
                 .map_err(unreadable)?;
+        let issuer_name_der = issuing
+            .tbs_certificate()
+            .subject()
+            .to_der()
+            .map_err(unreadable)?;
+        let issuer_key_bits = issuing
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes();
+        let hashes =
+            |hash: CertIdHash| (hash.digest(&issuer_name_der), hash.digest(issuer_key_bits));
         Ok(OcspResponder {
             key_hash: Sha1::digest(&responder_bits).into(),
             signer: Box::new(key),
             certificate,
-            issuer_name_der: issuing
-                .tbs_certificate()
-                .subject()
-                .to_der()
-                .map_err(unreadable)?,
-            issuer_key_bits: issuing
-                .tbs_certificate()
-                .subject_public_key_info()
-                .subject_public_key
-                .raw_bytes()
-                .to_vec(),
+            issuer_sha1: hashes(CertIdHash::Sha1),
+            issuer_sha256: hashes(CertIdHash::Sha256),
             signature_algorithm,
         })
     }
@@ -395,19 +464,12 @@ impl OcspResponder {
     /// SHA-1 or SHA-256 hashes of its name and key).
     pub fn check_issuer(&self, query: &OcspQuery) -> Result<(), OcspRefusal> {
         for id in &query.cert_ids {
-            let (name_hash, key_hash): (Vec<u8>, Vec<u8>) = match id.hash_algorithm.oid {
-                ID_SHA1 => (
-                    Sha1::digest(&self.issuer_name_der).to_vec(),
-                    Sha1::digest(&self.issuer_key_bits).to_vec(),
-                ),
-                ID_SHA256 => (
-                    Sha256::digest(&self.issuer_name_der).to_vec(),
-                    Sha256::digest(&self.issuer_key_bits).to_vec(),
-                ),
-                _ => return Err(OcspRefusal::Unauthorized),
+            let Some(hash) = CertIdHash::from_oid(id.hash_algorithm.oid) else {
+                return Err(OcspRefusal::Unauthorized);
             };
-            if id.issuer_name_hash.as_bytes() != name_hash.as_slice()
-                || id.issuer_key_hash.as_bytes() != key_hash.as_slice()
+            let (name_hash, key_hash) = self.issuer_hashes(hash);
+            if id.issuer_name_hash.as_bytes() != name_hash
+                || id.issuer_key_hash.as_bytes() != key_hash
             {
                 return Err(OcspRefusal::Unauthorized);
             }
@@ -415,25 +477,82 @@ impl OcspResponder {
         Ok(())
     }
 
+    fn issuer_hashes(&self, hash: CertIdHash) -> (&[u8], &[u8]) {
+        let (name, key) = match hash {
+            CertIdHash::Sha1 => &self.issuer_sha1,
+            CertIdHash::Sha256 => &self.issuer_sha256,
+        };
+        (name, key)
+    }
+
+    /// The CertID of our certificate `serial_hex` (lower-case hex of the serial's magnitude, as
+    /// the store keys it) hashed with `hash`, as RFC 5019 clients send it (parameters NULL).
+    pub fn cert_id(&self, serial_hex: &str, hash: CertIdHash) -> Result<CertId, CaError> {
+        let serial = hex::decode(serial_hex).map_err(|_| {
+            CaError::RevocationEncoding(format!("serial {serial_hex:?} is not hex"))
+        })?;
+        let (name_hash, key_hash) = self.issuer_hashes(hash);
+        Ok(CertId {
+            hash_algorithm: AlgorithmIdentifierOwned {
+                oid: hash.oid(),
+                parameters: Some(der::Any::from(Null)),
+            },
+            issuer_name_hash: OctetString::new(name_hash).map_err(encoding)?,
+            issuer_key_hash: OctetString::new(key_hash).map_err(encoding)?,
+            serial_number: SerialNumber::new(&serial).map_err(encoding)?,
+        })
+    }
+
+    /// Signs (one HSM signature) the response about one certificate, without a nonce, to be
+    /// stored and served to every request about it until it is replaced: thisUpdate = `now`,
+    /// nextUpdate = `now + validity`.
+    pub fn sign_one(
+        &self,
+        cert_id: &CertId,
+        state: &CertificateState,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<Vec<u8>, CaError> {
+        self.sign_responses(
+            std::slice::from_ref(cert_id),
+            std::slice::from_ref(state),
+            now,
+            validity,
+            None,
+        )
+    }
+
     /// Signs (one HSM signature) a successful response answering `query` with `states` (one per
-    /// certificate, in request order), produced at `now`.
+    /// certificate, in request order), produced at `now`, valid for `validity`, echoing the
+    /// request's nonce.
     pub fn respond(
         &self,
         query: &OcspQuery,
         states: &[CertificateState],
         now: OffsetDateTime,
+        validity: Duration,
     ) -> Result<Vec<u8>, CaError> {
-        if states.len() != query.cert_ids.len() {
+        self.sign_responses(&query.cert_ids, states, now, validity, query.nonce.clone())
+    }
+
+    fn sign_responses(
+        &self,
+        cert_ids: &[CertId],
+        states: &[CertificateState],
+        now: OffsetDateTime,
+        validity: Duration,
+        nonce: Option<x509_cert::ext::Extension>,
+    ) -> Result<Vec<u8>, CaError> {
+        if states.len() != cert_ids.len() {
             return Err(CaError::RevocationEncoding(format!(
                 "{} states for {} certificates",
                 states.len(),
-                query.cert_ids.len()
+                cert_ids.len()
             )));
         }
         let this_update = generalized_time(now)?;
-        let next_update = generalized_time(now + RESPONSE_VALIDITY)?;
-        let responses = query
-            .cert_ids
+        let next_update = generalized_time(now + validity)?;
+        let responses = cert_ids
             .iter()
             .zip(states)
             .map(|(id, state)| {
@@ -472,7 +591,7 @@ impl OcspResponder {
             ),
             produced_at: this_update,
             responses,
-            response_extensions: query.nonce.clone().map(|n| vec![n]),
+            response_extensions: nonce.map(|n| vec![n]),
         };
         let tbs_der = tbs.to_der().map_err(encoding)?;
         let signature = self.signer.sign(&tbs_der)?;

@@ -62,10 +62,76 @@ pub struct CaConfig {
     /// and at once after any revocation change.
     #[serde(default = "default_crl_validity_hours")]
     pub crl_validity_hours: u32,
+    /// Pre-signed OCSP responses (`web::revocation::OcspSettings`): nextUpdate − thisUpdate in
+    /// hours (1..=168).
+    #[serde(default = "default_ocsp_validity_hours")]
+    pub ocsp_validity_hours: u32,
+    /// A stored response is signed again this many hours after its thisUpdate (plus a spread
+    /// per serial); 1..ocsp_validity_hours.
+    #[serde(default = "default_ocsp_refresh_hours")]
+    pub ocsp_refresh_hours: u32,
+    /// HSM signatures per second the background OCSP signer may spend (1..=10000).
+    #[serde(default = "default_ocsp_signatures_per_second")]
+    pub ocsp_signatures_per_second: u32,
+    /// HSM signatures per second requests may cause (nothing current stored, several
+    /// certificates in one request, an unknown serial); more get tryLater (0..=10000).
+    #[serde(default = "default_ocsp_live_signatures_per_second")]
+    pub ocsp_live_signatures_per_second: u32,
+    /// Pre-signed responses kept in each replica's memory (0..=10000000).
+    #[serde(default = "default_ocsp_cache_entries")]
+    pub ocsp_cache_entries: usize,
 }
 
 fn default_crl_validity_hours() -> u32 {
     24
+}
+
+fn default_ocsp_validity_hours() -> u32 {
+    24
+}
+
+fn default_ocsp_refresh_hours() -> u32 {
+    12
+}
+
+fn default_ocsp_signatures_per_second() -> u32 {
+    100
+}
+
+fn default_ocsp_live_signatures_per_second() -> u32 {
+    20
+}
+
+fn default_ocsp_cache_entries() -> usize {
+    100_000
+}
+
+impl CaConfig {
+    /// The `ocsp_*` keys, checked.
+    pub fn ocsp_settings(&self) -> Result<crate::web::revocation::OcspSettings, ServerConfigError> {
+        if !(1..=168).contains(&self.ocsp_validity_hours) {
+            return Err(ServerConfigError::OcspValidity);
+        }
+        if self.ocsp_refresh_hours == 0 || self.ocsp_refresh_hours >= self.ocsp_validity_hours {
+            return Err(ServerConfigError::OcspRefresh);
+        }
+        if !(1..=10_000).contains(&self.ocsp_signatures_per_second) {
+            return Err(ServerConfigError::OcspSignaturesPerSecond);
+        }
+        if self.ocsp_live_signatures_per_second > 10_000 {
+            return Err(ServerConfigError::OcspLiveSignaturesPerSecond);
+        }
+        if self.ocsp_cache_entries > 10_000_000 {
+            return Err(ServerConfigError::OcspCacheEntries);
+        }
+        Ok(crate::web::revocation::OcspSettings {
+            validity: time::Duration::hours(i64::from(self.ocsp_validity_hours)),
+            refresh: time::Duration::hours(i64::from(self.ocsp_refresh_hours)),
+            signatures_per_second: self.ocsp_signatures_per_second,
+            live_signatures_per_second: self.ocsp_live_signatures_per_second,
+            cache_entries: self.ocsp_cache_entries,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +275,16 @@ pub enum ServerConfigError {
     Ca(#[from] crate::ca::CaError),
     #[error("ca.crl_validity_hours must be between 1 and 8760")]
     CrlValidity,
+    #[error("ca.ocsp_validity_hours must be between 1 and 168")]
+    OcspValidity,
+    #[error("ca.ocsp_refresh_hours must be at least 1 and less than ca.ocsp_validity_hours")]
+    OcspRefresh,
+    #[error("ca.ocsp_signatures_per_second must be between 1 and 10000")]
+    OcspSignaturesPerSecond,
+    #[error("ca.ocsp_live_signatures_per_second must be between 0 and 10000")]
+    OcspLiveSignaturesPerSecond,
+    #[error("ca.ocsp_cache_entries must be between 0 and 10000000")]
+    OcspCacheEntries,
     #[error("enrollment: {0}")]
     Enrollment(String),
     #[error(

@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// How often the OCSP signer looks for due responses.
+const OCSP_SIGNER_TICK: Duration = Duration::from_secs(1);
+
 /// Signed audit checkpoints: the key, how often, and the file each is also appended to.
 struct Checkpointing {
     signer: HsmCheckpointSigner,
@@ -33,9 +36,13 @@ pub struct BoundServer {
     /// `[http] metrics_listen`: `/metrics` is served here and not on the HTTP listener.
     metrics_listener: Option<TcpListener>,
     ca: Option<Arc<OnlineCa>>,
-    /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
-    /// validity.
-    revocation: Option<(Option<Arc<OcspResponder>>, time::Duration)>,
+    /// The delegated OCSP responder (when the CA's data directory has one), the CRL
+    /// validity and the OCSP settings.
+    revocation: Option<(
+        Option<Arc<OcspResponder>>,
+        time::Duration,
+        crate::web::revocation::OcspSettings,
+    )>,
     enrollment: Option<Arc<EnrollmentSettings>>,
     notifier: Option<crate::notify::Notifier>,
     /// `[self_service]`: its listener and TLS (client certificates from the issuing CA).
@@ -81,6 +88,7 @@ impl BoundServer {
                 if !(1..=8760).contains(&c.crl_validity_hours) {
                     return Err(ServerConfigError::CrlValidity);
                 }
+                let ocsp = c.ocsp_settings()?;
                 let responder =
                     OcspResponder::load(&online.hsm, &c.data_dir, &online.stored.issuing_der)?
                         .map(Arc::new);
@@ -93,6 +101,7 @@ impl BoundServer {
                 Some((
                     responder,
                     time::Duration::hours(i64::from(c.crl_validity_hours)),
+                    ocsp,
                 ))
             }
             _ => None,
@@ -218,7 +227,7 @@ impl BoundServer {
         let store = self.store.clone();
         let mut metrics = Metrics::new();
         let revocation = match (&self.ca, self.revocation) {
-            (Some(ca), Some((responder, crl_validity))) => {
+            (Some(ca), Some((responder, crl_validity, ocsp))) => {
                 let counters = metrics.register_revocation(
                     ca.hsm.clone(),
                     responder.as_ref().map(|r| r.not_after_unix()),
@@ -229,10 +238,27 @@ impl BoundServer {
                     responder,
                     crl_validity,
                     counters,
+                    ocsp,
                 )))
             }
             _ => None,
         };
+        // The OCSP signer: stale responses (a status change) first, then refreshes before
+        // nextUpdate, at most `ocsp_signatures_per_second` a second.
+        let ocsp_signer = revocation.clone().filter(|r| r.has_responder()).map(|r| {
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(OCSP_SIGNER_TICK);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    match r.sign_due().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(signed = n, "OCSP responses signed"),
+                        Err(e) => tracing::warn!(error = %e, "OCSP signer failed"),
+                    }
+                }
+            })
+        });
         let rpc_latency = metrics.rpc_latency();
         // The checkpoint key's public half checks every checkpoint's signature in
         // VerifyAuditChain (whatever key id a checkpoint names: the signature is what counts).
@@ -373,6 +399,9 @@ impl BoundServer {
             task.abort();
         }
         if let Some(task) = notifier_loop {
+            task.abort();
+        }
+        if let Some(task) = ocsp_signer {
             task.abort();
         }
         if let Some(c) = &self.checkpoints {

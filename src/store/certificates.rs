@@ -1,5 +1,6 @@
 //! Table `certificates`: every serial the CA reserved, what it was about to sign, the signed
-//! certificate, and its status. Status changes bump `crl_state.status_changes`.
+//! certificate, and its status. Status changes bump `crl_state.status_changes`; the trigger of
+//! migration 0019 also bumps the certificate's `status_version` (see `ocsp_responses`).
 use super::{Result, Store, Timestamp, WriteTx, map_unique, written};
 use serde::Serialize;
 use sqlx::{Any, Executor};

@@ -70,6 +70,7 @@ mod group_commit;
 pub use group_commit::{GroupCommitStats, MAX_GROUP, MAX_GROUP_AGE};
 mod idempotency;
 mod notifications;
+mod ocsp_responses;
 mod people;
 mod puk_releases;
 mod puk_rotations;
@@ -93,6 +94,9 @@ pub use enrollment_certificates::{CertificateEnrollmentRow, EnrollmentCertificat
 pub use enrollments::{EnrollmentKind, EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
 pub use notifications::{NewNotification, NotificationRow};
+pub use ocsp_responses::{
+    DueOcspRow, NewOcspResponse, OCSP_DUE_NEVER, OCSP_DUE_NOW, OcspResponseRow, OcspSubjectRow,
+};
 pub use people::{NewPerson, PeopleQuery, PersonRow, PersonState};
 pub use puk_releases::{NewPukRelease, PukReleaseRow, PukReleaseState};
 pub use puk_rotations::PukRotationRow;

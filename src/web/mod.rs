@@ -108,17 +108,54 @@ async fn crl(State(s): State<Arc<WebState>>) -> Response {
     }
 }
 
-async fn ocsp_get(State(s): State<Arc<WebState>>, Path(request): Path<String>) -> Response {
+/// `GET /ocsp/{base64}`: a pre-signed response comes with RFC 5019 §6.2 caching headers
+/// (`Cache-Control: max-age` = what is left until nextUpdate, `ETag`, `Last-Modified` =
+/// thisUpdate, `Expires` = nextUpdate), and a request whose `If-None-Match` names its ETag
+/// gets 304.
+async fn ocsp_get(
+    State(s): State<Arc<WebState>>,
+    headers: HeaderMap,
+    Path(request): Path<String>,
+) -> Response {
     let Some(revocation) = s.revocation.as_ref().filter(|r| r.has_responder()) else {
         return (StatusCode::NOT_FOUND, no_ocsp(&s)).into_response();
     };
-    let body = match revocation::decode_get_request(&request) {
+    let answer = match revocation::decode_get_request(&request) {
         Some(der) => revocation.ocsp(&der).await,
         None => {
-            crate::ca::ocsp::error_response(crate::ca::ocsp::OcspResponseStatus::MalformedRequest)
+            return ocsp_response(
+                crate::ca::ocsp::error_response(
+                    crate::ca::ocsp::OcspResponseStatus::MalformedRequest,
+                )
+                .into(),
+            );
         }
     };
-    ocsp_response(body)
+    let Some(cache) = answer.cache else {
+        return ocsp_response(answer.der);
+    };
+    let caching = [
+        (header::CACHE_CONTROL, cache.cache_control(revocation.now())),
+        (header::ETAG, cache.etag.clone()),
+        (header::LAST_MODIFIED, cache.last_modified.clone()),
+        (header::EXPIRES, cache.expires.clone()),
+    ];
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == cache.etag || t.trim() == "*")
+        });
+    if unchanged {
+        return (StatusCode::NOT_MODIFIED, caching).into_response();
+    }
+    (
+        caching,
+        [(header::CONTENT_TYPE, "application/ocsp-response")],
+        answer.der,
+    )
+        .into_response()
 }
 
 async fn ocsp_post(State(s): State<Arc<WebState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -136,7 +173,7 @@ async fn ocsp_post(State(s): State<Arc<WebState>>, headers: HeaderMap, body: Byt
         )
             .into_response();
     }
-    ocsp_response(revocation.ocsp(&body).await)
+    ocsp_response(revocation.ocsp(&body).await.der)
 }
 
 fn no_ocsp(s: &WebState) -> &'static str {
@@ -147,7 +184,7 @@ fn no_ocsp(s: &WebState) -> &'static str {
     }
 }
 
-fn ocsp_response(der: Vec<u8>) -> Response {
+fn ocsp_response(der: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
 }
 

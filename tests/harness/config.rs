@@ -85,6 +85,16 @@ pub struct Ca {
     pub profiles_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crl_validity_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_validity_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_refresh_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_signatures_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_live_signatures_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_cache_entries: Option<usize>,
 }
 
 /// `[enrollment]`; `None` fields are left to the server's defaults.
@@ -203,6 +213,11 @@ impl ServerToml {
             data_dir: data_dir.into(),
             profiles_dir: None,
             crl_validity_hours: None,
+            ocsp_validity_hours: None,
+            ocsp_refresh_hours: None,
+            ocsp_signatures_per_second: None,
+            ocsp_live_signatures_per_second: None,
+            ocsp_cache_entries: None,
         });
         self
     }
