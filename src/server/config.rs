@@ -48,6 +48,10 @@ pub struct CaConfig {
     /// and at once after any revocation change.
     #[serde(default = "default_crl_validity_hours")]
     pub crl_validity_hours: u32,
+    /// Days a revoked or held certificate stays on the CRL after its notAfter (RFC 5280 §3.3
+    /// lets a CA drop expired certificates); absent: it stays for ever. 1..=36500.
+    #[serde(default)]
+    pub crl_expired_grace_days: Option<u32>,
 }
 
 fn default_crl_validity_hours() -> u32 {
@@ -193,6 +197,8 @@ pub enum ServerConfigError {
     CheckpointSigner(#[from] crate::audit::AuditError),
     #[error("ca: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("ca.crl_expired_grace_days must be between 1 and 36500")]
+    CrlExpiredGrace,
     #[error("ca.crl_validity_hours must be between 1 and 8760")]
     CrlValidity,
     #[error("enrollment: {0}")]

@@ -35,7 +35,10 @@ pub struct BoundServer {
     ca: Option<Arc<OnlineCa>>,
     /// The delegated OCSP responder (when the CA's data directory has one) and the CRL
     /// validity.
-    revocation: Option<(Option<Arc<OcspResponder>>, time::Duration)>,
+    revocation: Option<(
+        Option<Arc<OcspResponder>>,
+        crate::web::revocation::CrlPolicy,
+    )>,
     enrollment: Option<Arc<EnrollmentSettings>>,
     notifier: Option<crate::notify::Notifier>,
 }
@@ -88,9 +91,19 @@ impl BoundServer {
                         "no OCSP responder in the CA's data directory; /ocsp answers 404 (run `tessera ca init-ocsp`)"
                     );
                 }
+                if c.crl_expired_grace_days
+                    .is_some_and(|days| !(1..=36500).contains(&days))
+                {
+                    return Err(ServerConfigError::CrlExpiredGrace);
+                }
                 Some((
                     responder,
-                    time::Duration::hours(i64::from(c.crl_validity_hours)),
+                    crate::web::revocation::CrlPolicy {
+                        validity: time::Duration::hours(i64::from(c.crl_validity_hours)),
+                        expired_grace: c
+                            .crl_expired_grace_days
+                            .map(|days| time::Duration::days(i64::from(days))),
+                    },
                 ))
             }
             _ => None,
@@ -194,7 +207,7 @@ impl BoundServer {
         let store = self.store.clone();
         let mut metrics = Metrics::new();
         let revocation = match (&self.ca, self.revocation) {
-            (Some(ca), Some((responder, crl_validity))) => {
+            (Some(ca), Some((responder, crl_policy))) => {
                 let counters = metrics.register_revocation(
                     ca.hsm.clone(),
                     responder.as_ref().map(|r| r.not_after_unix()),
@@ -203,7 +216,7 @@ impl BoundServer {
                     store.clone(),
                     Arc::clone(ca),
                     responder,
-                    crl_validity,
+                    crl_policy,
                     counters,
                 )))
             }

@@ -269,15 +269,4 @@ impl WriteTx {
             .await?;
         written(self.certificate_by_serial(serial).await?)
     }
-
-    /// Revoked and on-hold certificates, by serial (what a CRL lists).
-    pub async fn revoked_certificates(&mut self) -> Result<Vec<CertificateRow>> {
-        Ok(sqlx::query_as(sql!(
-            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE status = $1 OR status = $2 ORDER BY serial"
-        ))
-        .bind(CertificateStatus::Revoked.as_str())
-        .bind(CertificateStatus::OnHold.as_str())
-        .fetch_all(&mut *self.tx)
-        .await?)
-    }
 }

@@ -82,7 +82,7 @@ pub use certificates::{
     NewCertificate,
 };
 pub use clock::{Clock, ManualClock};
-pub use crl_state::{CrlStateRow, NewCrl};
+pub use crl_state::{CRL_PART_BYTES, CrlEntryRow, CrlStateRow, NewCrl};
 pub use enrollment_certificates::EnrollmentCertificateRow;
 pub use enrollments::{EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
