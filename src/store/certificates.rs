@@ -269,4 +269,55 @@ impl WriteTx {
             .await?;
         written(self.certificate_by_serial(serial).await?)
     }
+
+    /// Every certificate of the people with these ids, by person id then serial.
+    pub async fn certificates_of_people(
+        &mut self,
+        person_ids: &[i64],
+    ) -> Result<Vec<CertificateRow>> {
+        let mut out = Vec::new();
+        for chunk in person_ids.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(1, chunk.len());
+            let mut query = sqlx::query_as(sql!(
+                "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE person_id IN ({list}) \
+                 ORDER BY person_id, serial"
+            ));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            out.extend(query.fetch_all(&mut *self.tx).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`WriteTx::update_certificate_status`] for many certificates at once, all to the same
+    /// status, reason and time; the CRL's status-change counter is bumped once per statement.
+    pub async fn update_certificates_status(
+        &mut self,
+        serials: &[String],
+        status: CertificateStatus,
+        revocation_reason: Option<i64>,
+        revoked_at: Option<Timestamp>,
+    ) -> Result<()> {
+        let now = self.now();
+        for chunk in serials.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(5, chunk.len());
+            let mut query = sqlx::query(sql!(
+                "UPDATE certificates SET status = $1, revocation_reason = $2, revoked_at = $3, \
+                 updated_at = $4 WHERE serial IN ({list})"
+            ))
+            .bind(status.as_str())
+            .bind(revocation_reason)
+            .bind(revoked_at)
+            .bind(now);
+            for serial in chunk {
+                query = query.bind(serial);
+            }
+            query.execute(&mut *self.tx).await?;
+            sqlx::query("UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1")
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
