@@ -40,7 +40,7 @@ pub struct GrpcBench {
 }
 
 /// A directory removed when the run ends.
-struct RunDir(PathBuf);
+pub(super) struct RunDir(pub(super) PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
@@ -49,13 +49,13 @@ impl Drop for RunDir {
 }
 
 /// TLS files for the run: a CA, a server certificate for 127.0.0.1, and an admin client.
-struct RunPki {
+pub(super) struct RunPki {
     ca_pem: String,
     client_cert_pem: String,
     client_key_pem: zeroize::Zeroizing<String>,
 }
 
-fn make_pki(dir: &Path) -> anyhow::Result<RunPki> {
+pub(super) fn make_pki(dir: &Path) -> anyhow::Result<RunPki> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
@@ -118,7 +118,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// TOML string literal (paths and URLs may hold quotes or backslashes).
-fn toml_string(s: &str) -> String {
+pub(super) fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
@@ -126,6 +126,14 @@ async fn connect(
     addr: std::net::SocketAddr,
     pki: &RunPki,
 ) -> anyhow::Result<CertificateServiceClient<tonic::transport::Channel>> {
+    Ok(CertificateServiceClient::new(channel(addr, pki).await?))
+}
+
+/// An mTLS channel to the in-process server with the run's admin certificate.
+pub(super) async fn channel(
+    addr: std::net::SocketAddr,
+    pki: &RunPki,
+) -> anyhow::Result<tonic::transport::Channel> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
@@ -139,7 +147,7 @@ async fn connect(
         .connect()
         .await
         .context("cannot connect to the in-process server")?;
-    Ok(CertificateServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// `clients` clients at once, each issuing `count` certificates one after another.

@@ -208,6 +208,42 @@ impl WriteTx {
         written(self.certificate_by_serial(&c.serial).await?)
     }
 
+    /// [`WriteTx::reserve_certificate`] for many certificates, with multi-row statements and
+    /// nothing read back (bulk loads: `tessera bench --scale`).
+    pub async fn reserve_certificates(&mut self, certificates: &[NewCertificate]) -> Result<()> {
+        let now = self.now();
+        for chunk in certificates.chunks(super::BULK_ROWS) {
+            let sql = super::multi_row_insert(
+                "certificates",
+                "serial, person_id, token_id, profile, status, tbs, not_before, not_after, \
+                 created_at, updated_at",
+                10,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for c in chunk {
+                query = query
+                    .bind(&c.serial)
+                    .bind(c.person_id)
+                    .bind(c.token_id)
+                    .bind(&c.profile)
+                    .bind(CertificateStatus::Reserved.as_str())
+                    .bind(c.tbs.as_slice())
+                    .bind(c.not_before)
+                    .bind(c.not_after)
+                    .bind(now)
+                    .bind(now);
+            }
+            let first = chunk.first().map(|c| c.serial.as_str()).unwrap_or("");
+            map_unique(
+                query.execute(&mut *self.tx).await,
+                "certificate serial",
+                first,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Stores the signed certificate of a reserved serial and marks it `good`.
     pub async fn record_issued_certificate(
         &mut self,
