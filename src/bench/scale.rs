@@ -15,7 +15,7 @@
 //!   certificates each (loaded in bulk as above, status good), then one `SyncPeople` of the
 //!   other N − M people with `offboard_missing` offboards the M (3 M certificates revoked, each
 //!   audited), and the next `/crl` is timed: it lists them.
-use super::grpc::{RunDir, channel, make_pki, toml_string};
+use super::grpc::{RunDir, channel, make_pki, record_client, toml_string};
 use crate::ca::SerialNumber;
 use crate::protocol::pb::{self, directory_service_client::DirectoryServiceClient};
 use crate::server::{BoundServer, ServerConfig};
@@ -144,7 +144,7 @@ pub fn run(args: &ScaleBench) -> anyhow::Result<()> {
     {
         anyhow::bail!("--offboard {m} needs --sync-people of at least {m}");
     }
-    let tag = SerialNumber::random()?.to_hex()[..8].to_string();
+    let tag = SerialNumber::random()?.to_hex()[..8].to_lowercase();
     let dir = RunDir(std::env::temp_dir().join(format!("tessera-bench-scale-{tag}")));
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -258,6 +258,7 @@ async fn measure_all(
     let Some(n) = args.sync_people else {
         return Ok(());
     };
+    record_client(store, pki).await?;
     let directory = DirectoryServiceClient::new(channel(grpc, pki).await?)
         .max_decoding_message_size(crate::api::DIRECTORY_MESSAGE_BYTES)
         .max_encoding_message_size(crate::api::DIRECTORY_MESSAGE_BYTES);
@@ -341,7 +342,7 @@ async fn measure_all(
     ids.sort();
     let owners: Vec<i64> = ids.iter().take(m as usize).map(|(_, id)| *id).collect();
     let start = Instant::now();
-    let cert_tag = SerialNumber::random()?.to_hex()[..8].to_string();
+    let cert_tag = SerialNumber::random()?.to_hex()[..8].to_lowercase();
     load_certificates(store, &cert_tag, u64::from(m) * 3, &owners).await?;
     store
         .execute_raw(&format!(
