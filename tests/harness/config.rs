@@ -77,6 +77,8 @@ pub struct Ca {
     pub profiles_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crl_validity_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl_expired_grace_days: Option<u32>,
 }
 
 /// `[enrollment]`; `None` fields are left to the server's defaults.
@@ -194,6 +196,7 @@ impl ServerToml {
             data_dir: data_dir.into(),
             profiles_dir: None,
             crl_validity_hours: None,
+            crl_expired_grace_days: None,
         });
         self
     }
