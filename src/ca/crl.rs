@@ -50,6 +50,15 @@ pub struct CrlHeader {
     pub next_update: OffsetDateTime,
 }
 
+/// How many octets the length of `len` takes.
+fn header_len(len: usize) -> usize {
+    if len < 0x80 {
+        1
+    } else {
+        1 + (8 - (len as u64).leading_zeros() as usize / 8)
+    }
+}
+
 /// DER tags used here.
 const SEQUENCE: u8 = 0x30;
 const INTEGER: u8 = 0x02;
@@ -73,7 +82,13 @@ const LIST_GAP: usize = 6;
 
 /// A DER tag and definite length.
 fn header(tag: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![tag];
+    let mut out = Vec::with_capacity(6);
+    write_header(tag, len, &mut out);
+    out
+}
+
+fn write_header(tag: u8, len: usize, out: &mut Vec<u8>) {
+    out.push(tag);
     if len < 0x80 {
         out.push(len as u8);
     } else {
@@ -82,12 +97,18 @@ fn header(tag: u8, len: usize) -> Vec<u8> {
         out.push(0x80 | (8 - first) as u8);
         out.extend_from_slice(&bytes[first..]);
     }
-    out
 }
 
 fn tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&header(tag, content.len()));
+    write_header(tag, content.len(), out);
     out.extend_from_slice(content);
+}
+
+/// `value` as `width` decimal digits.
+fn push_digits(out: &mut Vec<u8>, value: u32, width: u32) {
+    for i in (0..width).rev() {
+        out.push(b'0' + ((value / 10u32.pow(i)) % 10) as u8);
+    }
 }
 
 fn tlv_vec(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -120,19 +141,24 @@ fn encode_time(t: OffsetDateTime, out: &mut Vec<u8>) -> Result<(), CaError> {
             "year {year} cannot be written in a CRL"
         )));
     }
-    let rest = format!(
-        "{:02}{:02}{:02}{:02}{:02}Z",
+    let year = year as u32;
+    if (1950..2050).contains(&year) {
+        out.extend_from_slice(&[UTC_TIME, 13]);
+        push_digits(out, year % 100, 2);
+    } else {
+        out.extend_from_slice(&[GENERALIZED_TIME, 15]);
+        push_digits(out, year, 4);
+    }
+    for part in [
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
-        t.second()
-    );
-    if (1950..2050).contains(&year) {
-        tlv(UTC_TIME, format!("{:02}{rest}", year % 100).as_bytes(), out);
-    } else {
-        tlv(GENERALIZED_TIME, format!("{year:04}{rest}").as_bytes(), out);
+        t.second(),
+    ] {
+        push_digits(out, u32::from(part), 2);
     }
+    out.push(b'Z');
     Ok(())
 }
 
@@ -232,14 +258,40 @@ impl CrlBuilder {
         revoked_at: OffsetDateTime,
         reason_code: i64,
     ) -> Result<(), CaError> {
-        let mut entry = Vec::with_capacity(56);
-        tlv(INTEGER, &unsigned_integer_contents(serial), &mut entry);
-        encode_time(revoked_at, &mut entry)?;
-        if let Some(r) = reason(reason_code)? {
-            let value = tlv_vec(ENUMERATED, &[r.code() as u8]);
-            tlv(SEQUENCE, &extension(OID_REASON_CODE, &value), &mut entry);
+        let reason = reason(reason_code)?;
+        let digits = match serial.iter().position(|b| *b != 0) {
+            Some(i) => &serial[i..],
+            None => &[0][..],
+        };
+        let pad = usize::from(digits[0] & 0x80 != 0);
+        // SEQUENCE { INTEGER, Time, [SEQUENCE { reasonCode extension }] }, written in place:
+        // the entry's length is known before anything is written.
+        let integer_len = 1 + header_len(digits.len() + pad) + digits.len() + pad;
+        let time_len = if (1950..2050).contains(&revoked_at.year()) {
+            15
+        } else {
+            17
+        };
+        let extensions_len = if reason.is_some() { 14 } else { 0 };
+        write_header(
+            SEQUENCE,
+            integer_len + time_len + extensions_len,
+            &mut self.buf,
+        );
+        write_header(INTEGER, digits.len() + pad, &mut self.buf);
+        if pad == 1 {
+            self.buf.push(0);
         }
-        tlv(SEQUENCE, &entry, &mut self.buf);
+        self.buf.extend_from_slice(digits);
+        encode_time(revoked_at, &mut self.buf)?;
+        if let Some(r) = reason {
+            // SEQUENCE { SEQUENCE { OID cRLReasons, OCTET STRING { ENUMERATED code } } }
+            self.buf
+                .extend_from_slice(&[SEQUENCE, 12, SEQUENCE, 10, OID, 3]);
+            self.buf.extend_from_slice(OID_REASON_CODE);
+            self.buf
+                .extend_from_slice(&[OCTET_STRING, 3, ENUMERATED, 1, r.code() as u8]);
+        }
         self.count += 1;
         Ok(())
     }
@@ -414,6 +466,45 @@ mod tests {
         out.clear();
         encode_time(time::macros::datetime!(2050-01-01 00:00:00 UTC), &mut out).unwrap();
         assert_eq!(out, b"\x18\x0f20500101000000Z");
+    }
+
+    #[test]
+    fn an_entry_is_what_the_generic_encoder_writes() {
+        fn generic(serial: &[u8], at: OffsetDateTime, code: i64) -> Vec<u8> {
+            let mut entry = Vec::new();
+            tlv(INTEGER, &unsigned_integer_contents(serial), &mut entry);
+            encode_time(at, &mut entry).unwrap();
+            if let Some(r) = reason(code).unwrap() {
+                let value = tlv_vec(ENUMERATED, &[r.code() as u8]);
+                tlv(SEQUENCE, &extension(OID_REASON_CODE, &value), &mut entry);
+            }
+            tlv_vec(SEQUENCE, &entry)
+        }
+        let at = time::macros::datetime!(2026-06-01 12:34:56 UTC);
+        let late = time::macros::datetime!(2051-01-01 00:00:00 UTC);
+        let long = [0x7fu8; 130];
+        let cases: [(&[u8], OffsetDateTime, i64); 6] = [
+            (&[0x7e, 1, 2, 3], at, 1),
+            (&[0x80, 0, 1], at, 0),
+            (&[0, 0, 5], late, 6),
+            (&[], at, 3),
+            (&[0xff; 20], late, 10),
+            (&long, at, 4),
+        ];
+        for (serial, at, code) in cases {
+            let mut builder = CrlBuilder {
+                buf: Vec::new(),
+                fixed_end: 0,
+                crl_extensions: Vec::new(),
+                algorithm: &[],
+                count: 0,
+            };
+            builder.push(serial, at, code).unwrap();
+            assert_eq!(builder.buf, generic(serial, at, code), "{serial:02x?}");
+        }
+        assert_eq!(header_len(0x7f), 1);
+        assert_eq!(header_len(0x80), 2);
+        assert_eq!(header_len(0x1_0000), 4);
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct CrlEntryRow {
     /// Lower-case hex.
     pub serial: String,
     pub revocation_reason: Option<i64>,
-    pub revoked_at: Option<Timestamp>,
-    pub updated_at: Timestamp,
+    /// When it was revoked or put on hold (its last change for rows from before revocation
+    /// times were kept).
+    pub revoked_at: Timestamp,
 }
 
 async fn crl_state<'e, E: Executor<'e, Database = Any>>(e: E) -> Result<CrlStateRow> {
@@ -81,7 +82,8 @@ impl Store {
         mut each: impl FnMut(CrlEntryRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<u64, E> {
         let mut rows = sqlx::query_as::<_, CrlEntryRow>(
-            "SELECT serial, revocation_reason, revoked_at, updated_at FROM certificates \
+            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at \
+             FROM certificates \
              WHERE (status = $1 OR status = $2) AND not_after >= $3",
         )
         .bind(super::CertificateStatus::Revoked.as_str())

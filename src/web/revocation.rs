@@ -179,7 +179,7 @@ impl Revocation {
                 })?;
                 builder.push(
                     &serial,
-                    row.revoked_at.unwrap_or(row.updated_at).datetime(),
+                    row.revoked_at.datetime(),
                     row.revocation_reason.unwrap_or(0),
                 )?;
                 Ok::<_, RevocationError>(())
