@@ -28,6 +28,8 @@ first=${bins%% *}
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
     -keyout "$d/server.key" -out "$d/server.pem" -days 2 2>/dev/null
 chmod 600 "$d/server.key"
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 for bin in $bins; do
     db=tessera_bench_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
@@ -69,14 +71,16 @@ UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1;
 EOF
     loaded=$(date +%s.%N)
     rss_before=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/$pid/status")
+    cpu0=$(cpu "$pid")
     t0=$(date +%s.%N)
     bytes=$(curl -sf -o /dev/null -w '%{size_download}' "http://127.0.0.1:$http/crl")
     t1=$(date +%s.%N)
+    cpu1=$(cpu "$pid")
     bytes2=$(curl -sf -o /dev/null -w '%{size_download}' "http://127.0.0.1:$http/crl")
     t2=$(date +%s.%N)
     peak=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status")
     echo "$bin: $n revoked entries (loaded by SQL in $(echo "$loaded - $start" | bc) s)"
-    echo "  first GET /crl  $(echo "$t1 - $t0" | bc) s, $bytes bytes"
+    echo "  first GET /crl  $(echo "$t1 - $t0" | bc) s ($(echo "$cpu1 - $cpu0" | bc) s CPU in the server), $bytes bytes"
     echo "  second GET /crl $(echo "$t2 - $t1" | bc) s, $bytes2 bytes"
     echo "  server RSS before $rss_before MiB, peak (VmHWM) $peak MiB"
     kill "$pid"
