@@ -25,7 +25,7 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_SYNC_PEOPLE: usize = 200_000;
 /// People handled per round of bulk statements (and audit events held in memory before they
 /// are written) by a sync or an offboarding wave.
-const SYNC_CHUNK: usize = 2_000;
+const SYNC_CHUNK: usize = 5_000;
 
 /// A person input that passed validation.
 struct ValidPerson {

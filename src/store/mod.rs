@@ -347,7 +347,7 @@ impl WriteTx {
 
 /// Rows per multi-row statement of the bulk writes (HR sync, offboarding): few enough binds
 /// for either database, many enough that the round trips stop mattering.
-pub(crate) const BULK_ROWS: usize = 200;
+pub(crate) const BULK_ROWS: usize = 1000;
 
 /// `INSERT INTO table (columns) VALUES ($1, …), (…), …` for `rows` rows of `width` values.
 fn multi_row_insert(table: &str, columns: &str, width: usize, rows: usize) -> String {
