@@ -73,6 +73,9 @@ use crate::protocol::pb;
 pub const DEFAULT_PAGE_SIZE: i32 = 100;
 /// The largest page a List RPC returns; a larger `page_size` is clamped to it (AIP-158).
 pub const MAX_PAGE_SIZE: i32 = 1000;
+/// The largest encoded `DirectoryService` request (a `SyncPeople` of a whole directory); every
+/// other service keeps tonic's 4 MiB.
+pub const DIRECTORY_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Page sizes: 0 means the default, a negative one is refused, larger than the maximum is
 /// clamped.

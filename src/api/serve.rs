@@ -82,11 +82,13 @@ impl GrpcEdge {
             .layer(ClientRevocationLayer(store.clone()))
             .add_service(health)
             .add_service(reflection)
-            .add_service(pb::directory_service_server::DirectoryServiceServer::new(
-                Directory {
+            .add_service(
+                pb::directory_service_server::DirectoryServiceServer::new(Directory {
                     store: store.clone(),
-                },
-            ))
+                })
+                // A whole directory in one SyncPeople (up to 200,000 people).
+                .max_decoding_message_size(super::DIRECTORY_MESSAGE_BYTES),
+            )
             .add_service(pb::token_service_server::TokenServiceServer::new(Tokens {
                 store: store.clone(),
             }))

@@ -142,6 +142,60 @@ pub async fn record(
     Ok(row)
 }
 
+/// Many events appended in one go: the chain head is read once, each event is chained in
+/// memory as it is pushed, and [`AuditBatch::flush`] writes them with multi-row statements —
+/// the same rows, hashes and order [`record`] would write one by one. Nothing else may record
+/// in the transaction between [`AuditBatch::start`] and the last flush (a sequence taken
+/// meanwhile makes the flush fail with a duplicate, never a fork).
+pub struct AuditBatch {
+    next_sequence: i64,
+    prev_hash: Vec<u8>,
+    pending: Vec<AuditRow>,
+}
+
+impl AuditBatch {
+    /// Reads the chain head of `tx`.
+    pub async fn start(tx: &mut WriteTx) -> Result<AuditBatch, AuditError> {
+        let (next_sequence, prev_hash) = match tx.last_audit_event().await? {
+            Some(e) => (e.sequence + 1, e.hash),
+            None => (1, GENESIS_HASH.to_vec()),
+        };
+        Ok(AuditBatch {
+            next_sequence,
+            prev_hash,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Chains the event for `change`, stamped `at` (the transaction's time).
+    pub fn push(&mut self, at: &str, actor: &Actor, change: Change<'_>) {
+        let mut row = AuditRow {
+            sequence: self.next_sequence,
+            at: at.to_string(),
+            actor: actor.name.clone(),
+            role: actor.role.clone(),
+            action: change.action.to_string(),
+            subject: change.subject,
+            before_json: change.before.map(|v| v.to_string()).unwrap_or_default(),
+            after_json: change.after.map(|v| v.to_string()).unwrap_or_default(),
+            request_id: change.request_id.to_string(),
+            prev_hash: std::mem::take(&mut self.prev_hash),
+            hash: Vec::new(),
+        };
+        row.hash = event_hash(&row).to_vec();
+        self.prev_hash = row.hash.clone();
+        self.next_sequence += 1;
+        self.pending.push(row);
+    }
+
+    /// Writes the events pushed since the last flush.
+    pub async fn flush(&mut self, tx: &mut WriteTx) -> Result<(), AuditError> {
+        tx.insert_audit_events(&self.pending).await?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
 /// SHA-256 over a domain tag and every field but `hash`, each length-prefixed.
 pub fn event_hash(e: &AuditRow) -> [u8; 32] {
     let mut h = Sha256::new();

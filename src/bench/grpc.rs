@@ -40,7 +40,7 @@ pub struct GrpcBench {
 }
 
 /// A directory removed when the run ends.
-struct RunDir(PathBuf);
+pub(super) struct RunDir(pub(super) PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
@@ -49,13 +49,14 @@ impl Drop for RunDir {
 }
 
 /// TLS files for the run: a CA, a server certificate for 127.0.0.1, and an admin client.
-struct RunPki {
+pub(super) struct RunPki {
     ca_pem: String,
     client_cert_pem: String,
+    client_cert_der: Vec<u8>,
     client_key_pem: zeroize::Zeroizing<String>,
 }
 
-fn make_pki(dir: &Path) -> anyhow::Result<RunPki> {
+pub(super) fn make_pki(dir: &Path) -> anyhow::Result<RunPki> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
@@ -89,7 +90,16 @@ fn make_pki(dir: &Path) -> anyhow::Result<RunPki> {
         .subject_alt_names
         .push(SanType::URI(Role::Admin.uri().try_into()?));
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert_pem = client.signed_by(&client_key, &issuer)?.pem();
+    client
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            crate::ca::policy_oid::CERTIFICATE_POLICIES_EXTENSION,
+            crate::ca::policy_oid::certificate_policies(&[crate::ca::policy_oid::OPERATOR_POLICY])
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ));
+    let client_cert = client.signed_by(&client_key, &issuer)?;
+    let client_cert_pem = client_cert.pem();
+    let client_cert_der = client_cert.der().to_vec();
 
     write_private(&dir.join("server.pem"), server_pem.as_bytes())?;
     write_private(
@@ -100,6 +110,7 @@ fn make_pki(dir: &Path) -> anyhow::Result<RunPki> {
     Ok(RunPki {
         ca_pem,
         client_cert_pem,
+        client_cert_der,
         client_key_pem: zeroize::Zeroizing::new(client_key.serialize_pem()),
     })
 }
@@ -117,8 +128,34 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Records the run's admin client certificate in `store` as an operator certificate (the
+/// server refuses callers whose certificate it does not know).
+pub(super) async fn record_client(store: &crate::store::Store, pki: &RunPki) -> anyhow::Result<()> {
+    use x509_parser::prelude::FromDer;
+    let der = &pki.client_cert_der;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| anyhow::anyhow!("cannot read the bench client certificate: {e}"))?;
+    let serial = hex::encode(cert.raw_serial());
+    let time = |t: &x509_parser::time::ASN1Time| crate::store::Timestamp::from(t.to_datetime());
+    let mut tx = store.begin_write().await?;
+    tx.reserve_certificate(&crate::store::NewCertificate {
+        serial: serial.clone(),
+        person_id: None,
+        token_id: None,
+        profile: crate::ca::profile::OPERATOR_CLIENT_PROFILE.into(),
+        tbs: cert.tbs_certificate.as_ref().to_vec(),
+        not_before: time(&cert.validity().not_before),
+        not_after: time(&cert.validity().not_after),
+    })
+    .await?;
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der));
+    tx.record_issued_certificate(&serial, der, &sha).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// TOML string literal (paths and URLs may hold quotes or backslashes).
-fn toml_string(s: &str) -> String {
+pub(super) fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
@@ -126,6 +163,14 @@ async fn connect(
     addr: std::net::SocketAddr,
     pki: &RunPki,
 ) -> anyhow::Result<CertificateServiceClient<tonic::transport::Channel>> {
+    Ok(CertificateServiceClient::new(channel(addr, pki).await?))
+}
+
+/// An mTLS channel to the in-process server with the run's admin certificate.
+pub(super) async fn channel(
+    addr: std::net::SocketAddr,
+    pki: &RunPki,
+) -> anyhow::Result<tonic::transport::Channel> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
@@ -139,7 +184,7 @@ async fn connect(
         .connect()
         .await
         .context("cannot connect to the in-process server")?;
-    Ok(CertificateServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// `clients` clients at once, each issuing `count` certificates one after another.
@@ -259,6 +304,7 @@ pub fn run(args: &GrpcBench) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let server = runtime.block_on(BoundServer::bind(&config))?;
     let addr = server.local_addr();
+    runtime.block_on(record_client(server.store(), &pki))?;
     let backend = server.store().backend();
     let ca = server
         .ca()

@@ -6,6 +6,7 @@ use crate::hsm::{Hsm, HsmKey, KeySpec};
 use std::time::{Duration, Instant};
 
 pub mod grpc;
+pub mod scale;
 pub mod signing;
 
 /// Most operations per thread and measurement.

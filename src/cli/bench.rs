@@ -1,5 +1,7 @@
-//! `tessera bench` (docs/benchmarks.md): reads the flags and runs `crate::bench::signing`, or
-//! `crate::bench::grpc` with `--grpc`.
+//! `tessera bench` (docs/benchmarks.md): reads the flags and runs `crate::bench::signing`,
+//! `crate::bench::grpc` with `--grpc`, or `crate::bench::scale` with `--crl`, `--sync-people`
+//! or `--offboard`.
+use crate::bench::scale::{MAX_SCALE, ScaleBench};
 use crate::bench::{MAX_COUNT, grpc::GrpcBench, signing::SigningBench};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,10 +35,34 @@ pub struct BenchArgs {
     /// With --grpc: IssueFromCsr calls per client and measurement.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT as i64))]
     pub grpc_count: u32,
+    /// Fleet scale: load this many revoked certificates in bulk (placeholder rows, no HSM) and
+    /// time the first and second `GET /crl` and the server's peak memory; needs --data-dir and
+    /// --database-url.
+    #[arg(long, value_name = "N", requires_all = ["data_dir", "database_url"], value_parser = clap::value_parser!(u32).range(1..=MAX_SCALE as i64))]
+    pub crl: Option<u32>,
+    /// Fleet scale: one SyncPeople of N new people, then the same N unchanged.
+    #[arg(long, value_name = "N", requires_all = ["data_dir", "database_url"], value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    pub sync_people: Option<u32>,
+    /// Fleet scale, with --sync-people: M of those people get 3 certificates each, then a
+    /// SyncPeople without them offboards them; the next `GET /crl` is timed.
+    #[arg(long, value_name = "M", requires = "sync_people", value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    pub offboard: Option<u32>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.grpc {
+    if args.crl.is_some() || args.sync_people.is_some() {
+        let (Some(data_dir), Some(database_url)) = (args.data_dir, args.database_url) else {
+            anyhow::bail!("--crl and --sync-people need --data-dir and --database-url");
+        };
+        crate::bench::scale::run(&ScaleBench {
+            hsm_config: args.hsm_config,
+            data_dir,
+            database_url,
+            crl: args.crl,
+            sync_people: args.sync_people,
+            offboard: args.offboard,
+        })?;
+    } else if args.grpc {
         let (Some(data_dir), Some(database_url)) = (args.data_dir, args.database_url) else {
             anyhow::bail!("--grpc needs --data-dir and --database-url");
         };

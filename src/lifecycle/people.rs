@@ -1,9 +1,11 @@
 //! People: create, update, suspend, reinstate, offboard, and directory sync.
 use super::{CertificateEffect, RevocationReason, apply_certificate_effect};
 use super::{LifecycleError, invalid};
-use crate::audit::{self, Actor, Change};
-use crate::store::{CertificateOwner, NewPerson, PersonRow, PersonState, WriteTx};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::audit::{self, Actor, AuditBatch, Change};
+use crate::store::{
+    CertificateOwner, CertificateStatus, NewPerson, PersonRow, PersonState, TokenRow, WriteTx,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The HR-owned fields of a person, as a request carries them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +22,10 @@ pub struct PersonInput {
 /// At most this many attributes per person (keys up to 128 bytes, values up to 4096 bytes).
 pub const MAX_ATTRIBUTES: usize = 64;
 /// At most this many people in one `SyncPeople` request.
-pub const MAX_SYNC_PEOPLE: usize = 50_000;
+pub const MAX_SYNC_PEOPLE: usize = 200_000;
+/// People handled per round of bulk statements (and audit events held in memory before they
+/// are written) by a sync or an offboarding wave.
+const SYNC_CHUNK: usize = 5_000;
 
 /// A person input that passed validation.
 struct ValidPerson {
@@ -304,6 +309,19 @@ pub async fn transition_person(
             from: before.state.as_str(),
             action: transition.verb(),
         })?;
+    if transition == PersonTransition::Offboard {
+        let mut batch = AuditBatch::start(tx).await?;
+        offboard_people(
+            tx,
+            actor,
+            request_id,
+            std::slice::from_ref(&before),
+            reason,
+            &mut batch,
+        )
+        .await?;
+        return existing(tx, external_id).await;
+    }
     let mut after = before.clone();
     after.state = target;
     let row = tx.update_person(&after).await?;
@@ -332,31 +350,8 @@ pub async fn transition_person(
             apply_certificate_effect(tx, actor, request_id, owner, CertificateEffect::Release)
                 .await?;
         }
-        PersonTransition::Offboard => {
-            let revoke = CertificateEffect::Revoke(RevocationReason::AffiliationChanged);
-            apply_certificate_effect(tx, actor, request_id, owner, revoke).await?;
-            // Each token the person held goes back to the pool: audited one event per token,
-            // so the log says who held a token until when.
-            for serial in tx.release_tokens_of_person(row.id).await? {
-                let Some(token) = tx.token_by_serial(&serial).await? else {
-                    continue;
-                };
-                let mut held = token.clone();
-                held.person_external_id = Some(external_id.to_string());
-                audit::record(
-                    tx,
-                    actor,
-                    Change {
-                        action: "token.unassign",
-                        subject: format!("token:{serial}"),
-                        before: Some(serde_json::to_value(&held).unwrap_or_default()),
-                        after: Some(serde_json::to_value(&token).unwrap_or_default()),
-                        request_id,
-                    },
-                )
-                .await?;
-            }
-        }
+        // Handled above, in bulk (`offboard_people`).
+        PersonTransition::Offboard => {}
     }
     Ok(row)
 }
@@ -370,9 +365,122 @@ pub struct SyncOutcome {
     pub offboarded: Vec<String>,
 }
 
+/// Offboards `people` (each active or suspended; the caller checked) with bulk statements:
+/// the people, then every good or held certificate they own revoked (affiliationChanged),
+/// then every token they hold taken back. Audited exactly as one offboarding after another
+/// would be — per person `person.offboard` (with `reason` when not empty), a
+/// `certificate.revoke` per certificate and a `token.unassign` per token — through `audit`,
+/// which is flushed at the end.
+pub async fn offboard_people(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    request_id: &str,
+    people: &[PersonRow],
+    reason: &str,
+    audit: &mut AuditBatch,
+) -> Result<(), LifecycleError> {
+    let revoke = RevocationReason::AffiliationChanged.code();
+    for chunk in people.chunks(SYNC_CHUNK) {
+        let now = tx.now();
+        let at = now.to_string();
+        let ids: Vec<i64> = chunk.iter().map(|p| p.id).collect();
+        tx.set_people_state(&ids, PersonState::Offboarded).await?;
+        let mut certificates: HashMap<i64, Vec<_>> = HashMap::new();
+        for c in tx.certificates_of_people(&ids).await? {
+            if matches!(
+                c.status,
+                CertificateStatus::Good | CertificateStatus::OnHold
+            ) && let Some(person) = c.person_id
+            {
+                certificates.entry(person).or_default().push(c);
+            }
+        }
+        let serials: Vec<String> = certificates
+            .values()
+            .flatten()
+            .map(|c| c.serial.clone())
+            .collect();
+        tx.update_certificates_status(
+            &serials,
+            CertificateStatus::Revoked,
+            Some(revoke),
+            Some(now),
+        )
+        .await?;
+        let mut tokens: HashMap<i64, Vec<TokenRow>> = HashMap::new();
+        for t in tx.release_tokens_of_people(&ids).await? {
+            if let Some(person) = t.person_id {
+                tokens.entry(person).or_default().push(t);
+            }
+        }
+        for before in chunk {
+            let mut after = before.clone();
+            after.state = PersonState::Offboarded;
+            let mut after_json = to_json(&after);
+            if !reason.is_empty() {
+                after_json["reason"] = serde_json::Value::String(reason.to_string());
+            }
+            audit.push(
+                &at,
+                actor,
+                Change {
+                    action: PersonTransition::Offboard.action(),
+                    subject: subject(&before.external_id),
+                    before: Some(to_json(before)),
+                    after: Some(after_json),
+                    request_id,
+                },
+            );
+            for c in certificates.remove(&before.id).unwrap_or_default() {
+                let mut revoked = c.clone();
+                revoked.status = CertificateStatus::Revoked;
+                revoked.revocation_reason = Some(revoke);
+                revoked.revoked_at = Some(now);
+                audit.push(
+                    &at,
+                    actor,
+                    Change {
+                        action: "certificate.revoke",
+                        subject: format!("certificate:{}", c.serial),
+                        before: Some(serde_json::to_value(&c).unwrap_or_default()),
+                        after: Some(serde_json::to_value(&revoked).unwrap_or_default()),
+                        request_id,
+                    },
+                );
+            }
+            // One event per token, so the log says who held a token until when.
+            for held in tokens.remove(&before.id).unwrap_or_default() {
+                let mut held = held;
+                held.person_external_id = Some(before.external_id.clone());
+                let mut released = held.clone();
+                released.person_id = None;
+                released.person_external_id = None;
+                audit.push(
+                    &at,
+                    actor,
+                    Change {
+                        action: "token.unassign",
+                        subject: format!("token:{}", held.serial),
+                        before: Some(serde_json::to_value(&held).unwrap_or_default()),
+                        after: Some(serde_json::to_value(&released).unwrap_or_default()),
+                        request_id,
+                    },
+                );
+            }
+        }
+        audit.flush(tx).await?;
+    }
+    Ok(())
+}
+
 /// Applies a batch of HR records with a generation greater than every earlier one. Listed
 /// people are created or updated (an offboarded person listed again is left offboarded and
 /// reported unchanged); with `offboard_missing`, everyone not listed is offboarded.
+///
+/// Built for a whole directory in one request: people are looked up, inserted and re-stamped
+/// with bulk statements [`SYNC_CHUNK`] at a time, only a changed person is written on its own,
+/// and the audit events (the same ones, in the same order, as record by record) are chained
+/// in memory and written in multi-row statements ([`AuditBatch`]).
 pub async fn sync_people(
     tx: &mut WriteTx,
     actor: &Actor,
@@ -415,48 +523,108 @@ pub async fn sync_people(
         }
         valid.push(r.validate(&prefix)?);
     }
+    drop(seen);
     let mut outcome = SyncOutcome::default();
-    for v in valid {
-        let id = v.input.external_id.clone();
-        match tx.person_by_external_id(&id).await? {
-            None => {
-                insert(tx, actor, request_id, v, generation).await?;
-                outcome.created.push(id);
-            }
-            Some(before) if before.state == PersonState::Offboarded => {
-                let mut after = before.clone();
-                after.sync_generation = generation;
-                tx.update_person(&after).await?;
-                outcome.unchanged.push(id);
-            }
-            Some(before) => {
-                let (_, changed) =
-                    apply_update(tx, actor, request_id, before, v, Some(generation)).await?;
-                if changed {
-                    outcome.updated.push(id)
-                } else {
-                    outcome.unchanged.push(id)
+    let mut audit = AuditBatch::start(tx).await?;
+    let mut valid = valid.into_iter().peekable();
+    while valid.peek().is_some() {
+        let chunk: Vec<ValidPerson> = valid.by_ref().take(SYNC_CHUNK).collect();
+        let ids: Vec<String> = chunk.iter().map(|v| v.input.external_id.clone()).collect();
+        let mut stored: HashMap<String, PersonRow> = tx
+            .people_by_external_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|p| (p.external_id.clone(), p))
+            .collect();
+        let now = tx.now();
+        let at = now.to_string();
+        let mut created = Vec::new();
+        let mut restamped = Vec::new();
+        for v in chunk {
+            let id = v.input.external_id.clone();
+            match stored.remove(&id) {
+                None => {
+                    let p = v.input;
+                    let new = NewPerson {
+                        external_id: p.external_id,
+                        display_name: p.display_name,
+                        upn: p.upn,
+                        email: p.email,
+                        windows_sid: (!p.windows_sid.is_empty()).then_some(p.windows_sid),
+                        attributes_json: v.attributes_json,
+                        state: PersonState::Active,
+                        sync_generation: generation,
+                    };
+                    audit.push(
+                        &at,
+                        actor,
+                        Change {
+                            action: "person.create",
+                            subject: subject(&new.external_id),
+                            before: None,
+                            after: Some(to_json(&as_row(&new, now))),
+                            request_id,
+                        },
+                    );
+                    created.push(new);
+                    outcome.created.push(id);
+                }
+                Some(before) if before.state == PersonState::Offboarded => {
+                    restamped.push(before.id);
+                    outcome.unchanged.push(id);
+                }
+                Some(before) => {
+                    let p = v.input;
+                    let mut after = before.clone();
+                    after.display_name = p.display_name;
+                    after.upn = p.upn;
+                    after.email = p.email;
+                    after.windows_sid = (!p.windows_sid.is_empty()).then_some(p.windows_sid);
+                    after.attributes_json = v.attributes_json;
+                    if after == before {
+                        restamped.push(before.id);
+                        outcome.unchanged.push(id);
+                        continue;
+                    }
+                    after.sync_generation = generation;
+                    let row = tx.update_person(&after).await?;
+                    audit.push(
+                        &at,
+                        actor,
+                        Change {
+                            action: "person.update",
+                            subject: subject(&row.external_id),
+                            before: Some(to_json(&before)),
+                            after: Some(to_json(&row)),
+                            request_id,
+                        },
+                    );
+                    outcome.updated.push(id);
                 }
             }
         }
+        tx.insert_people(&created).await?;
+        tx.set_sync_generation(&restamped, generation).await?;
+        audit.flush(tx).await?;
     }
     if offboard_missing {
-        for p in tx.people_missing_from_sync(generation).await? {
-            transition_person(
-                tx,
-                actor,
-                request_id,
-                &p.external_id,
-                PersonTransition::Offboard,
-                "missing from directory sync",
-            )
-            .await?;
-            outcome.offboarded.push(p.external_id);
-        }
+        let missing = tx.people_missing_from_sync(generation).await?;
+        offboard_people(
+            tx,
+            actor,
+            request_id,
+            &missing,
+            "missing from directory sync",
+            &mut audit,
+        )
+        .await?;
+        outcome
+            .offboarded
+            .extend(missing.into_iter().map(|p| p.external_id));
     }
     tx.set_last_sync_generation(generation).await?;
-    audit::record(
-        tx,
+    audit.push(
+        &tx.now().to_string(),
         actor,
         Change {
             action: "directory.sync",
@@ -472,9 +640,27 @@ pub async fn sync_people(
             })),
             request_id,
         },
-    )
-    .await?;
+    );
+    audit.flush(tx).await?;
     Ok(outcome)
+}
+
+/// The row `new` becomes when inserted at `now` (for its audit event: the id and times are
+/// not part of it).
+fn as_row(new: &NewPerson, now: crate::store::Timestamp) -> PersonRow {
+    PersonRow {
+        id: 0,
+        external_id: new.external_id.clone(),
+        display_name: new.display_name.clone(),
+        upn: new.upn.clone(),
+        email: new.email.clone(),
+        windows_sid: new.windows_sid.clone(),
+        attributes_json: new.attributes_json.clone(),
+        state: new.state,
+        sync_generation: new.sync_generation,
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 #[cfg(test)]

@@ -80,6 +80,10 @@ pub struct CaConfig {
     /// Pre-signed responses kept in each replica's memory (0..=10000000).
     #[serde(default = "default_ocsp_cache_entries")]
     pub ocsp_cache_entries: usize,
+    /// Days a revoked or held certificate stays on the CRL after its notAfter (RFC 5280 §3.3
+    /// lets a CA drop expired certificates); absent: it stays for ever. 1..=36500.
+    #[serde(default)]
+    pub crl_expired_grace_days: Option<u32>,
 }
 
 fn default_crl_validity_hours() -> u32 {
@@ -273,6 +277,8 @@ pub enum ServerConfigError {
     CheckpointSigner(#[from] crate::audit::AuditError),
     #[error("ca: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("ca.crl_expired_grace_days must be between 1 and 36500")]
+    CrlExpiredGrace,
     #[error("ca.crl_validity_hours must be between 1 and 8760")]
     CrlValidity,
     #[error("ca.ocsp_validity_hours must be between 1 and 168")]

@@ -37,10 +37,10 @@ pub struct BoundServer {
     metrics_listener: Option<TcpListener>,
     ca: Option<Arc<OnlineCa>>,
     /// The delegated OCSP responder (when the CA's data directory has one), the CRL
-    /// validity and the OCSP settings.
+    /// policy (validity, expired-certificate grace) and the OCSP settings.
     revocation: Option<(
         Option<Arc<OcspResponder>>,
-        time::Duration,
+        crate::web::revocation::CrlPolicy,
         crate::web::revocation::OcspSettings,
     )>,
     enrollment: Option<Arc<EnrollmentSettings>>,
@@ -98,9 +98,19 @@ impl BoundServer {
                         "no OCSP responder in the CA's data directory; /ocsp answers 404 (run `tessera ca init-ocsp`)"
                     );
                 }
+                if c.crl_expired_grace_days
+                    .is_some_and(|days| !(1..=36500).contains(&days))
+                {
+                    return Err(ServerConfigError::CrlExpiredGrace);
+                }
                 Some((
                     responder,
-                    time::Duration::hours(i64::from(c.crl_validity_hours)),
+                    crate::web::revocation::CrlPolicy {
+                        validity: time::Duration::hours(i64::from(c.crl_validity_hours)),
+                        expired_grace: c
+                            .crl_expired_grace_days
+                            .map(|days| time::Duration::days(i64::from(days))),
+                    },
                     ocsp,
                 ))
             }
@@ -227,7 +237,7 @@ impl BoundServer {
         let store = self.store.clone();
         let mut metrics = Metrics::new();
         let revocation = match (&self.ca, self.revocation) {
-            (Some(ca), Some((responder, crl_validity, ocsp))) => {
+            (Some(ca), Some((responder, crl_policy, ocsp))) => {
                 let counters = metrics.register_revocation(
                     ca.hsm.clone(),
                     responder.as_ref().map(|r| r.not_after_unix()),
@@ -236,7 +246,7 @@ impl BoundServer {
                     store.clone(),
                     Arc::clone(ca),
                     responder,
-                    crl_validity,
+                    crl_policy,
                     counters,
                     ocsp,
                 )))

@@ -84,4 +84,35 @@ impl WriteTx {
         .await;
         map_unique(result, "audit event", &e.sequence.to_string())
     }
+
+    /// Inserts consecutive events with multi-row statements (a batch from
+    /// `audit::AuditBatch`, already chained); a sequence taken meanwhile is refused as
+    /// [`super::StoreError::Duplicate`].
+    pub async fn insert_audit_events(&mut self, events: &[AuditRow]) -> Result<()> {
+        for chunk in events.chunks(super::BULK_ROWS) {
+            let sql = super::multi_row_insert("audit_events", AUDIT_COLUMNS, 11, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(e.sequence)
+                    .bind(&e.at)
+                    .bind(&e.actor)
+                    .bind(&e.role)
+                    .bind(&e.action)
+                    .bind(&e.subject)
+                    .bind(&e.before_json)
+                    .bind(&e.after_json)
+                    .bind(&e.request_id)
+                    .bind(e.prev_hash.as_slice())
+                    .bind(e.hash.as_slice());
+            }
+            let first = chunk.first().map(|e| e.sequence).unwrap_or_default();
+            map_unique(
+                query.execute(&mut *self.tx).await,
+                "audit event",
+                &first.to_string(),
+            )?;
+        }
+        Ok(())
+    }
 }

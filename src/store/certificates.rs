@@ -209,6 +209,42 @@ impl WriteTx {
         written(self.certificate_by_serial(&c.serial).await?)
     }
 
+    /// [`WriteTx::reserve_certificate`] for many certificates, with multi-row statements and
+    /// nothing read back (bulk loads: `tessera bench --scale`).
+    pub async fn reserve_certificates(&mut self, certificates: &[NewCertificate]) -> Result<()> {
+        let now = self.now();
+        for chunk in certificates.chunks(super::BULK_ROWS) {
+            let sql = super::multi_row_insert(
+                "certificates",
+                "serial, person_id, token_id, profile, status, tbs, not_before, not_after, \
+                 created_at, updated_at",
+                10,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for c in chunk {
+                query = query
+                    .bind(&c.serial)
+                    .bind(c.person_id)
+                    .bind(c.token_id)
+                    .bind(&c.profile)
+                    .bind(CertificateStatus::Reserved.as_str())
+                    .bind(c.tbs.as_slice())
+                    .bind(c.not_before)
+                    .bind(c.not_after)
+                    .bind(now)
+                    .bind(now);
+            }
+            let first = chunk.first().map(|c| c.serial.as_str()).unwrap_or("");
+            map_unique(
+                query.execute(&mut *self.tx).await,
+                "certificate serial",
+                first,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Stores the signed certificate of a reserved serial and marks it `good`.
     pub async fn record_issued_certificate(
         &mut self,
@@ -271,14 +307,54 @@ impl WriteTx {
         written(self.certificate_by_serial(serial).await?)
     }
 
-    /// Revoked and on-hold certificates, by serial (what a CRL lists).
-    pub async fn revoked_certificates(&mut self) -> Result<Vec<CertificateRow>> {
-        Ok(sqlx::query_as(sql!(
-            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE status = $1 OR status = $2 ORDER BY serial"
-        ))
-        .bind(CertificateStatus::Revoked.as_str())
-        .bind(CertificateStatus::OnHold.as_str())
-        .fetch_all(&mut *self.tx)
-        .await?)
+    /// Every certificate of the people with these ids, by person id then serial.
+    pub async fn certificates_of_people(
+        &mut self,
+        person_ids: &[i64],
+    ) -> Result<Vec<CertificateRow>> {
+        let mut out = Vec::new();
+        for chunk in person_ids.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(1, chunk.len());
+            let mut query = sqlx::query_as(sql!(
+                "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE person_id IN ({list}) \
+                 ORDER BY person_id, serial"
+            ));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            out.extend(query.fetch_all(&mut *self.tx).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`WriteTx::update_certificate_status`] for many certificates at once, all to the same
+    /// status, reason and time; the CRL's status-change counter is bumped once per statement.
+    pub async fn update_certificates_status(
+        &mut self,
+        serials: &[String],
+        status: CertificateStatus,
+        revocation_reason: Option<i64>,
+        revoked_at: Option<Timestamp>,
+    ) -> Result<()> {
+        let now = self.now();
+        for chunk in serials.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(5, chunk.len());
+            let mut query = sqlx::query(sql!(
+                "UPDATE certificates SET status = $1, revocation_reason = $2, revoked_at = $3, \
+                 updated_at = $4 WHERE serial IN ({list})"
+            ))
+            .bind(status.as_str())
+            .bind(revocation_reason)
+            .bind(revoked_at)
+            .bind(now);
+            for serial in chunk {
+                query = query.bind(serial);
+            }
+            query.execute(&mut *self.tx).await?;
+            sqlx::query("UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1")
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 }

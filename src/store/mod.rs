@@ -89,7 +89,7 @@ pub use certificates::{
     NewCertificate,
 };
 pub use clock::{Clock, ManualClock};
-pub use crl_state::{CrlStateRow, NewCrl};
+pub use crl_state::{CRL_PART_BYTES, CrlEntryRow, CrlStateRow, NewCrl};
 pub use enrollment_certificates::{CertificateEnrollmentRow, EnrollmentCertificateRow};
 pub use enrollments::{EnrollmentKind, EnrollmentRow, EnrollmentState, NewEnrollment, TokenPrior};
 pub use idempotency::IdempotencyRow;
@@ -388,6 +388,37 @@ impl WriteTx {
     }
 }
 
+/// Rows per multi-row statement of the bulk writes (HR sync, offboarding): few enough binds
+/// for either database, many enough that the round trips stop mattering.
+pub(crate) const BULK_ROWS: usize = 1000;
+
+/// `INSERT INTO table (columns) VALUES ($1, …), (…), …` for `rows` rows of `width` values.
+fn multi_row_insert(table: &str, columns: &str, width: usize, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..width {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * width + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// `$first, $first+1, …` for an `IN (…)` list of `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The row a write just made or changed, read back in the same transaction: it is there unless
 /// the database lost it.
 fn written<T>(row: Option<T>) -> Result<T> {
@@ -465,6 +496,15 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_statements() {
+        assert_eq!(
+            multi_row_insert("t", "a, b", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+    }
 
     #[test]
     fn redacts_password_in_url() {

@@ -207,4 +207,92 @@ impl WriteTx {
         .fetch_all(&mut *self.tx)
         .await?)
     }
+
+    /// The people whose external id is one of `external_ids` (any state), in no order.
+    pub async fn people_by_external_ids(
+        &mut self,
+        external_ids: &[String],
+    ) -> Result<Vec<PersonRow>> {
+        let mut out = Vec::with_capacity(external_ids.len());
+        for chunk in external_ids.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(1, chunk.len());
+            let mut query = sqlx::query_as(sql!(
+                "SELECT {PERSON_COLUMNS} FROM people WHERE external_id IN ({list})"
+            ));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            out.extend(query.fetch_all(&mut *self.tx).await?);
+        }
+        Ok(out)
+    }
+
+    /// Inserts many people with multi-row statements (their ids are not read back). An
+    /// external id already used is refused as [`super::StoreError::Duplicate`] naming the first
+    /// of its statement's rows.
+    pub async fn insert_people(&mut self, people: &[NewPerson]) -> Result<()> {
+        let now = self.now();
+        for chunk in people.chunks(super::BULK_ROWS) {
+            let sql = super::multi_row_insert(
+                "people",
+                "external_id, display_name, upn, email, windows_sid, attributes_json, state, \
+                 sync_generation, created_at, updated_at",
+                10,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for p in chunk {
+                query = query
+                    .bind(&p.external_id)
+                    .bind(&p.display_name)
+                    .bind(&p.upn)
+                    .bind(&p.email)
+                    .bind(p.windows_sid.clone())
+                    .bind(&p.attributes_json)
+                    .bind(p.state.as_str())
+                    .bind(p.sync_generation)
+                    .bind(now)
+                    .bind(now);
+            }
+            let first = chunk.first().map(|p| p.external_id.as_str()).unwrap_or("");
+            map_unique(query.execute(&mut *self.tx).await, "person", first)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the sync generation (and `updated_at`) of the people with these ids.
+    pub async fn set_sync_generation(&mut self, ids: &[i64], generation: i64) -> Result<()> {
+        let now = self.now();
+        for chunk in ids.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(3, chunk.len());
+            let mut query = sqlx::query(sql!(
+                "UPDATE people SET sync_generation = $1, updated_at = $2 WHERE id IN ({list})"
+            ))
+            .bind(generation)
+            .bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the state (and `updated_at`) of the people with these ids.
+    pub async fn set_people_state(&mut self, ids: &[i64], state: PersonState) -> Result<()> {
+        let now = self.now();
+        for chunk in ids.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(3, chunk.len());
+            let mut query = sqlx::query(sql!(
+                "UPDATE people SET state = $1, updated_at = $2 WHERE id IN ({list})"
+            ))
+            .bind(state.as_str())
+            .bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
 }

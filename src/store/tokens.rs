@@ -186,4 +186,35 @@ impl WriteTx {
             .await?;
         Ok(serials)
     }
+
+    /// Takes every token of the people with these ids back (`person_id` cleared); returns the
+    /// tokens as they were before, by person id then serial.
+    pub async fn release_tokens_of_people(&mut self, person_ids: &[i64]) -> Result<Vec<TokenRow>> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for chunk in person_ids.chunks(super::BULK_ROWS) {
+            let list = super::placeholders(1, chunk.len());
+            let mut query = sqlx::query_as(sql!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE person_id IN ({list}) ORDER BY person_id, serial"
+            ));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let held: Vec<TokenRow> = query.fetch_all(&mut *self.tx).await?;
+            if held.is_empty() {
+                continue;
+            }
+            let list = super::placeholders(2, chunk.len());
+            let mut update = sqlx::query(sql!(
+                "UPDATE tokens SET person_id = NULL, updated_at = $1 WHERE person_id IN ({list})"
+            ))
+            .bind(now);
+            for id in chunk {
+                update = update.bind(*id);
+            }
+            update.execute(&mut *self.tx).await?;
+            out.extend(held);
+        }
+        Ok(out)
+    }
 }

@@ -95,6 +95,7 @@ pub struct Ca {
     pub ocsp_live_signatures_per_second: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocsp_cache_entries: Option<usize>,
+    pub crl_expired_grace_days: Option<u32>,
 }
 
 /// `[enrollment]`; `None` fields are left to the server's defaults.
@@ -218,6 +219,7 @@ impl ServerToml {
             ocsp_signatures_per_second: None,
             ocsp_live_signatures_per_second: None,
             ocsp_cache_entries: None,
+            crl_expired_grace_days: None,
         });
         self
     }

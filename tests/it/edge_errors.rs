@@ -113,8 +113,8 @@ async fn attribute_and_batch_limits(url: &str) {
             vec!["person.attributes".to_string()]
         )
     );
-    // More than 50,000 people in one SyncPeople.
-    let many = (0..50_001)
+    // More than 200,000 people in one SyncPeople.
+    let many = (0..200_001)
         .map(|i| pb::PersonRecord {
             external_id: i.to_string(),
             ..Default::default()

@@ -26,7 +26,10 @@ on_both_databases!(
     state_changed_while_signing_records_the_certificate_revoked,
     presigned_ocsp_follows_status_changes_without_the_hsm,
     presigned_ocsp_is_refreshed_before_next_update,
-    ocsp_does_not_wait_for_a_slow_hsm
+    ocsp_does_not_wait_for_a_slow_hsm,
+    crl_drops_certificates_expired_beyond_the_grace,
+    revocation_while_the_crl_is_built_is_on_the_next_one,
+    offboarding_wave_by_sync_revokes_audits_and_lists_on_the_crl
 );
 
 /// Runs a tool; returns (exit code, stdout, stderr).
@@ -1129,6 +1132,16 @@ async fn responder_setup_failures_are_named() {
         bind_error(&bad_validity_path).await,
         "ca.crl_validity_hours must be between 1 and 8760"
     );
+    for days in [0, 36_501] {
+        let mut bad_grace = s.config.clone();
+        bad_grace.ca.as_mut().unwrap().crl_expired_grace_days = Some(days);
+        let bad_grace_path = s.path("bad-grace.toml");
+        std::fs::write(&bad_grace_path, bad_grace.to_toml()).unwrap();
+        assert_eq!(
+            bind_error(&bad_grace_path).await,
+            "ca.crl_expired_grace_days must be between 1 and 36500"
+        );
+    }
 
     // --replace makes a new responder the server accepts.
     let (code, _, err) = s.init_ocsp(&["--replace"]);
@@ -2001,4 +2014,374 @@ async fn ocsp_does_not_wait_for_a_slow_hsm(url: &str) {
     assert_eq!(metric(&server, REQUEST_SIGNATURES), signed_before);
     assert_eq!(get_status(&s, &server, &path, &cert), ("good".into(), None));
     server.stop().await;
+}
+/// Serials (upper-case hex, as `openssl crl -text` prints them) on a CRL text.
+fn crl_serials(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn revoke_now(store: &Store, serial: &str, reason: RevocationReason) {
+    let mut tx = store.begin_write().await.unwrap();
+    revoke_certificate(&mut tx, &actor(), &format!("r-{serial}"), serial, reason)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// `[ca] crl_expired_grace_days = 30`: a revoked certificate expired 35 days ago is left off
+/// the CRL, one expired 15 days ago and one not expired are listed (time from a ManualClock).
+async fn crl_drops_certificates_expired_beyond_the_grace(url: &str) {
+    use tessera::store::{ManualClock, Timestamp};
+    let mut s = Setup::new(url);
+    s.config.ca.as_mut().unwrap().crl_expired_grace_days = Some(30);
+    let config_path = s.config.write(s.dir.path(), &s.pki);
+    let clock = ManualClock::new(Timestamp::parse("2026-06-01T00:00:00Z").unwrap());
+    let running = ServerTask::start_with_clock(&config_path, clock.clock()).await;
+    let server = Server {
+        grpc: running.addr,
+        http: running.http.unwrap(),
+        ca: running.ca.clone(),
+        running,
+    };
+    let ca = server.ca.clone().unwrap();
+    let store = Store::open_with_clock(url, clock.clock()).await.unwrap();
+    let person = create_person(&store, "GRACE").await;
+    let day = std::time::Duration::from_secs(86_400);
+    // tls-client certificates live 365 days: notAfter 2027-06-01, 2027-06-21, 2027-07-21.
+    let old = issue(&store, &ca, person, "old", &s.path("old.pem")).await;
+    clock.advance(20 * day);
+    let recent = issue(&store, &ca, person, "recent", &s.path("recent.pem")).await;
+    clock.advance(30 * day);
+    let current = issue(&store, &ca, person, "current", &s.path("current.pem")).await;
+    for serial in [&old, &recent, &current] {
+        revoke_now(&store, serial, RevocationReason::KeyCompromise).await;
+    }
+    let text = openssl_crl(&s, &server);
+    assert_eq!(crl_serials(&text).len(), 3, "nothing expired yet: {text}");
+    // 2027-07-06: `old` expired 35 days ago, `recent` 15 days ago, `current` not yet.
+    clock.advance(350 * day);
+    let text = openssl_crl(&s, &server);
+    let listed = crl_serials(&text);
+    assert!(!listed.contains(&upper(&old)), "{text}");
+    assert!(listed.contains(&upper(&recent)), "{text}");
+    assert!(listed.contains(&upper(&current)), "{text}");
+    assert_eq!(listed.len(), 2, "{text}");
+    // The certificate dropped from the CRL is still revoked for OCSP and the store.
+    assert_eq!(
+        store
+            .certificate_by_serial(&old)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        tessera::store::CertificateStatus::Revoked
+    );
+    let _ = server.grpc;
+    server.stop().await;
+}
+
+/// Loads `count` revoked certificates in bulk (placeholder rows, as `tessera bench --crl`),
+/// so that building the CRL takes a while.
+async fn load_revoked(store: &Store, prefix: &str, count: u64) {
+    let now = store.now();
+    let rows: Vec<tessera::store::NewCertificate> = (0..count)
+        .map(|i| tessera::store::NewCertificate {
+            serial: format!("7e{prefix}{i:024x}"),
+            person_id: None,
+            token_id: None,
+            profile: "bench-placeholder".into(),
+            tbs: b"placeholder".to_vec(),
+            not_before: now,
+            not_after: now + time::Duration::days(365),
+        })
+        .collect();
+    let mut tx = store.begin_write().await.unwrap();
+    tx.reserve_certificates(&rows).await.unwrap();
+    tx.commit().await.unwrap();
+    store
+        .execute_raw(&format!(
+            "UPDATE certificates SET status = 'revoked', revocation_reason = 4, revoked_at = '{now}' \
+             WHERE profile = 'bench-placeholder'"
+        ))
+        .await
+        .unwrap();
+    store
+        .execute_raw("UPDATE crl_state SET status_changes = status_changes + 1 WHERE id = 1")
+        .await
+        .unwrap();
+}
+
+/// A certificate revoked while a CRL of many entries is being built is on the CRL served
+/// next, whichever the order; CRL numbers only grow.
+async fn revocation_while_the_crl_is_built_is_on_the_next_one(url: &str) {
+    let s = Setup::new(url);
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let store = Store::open(url).await.unwrap();
+    let person = create_person(&store, "RACE").await;
+    let late = issue(&store, &ca, person, "late", &s.path("late.pem")).await;
+    load_revoked(&store, "aa", 5_000).await;
+    let url_crl = server.url("/crl");
+    let building = tokio::task::spawn_blocking(move || curl_get(&url_crl));
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    revoke_now(&store, &late, RevocationReason::Superseded).await;
+    let (code, _, first) = building.await.unwrap();
+    assert_eq!(code, 200);
+    let text = openssl_crl(&s, &server);
+    let listed = crl_serials(&text);
+    assert!(listed.contains(&upper(&late)), "not on the next CRL");
+    assert_eq!(listed.len(), 5_001);
+    let first_file = s.path("first.der");
+    std::fs::write(&first_file, &first).unwrap();
+    let (_, first_text, _) = run(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            first_file.to_str().unwrap(),
+            "-text",
+            "-noout",
+        ],
+    );
+    assert!(crl_number(&text) >= crl_number(&first_text));
+    if !crl_serials(&first_text).contains(&upper(&late)) {
+        assert_eq!(crl_number(&text), crl_number(&first_text) + 1);
+    }
+    server.stop().await;
+}
+
+/// HR's nightly sync offboards the people it no longer lists: each one's certificates are
+/// revoked (affiliationChanged) and its tokens taken back, audited as one offboarding after
+/// another; the chain verifies, the log explains every row, and the next CRL lists them.
+async fn offboarding_wave_by_sync_revokes_audits_and_lists_on_the_crl(url: &str) {
+    use tessera::lifecycle::{PersonInput, sync_people};
+    use tessera::store::{CertificateStatus, NewToken, TokenState};
+    let s = Setup::new(url);
+    let server = Server::start(&s.config_path).await;
+    let ca = server.ca.clone().unwrap();
+    let store = Store::open(url).await.unwrap();
+    let record = |id: &str| PersonInput {
+        external_id: id.into(),
+        display_name: id.into(),
+        upn: format!("{id}@corp.test"),
+        email: format!("{id}@corp.test"),
+        windows_sid: String::new(),
+        attributes: Default::default(),
+    };
+    let mut tx = store.begin_write().await.unwrap();
+    sync_people(
+        &mut tx,
+        &actor(),
+        "sync-1",
+        1,
+        vec![record("STAY"), record("GO1"), record("GO2")],
+        false,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let id = |external: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .person_by_external_id(external)
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+        }
+    };
+    let (stay, go1, go2) = (id("STAY").await, id("GO1").await, id("GO2").await);
+    let kept = issue(&store, &ca, stay, "kept", &s.path("kept.pem")).await;
+    let a = issue(&store, &ca, go1, "a", &s.path("a.pem")).await;
+    let b = issue(&store, &ca, go1, "b", &s.path("b.pem")).await;
+    let held = issue(&store, &ca, go2, "held", &s.path("held.pem")).await;
+    let gone = issue(&store, &ca, go2, "gone", &s.path("gone.pem")).await;
+    revoke_now(&store, &held, RevocationReason::CertificateHold).await;
+    revoke_now(&store, &gone, RevocationReason::KeyCompromise).await;
+    let mut tx = store.begin_write().await.unwrap();
+    for (serial, person) in [("4001", go1), ("4002", go1)] {
+        tx.insert_token(&NewToken {
+            serial: serial.into(),
+            model: "YubiKey 5C NFC".into(),
+            firmware: "5.7.4".into(),
+            form_factor: "usb_c_keychain".into(),
+            state: TokenState::Active,
+            person_id: Some(person),
+        })
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let before_wave = store.audit_head_sequence().await.unwrap();
+
+    let mut tx = store.begin_write().await.unwrap();
+    let out = sync_people(&mut tx, &actor(), "sync-2", 2, vec![record("STAY")], true)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (out.unchanged, out.offboarded),
+        (
+            vec!["STAY".to_string()],
+            vec!["GO1".to_string(), "GO2".to_string()]
+        )
+    );
+
+    let status = |serial: String| {
+        let store = store.clone();
+        async move {
+            let row = store.certificate_by_serial(&serial).await.unwrap().unwrap();
+            (row.status, row.revocation_reason)
+        }
+    };
+    assert_eq!(status(kept.clone()).await, (CertificateStatus::Good, None));
+    for serial in [&a, &b, &held] {
+        assert_eq!(
+            status(serial.clone()).await,
+            (CertificateStatus::Revoked, Some(3))
+        );
+    }
+    assert_eq!(
+        status(gone.clone()).await,
+        (CertificateStatus::Revoked, Some(1))
+    );
+    for token in ["4001", "4002"] {
+        let row = store.token_by_serial(token).await.unwrap().unwrap();
+        assert_eq!(row.person_external_id, None, "token {token}");
+    }
+    let events = store.audit_events(before_wave, 100).await.unwrap();
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.action.as_str(), e.subject.as_str()))
+        .collect();
+    let (sa, sb, sh) = (
+        format!("certificate:{a}"),
+        format!("certificate:{b}"),
+        format!("certificate:{held}"),
+    );
+    let mut first_two = [sa.as_str(), sb.as_str()];
+    first_two.sort();
+    assert_eq!(
+        actions,
+        vec![
+            ("person.offboard", "person:GO1"),
+            ("certificate.revoke", first_two[0]),
+            ("certificate.revoke", first_two[1]),
+            ("token.unassign", "token:4001"),
+            ("token.unassign", "token:4002"),
+            ("person.offboard", "person:GO2"),
+            ("certificate.revoke", sh.as_str()),
+            ("directory.sync", "sync:2"),
+        ]
+    );
+    assert!(events[0].after_json.contains("missing from directory sync"));
+    let report = tessera::audit::verify(&store, None).await.unwrap();
+    assert_eq!(report.first_bad, None);
+    let replayed = tessera::audit::replay(&store).await.unwrap();
+    assert_eq!(replayed.unexplained, vec![], "the log explains every row");
+
+    let text = openssl_crl(&s, &server);
+    let listed = crl_serials(&text);
+    for serial in [&a, &b, &held, &gone] {
+        assert!(listed.contains(&upper(serial)), "{serial} missing: {text}");
+    }
+    assert!(!listed.contains(&upper(&kept)), "{text}");
+    assert!(text.contains("Affiliation Changed"), "{text}");
+    server.stop().await;
+}
+
+/// Two replicas asked for a stale CRL at once publish one CRL per number: whichever lost the
+/// race serves the winner's, so every number seen has one content, and numbers only grow. A
+/// publication that does not replace the current number is refused by the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_replicas_publish_one_crl_per_number() {
+    use tessera::store::NewCrl;
+    let db = harness::database::TestDatabase::postgres().await;
+    let s = Setup::new(db.url());
+    let a = Server::start(&s.config_path).await;
+    let b = Server::start(&s.config_path).await;
+    let ca = a.ca.clone().unwrap();
+    let store = Store::open(db.url()).await.unwrap();
+    let person = create_person(&store, "REPLICAS").await;
+    let mut serials = Vec::new();
+    for i in 0..4 {
+        serials.push(
+            issue(
+                &store,
+                &ca,
+                person,
+                &format!("r{i}"),
+                &s.path(&format!("r{i}.pem")),
+            )
+            .await,
+        );
+    }
+    load_revoked(&store, "bb", 5_000).await;
+    let mut seen: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    let mut last = 0;
+    for serial in &serials {
+        revoke_now(&store, serial, RevocationReason::Superseded).await;
+        let (ua, ub) = (a.url("/crl"), b.url("/crl"));
+        let fa = tokio::task::spawn_blocking(move || curl_get(&ua));
+        let fb = tokio::task::spawn_blocking(move || curl_get(&ub));
+        let (da, db_) = (fa.await.unwrap().2, fb.await.unwrap().2);
+        let mut numbers = Vec::new();
+        for der in [da, db_] {
+            let file = s.path("race.der");
+            std::fs::write(&file, &der).unwrap();
+            let (code, text, err) = run(
+                "openssl",
+                &[
+                    "crl",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    file.to_str().unwrap(),
+                    "-text",
+                    "-noout",
+                ],
+            );
+            assert_eq!(code, 0, "{err}");
+            let number = crl_number(&text);
+            assert!(crl_serials(&text).contains(&upper(serial)), "{text}");
+            if let Some(earlier) = seen.get(&number) {
+                assert_eq!(
+                    earlier, &der,
+                    "CRL number {number} published twice with different contents"
+                );
+            }
+            seen.insert(number, der);
+            numbers.push(number);
+        }
+        let newest = *numbers.iter().max().unwrap();
+        assert!(newest > last, "CRL numbers grow: {newest} after {last}");
+        last = newest;
+    }
+    let state = store.crl_state().await.unwrap();
+    assert_eq!(u64::try_from(state.number).unwrap(), last);
+    let stale = NewCrl {
+        number: state.number,
+        built_from: state.status_changes,
+        this_update: state.this_update.unwrap(),
+        next_update: state.next_update.unwrap(),
+    };
+    assert!(
+        !store
+            .publish_crl(&stale, state.number - 1, b"other")
+            .await
+            .unwrap(),
+        "a CRL that does not replace the current number is refused"
+    );
+    assert_eq!(
+        store.crl_der(state.number).await.unwrap().as_ref(),
+        seen.get(&last)
+    );
+    a.stop().await;
+    b.stop().await;
 }
