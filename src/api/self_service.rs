@@ -143,6 +143,29 @@ impl SelfServiceApi {
     }
 }
 
+/// The idempotency key of a self-service request: its request id, the RPC, the request's bytes
+/// and the presenting certificate (a request id is the caller's own).
+fn request_key<M: prost::Message>(
+    caller: &TokenCaller,
+    rpc: &'static str,
+    request_id: &str,
+    request: &M,
+) -> Result<RequestKey, Status> {
+    Ok(RequestKey::new(
+        request_id,
+        rpc,
+        &request.encode_to_vec(),
+        &caller.certificate_sha256,
+    )?)
+}
+
+/// A stored first answer, repeated.
+fn stored_answer<M: prost::Message + Default>(bytes: &[u8]) -> Result<Response<M>, Status> {
+    M::decode(bytes)
+        .map(Response::new)
+        .map_err(|e| status::internal(&e))
+}
+
 #[tonic::async_trait]
 impl SelfService for SelfServiceApi {
     async fn get_my_token(
@@ -200,12 +223,7 @@ impl SelfService for SelfServiceApi {
         caller
             .check_own_token(&req.token_serial)
             .map_err(|r| refusal_status(&r))?;
-        let key = RequestKey::new(
-            &req.request_id,
-            RPC,
-            &prost::Message::encode_to_vec(&req),
-            &caller.certificate_sha256,
-        )?;
+        let key = request_key(&caller, RPC, &req.request_id, &req)?;
         let desk = self.desk()?;
         check_token_serial(&caller.token.serial)?;
         if req.slots.len() > RENEWAL_SLOTS_MAX {
@@ -284,12 +302,7 @@ impl SelfService for SelfServiceApi {
         const RPC: &str = "SelfService.CompleteRenewal";
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            RPC,
-            &prost::Message::encode_to_vec(&req),
-            &caller.certificate_sha256,
-        )?;
+        let key = request_key(&caller, RPC, &req.request_id, &req)?;
         self.own_renewal(&caller, &req.enrollment_id).await?;
         let desk = self.desk()?;
         let complete = CompleteRequest {
@@ -308,11 +321,7 @@ impl SelfService for SelfServiceApi {
         };
         // The desk expects the attestations to prove the renewal's token: the caller's.
         let certificates = match desk.complete(&caller.actor(), &complete, &key).await {
-            Ok(Completion::Replayed(bytes)) => {
-                return prost::Message::decode(bytes.as_slice())
-                    .map(Response::new)
-                    .map_err(|e| status::internal(&e));
-            }
+            Ok(Completion::Replayed(bytes)) => return stored_answer(&bytes),
             Ok(Completion::Issued(certificates)) => certificates,
             Err(f) => return Err(self.refused(&caller, RPC, &req.request_id, f).await),
         };
@@ -335,19 +344,12 @@ impl SelfService for SelfServiceApi {
         const RPC: &str = "SelfService.ConfirmRenewal";
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            RPC,
-            &prost::Message::encode_to_vec(&req),
-            &caller.certificate_sha256,
-        )?;
+        let key = request_key(&caller, RPC, &req.request_id, &req)?;
         self.own_renewal(&caller, &req.enrollment_id).await?;
         let desk = self.desk()?;
         let mut tx = self.store.begin_write().await?;
         if let Some(record) = lifecycle::replay_record(&mut tx, &key).await? {
-            return prost::Message::decode(record.response.as_slice())
-                .map(Response::new)
-                .map_err(|e| status::internal(&e));
+            return stored_answer(&record.response);
         }
         match desk
             .confirm(
@@ -384,19 +386,12 @@ impl SelfService for SelfServiceApi {
         const RPC: &str = "SelfService.AbortRenewal";
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let key = RequestKey::new(
-            &req.request_id,
-            RPC,
-            &prost::Message::encode_to_vec(&req),
-            &caller.certificate_sha256,
-        )?;
+        let key = request_key(&caller, RPC, &req.request_id, &req)?;
         self.own_renewal(&caller, &req.enrollment_id).await?;
         let desk = self.desk()?;
         let mut tx = self.store.begin_write().await?;
         if let Some(record) = lifecycle::replay_record(&mut tx, &key).await? {
-            return prost::Message::decode(record.response.as_slice())
-                .map(Response::new)
-                .map_err(|e| status::internal(&e));
+            return stored_answer(&record.response);
         }
         match desk
             .abort(

@@ -156,11 +156,7 @@ impl GroupCommitter {
             }
             true
         } else {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("UPDATE write_lock SET counter = counter + 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            group.tx = Some(tx);
+            group.tx = Some(begin_group(&self.pool).await?);
             group.began = Instant::now();
             false
         };
@@ -191,6 +187,16 @@ impl GroupCommitter {
             || group.waiting.len() >= MAX_GROUP
             || group.began.elapsed() >= self.max_age
     }
+}
+
+/// A new group transaction: its first statement takes the `write_lock` row, which serialises
+/// the groups of every replica sharing the database.
+async fn begin_group(pool: &AnyPool) -> Result<sqlx::Transaction<'static, Any>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE write_lock SET counter = counter + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Undoes what a dropped writer left, before anyone else uses the connection.
@@ -332,11 +338,7 @@ impl Writer {
             return Err(e);
         }
         commit_group(group).await.map_err(group_failed)?;
-        let mut tx = self.committer.pool.begin().await?;
-        sqlx::query("UPDATE write_lock SET counter = counter + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        group.tx = Some(tx);
+        group.tx = Some(begin_group(&self.committer.pool).await?);
         group.began = Instant::now();
         self.savepoint = false;
         Ok(())
